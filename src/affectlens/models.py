@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AffectlensError
+from .hfcompat import quiet_peft
 
 DEFAULT_MODEL = "smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -154,7 +155,8 @@ def load_model(
         if not is_adapter_dir(adapter):
             raise AffectlensError(f"{adapter} is not a PEFT adapter dir (no adapter_config.json)")
         try:
-            model = PeftModel.from_pretrained(model, str(adapter))
+            with quiet_peft():
+                model = PeftModel.from_pretrained(model, str(adapter))
         except Exception as e:
             raise AffectlensError(f"cannot apply adapter {adapter}: {type(e).__name__}: {e}") from None
         if merge:

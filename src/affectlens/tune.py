@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import statistics
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 from .corpus import NAMES, bundled_path, read_jsonl
 from .errors import AffectlensError
+from .hfcompat import quiet_peft
 from .modules import (
     MODULES,
     MatchReport,
@@ -301,8 +301,7 @@ def tune(
     config = LoraConfig(r=int(rank), lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         bias="none", task_type="CAUSAL_LM")
     torch.manual_seed(seed)  # LoRA A init
-    with warnings.catch_warnings():  # transformers' deprecation chatter inside PEFT
-        warnings.simplefilter("ignore", FutureWarning)
+    with quiet_peft():
         peft_model = get_peft_model(model, config)
     wrapped = {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules()
                if isinstance(m, LoraLayer)}

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import AffectlensError
+from ..hfcompat import cached_length
 
 # ----------------------------------------------------------------------------- model anatomy
 
@@ -285,9 +286,7 @@ class HookSet:
             ref = ids if ids is not None else kwargs.get("inputs_embeds")
             if ref is None:
                 return
-            cache = kwargs.get("past_key_values")
-            cached = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
-            tracker.observe(ids, mask, ref.shape[1], ref.shape[0], cached)
+            tracker.observe(ids, mask, ref.shape[1], ref.shape[0], cached_length(kwargs))
 
         self.pre(self.model, pre, with_kwargs=True)
         return tracker

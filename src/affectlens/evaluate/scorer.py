@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import AffectlensError
+from ..hfcompat import cache_kwarg, output_cache
 
 
 @dataclass
@@ -192,7 +193,7 @@ def score_items(model, items: list[_Item], n_labels: int, pad_id: int, batch_siz
             first = torch.tensor([rest[0] for rest in it.rests])
             out[i] = base + logp[r, kmax, first]
         if need_cache:
-            _continue(model, res.past_key_values, rows, items, mask, pad_id, batch_size, out, dev)
+            _continue(model, output_cache(res), rows, items, mask, pad_id, batch_size, out, dev)
         bar.update(len(rows))
     bar.close()
     return out
@@ -218,7 +219,7 @@ def _continue(model, cache, rows: list[int], items: list[_Item], mask: torch.Ten
         am = torch.cat([mask[sel], torch.ones(len(chunk), m, dtype=torch.long)], dim=1)
         pos = lengths[sel][:, None] + torch.arange(m)[None, :]
         res = model(input_ids=ids.to(dev), attention_mask=am.to(dev), position_ids=pos.to(dev),
-                    past_key_values=sub, use_cache=True)
+                    use_cache=True, **{cache_kwarg(model): sub})
         logp = res.logits.float().log_softmax(-1).double().cpu()
         for c, (_, i, lab) in enumerate(chunk):
             tgt = torch.tensor(items[i].rests[lab][1:])

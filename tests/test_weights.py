@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -51,10 +52,21 @@ def test_real_bf16_roundtrip_and_single_file(tmp_path):
     m = AutoModelForCausalLM.from_pretrained(STORIES260K, dtype=torch.bfloat16)
     m.save_pretrained(tmp_path / "bf16")
     store = open_weights(tmp_path / "bf16" / "model.safetensors")
-    for n, t in m.state_dict().items():
-        if n in store.names():
-            got = store.get(n)
-            assert got.dtype == torch.bfloat16 and torch.equal(got, t), n
+    sd = m.state_dict()
+    # save_pretrained drops a tied lm_head; every other tensor must be there.
+    expected = set(sd) - ({"lm_head.weight"} if m.config.tie_word_embeddings else set())
+    assert set(store.names()) == expected and len(expected) > 10
+    for n in expected:
+        got = store.get(n)
+        assert got.dtype == torch.bfloat16 and torch.equal(got, sd[n]), n
+
+
+def test_test_cache_is_isolated(session_cache):
+    """The suite never writes into the user's real cache."""
+    from affectlens.models import cache_dir
+
+    assert cache_dir() == session_cache
+    assert not str(cache_dir()).startswith(os.path.expanduser("~/.cache"))
 
 
 def test_unknown_format_and_missing(tmp_path):

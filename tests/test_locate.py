@@ -327,3 +327,38 @@ def test_distribution_histogram_matches_numpy(tmp_path):
     assert q["zero_share"] == pytest.approx(96 / rel.size)
     med = np.median(rel)
     assert 10 ** (np.log10(med) - 0.11) <= q["q50"] <= med
+
+
+def test_tensors_only_in_tuned_are_reported(tmp_path, capsys, pair):
+    """A tensor the base lacks cannot be compared: listed in summary.json and printed, never dropped."""
+    from safetensors.torch import load_file, save_file
+
+    f = tmp_path / "tuned" / "model.safetensors"
+    sd = load_file(f)
+    sd["model.layers.0.mlp.extra_adapter.weight"] = torch.ones(4, 4)
+    save_file(sd, f, metadata={"format": "pt"})
+    out = tmp_path / "o"
+    assert main(["locate", str(tmp_path / "base"), str(f), "--labels", "t", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "note: 1 tensor(s) of t are not in the base" in printed
+    assert "model.layers.0.mlp.extra_adapter.weight" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["models"]["t"]["only_in_tuned"] == ["model.layers.0.mlp.extra_adapter.weight"]
+    assert summary["models"]["t"]["only_in_base"] == []
+
+
+def test_non_module_tensor_missing_from_tuned_is_listed_not_nan(tmp_path, capsys, pair):
+    from safetensors.torch import load_file, save_file
+
+    f = tmp_path / "tuned" / "model.safetensors"
+    sd = load_file(f)
+    del sd["lm_head.weight"]
+    save_file(sd, f, metadata={"format": "pt"})
+    out = tmp_path / "o"
+    assert main(["locate", str(tmp_path / "base"), str(tmp_path / "tuned"), "--labels", "t", "--out", str(out)]) == 0
+    assert "note: 1 tensor(s) of the base are not in t" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["models"]["t"]["only_in_base"] == ["lm_head.weight"]
+    rows = {r["tensor"]: r for r in csv.DictReader((out / "other_tensors.csv").read_text().splitlines())}
+    assert rows["lm_head.weight"]["l2:t"] == ""
+    assert float(rows["model.norm.weight"]["l2:t"]) == 0.0  # same init: present and unchanged

@@ -134,6 +134,10 @@ def test_selection_and_layers():
     assert parse_layers("0-2,5", 6) == (0, 1, 2, 5)
     with pytest.raises(AffectlensError, match="out of range"):
         parse_layers("0-6", 6)
+    assert parse_layers("2-2", 6) == (2,)
+    with pytest.raises(AffectlensError, match="reversed layer range '3-1'") as e:
+        parse_layers("0,3-1", 6)
+    assert "\n" not in str(e.value)
 
 
 def test_loud_match():

@@ -41,7 +41,8 @@ from .modules import (
     parse_selection,
     split_rows,
 )
-from .weights import LoraAdapter, TensorDictStore, WeightStore, open_weights
+from .weights import LoraAdapter, TensorDictStore, WeightStore, lora_delta_norm, open_weights
+from .weights.finite import check_finite, check_store_finite, tensor_file
 from .weights.writer import ShardedWriter, parse_size
 
 MODES = ("reset", "zero-delta", "zero", "mean", "noise")
@@ -108,6 +109,11 @@ class MergedStore(WeightStore):
     def config(self) -> dict[str, Any]:
         return self.base.config
 
+    def file_of(self, name: str) -> str:
+        """Where ``name`` comes from, for messages: the base file, plus the adapter if it changes it."""
+        f = tensor_file(self.base, name)
+        return f"{f} merged with adapter {self.adapter.path}" if self.adapted(name) else str(f)
+
     def adapted(self, name: str) -> bool:
         """Does the (restricted) adapter change this tensor?"""
         mod = self.adapter.module_for(name)
@@ -142,12 +148,12 @@ def _model_config(model: Any) -> dict[str, Any]:
     return d
 
 
-def as_store(source: Any, base: Any = None) -> WeightStore:
+def as_store(source: Any, base: Any = None, allow_pickle: bool = False) -> WeightStore:
     """A checkpoint path, adapter dir (needs or names its base), store, model or state dict -> store."""
     if isinstance(source, WeightStore):
         return source
     if isinstance(source, LoraAdapter):
-        return MergedStore(_base_for(source, base), source)
+        return MergedStore(_base_for(source, base, allow_pickle), source)
     if isinstance(source, torch.nn.Module):
         sd = source.state_dict()
         return TensorDictStore(sd, _model_config(source), path=f"<{type(source).__name__}>")
@@ -158,18 +164,18 @@ def as_store(source: Any, base: Any = None) -> WeightStore:
 
         p = resolve_model_path(source)
         if p.is_dir() and is_adapter_dir(p):
-            ad = LoraAdapter(p)
-            return MergedStore(_base_for(ad, base), ad)
-        return open_weights(p)
+            ad = LoraAdapter(p, allow_pickle=allow_pickle)
+            return MergedStore(_base_for(ad, base, allow_pickle), ad)
+        return open_weights(p, allow_pickle=allow_pickle)
     raise AffectlensError(f"cannot read weights from a {type(source).__name__}")
 
 
-def _base_for(adapter: LoraAdapter, base: Any) -> WeightStore:
+def _base_for(adapter: LoraAdapter, base: Any, allow_pickle: bool = False) -> WeightStore:
     if base is not None:
-        return as_store(base)
+        return as_store(base, allow_pickle=allow_pickle)
     if not adapter.base_model:
         raise AffectlensError(f"adapter {adapter.path} does not name its base model; pass --base")
-    return as_store(adapter.base_model)
+    return as_store(adapter.base_model, allow_pickle=allow_pickle)
 
 
 # ---------------------------------------------------------------------------
@@ -377,20 +383,52 @@ def _apply_rows(cur: torch.Tensor, rows: list[tuple[int, int]] | None,
 
 
 def transfer_tensors(base: Any, donor: Any, modules: str | Sequence[str],
-                     layers: str | Sequence[int] | None = None, echo: Echo = print
-                     ) -> tuple[dict[str, torch.Tensor], Selection]:
-    """The selected tensors of DONOR (full or LoRA-merged) that replace BASE's. In memory."""
-    bstore = as_store(base)
-    dstore = as_store(donor, base=bstore)
+                     layers: str | Sequence[int] | None = None, echo: Echo = print,
+                     allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], Selection]:
+    """The selected tensors of DONOR (full or LoRA-merged) that replace BASE's. In memory.
+
+    Every tensor read must be finite, and the donor must differ from BASE
+    somewhere in the selection (else the transfer would change nothing).
+    """
+    bstore = as_store(base, allow_pickle=allow_pickle)
+    dstore = as_store(donor, base=bstore, allow_pickle=allow_pickle)
     sel = select(bstore, modules, layers, echo, label="base")
     if isinstance(dstore, MergedStore):
         sel = _lora_selection(dstore, sel, echo)
+        check_store_finite(dstore.adapter.store)
     check_compatible(bstore, dstore, list(sel.tensors))
     out: dict[str, torch.Tensor] = {}
+    touched = False
     for name, rows in sel.tensors.items():
-        d = dstore.get(name)
-        out[name] = d if rows is None else _apply_rows(bstore.get(name), rows, lambda c, s, d=d: d[s].to(c.dtype))
+        d = _get_checked(dstore, name)
+        b = _get_checked(bstore, name)
+        touched = touched or _differs(d, b, rows)
+        out[name] = d if rows is None else _apply_rows(b, rows, lambda c, s, d=d: d[s].to(c.dtype))
+    if not touched:
+        raise _untouched("transfer", sel, dstore, bstore)
     return out, sel
+
+
+def _get_checked(store: WeightStore, name: str) -> torch.Tensor:
+    """``store.get(name)``, refused with one line if it holds a NaN or an Inf."""
+    t = store.get(name)
+    check_finite(t, f"tensor {name} of {tensor_file(store, name)}")
+    return t
+
+
+def _differs(new: torch.Tensor, old: torch.Tensor, rows: list[tuple[int, int]] | None) -> bool:
+    if new.dtype != old.dtype or new.shape != old.shape:
+        return True
+    if rows is None:
+        return not torch.equal(new, old)
+    return any(not torch.equal(new[r0:r1], old[r0:r1]) for r0, r1 in rows)
+
+
+def _untouched(what: str, sel: Selection, donor: WeightStore, base: WeightStore) -> AffectlensError:
+    src = donor.adapter.path if isinstance(donor, MergedStore) else donor.path
+    return AffectlensError(
+        f"nothing to {what}: {src} equals base {base.path} in every selected tensor "
+        f"({','.join(sel.modules)} x layers {format_ranges(sel.layers)}); fine-tuning never touched them")
 
 
 def _lora_selection(merged: MergedStore, sel: Selection, echo: Echo) -> Selection:
@@ -399,7 +437,10 @@ def _lora_selection(merged: MergedStore, sel: Selection, echo: Echo) -> Selectio
 
     ad = merged.adapter
     inv = inventory(ad.store.names())
-    rep = match(inv, sel.modules, sel.layers)
+    try:
+        rep = match(inv, sel.modules, sel.layers)
+    except AffectlensError as e:
+        raise AffectlensError(f"LoRA adapter {ad.path}: {e}") from None
     echo(f"LoRA tensors in adapter {ad.path.name}:\n{rep.table()}")
     keep = set()
     for m in ad.modules.values():
@@ -423,17 +464,22 @@ def _fused_parts(fused: str) -> tuple[str, ...]:
 
 def ablate_tensors(model: Any, modules: str | Sequence[str], mode: str, base: Any = None,
                    layers: str | Sequence[int] | None = None, seed: int = 0, control: bool = False,
-                   echo: Echo = print) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                   echo: Echo = print, allow_pickle: bool = False
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The selected tensors of MODEL after ablation (in memory), and a report of what was done.
 
     ``control=True`` ablates the equal-parameter-count control selection instead.
+    Every tensor read and every new tensor must be finite; a delta mode (reset,
+    zero-delta, noise) on a selection fine-tuning never touched is an error.
     """
     if mode not in MODES:
         raise AffectlensError(f"unknown ablation mode '{mode}'; choose from {', '.join(MODES)}")
-    bstore = as_store(base) if base is not None else None
-    mstore = as_store(model, base=bstore)
+    bstore = as_store(base, allow_pickle=allow_pickle) if base is not None else None
+    mstore = as_store(model, base=bstore, allow_pickle=allow_pickle)
     if isinstance(mstore, MergedStore) and bstore is None:
         bstore = mstore.base
+    if isinstance(mstore, MergedStore):
+        check_store_finite(mstore.adapter.store)
     if mode in _NEEDS_BASE and bstore is None:
         raise AffectlensError(f"--mode {mode} needs the base model (--base) to know the fine-tuning delta")
     sel = select(mstore, modules, layers, echo, label="model")
@@ -448,21 +494,36 @@ def ablate_tensors(model: Any, modules: str | Sequence[str], mode: str, base: An
     info["params_ablated"] = target.numel(mstore)
     if bstore is not None and mode in _NEEDS_BASE:
         check_compatible(mstore, bstore, list(target.tensors), what="base")
+        if isinstance(mstore, MergedStore):
+            # Like transfer: the adapter itself must cover every cell whose delta is ablated.
+            from .modules import inventory
+
+            ad = mstore.adapter
+            try:
+                match(inventory(ad.store.names()), target.modules, target.layers)
+            except AffectlensError as e:
+                raise AffectlensError(f"nothing to ablate ({mode}) in LoRA adapter {ad.path}: {e}") from None
     out: dict[str, torch.Tensor] = {}
     stats: dict[str, dict[str, float]] = {}
+    norms: list[float] = []
     for name, rows in target.tensors.items():
-        cur = mstore.get(name)
-        b = bstore.get(name) if (bstore is not None and mode in _NEEDS_BASE) else None
+        cur = _get_checked(mstore, name)
+        b = _get_checked(bstore, name) if (bstore is not None and mode in _NEEDS_BASE) else None
         st: dict[str, float] = {}
 
         def fn(c: torch.Tensor, s: slice, b=b, name=name, st=st) -> torch.Tensor:
             new, s_stats = _ablate_rows(mode, c, None if b is None else b[s], name + (
                 f"[{s.start}:{s.stop}]" if s.start is not None else ""), seed)
             st.update(s_stats)
+            if "delta_norm" in s_stats:
+                norms.append(s_stats["delta_norm"])
             return new
 
         out[name] = _apply_rows(cur, rows, fn)
+        check_finite(out[name], f"ablated tensor {name} ({mode}) of {tensor_file(mstore, name)}")
         stats[name] = st
+    if mode in _NEEDS_BASE and bstore is not None and not any(x > 0 for x in norms):
+        raise _untouched(f"ablate ({mode})", target, mstore, bstore)
     info["tensors"] = stats
     return out, info
 
@@ -505,11 +566,15 @@ def _raw_location(store: WeightStore, name: str) -> tuple[Path, int, int] | None
 
 
 def write_checkpoint(base: WeightStore, new: dict[str, torch.Tensor] | Callable[[str], torch.Tensor | None],
-                     out_dir: Path, max_shard_size: str | int = "5GB", desc: str = "writing") -> list[Path]:
+                     out_dir: Path, max_shard_size: str | int = "5GB", desc: str = "writing",
+                     label: str | os.PathLike | None = None) -> list[Path]:
     """Write BASE with some tensors replaced, streaming one tensor at a time.
 
     ``new`` maps names to tensors, or is a function giving a name's tensor
     (``None``: keep BASE's bytes, copied without decoding when possible).
+    Every decoded tensor written is checked to be finite (raw byte copies are
+    the caller's to check, see ``check_store_finite``); ``label`` names the
+    output in that message.
     """
     from .runs import progress
 
@@ -520,14 +585,14 @@ def write_checkpoint(base: WeightStore, new: dict[str, torch.Tensor] | Callable[
     try:
         for name in progress(names, desc, total=len(names), unit="tensor"):
             t = getter(name)
-            if t is not None:
-                writer.add(name, t)
-                continue
-            loc = _raw_location(base, name)
-            if loc is not None:
-                writer.add_raw(name, base.dtype(name), base.shape(name), *loc)
-            else:
-                writer.add(name, base.get(name))
+            if t is None:
+                loc = _raw_location(base, name)
+                if loc is not None:
+                    writer.add_raw(name, base.dtype(name), base.shape(name), *loc)
+                    continue
+                t = base.get(name)
+            check_finite(t, f"tensor {name} written to {label or out_dir}")
+            writer.add(name, t)
     except BaseException:
         writer.abort()
         raise
@@ -571,11 +636,14 @@ class ComposeResult:
 
 def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | Sequence[str],
              out: str | os.PathLike, layers: str | None = None, merge: bool = False,
-             force: bool = False, max_shard_size: str | int = "5GB", echo: Echo = print) -> ComposeResult:
+             force: bool = False, max_shard_size: str | int = "5GB", echo: Echo = print,
+             allow_pickle: bool = False) -> ComposeResult:
     """BASE with only the selected modules from DONOR, written to ``out``.
 
     Full donor: an HF model dir. LoRA donor: a PEFT adapter dir holding only the
     selected modules' LoRA tensors, and with ``merge`` also ``out/merged``.
+    Every tensor that goes into the output is checked to be finite before
+    anything is written; a donor equal to BASE in the whole selection is an error.
     """
     from .models import is_adapter_dir, resolve_model_path
     from .runs import atomic_dir, check_out_dir, write_json, write_manifest
@@ -583,15 +651,24 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
     check_out_dir(out, force)
     base_path = _model_dir(base)
     donor_path = resolve_model_path(donor)
-    options = {"modules": modules, "layers": layers, "merge": merge, "max_shard_size": max_shard_size}
+    options = {"modules": modules, "layers": layers, "merge": merge, "max_shard_size": max_shard_size,
+               "allow_pickle": allow_pickle}
     with contextlib.ExitStack() as stack:
-        bstore = stack.enter_context(open_weights(base_path))
+        bstore = stack.enter_context(open_weights(base_path, allow_pickle=allow_pickle))
         if donor_path.is_dir() and is_adapter_dir(donor_path):
-            adapter = LoraAdapter(donor_path)
+            adapter = LoraAdapter(donor_path, allow_pickle=allow_pickle)
             merged = MergedStore(bstore, adapter)
             sel = select(merged, modules, layers, echo, label=f"base {base_path.name}")
             sel = _lora_selection(merged, sel, echo)
             keep = sorted(merged.only or ())
+            check_store_finite(adapter.store)
+            if not adapter.use_dora and all(
+                    lora_delta_norm(adapter.store.get(adapter.modules[k].a_name),
+                                    adapter.store.get(adapter.modules[k].b_name), adapter.modules[k].scale) == 0
+                    for k in keep):
+                raise _untouched("transfer", sel, merged, bstore)
+            if merge:
+                check_store_finite(bstore)
             info = {"donor_kind": "lora", "lora_modules": keep, "tensors": sorted(sel.tensors),
                     "params_transferred": _lora_params(adapter, keep)}
             with atomic_dir(out, force) as tmp:
@@ -599,14 +676,24 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
                 if merge:
                     (tmp / "merged").mkdir()
                     write_checkpoint(bstore, lambda n: merged.get(n) if n in sel.tensors else None,
-                                     tmp / "merged", max_shard_size, "merging")
+                                     tmp / "merged", max_shard_size, "merging", label=Path(out) / "merged")
                     copy_sidecars(base_path, tmp / "merged")
                 write_json(tmp / "compose.json", {"kind": "transfer", **info, "table": sel.table()})
                 write_manifest(tmp, "transfer", {"base": base_path, "donor": donor_path}, options)
             return ComposeResult(Path(out), sel, info)
-        dstore = stack.enter_context(open_weights(donor_path))
+        dstore = stack.enter_context(open_weights(donor_path, allow_pickle=allow_pickle))
         sel = select(bstore, modules, layers, echo, label=f"base {base_path.name}")
         check_compatible(bstore, dstore, list(sel.tensors))
+        whole = {n for n, rows in sel.tensors.items() if rows is None}
+        # Everything the output will hold is read and checked before anything is written.
+        check_store_finite(bstore, [n for n in bstore.names() if n not in whole])
+        touched = False
+        for name, rows in sel.tensors.items():
+            d = _get_checked(dstore, name)
+            touched = touched or _differs(d, bstore.get(name), rows)
+            del d
+        if not touched:
+            raise _untouched("transfer", sel, dstore, bstore)
         changed = [n for n in sel.tensors if dstore.dtype(n) != bstore.dtype(n)]
         if changed:
             echo(f"note: {len(changed)} selected tensor(s) keep the donor's dtype {dstore.dtype(changed[0])} "
@@ -624,9 +711,8 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
             return _apply_rows(bstore.get(name), rows, lambda c, s: d[s].to(c.dtype))
 
         with atomic_dir(out, force) as tmp:
-            whole = {n for n, rows in sel.tensors.items() if rows is None}
             write_checkpoint(_RawFrom(bstore, dstore, whole), new_or_raw(new, whole), tmp,
-                             max_shard_size, "transferring")
+                             max_shard_size, "transferring", label=out)
             copy_sidecars(base_path, tmp)
             write_json(tmp / "compose.json", {"kind": "transfer", **info, "table": sel.table()})
             write_manifest(tmp, "transfer", {"base": base_path, "donor": donor_path}, options)
@@ -691,19 +777,25 @@ def _write_adapter(adapter: LoraAdapter, keep: Sequence[str], sel: Selection, ou
         f.write("\n")
     writer = ShardedWriter(out, max_shard_bytes=2**62, prefix="adapter_model")
     keepset = set(keep)
-    for mpath, m in adapter.modules.items():
-        if mpath not in keepset:
-            continue
-        for name in (m.a_name, m.b_name, m.magnitude_name):
-            if name is not None:
-                writer.add(name, adapter.store.get(name))
+    try:
+        for mpath, m in adapter.modules.items():
+            if mpath not in keepset:
+                continue
+            for name in (m.a_name, m.b_name, m.magnitude_name):
+                if name is not None:
+                    t = adapter.store.get(name)
+                    check_finite(t, f"tensor {name} of {tensor_file(adapter.store, name)}")
+                    writer.add(name, t)
+    except BaseException:
+        writer.abort()
+        raise
     writer.close()
 
 
 def ablate(model: str | os.PathLike, modules: str | Sequence[str], mode: str, out: str | os.PathLike,
            base: str | os.PathLike | None = None, layers: str | None = None, seed: int = 0,
            control: bool = False, force: bool = False, max_shard_size: str | int = "5GB",
-           echo: Echo = print) -> ComposeResult:
+           echo: Echo = print, allow_pickle: bool = False) -> ComposeResult:
     """MODEL with the selected (or control) modules ablated, written as an HF model dir.
 
     A LoRA MODEL is merged into its base first (every other module keeps its LoRA).
@@ -719,19 +811,20 @@ def ablate(model: str | os.PathLike, modules: str | Sequence[str], mode: str, ou
     with contextlib.ExitStack() as stack:
         bstore = None
         if base is not None:
-            bstore = stack.enter_context(open_weights(_model_dir(base)))
+            bstore = stack.enter_context(open_weights(_model_dir(base), allow_pickle=allow_pickle))
         if is_lora:
-            adapter = LoraAdapter(mpath)
+            adapter = LoraAdapter(mpath, allow_pickle=allow_pickle)
             if bstore is None:
                 if not adapter.base_model:
                     raise AffectlensError(f"adapter {mpath} does not name its base model; pass --base")
-                bstore = stack.enter_context(open_weights(_model_dir(adapter.base_model)))
+                bstore = stack.enter_context(open_weights(_model_dir(adapter.base_model),
+                                                          allow_pickle=allow_pickle))
             mstore: WeightStore = MergedStore(bstore, adapter)
             sidecars = Path(bstore.path)
         else:
             if mode == "zero-delta" and bstore is None:
                 raise AffectlensError("--mode zero-delta on a full model needs --base (it equals reset)")
-            mstore = stack.enter_context(open_weights(_model_dir(model)))
+            mstore = stack.enter_context(open_weights(_model_dir(model), allow_pickle=allow_pickle))
             sidecars = Path(mstore.path)
         tensors, info = ablate_tensors(mstore, modules, mode, base=bstore, layers=layers, seed=seed,
                                        control=control, echo=echo)
@@ -745,12 +838,15 @@ def ablate(model: str | os.PathLike, modules: str | Sequence[str], mode: str, ou
             return None
 
         raw_src = mstore.base if isinstance(mstore, MergedStore) else mstore
+        # The rest of the output comes from MODEL (or its base): checked before anything is written.
+        check_store_finite(raw_src, [n for n in raw_src.names() if n not in tensors])
         with atomic_dir(out, force) as tmp:
-            write_checkpoint(raw_src, new, tmp, max_shard_size, f"ablating ({mode})")
+            write_checkpoint(raw_src, new, tmp, max_shard_size, f"ablating ({mode})", label=out)
             copy_sidecars(sidecars, tmp)
             write_json(tmp / "compose.json", {"kind": "ablate", **info, "table": sel.table()})
             write_manifest(tmp, "ablate", {"model": mpath, **({"base": str(base)} if base else {})},
-                           {"modules": modules, "mode": mode, "layers": layers, "control": control},
+                           {"modules": modules, "mode": mode, "layers": layers, "control": control,
+                            "allow_pickle": allow_pickle},
                            seed=seed)
     return ComposeResult(Path(out), sel, info)
 

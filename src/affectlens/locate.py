@@ -101,7 +101,8 @@ def open_tuned(path: str | os.PathLike, label: str, allow_pickle: bool = False) 
     return Tuned(label, p, store=open_weights(p, allow_pickle=allow_pickle))
 
 
-def _check_full_pair(base: WeightStore, tuned: Tuned) -> None:
+def _check_full_pair(base: WeightStore, tuned: Tuned) -> list[str]:
+    """Refuse a tuned checkpoint of another shape; return its tensors the base lacks (reported)."""
     assert tuned.store is not None
     bc, tc = base.config, tuned.store.config
     for k in ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size",
@@ -120,6 +121,8 @@ def _check_full_pair(base: WeightStore, tuned: Tuned) -> None:
             raise AffectlensError(
                 f"shape mismatch for {name}: base {list(base.shape(name))} vs "
                 f"{tuned.label} {list(tuned.store.shape(name))}")
+    bnames = set(base.names())
+    return sorted(n for n in tuned.store.names() if n not in bnames)
 
 
 def _check_adapter(base: WeightStore, tuned: Tuned) -> None:
@@ -250,11 +253,12 @@ def locate(
         check_out_dir(out, force)
     base_store = open_weights(base, allow_pickle=allow_pickle)
     models = [open_tuned(t, lab, allow_pickle) for t, lab in zip(tuned, labels, strict=True)]
+    only_in_tuned: dict[str, list[str]] = {}
     for m in models:
         if m.adapter is not None:
             _check_adapter(base_store, m)
         else:
-            _check_full_pair(base_store, m)
+            only_in_tuned[m.label] = _check_full_pair(base_store, m)
 
     inv = base_store.inventory
     if not inv.modules:
@@ -330,6 +334,12 @@ def locate(
     rows_out, expert_rows = _rows(models, accs)
     other_rows = _other_tensors(base_store, models, inv.others, chunk_elems)
     summary = _summary(models, rows_out, hists, zeros, inv, base_store)
+    for m in models:
+        if m.store is None:
+            continue
+        # Tensors one side lacks cannot be compared; they are listed, never silently dropped.
+        summary["models"][m.label]["only_in_tuned"] = only_in_tuned[m.label]
+        summary["models"][m.label]["only_in_base"] = sorted(n for n in base_store.names() if n not in m.store)
     histograms = {m.label: {mod: hists.get((m.label, mod), np.zeros(HIST_BINS + 2, np.int64))
                             for mod in MODULES if (m.label, mod) in hists or (m.label, mod) in zeros}
                   for m in models}
@@ -394,7 +404,9 @@ def _other_tensors(base: WeightStore, models: Sequence[Tuned], others: dict[str,
                 elif m.adapter is not None and m.adapter.replacement_for(name):
                     src = (m.adapter.store, m.adapter.replacement_for(name))
                 if src is None:
-                    row[f"l2:{m.label}"] = 0.0 if m.adapter is not None else float("nan")
+                    # An adapter leaves it unchanged; a full checkpoint lacking it has no value (empty cell,
+                    # listed under only_in_base in summary.json), never a NaN.
+                    row[f"l2:{m.label}"] = 0.0 if m.adapter is not None else None
                     continue
                 if tuple(src[0].shape(src[1])) != shape:
                     raise AffectlensError(

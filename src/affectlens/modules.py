@@ -234,11 +234,13 @@ def parse_layers(spec: str | None, num_layers: int) -> tuple[int, ...]:
         try:
             if "-" in part:
                 a, b = (int(x) for x in part.split("-", 1))
-                layers.update(range(a, b + 1))
             else:
-                layers.add(int(part))
+                a = b = int(part)
         except ValueError:
             raise AffectlensError(f"bad layer spec '{part}': use e.g. 0-11,20") from None
+        if b < a:
+            raise AffectlensError(f"reversed layer range '{part}': write it low-high, e.g. {b}-{a}")
+        layers.update(range(a, b + 1))
     bad = sorted(x for x in layers if x < 0 or x >= num_layers)
     if bad:
         raise AffectlensError(f"layer(s) {bad} out of range: the model has {num_layers} layers (0-{num_layers - 1})")

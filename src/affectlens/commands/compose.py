@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--merge", action="store_true", help="LoRA donor: also write the merged model to OUT/merged")
     t.add_argument("--max-shard-size", default="5GB", help="shard size of written models (default 5GB)")
     t.add_argument("--force", action="store_true", help="replace an existing OUT")
+    t.add_argument("--allow-pickle", action="store_true",
+                   help="read pytorch_model.bin / adapter_model.bin (loaded with weights_only=True)")
     t.set_defaults(func=_transfer)
 
     a = sub.add_parser(
@@ -41,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--out", required=True, help="output dir")
     a.add_argument("--max-shard-size", default="5GB", help="shard size of the written model (default 5GB)")
     a.add_argument("--force", action="store_true", help="replace an existing OUT")
+    a.add_argument("--allow-pickle", action="store_true",
+                   help="read pytorch_model.bin / adapter_model.bin (loaded with weights_only=True)")
     a.set_defaults(func=_ablate)
 
 
@@ -48,7 +52,7 @@ def _transfer(args: argparse.Namespace) -> int:
     from ..compose import transfer
 
     res = transfer(args.base, args.donor, args.modules, args.out, layers=args.layers, merge=args.merge,
-                   force=args.force, max_shard_size=args.max_shard_size)
+                   force=args.force, max_shard_size=args.max_shard_size, allow_pickle=args.allow_pickle)
     print(f"transferred {len(res.info['tensors'])} tensor(s), {res.info['params_transferred']:,} "
           f"parameters ({res.info['donor_kind']} donor) -> {res.out}")
     return 0
@@ -59,7 +63,7 @@ def _ablate(args: argparse.Namespace) -> int:
 
     res = ablate(args.model, args.modules, args.mode, args.out, base=args.base, layers=args.layers,
                  seed=args.seed, control=args.control, force=args.force,
-                 max_shard_size=args.max_shard_size)
+                 max_shard_size=args.max_shard_size, allow_pickle=args.allow_pickle)
     print(f"ablated {','.join(res.info['ablated'])} ({args.mode}, {res.info['params_ablated']:,} "
           f"parameters) -> {res.out}")
     return 0

@@ -1,5 +1,6 @@
 """Reading checkpoints and adapters lazily, one tensor at a time."""
 
+from .finite import check_finite, check_store_finite
 from .lora import LoraAdapter, lora_delta_norm, lora_inner, open_adapter
 from .store import (
     GGUFStore,
@@ -7,7 +8,10 @@ from .store import (
     SafetensorsStore,
     TensorDictStore,
     WeightStore,
+    load_pickle,
+    load_pickle_state_dict,
     open_weights,
+    pickle_refusal,
 )
 
 __all__ = [
@@ -17,8 +21,13 @@ __all__ = [
     "SafetensorsStore",
     "TensorDictStore",
     "WeightStore",
+    "check_finite",
+    "check_store_finite",
+    "load_pickle",
+    "load_pickle_state_dict",
     "lora_delta_norm",
     "lora_inner",
     "open_adapter",
     "open_weights",
+    "pickle_refusal",
 ]

@@ -79,8 +79,11 @@ class LoraAdapter:
             raise AffectlensError(f"{self.path} is not a PEFT adapter dir (no adapter_config.json)")
         try:
             self.config: dict[str, Any] = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise AffectlensError(f"corrupt adapter_config.json in {self.path}: {e}") from None
+        if not isinstance(self.config, dict):
+            raise AffectlensError(
+                f"corrupt adapter_config.json in {self.path}: a JSON {type(self.config).__name__}, not an object")
         ptype = str(self.config.get("peft_type", "LORA")).upper()
         if ptype != "LORA":
             raise AffectlensError(f"adapter {self.path.name} is {ptype}; only LoRA adapters are supported")

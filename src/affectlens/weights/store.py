@@ -26,6 +26,8 @@ _ST_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
     "F8_E5M2": getattr(torch, "float8_e5m2", None),
+    "U16": getattr(torch, "uint16", None), "U32": getattr(torch, "uint32", None),
+    "U64": getattr(torch, "uint64", None),
 }
 
 # GGUF tensor names -> HF names (llama-family layout).
@@ -93,10 +95,22 @@ class WeightStore:
         self.close()
 
 
+def _st_itemsize(dtype: str) -> int | None:
+    dt = _ST_DTYPES.get(dtype)
+    return None if dt is None else torch.empty((), dtype=dt).element_size()
+
+
 def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """Parse and validate a safetensors header; a truncated or corrupt file is an error."""
-    size = path.stat().st_size
+    """Parse and validate a safetensors header; a truncated, corrupt or lying file is an error.
+
+    The checks are the ones ``safetensors`` itself makes on load (every entry a
+    dict with a known ``dtype``, a ``shape`` and ``data_offsets``; ``end - start
+    == numel * itemsize``; tensors packed back to back from offset 0 to the end
+    of the file), so a header lying about a tensor is refused by every reader
+    instead of being copied into a file that ``safetensors.load_file`` rejects.
+    """
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
             raw = f.read(8)
             if len(raw) < 8:
@@ -105,13 +119,56 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
             if n > size - 8 or n > 100_000_000:
                 raise ValueError(f"header length {n} exceeds file size {size}")
             header = json.loads(f.read(n))
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise AffectlensError(f"corrupt safetensors file {path}: {e}") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
+    except OSError as e:
+        raise AffectlensError(f"cannot read {path}: {e.strerror or e}") from None
+
+    def bad(msg: str) -> AffectlensError:
+        return AffectlensError(f"corrupt safetensors file {path}: {msg}")
+
+    if not isinstance(header, dict):
+        raise bad(f"header is a JSON {type(header).__name__}, not an object")
+    meta = header.get("__metadata__")
+    if meta is not None and not isinstance(meta, dict):
+        raise bad("__metadata__ is not an object")
+    spans: list[tuple[int, int, str]] = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            raise bad(f"entry for tensor {name} is not an object")
+        missing = [k for k in ("dtype", "shape", "data_offsets") if k not in info]
+        if missing:
+            raise bad(f"entry for tensor {name} lacks {', '.join(missing)}")
+        dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+        itemsize = _st_itemsize(dtype) if isinstance(dtype, str) else None
+        if itemsize is None:
+            raise bad(f"tensor {name} has unsupported dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise bad(f"tensor {name} has an invalid shape {shape!r}")
+        if (not isinstance(offs, list) or len(offs) != 2 or not all(type(x) is int for x in offs)
+                or not 0 <= offs[0] <= offs[1]):
+            raise bad(f"tensor {name} has invalid data_offsets {offs!r}")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if offs[1] - offs[0] != numel * itemsize:
+            raise bad(f"tensor {name} is {dtype} {shape} ({numel * itemsize} bytes) but its data_offsets "
+                      f"span {offs[1] - offs[0]} bytes")
+        spans.append((offs[0], offs[1], name))
+    data = size - 8 - n
+    pos = 0
+    for start, end, name in sorted(spans):
+        if start != pos:
+            raise bad(f"tensor {name} starts at byte {start} of the data, expected {pos} "
+                      "(overlapping or non-contiguous tensors)")
+        pos = end
+    if pos > data:
         raise AffectlensError(
-            f"truncated safetensors file {path}: header promises {8 + n + end} bytes, file has {size}"
-        )
+            f"truncated safetensors file {path}: header promises {8 + n + pos} bytes, file has {size}")
+    if pos != data:
+        raise bad(f"{data - pos} bytes after the last tensor's data")
     header["__header_bytes__"] = 8 + n
     return header
 
@@ -138,6 +195,11 @@ class SafetensorsStore(WeightStore):
 
     def names(self) -> list[str]:
         return list(self._where)
+
+    def file_of(self, name: str) -> Path:
+        """The file (shard) holding ``name``."""
+        self._info(name)
+        return self._where[name]
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._info(name)["shape"])
@@ -323,18 +385,66 @@ class TensorDictStore(WeightStore):
         return self._config
 
 
+def pickle_refusal(path: str | os.PathLike) -> AffectlensError:
+    """The one message for a pickle checkpoint read without --allow-pickle."""
+    return AffectlensError(
+        f"{path} is a pickle checkpoint; loading it can run code: pass --allow-pickle if you trust it")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def load_pickle(path: str | os.PathLike) -> Any:
+    """``torch.load`` with ``weights_only=True``: the one pickle loader of affectlens.
+
+    Memory-mapped when the file allows it; a legacy (pre-zip) file, which
+    cannot be mapped, is read again without mmap. Any failure is one line.
+    """
+    p = Path(path)
+    try:
+        return torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as first:
+        try:
+            return torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as e:
+            # The mmap attempt's message is the useful one unless the file is legacy.
+            err = e if "zipfile" in str(first) or "mmap" in str(first) else first
+            raise AffectlensError(
+                f"cannot read pickle checkpoint {p} with weights_only=True: {_first_line(err)}") from None
+
+
+def load_pickle_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A pickled state dict (``pytorch_model.bin``): its tensors, by name."""
+    obj = load_pickle(path)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise AffectlensError(f"pickle checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
 class PickleStore(TensorDictStore):
     """``pytorch_model.bin`` (loaded with ``weights_only=True``; only behind --allow-pickle)."""
 
     def __init__(self, path: Path, files: list[Path], config: dict[str, Any]) -> None:
         tensors: dict[str, torch.Tensor] = {}
+        self._files: dict[str, Path] = {}
         for f in files:
-            try:
-                sd = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
-            except Exception as e:
-                raise AffectlensError(f"cannot read {f} with weights_only=True: {type(e).__name__}") from None
-            tensors.update({k: v for k, v in sd.items() if isinstance(v, torch.Tensor)})
+            sd = load_pickle_state_dict(f)
+            for k in sd:
+                if k in tensors:
+                    raise AffectlensError(f"tensor {k} appears in both {self._files[k].name} and {f.name}")
+                self._files[k] = f
+            tensors.update(sd)
+        if not tensors:
+            raise AffectlensError(f"pickle checkpoint {path} holds no tensors")
         super().__init__(tensors, config, path)
+
+    def file_of(self, name: str) -> Path:
+        self._get(name)
+        return self._files[name]
 
 
 def read_config(directory: Path) -> dict[str, Any]:
@@ -343,8 +453,10 @@ def read_config(directory: Path) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AffectlensError(f"corrupt config.json in {directory}: {e}") from None
+    if not isinstance(data, dict):
+        raise AffectlensError(f"corrupt config.json in {directory}: a JSON {type(data).__name__}, not an object")
     # VLMs nest the language model's config.
     for key in ("text_config", "language_config", "llm_config"):
         if isinstance(data.get(key), dict):
@@ -371,7 +483,7 @@ def open_weights(path: str | os.PathLike, allow_pickle: bool = False) -> WeightS
             return GGUFStore(p)
         if p.suffix in (".bin", ".pt", ".pth"):
             if not allow_pickle:
-                raise AffectlensError(f"{p.name} is a pickle checkpoint; pass --allow-pickle to read it")
+                raise pickle_refusal(p)
             return PickleStore(p, [p], read_config(p.parent))
         raise AffectlensError(f"unknown checkpoint format: {p.name}")
     if (p / "adapter_config.json").is_file():
@@ -381,8 +493,10 @@ def open_weights(path: str | os.PathLike, allow_pickle: bool = False) -> WeightS
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise AffectlensError(f"corrupt index {index}: {e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise AffectlensError(f"corrupt index {index}: {type(e).__name__}: {e}") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise AffectlensError(f"corrupt index {index}: weight_map is not a map of tensor names to files")
         files = sorted({p / f for f in weight_map.values()})
         missing = [f.name for f in files if not f.is_file()]
         if missing:
@@ -401,6 +515,6 @@ def open_weights(path: str | os.PathLike, allow_pickle: bool = False) -> WeightS
     bins = sorted(p.glob("pytorch_model*.bin"))
     if bins:
         if not allow_pickle:
-            raise AffectlensError(f"{p} holds only pickle weights (pytorch_model.bin); pass --allow-pickle")
+            raise pickle_refusal(bins[0])
         return PickleStore(p, bins, config)
     raise AffectlensError(f"no weights found in {p} (no .safetensors, .gguf or pytorch_model.bin)")

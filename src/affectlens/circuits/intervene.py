@@ -219,6 +219,17 @@ def compare(before: Sequence[dict], after: Sequence[dict], n_boot: int = 1000, s
     return out
 
 
+@contextlib.contextmanager
+def _under(iv: Intervention) -> Iterator[None]:
+    """Name the intervention in a non-finite-result error raised inside the block."""
+    from ..evaluate.metrics import NonFiniteResult
+
+    try:
+        yield
+    except NonFiniteResult as e:
+        raise NonFiniteResult(f"with intervention {iv.describe()}: {e}") from None
+
+
 def run_intervention(model: Any, tokenizer: Any, tasks: Sequence[str], iv: Intervention,
                      limit: int | None = None, batch_size: int = 16, seed: int = 0, n_boot: int = 1000,
                      ppl_texts: Sequence[str] | None = None) -> dict[str, Any]:
@@ -248,7 +259,7 @@ def run_interventions(model: Any, tokenizer: Any, tasks: Sequence[str], ivs: dic
         before = evaluate(model, tokenizer, [spec], "closed", limit, batch_size, seed, progress=False, n_boot=n_boot)
         b = before.scores["tasks"][spec.name]
         for key, iv in ivs.items():
-            with intervened(model, layout, iv):
+            with intervened(model, layout, iv), _under(iv):
                 after = evaluate(model, tokenizer, [spec], "closed", limit, batch_size, seed, progress=False,
                                  n_boot=n_boot)
             a = after.scores["tasks"][spec.name]
@@ -260,6 +271,7 @@ def run_interventions(model: Any, tokenizer: Any, tasks: Sequence[str], ivs: dic
     if ppl_texts:
         pb = guarded_perplexity(model, tokenizer, ppl_texts)
         for key, iv in ivs.items():
-            pa = guarded_perplexity(model, tokenizer, ppl_texts, iv)
+            with _under(iv):
+                pa = guarded_perplexity(model, tokenizer, ppl_texts, iv)
             out[key]["perplexity"] = {"before": pb, "after": pa, "ratio": pa / pb}
     return out

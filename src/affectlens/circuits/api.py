@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,6 +113,13 @@ def select_layers(spec: str | None, num_layers: int, flag: str) -> tuple[int, ..
     return sel
 
 
+def _finite_options(**opts: float | None) -> None:
+    """Numeric options are finite numbers (argparse's float() accepts 'nan' and 'inf')."""
+    for name, v in opts.items():
+        if v is not None and not math.isfinite(v):
+            raise AffectlensError(f"--{name.replace('_', '-')} must be a finite number, not {v}")
+
+
 def _require_finite_out(obj: Any, what: str, model_path: str) -> None:
     """Refuse to write a result holding NaN/Inf; name the row (emotion/layer/unit) when it is one."""
     from ..evaluate.metrics import NonFiniteResult, find_non_finite
@@ -194,6 +202,7 @@ def vectors_run(model_path: str, out: str, pairs_path: str | None = None, force:
 
     check_out_dir(out, force)
     check_layer_spec(export_layers, "--export-layers")
+    _finite_options(coefficient=coefficient, min_score=min_score)
     torch.manual_seed(seed)
     model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, None, allow_pickle)
     enc = encoder_for(tok, pairs, proc)
@@ -268,6 +277,7 @@ def layers_run(model_path: str, out: str, pairs_path: str | None = None, force: 
 
     check_out_dir(out, force)
     check_layer_spec(layers, "--layers")
+    _finite_options(alpha=alpha, min_score=vec_opts.get("min_score"))
     torch.manual_seed(seed)
     model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
     sel = select_layers(layers, len(decoder_layers(model)), "--layers")
@@ -379,6 +389,7 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
     from .intervene import Intervention, parse_steer, parse_units, run_intervention, units_from_csv
 
     check_out_dir(out, force)
+    _finite_options(beta=beta, gamma=gamma)
     if not (steer or amplify_heads or amplify_neurons):
         raise AffectlensError("nothing to do: give --steer, --amplify-heads and/or --amplify-neurons")
     from ..evaluate import load_task, parse_task

@@ -15,6 +15,7 @@ evaluator — ``affectlens.evaluate`` included — runs the edited model.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,9 +124,13 @@ def parse_steer(specs: Sequence[str]) -> list[tuple[str, int, float]]:
         try:
             emo, rest = spec.split("@", 1)
             layer, _, alpha = rest.partition("*")
-            out.append((emo.strip().lower(), int(layer), float(alpha) if alpha else 1.0))
+            a = float(alpha) if alpha else 1.0
+            if not math.isfinite(a):
+                raise ValueError(alpha)
+            out.append((emo.strip().lower(), int(layer), a))
         except ValueError:
-            raise AffectlensError(f"bad --steer '{spec}': use EMOTION@LAYER*ALPHA, e.g. joy@12*4") from None
+            raise AffectlensError(f"bad --steer '{spec}': use EMOTION@LAYER*ALPHA with a finite α, "
+                                  "e.g. joy@12*4") from None
     return out
 
 

@@ -371,3 +371,51 @@ def test_circuits_layer_ranges(assets, tmp_path, capfd, argv):
     assert_refused(run_cli(capfd, *_circuits_argv(verb, assets["planted"], assets, out, *opt, "--min-score", "0",
                                                   "--force")),
                    out=out, contains="reversed" if "3-1" in opt else "out of range", survivor=before)
+
+
+@pytest.mark.parametrize("opts, msg", [
+    (["--mode", "generative", "--max-new-tokens", "0"], "--max-new-tokens must be positive"),
+    (["--bootstrap", "-5"], "--bootstrap must be 0 or more"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+], ids=["max-new-tokens", "bootstrap", "batch-size"])
+def test_evaluate_bad_counts(assets, tmp_path, capfd, opts, msg):
+    out = tmp_path / "run"
+    assert_refused(run_cli(capfd, "evaluate", TINYSTORIES, "--task", f"jsonl:{assets['task']}", *opts,
+                           "--out", out), out=out, contains=msg)
+
+
+@pytest.mark.parametrize("opt, msg", [("max_length=1", "max_length must be at least 2"),
+                                      ("stride=0", "stride must be in")])
+def test_perplexity_degenerate_windows(assets, tmp_path, capfd, opt, msg):
+    """max_length=1 scored no token at all and reported perplexity exactly 1.0."""
+    out = tmp_path / "run"
+    assert_refused(run_cli(capfd, "evaluate", TINYSTORIES, "--task", f"ppl:{assets['ppl']},{opt}", "--out", out),
+                   out=out, contains=msg)
+
+
+@pytest.mark.parametrize("content, msg", [
+    ("layer,head,score\n1,0,abc\n", "row 2: layer/head/score are not numbers"),
+    ("layer,head,score\n1,0,0.5\n1,2,nan\n", "row 3: score is nan"),
+], ids=["text-score", "nan-score"])
+def test_intervene_units_csv(assets, tmp_path, capfd, content, msg):
+    f = tmp_path / "heads.csv"
+    f.write_text(content)
+    out = tmp_path / "iv"
+    assert_refused(run_cli(capfd, "circuits", "intervene", assets["planted"], "--task", f"jsonl:{assets['task']}",
+                           "--amplify-heads", f, "--out", out), out=out, contains=msg)
+
+
+@pytest.mark.parametrize("row, msg", [
+    ({"emotional": "i am furious", "neutral": None, "label": "anger"}, ":3: field 'neutral' is null"),
+    ({"emotional": "i am furious", "neutral": "i am", "label": None}, ":3: field 'label' is null"),
+    ({"emotional": "i am furious", "neutral": "i am", "label": " "}, ":3: field 'label' is empty"),
+    ({"emotional": ["i", "am"], "neutral": "i am", "label": "anger"}, ":3: field 'emotional' is list"),
+], ids=["null-neutral", "null-label", "empty-label", "list-text"])
+def test_pairs_null_fields(assets, tmp_path, capfd, row, msg):
+    """A null label was read as the emotion 'none'."""
+    f = tmp_path / "pairs.jsonl"
+    good = {"emotional": "we won the game so happy", "neutral": "we won the game", "label": "joy"}
+    f.write_text(json.dumps(good) + "\n\n" + json.dumps(row) + "\n")
+    out = tmp_path / "vec"
+    assert_refused(run_cli(capfd, "circuits", "vectors", assets["planted"], "--pairs", f, "--out", out),
+                   out=out, contains=msg)

@@ -120,6 +120,13 @@ def _finite_options(**opts: float | None) -> None:
             raise AffectlensError(f"--{name.replace('_', '-')} must be a finite number, not {v}")
 
 
+def _positive(**opts: int | None) -> None:
+    """Counts and sizes are positive integers (None: the default)."""
+    for name, v in opts.items():
+        if v is not None and v < 1:
+            raise AffectlensError(f"--{name.replace('_', '-')} must be positive, not {v}")
+
+
 def _require_finite_out(obj: Any, what: str, model_path: str) -> None:
     """Refuse to write a result holding NaN/Inf; name the row (emotion/layer/unit) when it is one."""
     from ..evaluate.metrics import NonFiniteResult, find_non_finite
@@ -278,6 +285,7 @@ def layers_run(model_path: str, out: str, pairs_path: str | None = None, force: 
     check_out_dir(out, force)
     check_layer_spec(layers, "--layers")
     _finite_options(alpha=alpha, min_score=vec_opts.get("min_score"))
+    _positive(max_pairs=max_pairs, batch_size=batch_size)
     torch.manual_seed(seed)
     model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
     sel = select_layers(layers, len(decoder_layers(model)), "--layers")
@@ -309,6 +317,8 @@ def heads_run(model_path: str, out: str, pairs_path: str | None = None, force: b
     from .heads import classify_heads, head_attribution, overlap_by_layer, plot_heads, top_heads
 
     check_out_dir(out, force)
+    _positive(top_k=top_k, max_pairs=max_pairs)
+    _finite_options(min_score=vec_opts.get("min_score"))
     torch.manual_seed(seed)
     model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
     enc = encoder_for(tok, pairs, proc)
@@ -350,6 +360,8 @@ def neurons_run(model_path: str, out: str, pairs_path: str | None = None, force:
     from .neurons import neuron_attribution, plot_neurons
 
     check_out_dir(out, force)
+    _positive(top_k=top_k, max_pairs=max_pairs)
+    _finite_options(min_score=vec_opts.get("min_score"))
     torch.manual_seed(seed)
     model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
     enc = encoder_for(tok, pairs, proc)
@@ -390,6 +402,7 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
 
     check_out_dir(out, force)
     _finite_options(beta=beta, gamma=gamma)
+    _positive(top=top, limit=limit, batch_size=batch_size)
     if not (steer or amplify_heads or amplify_neurons):
         raise AffectlensError("nothing to do: give --steer, --amplify-heads and/or --amplify-neurons")
     from ..evaluate import load_task, parse_task

@@ -156,19 +156,29 @@ def units_from_csv(path: str, what: str, k: int, emotion: str | None = None) -> 
     import csv
 
     col = "head" if what == "head" else "neuron"
+    if k < 1:
+        raise AffectlensError(f"--top must be positive, not {k}")
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
             rows = list(csv.DictReader(f))
     except OSError as e:
         raise AffectlensError(f"cannot read {path}: {e.strerror}") from None
+    except csv.Error as e:
+        raise AffectlensError(f"{path} is not a valid CSV: {e}") from None
     if rows and (col not in rows[0] or "score" not in rows[0]):
         raise AffectlensError(f"{path} has no '{col}'/'score' columns (is it a circuits {what}s CSV?)")
     if emotion is not None:
         rows = [r for r in rows if r.get("emotion") == emotion]
     agg: dict[tuple[int, int], float] = {}
-    for r in rows:
-        key = (int(r["layer"]), int(r[col]))
-        agg[key] = agg.get(key, 0.0) + float(r["score"])
+    for i, r in enumerate(rows, 2):
+        try:
+            key = (int(r["layer"]), int(r[col]))
+            score = float(r["score"])
+        except (TypeError, ValueError, KeyError):
+            raise AffectlensError(f"{path}: row {i}: layer/{col}/score are not numbers") from None
+        if not math.isfinite(score):
+            raise AffectlensError(f"{path}: row {i}: score is {score}")
+        agg[key] = agg.get(key, 0.0) + score
     top = sorted(agg, key=lambda x: -agg[x])[:k]
     if not top:
         raise AffectlensError(f"{path} selects no {what}s")

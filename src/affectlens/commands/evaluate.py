@@ -62,8 +62,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..runs import check_out_dir
 
     check_out_dir(args.out, args.force)
-    if args.batch_size < 1:
-        raise AffectlensError(f"--batch-size must be positive, not {args.batch_size}")
+    for flag, v, low in (("--batch-size", args.batch_size, 1), ("--max-new-tokens", args.max_new_tokens, 1),
+                         ("--bootstrap", args.bootstrap, 0)):
+        if v < low:
+            raise AffectlensError(f"{flag} must be {'positive' if low else '0 or more'}, not {v}")
     tasks = args.tasks or ["emotion"]
     for t in tasks:  # fail on bad data before spending time on the model
         load_task(parse_task(t), args.limit)

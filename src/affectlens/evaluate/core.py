@@ -265,6 +265,12 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
     """
     if mode not in MODES:
         raise AffectlensError(f"unknown mode '{mode}'; choose from {', '.join(MODES)}")
+    if n_boot < 0:
+        raise AffectlensError(f"--bootstrap must be 0 (no CIs) or positive, not {n_boot}")
+    if max_new_tokens < 1:
+        raise AffectlensError(f"--max-new-tokens must be positive, not {max_new_tokens}")
+    if batch_size < 1:
+        raise AffectlensError(f"--batch-size must be positive, not {batch_size}")
     if tokenizer is None:
         raise AffectlensError("evaluation needs the model's tokenizer; the model has none")
     if isinstance(tasks, str | TaskSpec):

@@ -50,10 +50,12 @@ def perplexity(model, tokenizer, path_or_texts: str | os.PathLike | Sequence[str
     if tokenizer is None:
         raise AffectlensError("perplexity needs the model's tokenizer; the model has none")
     texts = _texts(path_or_texts)
+    if max_length is not None and max_length < 2:
+        raise AffectlensError(f"max_length must be at least 2 (a token and its successor), not {max_length}")
     max_length = max_length or min(_max_positions(model) or 1024, 1024)
-    stride = stride or max(1, max_length // 2)
+    stride = max(1, max_length // 2) if stride is None else stride
     if not 0 < stride <= max_length:
-        raise AffectlensError(f"stride must be in 1..{max_length}")
+        raise AffectlensError(f"stride must be in 1..{max_length}, not {stride}")
     windows: list[tuple[list[int], int, int]] = []  # (ids, trailing targets to score, text index)
     for ti, t in enumerate(texts):
         ids = list(tokenizer(t, add_special_tokens=_add_special(tokenizer, t))["input_ids"])

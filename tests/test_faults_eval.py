@@ -419,3 +419,16 @@ def test_pairs_null_fields(assets, tmp_path, capfd, row, msg):
     out = tmp_path / "vec"
     assert_refused(run_cli(capfd, "circuits", "vectors", assets["planted"], "--pairs", f, "--out", out),
                    out=out, contains=msg)
+
+
+def test_write_run_never_writes_bare_nan(tmp_path):
+    """The Python API too: a result holding NaN is refused before anything is written."""
+    from affectlens.errors import AffectlensError
+    from affectlens.evaluate import EvalResult, write_run
+
+    res = EvalResult(scores={"mode": "closed", "tasks": {"t": {"primary": 0.5, "metrics": {"accuracy": float("nan")}}},
+                             "mean": 0.5}, predictions=[], mode="closed")
+    out = tmp_path / "run"
+    with pytest.raises(AffectlensError, match=r"non-finite value nan in scores \(tasks\.t\.metrics\.accuracy\)"):
+        write_run(res, out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []

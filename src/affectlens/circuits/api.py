@@ -212,9 +212,11 @@ def vectors_run(model_path: str, out: str, pairs_path: str | None = None, force:
     _finite_options(coefficient=coefficient, min_score=min_score)
     torch.manual_seed(seed)
     model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, None, allow_pickle)
+    from .hooks import decoder_layers
+
+    layers = list(select_layers(export_layers, len(decoder_layers(model)), "--export-layers"))
     enc = encoder_for(tok, pairs, proc)
     sv = compute_vectors(model, enc, pairs, min_score, position, from_token, centring, denoise)
-    layers = list(select_layers(export_layers, sv.num_layers, "--export-layers"))
     rows = []
     for e in sv.labels:
         v = sv.get(e)

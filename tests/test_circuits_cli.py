@@ -124,6 +124,34 @@ def test_bad_input_is_one_line(setup, capsys, argv, msg):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("verb", ["heads", "neurons"])
+def test_attribution_through_a_peft_adapter(setup, verb):
+    """PEFT freezes the base weights: gradients must still reach the captured activations.
+
+    A LoRA adapter with B = 0 (PEFT's default init) is the identity, so the
+    attribution through it equals the plain model's, row for row.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root, model_dir, pairs, task, vec, v = setup
+    adapter = root / f"identity_adapter_{verb}"
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).save_pretrained(str(adapter))
+    rows = {}
+    for name, extra in (("plain", []), ("adapter", ["--adapter", str(adapter)])):
+        out = root / f"{verb}_{name}"
+        assert main(["circuits", verb, str(model_dir), "--pairs", str(pairs), "--vectors", str(vec),
+                     "--top-k", "3", "--out", str(out), *extra]) == 0
+        rows[name] = _csv(out / f"{verb}.csv")
+    assert len(rows["adapter"]) == len(rows["plain"]) > 0
+    for a, b in zip(rows["adapter"], rows["plain"], strict=True):
+        assert (a["emotion"], a["layer"]) == (b["emotion"], b["layer"])
+        assert float(a["score"]) == pytest.approx(float(b["score"]), rel=1e-4, abs=1e-6)
+    if verb == "heads":  # the planted heads carry the signal (planted MLPs write nothing)
+        assert any(float(r["score"]) != 0 for r in rows["plain"])
+
+
 def test_existing_output_needs_force(setup, capsys):
     root, model_dir, pairs, task, vec, v = setup
     assert main(["circuits", "vectors", str(model_dir), "--pairs", str(pairs), "--out", str(vec),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,18 +23,22 @@ from .vectors import SteeringVectors, import_lm_eval, import_steering_vectors_li
 
 
 def load_for_pairs(model_path: str, pairs: Sequence[Pair], adapter: str | None = None,
-                   dtype: str = "float32") -> tuple[Any, Any, Any]:
+                   dtype: str = "float32", allow_pickle: bool = False) -> tuple[Any, Any, Any]:
     """``(model, tokenizer, processor)``; a vision-language model when the pairs carry images."""
-    if not any(p.image_emotional or p.image_neutral for p in pairs):
-        from ..models import load_model
+    from ..evaluate.core import _pickle_only, load_scoring_model
 
-        model, tok = load_model(model_path, adapter=adapter, dtype=dtype)
+    if not any(p.image_emotional or p.image_neutral for p in pairs):
+        model, tok = load_scoring_model(model_path, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle)
         return model, tok, None
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from ..models import resolve_model_path, torch_dtype
 
     p = resolve_model_path(model_path)
+    bad = None if allow_pickle else _pickle_only(p)
+    if bad is not None:
+        raise AffectlensError(f"{bad} is a pickle checkpoint; loading it can run code: "
+                              "pass --allow-pickle if you trust it")
     try:
         model = AutoModelForImageTextToText.from_pretrained(str(p), dtype=torch_dtype(dtype)).eval()
         proc = AutoProcessor.from_pretrained(str(p))
@@ -42,24 +47,104 @@ def load_for_pairs(model_path: str, pairs: Sequence[Pair], adapter: str | None =
     return model, proc.tokenizer, proc
 
 
-def load_vectors(path: str | os.PathLike, num_layers: int, label: str | None = None) -> SteeringVectors:
-    """Our safetensors (dir or file), or a steering-vectors / lm-eval ``.pt`` (needs ``label``)."""
+def load_vectors(path: str | os.PathLike, num_layers: int, label: str | None = None,
+                 hidden: int | None = None) -> SteeringVectors:
+    """Our safetensors (dir or file), or a steering-vectors / lm-eval ``.pt`` (needs ``label``).
+
+    ``.pt`` files are read with ``torch.load(weights_only=True)``; every
+    vector is checked: shape, layer count, hidden size (when given), finite.
+    """
+    from .vectors import _torch_load
+
     p = Path(path)
+    if not p.exists():
+        raise AffectlensError(f"no steering vectors at {p}")
     if p.is_dir() or p.suffix == ".safetensors":
         sv = SteeringVectors.load(p)
     else:
         if label is None:
             raise AffectlensError(f"{p} holds one unnamed vector; pass --vectors-label EMOTION")
-        obj = torch.load(str(p), map_location="cpu", weights_only=True) if p.is_file() else None
-        if obj is None:
-            raise AffectlensError(f"no steering vectors at {p}")
+        obj = _torch_load(p)
         if isinstance(obj, dict) and "layer_activations" in obj:
             sv = import_steering_vectors_lib(p, label, num_layers)
         else:
             sv = import_lm_eval(p, label, num_layers)
     if sv.num_layers != num_layers:
         raise AffectlensError(f"vectors at {p} have {sv.num_layers} layers but the model has {num_layers}")
+    width = next(iter(sv.vectors.values())).shape[1]
+    if hidden is not None and width != hidden:
+        raise AffectlensError(f"vectors at {p} have width {width} but the model's hidden size is {hidden}")
     return sv
+
+
+def _hidden_size(model: Any) -> int | None:
+    cfg = getattr(model, "config", None)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    h = getattr(cfg, "hidden_size", None)
+    return int(h) if isinstance(h, int) else None
+
+
+def check_layer_spec(spec: str | None, flag: str) -> None:
+    """Syntax and order of a layer spec (``0-3,7``), before any model is loaded."""
+    if spec is None or str(spec).strip() in ("", "all"):
+        return
+    for part in str(spec).split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-", 1))
+                if a > b:
+                    raise AffectlensError(f"{flag} {spec}: reversed layer range '{part}' "
+                                          f"(write {b}-{a})")
+            else:
+                int(part)
+        except ValueError:
+            raise AffectlensError(f"{flag} {spec}: bad layer spec '{part}': use e.g. 0-11,20") from None
+
+
+def select_layers(spec: str | None, num_layers: int, flag: str) -> tuple[int, ...]:
+    """Layer indices of ``spec`` (through ``modules.parse_layers``); never an empty selection."""
+    from ..modules import parse_layers
+
+    check_layer_spec(spec, flag)
+    sel = parse_layers(spec, num_layers)
+    if not sel:
+        raise AffectlensError(f"{flag} {spec} selects no layers")
+    return sel
+
+
+def _finite_options(**opts: float | None) -> None:
+    """Numeric options are finite numbers (argparse's float() accepts 'nan' and 'inf')."""
+    for name, v in opts.items():
+        if v is not None and not math.isfinite(v):
+            raise AffectlensError(f"--{name.replace('_', '-')} must be a finite number, not {v}")
+
+
+def _positive(**opts: int | None) -> None:
+    """Counts and sizes are positive integers (None: the default)."""
+    for name, v in opts.items():
+        if v is not None and v < 1:
+            raise AffectlensError(f"--{name.replace('_', '-')} must be positive, not {v}")
+
+
+def _require_finite_out(obj: Any, what: str, model_path: str) -> None:
+    """Refuse to write a result holding NaN/Inf; name the row (emotion/layer/unit) when it is one."""
+    from ..evaluate.metrics import NonFiniteResult, find_non_finite
+
+    hit = find_non_finite(obj)
+    if not hit:
+        return
+    where, value = hit
+    if isinstance(obj, list) and where.startswith("["):
+        i = int(where[1:where.index("]")])
+        row = obj[i]
+        if isinstance(row, dict):
+            key = where[where.index("]") + 1:].lstrip(".")
+            ident = ", ".join(f"{k} {row[k]}" for k in ("task", "metric", "emotion", "layer", "head", "neuron")
+                              if k in row)
+            where = f"{key} of row {i + 1} ({ident})" if ident else f"{key} of row {i + 1}"
+    raise NonFiniteResult(f"circuits {what}: non-finite {where} = {value} from model {model_path}; "
+                          "nothing written")
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -73,13 +158,13 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _setup(model_path: str, pairs_path: str | None, adapter: str | None, dtype: str,
-           emotions: Sequence[str] | None) -> tuple[Any, Any, Any, list[Pair]]:
+           emotions: Sequence[str] | None, allow_pickle: bool = False) -> tuple[Any, Any, Any, list[Pair]]:
     pairs = load_pairs(pairs_path)
     if emotions:
         unknown = sorted(set(emotions) - set(labels_of(pairs)))
         if unknown:
             raise AffectlensError(f"emotion(s) {', '.join(unknown)} not in the pairs ({', '.join(labels_of(pairs))})")
-    model, tok, proc = load_for_pairs(model_path, pairs, adapter, dtype)
+    model, tok, proc = load_for_pairs(model_path, pairs, adapter, dtype, allow_pickle)
     return model, tok, proc, pairs
 
 
@@ -88,7 +173,8 @@ def _vectors(model: Any, enc: Any, pairs: list[Pair], opts: dict[str, Any]) -> S
     from .vectors import compute_vectors
 
     if opts.get("vectors"):
-        return load_vectors(opts["vectors"], len(decoder_layers(model)), opts.get("vectors_label"))
+        return load_vectors(opts["vectors"], len(decoder_layers(model)), opts.get("vectors_label"),
+                            _hidden_size(model))
     return compute_vectors(model, enc, pairs, min_score=opts.get("min_score", 0.5),
                            position=opts.get("position", "last"), from_token=opts.get("from_token", 0),
                            centring=opts.get("centring", "pair"), denoise=opts.get("denoise"))
@@ -112,7 +198,7 @@ def vectors_run(model_path: str, out: str, pairs_path: str | None = None, force:
                 position: str = "last", from_token: int = 0, centring: str = "pair",
                 denoise: float | None = None, export: Sequence[str] = (),
                 export_layers: str | None = None, coefficient: float = 1.0,
-                seed: int = 0) -> SteeringVectors:
+                seed: int = 0, allow_pickle: bool = False) -> SteeringVectors:
     from .vectors import compute_vectors, export_lm_eval, export_steering_vectors_lib
 
     formats = [f for f in export if f]
@@ -122,26 +208,32 @@ def vectors_run(model_path: str, out: str, pairs_path: str | None = None, force:
     from ..runs import check_out_dir
 
     check_out_dir(out, force)
+    check_layer_spec(export_layers, "--export-layers")
+    _finite_options(coefficient=coefficient, min_score=min_score)
     torch.manual_seed(seed)
-    model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, None)
+    model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, None, allow_pickle)
+    from .hooks import decoder_layers
+
+    layers = list(select_layers(export_layers, len(decoder_layers(model)), "--export-layers"))
     enc = encoder_for(tok, pairs, proc)
     sv = compute_vectors(model, enc, pairs, min_score, position, from_token, centring, denoise)
+    rows = []
+    for e in sv.labels:
+        v = sv.get(e)
+        for la in range(sv.num_layers):
+            prev = v[la - 1] if la else None
+            rows.append({"emotion": e, "layer": la, "norm": float(v[la].norm()),
+                         "relative_norm": float(v[la].norm()) / max(sv.resid_norm[la], 1e-12)
+                         if sv.resid_norm else "",
+                         "cos_prev_layer": float(torch.cosine_similarity(v[la], prev, dim=0))
+                         if prev is not None else ""})
+    summary = {"labels": sv.labels, "counts": sv.counts, "totals": sv.totals,
+               "num_layers": sv.num_layers, "options": sv.options}
+    _require_finite_out(rows, "vectors", model_path)
+    _require_finite_out(summary, "vectors", model_path)
     with atomic_dir(out, force) as d:
         sv.save(d / "vectors.safetensors")
-        rows = []
-        for e in sv.labels:
-            v = sv.get(e)
-            for la in range(sv.num_layers):
-                prev = v[la - 1] if la else None
-                rows.append({"emotion": e, "layer": la, "norm": float(v[la].norm()),
-                             "relative_norm": float(v[la].norm()) / max(sv.resid_norm[la], 1e-12)
-                             if sv.resid_norm else "",
-                             "cos_prev_layer": float(torch.cosine_similarity(v[la], prev, dim=0))
-                             if prev is not None else ""})
         _write_csv(d / "vectors.csv", rows)
-        from ..modules import parse_layers
-
-        layers = list(parse_layers(export_layers, sv.num_layers))
         for f in formats:
             sub = d / f.replace("-", "_")
             sub.mkdir()
@@ -151,8 +243,7 @@ def vectors_run(model_path: str, out: str, pairs_path: str | None = None, force:
                 else:
                     export_steering_vectors_lib(sv, e, sub / f"{e}.pt", layers)
         _plot_vectors(sv, d / "vectors.png")
-        write_json(d / "summary.json", {"labels": sv.labels, "counts": sv.counts, "totals": sv.totals,
-                                        "num_layers": sv.num_layers, "options": sv.options})
+        write_json(d / "summary.json", summary)
         write_manifest(d, "circuits vectors", _inputs(model_path, pairs_path, {"adapter": adapter}),
                        {"min_score": min_score, "position": position, "from_token": from_token,
                         "centring": centring, "denoise": denoise, "export": formats,
@@ -188,25 +279,29 @@ def layers_run(model_path: str, out: str, pairs_path: str | None = None, force: 
                adapter: str | None = None, dtype: str = "float32", alpha: float = 1.0,
                scale: str = "raw", layers: str | None = None, emotions: Sequence[str] | None = None,
                max_pairs: int | None = None, batch_size: int = 16, seed: int = 0,
-               **vec_opts: Any) -> Any:
-    from ..modules import parse_layers
+               allow_pickle: bool = False, **vec_opts: Any) -> Any:
     from ..runs import check_out_dir
     from .hooks import decoder_layers
     from .layers import layer_profile, plot_profile
 
     check_out_dir(out, force)
+    check_layer_spec(layers, "--layers")
+    _finite_options(alpha=alpha, min_score=vec_opts.get("min_score"))
+    _positive(max_pairs=max_pairs, batch_size=batch_size)
     torch.manual_seed(seed)
-    model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, emotions)
+    model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
+    sel = select_layers(layers, len(decoder_layers(model)), "--layers")
     enc = encoder_for(tok, pairs, proc)
     sv = _vectors(model, enc, pairs, vec_opts)
-    sel = parse_layers(layers, len(decoder_layers(model)))
     prof = layer_profile(model, enc, pairs, sv, alpha, scale, sel, emotions, max_pairs, batch_size)
+    summary = {"critical_layer": prof.critical, "seconds_per_sweep": prof.seconds_per_sweep,
+               "options": prof.options}
+    _require_finite_out(prof.rows, "layers", model_path)
+    _require_finite_out(summary, "layers", model_path)
     with atomic_dir(out, force) as d:
         _write_csv(d / "layers.csv", prof.rows)
         plot_profile(prof, str(d / "layer_profile.png"))
-        write_json(d / "summary.json", {"critical_layer": prof.critical,
-                                        "seconds_per_sweep": prof.seconds_per_sweep,
-                                        "options": prof.options})
+        write_json(d / "summary.json", summary)
         write_manifest(d, "circuits layers", _inputs(model_path, pairs_path,
                                                      {"adapter": adapter, "vectors": vec_opts.get("vectors")}),
                        {"alpha": alpha, "scale": scale, "layers": list(sel), "emotions": emotions,
@@ -218,16 +313,20 @@ def layers_run(model_path: str, out: str, pairs_path: str | None = None, force: 
 def heads_run(model_path: str, out: str, pairs_path: str | None = None, force: bool = False,
               adapter: str | None = None, dtype: str = "float32", target_layer: int | None = None,
               metric: str = "proj", top_k: int = 10, emotions: Sequence[str] | None = None,
-              max_pairs: int | None = None, seed: int = 0, **vec_opts: Any) -> Any:
+              max_pairs: int | None = None, seed: int = 0, allow_pickle: bool = False,
+              **vec_opts: Any) -> Any:
     from ..runs import check_out_dir
     from .heads import classify_heads, head_attribution, overlap_by_layer, plot_heads, top_heads
 
     check_out_dir(out, force)
+    _positive(top_k=top_k, max_pairs=max_pairs)
+    _finite_options(min_score=vec_opts.get("min_score"))
     torch.manual_seed(seed)
-    model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, emotions)
+    model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
     enc = encoder_for(tok, pairs, proc)
     sv = _vectors(model, enc, pairs, vec_opts)
     res = head_attribution(model, enc, pairs, sv, target_layer, metric, emotions, max_pairs)
+    _require_finite_out(res.rows, "heads", model_path)  # before ranking: NaN sorts anywhere
     n_layers = max(r["layer"] for r in res.rows) + 1
     tops = top_heads(res, top_k)
     kinds = classify_heads(tops)
@@ -257,16 +356,21 @@ def heads_run(model_path: str, out: str, pairs_path: str | None = None, force: b
 def neurons_run(model_path: str, out: str, pairs_path: str | None = None, force: bool = False,
                 adapter: str | None = None, dtype: str = "float32", target_layer: int | None = None,
                 metric: str = "proj", top_k: int = 50, emotions: Sequence[str] | None = None,
-                max_pairs: int | None = None, seed: int = 0, **vec_opts: Any) -> Any:
+                max_pairs: int | None = None, seed: int = 0, allow_pickle: bool = False,
+                **vec_opts: Any) -> Any:
     from ..runs import check_out_dir
     from .neurons import neuron_attribution, plot_neurons
 
     check_out_dir(out, force)
+    _positive(top_k=top_k, max_pairs=max_pairs)
+    _finite_options(min_score=vec_opts.get("min_score"))
     torch.manual_seed(seed)
-    model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, emotions)
+    model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
     enc = encoder_for(tok, pairs, proc)
     sv = _vectors(model, enc, pairs, vec_opts)
     res = neuron_attribution(model, enc, pairs, sv, target_layer, metric, top_k, emotions, max_pairs)
+    _require_finite_out(res.rows, "neurons", model_path)
+    _require_finite_out(res.per_layer, "neurons", model_path)
     with atomic_dir(out, force) as d:
         _write_csv(d / "neurons.csv", res.rows)
         _write_csv(d / "neurons_by_layer.csv", res.per_layer)
@@ -290,23 +394,35 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
                   split_layer: int | None = None, amplify_neurons: str | None = None,
                   gamma: float = 2.0, top: int = 10, emotion: str | None = None,
                   limit: int | None = None, batch_size: int = 16, n_boot: int = 1000,
-                  ppl_texts: str | None = None, pairs_path: str | None = None, seed: int = 0) -> dict:
+                  ppl_texts: str | None = None, pairs_path: str | None = None, seed: int = 0,
+                  allow_pickle: bool = False) -> dict:
     """Evaluate before/after; heads/neurons as ``L.I,...`` or a previous run's CSV (top ``top``)."""
-    from ..models import load_model
+    from ..evaluate.core import load_scoring_model
     from ..runs import check_out_dir
     from .hooks import decoder_layers
     from .intervene import Intervention, parse_steer, parse_units, run_intervention, units_from_csv
 
     check_out_dir(out, force)
+    _finite_options(beta=beta, gamma=gamma)
+    _positive(top=top, limit=limit, batch_size=batch_size)
     if not (steer or amplify_heads or amplify_neurons):
         raise AffectlensError("nothing to do: give --steer, --amplify-heads and/or --amplify-neurons")
     from ..evaluate import load_task, parse_task
 
     for t in tasks:  # bad task specs fail before the model loads
         load_task(parse_task(t), limit)
-    model, tok = load_model(model_path, adapter=adapter, dtype=dtype)
+    if ppl_texts:
+        pp = Path(ppl_texts)
+        if not pp.is_file():
+            raise AffectlensError(f"--ppl-texts {pp} is not a file")
+        texts = [t for t in pp.read_bytes().decode("utf-8-sig", errors="replace").split("\n\n") if t.strip()]
+        if not texts:
+            raise AffectlensError(f"--ppl-texts {pp} holds no text")
+    else:
+        texts = [p.neutral for p in load_pairs(pairs_path)][:40]
+    model, tok = load_scoring_model(model_path, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle)
     n_layers = len(decoder_layers(model))
-    sv = load_vectors(vectors, n_layers, vectors_label) if vectors else None
+    sv = load_vectors(vectors, n_layers, vectors_label, _hidden_size(model)) if vectors else None
 
     def units(spec: str | None, what: str) -> dict[int, list[int]]:
         if not spec:
@@ -318,11 +434,8 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
     iv = Intervention(steer=parse_steer(steer), scale=scale, vectors=sv,
                       heads=units(amplify_heads, "head"), beta=beta, attn_mode=attn_mode,
                       split_layer=split_layer, neurons=units(amplify_neurons, "neuron"), gamma=gamma)
-    if ppl_texts:
-        texts = [t for t in Path(ppl_texts).read_text().split("\n\n") if t.strip()]
-    else:
-        texts = [p.neutral for p in load_pairs(pairs_path)][:40]
     res = run_intervention(model, tok, tasks, iv, limit, batch_size, seed, n_boot, texts)
+    _require_finite_out(res, "intervene", model_path)
     with atomic_dir(out, force) as d:
         rows = []
         for name, r in res["tasks"].items():
@@ -335,7 +448,7 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
             for side in ("before", "after"):
                 with open(d / f"predictions_{_safe(name)}_{side}.jsonl", "w") as f:
                     for p in preds[side]:
-                        f.write(json.dumps(p) + "\n")
+                        f.write(json.dumps(p, allow_nan=False) + "\n")
         _write_csv(d / "results.csv", rows)
         write_json(d / "results.json", res)
         _plot_changes(rows, res.get("perplexity"), d / "changes.png", iv.describe())

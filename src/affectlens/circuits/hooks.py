@@ -326,6 +326,12 @@ class Captured:
     down_in: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [b, s, ffn]
 
 
+def _grad_from_here(_m: nn.Module, _a: tuple, output: torch.Tensor) -> torch.Tensor:
+    if torch.is_grad_enabled() and isinstance(output, torch.Tensor) and not output.requires_grad:
+        return output.detach().requires_grad_(True)
+    return output
+
+
 def capture(h: HookSet, layers: Sequence[int], resid: bool = True, o_in: bool = False,
             down_in: bool = False, keep_grad: bool = False) -> Captured:
     """Record residual outputs / o_proj inputs / down_proj inputs of ``layers``.
@@ -336,6 +342,10 @@ def capture(h: HookSet, layers: Sequence[int], resid: bool = True, o_in: bool = 
     """
     out = Captured()
     blocks = decoder_layers(h.model)
+    if keep_grad:  # frozen weights (a PEFT-wrapped model): start the graph at the embeddings
+        emb = h.model.get_input_embeddings() if hasattr(h.model, "get_input_embeddings") else None
+        if emb is not None:
+            h.forward(emb, _grad_from_here)
 
     def keep(store: dict[int, torch.Tensor], layer: int, t: torch.Tensor) -> None:
         if keep_grad:  # stays in the graph: take gradients with torch.autograd.grad

@@ -15,6 +15,7 @@ evaluator — ``affectlens.evaluate`` included — runs the edited model.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,9 +124,13 @@ def parse_steer(specs: Sequence[str]) -> list[tuple[str, int, float]]:
         try:
             emo, rest = spec.split("@", 1)
             layer, _, alpha = rest.partition("*")
-            out.append((emo.strip().lower(), int(layer), float(alpha) if alpha else 1.0))
+            a = float(alpha) if alpha else 1.0
+            if not math.isfinite(a):
+                raise ValueError(alpha)
+            out.append((emo.strip().lower(), int(layer), a))
         except ValueError:
-            raise AffectlensError(f"bad --steer '{spec}': use EMOTION@LAYER*ALPHA, e.g. joy@12*4") from None
+            raise AffectlensError(f"bad --steer '{spec}': use EMOTION@LAYER*ALPHA with a finite α, "
+                                  "e.g. joy@12*4") from None
     return out
 
 
@@ -151,19 +156,29 @@ def units_from_csv(path: str, what: str, k: int, emotion: str | None = None) -> 
     import csv
 
     col = "head" if what == "head" else "neuron"
+    if k < 1:
+        raise AffectlensError(f"--top must be positive, not {k}")
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
             rows = list(csv.DictReader(f))
     except OSError as e:
         raise AffectlensError(f"cannot read {path}: {e.strerror}") from None
+    except csv.Error as e:
+        raise AffectlensError(f"{path} is not a valid CSV: {e}") from None
     if rows and (col not in rows[0] or "score" not in rows[0]):
         raise AffectlensError(f"{path} has no '{col}'/'score' columns (is it a circuits {what}s CSV?)")
     if emotion is not None:
         rows = [r for r in rows if r.get("emotion") == emotion]
     agg: dict[tuple[int, int], float] = {}
-    for r in rows:
-        key = (int(r["layer"]), int(r[col]))
-        agg[key] = agg.get(key, 0.0) + float(r["score"])
+    for i, r in enumerate(rows, 2):
+        try:
+            key = (int(r["layer"]), int(r[col]))
+            score = float(r["score"])
+        except (TypeError, ValueError, KeyError):
+            raise AffectlensError(f"{path}: row {i}: layer/{col}/score are not numbers") from None
+        if not math.isfinite(score):
+            raise AffectlensError(f"{path}: row {i}: score is {score}")
+        agg[key] = agg.get(key, 0.0) + score
     top = sorted(agg, key=lambda x: -agg[x])[:k]
     if not top:
         raise AffectlensError(f"{path} selects no {what}s")
@@ -219,6 +234,17 @@ def compare(before: Sequence[dict], after: Sequence[dict], n_boot: int = 1000, s
     return out
 
 
+@contextlib.contextmanager
+def _under(iv: Intervention) -> Iterator[None]:
+    """Name the intervention in a non-finite-result error raised inside the block."""
+    from ..evaluate.metrics import NonFiniteResult
+
+    try:
+        yield
+    except NonFiniteResult as e:
+        raise NonFiniteResult(f"with intervention {iv.describe()}: {e}") from None
+
+
 def run_intervention(model: Any, tokenizer: Any, tasks: Sequence[str], iv: Intervention,
                      limit: int | None = None, batch_size: int = 16, seed: int = 0, n_boot: int = 1000,
                      ppl_texts: Sequence[str] | None = None) -> dict[str, Any]:
@@ -248,7 +274,7 @@ def run_interventions(model: Any, tokenizer: Any, tasks: Sequence[str], ivs: dic
         before = evaluate(model, tokenizer, [spec], "closed", limit, batch_size, seed, progress=False, n_boot=n_boot)
         b = before.scores["tasks"][spec.name]
         for key, iv in ivs.items():
-            with intervened(model, layout, iv):
+            with intervened(model, layout, iv), _under(iv):
                 after = evaluate(model, tokenizer, [spec], "closed", limit, batch_size, seed, progress=False,
                                  n_boot=n_boot)
             a = after.scores["tasks"][spec.name]
@@ -260,6 +286,7 @@ def run_interventions(model: Any, tokenizer: Any, tasks: Sequence[str], ivs: dic
     if ppl_texts:
         pb = guarded_perplexity(model, tokenizer, ppl_texts)
         for key, iv in ivs.items():
-            pa = guarded_perplexity(model, tokenizer, ppl_texts, iv)
+            with _under(iv):
+                pa = guarded_perplexity(model, tokenizer, ppl_texts, iv)
             out[key]["perplexity"] = {"before": pb, "after": pa, "ratio": pa / pb}
     return out

@@ -50,13 +50,23 @@ def load_pairs(path: str | os.PathLike | None = None, split: str | None = None) 
     if not p.is_file():
         raise AffectlensError(f"pairs file {p} does not exist")
     pairs: list[Pair] = []
-    for i, row in enumerate(parse_jsonl(p.read_text(encoding="utf-8"), p), 1):
+    text = p.read_bytes().decode("utf-8-sig", errors="replace")
+    lines = [i for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]  # as parse_jsonl counts
+    for i, row in zip(lines, parse_jsonl(text, p), strict=True):
         missing = [k for k in ("emotional", "neutral", "label") if k not in row]
         if missing:
             raise AffectlensError(f"{p}:{i}: missing field(s) {', '.join(missing)}")
+        for k in ("emotional", "neutral", "label", "query", "image_emotional", "image_neutral"):
+            v = row.get(k)
+            if v is None and k in ("emotional", "neutral", "label"):
+                raise AffectlensError(f"{p}:{i}: field '{k}' is null")
+            if v is not None and not isinstance(v, str):
+                raise AffectlensError(f"{p}:{i}: field '{k}' is {type(v).__name__}, not a string")
+        if not row["label"].strip():
+            raise AffectlensError(f"{p}:{i}: field 'label' is empty")
         if split is not None and row.get("split", split) != split:
             continue
-        pairs.append(Pair(str(row["emotional"]), str(row["neutral"]), str(row["label"]).strip().lower(),
+        pairs.append(Pair(row["emotional"], row["neutral"], row["label"].strip().lower(),
                           row.get("query"), row.get("image_emotional"), row.get("image_neutral")))
     if not pairs:
         raise AffectlensError(f"{p} holds no pairs" + (f" in split '{split}'" if split else ""))

@@ -11,6 +11,7 @@ files, which are plain ``torch.save`` dicts.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -79,8 +80,36 @@ class SteeringVectors:
             raise AffectlensError(f"{p} is not a safetensors file: {e}") from None
         if meta.get("format") != FORMAT:
             raise AffectlensError(f"{p} is not an affectlens steering-vector file")
-        return cls(vecs, json.loads(meta.get("counts", "{}")), json.loads(meta.get("totals", "{}")),
-                   json.loads(meta.get("options", "{}")), json.loads(meta.get("resid_norm", "null")))
+        try:
+            parsed = [json.loads(meta.get(k, d)) for k, d in (("counts", "{}"), ("totals", "{}"),
+                                                             ("options", "{}"), ("resid_norm", "null"))]
+        except ValueError as e:
+            raise AffectlensError(f"{p}: malformed metadata ({e})") from None
+        sv = cls(vecs, *parsed)
+        sv.validate(p)
+        return sv
+
+    def validate(self, where: str | os.PathLike) -> None:
+        """Non-empty, one ``[num_layers, hidden]`` float tensor per emotion, all finite."""
+        if not self.vectors:
+            raise AffectlensError(f"{where} holds no steering vectors")
+        shapes = {tuple(v.shape) for v in self.vectors.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2 or 0 in next(iter(shapes)):
+            raise AffectlensError(f"{where}: steering vectors must share one [layers, hidden] shape, "
+                                  f"got {sorted(shapes)}")
+        for e in self.labels:
+            v = self.vectors[e]
+            if not v.is_floating_point():
+                raise AffectlensError(f"{where}: steering vector '{e}' is {v.dtype}, not floating point")
+            bad = (~torch.isfinite(v)).nonzero()
+            if len(bad):
+                la = int(bad[0][0])
+                raise AffectlensError(f"{where}: steering vector '{e}' has non-finite values "
+                                      f"({float(v[la][~torch.isfinite(v[la])][0])}) at layer {la}")
+        norms = self.resid_norm
+        if norms is not None and (not isinstance(norms, list) or len(norms) != self.num_layers
+                                  or not all(isinstance(x, int | float) and math.isfinite(x) for x in norms)):
+            raise AffectlensError(f"{where}: resid_norm must be {self.num_layers} finite numbers")
 
 
 def _position_value(x: torch.Tensor, position: str, start: int) -> torch.Tensor:
@@ -143,6 +172,7 @@ def pass_counts(model: Any, enc: Encoder, pairs: Sequence[Pair], min_score: floa
     probs = emotion_probs(model, enc, [p.emotional for p in pairs], labs,
                           [p.image_emotional for p in pairs], batch_size=batch_size)
     score = torch.tensor([float(probs[i, labs.index(p.label)]) for i, p in enumerate(pairs)])
+    _require_finite_rows(model, score[:, None], pairs, "emotional", "p(label)")
     return [bool(s >= min_score) for s in score], score
 
 
@@ -185,6 +215,8 @@ def compute_vectors(model: Any, enc: Encoder, pairs: Sequence[Pair], min_score: 
                    position, from_token, desc="emotional")
     hn = residuals(model, enc, [p.neutral for p in used], [p.image_neutral for p in used],
                    position, from_token, desc="neutral")
+    _require_finite_rows(model, hp, used, "emotional", "activations")
+    _require_finite_rows(model, hn, used, "neutral", "activations")
     lab = [p.label for p in used]
     vecs: dict[str, torch.Tensor] = {}
     all_pos = hp.double().mean(0)
@@ -208,7 +240,23 @@ def compute_vectors(model: Any, enc: Encoder, pairs: Sequence[Pair], min_score: 
             "centring": centring, "denoise": denoise, "query": enc.query,
             "mean_pass_score": float(score[~score.isnan()].mean()) if (~score.isnan()).any() else None}
     norms = hn.norm(dim=-1).mean(0).tolist()
-    return SteeringVectors(vecs, counts, totals, opts, norms)
+    sv = SteeringVectors(vecs, counts, totals, opts, norms)
+    from ..evaluate.scorer import model_name
+
+    sv.validate(f"vectors computed from model {model_name(model)}")
+    return sv
+
+
+def _require_finite_rows(model: Any, x: torch.Tensor, pairs: Sequence[Pair], side: str, what: str) -> None:
+    """``x[i]`` belongs to ``pairs[i]``: refuse the first pair whose numbers are NaN/Inf."""
+    from ..evaluate.scorer import non_finite_error, text_start
+
+    bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(-1).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        text = getattr(pairs[i], side)
+        raise non_finite_error(model, "circuits", f"pair {i} ({side} side {text_start(text)}) has "
+                               f"non-finite {what}")
 
 
 # ----------------------------------------------------------------------------- interchange
@@ -226,17 +274,32 @@ def export_steering_vectors_lib(sv: SteeringVectors, label: str, path: str | os.
 def import_steering_vectors_lib(path: str | os.PathLike, label: str, num_layers: int) -> SteeringVectors:
     """Read a steering-vectors ``{"layer_activations": {layer: vec}}`` file (missing layers = 0)."""
     obj = _torch_load(path)
-    acts = obj.get("layer_activations") if isinstance(obj, dict) else getattr(obj, "layer_activations", None)
+    if not isinstance(obj, dict):
+        raise AffectlensError(f"{path} is not a steering-vectors file (a dict with layer_activations)")
+    acts = obj.get("layer_activations")
     if not isinstance(acts, dict) or not acts:
         raise AffectlensError(f"{path} has no layer_activations")
     if obj.get("layer_type", "decoder_block") != "decoder_block":
         raise AffectlensError(f"{path}: only decoder_block vectors map onto the residual stream")
-    hidden = next(iter(acts.values())).numel()
-    out = torch.zeros(num_layers, hidden)
+    out: torch.Tensor | None = None
     for la, vec in acts.items():
-        la = int(la) % num_layers  # the library allows negative layer indices
-        out[la] = vec.reshape(-1).float()
-    return SteeringVectors({label: out}, options={"imported_from": str(path)})
+        if not isinstance(vec, torch.Tensor) or not vec.is_floating_point() or vec.numel() == 0:
+            raise AffectlensError(f"{path}: layer_activations[{la!r}] is not a float tensor")
+        try:
+            idx = int(la)
+        except (TypeError, ValueError):
+            raise AffectlensError(f"{path}: layer_activations key {la!r} is not a layer index") from None
+        if not -num_layers <= idx < num_layers:
+            raise AffectlensError(f"{path}: layer {idx} out of range: the model has {num_layers} layers")
+        if out is None:
+            out = torch.zeros(num_layers, vec.numel())
+        if vec.numel() != out.shape[1]:
+            raise AffectlensError(f"{path}: layer_activations differ in size ({vec.numel()} vs {out.shape[1]})")
+        out[idx % num_layers] = vec.reshape(-1).float()  # the library allows negative layer indices
+    assert out is not None
+    sv = SteeringVectors({label: out}, options={"imported_from": str(path)})
+    sv.validate(path)
+    return sv
 
 
 def export_lm_eval(sv: SteeringVectors, label: str, path: str | os.PathLike, layers: Sequence[int],
@@ -261,15 +324,28 @@ def import_lm_eval(path: str | os.PathLike, label: str, num_layers: int) -> Stee
         raise AffectlensError(f"{path} is not an lm-eval steer file (a dict of hookpoints)")
     out: torch.Tensor | None = None
     for hp, info in obj.items():
-        m = re.search(r"layers\.(\d+)$", hp)
+        m = re.search(r"layers\.(\d+)$", str(hp))
         if not m or not isinstance(info, dict) or info.get("action", "add") != "add":
             raise AffectlensError(f"{path}: hookpoint '{hp}' is not an additive decoder-layer vector")
-        vec = info["steering_vector"].reshape(-1).float() * float(info.get("steering_coefficient", 1.0))
+        raw = info.get("steering_vector")
+        if not isinstance(raw, torch.Tensor) or not raw.is_floating_point() or raw.numel() == 0:
+            raise AffectlensError(f"{path}: hookpoint '{hp}' has no float steering_vector tensor")
+        try:
+            coef = float(info.get("steering_coefficient", 1.0))
+        except (TypeError, ValueError):
+            raise AffectlensError(f"{path}: hookpoint '{hp}' has a non-numeric steering_coefficient") from None
+        vec = raw.reshape(-1).float() * coef
+        if int(m[1]) >= num_layers:
+            raise AffectlensError(f"{path}: hookpoint '{hp}' is past the model's {num_layers} layers")
         if out is None:
             out = torch.zeros(num_layers, vec.numel())
+        if vec.numel() != out.shape[1]:
+            raise AffectlensError(f"{path}: steering vectors differ in size ({vec.numel()} vs {out.shape[1]})")
         out[int(m[1])] = vec
     assert out is not None
-    return SteeringVectors({label: out}, options={"imported_from": str(path)})
+    sv = SteeringVectors({label: out}, options={"imported_from": str(path)})
+    sv.validate(path)
+    return sv
 
 
 def _torch_load(path: str | os.PathLike) -> Any:

@@ -16,6 +16,8 @@ def _common(p: argparse.ArgumentParser, pairs: bool = True) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output run dir")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow pickle checkpoints (pytorch_model.bin); loading them can run code")
 
 
 def _vector_opts(p: argparse.ArgumentParser, reuse: bool = True) -> None:
@@ -116,7 +118,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _base(a: argparse.Namespace) -> dict:
-    return {"force": a.force, "adapter": a.adapter, "dtype": a.dtype, "seed": a.seed}
+    return {"force": a.force, "adapter": a.adapter, "dtype": a.dtype, "seed": a.seed,
+            "allow_pickle": a.allow_pickle}
 
 
 def _vectors(a: argparse.Namespace) -> int:

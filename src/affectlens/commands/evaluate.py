@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--max-new-tokens", type=int, default=48, help="generative answer length")
     e.add_argument("--out", required=True, help="output run dir")
     e.add_argument("--force", action="store_true", help="replace an existing OUT")
+    e.add_argument("--allow-pickle", action="store_true",
+                   help="allow pickle checkpoints (pytorch_model.bin); loading them can run code")
     e.set_defaults(func=_evaluate)
 
     x = sub.add_parser(
@@ -56,16 +58,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from ..errors import AffectlensError
     from ..evaluate import evaluate, load_task, parse_task, write_run
-    from ..models import load_model
+    from ..evaluate.core import load_scoring_model
     from ..runs import check_out_dir
 
     check_out_dir(args.out, args.force)
-    if args.batch_size < 1:
-        raise AffectlensError(f"--batch-size must be positive, not {args.batch_size}")
+    for flag, v, low in (("--batch-size", args.batch_size, 1), ("--max-new-tokens", args.max_new_tokens, 1),
+                         ("--bootstrap", args.bootstrap, 0)):
+        if v < low:
+            raise AffectlensError(f"{flag} must be {'positive' if low else '0 or more'}, not {v}")
     tasks = args.tasks or ["emotion"]
     for t in tasks:  # fail on bad data before spending time on the model
         load_task(parse_task(t), args.limit)
-    model, tok = load_model(args.model, adapter=args.adapter, dtype=args.dtype)
+    model, tok = load_scoring_model(args.model, adapter=args.adapter, dtype=args.dtype,
+                                    allow_pickle=args.allow_pickle)
     res = evaluate(model, tok, tasks, mode=args.mode, limit=args.limit, batch_size=args.batch_size,
                    seed=args.seed, n_boot=args.bootstrap, wheel=args.wheel,
                    max_new_tokens=args.max_new_tokens)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import time
 from collections.abc import Sequence
@@ -31,9 +30,15 @@ from .generative import (
     parse_answer,
 )
 from .loaders import LoadedTask, load_task
-from .metrics import binary_sentiment_metrics, classification_metrics, confusion, hit_rate
+from .metrics import (
+    binary_sentiment_metrics,
+    classification_metrics,
+    confusion,
+    hit_rate,
+    require_finite,
+)
 from .perplexity import perplexity
-from .scorer import score_labels
+from .scorer import model_name, non_finite_error, score_labels, text_start
 from .tasks import TaskSpec, parse_task, primary_metric
 
 MODES = ("closed", "generative")
@@ -64,6 +69,49 @@ class EvalResult:
         if self.scores.get("mean") is not None:
             lines.append(f"mean over {', '.join(self.scores['mean_over'])}: {100 * self.scores['mean']:.2f}")
         return "\n".join(lines)
+
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _pickle_only(path: Path) -> Path | None:
+    """The pickle weight file of a dir that holds no safetensors (None: nothing to refuse)."""
+    if path.is_file():
+        return path if path.suffix in _PICKLE_SUFFIXES else None
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return None
+    return next((f for f in sorted(path.iterdir()) if f.suffix in _PICKLE_SUFFIXES and f.is_file()), None)
+
+
+def load_scoring_model(path: str | Path, adapter: str | Path | None = None, dtype: str = "float32",
+                       allow_pickle: bool = False) -> tuple[Any, Any]:
+    """``models.load_model`` under the one pickle policy (pickle only with ``allow_pickle``).
+
+    Passes ``allow_pickle`` through when ``load_model`` takes it; otherwise
+    refuses pickle-only model/adapter dirs here with the same message.
+    """
+    import inspect
+
+    from ..models import is_adapter_dir, load_model, resolve_model_path
+
+    if "allow_pickle" in inspect.signature(load_model).parameters:
+        return load_model(path, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle)
+    if not allow_pickle:
+        p = resolve_model_path(path)
+        dirs = [p, *([Path(adapter)] if adapter else [])]
+        if p.is_dir() and is_adapter_dir(p):
+            try:
+                base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            except (OSError, ValueError, AttributeError):
+                base = None
+            if isinstance(base, str) and base and Path(base).exists():
+                dirs.append(Path(base))
+        for d in dirs:
+            bad = _pickle_only(d)
+            if bad is not None:
+                raise AffectlensError(f"{bad} is a pickle checkpoint; loading it can run code: "
+                                      "pass --allow-pickle if you trust it")
+    return load_model(path, adapter=adapter, dtype=dtype)
 
 
 def weight_fingerprint(model) -> str:
@@ -106,6 +154,11 @@ def _closed(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress) ->
     t0 = time.perf_counter()
     ll = score_labels(model, tok, prompts, labels, batch_size=batch_size, progress=progress)
     secs = _seconds(t0)
+    bad = (~torch.isfinite(ll)).nonzero()
+    if len(bad):  # argmax over NaN is a confident-looking label: never a prediction
+        i, j = (int(x) for x in bad[0])
+        raise non_finite_error(model, f"task {spec.name}", f"example {i} ({text_start(task.examples[i].text)}) "
+                               f"has log-likelihood {float(ll[i, j])} for label '{labels[j]}'")
     pred = ll.argmax(-1).tolist()
     gold = [labels.index(e.label) for e in task.examples]
     metrics = classification_metrics(gold, pred, labels, n_boot=n_boot, seed=seed)
@@ -186,7 +239,8 @@ def _generative(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress
         prompts = [open_prompt(tok, e.text, spec.open_question) for e in examples]
     t0 = time.perf_counter()
     answers = generate_answers(model, tok, prompts, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, progress=progress, seed=seed)
+                               batch_size=batch_size, progress=progress, seed=seed,
+                               texts=[e.text for e in examples], where=f"task {spec.name}")
     secs = _seconds(t0)
     rows = []
     for i, (e, a) in enumerate(zip(examples, answers, strict=True)):
@@ -211,6 +265,12 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
     """
     if mode not in MODES:
         raise AffectlensError(f"unknown mode '{mode}'; choose from {', '.join(MODES)}")
+    if n_boot < 0:
+        raise AffectlensError(f"--bootstrap must be 0 (no CIs) or positive, not {n_boot}")
+    if max_new_tokens < 1:
+        raise AffectlensError(f"--max-new-tokens must be positive, not {max_new_tokens}")
+    if batch_size < 1:
+        raise AffectlensError(f"--batch-size must be positive, not {batch_size}")
     if tokenizer is None:
         raise AffectlensError("evaluation needs the model's tokenizer; the model has none")
     if isinstance(tasks, str | TaskSpec):
@@ -259,6 +319,9 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
             model.train()
     averaged = [k for k, v in out_tasks.items() if v["kind"] != "perplexity"]
     mean = sum(out_tasks[k]["primary"] for k in averaged) / len(averaged) if averaged else None
+    what = f"the evaluation of model {model_name(model)}"
+    require_finite({"tasks": out_tasks, "mean": mean}, what)
+    require_finite(predictions, f"the predictions of {what}")
     scores = {"mode": mode, "tasks": out_tasks, "mean": mean, "mean_over": averaged,
               "weights_sha256": weight_fingerprint(model), "seed": seed, "limit": limit,
               "batch_size": batch_size}
@@ -321,11 +384,13 @@ def write_run(result: EvalResult, out: str | Path, force: bool = False,
     """scores.json, predictions.jsonl, confusion_<task>.png, manifest.json — atomically."""
     from ..runs import atomic_dir, write_json, write_manifest
 
+    require_finite(result.scores, "scores")  # JSON never carries a bare NaN
+    require_finite(result.predictions, "predictions")
     with atomic_dir(out, force) as tmp:
         write_json(tmp / "scores.json", result.scores)
         with open(tmp / "predictions.jsonl", "w", encoding="utf-8") as f:
             for row in result.predictions:
-                f.write(json.dumps(row, ensure_ascii=False, default=_finite) + "\n")
+                f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
         figs = {}
         for name, data in result.figures.items():
             fname = f"confusion_{_safe(name)}.png"
@@ -334,12 +399,6 @@ def write_run(result: EvalResult, out: str | Path, force: bool = False,
         write_manifest(tmp, command, inputs or {}, options or {}, seed=result.scores.get("seed"),
                        extra={"weights_sha256": result.scores.get("weights_sha256"), "figures": figs})
     return Path(out)
-
-
-def _finite(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    raise TypeError(type(x).__name__)
 
 
 def rescore(predictions: str | Path, wheel: str | Path | None = None, n_boot: int = 1000,

@@ -148,10 +148,37 @@ def answer_polarity(words: Sequence[str], wheel: Wheel) -> str:
     return "positive" if pos > neg else "negative" if neg > pos else "neutral"
 
 
+class _FiniteLogits:
+    """A logits processor that records which batch rows ever saw NaN/Inf logits.
+
+    Greedy decoding picks *some* token from NaN logits, so garbage would pass
+    as an answer; the rows seen here are refused after ``generate`` returns.
+    """
+
+    def __init__(self) -> None:
+        self.bad: dict[int, float] = {}
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        ok = torch.isfinite(scores).all(-1)
+        if not bool(ok.all()):
+            for r in (~ok).nonzero().flatten().tolist():
+                row = scores[r]
+                self.bad.setdefault(r, float(row[~torch.isfinite(row)][0]))
+        return scores
+
+
 @torch.inference_mode()
 def generate_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 48,
-                     batch_size: int = 8, progress: bool = False, seed: int = 0) -> list[str]:
-    """Greedy answers, batched with left padding (length-sorted to limit padding)."""
+                     batch_size: int = 8, progress: bool = False, seed: int = 0,
+                     texts: Sequence[str] | None = None, where: str = "generation") -> list[str]:
+    """Greedy answers, batched with left padding (length-sorted to limit padding).
+
+    Non-finite logits are an error naming the prompt (by ``texts[i]`` when given).
+    """
+    from transformers import LogitsProcessorList
+
+    from .scorer import non_finite_error, text_start
+
     if tokenizer is None:
         raise AffectlensError("generative evaluation needs the model's tokenizer; the model has none")
     torch.manual_seed(seed)
@@ -170,10 +197,17 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: i
         for r, i in enumerate(rows):
             ids[r, T - len(enc[i]):] = torch.tensor(enc[i])
             mask[r, T - len(enc[i]):] = 1
+        guard = _FiniteLogits()
         gen = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
                              max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              pad_token_id=pad, eos_token_id=eos, temperature=None, top_p=None,
-                             top_k=None)
+                             top_k=None, logits_processor=LogitsProcessorList([guard]))
+        if guard.bad:
+            r = min(guard.bad, key=lambda r: rows[r])
+            i = rows[r]
+            shown = text_start(texts[i] if texts is not None else prompts[i])
+            raise non_finite_error(model, where, f"example {i} ({shown}): the next-token logits are "
+                                   f"{guard.bad[r]}")
         for r, i in enumerate(rows):
             out[i] = tokenizer.decode(gen[r, T:], skip_special_tokens=True)
         bar.update(len(rows))

@@ -53,26 +53,77 @@ def _read_text(path: Path) -> str:
     return raw.decode("utf-8-sig", errors="replace")
 
 
-def _read_rows(path: Path, delimiter: str | None = None) -> list[dict[str, str]]:
-    """CSV/TSV (by extension or ``delimiter``) or JSONL rows as dicts."""
+class Row(dict):
+    """One data row; ``where`` says where it sits in its file (``line 3``, ``row 3``)."""
+
+    __slots__ = ("where",)
+
+    def __init__(self, data: dict, where: str) -> None:
+        super().__init__(data)
+        self.where = where
+
+
+def _read_rows(path: Path, delimiter: str | None = None) -> list[Row]:
+    """CSV/TSV (by extension or ``delimiter``) or JSONL rows as dicts, each knowing its line/row."""
     text = _read_text(path)
     if path.suffix in (".jsonl", ".json"):
-        return parse_jsonl(text, path)
+        lines = [i for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]  # as parse_jsonl counts
+        return [Row(r, f"line {i}") for r, i in zip(parse_jsonl(text, path), lines, strict=True)]
     if delimiter in ("tab", "\\t"):
         delimiter = "\t"
     delim = delimiter or ("\t" if path.suffix == ".tsv" else ",")
+    if len(delim) != 1:
+        raise AffectlensError(f"{path}: delimiter must be one character (or 'tab'), not {delim!r}")
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
-    if not reader.fieldnames:
-        raise AffectlensError(f"{path} has no header row")
-    reader.fieldnames = [f.strip() for f in reader.fieldnames]
-    rows = list(reader)
+    rows: list[Row] = []
+    old_limit = csv.field_size_limit()
+    # A field may be as long as the file (a long transcript); csv's default cap is 128 KiB.
+    csv.field_size_limit(max(old_limit, len(text) + 1))
+    try:
+        if not reader.fieldnames:
+            raise AffectlensError(f"{path} has no header row")
+        reader.fieldnames = [f.strip() for f in reader.fieldnames]
+        for i, row in enumerate(reader, 2):
+            rows.append(Row(row, f"row {i}"))
+    except csv.Error as e:
+        raise AffectlensError(f"{path}: row {len(rows) + 2} (line {reader.line_num}) is not valid "
+                              f"CSV: {e}") from None
+    finally:
+        csv.field_size_limit(old_limit)
     n = len(reader.fieldnames)
-    for i, row in enumerate(rows, 2):
+    for row in rows:
         if None in row or None in row.values():  # csv's markers for too many / too few fields
             got = n + len(row.get(None) or ()) - sum(v is None for v in row.values())
-            raise AffectlensError(f"{path}: row {i} has {got} fields, the header has {n} "
+            raise AffectlensError(f"{path}: {row.where} has {got} fields, the header has {n} "
                                   "(unquoted comma or quote?)")
     return rows
+
+
+def _where(r: dict) -> str:
+    return getattr(r, "where", "a row")
+
+
+def _text(r: dict, key: str, path: Path) -> str:
+    """The text field of a row: a string (numbers are read as text); null is refused."""
+    v = r[key]
+    if v is None:
+        raise AffectlensError(f"{path}: {_where(r)}: text '{key}' is null")
+    if isinstance(v, dict | list | bool):
+        raise AffectlensError(f"{path}: {_where(r)}: text '{key}' is {type(v).__name__}, not a string")
+    return str(v)
+
+
+def _label(r: dict, key: str, path: Path) -> str:
+    """The label of a row, normalised; null, empty and non-scalar labels are refused."""
+    v = r[key]
+    if v is None:
+        raise AffectlensError(f"{path}: {_where(r)}: label '{key}' is null")
+    if isinstance(v, dict | list | bool):
+        raise AffectlensError(f"{path}: {_where(r)}: label '{key}' is {type(v).__name__}, not a label")
+    lab = _norm(v)
+    if not lab:
+        raise AffectlensError(f"{path}: {_where(r)}: label '{key}' is empty")
+    return lab
 
 
 def _column(rows: list[dict], key: str, path: Path, what: str) -> None:
@@ -114,7 +165,7 @@ def load_jsonl_file(path: Path, spec: TaskSpec) -> tuple[list[Example], None, in
     _column(rows, text_key, path, "text")
     label_key = spec.option("label") or ("label_text" if rows and "label_text" in rows[0] else "label")
     _column(rows, label_key, path, "label")
-    out = [Example(text=str(r[text_key]), label=_norm(r[label_key])) for r in rows]
+    out = [Example(text=_text(r, text_key, path), label=_label(r, label_key, path)) for r in rows]
     return out, None, 0
 
 
@@ -124,7 +175,7 @@ def load_csv(spec: TaskSpec) -> tuple[list[Example], None, int]:
     text_key, label_key = spec.option("text", "text"), spec.option("label", "label")
     _column(rows, text_key, path, "text")
     _column(rows, label_key, path, "label")
-    return [Example(text=r[text_key] or "", label=_norm(r[label_key])) for r in rows], None, 0
+    return [Example(text=_text(r, text_key, path), label=_label(r, label_key, path)) for r in rows], None, 0
 
 
 def load_jsonl(spec: TaskSpec) -> tuple[list[Example], None, int]:
@@ -142,7 +193,7 @@ def load_meld(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...], int]:
     path, rows = _meld_rows(spec)
     text_key, label_key = spec.option("text", "Utterance"), spec.option("label", "Emotion")
     _column(rows, label_key, path, "label")
-    out = [Example(text=r[text_key], label=_norm(r[label_key]),
+    out = [Example(text=_text(r, text_key, path), label=_label(r, label_key, path),
                    meta={k: r.get(k) for k in ("Dialogue_ID", "Utterance_ID", "Speaker") if k in r})
            for r in rows]
     return out, EMOTIONS, 0
@@ -157,8 +208,8 @@ def load_meld_sentiment(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...],
     _column(rows, label_key, path, "label")
     out = []
     for r in rows:
-        lab = _norm(r[label_key])
-        out.append(Example(text=r[text_key], label=lab, score=_POLARITY.get(lab)))
+        lab = _label(r, label_key, path)
+        out.append(Example(text=_text(r, text_key, path), label=lab, score=_POLARITY.get(lab)))
     return out, SENTIMENTS3, 0
 
 
@@ -212,19 +263,22 @@ def load_sentiment(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...], int]
         raise AffectlensError(f"task {spec.name}: center and margin must be numbers") from None
     three = spec.labels == SENTIMENTS3
     out, dropped = [], 0
-    for i, r in enumerate(rows, 1):
+    for r in rows:
+        text = _text(r, text_key, path)
         try:
+            if isinstance(r[score_key], bool):
+                raise TypeError
             s = float(r[score_key])
         except (TypeError, ValueError):
-            raise AffectlensError(f"{path}: row {i}: score '{r[score_key]}' is not a number") from None
-        if math.isnan(s):
-            raise AffectlensError(f"{path}: row {i}: score is NaN")
+            raise AffectlensError(f"{path}: {_where(r)}: score '{r[score_key]}' is not a number") from None
+        if not math.isfinite(s):
+            raise AffectlensError(f"{path}: {_where(r)}: score is {s}")
         d = s - center
         if abs(d) <= margin and not three:
             dropped += 1
             continue
         label = "neutral" if abs(d) <= margin else ("positive" if d > 0 else "negative")
-        out.append(Example(text=str(r[text_key]), label=label, score=0.0 if label == "neutral" else d))
+        out.append(Example(text=text, label=label, score=0.0 if label == "neutral" else d))
     return out, (SENTIMENTS3 if three else SENTIMENTS2), dropped
 
 

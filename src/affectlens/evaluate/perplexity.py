@@ -17,7 +17,15 @@ from typing import Any
 import torch
 
 from ..errors import AffectlensError
-from .scorer import _add_special, _device, _max_positions, _pad_id, _Progress
+from .scorer import (
+    _add_special,
+    _device,
+    _max_positions,
+    _pad_id,
+    _Progress,
+    non_finite_error,
+    text_start,
+)
 
 
 def _texts(path_or_texts: str | os.PathLike | Sequence[str]) -> list[str]:
@@ -42,12 +50,14 @@ def perplexity(model, tokenizer, path_or_texts: str | os.PathLike | Sequence[str
     if tokenizer is None:
         raise AffectlensError("perplexity needs the model's tokenizer; the model has none")
     texts = _texts(path_or_texts)
+    if max_length is not None and max_length < 2:
+        raise AffectlensError(f"max_length must be at least 2 (a token and its successor), not {max_length}")
     max_length = max_length or min(_max_positions(model) or 1024, 1024)
-    stride = stride or max(1, max_length // 2)
+    stride = max(1, max_length // 2) if stride is None else stride
     if not 0 < stride <= max_length:
-        raise AffectlensError(f"stride must be in 1..{max_length}")
-    windows: list[tuple[list[int], int]] = []  # (ids, number of trailing targets to score)
-    for t in texts:
+        raise AffectlensError(f"stride must be in 1..{max_length}, not {stride}")
+    windows: list[tuple[list[int], int, int]] = []  # (ids, trailing targets to score, text index)
+    for ti, t in enumerate(texts):
         ids = list(tokenizer(t, add_special_tokens=_add_special(tokenizer, t))["input_ids"])
         if len(ids) < 2:
             continue
@@ -56,7 +66,7 @@ def perplexity(model, tokenizer, path_or_texts: str | os.PathLike | Sequence[str
             end = min(begin + max_length, len(ids))
             n_new = end - prev_end
             if n_new > 0:
-                windows.append((ids[begin:end], n_new))
+                windows.append((ids[begin:end], n_new, ti))
             prev_end = end
             if end == len(ids):
                 break
@@ -69,21 +79,30 @@ def perplexity(model, tokenizer, path_or_texts: str | os.PathLike | Sequence[str
     bar = _Progress(len(windows), "perplexity", progress)
     for s in range(0, len(order), batch_size):
         rows = [windows[i] for i in order[s:s + batch_size]]
-        T = max(len(w) for w, _ in rows)
+        T = max(len(w) for w, _, _ in rows)
         ids = torch.full((len(rows), T), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for r, (w, _) in enumerate(rows):  # right padding: real tokens keep positions 0..n-1
+        for r, (w, _, _) in enumerate(rows):  # right padding: real tokens keep positions 0..n-1
             ids[r, :len(w)] = torch.tensor(w)
             mask[r, :len(w)] = 1
         logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
         logp = logits[:, :-1].float().log_softmax(-1)
         tok_lp = logp.gather(-1, ids[:, 1:].to(dev)[..., None])[..., 0].double().cpu()
-        for r, (w, n_new) in enumerate(rows):
-            nll -= float(tok_lp[r, len(w) - 1 - n_new:len(w) - 1].sum())
+        for r, (w, n_new, ti) in enumerate(rows):
+            part = float(tok_lp[r, len(w) - 1 - n_new:len(w) - 1].sum())
+            if not math.isfinite(part):
+                raise non_finite_error(model, "perplexity", f"text {ti} ({text_start(texts[ti])}) has "
+                                       f"log-likelihood {part}")
+            nll -= part
             count += n_new
         bar.update(len(rows))
     bar.close()
-    return {"perplexity": math.exp(nll / count), "nll_per_token": nll / count, "tokens": count,
+    try:
+        ppl = math.exp(nll / count)
+    except OverflowError:
+        raise non_finite_error(model, "perplexity", f"perplexity overflows (mean NLL {nll / count:.1f} "
+                               "per token)") from None
+    return {"perplexity": ppl, "nll_per_token": nll / count, "tokens": count,
             "texts": len(texts), "max_length": max_length, "stride": stride}
 
 

@@ -30,6 +30,7 @@ import torch
 
 from ..errors import AffectlensError
 from ..hfcompat import cache_kwarg, output_cache
+from .metrics import NonFiniteResult
 
 
 @dataclass
@@ -131,6 +132,39 @@ def _pad_id(tokenizer) -> int:
         if v is not None:
             return int(v)
     return 0
+
+
+def model_name(model) -> str:
+    """What a user calls ``model``: the path it was loaded from, else its class."""
+    cfg = getattr(model, "config", None)
+    return str(getattr(cfg, "_name_or_path", "") or getattr(model, "name_or_path", "")
+               or type(model).__name__)
+
+
+def non_finite_weight(model) -> str | None:
+    """Name of the first parameter/buffer holding NaN/Inf (a diagnosis for a non-finite output)."""
+    try:
+        tensors = [*model.named_parameters(), *model.named_buffers()]
+    except AttributeError:
+        return None
+    with torch.no_grad():
+        for name, t in tensors:
+            if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+                return name
+    return None
+
+
+def text_start(text: str, n: int = 40) -> str:
+    """The first ``n`` characters of ``text`` on one line, quoted (for error messages)."""
+    t = " ".join(str(text).split())
+    return repr(t[:n] + ("..." if len(t) > n else ""))
+
+
+def non_finite_error(model, where: str, what: str) -> NonFiniteResult:
+    """One line: which output is NaN/Inf, for which input, under which model (and weight)."""
+    bad = non_finite_weight(model)
+    hint = f" (non-finite weights in {bad})" if bad else ""
+    return NonFiniteResult(f"{where}: {what} under model {model_name(model)}{hint}; not a result")
 
 
 def _max_positions(model) -> int | None:
@@ -244,4 +278,5 @@ def score_labels(model, tokenizer, prompts: Sequence[str], labels: Sequence[str]
     return score_items(model, items, len(labels), _pad_id(tokenizer), batch_size, progress)
 
 
-__all__ = ["score_labels", "tokenize_pairs", "score_items", "delimiter_for"]
+__all__ = ["score_labels", "tokenize_pairs", "score_items", "delimiter_for", "model_name",
+           "non_finite_error", "non_finite_weight", "text_start"]

@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from affectlens.ablate import ablate_tensors
 from affectlens.cli import main
-from affectlens.compose import ablate_tensors, applied, transfer_tensors
+from affectlens.transfer import applied, transfer_tensors
 
 from tiny import save_tiny, tiny_model
 

@@ -24,6 +24,7 @@ from .errors import AffectlensError
 from .modules import (
     ATTN_MODULES,
     FFN_MODULES,
+    FUSED,
     MODULES,
     Inventory,
     MatchReport,
@@ -97,7 +98,7 @@ def module_paths(names: Iterable[str], modules: str | Sequence[str], layers: str
         if parsed.fused:
             raise AffectlensError(
                 f"{parsed.name} is a fused {parsed.fused}: LoRA on it would also train "
-                f"{', '.join(m for m in MODULES if m != key.module and m in parsed.fused)}; "
+                f"{', '.join(m for m in FUSED[parsed.fused] if m != key.module)}; "
                 "targeted tuning of a single module needs unfused projections")
         paths.add(parsed.name.rsplit(".", 1)[0])
     return sorted(paths), res.report

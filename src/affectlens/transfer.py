@@ -175,6 +175,8 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
             stack.enter_context(dstore)
         tensors, sel = transfer_tensors(bstore, dstore, modules, layers, echo, stream=True,
                                         label=f"base {base_path.name}")
+        keep: list[str] = []  # LoRA donor: the adapter modules the output adapter keeps
+        whole: set[str] = set()  # full donor: tensors copied byte for byte
         if isinstance(dstore, MergedStore):
             keep = sorted(dstore.only or ())
             if merge:

@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from affectlens.ablate import ablate_tensors
 from affectlens.cli import main
-from affectlens.compose import ablate_tensors, applied, transfer_tensors
+from affectlens.transfer import applied, transfer_tensors
 
 from tiny import save_tiny, tiny_model
 
@@ -295,3 +296,110 @@ def test_sharded_writer_layouts(tmp_path):
             w.add(k, v)
     got = load_file(str(tmp_path / "many" / "model.safetensors"))
     assert len(got) == 2500 and all(torch.equal(got[k], v) for k, v in many.items())
+
+
+# --------------------------------------------------------------------------- selection and compatibility
+
+
+def test_module_paths_is_the_one_selection_rule_for_tuning():
+    """What tune wraps comes from the same resolver as transfer/ablate: str or int layers, loud refusals."""
+    from affectlens.errors import AffectlensError
+    from affectlens.selection import module_paths
+
+    names = [n for n, _ in tiny_model("llama", seed=0).named_parameters()]
+    want = ["model.layers.1.mlp.down_proj", "model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj"]
+    for layers in ("1", [1], (1,), 1):
+        paths, rep = module_paths(names, "ffn", layers, n_layers=2)
+        assert paths == want, layers
+        assert rep.layers == (1,)
+    assert module_paths(names, "q_proj", None, n_layers=2)[0] == [
+        "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
+    with pytest.raises(AffectlensError, match="out of range"):
+        module_paths(names, "gate_proj", "0-2", n_layers=2)
+    with pytest.raises(AffectlensError, match="partly unmatched"):
+        module_paths(names, "gate_proj", "0-2", n_layers=3)
+    fused = ["model.layers.0.self_attn.qkv_proj.weight", "model.layers.0.self_attn.o_proj.weight"]
+    with pytest.raises(AffectlensError, match="fused qkv_proj: LoRA on it would also train k_proj, v_proj"):
+        module_paths(fused, "q_proj")
+
+
+def test_fused_tensor_selection_takes_its_rows():
+    """Phi-3 style qkv_proj under GQA (4 query, 2 KV heads of 8): k_proj is rows 32-48 of 64."""
+    from affectlens.selection import select
+    from affectlens.weights import TensorDictStore
+
+    qkv = "model.layers.0.self_attn.qkv_proj.weight"
+    store = TensorDictStore({qkv: torch.zeros(64, 32), "model.layers.0.self_attn.o_proj.weight": torch.zeros(32, 32)},
+                            {"hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
+                             "num_hidden_layers": 1}, path="mem")
+    sel = select(store, "k_proj", echo=lambda s: None)
+    assert sel.tensors == {qkv: [(32, 48)]}
+    assert sel.numel(store) == 16 * 32
+    assert select(store, "q_proj,v_proj", echo=lambda s: None).tensors == {qkv: [(0, 32), (48, 64)]}
+    assert select(store, "attn", echo=lambda s: None).tensors == {qkv: None,
+                                                                   "model.layers.0.self_attn.o_proj.weight": None}
+
+
+def test_one_architecture_check():
+    from affectlens.errors import AffectlensError
+    from affectlens.weights import TensorDictStore, check_architecture
+
+    gate, head = "model.layers.0.mlp.gate_proj.weight", "lm_head.weight"
+    base = TensorDictStore({gate: torch.zeros(4, 3), head: torch.zeros(5, 3)}, {"hidden_size": 3}, path="b")
+    same_but_extra = TensorDictStore({gate: torch.ones(4, 3), "extra.bias": torch.ones(2)}, {"hidden_size": 3},
+                                     path="t")
+    # A non-projection tensor one side lacks is left to the caller to report; extras come back.
+    assert check_architecture(base, same_but_extra, "tuned") == ["extra.bias"]
+    with pytest.raises(AffectlensError, match=f"tensor {head} of base b is missing from donor"):
+        check_architecture(base, same_but_extra, "donor", [gate, head])
+    wide = TensorDictStore({gate: torch.ones(4, 3)}, {"hidden_size": 4}, path="w")
+    with pytest.raises(AffectlensError, match="architecture mismatch between base b and tuned: hidden_size is 3 vs 4"):
+        check_architecture(base, wide, "tuned")
+    lacking = TensorDictStore({head: torch.ones(5, 3)}, {}, path="l")
+    with pytest.raises(AffectlensError, match=f"tensor {gate} of base b is missing from tuned"):
+        check_architecture(base, lacking, "tuned")
+    reshaped = TensorDictStore({gate: torch.ones(3, 4), head: torch.ones(5, 3)}, {}, path="r")
+    with pytest.raises(AffectlensError, match=rf"shape mismatch for {gate}: base \[4, 3\] vs tuned \[3, 4\]"):
+        check_architecture(base, reshaped, "tuned")
+
+
+def test_adapter_fit_check_is_shared_by_locate_and_transfer(tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+
+    save_tiny(tmp_path / "base", "llama", layers=2, hidden=32)
+    other = get_peft_model(tiny_model("llama", layers=2, hidden=48), LoraConfig(r=2, target_modules=["q_proj"]))
+    other.save_pretrained(tmp_path / "ad")
+    base, ad, out = str(tmp_path / "base"), str(tmp_path / "ad"), str(tmp_path / "o")
+    errs = [one_line_error(capsys, ["locate", base, ad, "--out", out]),
+            one_line_error(capsys, ["transfer", base, ad, "--modules", "q_proj", "--out", out])]
+    for err in errs:
+        assert "does not fit base" in err and "model.layers.0.self_attn.q_proj" in err, err
+        assert "LoRA maps 48->48 but the base weight is 32->32: an adapter for another base?" in err, err
+    assert not Path(out).exists()
+
+
+def test_streamed_transfer_equals_in_memory_and_the_donor(pair):
+    """``transfer`` streams what ``transfer_tensors`` keeps: the same tensors, i.e. the donor's."""
+    base, donor = pair / "base_single", pair / "donor_single"
+    kept, sel = transfer_tensors(base, donor, "attn,gate_proj", echo=lambda s: None)
+    streamed, sel2 = transfer_tensors(base, donor, "attn,gate_proj", echo=lambda s: None, stream=True)
+    assert not streamed.kept and len(kept.kept) == 10  # 5 modules x 2 layers
+    assert list(kept) == list(streamed) == list(sel.tensors) == list(sel2.tensors)
+    dsd = load_dir(donor)
+    for name in kept:
+        assert ATTN_GATE.search(name), name
+        assert torch.equal(kept[name], dsd[name]) and torch.equal(streamed[name], dsd[name]), name
+    assert streamed.get("model.layers.0.mlp.up_proj.weight") is None
+
+
+def test_ablation_modes_are_one_enum(tmp_path, capsys):
+    from affectlens.ablate import MODES, AblationMode
+    from affectlens.errors import AffectlensError
+
+    assert MODES == ("reset", "zero-delta", "zero", "mean", "noise")
+    assert [m for m in AblationMode if m.needs_base] == ["reset", "zero-delta", "noise"]
+    with pytest.raises(AffectlensError, match="unknown ablation mode 'erase'; choose from reset, zero-delta, zero"):
+        ablate_tensors(tiny_model("llama"), "gate_proj", "erase", echo=lambda s: None)
+    with pytest.raises(SystemExit):
+        main(["ablate", str(tmp_path), "--modules", "gate_proj", "--mode", "erase", "--out", str(tmp_path / "o")])
+    assert "invalid choice: 'erase'" in capsys.readouterr().err

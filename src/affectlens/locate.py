@@ -24,6 +24,7 @@ import torch
 from .errors import AffectlensError
 from .modules import FUSED, MODULES, ModuleKey, ParsedName, split_rows
 from .runs import atomic_dir, progress, write_json, write_manifest
+from .weights.compat import check_adapter_fits, check_architecture
 from .weights.lora import LoraAdapter, LoraModule, lora_delta_norm
 from .weights.store import SafetensorsStore, WeightStore, open_weights
 
@@ -99,53 +100,6 @@ def open_tuned(path: str | os.PathLike, label: str, allow_pickle: bool = False) 
     if p.is_dir() and (p / "adapter_config.json").is_file():
         return Tuned(label, p, adapter=LoraAdapter(p, allow_pickle=allow_pickle))
     return Tuned(label, p, store=open_weights(p, allow_pickle=allow_pickle))
-
-
-def _check_full_pair(base: WeightStore, tuned: Tuned) -> list[str]:
-    """Refuse a tuned checkpoint of another shape; return its tensors the base lacks (reported)."""
-    assert tuned.store is not None
-    bc, tc = base.config, tuned.store.config
-    for k in ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size",
-              "num_attention_heads", "num_key_value_heads"):
-        if bc.get(k) is not None and tc.get(k) is not None and bc[k] != tc[k]:
-            raise AffectlensError(
-                f"architecture mismatch between base and {tuned.label}: {k} is {bc[k]} vs {tc[k]}")
-    tnames = set(tuned.store.names())
-    module_names = {p.name for ps in base.inventory.modules.values() for p in ps}
-    for name in base.names():
-        if name not in tnames:
-            if name not in module_names:
-                continue  # e.g. a tied lm_head saved by one side only: reported in other_tensors
-            raise AffectlensError(f"tensor {name} of the base is missing from {tuned.label} ({tuned.path})")
-        if base.shape(name) != tuned.store.shape(name):
-            raise AffectlensError(
-                f"shape mismatch for {name}: base {list(base.shape(name))} vs "
-                f"{tuned.label} {list(tuned.store.shape(name))}")
-    bnames = set(base.names())
-    return sorted(n for n in tuned.store.names() if n not in bnames)
-
-
-def _check_adapter(base: WeightStore, tuned: Tuned) -> None:
-    ad = tuned.adapter
-    assert ad is not None
-    bnames = set(base.names())
-    for mod in ad.modules.values():
-        target = ad.target_weight_name(mod)
-        if target not in bnames:
-            raise AffectlensError(
-                f"adapter {tuned.label} targets {mod.path}, which the base does not have: "
-                f"an adapter for another base?")
-        out_f, in_f = base.shape(target)[0], base.shape(target)[-1]
-        a_shape, b_shape = ad.store.shape(mod.a_name), ad.store.shape(mod.b_name)
-        if a_shape[1] != in_f or b_shape[0] != out_f:
-            raise AffectlensError(
-                f"adapter {tuned.label} does not fit the base at {mod.path}: LoRA maps "
-                f"{a_shape[1]}->{b_shape[0]} but the base weight is {in_f}->{out_f}: an adapter for another base?")
-    for body in ad.replacements:
-        if body not in bnames:
-            raise AffectlensError(f"adapter {tuned.label} replaces {body}, which the base does not have")
-        if tuple(ad.store.shape(ad.replacements[body])) != base.shape(body):
-            raise AffectlensError(f"adapter {tuned.label}: replacement {body} has the wrong shape")
 
 
 def _row_reader(store: WeightStore, name: str) -> Callable[[int, int], torch.Tensor]:
@@ -256,9 +210,10 @@ def locate(
     only_in_tuned: dict[str, list[str]] = {}
     for m in models:
         if m.adapter is not None:
-            _check_adapter(base_store, m)
+            check_adapter_fits(base_store, m.adapter, what=f"adapter {m.label} ({m.path})")
         else:
-            only_in_tuned[m.label] = _check_full_pair(base_store, m)
+            assert m.store is not None
+            only_in_tuned[m.label] = check_architecture(base_store, m.store, f"{m.label} ({m.path})")
 
     inv = base_store.inventory
     if not inv.modules:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..ablate import MODES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
@@ -34,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     a.add_argument("model", help="tuned model dir or PEFT LoRA adapter dir")
     a.add_argument("--modules", required=True, help="selection, e.g. gate_proj")
-    a.add_argument("--mode", required=True, choices=["reset", "zero-delta", "zero", "mean", "noise"])
+    a.add_argument("--mode", required=True, choices=MODES,
+                   help="reset (to BASE), zero-delta (drop the LoRA), zero, mean, or noise (delta-norm Gaussian)")
     a.add_argument("--base", default=None, help="base model (needed by reset, zero-delta, noise)")
     a.add_argument("--layers", default=None, help="layers, e.g. 0-11,20 (default: all)")
     a.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
@@ -49,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _transfer(args: argparse.Namespace) -> int:
-    from ..compose import transfer
+    from ..transfer import transfer
 
     res = transfer(args.base, args.donor, args.modules, args.out, layers=args.layers, merge=args.merge,
                    force=args.force, max_shard_size=args.max_shard_size, allow_pickle=args.allow_pickle)
@@ -59,7 +62,7 @@ def _transfer(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from ..compose import ablate
+    from ..ablate import ablate
 
     res = ablate(args.model, args.modules, args.mode, args.out, base=args.base, layers=args.layers,
                  seed=args.seed, control=args.control, force=args.force,

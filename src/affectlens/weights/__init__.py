@@ -1,7 +1,9 @@
 """Reading checkpoints and adapters lazily, one tensor at a time."""
 
+from .compat import check_adapter_fits, check_architecture
 from .finite import check_finite, check_store_finite
 from .lora import LoraAdapter, lora_delta_norm, lora_inner, open_adapter
+from .merged import MergedStore, as_store
 from .store import (
     GGUFStore,
     PickleStore,
@@ -17,10 +19,14 @@ from .store import (
 __all__ = [
     "GGUFStore",
     "LoraAdapter",
+    "MergedStore",
     "PickleStore",
     "SafetensorsStore",
     "TensorDictStore",
     "WeightStore",
+    "as_store",
+    "check_adapter_fits",
+    "check_architecture",
     "check_finite",
     "check_store_finite",
     "load_pickle",

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import AffectlensError
 from ..modules import Inventory, inventory
+from .finite import check_finite, tensor_file
 
 _ST_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -57,6 +58,12 @@ class WeightStore:
 
     def get(self, name: str) -> torch.Tensor:
         raise NotImplementedError
+
+    def get_finite(self, name: str) -> torch.Tensor:
+        """``get(name)``, refused with one line naming the tensor and its file if it holds a NaN or an Inf."""
+        t = self.get(name)
+        check_finite(t, f"tensor {name} of {tensor_file(self, name)}")
+        return t
 
     @property
     def config(self) -> dict[str, Any]:

@@ -1,0 +1,240 @@
+"""Sufficiency (paper §5.1, "parameter inheritance"): BASE with only the selected modules of a DONOR.
+
+The donor is a full fine-tuned checkpoint or a LoRA adapter (merged on read).
+``transfer_tensors`` is the one implementation: it resolves the selection,
+checks the donor fits BASE, that every tensor read is finite and that the
+donor differs from BASE somewhere in the selection, and yields the new
+tensors. A grid applies them to a loaded model (``applied``); ``transfer``
+streams them into a new HF model dir (or a restricted adapter dir) on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import (
+    ComposeResult,
+    RawFrom,
+    copy_sidecars,
+    hf_model_dir,
+    new_or_raw,
+    write_adapter,
+    write_checkpoint,
+)
+from .errors import AffectlensError
+from .modules import FUSED
+from .selection import Echo, Rows, Selection, apply_rows, match_adapter, select
+from .weights import LoraAdapter, WeightStore, check_store_finite, open_weights
+from .weights.compat import check_architecture
+from .weights.merged import MergedStore, as_store
+
+
+class Transferred(Mapping[str, torch.Tensor]):
+    """BASE's selected tensors as DONOR has them (only the selected rows of fused ones), by name.
+
+    Streaming (``kept`` empty) computes each tensor on access, so a writer
+    holds one tensor at a time; in-memory callers get them computed once.
+    """
+
+    def __init__(self, base: WeightStore, donor: WeightStore, selection: Selection) -> None:
+        self.base, self.donor, self.selection = base, donor, selection
+        self.kept: dict[str, torch.Tensor] = {}
+
+    @property
+    def whole(self) -> set[str]:
+        """Tensors taken whole from the donor (a writer may copy their bytes raw)."""
+        return {n for n, rows in self.selection.tensors.items() if rows is None}
+
+    def compute(self, name: str) -> torch.Tensor:
+        rows = self.selection.tensors[name]
+        d = self.donor.get_finite(name)
+        if rows is None:
+            return d
+        return apply_rows(self.base.get_finite(name), rows, lambda c, s: d[s].to(c.dtype))
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name in self.kept:
+            return self.kept[name]
+        if name not in self.selection.tensors:
+            raise KeyError(name)
+        return self.compute(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.selection.tensors)
+
+    def __len__(self) -> int:
+        return len(self.selection.tensors)
+
+
+def transfer_tensors(base: Any, donor: Any, modules: str | Sequence[str],
+                     layers: str | Sequence[int] | None = None, echo: Echo = print,
+                     allow_pickle: bool = False, *, stream: bool = False,
+                     label: str = "base") -> tuple[Transferred, Selection]:
+    """The selected tensors of DONOR (full or LoRA-merged) that replace BASE's, and the selection.
+
+    Every tensor read must be finite, and the donor must differ from BASE
+    somewhere in the selection (else the transfer would change nothing). With
+    ``stream`` the tensors are only checked here and recomputed on access.
+    """
+    bstore = as_store(base, allow_pickle=allow_pickle)
+    dstore = as_store(donor, base=bstore, allow_pickle=allow_pickle)
+    sel = select(bstore, modules, layers, echo, label=label)
+    if isinstance(dstore, MergedStore):
+        sel = restrict_to_adapter(dstore, sel, echo)
+        check_store_finite(dstore.adapter.store)
+    what = f"adapter {dstore.path}" if isinstance(dstore, MergedStore) else f"donor {dstore.path}"
+    check_architecture(bstore, dstore, what, list(sel.tensors))
+    out = Transferred(bstore, dstore, sel)
+    touched = False
+    for name, rows in sel.tensors.items():
+        d = dstore.get_finite(name)
+        # A base tensor the donor replaces whole never reaches the result: only partial ones must be finite.
+        b = bstore.get(name) if rows is None else bstore.get_finite(name)
+        touched = touched or differs(d, b, rows)
+        if not stream:
+            out.kept[name] = d if rows is None else apply_rows(b, rows, lambda c, s, d=d: d[s].to(c.dtype))
+        del d, b
+    if not touched:
+        raise sel.unchanged("transfer", dstore, bstore)
+    return out, sel
+
+
+def differs(new: torch.Tensor, old: torch.Tensor, rows: Rows) -> bool:
+    """Does ``new`` change ``old`` in the selected rows (a dtype or shape change counts)?"""
+    if new.dtype != old.dtype or new.shape != old.shape:
+        return True
+    if rows is None:
+        return not torch.equal(new, old)
+    return any(not torch.equal(new[r0:r1], old[r0:r1]) for r0, r1 in rows)
+
+
+def restrict_to_adapter(merged: MergedStore, sel: Selection, echo: Echo) -> Selection:
+    """Restrict a LoRA donor to the selection; the adapter itself must cover every selected cell.
+
+    Sets ``merged.only`` to the adapter modules the selection keeps and drops
+    selected tensors the adapter never changes.
+    """
+    ad = merged.adapter
+    rep = match_adapter(ad, sel.modules, sel.layers, prefix=f"LoRA adapter {ad.path}: ")
+    echo(f"LoRA tensors in adapter {ad.path.name}:\n{rep.table()}")
+    keep = set()
+    for m in ad.modules.values():
+        if m.parsed.scope != "module" or m.key.layer not in sel.layers:
+            continue
+        parts = FUSED.get(m.parsed.fused, ()) if m.parsed.fused else (m.key.module,)
+        if any(x in sel.modules for x in parts):
+            keep.add(m.path)
+            if not all(x in sel.modules for x in parts):
+                echo(f"note: {m.path} is a fused LoRA: an adapter written from it changes all of "
+                     f"{','.join(parts)}; merged and in-memory results take only the selected rows")
+    merged.only = keep
+    names = {ad.target_weight_name(ad.modules[p]) for p in keep}
+    out = Selection(sel.modules, sel.layers, rep)
+    out.tensors = {n: r for n, r in sel.tensors.items() if n in names}
+    return out
+
+
+def lora_params(adapter: LoraAdapter, paths: Sequence[str]) -> int:
+    """LoRA parameters (A and B) of the adapter modules ``paths``."""
+    n = 0
+    for p in paths:
+        m = adapter.modules[p]
+        n += adapter.store.numel(m.a_name) + adapter.store.numel(m.b_name)
+    return n
+
+
+def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | Sequence[str],
+             out: str | os.PathLike, layers: str | None = None, merge: bool = False,
+             force: bool = False, max_shard_size: str | int = "5GB", echo: Echo = print,
+             allow_pickle: bool = False) -> ComposeResult:
+    """BASE with only the selected modules from DONOR, written to ``out``.
+
+    Full donor: an HF model dir. LoRA donor: a PEFT adapter dir holding only the
+    selected modules' LoRA tensors, and with ``merge`` also ``out/merged``.
+    Every tensor that goes into the output is checked to be finite before
+    anything is written; a donor equal to BASE in the whole selection is an error.
+    """
+    from .models import resolve_model_path
+    from .runs import atomic_dir, check_out_dir, write_json, write_manifest
+
+    check_out_dir(out, force)
+    base_path = hf_model_dir(base)
+    donor_path = resolve_model_path(donor)
+    options = {"modules": modules, "layers": layers, "merge": merge, "max_shard_size": max_shard_size,
+               "allow_pickle": allow_pickle}
+    with contextlib.ExitStack() as stack:
+        bstore = stack.enter_context(open_weights(base_path, allow_pickle=allow_pickle))
+        dstore = as_store(donor_path, base=bstore, allow_pickle=allow_pickle)
+        if not isinstance(dstore, MergedStore):  # a MergedStore closes with its base
+            stack.enter_context(dstore)
+        tensors, sel = transfer_tensors(bstore, dstore, modules, layers, echo, stream=True,
+                                        label=f"base {base_path.name}")
+        keep: list[str] = []  # LoRA donor: the adapter modules the output adapter keeps
+        whole: set[str] = set()  # full donor: tensors copied byte for byte
+        if isinstance(dstore, MergedStore):
+            keep = sorted(dstore.only or ())
+            if merge:
+                check_store_finite(bstore)
+            info = {"donor_kind": "lora", "lora_modules": keep, "tensors": sorted(sel.tensors),
+                    "params_transferred": lora_params(dstore.adapter, keep)}
+        else:
+            whole = tensors.whole
+            # The rest of the output comes from BASE: checked before anything is written.
+            check_store_finite(bstore, [n for n in bstore.names() if n not in whole])
+            changed = [n for n in sel.tensors if dstore.dtype(n) != bstore.dtype(n)]
+            if changed:
+                echo(f"note: {len(changed)} selected tensor(s) keep the donor's dtype {dstore.dtype(changed[0])} "
+                     f"(base has {bstore.dtype(changed[0])})")
+            info = {"donor_kind": "full", "tensors": sorted(sel.tensors), "params_transferred": sel.numel(bstore)}
+        with atomic_dir(out, force) as tmp:
+            if isinstance(dstore, MergedStore):
+                write_adapter(dstore.adapter, keep, tmp, base_path)
+                if merge:
+                    (tmp / "merged").mkdir()
+                    write_checkpoint(bstore, tensors.get, tmp / "merged", max_shard_size, "merging",
+                                     label=Path(out) / "merged")
+                    copy_sidecars(base_path, tmp / "merged")
+            else:
+                write_checkpoint(RawFrom(bstore, dstore, whole), new_or_raw(tensors.get, whole), tmp,
+                                 max_shard_size, "transferring", label=out)
+                copy_sidecars(base_path, tmp)
+            write_json(tmp / "compose.json", {"kind": "transfer", **info, "table": sel.table()})
+            write_manifest(tmp, "transfer", {"base": base_path, "donor": donor_path}, options)
+    return ComposeResult(Path(out), sel, info)
+
+
+@contextlib.contextmanager
+def applied(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> Iterator[torch.nn.Module]:
+    """Swap ``tensors`` into a loaded model for the block, then put the originals back.
+
+    Lets a grid evaluate many variants on one loaded model with no disk writes.
+    """
+    params = dict(model.named_parameters())
+    params.update(dict(model.named_buffers()))
+    missing = [n for n in tensors if n not in params]
+    if missing:
+        raise AffectlensError(f"model has no parameter {missing[0]}")
+    saved: dict[str, torch.Tensor] = {}
+    try:
+        with torch.no_grad():
+            for name, t in tensors.items():
+                p = params[name]
+                if tuple(p.shape) != tuple(t.shape):
+                    raise AffectlensError(f"{name}: new tensor {list(t.shape)} vs model {list(p.shape)}")
+                saved[name] = p.detach().clone()
+                p.copy_(t.to(p.dtype))
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, t in saved.items():
+                params[name].copy_(t)
+
+
+__all__ = ["Transferred", "applied", "differs", "lora_params", "restrict_to_adapter", "transfer",
+           "transfer_tensors"]

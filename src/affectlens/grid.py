@@ -15,7 +15,7 @@ A grid is a list of *variants* of one base model, each evaluated on every task:
 Cells are (variant, seed). Each cell's result is one JSON file written
 atomically, keyed by a hash of everything it depends on, so an interrupted grid
 resumes where it stopped and a changed variant is recomputed alone. Variants
-are built in memory on one loaded base model (``compose.applied``).
+are built in memory on one loaded base model (``transfer.applied``).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def load_config(path: str | os.PathLike | dict) -> GridConfig:
             except AffectlensError as e:
                 raise _err(where, f"variant '{vname}': {e}") from None
         if kind == "ablate":
-            from .compose import MODES
+            from .ablate import MODES
 
             if vs["mode"] not in MODES:
                 raise _err(where, f"variant '{vname}': unknown mode '{vs['mode']}'; choose from {', '.join(MODES)}")
@@ -378,8 +378,7 @@ class _Runner:
 
     def _source(self, ref: str, seed: int) -> Any:
         """A donor/model reference: 'base', a tuned variant (its adapter for this seed), or a path."""
-        from .compose import MergedStore, as_store
-        from .weights import LoraAdapter
+        from .weights import LoraAdapter, MergedStore, as_store
 
         if ref == "base":
             return self.base_store
@@ -390,7 +389,7 @@ class _Runner:
 
     def _all_of(self, src: Any) -> dict[str, Any]:
         """Every tensor in which a whole source model differs from the loaded base."""
-        from .compose import MergedStore
+        from .weights import MergedStore
 
         if isinstance(src, MergedStore):
             return {n: src.get(n) for n in src.names() if src.adapted(n)}
@@ -398,9 +397,10 @@ class _Runner:
         return {n: src.get(n) for n in src.names() if n in params}
 
     def cell(self, v: Variant, seed: int) -> dict[str, Any]:
-        from .compose import MergedStore, ablate_tensors, applied, transfer_tensors
+        from .ablate import ablate_tensors
         from .params import count_params
-        from .weights import LoraAdapter
+        from .transfer import applied, transfer_tensors
+        from .weights import LoraAdapter, MergedStore
 
         cfg = self.cfg
         info: dict[str, Any] = {"variant": v.name, "kind": v.kind, "seed": seed, "hash": v.hash,

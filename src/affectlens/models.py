@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -166,7 +167,9 @@ def quiet_transformers() -> Iterator[None]:
     finally:
         hf_logging.set_verbosity(level)
         if bars:
-            hf_logging.enable_progress_bar()
+            with warnings.catch_warnings():  # the hub warns when its env switch keeps its own bars off
+                warnings.simplefilter("ignore", UserWarning)
+                hf_logging.enable_progress_bar()
 
 
 def check_finite(tensor: Any, what: str) -> None:
@@ -243,8 +246,6 @@ def _model_weights(p: Path, allow_pickle: bool) -> dict[str, Any]:
 
 def _apply_adapter(model: Any, adapter: Path, allow_pickle: bool) -> Any:
     """``PeftModel`` over ``model``; every adapter tensor must land, and every wrapped module get its tensors."""
-    import warnings
-
     from peft import PeftModel, load_peft_weights, set_peft_model_state_dict
 
     if not is_adapter_dir(adapter):

@@ -372,3 +372,27 @@ def test_fused_module_message_names_exactly_the_other_modules(tmp_path, capfd, d
     argv[argv.index("--modules") + 1] = module
     line = assert_refused(run_cli(capfd, *argv), out=out, contains=f"fused {fused}")
     assert f"would also train {', '.join(others)};" in line, line
+
+
+def test_demo_retrains_a_cached_adapter_whose_training_was_not_finite(tmp_path, capfd, monkeypatch):
+    """A cached adapter recorded with a NaN loss (trained before the finite checks) is not reused."""
+    import affectlens.demo as demo
+    import affectlens.models as models
+
+    monkeypatch.setattr(models, "default_model_dir", lambda: TINYSTORIES)
+    monkeypatch.setitem(demo.DEFAULTS, "batch_size", 2)
+    rc, _, err = run_cli(capfd, "demo", "--out", tmp_path / "d1", "--steps", "2")
+    assert rc == 0, err
+    first = json.loads((tmp_path / "d1" / "demo.json").read_text())
+    info_file = Path(first["training"]["emotion"]["adapter"]) / "affectlens_tune.json"
+    info = json.loads(info_file.read_text())
+    info["loss_curve"] = [info["loss_curve"][0], float("nan")]
+    info_file.write_text(json.dumps(info))  # json writes a bare NaN, as the old tune did
+
+    rc, stdout, err = run_cli(capfd, "demo", "--out", tmp_path / "d2", "--steps", "2")
+    assert rc == 0, err
+    assert "nan" not in stdout.lower()
+    second = json.loads((tmp_path / "d2" / "demo.json").read_text())
+    assert second["cached"] is False
+    curve = json.loads(info_file.read_text())["loss_curve"]
+    assert len(curve) == 2 and all(x == x and abs(x) != float("inf") for x in curve)

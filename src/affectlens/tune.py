@@ -321,65 +321,70 @@ def tune(
     except Exception as e:  # PEFT's NoMatchingPeftModuleError, ValueError on unsupported layers, ...
         raise AffectlensError(f"PEFT cannot put LoRA on {', '.join(target_modules[:3])}"
                               f"{' ...' if len(target_modules) > 3 else ''}: {type(e).__name__}: {e}") from None
-    wrapped = {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules()
-               if isinstance(m, LoraLayer)}
-    if wrapped != set(paths):  # PEFT's name matching must agree with ours, exactly
-        raise AffectlensError(f"PEFT wrapped {len(wrapped)} modules but {len(paths)} were matched")
-    per_module = _trainable_by_module(peft_model)
-    n_train = sum(per_module.values())
-    n_total = sum(p.numel() for p in peft_model.parameters())
-    say(f"trainable parameters: {n_train:,} of {n_total:,} ({100 * n_train / n_total:.3f} %)")
-    for mod, n in per_module.items():
-        say(f"  {mod:<10} {n:>12,}  ({100 * n / n_train:.1f} %)")
-
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = get_linear_schedule_with_warmup(optim, int(warmup * steps), steps)
-    gen = torch.Generator().manual_seed(seed)
-    order: list[int] = []
-    torch.manual_seed(seed)  # LoRA dropout masks
-    peft_model.train()
-    losses: list[float] = []
-    tokens = 0
-    t0 = time.perf_counter()
-    bar = progress(range(steps), desc=f"tune {','.join(parse_selection(modules))}", total=steps, unit="step")
-    step_times: list[float] = []
     try:
-        for step, _ in enumerate(bar, 1):
-            ts = time.perf_counter()
-            batch: list[int] = []
-            while len(batch) < batch_size:
-                if not order:
-                    order = torch.randperm(len(ids), generator=gen).tolist()
-                batch.append(order.pop(0))
-            input_ids, attention, labels = collate([ids[i] for i in batch], [n_prompts[i] for i in batch], pad_id)
-            try:
-                loss = label_loss(peft_model, input_ids, attention, labels)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise AffectlensError(
-                        f"training loss became non-finite ({value}) at step {step} of {steps}; nothing was "
-                        f"written (lr {lr:g} may be too high)")
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                sched.step()
-            except (RuntimeError, OverflowError) as e:  # e.g. an update that overflows the dtype
-                raise AffectlensError(f"training failed at step {step} of {steps}: {type(e).__name__}: {e}") from None
-            losses.append(value)
-            tokens += int(attention.sum())
-            step_times.append(time.perf_counter() - ts)
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    finally:
-        if hasattr(bar, "close"):
-            bar.close()  # no half-drawn bar before an error line
-    seconds = time.perf_counter() - t0
-    peft_model.eval()
-    for name, prm in peft_model.named_parameters():
-        if prm.requires_grad:  # the last update is not seen by any loss
-            check_finite(prm.detach(), f"trained tensor {name.removeprefix('base_model.model.')} "
-                         f"after step {steps}; nothing was written")
+        wrapped = {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules()
+                   if isinstance(m, LoraLayer)}
+        if wrapped != set(paths):  # PEFT's name matching must agree with ours, exactly
+            raise AffectlensError(f"PEFT wrapped {len(wrapped)} modules but {len(paths)} were matched")
+        per_module = _trainable_by_module(peft_model)
+        n_train = sum(per_module.values())
+        n_total = sum(p.numel() for p in peft_model.parameters())
+        say(f"trainable parameters: {n_train:,} of {n_total:,} ({100 * n_train / n_total:.3f} %)")
+        for mod, n in per_module.items():
+            say(f"  {mod:<10} {n:>12,}  ({100 * n / n_train:.1f} %)")
+
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        sched = get_linear_schedule_with_warmup(optim, int(warmup * steps), steps)
+        gen = torch.Generator().manual_seed(seed)
+        order: list[int] = []
+        torch.manual_seed(seed)  # LoRA dropout masks
+        peft_model.train()
+        losses: list[float] = []
+        tokens = 0
+        t0 = time.perf_counter()
+        bar = progress(range(steps), desc=f"tune {','.join(parse_selection(modules))}", total=steps, unit="step")
+        step_times: list[float] = []
+        try:
+            for step, _ in enumerate(bar, 1):
+                ts = time.perf_counter()
+                batch: list[int] = []
+                while len(batch) < batch_size:
+                    if not order:
+                        order = torch.randperm(len(ids), generator=gen).tolist()
+                    batch.append(order.pop(0))
+                input_ids, attention, labels = collate([ids[i] for i in batch], [n_prompts[i] for i in batch], pad_id)
+                try:
+                    loss = label_loss(peft_model, input_ids, attention, labels)
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise AffectlensError(
+                            f"training loss became non-finite ({value}) at step {step} of {steps}; nothing was "
+                            f"written (lr {lr:g} may be too high)")
+                    optim.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optim.step()
+                    sched.step()
+                except (RuntimeError, OverflowError) as e:  # e.g. an update that overflows the dtype
+                    raise AffectlensError(f"training failed at step {step} of {steps}: {type(e).__name__}: {e}") from None
+                losses.append(value)
+                tokens += int(attention.sum())
+                step_times.append(time.perf_counter() - ts)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        finally:
+            if hasattr(bar, "close"):
+                bar.close()  # no half-drawn bar before an error line
+        seconds = time.perf_counter() - t0
+        peft_model.eval()
+        for name, prm in peft_model.named_parameters():
+            if prm.requires_grad:  # the last update is not seen by any loss
+                check_finite(prm.detach(), f"trained tensor {name.removeprefix('base_model.model.')} "
+                             f"after step {steps}; nothing was written")
+    except BaseException:
+        if not isinstance(base, str | os.PathLike):
+            peft_model.unload()  # hand the caller's in-memory model back without LoRA layers
+        raise
 
     sps = seconds / steps
     say(f"trained {steps} steps in {seconds:.1f} s ({sps:.2f} s/step, {tokens / seconds:.0f} tokens/s); "

@@ -264,3 +264,18 @@ def test_chat_template_prompts(tok):
                           "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
     prompt = format_prompt(chat, "I won!", "control")
     assert prompt.startswith("<user>Solve the word problem.") and prompt.endswith("I won!<assistant>")
+
+
+def test_failed_tune_hands_the_in_memory_base_back(tmp_path, tok):
+    """A run that stops (here: the loss diverges) leaves no LoRA layers in the caller's model."""
+    from peft.tuners.lora import LoraLayer
+
+    from affectlens.errors import AffectlensError
+
+    model, _ = load_model(TINYSTORIES)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(AffectlensError, match="non-finite"):
+        tune(model, _easy(tmp_path), "all", steps=4, lr=1e30, batch_size=2, tokenizer=tok, verbose=False)
+    assert not any(isinstance(m, LoraLayer) for m in model.modules())
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import AffectlensError
-from .runs import parse_jsonl
 
 EMOTIONS = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
 DIGITS = tuple(str(d) for d in range(10))
@@ -372,15 +371,67 @@ def bundled_path(name: str) -> Path:
     return p
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a JSONL file; a malformed line is a one-line error naming the line."""
+def read_jsonl_lines(path: str | Path) -> list[tuple[int, dict]]:
+    """``(line number, row)`` of every non-blank line of a JSONL file.
+
+    A line that is not a JSON object, a file that is not UTF-8 text and a file
+    without rows are one-line errors naming the file (and the line).
+    """
     p = Path(path)
     if not p.is_file():
         raise AffectlensError(f"data file {p} does not exist")
-    rows = parse_jsonl(p.read_text(encoding="utf-8"), p)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise AffectlensError(f"data file {p} is not UTF-8 text (byte {e.start})") from None
+    rows: list[tuple[int, dict]] = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise AffectlensError(f"{p} line {i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise AffectlensError(f"{p} line {i}: expected a JSON object per line")
+        rows.append((i, row))
     if not rows:
         raise AffectlensError(f"data file {p} has no rows")
     return rows
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSONL file; a malformed line is a one-line error naming the line."""
+    return [row for _, row in read_jsonl_lines(path)]
+
+
+_JSON_NAMES = {"NoneType": "null", "bool": "a boolean", "float": "a number", "int": "a number",
+               "list": "a list", "dict": "an object", "str": "a string"}
+
+
+def labelled_rows(path: str | Path) -> list[tuple[int, str, str]]:
+    """``(line, text, label)`` of a ``{"text", "label"}`` JSONL file, every field checked.
+
+    ``text`` must be a non-empty string; ``label`` a non-empty string or an
+    integer (answers like ``7``). Missing, null, empty or other-typed fields
+    stop with one line naming the file and line number.
+    """
+    p = Path(path)
+    out = []
+    for i, row in read_jsonl_lines(p):
+        for key in ("text", "label"):
+            if key not in row:
+                raise AffectlensError(f"{p} line {i}: no '{key}' field")
+            value = row[key]
+            ok = isinstance(value, str) or (key == "label" and isinstance(value, int)
+                                             and not isinstance(value, bool))
+            if not ok:
+                raise AffectlensError(f"{p} line {i}: '{key}' must be a string, not "
+                                      f"{_JSON_NAMES.get(type(value).__name__, type(value).__name__)}")
+            if not str(value).strip():
+                raise AffectlensError(f"{p} line {i}: '{key}' is empty")
+        out.append((i, row["text"], str(row["label"]).strip()))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -62,7 +63,14 @@ def cache_key(base_dir: Path, options: dict[str, Any]) -> str:
 
 
 def _cached(path: Path) -> bool:
-    return (path / "adapter_config.json").is_file() and (path / "affectlens_tune.json").is_file()
+    """A complete cached adapter whose recorded training was finite (else it is trained again)."""
+    if not ((path / "adapter_config.json").is_file() and (path / "affectlens_tune.json").is_file()):
+        return False
+    try:
+        curve = json.loads((path / "affectlens_tune.json").read_text())["loss_curve"]
+        return bool(curve) and all(isinstance(x, int | float) and math.isfinite(x) for x in curve)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def run_demo(out: str | os.PathLike | None = None, force: bool = False, retrain: bool = False,

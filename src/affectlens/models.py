@@ -7,10 +7,13 @@ the first load converts it once into an HF dir under the user cache.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -95,8 +98,41 @@ def torch_dtype(name: str):
     return getattr(torch, _DTYPES[name])
 
 
+# --- loading policy: pickle, completeness, finiteness -------------------------------------------
+
+_JSON_TYPES = {"list": "a JSON list", "str": "a JSON string", "int": "a number", "float": "a number",
+               "bool": "a boolean", "NoneType": "null"}
+
+
+def pickle_refusal(path: str | os.PathLike) -> AffectlensError:
+    """The one message for a pickle checkpoint read without ``--allow-pickle``."""
+    return AffectlensError(f"{path} is a pickle checkpoint; loading it can run code: "
+                           "pass --allow-pickle if you trust it")
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file that must hold an object (``config.json``, ``adapter_config.json``)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AffectlensError(f"{p} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise AffectlensError(f"{p} must hold a JSON object, not {_JSON_TYPES.get(type(data).__name__, 'that')}")
+    return data
+
+
 def is_adapter_dir(path: str | os.PathLike) -> bool:
     return Path(path, "adapter_config.json").is_file()
+
+
+def adapter_base(adapter: str | os.PathLike) -> str:
+    """The base model an adapter dir names (``base_model_name_or_path``)."""
+    cfg = read_json_object(Path(adapter, "adapter_config.json"))
+    base = cfg.get("base_model_name_or_path")
+    if not isinstance(base, str) or not base.strip():
+        raise AffectlensError(f"adapter {adapter} does not name its base model; pass the base and --adapter")
+    return base
 
 
 def load_tokenizer(path: str | os.PathLike):
@@ -105,15 +141,146 @@ def load_tokenizer(path: str | os.PathLike):
 
     p = resolve_model_path(path)
     try:
-        if p.is_file() and p.suffix == ".gguf":
-            tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
-        else:
-            tok = AutoTokenizer.from_pretrained(str(p))
+        with quiet_transformers():
+            if p.is_file() and p.suffix == ".gguf":
+                tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+            else:
+                tok = AutoTokenizer.from_pretrained(str(p))
     except Exception as e:  # transformers raises many kinds here
         raise AffectlensError(f"cannot load a tokenizer from {p}: {type(e).__name__}: {e}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     return tok
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No transformers progress bars or load reports on stderr while loading: a problem
+    with the checkpoint is ours to report, as one line, not after a screen of notes."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            with warnings.catch_warnings():  # the hub warns when its env switch keeps its own bars off
+                warnings.simplefilter("ignore", UserWarning)
+                hf_logging.enable_progress_bar()
+
+
+def check_finite(tensor: Any, what: str) -> None:
+    """Stop on NaN/Inf (same message as ``affectlens.weights.check_finite``)."""
+    import torch
+
+    if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+        raise AffectlensError(f"non-finite values (NaN/Inf) in {what}")
+
+
+def _checkpoint_files(p: Path) -> tuple[dict[str, str], str]:
+    """Checkpoint tensor name -> file (as far as cheaply known), and the fallback location."""
+    if p.is_file():
+        return {}, str(p)
+    for idx in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (p / idx).is_file():
+            try:
+                wm = read_json_object(p / idx).get("weight_map")
+            except AffectlensError:
+                wm = None
+            if isinstance(wm, dict):
+                return {k: str(p / v) for k, v in wm.items() if isinstance(v, str)}, str(p)
+    if (p / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        f = p / "model.safetensors"
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                return dict.fromkeys(st.keys(), str(f)), str(f)
+        except Exception:
+            return {}, str(f)
+    if (p / "pytorch_model.bin").is_file():
+        return {}, str(p / "pytorch_model.bin")
+    return {}, str(p)
+
+
+def check_finite_model(model: Any, source: str | os.PathLike | None = None) -> None:
+    """Every parameter of ``model`` is finite; else one line naming the tensor and its file
+    (``source``: the checkpoint it was loaded from; None for a model built in memory).
+
+    Tied parameters are named by the name the checkpoint stores them under when known.
+    """
+    files, fallback = _checkpoint_files(Path(source)) if source is not None else ({}, "the in-memory model")
+    names: dict[int, list[str]] = {}
+    params: dict[int, Any] = {}
+    for name, t in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(t), []).append(name)
+        params[id(t)] = t
+    for key, t in params.items():
+        stored = [n for n in names[key] if n in files]
+        name = stored[0] if stored else names[key][0]
+        check_finite(t.detach(), f"tensor {name} of {files.get(name, fallback)}")
+
+
+def _short(keys: Any, n: int = 3) -> str:
+    keys = sorted(str(k).removeprefix("base_model.model.") for k in keys)
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def _model_weights(p: Path, allow_pickle: bool) -> dict[str, Any]:
+    """from_pretrained kwargs for a model dir under the pickle policy (refuses pickle without it)."""
+    if any((p / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json")):
+        return {"use_safetensors": True}
+    pk = next((p / n for n in ("pytorch_model.bin.index.json", "pytorch_model.bin") if (p / n).is_file()), None)
+    if pk is None:
+        raise AffectlensError(f"{p} has no weights (model.safetensors or pytorch_model.bin)")
+    if not allow_pickle:
+        raise pickle_refusal(pk)
+    # transformers reads pickle with torch.load(weights_only=True), and without mmap for
+    # legacy (pre-zip) files; weights_only is passed anyway so the policy is explicit.
+    return {"use_safetensors": False, "weights_only": True}
+
+
+def _apply_adapter(model: Any, adapter: Path, allow_pickle: bool) -> Any:
+    """``PeftModel`` over ``model``; every adapter tensor must land, and every wrapped module get its tensors."""
+    from peft import PeftModel, load_peft_weights, set_peft_model_state_dict
+
+    if not is_adapter_dir(adapter):
+        raise AffectlensError(f"{adapter} is not a PEFT adapter dir (no adapter_config.json)")
+    read_json_object(adapter / "adapter_config.json")
+    if not (adapter / "adapter_model.safetensors").is_file():
+        if (adapter / "adapter_model.bin").is_file():
+            if not allow_pickle:
+                raise pickle_refusal(adapter / "adapter_model.bin")
+        else:
+            raise AffectlensError(f"adapter {adapter} has no weights (adapter_model.safetensors)")
+    weights_file = next(f for f in (adapter / "adapter_model.safetensors", adapter / "adapter_model.bin")
+                        if f.is_file())
+    try:
+        with quiet_peft(), warnings.catch_warnings():
+            # We check missing keys ourselves below and stop on them.
+            warnings.filterwarnings("ignore", message="Found missing adapter keys")
+            peft_model = PeftModel.from_pretrained(model, str(adapter))
+            # PEFT's own loader, again, for its load result: what did not land, what was never given.
+            weights = load_peft_weights(str(adapter), device="cpu")
+            result = set_peft_model_state_dict(peft_model, weights, adapter_name="default")
+    except AffectlensError:
+        raise
+    except Exception as e:
+        raise AffectlensError(f"cannot apply adapter {adapter}: {type(e).__name__}: {e}") from None
+    if result.unexpected_keys:
+        raise AffectlensError(f"adapter {adapter} has tensors for modules the base model lacks: "
+                              f"{_short(result.unexpected_keys)}")
+    missing = [k for k in result.missing_keys if ".default." in k or k.endswith(".default")]
+    if missing:
+        raise AffectlensError(f"adapter {adapter} lacks tensors for modules its config targets: "
+                              f"{_short(k.replace('.default', '') for k in missing)}")
+    for name, t in weights.items():
+        check_finite(t, f"tensor {name} of {weights_file}")
+    return peft_model
 
 
 def load_model(
@@ -122,43 +289,55 @@ def load_model(
     dtype: str = "float32",
     with_tokenizer: bool = True,
     merge: bool = False,
+    allow_pickle: bool = False,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for forward passes, in eval mode.
 
     ``path`` is an HF dir, a ``.gguf`` file, ``smollm2`` (embedded default), or
     a PEFT adapter dir (its base is read from ``base_model_name_or_path``).
+
+    Only whole models load: a checkpoint missing a tensor (which transformers
+    would initialise randomly), an adapter with tensors for modules the base
+    lacks (or lacking tensors for modules it targets), and NaN/Inf in any
+    weight are one-line errors. Pickle checkpoints (``pytorch_model.bin``,
+    ``adapter_model.bin``) load only with ``allow_pickle``, and then with
+    ``torch.load(weights_only=True)``.
     """
     from transformers import AutoModelForCausalLM
 
     p = resolve_model_path(path)
-    if adapter is None and p.is_dir() and is_adapter_dir(p):
+    if p.is_dir() and is_adapter_dir(p):
+        if adapter is not None:
+            raise AffectlensError(f"{p} is a PEFT adapter dir, not a base model")
         adapter = p
-        base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base:
-            raise AffectlensError(f"adapter {p} does not name its base model; pass the base and --adapter")
-        p = resolve_model_path(base)
+        p = resolve_model_path(adapter_base(p))
     td = torch_dtype(dtype)
     try:
         if p.is_file() and p.suffix == ".gguf":
-            model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=td)
+            kwargs: dict[str, Any] = {"gguf_file": p.name}
+            where = str(p.parent)
+        elif p.is_file() and p.suffix in (".bin", ".pt", ".pth", ".safetensors"):
+            raise AffectlensError(f"{p} is a weights file; pass the model dir that holds it and its config.json")
         else:
             if not (p / "config.json").is_file():
                 raise AffectlensError(f"{p} is not a model dir (no config.json)")
-            model = AutoModelForCausalLM.from_pretrained(str(p), dtype=td)
+            read_json_object(p / "config.json")
+            kwargs = _model_weights(p, allow_pickle)
+            where = str(p)
+        with quiet_transformers():
+            model, info = AutoModelForCausalLM.from_pretrained(where, dtype=td, output_loading_info=True,
+                                                               **kwargs)
     except AffectlensError:
         raise
     except Exception as e:
         raise AffectlensError(f"cannot load model from {p}: {type(e).__name__}: {e}") from None
+    missing = info.get("missing_keys") or ()
+    if missing:
+        raise AffectlensError(f"{p} lacks tensor(s) {_short(missing)}: the model would run with "
+                              "randomly initialised weights there")
+    check_finite_model(model, p)
     if adapter is not None:
-        from peft import PeftModel
-
-        if not is_adapter_dir(adapter):
-            raise AffectlensError(f"{adapter} is not a PEFT adapter dir (no adapter_config.json)")
-        try:
-            with quiet_peft():
-                model = PeftModel.from_pretrained(model, str(adapter))
-        except Exception as e:
-            raise AffectlensError(f"cannot apply adapter {adapter}: {type(e).__name__}: {e}") from None
+        model = _apply_adapter(model, Path(adapter), allow_pickle)
         if merge:
             model = model.merge_and_unload()
     model.eval()

@@ -54,16 +54,25 @@ def load_config(spec: str | os.PathLike | dict) -> dict[str, Any]:
             with open_weights(p) as store:
                 cfg = dict(store.config)
         else:
-            try:
-                cfg = json.loads(p.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise AffectlensError(f"{p} is not a JSON config: {e}") from None
+            from .models import read_json_object
+
+            cfg = read_json_object(p)
     # Vision-language wrappers keep the language model's config inside.
     for key in ("text_config", "llm_config", "language_config"):
         if isinstance(cfg.get(key), dict) and "hidden_size" in cfg[key]:
             cfg = {**cfg[key], "model_type": cfg[key].get("model_type", cfg.get("model_type"))}
             break
     return cfg
+
+
+def parse_layer_spec(spec: str | None, num_layers: int) -> tuple[int, ...]:
+    """``modules.parse_layers``, with a reversed range (``3-1``) refused here as well:
+    it would otherwise select no layer at all and every count would read 0."""
+    for part in str(spec or "").split(","):
+        a, sep, b = (x.strip() for x in part.partition("-"))
+        if sep and a.isdigit() and b.isdigit() and int(a) > int(b):
+            raise AffectlensError(f"bad layer range '{part.strip()}': it runs backwards (did you mean {b}-{a}?)")
+    return parse_layers(spec, num_layers)
 
 
 @dataclass(frozen=True)
@@ -85,10 +94,19 @@ class Geometry:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> Geometry:
+        def size(key: str, value: Any) -> int:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) \
+                    or int(value) < 1:
+                raise AffectlensError(f"config '{key}' must be a positive integer, got {value!r}")
+            return int(value)
+
         def need(key: str) -> int:
             if key not in cfg or cfg[key] is None:
                 raise AffectlensError(f"config has no '{key}'; cannot count parameters")
-            return int(cfg[key])
+            return size(key, cfg[key])
+
+        def opt(key: str, default: int) -> int:
+            return size(key, cfg[key]) if cfg.get(key) not in (None, 0) else default
 
         if any(k in cfg for k in ("num_local_experts", "num_experts", "n_routed_experts")):
             raise AffectlensError("mixture-of-experts configs are not supported by params yet")
@@ -96,8 +114,8 @@ class Geometry:
             raise AffectlensError("configs with fused projections are not supported by params yet")
         mt = str(cfg.get("model_type", "unknown"))
         hidden, heads = need("hidden_size"), need("num_attention_heads")
-        kv = int(cfg.get("num_key_value_heads") or heads)
-        head_dim = int(cfg.get("head_dim") or hidden // heads)
+        kv = opt("num_key_value_heads", heads)
+        head_dim = opt("head_dim", hidden // heads)
         attn_bias = bool(cfg.get("attention_bias", False))
         # Qwen2 hard-codes biases on q/k/v (not o); the config has no flag for it.
         qkv_bias = attn_bias or mt == "qwen2"
@@ -105,7 +123,7 @@ class Geometry:
         if tied is None:
             tied = mt == "gemma"  # transformers' defaults: Gemma ties, Llama/Qwen/Mistral do not
         return cls(mt, hidden, need("intermediate_size"), need("num_hidden_layers"), heads, kv,
-                   head_dim, int(cfg.get("vocab_size") or 0), bool(tied), attn_bias, qkv_bias,
+                   head_dim, opt("vocab_size", 0), bool(tied), attn_bias, qkv_bias,
                    bool(cfg.get("mlp_bias", False)))
 
     def shape(self, module: str) -> tuple[int, int, bool]:
@@ -221,8 +239,8 @@ def count_params(config: str | os.PathLike | dict, modules: str | Sequence[str] 
         raise AffectlensError(f"rank must be >= 1, got {rank}")
     geo = Geometry.from_config(load_config(config))
     sel, ref = parse_selection(modules), parse_selection(reference)
-    lay = (parse_layers(layers, geo.layers) if layers is None or isinstance(layers, str)
-           else parse_layers(",".join(str(x) for x in layers), geo.layers))
+    lay = (parse_layer_spec(layers, geo.layers) if layers is None or isinstance(layers, str)
+           else parse_layer_spec(",".join(str(x) for x in layers), geo.layers))
     mods = _counts(geo, sel, int(rank), len(lay))
     refs = _counts(geo, ref, int(rank), geo.layers)  # the reference is the full-depth setting
     return ParamReport(

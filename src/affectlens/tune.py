@@ -23,19 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .corpus import NAMES, bundled_path, read_jsonl
+from .corpus import NAMES, bundled_path, labelled_rows
 from .errors import AffectlensError
 from .hfcompat import quiet_peft
 from .modules import (
+    FUSED,
     MODULES,
     MatchReport,
     format_ranges,
     inventory,
     match,
-    parse_layers,
     parse_name,
     parse_selection,
 )
+from .params import parse_layer_spec
 from .prompts import encode_example, infer_task_kind, resolve_task_kind, task_labels
 
 IGNORE = -100  # label value that torch's cross-entropy (and HF models) skip
@@ -88,14 +89,7 @@ def load_dataset(data: str | os.PathLike, task: str | None = None) -> Dataset:
     the labels present.
     """
     path = resolve_data(data)
-    rows: list[dict[str, str]] = []
-    for i, row in enumerate(read_jsonl(path), 1):
-        text, label = row.get("text"), row.get("label")
-        if not isinstance(text, str) or not text.strip():
-            raise AffectlensError(f"{path} row {i} has no non-empty string 'text'")
-        if isinstance(label, bool) or not isinstance(label, str | int) or not str(label).strip():
-            raise AffectlensError(f"{path} row {i} has no string 'label'")
-        rows.append({"text": text, "label": str(label).strip()})
+    rows = [{"text": text, "label": label} for _, text, label in labelled_rows(path)]
     found = sorted({r["label"] for r in rows})
     kind = resolve_task_kind(task) if task else infer_task_kind(found)
     allowed = task_labels(kind)
@@ -188,15 +182,19 @@ def lora_targets(model: Any, modules: str | Sequence[str], layers: str | Sequenc
     lay = None
     if layers is not None:
         spec = layers if isinstance(layers, str) else ",".join(str(x) for x in layers)
-        lay = parse_layers(spec, n_layers)
+        lay = parse_layer_spec(spec, n_layers)
     report = match(inv, sel, lay)
     paths: set[str] = set()
     for key in report.matched:
         for parsed in inv.modules[key]:
             if parsed.fused:
+                held = FUSED[parsed.fused]
+                chosen = [m for m in held if m in sel] or list(held)
+                others = [m for m in held if m not in chosen]
+                also = (f"LoRA on it would also train {', '.join(others)}" if others else
+                        f"LoRA on it trains {', '.join(held)} as one matrix, not as separate modules")
                 raise AffectlensError(
-                    f"{parsed.name} is a fused {parsed.fused}: LoRA on it would also train "
-                    f"{', '.join(m for m in MODULES if m != key.module and m in parsed.fused)}; "
+                    f"{parsed.name} is a fused {parsed.fused} (holding {', '.join(held)}): {also}; "
                     "targeted tuning of a single module needs unfused projections")
             paths.add(parsed.name.rsplit(".", 1)[0])
     return sorted(paths), report
@@ -245,6 +243,7 @@ def tune(
     tokenizer: Any = None,
     base_path: str | os.PathLike | None = None,
     verbose: bool = True,
+    allow_pickle: bool = False,
 ) -> TuneResult:
     """Train a LoRA adapter on ``modules`` (e.g. ``"gate_proj"`` for GET) and optionally save it.
 
@@ -252,7 +251,13 @@ def tune(
     (then pass ``tokenizer``, and ``base_path`` so the saved adapter names its
     base). The in-memory model is modified in place (LoRA layers are injected);
     ``result.model.unload()`` removes them again.
+
+    Non-finite values never become an adapter: NaN/Inf in the base weights
+    stop before training (naming the tensor and file), a non-finite loss or
+    update stops at that step, and nothing is written.
     """
+    import math
+
     import torch
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
@@ -265,17 +270,25 @@ def tune(
                             ("max length", max_length, 8)):
         if int(value) < lo:
             raise AffectlensError(f"{name} must be >= {lo}, got {value}")
-    if not lr > 0 or not 0 <= dropout < 1 or not alpha > 0:
-        raise AffectlensError("need lr > 0, alpha > 0 and 0 <= dropout < 1")
+    if not (math.isfinite(lr) and lr > 0) or not 0 <= dropout < 1 or not (math.isfinite(alpha) and alpha > 0):
+        raise AffectlensError("need a finite lr > 0, a finite alpha > 0 and 0 <= dropout < 1")
+    if not 0 <= warmup < 1:
+        raise AffectlensError(f"warmup is a fraction of the steps in [0, 1), got {warmup}")
     if out is not None:
         check_out_dir(out, force)  # fail before the expensive part
     ds = data if isinstance(data, Dataset) else load_dataset(data, task)
 
+    from .models import check_finite, check_finite_model
+
     if isinstance(base, str | os.PathLike):
-        from .models import load_model, resolve_model_path
+        from .models import adapter_base, is_adapter_dir, load_model, resolve_model_path
 
         resolved = resolve_model_path(base)
-        model, tok = load_model(resolved)
+        if resolved.is_dir() and is_adapter_dir(resolved):
+            raise AffectlensError(
+                f"{resolved} is a PEFT adapter, not a base model: tune trains a new adapter on a base "
+                f"(this adapter's is {adapter_base(resolved)}); merge it into its base first to build on it")
+        model, tok = load_model(resolved, allow_pickle=allow_pickle)  # checks the weights are finite
         base_path = base_path or resolved
     else:
         model, tok = base, tokenizer
@@ -284,6 +297,7 @@ def tune(
         if hasattr(model, "peft_config"):
             raise AffectlensError("the base model already carries a PEFT adapter; unload it first")
         base_path = base_path or getattr(model.config, "_name_or_path", None) or None
+        check_finite_model(model, base_path if base_path and Path(str(base_path)).exists() else None)
     base_path = str(Path(base_path).resolve()) if base_path and Path(str(base_path)).exists() else base_path
     tokenizer = tok
 
@@ -301,51 +315,76 @@ def tune(
     config = LoraConfig(r=int(rank), lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         bias="none", task_type="CAUSAL_LM")
     torch.manual_seed(seed)  # LoRA A init
-    with quiet_peft():
-        peft_model = get_peft_model(model, config)
-    wrapped = {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules()
-               if isinstance(m, LoraLayer)}
-    if wrapped != set(paths):  # PEFT's name matching must agree with ours, exactly
-        raise AffectlensError(f"PEFT wrapped {len(wrapped)} modules but {len(paths)} were matched")
-    per_module = _trainable_by_module(peft_model)
-    n_train = sum(per_module.values())
-    n_total = sum(p.numel() for p in peft_model.parameters())
-    say(f"trainable parameters: {n_train:,} of {n_total:,} ({100 * n_train / n_total:.3f} %)")
-    for mod, n in per_module.items():
-        say(f"  {mod:<10} {n:>12,}  ({100 * n / n_train:.1f} %)")
+    try:
+        with quiet_peft():
+            peft_model = get_peft_model(model, config)
+    except Exception as e:  # PEFT's NoMatchingPeftModuleError, ValueError on unsupported layers, ...
+        raise AffectlensError(f"PEFT cannot put LoRA on {', '.join(target_modules[:3])}"
+                              f"{' ...' if len(target_modules) > 3 else ''}: {type(e).__name__}: {e}") from None
+    try:
+        wrapped = {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules()
+                   if isinstance(m, LoraLayer)}
+        if wrapped != set(paths):  # PEFT's name matching must agree with ours, exactly
+            raise AffectlensError(f"PEFT wrapped {len(wrapped)} modules but {len(paths)} were matched")
+        per_module = _trainable_by_module(peft_model)
+        n_train = sum(per_module.values())
+        n_total = sum(p.numel() for p in peft_model.parameters())
+        say(f"trainable parameters: {n_train:,} of {n_total:,} ({100 * n_train / n_total:.3f} %)")
+        for mod, n in per_module.items():
+            say(f"  {mod:<10} {n:>12,}  ({100 * n / n_train:.1f} %)")
 
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = get_linear_schedule_with_warmup(optim, int(warmup * steps), steps)
-    gen = torch.Generator().manual_seed(seed)
-    order: list[int] = []
-    torch.manual_seed(seed)  # LoRA dropout masks
-    peft_model.train()
-    losses: list[float] = []
-    tokens = 0
-    t0 = time.perf_counter()
-    bar = progress(range(steps), desc=f"tune {','.join(parse_selection(modules))}", total=steps, unit="step")
-    step_times: list[float] = []
-    for _ in bar:
-        ts = time.perf_counter()
-        batch: list[int] = []
-        while len(batch) < batch_size:
-            if not order:
-                order = torch.randperm(len(ids), generator=gen).tolist()
-            batch.append(order.pop(0))
-        input_ids, attention, labels = collate([ids[i] for i in batch], [n_prompts[i] for i in batch], pad_id)
-        loss = label_loss(peft_model, input_ids, attention, labels)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        tokens += int(attention.sum())
-        step_times.append(time.perf_counter() - ts)
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    seconds = time.perf_counter() - t0
-    peft_model.eval()
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        sched = get_linear_schedule_with_warmup(optim, int(warmup * steps), steps)
+        gen = torch.Generator().manual_seed(seed)
+        order: list[int] = []
+        torch.manual_seed(seed)  # LoRA dropout masks
+        peft_model.train()
+        losses: list[float] = []
+        tokens = 0
+        t0 = time.perf_counter()
+        bar = progress(range(steps), desc=f"tune {','.join(parse_selection(modules))}", total=steps, unit="step")
+        step_times: list[float] = []
+        try:
+            for step, _ in enumerate(bar, 1):
+                ts = time.perf_counter()
+                batch: list[int] = []
+                while len(batch) < batch_size:
+                    if not order:
+                        order = torch.randperm(len(ids), generator=gen).tolist()
+                    batch.append(order.pop(0))
+                input_ids, attention, labels = collate([ids[i] for i in batch], [n_prompts[i] for i in batch], pad_id)
+                try:
+                    loss = label_loss(peft_model, input_ids, attention, labels)
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise AffectlensError(
+                            f"training loss became non-finite ({value}) at step {step} of {steps}; nothing was "
+                            f"written (lr {lr:g} may be too high)")
+                    optim.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optim.step()
+                    sched.step()
+                except (RuntimeError, OverflowError) as e:  # e.g. an update that overflows the dtype
+                    raise AffectlensError(f"training failed at step {step} of {steps}: {type(e).__name__}: {e}") from None
+                losses.append(value)
+                tokens += int(attention.sum())
+                step_times.append(time.perf_counter() - ts)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        finally:
+            if hasattr(bar, "close"):
+                bar.close()  # no half-drawn bar before an error line
+        seconds = time.perf_counter() - t0
+        peft_model.eval()
+        for name, prm in peft_model.named_parameters():
+            if prm.requires_grad:  # the last update is not seen by any loss
+                check_finite(prm.detach(), f"trained tensor {name.removeprefix('base_model.model.')} "
+                             f"after step {steps}; nothing was written")
+    except BaseException:
+        if not isinstance(base, str | os.PathLike):
+            peft_model.unload()  # hand the caller's in-memory model back without LoRA layers
+        raise
 
     sps = seconds / steps
     say(f"trained {steps} steps in {seconds:.1f} s ({sps:.2f} s/step, {tokens / seconds:.0f} tokens/s); "

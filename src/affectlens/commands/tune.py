@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="adapter dir to create")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow a pickle base checkpoint (pytorch_model.bin), read with weights_only=True; "
+                   "only for files you trust")
     p.set_defaults(func=run)
 
 
@@ -39,5 +42,6 @@ def run(args: argparse.Namespace) -> int:
 
     tune(args.base, args.data, args.modules, layers=args.layers, rank=args.rank, alpha=args.alpha,
          dropout=args.dropout, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-         max_length=args.max_length, task=args.task, out=args.out, force=args.force)
+         max_length=args.max_length, task=args.task, out=args.out, force=args.force,
+         allow_pickle=args.allow_pickle)
     return 0

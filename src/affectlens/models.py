@@ -20,6 +20,8 @@ from typing import Any
 
 from .errors import AffectlensError
 from .hfcompat import quiet_peft
+from .weights.finite import check_finite
+from .weights.store import pickle_refusal
 
 DEFAULT_MODEL = "smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -104,12 +106,6 @@ _JSON_TYPES = {"list": "a JSON list", "str": "a JSON string", "int": "a number",
                "bool": "a boolean", "NoneType": "null"}
 
 
-def pickle_refusal(path: str | os.PathLike) -> AffectlensError:
-    """The one message for a pickle checkpoint read without ``--allow-pickle``."""
-    return AffectlensError(f"{path} is a pickle checkpoint; loading it can run code: "
-                           "pass --allow-pickle if you trust it")
-
-
 def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON file that must hold an object (``config.json``, ``adapter_config.json``)."""
     p = Path(path)
@@ -172,14 +168,6 @@ def quiet_transformers() -> Iterator[None]:
                 hf_logging.enable_progress_bar()
 
 
-def check_finite(tensor: Any, what: str) -> None:
-    """Stop on NaN/Inf (same message as ``affectlens.weights.check_finite``)."""
-    import torch
-
-    if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
-        raise AffectlensError(f"non-finite values (NaN/Inf) in {what}")
-
-
 def _checkpoint_files(p: Path) -> tuple[dict[str, str], str]:
     """Checkpoint tensor name -> file (as far as cheaply known), and the fallback location."""
     if p.is_file():
@@ -230,7 +218,7 @@ def _short(keys: Any, n: int = 3) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def _model_weights(p: Path, allow_pickle: bool) -> dict[str, Any]:
+def weight_kwargs(p: Path, allow_pickle: bool) -> dict[str, Any]:
     """from_pretrained kwargs for a model dir under the pickle policy (refuses pickle without it)."""
     if any((p / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json")):
         return {"use_safetensors": True}
@@ -322,7 +310,7 @@ def load_model(
             if not (p / "config.json").is_file():
                 raise AffectlensError(f"{p} is not a model dir (no config.json)")
             read_json_object(p / "config.json")
-            kwargs = _model_weights(p, allow_pickle)
+            kwargs = weight_kwargs(p, allow_pickle)
             where = str(p)
         with quiet_transformers():
             model, info = AutoModelForCausalLM.from_pretrained(where, dtype=td, output_loading_info=True,

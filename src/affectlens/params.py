@@ -65,16 +65,6 @@ def load_config(spec: str | os.PathLike | dict) -> dict[str, Any]:
     return cfg
 
 
-def parse_layer_spec(spec: str | None, num_layers: int) -> tuple[int, ...]:
-    """``modules.parse_layers``, with a reversed range (``3-1``) refused here as well:
-    it would otherwise select no layer at all and every count would read 0."""
-    for part in str(spec or "").split(","):
-        a, sep, b = (x.strip() for x in part.partition("-"))
-        if sep and a.isdigit() and b.isdigit() and int(a) > int(b):
-            raise AffectlensError(f"bad layer range '{part.strip()}': it runs backwards (did you mean {b}-{a}?)")
-    return parse_layers(spec, num_layers)
-
-
 @dataclass(frozen=True)
 class Geometry:
     """The sizes that decide every parameter count."""
@@ -239,8 +229,8 @@ def count_params(config: str | os.PathLike | dict, modules: str | Sequence[str] 
         raise AffectlensError(f"rank must be >= 1, got {rank}")
     geo = Geometry.from_config(load_config(config))
     sel, ref = parse_selection(modules), parse_selection(reference)
-    lay = (parse_layer_spec(layers, geo.layers) if layers is None or isinstance(layers, str)
-           else parse_layer_spec(",".join(str(x) for x in layers), geo.layers))
+    lay = (parse_layers(layers, geo.layers) if layers is None or isinstance(layers, str)
+           else parse_layers(",".join(str(x) for x in layers), geo.layers))
     mods = _counts(geo, sel, int(rank), len(lay))
     refs = _counts(geo, ref, int(rank), geo.layers)  # the reference is the full-depth setting
     return ParamReport(

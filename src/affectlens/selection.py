@@ -93,12 +93,17 @@ def module_paths(names: Iterable[str], modules: str | Sequence[str], layers: str
     would also train the modules fused with the selected one.
     """
     res = resolve(inventory(names), modules, layers, n_layers)
+    chosen_mods = set(parse_selection(modules))
     paths: set[str] = set()
-    for key, parsed in res.hits:
+    for _key, parsed in res.hits:
         if parsed.fused:
+            held = FUSED[parsed.fused]
+            chosen = [m for m in held if m in chosen_mods] or list(held)
+            others = [m for m in held if m not in chosen]
+            also = (f"LoRA on it would also train {', '.join(others)}" if others else
+                    f"LoRA on it trains {', '.join(held)} as one matrix, not as separate modules")
             raise AffectlensError(
-                f"{parsed.name} is a fused {parsed.fused}: LoRA on it would also train "
-                f"{', '.join(m for m in FUSED[parsed.fused] if m != key.module)}; "
+                f"{parsed.name} is a fused {parsed.fused} (holding {', '.join(held)}): {also}; "
                 "targeted tuning of a single module needs unfused projections")
         paths.add(parsed.name.rsplit(".", 1)[0])
     return sorted(paths), res.report

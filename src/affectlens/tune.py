@@ -27,16 +27,12 @@ from .corpus import NAMES, bundled_path, labelled_rows
 from .errors import AffectlensError
 from .hfcompat import quiet_peft
 from .modules import (
-    FUSED,
     MODULES,
     MatchReport,
     format_ranges,
-    inventory,
-    match,
     parse_name,
     parse_selection,
 )
-from .params import parse_layer_spec
 from .prompts import encode_example, infer_task_kind, resolve_task_kind, task_labels
 
 IGNORE = -100  # label value that torch's cross-entropy (and HF models) skip
@@ -174,30 +170,11 @@ def lora_targets(model: Any, modules: str | Sequence[str], layers: str | Sequenc
     Returns the paths of the ``nn.Linear`` modules (``model.layers.3.mlp.gate_proj``)
     so PEFT wraps exactly what was matched.
     """
-    sel = parse_selection(modules)
-    names = [n for n, _ in model.named_parameters()]
-    inv = inventory(names)
+    from .selection import module_paths
+
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    n_layers = int(getattr(cfg, "num_hidden_layers", 0) or len(inv.layers))
-    lay = None
-    if layers is not None:
-        spec = layers if isinstance(layers, str) else ",".join(str(x) for x in layers)
-        lay = parse_layer_spec(spec, n_layers)
-    report = match(inv, sel, lay)
-    paths: set[str] = set()
-    for key in report.matched:
-        for parsed in inv.modules[key]:
-            if parsed.fused:
-                held = FUSED[parsed.fused]
-                chosen = [m for m in held if m in sel] or list(held)
-                others = [m for m in held if m not in chosen]
-                also = (f"LoRA on it would also train {', '.join(others)}" if others else
-                        f"LoRA on it trains {', '.join(held)} as one matrix, not as separate modules")
-                raise AffectlensError(
-                    f"{parsed.name} is a fused {parsed.fused} (holding {', '.join(held)}): {also}; "
-                    "targeted tuning of a single module needs unfused projections")
-            paths.add(parsed.name.rsplit(".", 1)[0])
-    return sorted(paths), report
+    return module_paths([n for n, _ in model.named_parameters()], modules, layers,
+                        n_layers=getattr(cfg, "num_hidden_layers", None) or None)
 
 
 def _peft_target_modules(model: Any, paths: list[str]) -> list[str]:
@@ -278,7 +255,8 @@ def tune(
         check_out_dir(out, force)  # fail before the expensive part
     ds = data if isinstance(data, Dataset) else load_dataset(data, task)
 
-    from .models import check_finite, check_finite_model
+    from .models import check_finite_model
+    from .weights.finite import check_finite
 
     if isinstance(base, str | os.PathLike):
         from .models import adapter_base, is_adapter_dir, load_model, resolve_model_path

@@ -25,22 +25,19 @@ from .vectors import SteeringVectors, import_lm_eval, import_steering_vectors_li
 def load_for_pairs(model_path: str, pairs: Sequence[Pair], adapter: str | None = None,
                    dtype: str = "float32", allow_pickle: bool = False) -> tuple[Any, Any, Any]:
     """``(model, tokenizer, processor)``; a vision-language model when the pairs carry images."""
-    from ..evaluate.core import _pickle_only, load_scoring_model
+    from ..evaluate.core import load_scoring_model
 
     if not any(p.image_emotional or p.image_neutral for p in pairs):
         model, tok = load_scoring_model(model_path, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle)
         return model, tok, None
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from ..models import resolve_model_path, torch_dtype
+    from ..models import resolve_model_path, torch_dtype, weight_kwargs
 
     p = resolve_model_path(model_path)
-    bad = None if allow_pickle else _pickle_only(p)
-    if bad is not None:
-        raise AffectlensError(f"{bad} is a pickle checkpoint; loading it can run code: "
-                              "pass --allow-pickle if you trust it")
+    kwargs = weight_kwargs(p, allow_pickle)  # the one pickle policy; refuses without the flag
     try:
-        model = AutoModelForImageTextToText.from_pretrained(str(p), dtype=torch_dtype(dtype)).eval()
+        model = AutoModelForImageTextToText.from_pretrained(str(p), dtype=torch_dtype(dtype), **kwargs).eval()
         proc = AutoProcessor.from_pretrained(str(p))
     except Exception as e:
         raise AffectlensError(f"cannot load a vision-language model from {p}: {type(e).__name__}: {e}") from None

@@ -71,47 +71,12 @@ class EvalResult:
         return "\n".join(lines)
 
 
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-def _pickle_only(path: Path) -> Path | None:
-    """The pickle weight file of a dir that holds no safetensors (None: nothing to refuse)."""
-    if path.is_file():
-        return path if path.suffix in _PICKLE_SUFFIXES else None
-    if not path.is_dir() or any(path.glob("*.safetensors")):
-        return None
-    return next((f for f in sorted(path.iterdir()) if f.suffix in _PICKLE_SUFFIXES and f.is_file()), None)
-
-
 def load_scoring_model(path: str | Path, adapter: str | Path | None = None, dtype: str = "float32",
                        allow_pickle: bool = False) -> tuple[Any, Any]:
-    """``models.load_model`` under the one pickle policy (pickle only with ``allow_pickle``).
+    """``models.load_model`` under the one pickle policy (pickle only with ``allow_pickle``)."""
+    from ..models import load_model
 
-    Passes ``allow_pickle`` through when ``load_model`` takes it; otherwise
-    refuses pickle-only model/adapter dirs here with the same message.
-    """
-    import inspect
-
-    from ..models import is_adapter_dir, load_model, resolve_model_path
-
-    if "allow_pickle" in inspect.signature(load_model).parameters:
-        return load_model(path, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle)
-    if not allow_pickle:
-        p = resolve_model_path(path)
-        dirs = [p, *([Path(adapter)] if adapter else [])]
-        if p.is_dir() and is_adapter_dir(p):
-            try:
-                base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
-            except (OSError, ValueError, AttributeError):
-                base = None
-            if isinstance(base, str) and base and Path(base).exists():
-                dirs.append(Path(base))
-        for d in dirs:
-            bad = _pickle_only(d)
-            if bad is not None:
-                raise AffectlensError(f"{bad} is a pickle checkpoint; loading it can run code: "
-                                      "pass --allow-pickle if you trust it")
-    return load_model(path, adapter=adapter, dtype=dtype)
+    return load_model(path, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle)
 
 
 def weight_fingerprint(model) -> str:

@@ -443,6 +443,7 @@ def _phi3(path: Path) -> Path:
     ("task", "does not exist"),
     ("base", "does not exist"),
     ("donor", "donor 'GET' does not train module(s) up_proj"),
+    ("eval", "eval.mode must be one of closed, generative"),
 ])
 def test_grid_config_is_validated_before_the_first_cell(tmp_path, capfd, monkeypatch, case, contains):
     ev = _stub(monkeypatch)
@@ -461,6 +462,8 @@ def test_grid_config_is_validated_before_the_first_cell(tmp_path, capfd, monkeyp
         over["tasks"] = ["emotion", f"jsonl:{tmp_path / 'missing.jsonl'}"]
     elif case == "base":
         over["base"] = str(tmp_path / "no-model")
+    elif case == "eval":
+        over["eval"] = {"mode": "open"}
     else:
         over["variants"] = [*tuned, {"name": "up", "kind": "transfer", "donor": "GET", "modules": "up_proj"}]
     out = tmp_path / "grid"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -367,11 +368,19 @@ def validate_config(cfg: GridConfig) -> Path:
     variant stays inside what that variant trains, the data and every task load.
     """
     from .compose import select
+    from .evaluate.core import MODES
     from .models import resolve_model_path
     from .modules import MODULES, parse_selection
     from .weights import open_weights
 
     where = Path(cfg.path).name if cfg.path else "grid config"
+    mode = cfg.eval.get("mode", "closed")
+    if mode not in MODES:
+        raise _err(where, f"eval.mode must be one of {', '.join(MODES)}, not {mode!r}")
+    for key in ("limit", "batch_size"):
+        val = cfg.eval.get(key)
+        if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val < 1):
+            raise _err(where, f"eval.{key} must be a positive integer, not {val!r}")
     base_path = resolve_model_path(cfg.base)
     by_name = {v.name: v for v in cfg.variants}
     with open_weights(base_path) as store:
@@ -720,10 +729,11 @@ def report(cfg: GridConfig, out: Path, echo: Callable[[str], None] = print) -> t
             rows.append(row)
     fields = ["variant", "kind", "seed", "task", "primary", *metric_keys, "n", "trainable_params",
               "seconds_per_step"]
-    with open(out / "grid.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    _write_text(out / "grid.csv", buf.getvalue())
 
     # Per-variant means with 95 % CIs over seeds.
     summary: dict[str, Any] = {"reference": cfg.reference, "tasks": tasks, "control_tasks": ctrl, "variants": {}}
@@ -746,7 +756,7 @@ def report(cfg: GridConfig, out: Path, echo: Callable[[str], None] = print) -> t
     frontier = _frontier(cfg, summary)
     summary["frontier"] = frontier
     md = _markdown(cfg, summary, tasks, ctrl)
-    (out / "table.md").write_text(md, encoding="utf-8")
+    _write_text(out / "table.md", md)
     from .runs import write_json
 
     # NaN in the summary means "no value" (a 95 % CI over one seed): written as null.
@@ -757,6 +767,19 @@ def report(cfg: GridConfig, out: Path, echo: Callable[[str], None] = print) -> t
         echo(line)
     echo(f"wrote {out}/grid.csv, table.md, summary.json, frontier.png")
     return rows, summary
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Temp file + rename: a report file is whole or absent."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            f.write(text)
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _markdown(cfg: GridConfig, summary: dict[str, Any], tasks: list[str], ctrl: list[str]) -> str:

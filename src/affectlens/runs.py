@@ -196,6 +196,8 @@ def _unlock(cp: Path, fd: int) -> None:
 def _acquire(out: str | os.PathLike) -> _Claim:
     shown = Path(out)
     final = Path(os.path.abspath(out))
+    if not final.name:
+        raise AffectlensError(f"output {shown} names no directory to create")
     key = str(final)
     held = _HELD.get(key)
     if held is not None and held.pid == os.getpid():
@@ -410,17 +412,7 @@ def write_json(path: str | os.PathLike, obj: Any, *, nonfinite: str = "error") -
     one seed), never for a result itself.
     """
     path = Path(path)
-    if nonfinite not in ("error", "null"):
-        raise ValueError(f"nonfinite must be 'error' or 'null', not {nonfinite!r}")
-    if nonfinite == "null":
-        obj = nonfinite_to_null(obj)
-    try:
-        text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
-    except ValueError as e:
-        if "JSON compliant" not in str(e):
-            raise
-        key = _nonfinite_key(obj) or "?"
-        raise AffectlensError(f"refusing to write a non-finite number (NaN/Inf) to {path} at key {key}") from None
+    text = to_json(obj, path, nonfinite=nonfinite, indent=2)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -430,6 +422,24 @@ def write_json(path: str | os.PathLike, obj: Any, *, nonfinite: str = "error") -
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def to_json(obj: Any, where: str | os.PathLike, *, nonfinite: str = "error", indent: int | None = None) -> str:
+    """``obj`` as JSON text (one JSONL line with ``indent=None``), under :func:`write_json`'s NaN rule.
+
+    ``where`` (a file, or "file line N") names the place in the error message.
+    """
+    if nonfinite not in ("error", "null"):
+        raise ValueError(f"nonfinite must be 'error' or 'null', not {nonfinite!r}")
+    if nonfinite == "null":
+        obj = nonfinite_to_null(obj)
+    try:
+        return json.dumps(obj, indent=indent, sort_keys=False, default=_json_default, allow_nan=False)
+    except ValueError as e:
+        if "JSON compliant" not in str(e):
+            raise
+        key = _nonfinite_key(obj) or "?"
+        raise AffectlensError(f"refusing to write a non-finite number (NaN/Inf) to {where} at key {key}") from None
 
 
 def _plain(obj: Any) -> Any:

@@ -13,9 +13,18 @@ A grid is a list of *variants* of one base model, each evaluated on every task:
                 non-affective control tasks (DESIGN.md §3).
 
 Cells are (variant, seed). Each cell's result is one JSON file written
-atomically, keyed by a hash of everything it depends on, so an interrupted grid
-resumes where it stopped and a changed variant is recomputed alone. Variants
+atomically, keyed by a hash of everything it depends on -- the config and the
+*content* of the base model, data file, task files and path references -- so
+an interrupted grid resumes where it stopped, a changed variant is recomputed
+alone, and an edited input file is never answered from stale cells. Variants
 are built in memory on one loaded base model (``compose.applied``).
+
+A grid dir is recognised by its ``grid_config.json`` marker; a grid never
+writes into any other non-empty directory, even with ``force``. The whole
+config is validated before the first cell, and the report files are removed
+before any cell is computed, so an interrupted run never leaves an old table
+looking complete. A cell with a non-finite score stops the grid (one line
+naming the cell); it is not written.
 """
 
 from __future__ import annotations

@@ -481,3 +481,14 @@ def test_grid_resumes_after_a_claim_is_released(tmp_path, capfd, monkeypatch):
     assert rc == 0, err
     assert "0 cell(s) computed, 2 reused" in stdout and ev.calls == 2
     assert time.perf_counter() - t0 < 30 and leftovers(out) == []
+
+
+def test_python_api_checks_the_out_before_training(tmp_path):
+    from affectlens.tune import tune
+
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine\n")
+    # Neither the base nor the data exists: only a check made first names the --out.
+    with pytest.raises(AffectlensError, match="notes.txt is a file, not a directory"):
+        tune(tmp_path / "no-such-model", tmp_path / "missing.jsonl", "gate_proj", out=blocker / "ad")
+    assert blocker.read_text() == "mine\n"

@@ -51,12 +51,23 @@ def note(msg: str) -> None:
 
 
 def check_out_dir(out: str | os.PathLike, force: bool) -> Path:
-    """Refuse to overwrite an existing result unless ``force`` is given."""
+    """Refuse to overwrite an existing result unless ``force`` is given, or an ``out`` that cannot be made.
+
+    Creates nothing: commands call it before their expensive part, so a file in
+    the parent path or an unwritable parent is found before training, not after.
+    """
     path = Path(out)
     if (path.exists() or path.is_symlink()) and not force:
         raise AffectlensError(f"output {path} already exists; pass --force to replace it")
     if path.exists() and not path.is_dir():
         raise AffectlensError(f"output {path} exists and is not a directory")
+    anc = path.parent
+    while not anc.exists() and not anc.is_symlink() and anc != anc.parent:
+        anc = anc.parent
+    if anc.exists() and not anc.is_dir():
+        raise AffectlensError(f"cannot create output {path}: {anc} is a file, not a directory")
+    if anc.is_dir() and not os.access(anc, os.W_OK | os.X_OK):
+        raise AffectlensError(f"cannot create output {path}: {anc} is not writable")
     return path
 
 
@@ -342,7 +353,7 @@ def _clean(final: Path, items: list[tuple[str, Path]]) -> list[str]:
             except OSError:
                 pass
         n = _size(p)
-        shutil.rmtree(p, ignore_errors=True)
+        _discard(p, final)
         say(f"removed {p.name} ({_mb(n)}), the old result of an interrupted --force replace of {final.name}")
     for k, p in items:
         if k.startswith("tmp-"):
@@ -350,6 +361,17 @@ def _clean(final: Path, items: list[tuple[str, Path]]) -> list[str]:
             shutil.rmtree(p, ignore_errors=True)
             say(f"removed {p.name} ({_mb(n)}), the unfinished output of a killed run")
     return notes
+
+
+def _discard(p: Path, final: Path) -> None:
+    """Delete a dir so that a kill midway leaves a ``.NAME.tmp-*`` (swept later), never a
+    half-deleted ``.NAME.old-*`` that a later sweep would put back as a result."""
+    trash = final.with_name(f".{final.name}.tmp-gone{os.getpid()}x{time.monotonic_ns()}")
+    try:
+        p.rename(trash)
+    except OSError:
+        trash = p
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -392,7 +414,7 @@ def _commit(tmp: Path, final: Path, force: bool) -> None:
         except BaseException:
             old.rename(final)
             raise
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old, final)
     else:
         tmp.rename(final)
 

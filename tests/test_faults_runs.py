@@ -476,10 +476,13 @@ def test_grid_resumes_after_a_claim_is_released(tmp_path, capfd, monkeypatch):
     ev = _stub(monkeypatch)
     out = tmp_path / "grid"
     assert run_cli(capfd, "grid", _fixed_grid(tmp_path), "--out", out)[0] == 0
+    half = out / "cells" / ".base__s0.json.tmp-4242"  # a cell write killed midway
+    half.write_text('{"variant": "ba')
     t0 = time.perf_counter()
     rc, stdout, err = run_cli(capfd, "grid", _fixed_grid(tmp_path), "--out", out)
     assert rc == 0, err
     assert "0 cell(s) computed, 2 reused" in stdout and ev.calls == 2
+    assert not half.exists() and "half-written file of a killed grid run" in err
     assert time.perf_counter() - t0 < 30 and leftovers(out) == []
 
 

@@ -476,7 +476,7 @@ def run_grid(config: str | os.PathLike | dict, out: str | os.PathLike, force: bo
 
 def _run_grid(cfg: GridConfig, out: Path, force: bool, evaluator: Evaluator | None,
               tuner: Callable[..., Any] | None, echo: Callable[[str], None]) -> GridResult:
-    from .runs import progress, write_json, write_manifest
+    from .runs import note, progress, write_json, write_manifest
 
     if out.exists():
         old = _read_marker(out)
@@ -488,6 +488,12 @@ def _run_grid(cfg: GridConfig, out: Path, force: bool, evaluator: Evaluator | No
     for name in REPORT_FILES:
         with contextlib.suppress(FileNotFoundError):
             (out / name).unlink()
+    # Half-written files of a killed run (this run holds the dir's claim, so no one else writes here).
+    for d in (out, out / "cells"):
+        for f in sorted(d.glob(".*.tmp-*")) if d.is_dir() else []:
+            if f.is_file():
+                f.unlink()
+                note(f"removed {f.relative_to(out.parent)}, a half-written file of a killed grid run")
     out.mkdir(exist_ok=True)
     write_json(out / MARKER, {"kind": _MARKER_KIND, "config": cfg.raw, "config_path": cfg.path})
     (out / "cells").mkdir(exist_ok=True)

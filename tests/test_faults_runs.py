@@ -107,7 +107,7 @@ import affectlens.locate as L
 from affectlens.cli import main
 real = L.write_manifest
 def slow(*a, **k):  # both runs are surely mid-work at the same time
-    time.sleep(3)
+    time.sleep(1.5)
     return real(*a, **k)
 L.write_manifest = slow
 print("ready", flush=True)

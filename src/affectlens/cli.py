@@ -3,12 +3,26 @@
 Each subcommand lives in ``affectlens.commands.<name>`` and exposes
 ``register(subparsers)``; the parser sets ``func``. User mistakes arrive as
 ``AffectlensError`` and leave as one line on stderr with exit code 2.
+
+Before a command runs, ``main``
+
+- claims its ``--out`` (any command whose arguments have ``out``): the path is
+  checked creatable (no file in its parent path, a writable parent) and locked
+  against a second concurrent run *before* any loading or training, and
+  released when the command ends (see :func:`affectlens.runs.claim_output`);
+- quiets transformers (verbosity ``error``, no progress bars) so its chatter
+  never precedes our error line, unless the user set ``TRANSFORMERS_VERBOSITY``.
+
+A closed stdout (``affectlens params ... | head -1``) ends the command quietly,
+as Unix tools do, with exit code 141 (128 + SIGPIPE).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 
 from .errors import AffectlensError
@@ -24,6 +38,8 @@ COMMAND_MODULES = (
     "params",
     "grid",
 )
+
+EXIT_SIGPIPE = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,20 +59,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_USER_VERBOSITY = "TRANSFORMERS_VERBOSITY" in os.environ
+
+
+def quiet_transformers() -> None:
+    """transformers logs errors only and shows no progress bars (unless the user chose a verbosity).
+
+    Works whether or not transformers is imported yet: the environment covers a
+    later import, direct calls cover an earlier one (without importing it here).
+    """
+    if _USER_VERBOSITY:
+        return
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers.utils.logging" in sys.modules:
+        tlog = sys.modules["transformers.utils.logging"]
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    if "huggingface_hub.utils" in sys.modules:
+        with contextlib.suppress(Exception):
+            sys.modules["huggingface_hub.utils"].disable_progress_bars()
+
+
+def _claim(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    out = getattr(args, "out", None)
+    if not isinstance(out, str | os.PathLike) or not str(out):
+        return contextlib.nullcontext()
+    from .runs import claim_output
+
+    return claim_output(out)
+
+
+def _stdout_gone() -> None:
+    """stdout's reader went away: point it at /dev/null so the exit flush is silent too."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    quiet_transformers()
     try:
-        rc = args.func(args)
+        with _claim(args):
+            rc = args.func(args)
+        sys.stdout.flush()
     except AffectlensError as e:
         print(f"affectlens: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("affectlens: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _stdout_gone()
+        return EXIT_SIGPIPE
     return int(rc or 0)
 
 

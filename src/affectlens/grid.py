@@ -10,18 +10,30 @@ A grid is a list of *variants* of one base model, each evaluated on every task:
                 path), no training (Table 1).
 - ``ablate``    a tuned model with the selected (or control) modules destroyed;
                 the report puts the drop on affective tasks next to the drop on
-                non-affective control tasks (DESIGN.md §3).
+                non-affective control tasks (zeroing an MLP module can destroy
+                everything, so a necessity claim needs that control).
 
 Cells are (variant, seed). Each cell's result is one JSON file written
-atomically, keyed by a hash of everything it depends on, so an interrupted grid
-resumes where it stopped and a changed variant is recomputed alone. Variants
+atomically, keyed by a hash of everything it depends on -- the config and the
+*content* of the base model, data file, task files and path references -- so
+an interrupted grid resumes where it stopped, a changed variant is recomputed
+alone, and an edited input file is never answered from stale cells. Variants
 are built in memory on one loaded base model (``transfer.applied``).
+
+A grid dir is recognised by its ``grid_config.json`` marker; a grid never
+writes into any other non-empty directory, even with ``force``. The whole
+config is validated before the first cell, and the report files are removed
+before any cell is computed, so an interrupted run never leaves an old table
+looking complete. A cell with a non-finite score stops the grid (one line
+naming the cell); it is not written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -221,10 +233,20 @@ def load_config(path: str | os.PathLike | dict) -> GridConfig:
     return cfg
 
 
-def _resolve_seeding_and_hashes(cfg: GridConfig) -> None:
-    """A variant is seeded if it trains, depends on a trained variant, or draws noise."""
+def _resolve_seeding_and_hashes(cfg: GridConfig, fingerprints: dict[str, Any] | None = None) -> None:
+    """A variant is seeded if it trains, depends on a trained variant, or draws noise.
+
+    ``fingerprints`` (from :func:`fingerprint_inputs`) puts the *content* of the
+    base model, data file, task files and path references into every key, so
+    editing a file recomputes the cells that read it.
+    """
+    fp = fingerprints or {}
     common = {"base": cfg.base, "tasks": cfg.tasks, "eval": cfg.eval}
     train = {"data": cfg.data, "budget": {k: v for k, v in cfg.budget.items() if k != "seeds"}}
+    if fp:
+        common["content"] = {"base": fp.get("base"), "tasks": fp.get("tasks")}
+        train["data_content"] = fp.get("data")
+    refs = fp.get("refs") or {}
     by_name = {v.name: v for v in cfg.variants}
     for v in cfg.variants:  # tuned first: others depend on them
         if v.tuned:
@@ -236,8 +258,10 @@ def _resolve_seeding_and_hashes(cfg: GridConfig) -> None:
             continue
         dep = by_name.get(str(v.spec.get("donor", v.spec.get("model"))))
         v.seeded = bool(dep is not None and dep.tuned) or v.spec.get("mode") == "noise"
+        ref = str(v.spec.get("donor", v.spec.get("model")))
         v.hash = _hash({**common, "spec": {k: val for k, val in v.spec.items() if k != "name"},
-                        "dep": dep.hash if dep is not None and dep.tuned else None})
+                        "dep": dep.hash if dep is not None and dep.tuned else None,
+                        **({"ref_content": refs[ref]} if ref in refs else {})})
 
 
 # ---------------------------------------------------------------------------
@@ -288,25 +312,192 @@ class GridResult:
     reused: int
 
 
+MARKER = "grid_config.json"
+_MARKER_KIND = "affectlens-grid"
+# Derived from the cells; removed before any cell is (re)computed, so an
+# interrupted run never leaves an old table looking complete.
+REPORT_FILES = ("grid.csv", "table.md", "summary.json", "frontier.png", "manifest.json")
+_BIG = 256 << 20  # files above this are identified by head, size and mtime, not a full hash
+
+
+def _content_id(path: Path) -> str:
+    """A digest of a file's (or a dir's top-level files') content."""
+    from .runs import sha256_file
+
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        if st.st_size <= _BIG:
+            part = sha256_file(f)
+        else:
+            part = f"{sha256_file(f, 1 << 20)}:{st.st_size}:{st.st_mtime_ns}"
+        h.update(f"{f.name}\0{part}\0".encode())
+    return h.hexdigest()[:16]
+
+
+def _task_file(task: str) -> Path | None:
+    from .evaluate.tasks import get_task
+
+    spec = get_task(task)
+    if spec.loader == "bundled":
+        from .corpus import bundled_path
+
+        return bundled_path(str(spec.path))
+    return Path(str(spec.path)) if spec.path else None
+
+
+def fingerprint_inputs(cfg: GridConfig, base_path: Path) -> dict[str, Any]:
+    """Content fingerprints of the base, the data file, every task file and path references."""
+    fp: dict[str, Any] = {"base": _content_id(base_path), "tasks": []}
+    for t in cfg.tasks:
+        f = _task_file(t)
+        fp["tasks"].append(_content_id(f) if f is not None and f.exists() else None)
+    if cfg.data:
+        from .tune import resolve_data
+
+        fp["data"] = _content_id(resolve_data(cfg.data))
+    names = {v.name for v in cfg.variants}
+    refs: dict[str, str] = {}
+    for v in cfg.variants:
+        ref = v.spec.get("donor", v.spec.get("model"))
+        if ref is not None and str(ref) != "base" and str(ref) not in names:
+            from .models import resolve_model_path
+
+            refs[str(ref)] = _content_id(resolve_model_path(str(ref)))
+    fp["refs"] = refs
+    return fp
+
+
+def validate_config(cfg: GridConfig) -> Path:
+    """Everything a cell will need, checked before the first cell; returns the base model's path.
+
+    The base path opens, every variant's module/layer selection matches the base
+    (tuned variants on unfused projections only), a transfer from a tuned
+    variant stays inside what that variant trains, the data and every task load.
+    """
+    from .evaluate.core import MODES
+    from .models import resolve_model_path
+    from .modules import MODULES, parse_selection
+    from .selection import select
+    from .weights import open_weights
+
+    where = Path(cfg.path).name if cfg.path else "grid config"
+    mode = cfg.eval.get("mode", "closed")
+    if mode not in MODES:
+        raise _err(where, f"eval.mode must be one of {', '.join(MODES)}, not {mode!r}")
+    for key in ("limit", "batch_size"):
+        val = cfg.eval.get(key)
+        if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val < 1):
+            raise _err(where, f"eval.{key} must be a positive integer, not {val!r}")
+    base_path = resolve_model_path(cfg.base)
+    by_name = {v.name: v for v in cfg.variants}
+    with open_weights(base_path) as store:
+        for v in cfg.variants:
+            if "modules" not in v.spec:
+                continue
+            try:
+                sel = select(store, str(v.spec["modules"]), _layers_arg(v), echo=lambda _: None,
+                             label=f"base {base_path.name}")
+            except AffectlensError as e:
+                raise _err(where, f"variant '{v.name}': {e}") from None
+            if v.tuned:
+                for key in sel.report.matched:
+                    for parsed in store.inventory.modules[key]:
+                        if parsed.fused:
+                            others = [m for m in MODULES if m != key.module and m in _fused(parsed.fused)]
+                            raise _err(where, f"variant '{v.name}': {parsed.name} is a fused {parsed.fused}: "
+                                              f"LoRA on it would also train {', '.join(others)}; targeted tuning "
+                                              "of a single module needs unfused projections")
+            donor = by_name.get(str(v.spec.get("donor", "")))
+            if v.kind == "transfer" and donor is not None and donor.tuned:
+                dsel = select(store, str(donor.spec["modules"]), _layers_arg(donor), echo=lambda _: None)
+                lacking = [m for m in parse_selection(str(v.spec["modules"])) if m not in dsel.modules]
+                lay = [x for x in sel.layers if x not in dsel.layers]
+                if lacking or lay:
+                    what = (f"module(s) {', '.join(lacking)}" if lacking else "") + \
+                           (" and " if lacking and lay else "") + (f"layer(s) {lay}" if lay else "")
+                    raise _err(where, f"variant '{v.name}': donor '{donor.name}' does not train {what}")
+    if any(v.tuned for v in cfg.variants):
+        from .tune import load_dataset
+
+        load_dataset(str(cfg.data))
+    from .evaluate.loaders import load_task
+
+    limit = cfg.eval.get("limit")
+    for t in cfg.tasks:
+        load_task(t, limit=None if limit is None else int(limit))
+    return base_path
+
+
+def _layers_arg(v: Variant) -> str | None:
+    lay = v.spec.get("layers")
+    return None if lay is None else str(lay)
+
+
+def _fused(fused: str) -> tuple[str, ...]:
+    from .modules import FUSED
+
+    return FUSED.get(fused, ())
+
+
+def _read_marker(out: Path) -> dict[str, Any] | None:
+    """The grid marker of ``out``; None for an empty dir; an error for any other directory."""
+    marker = out / MARKER
+    if not marker.is_file():
+        if any(out.iterdir()):
+            raise AffectlensError(f"output {out} exists and is not a grid run dir (no {MARKER}); "
+                                  "a grid never writes into another command's output: choose another --out")
+        return None
+    try:
+        old = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        old = None
+    if not isinstance(old, dict) or "config" not in old or old.get("kind", _MARKER_KIND) != _MARKER_KIND:
+        raise AffectlensError(f"{marker} is not a grid marker; choose another --out")
+    return old
+
+
 def run_grid(config: str | os.PathLike | dict, out: str | os.PathLike, force: bool = False,
              evaluator: Evaluator | None = None, tuner: Callable[..., Any] | None = None,
              echo: Callable[[str], None] = print) -> GridResult:
-    """Run (or resume) a grid; ``evaluator``/``tuner`` default to affectlens' own."""
-    from .runs import progress, write_json, write_manifest
+    """Run (or resume) a grid; ``evaluator``/``tuner`` default to affectlens' own.
+
+    ``out`` is claimed for the whole run (a second run on it is refused). Only an
+    empty dir or a grid dir is used; ``force`` allows a grid dir whose config
+    differs (changed cells are recomputed), never another command's output.
+    """
+    from .runs import claim_output
 
     cfg = load_config(config)
-    out = Path(out)
-    marker = out / "grid_config.json"
+    with claim_output(out):
+        return _run_grid(cfg, Path(out), force, evaluator, tuner, echo)
+
+
+def _run_grid(cfg: GridConfig, out: Path, force: bool, evaluator: Evaluator | None,
+              tuner: Callable[..., Any] | None, echo: Callable[[str], None]) -> GridResult:
+    from .runs import note, progress, write_json, write_manifest
+
     if out.exists():
-        if not marker.is_file() and not force:
-            raise AffectlensError(f"output {out} exists and is not a grid run dir; pass --force to use it")
-        if marker.is_file():
-            old = json.loads(marker.read_text())
-            if old.get("config") != json.loads(json.dumps(cfg.raw, default=str)) and not force:
-                raise AffectlensError(
-                    f"{out} holds a grid with another config; pass --force to recompute the changed cells")
-    (out / "cells").mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"config": cfg.raw, "config_path": cfg.path})
+        old = _read_marker(out)
+        if old is not None and old.get("config") != json.loads(json.dumps(cfg.raw, default=str)) and not force:
+            raise AffectlensError(
+                f"{out} holds a grid with another config; pass --force to recompute the changed cells")
+    base_path = validate_config(cfg)
+    _resolve_seeding_and_hashes(cfg, fingerprint_inputs(cfg, base_path))
+    for name in REPORT_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
+    # Half-written files of a killed run (this run holds the dir's claim, so no one else writes here).
+    for d in (out, out / "cells"):
+        for f in sorted(d.glob(".*.tmp-*")) if d.is_dir() else []:
+            if f.is_file():
+                f.unlink()
+                note(f"removed {f.relative_to(out.parent)}, a half-written file of a killed grid run")
+    out.mkdir(exist_ok=True)
+    write_json(out / MARKER, {"kind": _MARKER_KIND, "config": cfg.raw, "config_path": cfg.path})
+    (out / "cells").mkdir(exist_ok=True)
     if evaluator is None:
         from .evaluate import evaluate as evaluator  # noqa: N813
     if tuner is None:
@@ -320,13 +511,13 @@ def run_grid(config: str | os.PathLike | dict, out: str | os.PathLike, force: bo
                 if json.loads(cp.read_text()).get("hash") == v.hash:
                     reused += 1
                     continue
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
                 pass
         todo.append((v, seed))
     echo(f"grid {cfg.name}: {len(cfg.cells())} cells ({len(cfg.variants)} variants x seeds {cfg.seeds}); "
          f"{reused} done, {len(todo)} to run")
     if todo:
-        runner = _Runner(cfg, out, evaluator, tuner, echo)
+        runner = _Runner(cfg, out, evaluator, tuner, echo, base_path)
         try:
             for v, seed in progress(todo, "grid cells", total=len(todo), unit="cell"):
                 t0 = time.perf_counter()
@@ -338,21 +529,30 @@ def run_grid(config: str | os.PathLike | dict, out: str | os.PathLike, force: bo
         finally:
             runner.close()
     rows, summary = report(cfg, out, echo)
-    write_manifest(out, "grid", {"config": cfg.path or "<dict>", "base": cfg.base},
+    write_manifest(out, "grid", {"config": cfg.path or "<dict>", "base": str(base_path)},
                    {"config": cfg.raw}, seed=cfg.seeds[0], extra={"seeds": cfg.seeds})
     return GridResult(out, rows, summary, len(todo), reused)
+
+
+def _check_cell_finite(v: Variant, seed: int, tasks: dict[str, dict[str, Any]]) -> None:
+    """A cell whose numbers are not all finite is no result: stop the grid, name the cell."""
+    for t, e in tasks.items():
+        for key, val in [("primary", e["primary"]), *sorted(e["metrics"].items())]:
+            if not math.isfinite(val):
+                raise AffectlensError(f"grid cell '{v.name}' seed {seed}: task {t} scored a non-finite {key} "
+                                      f"({val}); the cell was not written (finished cells are kept)")
 
 
 class _Runner:
     """Holds the one loaded base model and builds each variant in memory."""
 
     def __init__(self, cfg: GridConfig, out: Path, evaluator: Evaluator, tuner: Callable[..., Any],
-                 echo: Callable[[str], None]) -> None:
+                 echo: Callable[[str], None], base_path: Path | None = None) -> None:
         from .models import load_model, resolve_model_path
         from .weights import open_weights
 
         self.cfg, self.out, self.evaluator, self.tuner, self.echo = cfg, out, evaluator, tuner, echo
-        self.base_path = resolve_model_path(cfg.base)
+        self.base_path = base_path or resolve_model_path(cfg.base)
         self.model, self.tok = load_model(self.base_path)
         self.base_store = open_weights(self.base_path)
 
@@ -456,6 +656,7 @@ class _Runner:
         info["tasks"] = {t: {"primary": _primary(e), "metrics": _scalars(e.get("metrics", {})), "n": e.get("n"),
                              "kind": e.get("kind"), "name": name}
                          for t, (name, e) in zip(cfg.tasks, got.items(), strict=True)}
+        _check_cell_finite(v, seed, info["tasks"])
         info["mean"] = _affective_mean(cfg, info["tasks"])
         info["changed_tensors"] = len(tensors)
         return info
@@ -544,10 +745,11 @@ def report(cfg: GridConfig, out: Path, echo: Callable[[str], None] = print) -> t
             rows.append(row)
     fields = ["variant", "kind", "seed", "task", "primary", *metric_keys, "n", "trainable_params",
               "seconds_per_step"]
-    with open(out / "grid.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    _write_text(out / "grid.csv", buf.getvalue())
 
     # Per-variant means with 95 % CIs over seeds.
     summary: dict[str, Any] = {"reference": cfg.reference, "tasks": tasks, "control_tasks": ctrl, "variants": {}}
@@ -570,16 +772,30 @@ def report(cfg: GridConfig, out: Path, echo: Callable[[str], None] = print) -> t
     frontier = _frontier(cfg, summary)
     summary["frontier"] = frontier
     md = _markdown(cfg, summary, tasks, ctrl)
-    (out / "table.md").write_text(md, encoding="utf-8")
+    _write_text(out / "table.md", md)
     from .runs import write_json
 
-    write_json(out / "summary.json", summary)
+    # NaN in the summary means "no value" (a 95 % CI over one seed): written as null.
+    write_json(out / "summary.json", summary, nonfinite="null")
     _plot_frontier(cfg, summary, out / "frontier.png")
     echo(md)
     for line in frontier.get("lines", []):
         echo(line)
     echo(f"wrote {out}/grid.csv, table.md, summary.json, frontier.png")
     return rows, summary
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Temp file + rename: a report file is whole or absent."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            f.write(text)
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _markdown(cfg: GridConfig, summary: dict[str, Any], tasks: list[str], ctrl: list[str]) -> str:
@@ -693,4 +909,5 @@ def _plot_frontier(cfg: GridConfig, summary: dict[str, Any], path: Path) -> None
     plt.close(fig)
 
 
-__all__ = ["GridConfig", "GridResult", "Variant", "load_config", "mean_ci", "report", "run_grid"]
+__all__ = ["GridConfig", "GridResult", "Variant", "fingerprint_inputs", "load_config", "mean_ci", "report",
+           "run_grid", "validate_config"]

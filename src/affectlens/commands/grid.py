@@ -15,9 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "frontier.png (trainable params vs mean score).",
     )
     g.add_argument("config", help="grid YAML")
-    g.add_argument("--out", required=True, help="run dir (an existing grid dir is resumed)")
+    g.add_argument("--out", required=True,
+                   help="run dir (an existing grid dir is resumed; any other non-empty dir is refused)")
     g.add_argument("--force", action="store_true",
-                   help="use an existing dir whose grid config differs (changed cells are recomputed)")
+                   help="use an existing grid dir whose grid config differs (changed cells are recomputed)")
     g.set_defaults(func=_grid)
 
 

@@ -319,7 +319,7 @@ def test_module_paths_is_the_one_selection_rule_for_tuning():
     with pytest.raises(AffectlensError, match="partly unmatched"):
         module_paths(names, "gate_proj", "0-2", n_layers=3)
     fused = ["model.layers.0.self_attn.qkv_proj.weight", "model.layers.0.self_attn.o_proj.weight"]
-    with pytest.raises(AffectlensError, match="fused qkv_proj: LoRA on it would also train k_proj, v_proj"):
+    with pytest.raises(AffectlensError, match=r"fused qkv_proj \(holding q_proj, k_proj, v_proj\): LoRA on it would also train k_proj, v_proj"):
         module_paths(fused, "q_proj")
 
 

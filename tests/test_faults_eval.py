@@ -30,6 +30,7 @@ from faults import assert_refused, run_cli, tree_digest
 from conftest import TINYSTORIES
 
 NAN_TENSOR = "model.layers.0.mlp.down_proj.weight"
+OVERFLOW_TENSOR = "model.layers.0.input_layernorm.weight"
 VERBS = ("vectors", "layers", "heads", "neurons", "intervene")
 
 
@@ -49,7 +50,9 @@ def _edit_weights(model_dir: Path, edit) -> Path:
 
 
 def _plant_nan(sd: dict) -> None:
-    sd[NAN_TENSOR][0, 0] = float("nan")
+    """Finite weights whose forward overflows to NaN (a NaN weight itself is refused at load):
+    a 3e38 norm gain makes layer 0's projections sum +inf and -inf."""
+    sd[OVERFLOW_TENSOR].fill_(3e38)
 
 
 def _to_pickle(src: Path, dst: Path) -> Path:
@@ -141,8 +144,18 @@ def test_evaluate_nan_weight_is_not_a_score(assets, tmp_path, capfd, task):
         argv += ["--task", f"jsonl:{assets['task']}", "--mode", task, "--max-new-tokens", "2"]
     line = assert_refused(run_cli(capfd, *argv), out=out,
                           contains="text 0" if task == "perplexity" else "example 0")
-    assert str(assets["nan_model"]) in line and NAN_TENSOR in line
+    assert str(assets["nan_model"]) in line
     assert "nan" in line.lower()
+
+
+def test_evaluate_nan_weight_is_refused_at_load(assets, tmp_path, capfd):
+    """A NaN stored in a weight never reaches a forward pass: the tensor and file are named."""
+    bad = _edit_weights(_copy_model(TINYSTORIES, tmp_path / "nan_weight"),
+                        lambda sd: sd[NAN_TENSOR].__setitem__((0, 0), float("nan")))
+    out = tmp_path / "run"
+    line = assert_refused(run_cli(capfd, "evaluate", bad, "--task", f"jsonl:{assets['task']}",
+                                  "--out", out), out=out, contains="non-finite")
+    assert NAN_TENSOR in line and "model.safetensors" in line
 
 
 def test_evaluate_nan_keeps_existing_result(assets, tmp_path, capfd):
@@ -162,7 +175,7 @@ def test_circuits_vectors_nan_model(assets, tmp_path, capfd, min_score):
     line = assert_refused(run_cli(capfd, *_circuits_argv("vectors", assets["nan_planted"], assets, out,
                                                          "--min-score", min_score)),
                           out=out, contains="pair 0")
-    assert str(assets["nan_planted"]) in line and NAN_TENSOR in line
+    assert str(assets["nan_planted"]) in line and "non-finite" in line
 
 
 @pytest.mark.parametrize("verb", ["layers", "heads", "neurons", "intervene"])

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,17 +28,5 @@ def run(args: argparse.Namespace) -> int:
 
     report = count_params(args.model, args.modules, rank=args.rank, reference=args.reference,
                           layers=args.layers)
-    _emit(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     return 0
-
-
-def _emit(text: str) -> None:
-    """Print; a reader that stops early (``params ... | head -1``) is not an error."""
-    try:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # Nothing more can be written; point stdout at /dev/null so the flush at exit is silent too.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)

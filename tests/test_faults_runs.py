@@ -495,3 +495,20 @@ def test_python_api_checks_the_out_before_training(tmp_path):
     with pytest.raises(AffectlensError, match="notes.txt is a file, not a directory"):
         tune(tmp_path / "no-such-model", tmp_path / "missing.jsonl", "gate_proj", out=blocker / "ad")
     assert blocker.read_text() == "mine\n"
+
+
+def test_grid_pickle_base_needs_the_flag(tmp_path, capfd, monkeypatch):
+    """The one pickle policy holds for grid too: refused without --allow-pickle, loaded with it."""
+    ev = _stub(monkeypatch)
+    pk = tmp_path / "pickle_base"
+    shutil.copytree(TINYSTORIES, pk)
+    torch.save(load_file(pk / "model.safetensors"), pk / "pytorch_model.bin")
+    (pk / "model.safetensors").unlink()
+    assert not list(pk.glob("*.safetensors"))
+    cfg = _fixed_grid(tmp_path, base=str(pk))
+    out = tmp_path / "grid"
+    assert_refused(run_cli(capfd, "grid", cfg, "--out", out), out=out, contains="--allow-pickle")
+    assert ev.calls == 0
+    rc, _, err = run_cli(capfd, "grid", cfg, "--out", out, "--allow-pickle")
+    assert rc == 0, err
+    assert ev.calls == 2 and (out / "grid.csv").is_file()

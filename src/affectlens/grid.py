@@ -370,7 +370,7 @@ def fingerprint_inputs(cfg: GridConfig, base_path: Path) -> dict[str, Any]:
     return fp
 
 
-def validate_config(cfg: GridConfig) -> Path:
+def validate_config(cfg: GridConfig, allow_pickle: bool = False) -> Path:
     """Everything a cell will need, checked before the first cell; returns the base model's path.
 
     The base path opens, every variant's module/layer selection matches the base
@@ -393,7 +393,7 @@ def validate_config(cfg: GridConfig) -> Path:
             raise _err(where, f"eval.{key} must be a positive integer, not {val!r}")
     base_path = resolve_model_path(cfg.base)
     by_name = {v.name: v for v in cfg.variants}
-    with open_weights(base_path) as store:
+    with open_weights(base_path, allow_pickle=allow_pickle) as store:
         for v in cfg.variants:
             if "modules" not in v.spec:
                 continue
@@ -461,8 +461,10 @@ def _read_marker(out: Path) -> dict[str, Any] | None:
 
 def run_grid(config: str | os.PathLike | dict, out: str | os.PathLike, force: bool = False,
              evaluator: Evaluator | None = None, tuner: Callable[..., Any] | None = None,
-             echo: Callable[[str], None] = print) -> GridResult:
+             echo: Callable[[str], None] = print, allow_pickle: bool = False) -> GridResult:
     """Run (or resume) a grid; ``evaluator``/``tuner`` default to affectlens' own.
+
+    ``allow_pickle`` lets a pickle (``.bin``) base load (``weights_only``); off by default.
 
     ``out`` is claimed for the whole run (a second run on it is refused). Only an
     empty dir or a grid dir is used; ``force`` allows a grid dir whose config
@@ -472,11 +474,12 @@ def run_grid(config: str | os.PathLike | dict, out: str | os.PathLike, force: bo
 
     cfg = load_config(config)
     with claim_output(out):
-        return _run_grid(cfg, Path(out), force, evaluator, tuner, echo)
+        return _run_grid(cfg, Path(out), force, evaluator, tuner, echo, allow_pickle)
 
 
 def _run_grid(cfg: GridConfig, out: Path, force: bool, evaluator: Evaluator | None,
-              tuner: Callable[..., Any] | None, echo: Callable[[str], None]) -> GridResult:
+              tuner: Callable[..., Any] | None, echo: Callable[[str], None],
+              allow_pickle: bool = False) -> GridResult:
     from .runs import note, progress, write_json, write_manifest
 
     if out.exists():
@@ -484,7 +487,7 @@ def _run_grid(cfg: GridConfig, out: Path, force: bool, evaluator: Evaluator | No
         if old is not None and old.get("config") != json.loads(json.dumps(cfg.raw, default=str)) and not force:
             raise AffectlensError(
                 f"{out} holds a grid with another config; pass --force to recompute the changed cells")
-    base_path = validate_config(cfg)
+    base_path = validate_config(cfg, allow_pickle)
     _resolve_seeding_and_hashes(cfg, fingerprint_inputs(cfg, base_path))
     for name in REPORT_FILES:
         with contextlib.suppress(FileNotFoundError):
@@ -517,7 +520,7 @@ def _run_grid(cfg: GridConfig, out: Path, force: bool, evaluator: Evaluator | No
     echo(f"grid {cfg.name}: {len(cfg.cells())} cells ({len(cfg.variants)} variants x seeds {cfg.seeds}); "
          f"{reused} done, {len(todo)} to run")
     if todo:
-        runner = _Runner(cfg, out, evaluator, tuner, echo, base_path)
+        runner = _Runner(cfg, out, evaluator, tuner, echo, base_path, allow_pickle)
         try:
             for v, seed in progress(todo, "grid cells", total=len(todo), unit="cell"):
                 t0 = time.perf_counter()
@@ -547,14 +550,16 @@ class _Runner:
     """Holds the one loaded base model and builds each variant in memory."""
 
     def __init__(self, cfg: GridConfig, out: Path, evaluator: Evaluator, tuner: Callable[..., Any],
-                 echo: Callable[[str], None], base_path: Path | None = None) -> None:
+                 echo: Callable[[str], None], base_path: Path | None = None,
+                 allow_pickle: bool = False) -> None:
         from .models import load_model, resolve_model_path
         from .weights import open_weights
 
         self.cfg, self.out, self.evaluator, self.tuner, self.echo = cfg, out, evaluator, tuner, echo
         self.base_path = base_path or resolve_model_path(cfg.base)
-        self.model, self.tok = load_model(self.base_path)
-        self.base_store = open_weights(self.base_path)
+        self.allow_pickle = allow_pickle
+        self.model, self.tok = load_model(self.base_path, allow_pickle=allow_pickle)
+        self.base_store = open_weights(self.base_path, allow_pickle=allow_pickle)
 
     def close(self) -> None:
         self.base_store.close()
@@ -585,7 +590,7 @@ class _Runner:
         if ref in {v.name for v in self.cfg.variants}:
             ad, _ = self.adapter(self.cfg.variant(ref), seed)
             return MergedStore(self.base_store, LoraAdapter(ad))
-        return as_store(ref, base=self.base_store)
+        return as_store(ref, base=self.base_store, allow_pickle=self.allow_pickle)
 
     def _all_of(self, src: Any) -> dict[str, Any]:
         """Every tensor in which a whole source model differs from the loaded base."""

@@ -6,13 +6,15 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..demo import EXPECTED_TIME
+
     p = sub.add_parser(
         "demo",
         help="tune SmolLM2 on emotion and on a control task (same budget) and locate what changed",
         description="Loads the embedded SmolLM2-135M-Instruct, trains (or reuses from the cache) an "
         "all-module LoRA on the bundled emotion corpus and one on the bundled arithmetic control "
         "task with the same steps/rank/lr/seed, runs `locate` on both and prints where each changed "
-        "the model most. First run ~6 min on 2 idle CPU cores, cached runs ~10 s.",
+        f"the model most. Takes {EXPECTED_TIME}.",
     )
     p.add_argument("--out", help="run directory (default: runs/demo-YYYYmmdd-HHMMSS)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")

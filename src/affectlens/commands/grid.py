@@ -19,12 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run dir (an existing grid dir is resumed; any other non-empty dir is refused)")
     g.add_argument("--force", action="store_true",
                    help="use an existing grid dir whose grid config differs (changed cells are recomputed)")
+    g.add_argument("--allow-pickle", action="store_true",
+                   help="let a pickle (.bin) base or donor load (weights_only=True); off by default")
     g.set_defaults(func=_grid)
 
 
 def _grid(args: argparse.Namespace) -> int:
     from ..grid import run_grid
 
-    res = run_grid(args.config, args.out, force=args.force)
+    res = run_grid(args.config, args.out, force=args.force, allow_pickle=args.allow_pickle)
     print(f"{res.computed} cell(s) computed, {res.reused} reused -> {res.out}")
     return 0

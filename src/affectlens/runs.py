@@ -17,7 +17,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -317,9 +317,62 @@ def write_manifest(
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterable[T]:
-    """A tqdm bar on stderr; silent when AFFECTLENS_NO_PROGRESS is set (tests, logs)."""
-    if os.environ.get("AFFECTLENS_NO_PROGRESS"):
+    """A progress bar over ``iterable`` (see :class:`Progress` for when it shows)."""
+    bar = Progress(total if total is not None else _len(iterable), desc, unit)
+    if bar.bar is None:
         return iterable
-    from tqdm.auto import tqdm
+    return _ticking(iterable, bar)
 
-    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, file=sys.stderr)
+
+def _len(iterable: Iterable[Any]) -> int | None:
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _ticking(iterable: Iterable[T], bar: Progress) -> Iterator[T]:
+    try:
+        for item in iterable:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+class Progress:
+    """The one progress bar: tqdm on stderr with rate and ETA.
+
+    Shown only when stderr is a terminal and AFFECTLENS_NO_PROGRESS is unset,
+    so logs and captured output get no bar fragments before an error line.
+    ``enabled=False`` silences it for library callers that ask for quiet.
+    """
+
+    def __init__(self, total: int | None, desc: str, unit: str = "it", enabled: bool = True) -> None:
+        self.bar = None
+        if enabled and not os.environ.get("AFFECTLENS_NO_PROGRESS") and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr)
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def slug(name: str, default: str = "item") -> str:
+    """A file-name-safe form of a task/variant/emotion name (``meld:x.csv`` -> ``meld_x.csv``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or default

@@ -24,7 +24,9 @@ class TaskSpec:
     ``loader`` picks a function in :mod:`affectlens.evaluate.loaders`; ``options``
     are that loader's keyword options (column names, split, thresholds).
     ``labels`` is the closed label set (None: taken from the whole file).
-    ``question`` overrides the closed-set question (``{labels}`` placeholder).
+    ``question`` overrides the closed-set question (``{labels}`` and ``{text}`` are
+    filled in; see :func:`affectlens.prompts.render`), ``open_question`` the
+    open-vocabulary one of generative mode.
     """
 
     name: str

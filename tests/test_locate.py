@@ -34,7 +34,7 @@ def brute(base_sd: dict, tuned_sd: dict) -> dict[tuple[int, str, str], tuple[flo
 
 
 def rows_by_key(rows, label):
-    return {(r["layer"], r["module"], r["param"]): r for r in rows if r["model"] == label}
+    return {(r.layer, r.module, r.param): r for r in rows if r.model == label}
 
 
 def check_against(rows, label, expected, rel=1e-6):
@@ -42,10 +42,10 @@ def check_against(rows, label, expected, rel=1e-6):
     assert set(got) == set(expected)
     for k, (l2, relative, n) in expected.items():
         r = got[k]
-        assert r["numel"] == n
-        assert r["l2"] == pytest.approx(l2, rel=rel, abs=1e-9), k
-        assert r["relative"] == pytest.approx(relative, rel=rel, abs=1e-12), k
-        assert r["rms"] == pytest.approx(l2 / math.sqrt(n), rel=rel, abs=1e-12), k
+        assert r.numel == n
+        assert r.l2 == pytest.approx(l2, rel=rel, abs=1e-9), k
+        assert r.relative == pytest.approx(relative, rel=rel, abs=1e-12), k
+        assert r.rms == pytest.approx(l2 / math.sqrt(n), rel=rel, abs=1e-12), k
 
 
 def plant(model, changes: dict[str, float], seed: int = 1):
@@ -72,7 +72,7 @@ def test_planted_full_checkpoint(tmp_path, arch):
     res = locate(tmp_path / "base", [tmp_path / "tuned"], labels=["emo"], out=tmp_path / "out")
     check_against(res.rows, "emo", brute(base_sd, tuned.state_dict()))
     assert res.summary["models"]["emo"]["locus"] == {"l2": "gate_proj", "relative": "gate_proj", "rms": "gate_proj"}
-    changed = {(r["layer"], r["module"], r["param"]) for r in res.rows if r["l2"] > 0}
+    changed = {(r.layer, r.module, r.param) for r in res.rows if r.l2 > 0}
     assert changed == {(int(n.split(".")[2]), n.split(".")[-2], n.split(".")[-1]) for n in planted}
     with open(tmp_path / "out" / "weight_change.csv") as f:
         header = next(csv.reader(f))
@@ -166,7 +166,7 @@ def test_fused_phi3_rows_split(tmp_path):
         sd["model.layers.0.self_attn.qkv_proj.weight"][32:40].add_(1.0)  # inside k (rows 32..47)
     m.save_pretrained(tmp_path / "tuned")
     res = locate(tmp_path / "base", [tmp_path / "tuned"], labels=["t"])
-    got = {(r["layer"], r["module"]): r["l2"] for r in res.rows}
+    got = {(r.layer, r.module): r.l2 for r in res.rows}
     assert got[(1, "gate_proj")] == pytest.approx(math.sqrt(48 * 32 * 0.25), rel=1e-6)
     assert got[(1, "up_proj")] == 0
     assert got[(0, "k_proj")] == pytest.approx(math.sqrt(8 * 32), rel=1e-6)
@@ -197,7 +197,7 @@ def test_moe_experts_pooled_and_listed(tmp_path):
     shutil.copy(tmp_path / "base" / "config.json", tmp_path / "tuned" / "config.json")
     save_file(sd2, tmp_path / "tuned" / "model.safetensors")
     res = locate(tmp_path / "base", [tmp_path / "tuned"], labels=["t"], out=tmp_path / "o")
-    got = {(r["layer"], r["module"]): r["l2"] for r in res.rows}
+    got = {(r.layer, r.module): r.l2 for r in res.rows}
     n = sd[target].numel()
     assert got[(0, "gate_proj")] == pytest.approx(math.sqrt(n) * 0.25, rel=1e-6)
     assert got[(0, "up_proj")] == 0

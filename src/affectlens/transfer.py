@@ -161,14 +161,15 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
     anything is written; a donor equal to BASE in the whole selection is an error.
     """
     from .models import resolve_model_path
-    from .runs import atomic_dir, check_out_dir, write_json, write_manifest
+    from .runs import RunDir
 
-    check_out_dir(out, force)
-    base_path = hf_model_dir(base)
-    donor_path = resolve_model_path(donor)
     options = {"modules": modules, "layers": layers, "merge": merge, "max_shard_size": max_shard_size,
                "allow_pickle": allow_pickle}
-    with contextlib.ExitStack() as stack:
+    # Claimed first: an existing OUT or a concurrent run is refused before any tensor is read.
+    with RunDir(out, command="transfer", force=force, options=options) as run, contextlib.ExitStack() as stack:
+        base_path = hf_model_dir(base)
+        donor_path = resolve_model_path(donor)
+        run.inputs.update(base=base_path, donor=donor_path)
         bstore = stack.enter_context(open_weights(base_path, allow_pickle=allow_pickle))
         dstore = as_store(donor_path, base=bstore, allow_pickle=allow_pickle)
         if not isinstance(dstore, MergedStore):  # a MergedStore closes with its base
@@ -192,21 +193,19 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
                 echo(f"note: {len(changed)} selected tensor(s) keep the donor's dtype {dstore.dtype(changed[0])} "
                      f"(base has {bstore.dtype(changed[0])})")
             info = {"donor_kind": "full", "tensors": sorted(sel.tensors), "params_transferred": sel.numel(bstore)}
-        with atomic_dir(out, force) as tmp:
-            if isinstance(dstore, MergedStore):
-                write_adapter(dstore.adapter, keep, tmp, base_path)
-                if merge:
-                    (tmp / "merged").mkdir()
-                    write_checkpoint(bstore, tensors.get, tmp / "merged", max_shard_size, "merging",
-                                     label=Path(out) / "merged")
-                    copy_sidecars(base_path, tmp / "merged")
-            else:
-                write_checkpoint(RawFrom(bstore, dstore, whole), new_or_raw(tensors.get, whole), tmp,
-                                 max_shard_size, "transferring", label=out)
-                copy_sidecars(base_path, tmp)
-            write_json(tmp / "compose.json", {"kind": "transfer", **info, "table": sel.table()})
-            write_manifest(tmp, "transfer", {"base": base_path, "donor": donor_path}, options)
-    return ComposeResult(Path(out), sel, info)
+        if isinstance(dstore, MergedStore):
+            write_adapter(dstore.adapter, keep, run.path, base_path)
+            if merge:
+                merged = run.path / "merged"
+                merged.mkdir()
+                write_checkpoint(bstore, tensors.get, merged, max_shard_size, "merging", label=Path(out) / "merged")
+                copy_sidecars(base_path, merged)
+        else:
+            write_checkpoint(RawFrom(bstore, dstore, whole), new_or_raw(tensors.get, whole), run.path,
+                             max_shard_size, "transferring", label=out)
+            copy_sidecars(base_path, run.path)
+        run.json("compose.json", {"kind": "transfer", **info, "table": sel.table()})
+    return ComposeResult(run.final, sel, info)
 
 
 @contextlib.contextmanager

@@ -198,8 +198,9 @@ def ablate(model: str | os.PathLike, modules: str | Sequence[str], mode: str | A
         check_store_finite(raw_src, [n for n in raw_src.names() if n not in tensors])
         write_checkpoint(raw_src, new, run.path, max_shard_size, f"ablating ({mode})", label=out)
         copy_sidecars(sidecars, run.path)
-        run.json("compose.json", {"kind": "ablate", **info, "table": sel.table()})
-    return ComposeResult(run.final, sel, info)
+        result = ComposeResult(run.final, sel, info, "ablate")
+        run.json("compose.json", result.record())
+    return result
 
 
 __all__ = ["MODES", "AblationMode", "ablate", "ablate_rows", "ablate_tensors", "noise_like"]

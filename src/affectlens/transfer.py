@@ -204,8 +204,9 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
             write_checkpoint(RawFrom(bstore, dstore, whole), new_or_raw(tensors.get, whole), run.path,
                              max_shard_size, "transferring", label=out)
             copy_sidecars(base_path, run.path)
-        run.json("compose.json", {"kind": "transfer", **info, "table": sel.table()})
-    return ComposeResult(run.final, sel, info)
+        result = ComposeResult(run.final, sel, info, "transfer")
+        run.json("compose.json", result.record())
+    return result
 
 
 @contextlib.contextmanager

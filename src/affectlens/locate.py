@@ -295,11 +295,12 @@ def other_tensors(base: WeightStore, models: Sequence[Tuned], others: dict[str, 
             row: dict[str, Any] = {"tensor": name, "scope": scope, "numel": base.numel(name)}
             shape = base.shape(name)
             for m in models:
-                src = None
+                src: tuple[WeightStore, str] | None = None
+                rep = m.adapter.replacement_for(name) if m.adapter is not None else None
                 if m.store is not None and name in m.store:
                     src = (m.store, name)
-                elif m.adapter is not None and m.adapter.replacement_for(name):
-                    src = (m.adapter.store, m.adapter.replacement_for(name))
+                elif m.adapter is not None and rep:
+                    src = (m.adapter.store, rep)
                 if src is None:
                     # An adapter leaves it unchanged; a full checkpoint lacking it has no value (empty cell,
                     # listed under only_in_base in summary.json), never a NaN.
@@ -331,8 +332,8 @@ def write_run(run: RunDir, result: LocateResult) -> None:
     if result.other_rows:
         run.csv("other_tensors.csv", result.other_rows)
     run.json("summary.json", result.summary)
-    np.savez(run.file("distribution.npz"), edges=hist_edges(),
-             **{f"{lab}|{mod}": c for lab, per in result.histograms.items() for mod, c in per.items()})
+    arrays: dict[str, Any] = {f"{lab}|{mod}": c for lab, per in result.histograms.items() for mod, c in per.items()}
+    np.savez(run.file("distribution.npz"), edges=hist_edges(), **arrays)
     labels = list(dict.fromkeys(r.model for r in result.rows))
     for metric in METRICS:
         panels = {lab: (lab, *layer_module_grid(result.rows, lab, metric)) for lab in labels}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ class LocateRow:
 
     @classmethod
     def from_sums(cls, model: str, key: ModuleKey, numel: int, l2sq: float, ssq_base: float,
-                  **extra: Any) -> LocateRow:
+                  **extra: Any) -> Self:
         """The three metrics from Σ(ΔW)² and Σ(W_base)²."""
         l2 = math.sqrt(l2sq)
         return cls(model=model, layer=key.layer, module=key.module, param=key.param, numel=numel, l2=l2,

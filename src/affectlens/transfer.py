@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +98,16 @@ def transfer_tensors(base: Any, donor: Any, modules: str | Sequence[str],
         b = bstore.get(name) if rows is None else bstore.get_finite(name)
         touched = touched or differs(d, b, rows)
         if not stream:
-            out.kept[name] = d if rows is None else apply_rows(b, rows, lambda c, s, d=d: d[s].to(c.dtype))
+            out.kept[name] = d if rows is None else apply_rows(b, rows, _rows_of(d))
         del d, b
     if not touched:
         raise sel.unchanged("transfer", dstore, bstore)
     return out, sel
+
+
+def _rows_of(donor: torch.Tensor) -> Callable[[torch.Tensor, slice], torch.Tensor]:
+    """For ``apply_rows``: the donor's rows, in the dtype of the tensor they go into."""
+    return lambda cur, s: donor[s].to(cur.dtype)
 
 
 def differs(new: torch.Tensor, old: torch.Tensor, rows: Rows) -> bool:
@@ -215,7 +220,7 @@ def applied(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> Iter
 
     Lets a grid evaluate many variants on one loaded model with no disk writes.
     """
-    params = dict(model.named_parameters())
+    params: dict[str, torch.Tensor] = dict(model.named_parameters())
     params.update(dict(model.named_buffers()))
     missing = [n for n in tensors if n not in params]
     if missing:

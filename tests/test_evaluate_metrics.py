@@ -22,7 +22,7 @@ from affectlens.evaluate import (
     parse_answer,
     rescore,
 )
-from affectlens.evaluate.core import score_generative_rows
+from affectlens.evaluate.answers import score_generative_rows
 from affectlens.evaluate.generative import answer_polarity, map_words
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from ..errors import AffectlensError
-from .scorer import _add_special, _device, _pad_id, _Progress
+from ..runs import Progress
+from .scorer import _add_special, _device, _pad_id
 
 _PREFIXES = re.compile(
     r"^(?:(?:the\s+)?(?:character|speaker|person|author|writer|narrator)(?:'s|’s)?\s+"
@@ -187,7 +188,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: i
     pad = _pad_id(tokenizer)
     dev = _device(model)
     out = [""] * len(enc)
-    bar = _Progress(len(enc), "generating", progress)
+    bar = Progress(len(enc), "generating", "ex", enabled=progress)
     eos = getattr(tokenizer, "eos_token_id", None)
     for s in range(0, len(order), batch_size):
         rows = order[s:s + batch_size]

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 
 from ..errors import AffectlensError
+from ..runs import Progress
 from .scorer import (
     _add_special,
     _device,
     _max_positions,
     _pad_id,
-    _Progress,
     non_finite_error,
     text_start,
 )
@@ -76,7 +76,7 @@ def perplexity(model, tokenizer, path_or_texts: str | os.PathLike | Sequence[str
     pad = _pad_id(tokenizer)
     nll, count = 0.0, 0
     order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))
-    bar = _Progress(len(windows), "perplexity", progress)
+    bar = Progress(len(windows), "perplexity", "ex", enabled=progress)
     for s in range(0, len(order), batch_size):
         rows = [windows[i] for i in order[s:s + batch_size]]
         T = max(len(w) for w, _, _ in rows)

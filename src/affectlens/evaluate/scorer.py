@@ -21,8 +21,6 @@ therefore depend on other examples only through float rounding.
 from __future__ import annotations
 
 import copy
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +28,7 @@ import torch
 
 from ..errors import AffectlensError
 from ..hfcompat import cache_kwarg, output_cache
+from ..runs import Progress
 from .metrics import NonFiniteResult
 
 
@@ -173,25 +172,6 @@ def _max_positions(model) -> int | None:
     return getattr(cfg, "max_position_embeddings", None)
 
 
-class _Progress:
-    """Examples/s bar; silent when asked or when AFFECTLENS_NO_PROGRESS is set."""
-
-    def __init__(self, total: int, desc: str, enabled: bool) -> None:
-        self.bar = None
-        if enabled and not os.environ.get("AFFECTLENS_NO_PROGRESS"):
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="ex", leave=False, file=sys.stderr)
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 @torch.inference_mode()
 def score_items(model, items: list[_Item], n_labels: int, pad_id: int, batch_size: int = 16,
                 progress: bool = False, desc: str = "scoring") -> torch.Tensor:
@@ -202,7 +182,7 @@ def score_items(model, items: list[_Item], n_labels: int, pad_id: int, batch_siz
     n = len(items)
     out = torch.zeros(n, n_labels, dtype=torch.float64)
     order = sorted(range(n), key=lambda i: (-(len(items[i].prompt) + len(items[i].common)), i))
-    bar = _Progress(n, desc, progress)
+    bar = Progress(n, desc, "ex", enabled=progress)
     for start in range(0, n, batch_size):
         rows = order[start:start + batch_size]
         seqs = [items[i].prompt + items[i].common for i in rows]

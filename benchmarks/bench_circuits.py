@@ -39,17 +39,18 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("AFFECTLENS_NO_PROGRESS", "1")
 
+    from affectlens import plots
+    from affectlens.circuits.api import head_maps
     from affectlens.circuits.heads import (
         classify_heads,
         exact_patch,
         head_attribution,
         make_metric,
         overlap_by_layer,
-        plot_heads,
         top_heads,
     )
     from affectlens.circuits.intervene import Intervention, run_interventions
-    from affectlens.circuits.layers import layer_profile, normalised_mean, plot_profile
+    from affectlens.circuits.layers import layer_profile, normalised_mean
     from affectlens.circuits.neurons import neuron_attribution
     from affectlens.circuits.pairs import encoder_for, load_pairs
     from affectlens.circuits.vectors import compute_vectors
@@ -83,9 +84,10 @@ def main() -> int:
     sv.save(out / "vectors.safetensors")
 
     prof = layer_profile(model, enc, pairs, sv, alpha=args.alpha, scale="unit", max_pairs=k_layers)
-    plot_profile(prof, str(out / "layer_profile.png"))
     n_layers = sv.num_layers
     mean = normalised_mean(prof.rows, sv.labels, range(n_layers))
+    plots.save(plots.layer_profile(list(range(n_layers)), {e: prof.effects(e) for e in sv.labels}, mean,
+                                   prof.critical["mean"]), out / "layer_profile.png")
     report["layers"] = {"critical": prof.critical, "mean_profile": mean,
                         "seconds_per_sweep": prof.seconds_per_sweep, "prompts_per_sweep": k_layers}
     print(f"layer profile (α={args.alpha:g}, unit scale, {k_layers} neutral prompts/emotion): critical layer "
@@ -105,7 +107,10 @@ def main() -> int:
     tops = top_heads(heads, 10)
     kinds = classify_heads(tops)
     overlap = overlap_by_layer(tops, n_layers)
-    plot_heads(heads, overlap, str(out / "heads.png"), str(out / "overlap.png"))
+    plots.save(plots.head_scores(head_maps(heads), f"head score (target layer {heads.target_layer})"),
+               out / "heads.png")
+    plots.save(plots.head_overlap([o["layer"] for o in overlap], [o["jaccard_pairwise"] for o in overlap],
+                                  [o["jaccard_all"] for o in overlap]), out / "overlap.png")
     thirds = [range(0, n_layers // 3), range(n_layers // 3, 2 * n_layers // 3), range(2 * n_layers // 3, n_layers)]
     depth = []
     for rng in thirds:

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -64,8 +65,9 @@ def run_lmeval(n: int, batch_size: int, workdir: str) -> dict:
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
     tm = TaskManager(include_path=str(Path(workdir) / "lmeval_task"))
     t0 = time.perf_counter()
-    res = lm_eval.simple_evaluate(model=lm, tasks=[paths["task"]], task_manager=tm, log_samples=True,
-                                  num_fewshot=0)
+    with contextlib.chdir(paths["yaml"].parent):  # the YAML names its data relative to itself
+        res = lm_eval.simple_evaluate(model=lm, tasks=[paths["task"]], task_manager=tm, log_samples=True,
+                                      num_fewshot=0)
     secs = time.perf_counter() - t0
     samples = sorted(res["samples"][paths["task"]], key=lambda s: s["doc_id"])
     preds = [max(range(len(s["resps"])), key=lambda j: s["resps"][j][0][0]) for s in samples]
@@ -152,10 +154,10 @@ def main() -> None:
         for dtype in ("float32", "bfloat16"):
             m, t = load_model("smollm2", dtype=dtype)
             res = evaluate(m, t, tasks, limit=500, batch_size=args.batch_size, progress=False, n_boot=1000)
-            for name, r in res.scores["tasks"].items():
-                mm = r["metrics"]
+            for name, r in res.tasks.items():
+                mm = r.metrics
                 ci = mm["ci"]["weighted_f1"]
-                print(f"zero-shot {dtype:8s} {name:22s} n={r['n']:3d} acc {100 * mm['accuracy']:5.1f} "
+                print(f"zero-shot {dtype:8s} {name:22s} n={r.n:3d} acc {100 * mm['accuracy']:5.1f} "
                       f"WAF {100 * mm['weighted_f1']:5.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}] "
                       f"macroF1 {100 * mm['macro_f1']:5.1f}  ({mm['examples_per_s']:.1f} ex/s)")
             del m

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from affectlens.circuits.hallucination import bootstrap_ci, is_hallucination, paired_diff_ci
+from affectlens.circuits.hallucination import is_hallucination, paired_diff_ci
 from affectlens.cli import main
+from affectlens.evaluate.metrics import bootstrap_ci
 from circuits_helpers import PLANT_LAYER, save_planted, write_pairs
 
 
@@ -169,3 +170,24 @@ def test_hallucination_definition_and_cis():
     d, lo, hi = paired_diff_ci([0, 0, 1, 1], [1, 1, 1, 1], n_boot=500)
     assert d == 0.5 and lo <= 0.5 <= hi
     assert paired_diff_ci([1, 0], [1, 0]) == (0.0, 0.0, 0.0)
+
+
+def test_python_runs_return_what_they_write(setup):
+    """The library `*_run` calls behind the CLI return typed results equal to their files."""
+    from affectlens.circuits import HeadRanking, InterventionRun, heads_run, intervene_run
+
+    root, model_dir, pairs, task, vec, v = setup
+    rk = heads_run(str(model_dir), str(root / "py_heads"), str(pairs), vectors=str(vec),
+                   target_layer=PLANT_LAYER, top_k=1)
+    assert isinstance(rk, HeadRanking) and rk.names("specific") == [f"L{PLANT_LAYER}.H0", f"L{PLANT_LAYER}.H2"]
+    summ = json.loads((root / "py_heads" / "summary.json").read_text())
+    assert summ["top_heads"] == {e: sorted(f"L{la}.H{h}" for la, h in s) for e, s in rk.tops.items()}
+    overlap = _csv(root / "py_heads" / "overlap.csv")
+    assert overlap[0]["jaccard_pairwise"] == ""  # no top head in layer 0: an empty cell, never "nan"
+    res = intervene_run(str(model_dir), str(root / "py_iv"), [f"jsonl:{task}"], amplify_heads="1.0",
+                        beta=3.0, n_boot=20)
+    assert isinstance(res, InterventionRun)
+    assert json.loads((root / "py_iv" / "results.json").read_text()) == res.to_dict()
+    assert [r["metric"] for r in _csv(root / "py_iv" / "results.csv")] == ["accuracy", "hallucination"]
+    man = json.loads((root / "py_iv" / "manifest.json").read_text())
+    assert man["command"] == "circuits intervene" and man["options"]["intervention"] == res.intervention

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -175,7 +174,12 @@ def test_export_task_lm_eval(tmp_path, capsys):
     assert doc["doc_to_choice"] == ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
     assert doc["target_delimiter"] == " "
     data = doc["dataset_kwargs"]["data_files"]["test"]
-    rows = [json.loads(x) for x in Path(data).read_text("utf-8").splitlines()]
+    assert data == "affectlens_emotion.jsonl"  # relative to the YAML, so the export moves to a cluster
+    moved = tmp_path / "elsewhere" / "lm"
+    moved.parent.mkdir()
+    out.rename(moved)
+    assert str(tmp_path) not in (moved / "affectlens_emotion.yaml").read_text()
+    rows = [json.loads(x) for x in (moved / data).read_text("utf-8").splitlines()]
     bundled = [json.loads(x) for x in bundled_path("emotion_test").read_text("utf-8").splitlines()][:6]
     assert [r["text"] for r in rows] == [b["text"] for b in bundled]
     assert all(doc["doc_to_choice"][r["gold"]] == r["label"] for r in rows)

@@ -15,14 +15,17 @@ from sklearn.metrics import (
 
 from affectlens.errors import AffectlensError
 from affectlens.evaluate import (
+    EvalResult,
+    TaskScore,
     binary_sentiment_metrics,
+    bootstrap_ci,
     classification_metrics,
     hit_rate,
     load_wheel,
     parse_answer,
     rescore,
 )
-from affectlens.evaluate.core import score_generative_rows
+from affectlens.evaluate.answers import score_generative_rows
 from affectlens.evaluate.generative import answer_polarity, map_words
 
 
@@ -135,3 +138,35 @@ def test_generative_rows_hit_and_rescore(tmp_path):
     out = rescore(p, wheel=wf, n_boot=0)
     assert out["t"]["hit_per_wheel"] == {"a": pytest.approx(1.0), "b": pytest.approx(1 / 3)}
     assert out["t"]["hit"] == pytest.approx(2 / 3)
+
+
+def test_one_bootstrap_for_classification_and_paired_cis():
+    """The accuracy CI of classification_metrics is the bootstrap_ci of the per-example hits
+    (same seeded resamples), and a paired change CI is that of the per-example differences."""
+    from affectlens.circuits.hallucination import paired_diff_ci
+
+    rng = np.random.default_rng(3)
+    gold = rng.integers(0, 3, 80).tolist()
+    pred = [g if rng.random() < 0.7 else int(rng.integers(0, 3)) for g in gold]
+    hits = (np.array(gold) == np.array(pred)).astype(float)
+    m = classification_metrics(gold, pred, ["a", "b", "c"], n_boot=400, seed=11)
+    est, lo, hi = bootstrap_ci(hits, n_boot=400, seed=11)
+    assert est == pytest.approx(m["accuracy"]) and [lo, hi] == pytest.approx(m["ci"]["accuracy"])
+    # independent reference: resample by hand
+    idx = np.random.default_rng(11).integers(0, 80, size=(400, 80))
+    assert lo == pytest.approx(np.quantile(hits[idx].mean(1), 0.025))
+    after = np.roll(hits, 1)
+    assert paired_diff_ci(hits, after, 400, 11) == bootstrap_ci(after - hits, 400, 11)
+
+
+def test_scores_json_keys_from_typed_results():
+    t = TaskScore("emotion", "emotion", "weighted_f1", 0.5, {"accuracy": 0.6}, 10, 1, {"loader": "bundled"})
+    p = TaskScore("ppl:x.txt", "perplexity", "perplexity", 12.0, {"perplexity": 12.0}, 2)
+    res = EvalResult({"emotion": t, "ppl:x.txt": p}, [], "closed", mean=0.5, mean_over=["emotion"],
+                     weights_sha256="ab", seed=3, limit=10, batch_size=4)
+    s = res.scores
+    assert list(s) == ["mode", "tasks", "mean", "mean_over", "weights_sha256", "seed", "limit", "batch_size"]
+    assert s["tasks"]["emotion"] == {"primary": 0.5, "primary_metric": "weighted_f1", "metrics": {"accuracy": 0.6},
+                                     "n": 10, "kind": "emotion", "dropped": 1, "spec": {"loader": "bundled"}}
+    lines = res.table().splitlines()
+    assert "50.00" in lines[0] and "12.00" in lines[1] and lines[2] == "mean over emotion: 50.00"

@@ -437,10 +437,10 @@ def test_pairs_null_fields(assets, tmp_path, capfd, row, msg):
 def test_write_run_never_writes_bare_nan(tmp_path):
     """The Python API too: a result holding NaN is refused before anything is written."""
     from affectlens.errors import AffectlensError
-    from affectlens.evaluate import EvalResult, write_run
+    from affectlens.evaluate import EvalResult, TaskScore, write_run
 
-    res = EvalResult(scores={"mode": "closed", "tasks": {"t": {"primary": 0.5, "metrics": {"accuracy": float("nan")}}},
-                             "mean": 0.5}, predictions=[], mode="closed")
+    res = EvalResult({"t": TaskScore("t", "emotion", "weighted_f1", 0.5, {"accuracy": float("nan")}, 4)},
+                     predictions=[], mode="closed", mean=0.5)
     out = tmp_path / "run"
     with pytest.raises(AffectlensError, match=r"non-finite value nan in scores \(tasks\.t\.metrics\.accuracy\)"):
         write_run(res, out)

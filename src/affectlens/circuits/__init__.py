@@ -5,13 +5,24 @@
     enc = encoder_for(tokenizer, pairs)        # prompts = the evaluation harness's
     sv = compute_vectors(model, enc, pairs)    # S_l^e, [num_layers, hidden] per emotion
     prof = layer_profile(model, enc, pairs, sv)
+    layers_run("smollm2", "runs/layers")       # the same as `affectlens circuits layers`: a run dir
     with intervened(model, enc.layout, Intervention(heads={12: [3]}, beta=2.0)):
         ...                                    # any forward / evaluate() runs the edited model
 
 All hooks live in the module ``circuits.hooks`` and are removed on exit, also on error.
 """
 
-from .hallucination import bootstrap_ci, is_hallucination, paired_diff_ci
+from ..evaluate.metrics import bootstrap_ci
+from .api import (
+    HeadRanking,
+    InterventionRun,
+    heads_run,
+    intervene_run,
+    layers_run,
+    neurons_run,
+    vectors_run,
+)
+from .hallucination import is_hallucination, paired_diff_ci
 from .heads import (
     HeadResult,
     classify_heads,
@@ -51,11 +62,12 @@ from .vectors import (
 )
 
 __all__ = [
-    "Encoder", "HeadResult", "Intervention", "LayerProfile", "Layout", "NeuronResult", "Pair",
-    "SteeringVectors", "amplify_attention", "bootstrap_ci", "capture", "classify_heads",
-    "compute_vectors", "decoder_layers", "encoder_for", "exact_patch", "export_lm_eval",
-    "export_steering_vectors_lib", "guarded_perplexity", "head_attribution", "head_outputs",
-    "import_lm_eval", "import_steering_vectors_lib", "intervened", "is_hallucination", "layer_profile",
-    "layout_for", "load_pairs", "make_metric", "neuron_attribution", "overlap_by_layer",
-    "paired_diff_ci", "parse_steer", "parse_units", "run_intervention", "run_interventions", "top_heads",
+    "Encoder", "HeadRanking", "HeadResult", "InterventionRun", "Intervention", "LayerProfile", "Layout",
+    "NeuronResult", "Pair", "SteeringVectors", "amplify_attention", "bootstrap_ci", "capture",
+    "classify_heads", "compute_vectors", "decoder_layers", "encoder_for", "exact_patch", "export_lm_eval",
+    "export_steering_vectors_lib", "guarded_perplexity", "head_attribution", "head_outputs", "heads_run",
+    "import_lm_eval", "import_steering_vectors_lib", "intervene_run", "intervened", "is_hallucination",
+    "layer_profile", "layers_run", "layout_for", "load_pairs", "make_metric", "neuron_attribution",
+    "neurons_run", "overlap_by_layer", "paired_diff_ci", "parse_steer", "parse_units", "run_intervention",
+    "run_interventions", "top_heads", "vectors_run"
 ]

@@ -1,219 +1,59 @@
-"""Run directories for ``affectlens circuits …``: load, compute, write CSV/PNG/JSON + manifest.
+"""``affectlens circuits …`` as library calls: one ``*_run`` per command, each writing one run dir.
 
-Each function is what one CLI sub-subcommand does; they take already-parsed
-options so they can be called from Python as well.
+Each function checks its options and output first (one-line errors before
+any model loads), then loads, computes and writes its run directory through
+``runs.RunDir`` (all or nothing, manifest included, never a NaN), and returns
+a typed result. The CLI (``commands/circuits.py``) only parses and prints.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from .. import plots
 from ..errors import AffectlensError
-from ..runs import atomic_dir, write_json, write_manifest
-from .pairs import Pair, encoder_for, labels_of, load_pairs
-from .vectors import SteeringVectors, import_lm_eval, import_steering_vectors_lib
+from ..runs import RunDir, check_out_dir, slug
+from .heads import HeadResult
+from .inputs import (
+    check_layer_spec,
+    finite_options,
+    hidden_size,
+    inputs_of,
+    load_vectors,
+    positive,
+    ppl_texts_of,
+    require_finite_out,
+    select_layers,
+    setup,
+    units_of,
+    vectors_for,
+)
+from .layers import LayerProfile
+from .neurons import NeuronResult
+from .pairs import encoder_for
+from .vectors import SteeringVectors
+
+EXPORTS = ("lm-eval", "steering-vectors")
 
 
-def load_for_pairs(model_path: str, pairs: Sequence[Pair], adapter: str | None = None,
-                   dtype: str = "float32", allow_pickle: bool = False) -> tuple[Any, Any, Any]:
-    """``(model, tokenizer, processor)``; a vision-language model when the pairs carry images."""
-    from ..evaluate.core import load_scoring_model
-
-    if not any(p.image_emotional or p.image_neutral for p in pairs):
-        model, tok = load_scoring_model(model_path, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle)
-        return model, tok, None
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from ..models import resolve_model_path, torch_dtype, weight_kwargs
-
-    p = resolve_model_path(model_path)
-    kwargs = weight_kwargs(p, allow_pickle)  # the one pickle policy; refuses without the flag
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(str(p), dtype=torch_dtype(dtype), **kwargs).eval()
-        proc = AutoProcessor.from_pretrained(str(p))
-    except Exception as e:
-        raise AffectlensError(f"cannot load a vision-language model from {p}: {type(e).__name__}: {e}") from None
-    return model, proc.tokenizer, proc
+def _vec_options(vec_opts: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in vec_opts.items() if v is not None}
 
 
-def load_vectors(path: str | os.PathLike, num_layers: int, label: str | None = None,
-                 hidden: int | None = None) -> SteeringVectors:
-    """Our safetensors (dir or file), or a steering-vectors / lm-eval ``.pt`` (needs ``label``).
-
-    ``.pt`` files are read with ``torch.load(weights_only=True)``; every
-    vector is checked: shape, layer count, hidden size (when given), finite.
-    """
-    from .vectors import _torch_load
-
-    p = Path(path)
-    if not p.exists():
-        raise AffectlensError(f"no steering vectors at {p}")
-    if p.is_dir() or p.suffix == ".safetensors":
-        sv = SteeringVectors.load(p)
-    else:
-        if label is None:
-            raise AffectlensError(f"{p} holds one unnamed vector; pass --vectors-label EMOTION")
-        obj = _torch_load(p)
-        if isinstance(obj, dict) and "layer_activations" in obj:
-            sv = import_steering_vectors_lib(p, label, num_layers)
-        else:
-            sv = import_lm_eval(p, label, num_layers)
-    if sv.num_layers != num_layers:
-        raise AffectlensError(f"vectors at {p} have {sv.num_layers} layers but the model has {num_layers}")
-    width = next(iter(sv.vectors.values())).shape[1]
-    if hidden is not None and width != hidden:
-        raise AffectlensError(f"vectors at {p} have width {width} but the model's hidden size is {hidden}")
-    return sv
-
-
-def _hidden_size(model: Any) -> int | None:
-    cfg = getattr(model, "config", None)
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    h = getattr(cfg, "hidden_size", None)
-    return int(h) if isinstance(h, int) else None
-
-
-def check_layer_spec(spec: str | None, flag: str) -> None:
-    """Syntax and order of a layer spec (``0-3,7``), before any model is loaded."""
-    if spec is None or str(spec).strip() in ("", "all"):
-        return
-    for part in str(spec).split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                a, b = (int(x) for x in part.split("-", 1))
-                if a > b:
-                    raise AffectlensError(f"{flag} {spec}: reversed layer range '{part}' "
-                                          f"(write {b}-{a})")
-            else:
-                int(part)
-        except ValueError:
-            raise AffectlensError(f"{flag} {spec}: bad layer spec '{part}': use e.g. 0-11,20") from None
-
-
-def select_layers(spec: str | None, num_layers: int, flag: str) -> tuple[int, ...]:
-    """Layer indices of ``spec`` (through ``modules.parse_layers``); never an empty selection."""
-    from ..modules import parse_layers
-
-    check_layer_spec(spec, flag)
-    sel = parse_layers(spec, num_layers)
-    if not sel:
-        raise AffectlensError(f"{flag} {spec} selects no layers")
-    return sel
-
-
-def _finite_options(**opts: float | None) -> None:
-    """Numeric options are finite numbers (argparse's float() accepts 'nan' and 'inf')."""
-    for name, v in opts.items():
-        if v is not None and not math.isfinite(v):
-            raise AffectlensError(f"--{name.replace('_', '-')} must be a finite number, not {v}")
-
-
-def _positive(**opts: int | None) -> None:
-    """Counts and sizes are positive integers (None: the default)."""
-    for name, v in opts.items():
-        if v is not None and v < 1:
-            raise AffectlensError(f"--{name.replace('_', '-')} must be positive, not {v}")
-
-
-def _require_finite_out(obj: Any, what: str, model_path: str) -> None:
-    """Refuse to write a result holding NaN/Inf; name the row (emotion/layer/unit) when it is one."""
-    from ..evaluate.metrics import NonFiniteResult, find_non_finite
-
-    hit = find_non_finite(obj)
-    if not hit:
-        return
-    where, value = hit
-    if isinstance(obj, list) and where.startswith("["):
-        i = int(where[1:where.index("]")])
-        row = obj[i]
-        if isinstance(row, dict):
-            key = where[where.index("]") + 1:].lstrip(".")
-            ident = ", ".join(f"{k} {row[k]}" for k in ("task", "metric", "emotion", "layer", "head", "neuron")
-                              if k in row)
-            where = f"{key} of row {i + 1} ({ident})" if ident else f"{key} of row {i + 1}"
-    raise NonFiniteResult(f"circuits {what}: non-finite {where} = {value} from model {model_path}; "
-                          "nothing written")
-
-
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    if not rows:
-        path.write_text("")
-        return
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _setup(model_path: str, pairs_path: str | None, adapter: str | None, dtype: str,
-           emotions: Sequence[str] | None, allow_pickle: bool = False) -> tuple[Any, Any, Any, list[Pair]]:
-    pairs = load_pairs(pairs_path)
-    if emotions:
-        unknown = sorted(set(emotions) - set(labels_of(pairs)))
-        if unknown:
-            raise AffectlensError(f"emotion(s) {', '.join(unknown)} not in the pairs ({', '.join(labels_of(pairs))})")
-    model, tok, proc = load_for_pairs(model_path, pairs, adapter, dtype, allow_pickle)
-    return model, tok, proc, pairs
-
-
-def _vectors(model: Any, enc: Any, pairs: list[Pair], opts: dict[str, Any]) -> SteeringVectors:
-    from .hooks import decoder_layers
-    from .vectors import compute_vectors
-
-    if opts.get("vectors"):
-        return load_vectors(opts["vectors"], len(decoder_layers(model)), opts.get("vectors_label"),
-                            _hidden_size(model))
-    return compute_vectors(model, enc, pairs, min_score=opts.get("min_score", 0.5),
-                           position=opts.get("position", "last"), from_token=opts.get("from_token", 0),
-                           centring=opts.get("centring", "pair"), denoise=opts.get("denoise"))
-
-
-def _inputs(model_path: str, pairs_path: str | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    from .pairs import default_pairs_path
-
-    out: dict[str, Any] = {"model": model_path, "pairs": str(pairs_path or default_pairs_path())}
-    for k, v in (extra or {}).items():
-        if v:
-            out[k] = str(v)
-    return out
+def _run_inputs(model_path: str, pairs_path: str | None, adapter: str | None,
+                vec_opts: dict[str, Any]) -> dict[str, Any]:
+    return inputs_of(model_path, pairs_path, {"adapter": adapter, "vectors": vec_opts.get("vectors")})
 
 
 # ----------------------------------------------------------------------------- vectors
 
 
-def vectors_run(model_path: str, out: str, pairs_path: str | None = None, force: bool = False,
-                adapter: str | None = None, dtype: str = "float32", min_score: float = 0.5,
-                position: str = "last", from_token: int = 0, centring: str = "pair",
-                denoise: float | None = None, export: Sequence[str] = (),
-                export_layers: str | None = None, coefficient: float = 1.0,
-                seed: int = 0, allow_pickle: bool = False) -> SteeringVectors:
-    from .vectors import compute_vectors, export_lm_eval, export_steering_vectors_lib
-
-    formats = [f for f in export if f]
-    bad = sorted(set(formats) - {"lm-eval", "steering-vectors"})
-    if bad:
-        raise AffectlensError(f"unknown export format(s) {', '.join(bad)}; use lm-eval, steering-vectors")
-    from ..runs import check_out_dir
-
-    check_out_dir(out, force)
-    check_layer_spec(export_layers, "--export-layers")
-    _finite_options(coefficient=coefficient, min_score=min_score)
-    torch.manual_seed(seed)
-    model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, None, allow_pickle)
-    from .hooks import decoder_layers
-
-    layers = list(select_layers(export_layers, len(decoder_layers(model)), "--export-layers"))
-    enc = encoder_for(tok, pairs, proc)
-    sv = compute_vectors(model, enc, pairs, min_score, position, from_token, centring, denoise)
+def vector_rows(sv: SteeringVectors) -> list[dict[str, Any]]:
+    """``vectors.csv``: norm, norm relative to the residual, cosine to the previous layer."""
     rows = []
     for e in sv.labels:
         v = sv.get(e)
@@ -224,49 +64,64 @@ def vectors_run(model_path: str, out: str, pairs_path: str | None = None, force:
                          if sv.resid_norm else "",
                          "cos_prev_layer": float(torch.cosine_similarity(v[la], prev, dim=0))
                          if prev is not None else ""})
-    summary = {"labels": sv.labels, "counts": sv.counts, "totals": sv.totals,
-               "num_layers": sv.num_layers, "options": sv.options}
-    _require_finite_out(rows, "vectors", model_path)
-    _require_finite_out(summary, "vectors", model_path)
-    with atomic_dir(out, force) as d:
-        sv.save(d / "vectors.safetensors")
-        _write_csv(d / "vectors.csv", rows)
-        for f in formats:
-            sub = d / f.replace("-", "_")
-            sub.mkdir()
-            for e in sv.labels:
-                if f == "lm-eval":
-                    export_lm_eval(sv, e, sub / f"{e}.pt", layers, coefficient)
-                else:
-                    export_steering_vectors_lib(sv, e, sub / f"{e}.pt", layers)
-        _plot_vectors(sv, d / "vectors.png")
-        write_json(d / "summary.json", summary)
-        write_manifest(d, "circuits vectors", _inputs(model_path, pairs_path, {"adapter": adapter}),
-                       {"min_score": min_score, "position": position, "from_token": from_token,
-                        "centring": centring, "denoise": denoise, "export": formats,
-                        "export_layers": layers, "coefficient": coefficient, "dtype": dtype}, seed)
-    return sv
+    return rows
 
 
-def _plot_vectors(sv: SteeringVectors, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+def _vectors_figure(sv: SteeringVectors) -> Any:
+    norms = {}
     for e in sv.labels:
         n = sv.get(e).norm(dim=1)
         if sv.resid_norm:
             n = n / torch.tensor(sv.resid_norm).clamp_min(1e-12)
-        ax.plot(range(sv.num_layers), n.tolist(), label=f"{e} (n={sv.counts.get(e, '?')})")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("‖S_l‖ / mean ‖h_l‖" if sv.resid_norm else "‖S_l‖")
-    ax.set_title("Emotion steering vectors by layer")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        norms[e] = n.tolist()
+    return plots.vector_norms(norms, sv.counts, relative=bool(sv.resid_norm))
+
+
+def vectors_run(model_path: str, out: str, pairs_path: str | None = None, force: bool = False,
+                adapter: str | None = None, dtype: str = "float32", min_score: float = 0.5,
+                position: str = "last", from_token: int = 0, centring: str = "pair",
+                denoise: float | None = None, export: Sequence[str] = (),
+                export_layers: str | None = None, coefficient: float = 1.0,
+                seed: int = 0, allow_pickle: bool = False) -> SteeringVectors:
+    """``vectors.safetensors`` (+ ``.pt`` exports), ``vectors.csv/png``, ``summary.json``."""
+    from .hooks import decoder_layers
+    from .vectors import compute_vectors, export_lm_eval, export_steering_vectors_lib
+
+    formats = [f for f in export if f]
+    bad = sorted(set(formats) - set(EXPORTS))
+    if bad:
+        raise AffectlensError(f"unknown export format(s) {', '.join(bad)}; use {', '.join(EXPORTS)}")
+    check_out_dir(out, force)
+    check_layer_spec(export_layers, "--export-layers")
+    finite_options(coefficient=coefficient, min_score=min_score)
+    torch.manual_seed(seed)
+    options = {"min_score": min_score, "position": position, "from_token": from_token, "centring": centring,
+               "denoise": denoise, "export": formats, "export_layers": export_layers,
+               "coefficient": coefficient, "dtype": dtype}
+    with RunDir(out, command="circuits vectors", force=force, options=options, seed=seed,
+                inputs=inputs_of(model_path, pairs_path, {"adapter": adapter})) as run:
+        model, tok, proc, pairs = setup(model_path, pairs_path, adapter, dtype, None, allow_pickle)
+        layers = list(select_layers(export_layers, len(decoder_layers(model)), "--export-layers"))
+        run.options["export_layers"] = layers
+        sv = compute_vectors(model, encoder_for(tok, pairs, proc), pairs, min_score, position, from_token,
+                             centring, denoise)
+        rows = vector_rows(sv)
+        summary = {"labels": sv.labels, "counts": sv.counts, "totals": sv.totals,
+                   "num_layers": sv.num_layers, "options": sv.options}
+        require_finite_out(rows, "vectors", model_path)
+        require_finite_out(summary, "vectors", model_path)
+        sv.save(run.file("vectors.safetensors"))
+        run.csv("vectors.csv", rows)
+        for f in formats:
+            for e in sv.labels:
+                path = run.file(f"{f.replace('-', '_')}/{e}.pt")
+                if f == "lm-eval":
+                    export_lm_eval(sv, e, path, layers, coefficient)
+                else:
+                    export_steering_vectors_lib(sv, e, path, layers)
+        run.figure("vectors.png", _vectors_figure(sv))
+        run.json("summary.json", summary)
+    return sv
 
 
 # ----------------------------------------------------------------------------- layers / heads / neurons
@@ -276,112 +131,181 @@ def layers_run(model_path: str, out: str, pairs_path: str | None = None, force: 
                adapter: str | None = None, dtype: str = "float32", alpha: float = 1.0,
                scale: str = "raw", layers: str | None = None, emotions: Sequence[str] | None = None,
                max_pairs: int | None = None, batch_size: int = 16, seed: int = 0,
-               allow_pickle: bool = False, **vec_opts: Any) -> Any:
-    from ..runs import check_out_dir
+               allow_pickle: bool = False, **vec_opts: Any) -> LayerProfile:
+    """``layers.csv``, ``layer_profile.png``, ``summary.json`` (critical layer per emotion and mean)."""
     from .hooks import decoder_layers
-    from .layers import layer_profile, plot_profile
+    from .layers import layer_profile, normalised_mean
 
     check_out_dir(out, force)
     check_layer_spec(layers, "--layers")
-    _finite_options(alpha=alpha, min_score=vec_opts.get("min_score"))
-    _positive(max_pairs=max_pairs, batch_size=batch_size)
+    finite_options(alpha=alpha, min_score=vec_opts.get("min_score"))
+    positive(max_pairs=max_pairs, batch_size=batch_size)
     torch.manual_seed(seed)
-    model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
-    sel = select_layers(layers, len(decoder_layers(model)), "--layers")
-    enc = encoder_for(tok, pairs, proc)
-    sv = _vectors(model, enc, pairs, vec_opts)
-    prof = layer_profile(model, enc, pairs, sv, alpha, scale, sel, emotions, max_pairs, batch_size)
-    summary = {"critical_layer": prof.critical, "seconds_per_sweep": prof.seconds_per_sweep,
-               "options": prof.options}
-    _require_finite_out(prof.rows, "layers", model_path)
-    _require_finite_out(summary, "layers", model_path)
-    with atomic_dir(out, force) as d:
-        _write_csv(d / "layers.csv", prof.rows)
-        plot_profile(prof, str(d / "layer_profile.png"))
-        write_json(d / "summary.json", summary)
-        write_manifest(d, "circuits layers", _inputs(model_path, pairs_path,
-                                                     {"adapter": adapter, "vectors": vec_opts.get("vectors")}),
-                       {"alpha": alpha, "scale": scale, "layers": list(sel), "emotions": emotions,
-                        "max_pairs": max_pairs, "batch_size": batch_size, "dtype": dtype,
-                        **{k: v for k, v in vec_opts.items() if v is not None}}, seed)
+    options = {"alpha": alpha, "scale": scale, "layers": layers, "emotions": emotions, "max_pairs": max_pairs,
+               "batch_size": batch_size, "dtype": dtype, **_vec_options(vec_opts)}
+    with RunDir(out, command="circuits layers", force=force, options=options, seed=seed,
+                inputs=_run_inputs(model_path, pairs_path, adapter, vec_opts)) as run:
+        model, tok, proc, pairs = setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
+        sel = select_layers(layers, len(decoder_layers(model)), "--layers")
+        run.options["layers"] = list(sel)
+        enc = encoder_for(tok, pairs, proc)
+        sv = vectors_for(model, enc, pairs, vec_opts)
+        prof = layer_profile(model, enc, pairs, sv, alpha, scale, sel, emotions, max_pairs, batch_size)
+        summary = {"critical_layer": prof.critical, "seconds_per_sweep": prof.seconds_per_sweep,
+                   "options": prof.options}
+        require_finite_out(prof.rows, "layers", model_path)
+        require_finite_out(summary, "layers", model_path)
+        run.csv("layers.csv", prof.rows)
+        emos = sorted({r["emotion"] for r in prof.rows})
+        xs = sorted({r["layer"] for r in prof.rows})
+        run.figure("layer_profile.png", plots.layer_profile(
+            xs, {e: prof.effects(e) for e in emos}, normalised_mean(prof.rows, emos, xs), prof.critical["mean"]))
+        run.json("summary.json", summary)
     return prof
+
+
+@dataclass
+class HeadRanking:
+    """Head attribution plus its reading: top-K heads per emotion, their kind, overlap by layer."""
+
+    result: HeadResult
+    tops: dict[str, set[tuple[int, int]]]
+    kinds: dict[tuple[int, int], str]  # specific / shared / general
+    overlap: list[dict[str, Any]]  # per layer; NaN where no emotion has a top head there
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(f"L{la}.H{h}" for (la, h), k in self.kinds.items() if k == kind)
+
+
+def rank_heads(res: HeadResult, top_k: int) -> HeadRanking:
+    """Top-``top_k`` heads per emotion, classified; marks ``top_k``/``kind`` on each row of ``res``."""
+    from .heads import classify_heads, overlap_by_layer, top_heads
+
+    n_layers = max(r["layer"] for r in res.rows) + 1
+    tops = top_heads(res, top_k)
+    kinds = classify_heads(tops)
+    for r in res.rows:
+        key = (r["layer"], r["head"])
+        r["top_k"] = key in tops[r["emotion"]]
+        r["kind"] = kinds.get(key, "") if r["top_k"] else ""
+    return HeadRanking(res, tops, kinds, overlap_by_layer(tops, n_layers))
+
+
+def head_maps(res: HeadResult, by: str = "score") -> dict[str, Any]:
+    """Per emotion, the ``[layer, head]`` array of ``by`` (for ``plots.head_scores``)."""
+    import numpy as np
+
+    n_layers = max(r["layer"] for r in res.rows) + 1
+    maps = {}
+    for e in sorted({r["emotion"] for r in res.rows}):
+        m = np.zeros((n_layers, res.n_heads))
+        for r in res.rows:
+            if r["emotion"] == e:
+                m[r["layer"], r["head"]] = r[by]
+        maps[e] = m
+    return maps
+
+
+def _head_figures(run: RunDir, rk: HeadRanking, by: str = "score") -> None:
+    run.figure("heads.png", plots.head_scores(head_maps(rk.result, by),
+                                              f"head {by} (target layer {rk.result.target_layer})"))
+    run.figure("overlap.png", plots.head_overlap([o["layer"] for o in rk.overlap],
+                                                 [o["jaccard_pairwise"] for o in rk.overlap],
+                                                 [o["jaccard_all"] for o in rk.overlap]))
 
 
 def heads_run(model_path: str, out: str, pairs_path: str | None = None, force: bool = False,
               adapter: str | None = None, dtype: str = "float32", target_layer: int | None = None,
               metric: str = "proj", top_k: int = 10, emotions: Sequence[str] | None = None,
               max_pairs: int | None = None, seed: int = 0, allow_pickle: bool = False,
-              **vec_opts: Any) -> Any:
-    from ..runs import check_out_dir
-    from .heads import classify_heads, head_attribution, overlap_by_layer, plot_heads, top_heads
+              **vec_opts: Any) -> HeadRanking:
+    """``heads.csv``, ``overlap.csv``, ``heads.png``, ``overlap.png``, ``summary.json``."""
+    from ..runs import nonfinite_to_null
+    from .heads import head_attribution
 
     check_out_dir(out, force)
-    _positive(top_k=top_k, max_pairs=max_pairs)
-    _finite_options(min_score=vec_opts.get("min_score"))
+    positive(top_k=top_k, max_pairs=max_pairs)
+    finite_options(min_score=vec_opts.get("min_score"))
     torch.manual_seed(seed)
-    model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
-    enc = encoder_for(tok, pairs, proc)
-    sv = _vectors(model, enc, pairs, vec_opts)
-    res = head_attribution(model, enc, pairs, sv, target_layer, metric, emotions, max_pairs)
-    _require_finite_out(res.rows, "heads", model_path)  # before ranking: NaN sorts anywhere
-    n_layers = max(r["layer"] for r in res.rows) + 1
-    tops = top_heads(res, top_k)
-    kinds = classify_heads(tops)
-    overlap = overlap_by_layer(tops, n_layers)
-    for r in res.rows:
-        key = (r["layer"], r["head"])
-        r["top_k"] = key in tops[r["emotion"]]
-        r["kind"] = kinds.get(key, "") if r["top_k"] else ""
-    with atomic_dir(out, force) as d:
-        _write_csv(d / "heads.csv", res.rows)
-        _write_csv(d / "overlap.csv", overlap)
-        plot_heads(res, overlap, str(d / "heads.png"), str(d / "overlap.png"))
-        write_json(d / "summary.json", {
+    options = {"target_layer": target_layer, "metric": metric, "top_k": top_k, "emotions": emotions,
+               "max_pairs": max_pairs, "dtype": dtype, **_vec_options(vec_opts)}
+    with RunDir(out, command="circuits heads", force=force, options=options, seed=seed,
+                inputs=_run_inputs(model_path, pairs_path, adapter, vec_opts)) as run:
+        model, tok, proc, pairs = setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
+        enc = encoder_for(tok, pairs, proc)
+        sv = vectors_for(model, enc, pairs, vec_opts)
+        res = head_attribution(model, enc, pairs, sv, target_layer, metric, emotions, max_pairs)
+        require_finite_out(res.rows, "heads", model_path)  # before ranking: NaN sorts anywhere
+        run.options["target_layer"] = res.target_layer
+        rk = rank_heads(res, top_k)
+        run.csv("heads.csv", res.rows)
+        run.csv("overlap.csv", nonfinite_to_null(rk.overlap))  # no top head in a layer: an empty cell
+        _head_figures(run, rk)
+        run.json("summary.json", {
             "target_layer": res.target_layer, "n_heads": res.n_heads, "top_k": top_k,
-            "top_heads": {e: sorted(f"L{la}.H{h}" for la, h in s) for e, s in tops.items()},
-            "specific": sorted(f"L{la}.H{h}" for (la, h), k in kinds.items() if k == "specific"),
-            "general": sorted(f"L{la}.H{h}" for (la, h), k in kinds.items() if k == "general"),
-            "options": res.options})
-        write_manifest(d, "circuits heads", _inputs(model_path, pairs_path,
-                                                    {"adapter": adapter, "vectors": vec_opts.get("vectors")}),
-                       {"target_layer": res.target_layer, "metric": metric, "top_k": top_k,
-                        "emotions": emotions, "max_pairs": max_pairs, "dtype": dtype,
-                        **{k: v for k, v in vec_opts.items() if v is not None}}, seed)
-    return res, tops, overlap
+            "top_heads": {e: sorted(f"L{la}.H{h}" for la, h in s) for e, s in rk.tops.items()},
+            "specific": rk.names("specific"), "general": rk.names("general"), "options": res.options})
+    return rk
 
 
 def neurons_run(model_path: str, out: str, pairs_path: str | None = None, force: bool = False,
                 adapter: str | None = None, dtype: str = "float32", target_layer: int | None = None,
                 metric: str = "proj", top_k: int = 50, emotions: Sequence[str] | None = None,
                 max_pairs: int | None = None, seed: int = 0, allow_pickle: bool = False,
-                **vec_opts: Any) -> Any:
-    from ..runs import check_out_dir
-    from .neurons import neuron_attribution, plot_neurons
+                **vec_opts: Any) -> NeuronResult:
+    """``neurons.csv`` (top-K per emotion), ``neurons_by_layer.csv``, ``neurons.png``, ``summary.json``."""
+    from .neurons import neuron_attribution
 
     check_out_dir(out, force)
-    _positive(top_k=top_k, max_pairs=max_pairs)
-    _finite_options(min_score=vec_opts.get("min_score"))
+    positive(top_k=top_k, max_pairs=max_pairs)
+    finite_options(min_score=vec_opts.get("min_score"))
     torch.manual_seed(seed)
-    model, tok, proc, pairs = _setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
-    enc = encoder_for(tok, pairs, proc)
-    sv = _vectors(model, enc, pairs, vec_opts)
-    res = neuron_attribution(model, enc, pairs, sv, target_layer, metric, top_k, emotions, max_pairs)
-    _require_finite_out(res.rows, "neurons", model_path)
-    _require_finite_out(res.per_layer, "neurons", model_path)
-    with atomic_dir(out, force) as d:
-        _write_csv(d / "neurons.csv", res.rows)
-        _write_csv(d / "neurons_by_layer.csv", res.per_layer)
-        plot_neurons(res, str(d / "neurons.png"))
-        write_json(d / "summary.json", {"target_layer": res.target_layer, "options": res.options})
-        write_manifest(d, "circuits neurons", _inputs(model_path, pairs_path,
-                                                      {"adapter": adapter, "vectors": vec_opts.get("vectors")}),
-                       {"target_layer": res.target_layer, "metric": metric, "top_k": top_k,
-                        "emotions": emotions, "max_pairs": max_pairs, "dtype": dtype,
-                        **{k: v for k, v in vec_opts.items() if v is not None}}, seed)
+    options = {"target_layer": target_layer, "metric": metric, "top_k": top_k, "emotions": emotions,
+               "max_pairs": max_pairs, "dtype": dtype, **_vec_options(vec_opts)}
+    with RunDir(out, command="circuits neurons", force=force, options=options, seed=seed,
+                inputs=_run_inputs(model_path, pairs_path, adapter, vec_opts)) as run:
+        model, tok, proc, pairs = setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
+        enc = encoder_for(tok, pairs, proc)
+        sv = vectors_for(model, enc, pairs, vec_opts)
+        res = neuron_attribution(model, enc, pairs, sv, target_layer, metric, top_k, emotions, max_pairs)
+        require_finite_out(res.rows, "neurons", model_path)
+        require_finite_out(res.per_layer, "neurons", model_path)
+        run.options["target_layer"] = res.target_layer
+        run.csv("neurons.csv", res.rows)
+        run.csv("neurons_by_layer.csv", res.per_layer)
+        counts = {}
+        for e in sorted({r["emotion"] for r in res.per_layer}):
+            rs = sorted((r for r in res.per_layer if r["emotion"] == e), key=lambda r: r["layer"])
+            counts[e] = ([r["layer"] for r in rs], [r["n_in_top"] for r in rs])
+        run.figure("neurons.png", plots.neuron_layers(counts, top_k, res.target_layer))
+        run.json("summary.json", {"target_layer": res.target_layer, "options": res.options})
     return res
 
 
 # ----------------------------------------------------------------------------- intervene
+
+
+@dataclass
+class InterventionRun:
+    """Before/after evaluation under one intervention (``results.json`` is ``to_dict()``)."""
+
+    intervention: str
+    tasks: dict[str, dict[str, Any]]  # n, accuracy, hallucination ({before, after, change, ci_*}), primary
+    predictions: dict[str, dict[str, list[dict[str, Any]]]]  # task -> before/after rows
+    perplexity: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"intervention": self.intervention, "tasks": self.tasks}
+        if self.perplexity is not None:
+            out["perplexity"] = self.perplexity
+        return out
+
+    def rows(self) -> list[dict[str, Any]]:
+        """``results.csv``: one row per task and metric (accuracy, hallucination)."""
+        return [{"task": name, "metric": metric, **{k: r[metric][k] for k in
+                                                    ("before", "after", "change", "ci_low", "ci_high")},
+                 "n": r["n"]}
+                for name, r in self.tasks.items() for metric in ("accuracy", "hallucination")]
 
 
 def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool = False,
@@ -392,95 +316,51 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
                   gamma: float = 2.0, top: int = 10, emotion: str | None = None,
                   limit: int | None = None, batch_size: int = 16, n_boot: int = 1000,
                   ppl_texts: str | None = None, pairs_path: str | None = None, seed: int = 0,
-                  allow_pickle: bool = False) -> dict:
+                  allow_pickle: bool = False) -> InterventionRun:
     """Evaluate before/after; heads/neurons as ``L.I,...`` or a previous run's CSV (top ``top``)."""
+    from ..evaluate import load_task, parse_task
     from ..evaluate.core import load_scoring_model
-    from ..runs import check_out_dir
     from .hooks import decoder_layers
-    from .intervene import Intervention, parse_steer, parse_units, run_intervention, units_from_csv
+    from .intervene import Intervention, parse_steer, run_intervention
 
     check_out_dir(out, force)
-    _finite_options(beta=beta, gamma=gamma)
-    _positive(top=top, limit=limit, batch_size=batch_size)
+    finite_options(beta=beta, gamma=gamma)
+    positive(top=top, limit=limit, batch_size=batch_size)
     if not (steer or amplify_heads or amplify_neurons):
         raise AffectlensError("nothing to do: give --steer, --amplify-heads and/or --amplify-neurons")
-    from ..evaluate import load_task, parse_task
-
     for t in tasks:  # bad task specs fail before the model loads
         load_task(parse_task(t), limit)
-    if ppl_texts:
-        pp = Path(ppl_texts)
-        if not pp.is_file():
-            raise AffectlensError(f"--ppl-texts {pp} is not a file")
-        texts = [t for t in pp.read_bytes().decode("utf-8-sig", errors="replace").split("\n\n") if t.strip()]
-        if not texts:
-            raise AffectlensError(f"--ppl-texts {pp} holds no text")
-    else:
-        texts = [p.neutral for p in load_pairs(pairs_path)][:40]
-    model, tok = load_scoring_model(model_path, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle)
-    n_layers = len(decoder_layers(model))
-    sv = load_vectors(vectors, n_layers, vectors_label, _hidden_size(model)) if vectors else None
-
-    def units(spec: str | None, what: str) -> dict[int, list[int]]:
-        if not spec:
-            return {}
-        if spec.endswith(".csv") or Path(spec).is_file():
-            return units_from_csv(spec, what, top, emotion)
-        return parse_units(spec, what)
-
-    iv = Intervention(steer=parse_steer(steer), scale=scale, vectors=sv,
-                      heads=units(amplify_heads, "head"), beta=beta, attn_mode=attn_mode,
-                      split_layer=split_layer, neurons=units(amplify_neurons, "neuron"), gamma=gamma)
-    res = run_intervention(model, tok, tasks, iv, limit, batch_size, seed, n_boot, texts)
-    _require_finite_out(res, "intervene", model_path)
-    with atomic_dir(out, force) as d:
-        rows = []
-        for name, r in res["tasks"].items():
-            for metric in ("accuracy", "hallucination"):
-                m = r[metric]
-                rows.append({"task": name, "metric": metric, "before": m["before"], "after": m["after"],
-                             "change": m["change"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
-                             "n": r["n"]})
-            preds = r.pop("predictions")
+    texts = ppl_texts_of(ppl_texts, pairs_path)
+    options = {"tasks": list(tasks), "steer": list(steer), "scale": scale, "amplify_heads": amplify_heads,
+               "beta": beta, "attn_mode": attn_mode, "split_layer": split_layer,
+               "amplify_neurons": amplify_neurons, "gamma": gamma, "top": top, "emotion": emotion,
+               "limit": limit, "batch_size": batch_size, "bootstrap": n_boot, "dtype": dtype}
+    inputs = {"model": model_path, **({"vectors": vectors} if vectors else {})}
+    with RunDir(out, command="circuits intervene", force=force, inputs=inputs, options=options,
+                seed=seed) as run:
+        model, tok = load_scoring_model(model_path, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle)
+        n_layers = len(decoder_layers(model))
+        sv = load_vectors(vectors, n_layers, vectors_label, hidden_size(model)) if vectors else None
+        iv = Intervention(steer=parse_steer(steer), scale=scale, vectors=sv,
+                          heads=units_of(amplify_heads, "head", top, emotion), beta=beta, attn_mode=attn_mode,
+                          split_layer=split_layer, neurons=units_of(amplify_neurons, "neuron", top, emotion),
+                          gamma=gamma)
+        run.options["intervention"] = iv.describe()
+        res = run_intervention(model, tok, tasks, iv, limit, batch_size, seed, n_boot, texts)
+        require_finite_out(res, "intervene", model_path)
+        result = InterventionRun(res["intervention"], res["tasks"],
+                                 {name: r.pop("predictions") for name, r in res["tasks"].items()},
+                                 res.get("perplexity"))
+        for name, preds in result.predictions.items():
             for side in ("before", "after"):
-                with open(d / f"predictions_{_safe(name)}_{side}.jsonl", "w") as f:
-                    for p in preds[side]:
-                        f.write(json.dumps(p, allow_nan=False) + "\n")
-        _write_csv(d / "results.csv", rows)
-        write_json(d / "results.json", res)
-        _plot_changes(rows, res.get("perplexity"), d / "changes.png", iv.describe())
-        write_manifest(d, "circuits intervene", {"model": model_path, **({"vectors": vectors} if vectors else {})},
-                       {"tasks": list(tasks), "steer": list(steer), "scale": scale,
-                        "amplify_heads": amplify_heads, "beta": beta, "attn_mode": attn_mode,
-                        "split_layer": split_layer, "amplify_neurons": amplify_neurons, "gamma": gamma,
-                        "top": top, "emotion": emotion, "limit": limit, "batch_size": batch_size,
-                        "bootstrap": n_boot, "dtype": dtype, "intervention": iv.describe()}, seed)
-    return res
+                run.jsonl(f"predictions_{slug(name, 'task')}_{side}.jsonl", preds[side])
+        rows = result.rows()
+        run.csv("results.csv", rows)
+        run.json("results.json", result.to_dict())
+        ppl = result.perplexity
+        run.figure("changes.png", plots.intervention_changes(rows, iv.describe(), ppl["ratio"] if ppl else None))
+    return result
 
 
-def _safe(name: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "task"
-
-
-def _plot_changes(rows: list[dict], ppl: dict | None, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(rows)), 3.8))
-    xs = range(len(rows))
-    ch = [r["change"] for r in rows]
-    err = [[r["change"] - r["ci_low"] for r in rows], [r["ci_high"] - r["change"] for r in rows]]
-    ax.bar(xs, ch, yerr=err, capsize=4, color=["tab:blue" if r["metric"] == "accuracy" else "tab:red"
-                                                for r in rows])
-    ax.set_xticks(list(xs), [f"{r['task']}\n{r['metric']}" for r in rows], fontsize=7)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_ylabel("change (after − before), 95% CI")
-    t = title if ppl is None else f"{title}\nperplexity ×{ppl['ratio']:.3f}"
-    ax.set_title(t, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+__all__ = ["HeadRanking", "InterventionRun", "heads_run", "intervene_run", "layers_run", "neurons_run",
+           "head_maps", "rank_heads", "vector_rows", "vectors_run"]

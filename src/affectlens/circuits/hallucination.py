@@ -1,4 +1,4 @@
-"""Emotional hallucination and bootstrap confidence intervals.
+"""Emotional hallucination and the paired bootstrap CI of a change (``evaluate.metrics.bootstrap_ci``).
 
 A hallucination is a prediction of an emotion the input does not carry: any
 emotional label on a neutral input, or a label of the opposite valence on an
@@ -8,10 +8,12 @@ hallucination; ``surprise`` has no fixed valence and never conflicts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+from ..evaluate.metrics import bootstrap_ci
 
 VALENCE = {
     "anger": -1, "disgust": -1, "fear": -1, "sadness": -1, "sad": -1, "annoyance": -1,
@@ -64,19 +66,6 @@ def correct_flags(predictions: Sequence[dict]) -> np.ndarray:
         gold, pred = _labels(p.get("gold")), _labels(p.get("pred"))
         out.append(float(bool(pred) and pred[0] in gold))
     return np.array(out, dtype=float)
-
-
-def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-                 stat: Callable[[np.ndarray], float] = np.mean) -> tuple[float, float, float]:
-    """``(estimate, low, high)`` by the percentile bootstrap over examples."""
-    values = np.asarray(values, dtype=float)
-    if values.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, values.size, size=(n_boot, values.size))
-    boots = values[idx].mean(1) if stat is np.mean else np.array([stat(values[i]) for i in idx])
-    a = (1 - level) / 2
-    return float(stat(values)), float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
 
 
 def paired_diff_ci(before: np.ndarray, after: np.ndarray, n_boot: int = 1000, seed: int = 0,

@@ -15,8 +15,10 @@ of them). Per head we report
 
 ``M`` is the projection ``⟨h_target, Ŝ_target⟩`` at the last prompt token
 (``metric="proj"``) or the closed-set log-probability of the emotion among the
-labels' first tokens (``metric="score"``). Heads that act only *inside* the
-stimulus span are invisible here: the stimulus has no aligned counterpart.
+labels' first tokens (``metric="score"``); the patching sums are
+``attribution.patching_sums``, shared with neuron attribution. Heads that act
+only *inside* the stimulus span are invisible here: the stimulus has no
+aligned counterpart.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import torch
 
 from ..errors import AffectlensError
-from ..runs import progress
+from .attribution import Metric, make_metric, pairs_of, patching_sums, target_layer_of
 from .hooks import (
     capture,
     decoder_layers,
@@ -42,104 +44,6 @@ from .hooks import (
 )
 from .pairs import Encoder, Pair, labels_of
 from .vectors import SteeringVectors
-
-METRICS = ("proj", "score")
-
-
-# ----------------------------------------------------------------------------- metric
-
-
-def _label_first_tokens(enc: Encoder, labels: Sequence[str]) -> list[int]:
-    from ..prompts import encode_targets
-
-    ids = [t[0] for t in encode_targets(enc.tokenizer, enc.prompt("x"), labels)]
-    if len(set(ids)) != len(ids):
-        raise AffectlensError("labels share a first token, so metric 'score' is ambiguous; use --metric proj")
-    return ids
-
-
-@dataclass
-class Metric:
-    """A differentiable scalar read at the last prompt token."""
-
-    kind: str
-    target: int
-    direction: torch.Tensor | None = None  # unit S_target (proj)
-    label_ids: list[int] | None = None  # first tokens of the labels (score)
-    label_index: int = 0
-
-    def __call__(self, logits: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
-        if self.kind == "proj":
-            assert self.direction is not None
-            return resid[0, -1].float() @ self.direction.to(resid.device)
-        assert self.label_ids is not None
-        lp = torch.log_softmax(logits[0, -1, self.label_ids].float(), -1)
-        return lp[self.label_index]
-
-
-def make_metric(kind: str, sv: SteeringVectors, emotion: str, target: int, enc: Encoder) -> Metric:
-    if kind not in METRICS:
-        raise AffectlensError(f"unknown metric '{kind}'; use {', '.join(METRICS)}")
-    s = sv.get(emotion)[target].float()
-    if kind == "proj":
-        if float(s.norm()) == 0:
-            raise AffectlensError(f"the {emotion} vector is zero at layer {target}; choose another --target-layer")
-        return Metric("proj", target, s / s.norm())
-    labels = list(enc.labels)
-    return Metric("score", target, label_ids=_label_first_tokens(enc, labels),
-                  label_index=labels.index(emotion))
-
-
-# ----------------------------------------------------------------------------- one side
-
-
-@dataclass
-class Side:
-    """One run of one pair member: metric, activations and gradients at the query positions."""
-
-    value: float
-    o_in: dict[int, torch.Tensor]  # layer -> [q, H*hd]
-    o_grad: dict[int, torch.Tensor]
-    down_in: dict[int, torch.Tensor]  # layer -> [q, ffn]
-    down_grad: dict[int, torch.Tensor]
-    q: int  # number of aligned query positions (the last q prompt tokens)
-
-
-def run_side(model: Any, enc: Encoder, stimulus: str, image: str | None, metric: Metric,
-             heads: bool = True, neurons: bool = False, grad: bool = True) -> Side:
-    """Forward (and backward) one prompt; keeps only the query positions, on CPU."""
-    n_layers = len(decoder_layers(model))
-    layers = list(range(n_layers))
-    inputs = enc(stimulus, image)
-    with hooks(model) as h, torch.set_grad_enabled(grad):
-        tracker = h.track(enc.layout)
-        cap = capture(h, layers, resid=False, o_in=heads, down_in=neurons, keep_grad=grad)
-        res = capture(h, [metric.target], keep_grad=grad)
-        out = model(**inputs)
-        m = metric(out.logits, res.resid[metric.target])
-        row = tracker.rows[0]
-        q = max(1, row.prompt_end - row.stim_end)
-        end = row.offset + row.prompt_end
-        acts = list(cap.o_in.values()) + list(cap.down_in.values())
-        grads = torch.autograd.grad(m, acts, allow_unused=True) if grad else [None] * len(acts)
-    sl = slice(end - q, end)
-
-    def cut(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-        t = torch.zeros_like(like) if t is None else t
-        return t[0, sl].detach().float().cpu()
-
-    o_keys, d_keys = list(cap.o_in), list(cap.down_in)
-    o_in = {k: cut(cap.o_in[k], cap.o_in[k]) for k in o_keys}
-    o_grad = {k: cut(grads[i], cap.o_in[k]) for i, k in enumerate(o_keys)}
-    down = {k: cut(cap.down_in[k], cap.down_in[k]) for k in d_keys}
-    d_grad = {k: cut(grads[len(o_keys) + i], cap.down_in[k]) for i, k in enumerate(d_keys)}
-    return Side(float(m.detach()), o_in, o_grad, down, d_grad, q)
-
-
-def _aligned(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    q = min(a.shape[0], b.shape[0])
-    return a[-q:], b[-q:]
-
 
 # ----------------------------------------------------------------------------- attribution
 
@@ -158,31 +62,21 @@ def head_attribution(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: Steeri
     """Attribution-patching scores of every head for every emotion (see module docstring)."""
     blocks = decoder_layers(model)
     n_layers = len(blocks)
-    target = n_layers - 1 if target_layer is None else target_layer
-    if not 0 <= target < n_layers:
-        raise AffectlensError(f"--target-layer {target} out of range (0-{n_layers - 1})")
+    target = target_layer_of(model, target_layer)
     n_heads, _, _ = head_geometry(model)
     emotions = list(emotions) if emotions else labels_of(pairs)
+    w_o = [o_proj(blocks[la]).weight.detach().float().cpu() for la in range(n_layers)]
     rows: list[dict[str, Any]] = []
     for e in emotions:
-        sel = [p for p in pairs if p.label == e][:max_pairs]
-        if not sel:
-            raise AffectlensError(f"no pairs for emotion '{e}'")
-        met = make_metric(metric, sv, e, target, enc)
-        drop = torch.zeros(n_layers, n_heads, dtype=torch.float64)
-        gain = torch.zeros_like(drop)
+        sel = pairs_of(pairs, e, max_pairs)
         write = torch.zeros(n_layers, n_heads, sv.get(e).shape[1], dtype=torch.float64)
-        for p in progress(sel, desc=f"heads {e}"):
-            pos = run_side(model, enc, p.emotional, p.image_emotional, met)
-            neg = run_side(model, enc, p.neutral, p.image_neutral, met)
-            for la in range(n_layers):
-                zp, zn = _aligned(pos.o_in[la], neg.o_in[la])
-                gp, gn = _aligned(pos.o_grad[la], neg.o_grad[la])
-                d = (zp - zn).reshape(zp.shape[0], n_heads, -1)
-                drop[la] += (d * gp.reshape_as(d)).sum((0, 2)).double()
-                gain[la] += (d * gn.reshape_as(d)).sum((0, 2)).double()
-                w_o = o_proj(blocks[la]).weight.detach().float().cpu()
-                write[la] += (head_outputs(zp[-1], w_o, n_heads) - head_outputs(zn[-1], w_o, n_heads)).double()
+
+        def add_write(la: int, zp: torch.Tensor, zn: torch.Tensor, write: torch.Tensor = write) -> None:
+            write[la] += (head_outputs(zp, w_o[la], n_heads) - head_outputs(zn, w_o[la], n_heads)).double()
+
+        sums = patching_sums(model, enc, sel, make_metric(metric, sv, e, target, enc), "o_in",
+                             [n_heads] * n_layers, f"heads {e}", last=add_write)
+        drop, gain = torch.stack(sums.drop), torch.stack(sums.gain)
         n = len(sel)
         s = sv.get(e)[target].double()
         for la in range(n_layers):
@@ -295,45 +189,5 @@ def overlap_by_layer(tops: dict[str, set[tuple[int, int]]], n_layers: int) -> li
     return out
 
 
-def plot_heads(result: HeadResult, overlap: list[dict[str, Any]], path_heatmap: str, path_overlap: str,
-               by: str = "score") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    emos = sorted({r["emotion"] for r in result.rows})
-    n_layers = max(r["layer"] for r in result.rows) + 1
-    cols = min(3, len(emos))
-    nrow = (len(emos) + cols - 1) // cols
-    fig, axes = plt.subplots(nrow, cols, figsize=(4 * cols, 3.2 * nrow), squeeze=False)
-    for ax, e in zip(axes.flat, emos, strict=False):
-        m = np.zeros((n_layers, result.n_heads))
-        for r in result.rows:
-            if r["emotion"] == e:
-                m[r["layer"], r["head"]] = r[by]
-        lim = np.abs(m).max() or 1.0
-        im = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower")
-        ax.set_title(e)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        fig.colorbar(im, ax=ax, shrink=0.8)
-    for ax in list(axes.flat)[len(emos):]:
-        ax.axis("off")
-    fig.suptitle(f"head {by} (target layer {result.target_layer})")
-    fig.tight_layout()
-    fig.savefig(path_heatmap, dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    xs = [o["layer"] for o in overlap]
-    ax.plot(xs, [o["jaccard_pairwise"] for o in overlap], marker="o", label="mean pairwise Jaccard")
-    ax.plot(xs, [o["jaccard_all"] for o in overlap], marker="s", label="|∩| / |∪| over emotions")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("overlap of top-K head sets")
-    ax.set_ylim(-0.05, 1.05)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path_overlap, dpi=110)
-    plt.close(fig)
+__all__ = ["HeadResult", "Metric", "classify_heads", "exact_patch", "head_attribution", "make_metric",
+           "overlap_by_layer", "top_heads"]

@@ -272,15 +272,15 @@ def run_interventions(model: Any, tokenizer: Any, tasks: Sequence[str], ivs: dic
         labels = list(load_task(spec, limit).labels)
         layout = layout_for(tokenizer, lambda x, spec=spec, labels=labels: closed_prompt(tokenizer, spec, labels, x))
         before = evaluate(model, tokenizer, [spec], "closed", limit, batch_size, seed, progress=False, n_boot=n_boot)
-        b = before.scores["tasks"][spec.name]
+        b = before.tasks[spec.name]
         for key, iv in ivs.items():
             with intervened(model, layout, iv), _under(iv):
                 after = evaluate(model, tokenizer, [spec], "closed", limit, batch_size, seed, progress=False,
                                  n_boot=n_boot)
-            a = after.scores["tasks"][spec.name]
+            a = after.tasks[spec.name]
             row = compare(before.predictions, after.predictions, n_boot, seed)
-            row["primary_metric"] = b["primary_metric"]
-            row["primary"] = {"before": b["primary"], "after": a["primary"], "change": a["primary"] - b["primary"]}
+            row["primary_metric"] = b.primary_metric
+            row["primary"] = {"before": b.primary, "after": a.primary, "change": a.primary - b.primary}
             row["predictions"] = {"before": before.predictions, "after": after.predictions}
             out[key]["tasks"][spec.name] = row
     if ppl_texts:

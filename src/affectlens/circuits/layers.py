@@ -85,29 +85,3 @@ def normalised_mean(rows: Sequence[dict[str, Any]], emotions: Sequence[str], lay
         for i, la in enumerate(layers):
             out[i] += eff[la] / top / len(emotions)
     return out
-
-
-def plot_profile(profile: LayerProfile, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    emotions = sorted({r["emotion"] for r in profile.rows})
-    layers = sorted({r["layer"] for r in profile.rows})
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4))
-    for e in emotions:
-        ax.plot(layers, profile.effects(e), alpha=0.8, label=e)
-    ax.set_yscale("symlog", linthresh=1.0)
-    ax.set_xlabel("layer l (steering injected after block l)")
-    ax.set_ylabel("relative change of p(emotion)")
-    ax.set_title("per emotion")
-    ax.legend(fontsize=7, ncol=2)
-    ax2.plot(layers, normalised_mean(profile.rows, emotions, layers), color="black", lw=2)
-    ax2.axvline(profile.critical["mean"], color="black", ls="--", lw=1)
-    ax2.set_xlabel("layer l")
-    ax2.set_ylabel("mean scaled profile (max |effect| = 1 each)")
-    ax2.set_title(f"critical layer {profile.critical['mean']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

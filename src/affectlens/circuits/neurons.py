@@ -9,6 +9,8 @@ SwiGLU MLPs). Per neuron and emotion:
 * direct effect on the emotion direction at the last token:
   ``direct = a⁺_n · (W_down[:, n] · Ŝ_target)`` and ``direct_diff`` with
   ``a⁺_n − a⁻_n`` — what the neuron writes along ``Ŝ`` without any later layer.
+
+The patching sums are ``attribution.patching_sums``, shared with heads.
 """
 
 from __future__ import annotations
@@ -19,9 +21,7 @@ from typing import Any
 
 import torch
 
-from ..errors import AffectlensError
-from ..runs import progress
-from .heads import _aligned, make_metric, run_side
+from .attribution import make_metric, pairs_of, patching_sums, target_layer_of
 from .hooks import decoder_layers, down_proj
 from .pairs import Encoder, Pair, labels_of
 from .vectors import SteeringVectors
@@ -41,32 +41,27 @@ def neuron_attribution(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: Stee
     """Top-``top_k`` neurons per emotion by attribution score, plus per-layer totals."""
     blocks = decoder_layers(model)
     n_layers = len(blocks)
-    target = n_layers - 1 if target_layer is None else target_layer
-    if not 0 <= target < n_layers:
-        raise AffectlensError(f"--target-layer {target} out of range (0-{n_layers - 1})")
+    target = target_layer_of(model, target_layer)
     emotions = list(emotions) if emotions else labels_of(pairs)
     rows: list[dict[str, Any]] = []
     per_layer: list[dict[str, Any]] = []
     for e in emotions:
-        sel = [p for p in pairs if p.label == e][:max_pairs]
-        if not sel:
-            raise AffectlensError(f"no pairs for emotion '{e}'")
+        sel = pairs_of(pairs, e, max_pairs)
         met = make_metric(metric, sv, e, target, enc)
         s = sv.get(e)[target].float()
         s_hat = s / s.norm().clamp_min(1e-12)
         readout = {la: down_proj(blocks[la]).weight.detach().float().cpu().T @ s_hat for la in range(n_layers)}
-        acc = {k: {la: torch.zeros(readout[la].shape[0], dtype=torch.float64) for la in range(n_layers)}
-               for k in ("drop", "gain", "direct", "direct_diff")}
-        for p in progress(sel, desc=f"neurons {e}"):
-            pos = run_side(model, enc, p.emotional, p.image_emotional, met, heads=False, neurons=True)
-            neg = run_side(model, enc, p.neutral, p.image_neutral, met, heads=False, neurons=True)
-            for la in range(n_layers):
-                ap, an = _aligned(pos.down_in[la], neg.down_in[la])
-                gp, gn = _aligned(pos.down_grad[la], neg.down_grad[la])
-                acc["drop"][la] += ((ap - an) * gp).sum(0).double()
-                acc["gain"][la] += ((ap - an) * gn).sum(0).double()
-                acc["direct"][la] += (ap[-1] * readout[la]).double()
-                acc["direct_diff"][la] += ((ap[-1] - an[-1]) * readout[la]).double()
+        direct = {la: torch.zeros(readout[la].shape[0], dtype=torch.float64) for la in range(n_layers)}
+        direct_diff = {la: torch.zeros_like(direct[la]) for la in range(n_layers)}
+
+        def add_direct(la: int, ap: torch.Tensor, an: torch.Tensor, direct: dict = direct,
+                       direct_diff: dict = direct_diff, readout: dict = readout) -> None:
+            direct[la] += (ap * readout[la]).double()
+            direct_diff[la] += ((ap - an) * readout[la]).double()
+
+        sums = patching_sums(model, enc, sel, met, "down_in", [readout[la].shape[0] for la in range(n_layers)],
+                             f"neurons {e}", last=add_direct)
+        acc = {"drop": sums.drop, "gain": sums.gain, "direct": direct, "direct_diff": direct_diff}
         n = len(sel)
         scores = torch.cat([(acc["drop"][la] + acc["gain"][la]) / (2 * n) for la in range(n_layers)])
         ffn = [readout[la].shape[0] for la in range(n_layers)]
@@ -88,21 +83,4 @@ def neuron_attribution(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: Stee
                                                   "top_k": top_k, "max_pairs": max_pairs})
 
 
-def plot_neurons(result: NeuronResult, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    emos = sorted({r["emotion"] for r in result.per_layer})
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for e in emos:
-        rs = sorted((r for r in result.per_layer if r["emotion"] == e), key=lambda r: r["layer"])
-        ax.plot([r["layer"] for r in rs], [r["n_in_top"] for r in rs], marker=".", label=e)
-    ax.set_xlabel("layer")
-    ax.set_ylabel(f"neurons in the top {result.options.get('top_k')}")
-    ax.set_title(f"Top emotion neurons by layer (target layer {result.target_layer})")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+__all__ = ["NeuronResult", "neuron_attribution"]

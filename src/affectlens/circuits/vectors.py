@@ -273,7 +273,7 @@ def export_steering_vectors_lib(sv: SteeringVectors, label: str, path: str | os.
 
 def import_steering_vectors_lib(path: str | os.PathLike, label: str, num_layers: int) -> SteeringVectors:
     """Read a steering-vectors ``{"layer_activations": {layer: vec}}`` file (missing layers = 0)."""
-    obj = _torch_load(path)
+    obj = torch_load(path)
     if not isinstance(obj, dict):
         raise AffectlensError(f"{path} is not a steering-vectors file (a dict with layer_activations)")
     acts = obj.get("layer_activations")
@@ -319,7 +319,7 @@ def import_lm_eval(path: str | os.PathLike, label: str, num_layers: int) -> Stee
     """Read an lm-eval steer file back; the coefficient is folded into the vector."""
     import re
 
-    obj = _torch_load(path)
+    obj = torch_load(path)
     if not isinstance(obj, dict) or not obj:
         raise AffectlensError(f"{path} is not an lm-eval steer file (a dict of hookpoints)")
     out: torch.Tensor | None = None
@@ -348,7 +348,7 @@ def import_lm_eval(path: str | os.PathLike, label: str, num_layers: int) -> Stee
     return sv
 
 
-def _torch_load(path: str | os.PathLike) -> Any:
+def torch_load(path: str | os.PathLike) -> Any:
     if not Path(path).is_file():
         raise AffectlensError(f"{path} does not exist")
     try:

@@ -148,10 +148,9 @@ def _layers(a: argparse.Namespace) -> int:
 def _heads(a: argparse.Namespace) -> int:
     from ..circuits.api import heads_run
 
-    res, tops, overlap = heads_run(a.model, a.out, a.pairs, target_layer=a.target_layer, metric=a.metric,
-                                   top_k=a.top_k, emotions=_emotions(a.emotions), max_pairs=a.max_pairs,
-                                   **_base(a), **_vec_kwargs(a))
-    for e, s in tops.items():
+    rk = heads_run(a.model, a.out, a.pairs, target_layer=a.target_layer, metric=a.metric, top_k=a.top_k,
+                   emotions=_emotions(a.emotions), max_pairs=a.max_pairs, **_base(a), **_vec_kwargs(a))
+    for e, s in rk.tops.items():
         print(f"{e:>10}: {' '.join(f'L{la}.H{h}' for la, h in sorted(s))}")
     print(f"-> {a.out}")
     return 0
@@ -176,14 +175,14 @@ def _intervene(a: argparse.Namespace) -> int:
                         split_layer=a.split_layer, amplify_neurons=a.amplify_neurons, gamma=a.gamma,
                         top=a.top, emotion=a.emotion, limit=a.limit, batch_size=a.batch_size,
                         n_boot=a.bootstrap, ppl_texts=a.ppl_texts, **_base(a))
-    print(res["intervention"])
-    for name, r in res["tasks"].items():
+    print(res.intervention)
+    for name, r in res.tasks.items():
         for m in ("accuracy", "hallucination"):
             x = r[m]
             print(f"{name:>24} {m:<13} {x['before']:.3f} -> {x['after']:.3f} "
                   f"({x['change']:+.3f}, 95% CI {x['ci_low']:+.3f}..{x['ci_high']:+.3f})")
-    if "perplexity" in res:
-        p = res["perplexity"]
+    if res.perplexity is not None:
+        p = res.perplexity
         print(f"{'perplexity guard':>24} {p['before']:.2f} -> {p['after']:.2f} (×{p['ratio']:.3f})")
     print(f"-> {a.out}")
     return 0

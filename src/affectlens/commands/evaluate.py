@@ -56,33 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ..errors import AffectlensError
-    from ..evaluate import evaluate, load_task, parse_task, write_run
-    from ..evaluate.core import load_scoring_model
-    from ..runs import check_out_dir
+    from ..evaluate import evaluate_run
 
-    check_out_dir(args.out, args.force)
-    for flag, v, low in (("--batch-size", args.batch_size, 1), ("--max-new-tokens", args.max_new_tokens, 1),
-                         ("--bootstrap", args.bootstrap, 0)):
-        if v < low:
-            raise AffectlensError(f"{flag} must be {'positive' if low else '0 or more'}, not {v}")
-    tasks = args.tasks or ["emotion"]
-    for t in tasks:  # fail on bad data before spending time on the model
-        load_task(parse_task(t), args.limit)
-    model, tok = load_scoring_model(args.model, adapter=args.adapter, dtype=args.dtype,
-                                    allow_pickle=args.allow_pickle)
-    res = evaluate(model, tok, tasks, mode=args.mode, limit=args.limit, batch_size=args.batch_size,
-                   seed=args.seed, n_boot=args.bootstrap, wheel=args.wheel,
-                   max_new_tokens=args.max_new_tokens)
-    inputs = {"model": args.model}
-    if args.adapter:
-        inputs["adapter"] = args.adapter
-    for t in tasks:
-        spec = parse_task(t)
-        if spec.path and spec.loader != "bundled":
-            inputs[f"task:{spec.name}"] = spec.path
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "out", "force")}
-    write_run(res, args.out, args.force, inputs=inputs, options=options)
+    res = evaluate_run(args.model, args.out, args.tasks, adapter=args.adapter, mode=args.mode, limit=args.limit,
+                       batch_size=args.batch_size, dtype=args.dtype, seed=args.seed, n_boot=args.bootstrap,
+                       wheel=args.wheel, max_new_tokens=args.max_new_tokens, force=args.force,
+                       allow_pickle=args.allow_pickle)
     print(res.table())
     print(f"-> {args.out}")
     return 0
@@ -95,7 +74,7 @@ def _export(args: argparse.Namespace) -> int:
     tok = load_tokenizer(args.model) if args.model else None
     paths = export_task(args.task, args.out, tokenizer=tok, limit=args.limit, force=args.force,
                         model_name=args.model)
-    print(f"lm-eval task {paths['task']}: {paths['yaml']}")
-    print(f"run: lm_eval --model hf --model_args pretrained=MODEL --include_path {args.out} "
+    print(f"lm-eval task {paths['task']}: {paths['yaml']} (data beside it, named relative to it)")
+    print(f"run: cd {args.out} && lm_eval --model hf --model_args pretrained=MODEL --include_path . "
           f"--tasks {paths['task']}")
     return 0

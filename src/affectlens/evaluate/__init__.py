@@ -1,19 +1,23 @@
 """Affective evaluation: task registry, loaders, closed-set scorer, MER-UniBench protocol.
 
-    from affectlens.evaluate import evaluate
+    from affectlens.evaluate import evaluate, evaluate_run
     res = evaluate(model, tokenizer, ["emotion", "meld:test_sent_emo.csv"], mode="closed")
-    res.scores["mean"], res.predictions[0]
+    res.mean, res.tasks["emotion"].primary, res.predictions[0]
+    evaluate_run("smollm2", "runs/eval", ["emotion"])   # load, score, write the run dir
 
 ``score_labels`` is the scorer on its own (any prompts, any labels, any
 model with hooks attached); ``perplexity`` is the fluency check.
 """
 
-from .core import EvalResult, evaluate, rescore, weight_fingerprint, write_run
+from .answers import rescore, score_generative_rows
+from .core import evaluate, weight_fingerprint
 from .export import export_task
 from .generative import Wheel, load_wheel, parse_answer
 from .loaders import Example, LoadedTask, load_examples, load_task
-from .metrics import binary_sentiment_metrics, classification_metrics, hit_rate
+from .metrics import binary_sentiment_metrics, bootstrap_ci, classification_metrics, hit_rate
 from .perplexity import perplexity
+from .results import EvalResult, TaskScore
+from .run import evaluate_run, write_run
 from .scorer import score_labels
 from .tasks import TASK_SYNTAX, TaskSpec, get_task, parse_task, register_task, registered_tasks
 
@@ -22,11 +26,14 @@ __all__ = [
     "Example",
     "LoadedTask",
     "TASK_SYNTAX",
+    "TaskScore",
     "TaskSpec",
     "Wheel",
     "binary_sentiment_metrics",
+    "bootstrap_ci",
     "classification_metrics",
     "evaluate",
+    "evaluate_run",
     "export_task",
     "get_task",
     "hit_rate",
@@ -39,6 +46,7 @@ __all__ = [
     "register_task",
     "registered_tasks",
     "rescore",
+    "score_generative_rows",
     "score_labels",
     "weight_fingerprint",
     "write_run",

@@ -5,7 +5,12 @@ uses, and stored in the JSONL, so lm-eval sees exactly our prompt strings
 and label continuations (``multiple_choice``: argmax of the summed label
 log-likelihood, i.e. our prediction). Run it with, e.g.::
 
-    lm_eval --model vllm --model_args pretrained=MODEL --include_path DIR --tasks affectlens_emotion
+    cd DIR && lm_eval --model vllm --model_args pretrained=MODEL --include_path . --tasks affectlens_emotion
+
+The YAML names its data file relative to itself (the JSONL lies beside it),
+so the directory can be copied to a cluster as it is. lm-eval hands that
+name to ``datasets``, which reads it from the working directory: run
+``lm_eval`` from the exported directory, as above.
 
 Do not pass ``--apply_chat_template`` when the export was rendered with a
 chat tokenizer (``--model``): the template is already in the prompts.
@@ -13,7 +18,6 @@ chat tokenizer (``--model``): the template is already in the prompts.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,8 @@ import yaml
 
 from ..errors import AffectlensError
 from ..prompts import target_delimiter
-from .core import _safe, closed_prompt
+from ..runs import RunDir, slug
+from .core import closed_prompt
 from .loaders import load_task
 from .tasks import TaskSpec, parse_task
 
@@ -29,8 +34,6 @@ from .tasks import TaskSpec, parse_task
 def export_task(task: str | TaskSpec, out: str | Path, tokenizer: Any = None, limit: int | None = None,
                 force: bool = False, model_name: str | None = None) -> dict[str, Any]:
     """Write ``affectlens_<task>.yaml`` and ``affectlens_<task>.jsonl`` into the directory ``out``."""
-    from ..runs import atomic_dir, write_manifest
-
     spec = parse_task(task)
     if spec.kind == "perplexity":
         raise AffectlensError("perplexity tasks are not exported; use lm-eval's own wikitext-style tasks")
@@ -40,18 +43,16 @@ def export_task(task: str | TaskSpec, out: str | Path, tokenizer: Any = None, li
     delims = {target_delimiter(tokenizer, p) for p in prompts}
     if len(delims) != 1:
         raise AffectlensError("prompts of one task end differently; cannot pick one target_delimiter")
-    name = "affectlens_" + _safe(spec.name).replace(".", "_").replace("-", "_").lower()
-    with atomic_dir(out, force) as tmp:
-        data = tmp / f"{name}.jsonl"
-        final_data = Path(out).resolve() / data.name
-        with open(data, "w", encoding="utf-8") as f:
-            for e, p in zip(loaded.examples, prompts, strict=True):
-                f.write(json.dumps({"text": e.text, "prompt": p, "label": e.label,
-                                    "gold": labels.index(e.label)}, ensure_ascii=False) + "\n")
+    name = "affectlens_" + slug(spec.name, "task").replace(".", "_").replace("-", "_").lower()
+    inputs = {"task_path": spec.path} if spec.path and Path(spec.path).exists() else {}
+    options = {"task": spec.name, "to": "lm-eval", "limit": limit, "model": model_name}
+    with RunDir(out, command="export-task", force=force, inputs=inputs, options=options) as run:
+        run.jsonl(f"{name}.jsonl", ({"text": e.text, "prompt": p, "label": e.label, "gold": labels.index(e.label)}
+                                    for e, p in zip(loaded.examples, prompts, strict=True)))
         doc = {
             "task": name,
             "dataset_path": "json",
-            "dataset_kwargs": {"data_files": {"test": str(final_data)}},
+            "dataset_kwargs": {"data_files": {"test": f"{name}.jsonl"}},  # beside the YAML: portable
             "test_split": "test",
             "output_type": "multiple_choice",
             "doc_to_text": "prompt",
@@ -62,10 +63,7 @@ def export_task(task: str | TaskSpec, out: str | Path, tokenizer: Any = None, li
             "metadata": {"version": 1.0, "affectlens_task": spec.name,
                          "rendered_with": model_name or "plain prompts (no chat template)"},
         }
-        (tmp / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True),
-                                          encoding="utf-8")
-        write_manifest(tmp, "export-task", {"task_path": spec.path} if spec.path and Path(spec.path).exists()
-                       else {}, {"task": spec.name, "to": "lm-eval", "limit": limit, "model": model_name})
+        run.text(f"{name}.yaml", yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
     final = Path(out)
     return {"yaml": final / f"{name}.yaml", "data": final / f"{name}.jsonl", "task": name}
 

@@ -4,13 +4,16 @@ Everything (accuracy, weighted F1 = WAF, macro F1, per-class P/R/F1) is a
 function of the confusion matrix, so a bootstrap resample costs a
 ``bincount`` instead of a scikit-learn call: 1000 resamples take
 milliseconds. Tests check the point estimates against scikit-learn.
-HIT (MER-UniBench) lives here too.
+HIT (MER-UniBench) lives here too, and the one bootstrap of the project:
+``resample`` draws the example indices (seeded) and ``bootstrap_ci`` /
+``classification_ci`` / ``circuits.hallucination.paired_diff_ci`` all use it,
+so every confidence interval resamples the same way.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -72,19 +75,34 @@ def classification_metrics(gold: Sequence[int], pred: Sequence[int], labels: Seq
     out["confusion"] = cm.tolist()
     out["labels"] = list(labels)
     if n_boot > 0:
-        out["ci"] = bootstrap_ci(gold, pred, n, n_boot, seed, ci)
+        out["ci"] = classification_ci(gold, pred, n, n_boot, seed, ci)
         out["ci_level"] = ci
         out["n_boot"] = n_boot
     return out
 
 
-def bootstrap_ci(gold: Sequence[int], pred: Sequence[int], n_labels: int, n_boot: int = 1000,
-                 seed: int = 0, ci: float = 0.95) -> dict[str, list[float]]:
-    """Percentile bootstrap over examples (seeded), for accuracy / WAF / macro F1."""
+def resample(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """``[n_boot, n]`` example indices drawn with replacement: the percentile bootstrap's resamples."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                 stat: Callable[[np.ndarray], float] = np.mean) -> tuple[float, float, float]:
+    """``(estimate, low, high)`` of ``stat`` over per-example ``values`` by the percentile bootstrap."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    idx = resample(values.size, n_boot, seed)
+    boots = values[idx].mean(1) if stat is np.mean else np.array([stat(values[i]) for i in idx])
+    a = (1 - level) / 2
+    return float(stat(values)), float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
+
+
+def classification_ci(gold: Sequence[int], pred: Sequence[int], n_labels: int, n_boot: int = 1000,
+                      seed: int = 0, ci: float = 0.95) -> dict[str, list[float]]:
+    """Percentile bootstrap over examples (seeded), for accuracy / WAF / macro F1 at once."""
     g, p = np.asarray(gold, dtype=np.int64), np.asarray(pred, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(g), size=(n_boot, len(g)))
-    codes = g[idx] * n_labels + p[idx]
+    codes = (g * n_labels + p)[resample(len(g), n_boot, seed)]
     stats = {k: np.empty(n_boot) for k in CI_METRICS}
     for b in range(n_boot):
         cm = np.bincount(codes[b], minlength=n_labels * n_labels).reshape(n_labels, n_labels)
@@ -159,5 +177,5 @@ def require_finite(obj: Any, what: str) -> None:
         raise NonFiniteResult(f"non-finite value {value} in {what} ({path}); not a result")
 
 
-__all__ = ["classification_metrics", "bootstrap_ci", "confusion", "hit_rate",
+__all__ = ["classification_metrics", "classification_ci", "bootstrap_ci", "resample", "confusion", "hit_rate",
            "binary_sentiment_metrics", "find_non_finite", "require_finite", "NonFiniteResult"]

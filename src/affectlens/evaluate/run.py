@@ -1,0 +1,92 @@
+"""``affectlens evaluate`` as a library call: ``evaluate_run`` (load, score, write) and ``write_run``.
+
+A run directory holds ``scores.json`` (the ``EvalResult.scores`` document),
+``predictions.jsonl`` (one row per example, all tasks),
+``confusion_<task>.png`` and ``manifest.json``; it is written through
+``runs.RunDir``, so it appears whole or not at all and never holds a NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import AffectlensError
+from ..runs import RunDir, check_out_dir, slug
+from .metrics import require_finite
+from .results import EvalResult
+
+
+def write_files(run: RunDir, result: EvalResult) -> dict[str, str]:
+    """Write ``result``'s files into ``run``; returns task -> confusion figure file name."""
+    from .. import plots
+
+    run.json("scores.json", result.scores)
+    run.jsonl("predictions.jsonl", result.predictions)
+    figs = {}
+    for name, data in result.figures.items():
+        fname = f"confusion_{slug(name, 'task')}.png"
+        run.figure(fname, plots.confusion_matrix(data["confusion"], data["labels"], data["pred_labels"],
+                                                 name, data.get("title")))
+        figs[name] = fname
+    run.extra.update(weights_sha256=result.weights_sha256, figures=figs)
+    return figs
+
+
+def write_run(result: EvalResult, out: str | Path, force: bool = False,
+              inputs: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
+              command: str = "evaluate") -> Path:
+    """The run directory of a result already in memory (e.g. a variant scored without being saved)."""
+    require_finite(result.scores, "scores")  # refused before anything is claimed or written
+    require_finite(result.predictions, "predictions")
+    with RunDir(out, command=command, force=force, inputs=inputs, options=options, seed=result.seed) as run:
+        write_files(run, result)
+    return Path(out)
+
+
+def _positive(**counts: tuple[int, int]) -> None:
+    for flag, (v, low) in counts.items():
+        if v < low:
+            raise AffectlensError(f"--{flag.replace('_', '-')} must be {'positive' if low else '0 or more'}, "
+                                  f"not {v}")
+
+
+def evaluate_run(model: str, out: str | Path, tasks: Sequence[str] | None = None, *,
+                 adapter: str | None = None, mode: str = "closed", limit: int | None = None,
+                 batch_size: int = 16, dtype: str = "float32", seed: int = 0, n_boot: int = 1000,
+                 wheel: str | None = None, max_new_tokens: int = 48, force: bool = False,
+                 allow_pickle: bool = False) -> EvalResult:
+    """Load ``model`` (+ ``adapter``), score it on ``tasks`` (default: emotion) and write ``out``.
+
+    Every input is checked (counts, task files, the output) before the model
+    is loaded, so a typo costs no loading time.
+    """
+    from .core import evaluate, load_scoring_model
+    from .loaders import load_task
+    from .tasks import parse_task
+
+    check_out_dir(out, force)
+    _positive(batch_size=(batch_size, 1), max_new_tokens=(max_new_tokens, 1), bootstrap=(n_boot, 0))
+    names = list(tasks or ["emotion"])
+    specs = [parse_task(t) for t in names]
+    for spec in specs:  # fail on bad data before spending time on the model
+        load_task(spec, limit)
+    inputs: dict[str, Any] = {"model": model}
+    if adapter:
+        inputs["adapter"] = adapter
+    for spec in specs:
+        if spec.path and spec.loader != "bundled":
+            inputs[f"task:{spec.name}"] = spec.path
+    options = {"model": model, "adapter": adapter, "tasks": list(tasks) if tasks else None, "mode": mode,
+               "limit": limit, "batch_size": batch_size, "dtype": dtype, "seed": seed, "bootstrap": n_boot,
+               "wheel": wheel, "max_new_tokens": max_new_tokens, "allow_pickle": allow_pickle}
+    with RunDir(out, command="evaluate", force=force, inputs=inputs, options=options, seed=seed) as run:
+        m, tok = load_scoring_model(model, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle)
+        result = evaluate(m, tok, names, mode=mode, limit=limit, batch_size=batch_size, seed=seed,
+                          n_boot=n_boot, wheel=wheel, max_new_tokens=max_new_tokens)
+        write_files(run, result)
+    return result
+
+
+__all__ = ["evaluate_run", "write_files", "write_run"]

@@ -30,6 +30,7 @@ from affectlens.circuits.vectors import (
     import_steering_vectors_lib,
 )
 from affectlens.errors import AffectlensError
+
 from circuits_helpers import PAIRS, PLANT_LAYER, planted_model, word_tokenizer
 
 PAIR_OBJS = [Pair(e, n, lab) for e, n, lab in PAIRS]

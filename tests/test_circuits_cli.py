@@ -11,6 +11,7 @@ import torch
 from affectlens.circuits.hallucination import is_hallucination, paired_diff_ci
 from affectlens.cli import main
 from affectlens.evaluate.metrics import bootstrap_ci
+
 from circuits_helpers import PLANT_LAYER, save_planted, write_pairs
 
 

@@ -13,6 +13,7 @@ from affectlens.circuits.intervene import Intervention, intervened
 from affectlens.circuits.layers import layer_profile
 from affectlens.circuits.pairs import Pair, encoder_for
 from affectlens.circuits.vectors import compute_vectors
+
 from circuits_helpers import word_tokenizer
 
 

@@ -25,9 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from circuits_helpers import save_planted, write_pairs
-from faults import assert_refused, run_cli, tree_digest
-
 from conftest import TINYSTORIES
+from faults import assert_refused, run_cli, tree_digest
 
 NAN_TENSOR = "model.layers.0.mlp.down_proj.weight"
 OVERFLOW_TENSOR = "model.layers.0.input_layernorm.weight"

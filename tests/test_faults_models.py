@@ -19,9 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from faults import assert_refused, run_cli, tree_digest
-
 from conftest import TINYSTORIES
+from faults import assert_refused, run_cli, tree_digest
 
 PICKLE_MSG = "is a pickle checkpoint; loading it can run code: pass --allow-pickle if you trust it"
 

@@ -24,9 +24,9 @@ from safetensors.torch import load_file, save_file
 import affectlens
 from affectlens.errors import AffectlensError
 from affectlens.runs import atomic_dir, claim_file, write_json
-from faults import assert_refused, leftovers, run_cli, tree_digest
 
 from conftest import TINYSTORIES
+from faults import assert_refused, leftovers, run_cli, tree_digest
 from tiny import save_tiny
 
 SRC = str(Path(affectlens.__file__).resolve().parents[1])

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from affectlens.errors import AffectlensError
-from faults import assert_refused, run_cli, tree_digest
 
+from faults import assert_refused, run_cli, tree_digest
 from tiny import save_tiny, tiny_model
 
 GATE0 = "model.layers.0.mlp.gate_proj.weight"

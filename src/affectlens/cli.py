@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "compose",
     "params",
     "grid",
+    "plan",
 )
 
 EXIT_SIGPIPE = 141

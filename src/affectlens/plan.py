@@ -72,12 +72,13 @@ class Plan:
         return asdict(self)
 
     def table(self) -> str:
-        lines = [f"{self.model_type} ({self.params / 1e9:.2f} B params), task {self.task}, {self.dtype}, "
+        size = f"{self.params / 1e9:.2f} B" if self.params >= 1e8 else f"{self.params / 1e6:.2f} M"
+        lines = [f"{self.model_type} ({size} params), task {self.task}, {self.dtype}, "
                  f"batch {self.batch_size} x {self.seq_len} tokens"
                  + (f", {self.trainable:,} trainable" if self.trainable else "")]
         for name, gb in self.parts_gb.items():
-            lines.append(f"  {name:<24} {gb:9.2f} GiB")
-        lines.append(f"  {'total':<24} {self.total_gb:9.2f} GiB"
+            lines.append(f"  {name:<32} {gb:9.3f} GiB")
+        lines.append(f"  {'total':<32} {self.total_gb:9.3f} GiB"
                      + (f"  ({self.per_gpu_gb:.2f} GiB per GPU over {self.gpus})" if self.gpus > 1 else ""))
         if self.gpu_mem_gb is not None:
             verdict = "fits" if self.fits else "does NOT fit"
@@ -200,7 +201,9 @@ def plan(config: str | os.PathLike | dict, task: str = "tune", modules: str = "a
 
     parts = memory_parts(geo, task, dtype, batch_size, seq_len, trainable, method,
                          gradient_checkpointing, max_new_tokens)
-    total = sum(parts.values()) + overhead
+    if overhead:
+        parts["GPU runtime (per GPU)"] = int(overhead)
+    total = sum(parts.values())
     this = per_gpu(gpus, gradient_checkpointing)
     fits = None if mem is None else this <= mem * 1e9
     smallest = None

@@ -258,7 +258,7 @@ def save_adapter(result: TuneResult, out: str | os.PathLike, force: bool, base_s
     """The adapter dir, written through ``RunDir``: PEFT files with a portable base reference
     (name or path relative to ``out``), ``affectlens_tune.json`` with the base's fingerprint,
     the loss curve and ``manifest.json``."""
-    from .models import base_fingerprint, base_reference
+    from .models import base_fingerprint, base_reference, read_json_object
     from .plots import loss_curve
     from .runs import RunDir
 
@@ -268,8 +268,14 @@ def save_adapter(result: TuneResult, out: str | os.PathLike, force: bool, base_s
         result.info["base_fingerprint"] = base_fingerprint(base_dir)
     ref = base_reference(base_spec, out) if base_dir is not None and base_spec is not None else base_spec
     with RunDir(out, command="tune", force=force, inputs=inputs, options=result.options, seed=cfg.seed) as run:
-        result.model.peft_config["default"].base_model_name_or_path = ref
+        # PEFT reads the base's config while saving, so it saves with the resolved base;
+        # the portable reference is written into adapter_config.json after.
+        result.model.peft_config["default"].base_model_name_or_path = str(base_dir) if base_dir else ref
         result.model.save_pretrained(str(run.path))
+        result.model.peft_config["default"].base_model_name_or_path = ref
+        adapter_cfg = read_json_object(run.path / "adapter_config.json")
+        adapter_cfg["base_model_name_or_path"] = ref
+        run.json("adapter_config.json", adapter_cfg)
         run.json("affectlens_tune.json", result.info)
         run.figure("loss_curve.png", loss_curve(result.loss_curve, f"LoRA {','.join(result.options['modules'])} "
                                                                    f"r={cfg.rank}"))

@@ -11,9 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from affectlens.adapters import base_fingerprint, resolve_adapter_base
 from affectlens.cli import main
 from affectlens.errors import AffectlensError
-from affectlens.models import base_fingerprint, load_model, load_tokenizer
+from affectlens.models import load_model, load_tokenizer
 from affectlens.params import count_params
 from affectlens.prompts import format_prompt
 from affectlens.tune import IGNORE, collate, encode, label_loss, load_dataset, tune
@@ -334,7 +335,7 @@ def test_smollm2_base_is_recorded_by_name(tmp_path, tok, monkeypatch):
     tune(model, _easy(tmp_path), "gate_proj", steps=1, batch_size=2, tokenizer=tok, base_path="smollm2",
          out=tmp_path / "ad", verbose=False)
     assert json.loads((tmp_path / "ad" / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2"
-    assert models.resolve_adapter_base(tmp_path / "ad") == TINYSTORIES
+    assert resolve_adapter_base(tmp_path / "ad") == TINYSTORIES
 
 
 def test_tune_config_is_the_one_budget():

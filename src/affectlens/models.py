@@ -64,7 +64,7 @@ def default_model_dir() -> Path:
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     # The weights are already dequantised to float32; drop the GGUF quantizer so
     # save_pretrained writes a plain checkpoint instead of refusing.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -129,87 +129,6 @@ def adapter_base(adapter: str | os.PathLike) -> str:
     if not isinstance(base, str) or not base.strip():
         raise AffectlensError(f"adapter {adapter} does not name its base model; pass the base and --adapter")
     return base
-
-
-# --- portable adapters: the base by name or relative path, checked by content ------------------
-
-BASE_INFO = "affectlens_tune.json"  # where tune records the base's fingerprint (key "base_fingerprint")
-_VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path")
-
-
-def base_fingerprint(path: str | os.PathLike) -> str:
-    """A content fingerprint of a base model: its config (minus keys a re-save changes) and the
-    size and first MiB (header + leading tensors) of every weight file.
-
-    Cheap for any model size, stable across machines and transformers versions, and different
-    for another model stored under the same name or path.
-    """
-    import hashlib
-
-    from .runs import sha256_file
-
-    p = Path(path)
-    h = hashlib.sha256()
-    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file())
-    for f in files:
-        if f.name == "config.json":
-            cfg = {k: v for k, v in read_json_object(f).items() if k not in _VOLATILE_CONFIG_KEYS}
-            h.update(b"config\0" + json.dumps(cfg, sort_keys=True).encode())
-        elif f.suffix in (".safetensors", ".gguf", ".bin", ".pt"):
-            h.update(f"{f.name}\0{f.stat().st_size}\0{sha256_file(f, 1 << 20)}\0".encode())
-    return h.hexdigest()[:16]
-
-
-def base_reference(spec: str | os.PathLike, adapter_dir: str | os.PathLike) -> str:
-    """What an adapter at ``adapter_dir`` records as its base: the embedded model's name
-    (``smollm2``), else the base's path relative to the adapter dir, so base and adapter move
-    together (to another folder or a cluster). Absolute only when no relative path exists."""
-    if str(spec) in (DEFAULT_MODEL, "default"):
-        return DEFAULT_MODEL
-    base = Path(spec).resolve()
-    try:
-        return Path(os.path.relpath(base, Path(adapter_dir).resolve())).as_posix()
-    except ValueError:  # another drive (Windows)
-        return str(base)
-
-
-def resolve_adapter_base(adapter: str | os.PathLike) -> Path:
-    """The base model dir of an adapter dir, found from what it records.
-
-    ``smollm2`` is the embedded model; a relative path is taken from the adapter dir
-    (then, for adapters of other tools, from the working directory); an absolute path
-    as is. When tune recorded the base's fingerprint, a base whose content differs
-    (another model under the same name or path) is an error: an adapter applied to the
-    wrong base runs, silently, as a different model.
-    """
-    ref = adapter_base(adapter)
-    if ref in (DEFAULT_MODEL, "default"):
-        base = default_model_dir()
-    else:
-        beside = Path(adapter) / ref
-        base = beside if not Path(ref).is_absolute() and beside.exists() else Path(ref)
-        if not base.exists():
-            raise AffectlensError(f"adapter {adapter} names base {ref}, which does not exist "
-                                  f"(looked beside the adapter and in the working directory); "
-                                  "pass the base and --adapter")
-    want = _recorded_fingerprint(Path(adapter))
-    if want is not None:
-        got = base_fingerprint(base)
-        if got != want:
-            raise AffectlensError(f"adapter {adapter} was trained on a base with fingerprint {want}, but {base} "
-                                  f"has {got} (another model under that name or path); pass the right base")
-    return base
-
-
-def _recorded_fingerprint(adapter: Path) -> str | None:
-    info = adapter / BASE_INFO
-    if not info.is_file():
-        return None
-    try:
-        fp = json.loads(info.read_text(encoding="utf-8")).get("base_fingerprint")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return None
-    return fp if isinstance(fp, str) else None
 
 
 def load_tokenizer(path: str | os.PathLike):
@@ -335,7 +254,7 @@ def _apply_adapter(model: Any, adapter: Path, allow_pickle: bool) -> Any:
             peft_model = PeftModel.from_pretrained(model, str(adapter))
             # PEFT's own loader, again, for its load result: what did not land, what was never given.
             weights = load_peft_weights(str(adapter), device="cpu")
-            result = set_peft_model_state_dict(peft_model, weights, adapter_name="default")
+            result: Any = set_peft_model_state_dict(peft_model, weights, adapter_name="default")
     except AffectlensError:
         raise
     except Exception as e:
@@ -364,7 +283,7 @@ def load_model(
 
     ``path`` is an HF dir, a ``.gguf`` file, ``smollm2`` (embedded default), or
     a PEFT adapter dir (its base is read from ``base_model_name_or_path`` and checked
-    against the recorded fingerprint, see :func:`resolve_adapter_base`).
+    against the recorded fingerprint, see ``adapters.resolve_adapter_base``).
 
     Only whole models load: a checkpoint missing a tensor (which transformers
     would initialise randomly), an adapter with tensors for modules the base
@@ -379,6 +298,8 @@ def load_model(
     if p.is_dir() and is_adapter_dir(p):
         if adapter is not None:
             raise AffectlensError(f"{p} is a PEFT adapter dir, not a base model")
+        from .adapters import resolve_adapter_base
+
         adapter = p
         p = resolve_adapter_base(p)
     td = torch_dtype(dtype)
@@ -395,8 +316,9 @@ def load_model(
             kwargs = weight_kwargs(p, allow_pickle)
             where = str(p)
         with quiet_transformers():
-            model, info = AutoModelForCausalLM.from_pretrained(where, dtype=td, output_loading_info=True,
+            loaded: Any = AutoModelForCausalLM.from_pretrained(where, dtype=td, output_loading_info=True,
                                                                **kwargs)
+            model, info = loaded
     except AffectlensError:
         raise
     except Exception as e:

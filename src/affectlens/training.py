@@ -126,7 +126,7 @@ def wrap_lora(model: Any, paths: list[str], cfg: TuneConfig) -> tuple[Any, list[
     from peft.tuners.lora import LoraLayer
 
     target_modules = peft_target_modules(model, paths)
-    config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+    config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # PEFT takes any number lora_dropout=cfg.dropout,
                         target_modules=target_modules, bias="none", task_type="CAUSAL_LM")
     torch.manual_seed(cfg.seed)  # LoRA A init
     try:

@@ -225,6 +225,9 @@ def _base_model(base: Any, tokenizer: Any, base_path: str | os.PathLike | None, 
         resolve_model_path,
     )
 
+    spec: Any
+    name: str | None
+    resolved: Path | None
     if isinstance(base, str | os.PathLike):
         resolved = resolve_model_path(base)
         if resolved.is_dir() and is_adapter_dir(resolved):
@@ -258,7 +261,8 @@ def save_adapter(result: TuneResult, out: str | os.PathLike, force: bool, base_s
     """The adapter dir, written through ``RunDir``: PEFT files with a portable base reference
     (name or path relative to ``out``), ``affectlens_tune.json`` with the base's fingerprint,
     the loss curve and ``manifest.json``."""
-    from .models import base_fingerprint, base_reference, read_json_object
+    from .adapters import base_fingerprint, base_reference
+    from .models import read_json_object
     from .plots import loss_curve
     from .runs import RunDir
 

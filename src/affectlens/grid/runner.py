@@ -115,23 +115,23 @@ def _done(out: Path, v: Variant, seed: int) -> bool:
 
 def _run(cfg: GridConfig, out: Path, force: bool, evaluator: Evaluator | None, tuner: Callable[..., Any] | None,
          echo: Callable[[str], None], allow_pickle: bool) -> GridResult:
+    from ..evaluate import evaluate
     from ..runs import progress, write_json, write_manifest
+    from ..tune import tune
 
     base_path = _prepare(cfg, out, force, allow_pickle)
-    if evaluator is None:
-        from ..evaluate import evaluate as evaluator  # noqa: N813
-    if tuner is None:
-        from ..tune import tune as tuner
+    score: Evaluator = evaluator or evaluate
+    train: Callable[..., Any] = tuner or tune
     todo = [(v, s) for v, s in cfg.cells() if not _done(out, v, s)]
     reused = len(cfg.cells()) - len(todo)
     echo(f"grid {cfg.name}: {len(cfg.cells())} cells ({len(cfg.variants)} variants x seeds {cfg.seeds}); "
          f"{reused} done, {len(todo)} to run")
     if todo:
-        bench = Workbench(cfg, out, tuner, echo, base_path, allow_pickle)
+        bench = Workbench(cfg, out, train, echo, base_path, allow_pickle)
         try:
             for v, seed in progress(todo, "grid cells", total=len(todo), unit="cell"):
                 t0 = time.perf_counter()
-                cell = bench.cell(v, seed, evaluator)
+                cell = bench.cell(v, seed, score)
                 cell.cell_seconds = time.perf_counter() - t0
                 write_json(cell_path(out, v, seed), cell.to_json())
                 echo(f"  {v.name} seed {seed}: mean {cell.mean:.4f} ({cell.cell_seconds:.1f} s)")

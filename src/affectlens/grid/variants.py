@@ -20,6 +20,7 @@ never asks which kind it holds.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -58,7 +59,9 @@ class Checks:
 
 @dataclass
 class Built:
-    tensors: dict[str, Any]
+    """A variant's model as the tensors in which it differs from the loaded base, and its cost."""
+
+    tensors: Mapping[str, Any]
     cost: Cost
 
 
@@ -152,7 +155,7 @@ class Variant:
         from ..selection import select
 
         try:
-            return select(c.store, v.modules, v.layers, echo=lambda _: None, label=c.base_label)
+            return select(c.store, str(v.modules), v.layers, echo=lambda _: None, label=c.base_label)
         except AffectlensError as e:
             raise config_error(c.where, f"variant '{v.name}': {e}") from None
 
@@ -313,7 +316,7 @@ class AblateVariant(Variant):
                                    layers=self.layers, seed=seed, control=bool(self.spec.get("control")),
                                    echo=_quiet)
         tensors = {} if src is bench.base_store else bench.all_of(src)
-        tensors.update(abl)
+        tensors.update(abl)  # the ablated modules over the whole source model
         return Built(tensors, Cost(trainable_params=None, param_basis="ablated", ablated=info["ablated"],
                                    params_ablated=info["params_ablated"], source=self.ref))
 

@@ -46,6 +46,7 @@ test: install-dev
 
 lint: install-dev
 	$(BIN)/python -m ruff check src tests benchmarks
+	$(BIN)/python -m mypy
 
 bench: install-dev
 	$(BIN)/python benchmarks/run_all.py
@@ -62,6 +63,7 @@ test-latest:
 	@echo "--- lock changes (constraints.txt -> newest allowed) ---"
 	@diff <(grep -v '^#' $(LOCK)) $(LATEST)/freeze.txt || true
 	$(LATEST)/bin/python -m ruff check src tests benchmarks
+	$(LATEST)/bin/python -m mypy
 	$(LATEST)/bin/python -m pytest
 
 lock: test-latest

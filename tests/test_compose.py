@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from affectlens.ablate import ablate_tensors
 from affectlens.cli import main
+from affectlens.errors import AffectlensError
 from affectlens.transfer import applied, transfer_tensors
 
 from tiny import save_tiny, tiny_model
@@ -403,3 +404,35 @@ def test_ablation_modes_are_one_enum(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["ablate", str(tmp_path), "--modules", "gate_proj", "--mode", "erase", "--out", str(tmp_path / "o")])
     assert "invalid choice: 'erase'" in capsys.readouterr().err
+
+
+def test_run_dir_record_and_line_are_the_result(pair, planted, tmp_path, capsys):
+    """compose.json and the printed line come from the returned ComposeResult; the manifest from RunDir."""
+    from affectlens.ablate import ablate
+    from affectlens.transfer import transfer
+
+    res = transfer(pair / "base_single", pair / "donor_single", "gate_proj", tmp_path / "t", layers="1")
+    assert res.out == tmp_path / "t" and res.kind == "transfer"
+    record = json.loads((tmp_path / "t" / "compose.json").read_text())
+    assert record == json.loads(json.dumps(res.record()))
+    assert record["kind"] == "transfer" and record["tensors"] == ["model.layers.1.mlp.gate_proj.weight"]
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert manifest["command"] == "transfer" and list(manifest["inputs"]) == ["base", "donor"]
+    assert manifest["options"]["layers"] == "1"
+    assert [p.name for p in tmp_path.iterdir()] == ["t"]  # no temp dir or claim left beside it
+
+    capsys.readouterr()
+    assert main(["ablate", str(planted / "tuned"), "--modules", "gate_proj", "--mode", "zero",
+                 "--out", str(tmp_path / "a")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    record = json.loads((tmp_path / "a" / "compose.json").read_text())
+    assert record["kind"] == "ablate" and record["mode"] == "zero"
+    assert line == f"ablated gate_proj (zero, {record['params_ablated']:,} parameters) -> {tmp_path / 'a'}"
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["command"] == "ablate" and manifest["seed"] == 0 and list(manifest["inputs"]) == ["model"]
+    # A failed run leaves nothing: the output is claimed first and its temp dir removed.
+    with pytest.raises(AffectlensError, match="already exists"):
+        ablate(planted / "tuned", "gate_proj", "zero", tmp_path / "a")
+    with pytest.raises(AffectlensError):
+        ablate(planted / "tuned", "no_such_proj", "zero", tmp_path / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "t"]

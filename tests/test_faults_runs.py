@@ -103,13 +103,13 @@ def test_grid_refused_while_another_run_holds_the_out(tmp_path, capfd, monkeypat
 
 _SLOW_LOCATE = """
 import sys, time
-import affectlens.locate as L
+import affectlens.runs as R
 from affectlens.cli import main
-real = L.write_manifest
+real = R.write_manifest
 def slow(*a, **k):  # both runs are surely mid-work at the same time
     time.sleep(1.5)
     return real(*a, **k)
-L.write_manifest = slow
+R.write_manifest = slow
 print("ready", flush=True)
 sys.stdin.readline()
 sys.exit(main(sys.argv[1:]))

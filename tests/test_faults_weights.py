@@ -323,7 +323,7 @@ def _gguf_base(m: Path) -> Path:
     """The tiny base as a llama.cpp-style GGUF (F32, q/k permuted), beside its config.json."""
     import gguf
 
-    from affectlens.weights.store import _GGUF_GLOBAL, _GGUF_LAYER
+    from affectlens.weights.gguf_store import GGUF_GLOBAL, GGUF_LAYER
 
     d = m.parent / f"{m.name}-gguf"
     f = d / "base.gguf"
@@ -338,8 +338,8 @@ def _gguf_base(m: Path) -> Path:
                    ("feed_forward_length", "intermediate_size"), ("attention.head_count", "num_attention_heads"),
                    ("attention.head_count_kv", "num_key_value_heads"), ("vocab_size", "vocab_size")):
         w.add_uint32(f"llama.{key}", int(cfg[v]))
-    layer = {v: k for k, v in _GGUF_LAYER.items()}
-    glob = {v: k for k, v in _GGUF_GLOBAL.items()}
+    layer = {v: k for k, v in GGUF_LAYER.items()}
+    glob = {v: k for k, v in GGUF_GLOBAL.items()}
     for name, t in sd.items():
         stem, param = name.rsplit(".", 1)
         a = t.numpy()

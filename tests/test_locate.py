@@ -34,7 +34,7 @@ def brute(base_sd: dict, tuned_sd: dict) -> dict[tuple[int, str, str], tuple[flo
 
 
 def rows_by_key(rows, label):
-    return {(r["layer"], r["module"], r["param"]): r for r in rows if r["model"] == label}
+    return {(r.layer, r.module, r.param): r for r in rows if r.model == label}
 
 
 def check_against(rows, label, expected, rel=1e-6):
@@ -42,10 +42,10 @@ def check_against(rows, label, expected, rel=1e-6):
     assert set(got) == set(expected)
     for k, (l2, relative, n) in expected.items():
         r = got[k]
-        assert r["numel"] == n
-        assert r["l2"] == pytest.approx(l2, rel=rel, abs=1e-9), k
-        assert r["relative"] == pytest.approx(relative, rel=rel, abs=1e-12), k
-        assert r["rms"] == pytest.approx(l2 / math.sqrt(n), rel=rel, abs=1e-12), k
+        assert r.numel == n
+        assert r.l2 == pytest.approx(l2, rel=rel, abs=1e-9), k
+        assert r.relative == pytest.approx(relative, rel=rel, abs=1e-12), k
+        assert r.rms == pytest.approx(l2 / math.sqrt(n), rel=rel, abs=1e-12), k
 
 
 def plant(model, changes: dict[str, float], seed: int = 1):
@@ -72,7 +72,7 @@ def test_planted_full_checkpoint(tmp_path, arch):
     res = locate(tmp_path / "base", [tmp_path / "tuned"], labels=["emo"], out=tmp_path / "out")
     check_against(res.rows, "emo", brute(base_sd, tuned.state_dict()))
     assert res.summary["models"]["emo"]["locus"] == {"l2": "gate_proj", "relative": "gate_proj", "rms": "gate_proj"}
-    changed = {(r["layer"], r["module"], r["param"]) for r in res.rows if r["l2"] > 0}
+    changed = {(r.layer, r.module, r.param) for r in res.rows if r.l2 > 0}
     assert changed == {(int(n.split(".")[2]), n.split(".")[-2], n.split(".")[-1]) for n in planted}
     with open(tmp_path / "out" / "weight_change.csv") as f:
         header = next(csv.reader(f))
@@ -166,7 +166,7 @@ def test_fused_phi3_rows_split(tmp_path):
         sd["model.layers.0.self_attn.qkv_proj.weight"][32:40].add_(1.0)  # inside k (rows 32..47)
     m.save_pretrained(tmp_path / "tuned")
     res = locate(tmp_path / "base", [tmp_path / "tuned"], labels=["t"])
-    got = {(r["layer"], r["module"]): r["l2"] for r in res.rows}
+    got = {(r.layer, r.module): r.l2 for r in res.rows}
     assert got[(1, "gate_proj")] == pytest.approx(math.sqrt(48 * 32 * 0.25), rel=1e-6)
     assert got[(1, "up_proj")] == 0
     assert got[(0, "k_proj")] == pytest.approx(math.sqrt(8 * 32), rel=1e-6)
@@ -197,7 +197,7 @@ def test_moe_experts_pooled_and_listed(tmp_path):
     shutil.copy(tmp_path / "base" / "config.json", tmp_path / "tuned" / "config.json")
     save_file(sd2, tmp_path / "tuned" / "model.safetensors")
     res = locate(tmp_path / "base", [tmp_path / "tuned"], labels=["t"], out=tmp_path / "o")
-    got = {(r["layer"], r["module"]): r["l2"] for r in res.rows}
+    got = {(r.layer, r.module): r.l2 for r in res.rows}
     n = sd[target].numel()
     assert got[(0, "gate_proj")] == pytest.approx(math.sqrt(n) * 0.25, rel=1e-6)
     assert got[(0, "up_proj")] == 0
@@ -362,3 +362,67 @@ def test_non_module_tensor_missing_from_tuned_is_listed_not_nan(tmp_path, capsys
     rows = {r["tensor"]: r for r in csv.DictReader((out / "other_tensors.csv").read_text().splitlines())}
     assert rows["lm_head.weight"]["l2:t"] == ""
     assert float(rows["model.norm.weight"]["l2:t"]) == 0.0  # same init: present and unchanged
+
+
+# --------------------------------------------------------------------- typed rows, statistics, figures
+def test_csv_is_the_locate_rows(tmp_path, pair):
+    """weight_change.csv is LocateRow, field for field, with floats that round-trip exactly."""
+    import dataclasses
+
+    from affectlens.locate import LocateRow
+
+    res = locate(tmp_path / "base", [tmp_path / "tuned"], labels=["t"], out=tmp_path / "o")
+    assert [f.name for f in dataclasses.fields(LocateRow)] == CSV_HEADER
+    lines = list(csv.DictReader((tmp_path / "o" / "weight_change.csv").read_text().splitlines()))
+    assert len(lines) == len(res.rows) == 2 * 7
+    for line, row in zip(lines, res.rows, strict=True):
+        assert LocateRow(line["model"], int(line["layer"]), line["module"], line["param"], int(line["numel"]),
+                         float(line["l2"]), float(line["relative"]), float(line["rms"])) == row
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["command"] == "locate" and list(manifest["inputs"]) == ["base", "tuned:t"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "o", "tuned"]  # no temp dir or claim left
+
+
+def test_ranking_and_quantiles_by_hand():
+    import numpy as np
+
+    from affectlens.locate_stats import HIST_BINS, HIST_LO, LocateRow, quantiles, ranking
+
+    def row(layer, module, l2):
+        return LocateRow("m", layer, module, "weight", 4, l2, l2 / 10, l2 / 2)
+
+    rows = [row(0, "q_proj", 3.0), row(0, "gate_proj", 1.0), row(1, "q_proj", 0.0), row(1, "gate_proj", 2.0),
+            row(2, "q_proj", 0.0), row(2, "gate_proj", 0.0)]
+    rank, locus = ranking(rows)
+    assert rank["l2"]["mean"]["q_proj"] == pytest.approx(1.0) and rank["l2"]["mean"]["gate_proj"] == pytest.approx(1.0)
+    # Each changed layer is topped by one module; the unchanged layer 2 counts for none.
+    assert rank["l2"]["top_share"] == {"q_proj": pytest.approx(1 / 3), "gate_proj": pytest.approx(1 / 3)}
+    assert locus == {m: rank[m]["order"][0] for m in ("l2", "relative", "rms")}
+    assert ranking([row(0, "q_proj", 0.0)])[1]["l2"] == "none"
+    # 10 exact zeros, 10 elements in the second inner bin, 10 in the overflow bin.
+    counts = np.zeros(HIST_BINS + 2, np.int64)
+    counts[2] = 10
+    counts[-1] = 10
+    q = quantiles(counts, 10, (0.25, 0.5, 0.95))
+    edges = np.linspace(HIST_LO, 1.0, HIST_BINS + 1)
+    assert q == {"q25": 0.0, "q50": pytest.approx(10 ** edges[1]), "q95": 10.0}
+
+
+def test_locate_figures_are_made_from_plain_data(tmp_path):
+    import numpy as np
+
+    from affectlens.plots import locate_distribution, locate_heatmap, save
+
+    g = np.array([[0.0, 1.0], [2.0, np.nan]])
+    fig = locate_heatmap([("a", g, ["q_proj", "gate_proj"], [0, 1]), ("b", g * 2, ["q_proj", "gate_proj"], [0, 1])],
+                         "relative")
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["a", "b"]
+    assert fig.axes[0].images[0].get_clim() == (0, 4.0)  # one colour scale over both panels
+    assert "Eq. 2" in fig.axes[-1].get_ylabel()
+    assert save(fig, tmp_path / "h.png").stat().st_size > 0
+    edges = np.linspace(-6, 1, 8)
+    fig = locate_distribution({"a": {"gate_proj": np.array([5, 0, 1, 2, 3, 4, 5, 6, 7, 1])}}, edges, 2.0**-8)
+    (line,) = fig.axes[0].get_lines()[:1]
+    assert list(line.get_ydata()) == pytest.approx([x / 34 for x in (1, 2, 3, 4, 5, 6, 7)])
+    assert "15% =0" in line.get_label()
+    assert save(fig, tmp_path / "d.png").stat().st_size > 0

@@ -16,7 +16,7 @@ from affectlens.cli import main
 from affectlens.errors import AffectlensError
 from affectlens.models import load_model, load_tokenizer
 from affectlens.params import count_params
-from affectlens.prompts import format_prompt
+from affectlens.prompts import render
 from affectlens.tune import IGNORE, collate, encode, label_loss, load_dataset, tune
 
 from conftest import TINYSTORIES
@@ -58,7 +58,7 @@ def test_prompt_tokens_are_masked_exactly(tok, side):
     width = input_ids.shape[1]
     for i, row in enumerate(ds.rows):
         # Independently: tokenize the prompt string on its own; those positions must be -100.
-        prompt_ids = tok(format_prompt(tok, row["text"], "emotion"))["input_ids"]
+        prompt_ids = tok(render(tok, row["text"], "emotion"))["input_ids"]
         n = len(prompt_ids)
         length = int(attention[i].sum())
         start = width - length if side == "left" else 0
@@ -255,28 +255,6 @@ def test_demo_trains_caches_and_locates(tmp_path, monkeypatch, capsys):
 
     assert main(["demo", "--out", str(tmp_path / "d1"), "--steps", "2"]) == 2
     assert "--force" in capsys.readouterr().err
-
-
-def test_chat_template_prompts(tok):
-    """With a chat template: instruction as system turn, label right after the assistant header."""
-    import copy
-
-    from affectlens.prompts import encode_example
-
-    chat = copy.deepcopy(tok)
-    chat.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
-                          "{% if add_generation_prompt %}<assistant>{% endif %}")
-    prompt = format_prompt(chat, "I won!", "emotion")
-    assert prompt.startswith("<system>Classify the emotion") and prompt.endswith("<user>I won!</s><assistant>")
-    ids, n = encode_example(chat, "I won!", "joy", "emotion")
-    assert ids[:n] == chat(prompt, add_special_tokens=False)["input_ids"]
-    assert ids[n:] == chat("joy", add_special_tokens=False)["input_ids"] + [chat.eos_token_id]
-    # A template that refuses a system turn (Gemma-style) gets the instruction in the user turn.
-    chat.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
-                          "{{ raise_exception('no system') }}{% endif %}<{{ m['role'] }}>{{ m['content'] }}"
-                          "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
-    prompt = format_prompt(chat, "I won!", "control")
-    assert prompt.startswith("<user>Solve the word problem.") and prompt.endswith("I won!<assistant>")
 
 
 def test_failed_tune_hands_the_in_memory_base_back(tmp_path, tok):

@@ -78,3 +78,18 @@ def test_unknown_format_and_missing(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(AffectlensError, match="no weights"):
         open_weights(tmp_path / "empty")
+
+
+def test_store_split_keeps_public_imports():
+    """One class per format, each in its own module, all still reachable from weights and weights.store."""
+    import affectlens.weights as W
+    from affectlens.weights import base, gguf_store, pickle_store, safetensors_store, store
+
+    assert W.open_weights is store.open_weights
+    assert W.SafetensorsStore is store.SafetensorsStore is safetensors_store.SafetensorsStore
+    assert W.GGUFStore is store.GGUFStore is gguf_store.GGUFStore
+    assert W.PickleStore is store.PickleStore is pickle_store.PickleStore
+    assert W.WeightStore is store.WeightStore is base.WeightStore
+    assert W.TensorDictStore is store.TensorDictStore is base.TensorDictStore
+    assert store.read_safetensors_header is safetensors_store.read_safetensors_header
+    assert W.pickle_refusal is pickle_store.pickle_refusal

@@ -156,13 +156,17 @@ def ablate(model: str | os.PathLike, modules: str | Sequence[str], mode: str | A
     A LoRA MODEL is merged into its base first (every other module keeps its LoRA).
     """
     from .models import is_adapter_dir, resolve_model_path
-    from .runs import atomic_dir, check_out_dir, write_json, write_manifest
+    from .runs import RunDir
 
-    check_out_dir(out, force)
     mode = AblationMode.parse(mode)
-    mpath = resolve_model_path(model)
-    is_lora = mpath.is_dir() and is_adapter_dir(mpath)
-    with contextlib.ExitStack() as stack:
+    options = {"modules": modules, "mode": mode.value, "layers": layers, "control": control,
+               "allow_pickle": allow_pickle}
+    # Claimed first: an existing OUT or a concurrent run is refused before any tensor is read.
+    with RunDir(out, command="ablate", force=force, options=options, seed=seed) as run, \
+            contextlib.ExitStack() as stack:
+        mpath = resolve_model_path(model)
+        run.inputs.update(model=mpath, **({"base": str(base)} if base else {}))
+        is_lora = mpath.is_dir() and is_adapter_dir(mpath)
         bstore = None
         if base is not None:
             bstore = stack.enter_context(open_weights(hf_model_dir(base), allow_pickle=allow_pickle))
@@ -192,15 +196,11 @@ def ablate(model: str | os.PathLike, modules: str | Sequence[str], mode: str | A
         raw_src = mstore.base if isinstance(mstore, MergedStore) else mstore
         # The rest of the output comes from MODEL (or its base): checked before anything is written.
         check_store_finite(raw_src, [n for n in raw_src.names() if n not in tensors])
-        with atomic_dir(out, force) as tmp:
-            write_checkpoint(raw_src, new, tmp, max_shard_size, f"ablating ({mode})", label=out)
-            copy_sidecars(sidecars, tmp)
-            write_json(tmp / "compose.json", {"kind": "ablate", **info, "table": sel.table()})
-            write_manifest(tmp, "ablate", {"model": mpath, **({"base": str(base)} if base else {})},
-                           {"modules": modules, "mode": mode.value, "layers": layers, "control": control,
-                            "allow_pickle": allow_pickle},
-                           seed=seed)
-    return ComposeResult(Path(out), sel, info)
+        write_checkpoint(raw_src, new, run.path, max_shard_size, f"ablating ({mode})", label=out)
+        copy_sidecars(sidecars, run.path)
+        result = ComposeResult(run.final, sel, info, "ablate")
+        run.json("compose.json", result.record())
+    return result
 
 
 __all__ = ["MODES", "AblationMode", "ablate", "ablate_rows", "ablate_tensors", "noise_like"]

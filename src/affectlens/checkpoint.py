@@ -37,11 +37,29 @@ NewTensor = Callable[[str], torch.Tensor | None]
 
 @dataclass
 class ComposeResult:
-    """Where the new weights went and what changed."""
+    """Where the new weights of a transfer or an ablation went and what changed.
+
+    ``record()`` is the run's ``compose.json`` and ``line()`` what the command
+    prints, so both say the same thing.
+    """
 
     out: Path
     selection: Selection
     info: dict[str, Any]
+    kind: str = "transfer"  # or "ablate"
+
+    def record(self) -> dict[str, Any]:
+        """``compose.json``: the kind, the info and the selection's match table."""
+        return {"kind": self.kind, **self.info, "table": self.selection.table()}
+
+    def line(self) -> str:
+        """One line for the terminal."""
+        i = self.info
+        if self.kind == "ablate":
+            return (f"ablated {','.join(i['ablated'])} ({i['mode']}, {i['params_ablated']:,} "
+                    f"parameters) -> {self.out}")
+        return (f"transferred {len(i['tensors'])} tensor(s), {i['params_transferred']:,} "
+                f"parameters ({i['donor_kind']} donor) -> {self.out}")
 
 
 def raw_location(store: WeightStore, name: str) -> tuple[Path, int, int] | None:

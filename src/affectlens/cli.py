@@ -24,6 +24,7 @@ import contextlib
 import importlib
 import os
 import sys
+from typing import Any
 
 from .errors import AffectlensError
 
@@ -42,12 +43,49 @@ COMMAND_MODULES = (
 EXIT_SIGPIPE = 141
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option shows its default (unless its help already states one, or there is none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or default is None or default is False
+                or default is argparse.SUPPRESS or "default" in text.lower()):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+class _Parser(argparse.ArgumentParser):
+    """All affectlens parsers (subcommands inherit it) share the help formatter."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.help is None and action.option_strings and action.default is not None \
+                and action.default is not False:
+            action.help = "(default: %(default)s)"  # an option without help still shows its default
+        return action
+
+
+def version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("affectlens")
+    except metadata.PackageNotFoundError:  # running from a source tree without install
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="affectlens",
         description="Find where emotion lives inside a model, prove it causally, tune or steer it.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"affectlens {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         try:
             mod = importlib.import_module(f"affectlens.commands.{name}")

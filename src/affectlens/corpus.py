@@ -26,9 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import AffectlensError
+from .vocab import EMOTIONS
 
-EMOTIONS = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
-DIGITS = tuple(str(d) for d in range(10))
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SEED = 20260121
 N_TRAIN, N_TEST = 42, 20  # per emotion label -> 294 / 140

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +98,16 @@ def transfer_tensors(base: Any, donor: Any, modules: str | Sequence[str],
         b = bstore.get(name) if rows is None else bstore.get_finite(name)
         touched = touched or differs(d, b, rows)
         if not stream:
-            out.kept[name] = d if rows is None else apply_rows(b, rows, lambda c, s, d=d: d[s].to(c.dtype))
+            out.kept[name] = d if rows is None else apply_rows(b, rows, _rows_of(d))
         del d, b
     if not touched:
         raise sel.unchanged("transfer", dstore, bstore)
     return out, sel
+
+
+def _rows_of(donor: torch.Tensor) -> Callable[[torch.Tensor, slice], torch.Tensor]:
+    """For ``apply_rows``: the donor's rows, in the dtype of the tensor they go into."""
+    return lambda cur, s: donor[s].to(cur.dtype)
 
 
 def differs(new: torch.Tensor, old: torch.Tensor, rows: Rows) -> bool:
@@ -161,14 +166,15 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
     anything is written; a donor equal to BASE in the whole selection is an error.
     """
     from .models import resolve_model_path
-    from .runs import atomic_dir, check_out_dir, write_json, write_manifest
+    from .runs import RunDir
 
-    check_out_dir(out, force)
-    base_path = hf_model_dir(base)
-    donor_path = resolve_model_path(donor)
     options = {"modules": modules, "layers": layers, "merge": merge, "max_shard_size": max_shard_size,
                "allow_pickle": allow_pickle}
-    with contextlib.ExitStack() as stack:
+    # Claimed first: an existing OUT or a concurrent run is refused before any tensor is read.
+    with RunDir(out, command="transfer", force=force, options=options) as run, contextlib.ExitStack() as stack:
+        base_path = hf_model_dir(base)
+        donor_path = resolve_model_path(donor)
+        run.inputs.update(base=base_path, donor=donor_path)
         bstore = stack.enter_context(open_weights(base_path, allow_pickle=allow_pickle))
         dstore = as_store(donor_path, base=bstore, allow_pickle=allow_pickle)
         if not isinstance(dstore, MergedStore):  # a MergedStore closes with its base
@@ -192,21 +198,20 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
                 echo(f"note: {len(changed)} selected tensor(s) keep the donor's dtype {dstore.dtype(changed[0])} "
                      f"(base has {bstore.dtype(changed[0])})")
             info = {"donor_kind": "full", "tensors": sorted(sel.tensors), "params_transferred": sel.numel(bstore)}
-        with atomic_dir(out, force) as tmp:
-            if isinstance(dstore, MergedStore):
-                write_adapter(dstore.adapter, keep, tmp, base_path)
-                if merge:
-                    (tmp / "merged").mkdir()
-                    write_checkpoint(bstore, tensors.get, tmp / "merged", max_shard_size, "merging",
-                                     label=Path(out) / "merged")
-                    copy_sidecars(base_path, tmp / "merged")
-            else:
-                write_checkpoint(RawFrom(bstore, dstore, whole), new_or_raw(tensors.get, whole), tmp,
-                                 max_shard_size, "transferring", label=out)
-                copy_sidecars(base_path, tmp)
-            write_json(tmp / "compose.json", {"kind": "transfer", **info, "table": sel.table()})
-            write_manifest(tmp, "transfer", {"base": base_path, "donor": donor_path}, options)
-    return ComposeResult(Path(out), sel, info)
+        if isinstance(dstore, MergedStore):
+            write_adapter(dstore.adapter, keep, run.path, base_path)
+            if merge:
+                merged = run.path / "merged"
+                merged.mkdir()
+                write_checkpoint(bstore, tensors.get, merged, max_shard_size, "merging", label=Path(out) / "merged")
+                copy_sidecars(base_path, merged)
+        else:
+            write_checkpoint(RawFrom(bstore, dstore, whole), new_or_raw(tensors.get, whole), run.path,
+                             max_shard_size, "transferring", label=out)
+            copy_sidecars(base_path, run.path)
+        result = ComposeResult(run.final, sel, info, "transfer")
+        run.json("compose.json", result.record())
+    return result
 
 
 @contextlib.contextmanager
@@ -215,7 +220,7 @@ def applied(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> Iter
 
     Lets a grid evaluate many variants on one loaded model with no disk writes.
     """
-    params = dict(model.named_parameters())
+    params: dict[str, torch.Tensor] = dict(model.named_parameters())
     params.update(dict(model.named_buffers()))
     missing = [n for n in tensors if n not in params]
     if missing:

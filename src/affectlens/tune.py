@@ -36,7 +36,8 @@ from .modules import (
     format_ranges,
     parse_selection,
 )
-from .prompts import encode_example, infer_task_kind, resolve_task_kind, task_labels
+from .prompts import encode as encode_prompt
+from .prompts import render
 from .training import (
     IGNORE,
     collate,
@@ -47,6 +48,7 @@ from .training import (
     wrap_lora,
 )
 from .tuneconfig import TuneConfig
+from .vocab import CLOSED_KINDS, TaskKind, closed_labels, infer_kind
 
 
 @dataclass
@@ -54,7 +56,7 @@ class Dataset:
     """Validated ``{"text", "label"}`` rows with the task kind that formats them."""
 
     rows: list[dict[str, str]]
-    task_kind: str
+    task_kind: TaskKind
     labels: tuple[str, ...]
     source: str
 
@@ -91,15 +93,15 @@ def resolve_data(data: str | os.PathLike) -> Path:
 def load_dataset(data: str | os.PathLike, task: str | None = None) -> Dataset:
     """Read and validate a JSONL of ``{"text", "label"}`` rows.
 
-    ``task`` (emotion, sentiment, arithmetic/control, label) fixes the prompt
+    ``task`` (emotion, sentiment, control/arithmetic, label) fixes the prompt
     and, for closed tasks, the allowed labels; by default it is inferred from
     the labels present.
     """
     path = resolve_data(data)
     rows = [{"text": text, "label": label} for _, text, label in labelled_rows(path)]
     found = sorted({r["label"] for r in rows})
-    kind = resolve_task_kind(task) if task else infer_task_kind(found)
-    allowed = task_labels(kind)
+    kind = TaskKind.parse(task, CLOSED_KINDS) if task else infer_kind(found)
+    allowed = closed_labels(kind)
     if allowed is not None:
         bad = [x for x in found if x not in allowed]
         if bad:
@@ -110,11 +112,12 @@ def load_dataset(data: str | os.PathLike, task: str | None = None) -> Dataset:
 
 
 def encode(tokenizer: Any, ds: Dataset, max_length: int = 256) -> tuple[list[list[int]], list[int], int]:
-    """Token ids and prompt lengths of every row; over-long prompts lose tokens from the left."""
+    """Token ids (prompt, label, EOS) and prompt lengths of every row, by :mod:`affectlens.prompts`
+    as evaluation and circuits encode them; over-long prompts lose tokens from the left."""
     ids_all, n_prompts, truncated = [], [], 0
-    open_labels = ds.labels if task_labels(ds.task_kind) is None else None
     for r in ds.rows:
-        ids, n_prompt = encode_example(tokenizer, r["text"], r["label"], ds.task_kind, open_labels)
+        prompt = render(tokenizer, r["text"], ds.task_kind, ds.labels)
+        ids, n_prompt = encode_prompt(tokenizer, prompt, r["label"], eos=True)
         if len(ids) - n_prompt < 1:
             raise AffectlensError(f"label '{r['label']}' encodes to no tokens")
         if len(ids) > max_length:

@@ -50,11 +50,9 @@ METRICS = ("proj", "score")
 
 
 def _label_first_tokens(enc: Encoder, labels: Sequence[str]) -> list[int]:
-    from ..evaluate.scorer import delimiter_for
+    from ..prompts import encode_targets
 
-    tok = enc.tokenizer
-    d = delimiter_for(enc.prompt("x"))
-    ids = [tok(d + lab, add_special_tokens=False)["input_ids"][0] for lab in labels]
+    ids = [t[0] for t in encode_targets(enc.tokenizer, enc.prompt("x"), labels)]
     if len(set(ids)) != len(ids):
         raise AffectlensError("labels share a first token, so metric 'score' is ambiguous; use --metric proj")
     return ids

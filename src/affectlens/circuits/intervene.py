@@ -214,10 +214,10 @@ def guarded_perplexity(model: Any, tokenizer: Any, texts: Sequence[str],
 
 def eval_layout(tokenizer: Any, task_kind: str = "emotion") -> Layout:
     """Stimulus layout of the evaluation harness's prompts."""
-    from ..prompts import format_prompt
+    from ..prompts import render
     from .hooks import layout_for
 
-    return layout_for(tokenizer, lambda t: format_prompt(tokenizer, t, task_kind))
+    return layout_for(tokenizer, lambda t: render(tokenizer, t, task_kind))
 
 
 def compare(before: Sequence[dict], after: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dict:

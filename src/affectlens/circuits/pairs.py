@@ -1,9 +1,11 @@
 """Contrast pairs, the prompts built from them, and closed-set emotion scores.
 
-A pair shares the query and differs only in the stimulus (utterance, or image
-for vision-language models). Prompts put the stimulus before the query so the
-query tokens are identical in both members: that shared suffix is where
-patching aligns the two runs.
+A pair shares the question and differs only in the stimulus (utterance, or
+image for vision-language models). Prompts are the evaluation harness's
+(:func:`affectlens.prompts.render`: question, stimulus, answer cue), so both
+members share every token but the stimulus; the shared tokens after it (the
+answer cue, or the chat template's assistant header) are where patching
+aligns the two runs.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from typing import Any
 import torch
 
 from ..errors import AffectlensError
+from ..prompts import encode, encode_targets, render
 from ..runs import parse_jsonl
-from .hooks import Layout, layout_for
+from ..vocab import TaskKind, infer_kind
+from .spans import Layout, layout_for
 
 NEUTRAL = "neutral"
-DEFAULT_QUERY = ("Which emotion does the text express? Answer with one word: "
-                 "{labels}.")
 
 
 @dataclass(frozen=True)
@@ -85,37 +87,25 @@ def answer_labels(pairs: Sequence[Pair]) -> list[str]:
     return [*labels_of(pairs), NEUTRAL]
 
 
-def default_query(labels: Sequence[str]) -> str:
-    return DEFAULT_QUERY.format(labels=", ".join(labels))
-
-
-def _has_chat(tokenizer: Any) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def render_prompt(tokenizer: Any, stimulus: str, query: str, image_placeholder: str = "") -> str:
-    """Stimulus first, then the query; chat template when the tokenizer has one."""
-    body = f"{image_placeholder}Text: \"{stimulus}\"\n{query}" if stimulus or not image_placeholder \
-        else f"{image_placeholder}{query}"
-    if _has_chat(tokenizer):
-        return tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
-                                             add_generation_prompt=True)
-    return f"{body}\nAnswer:"
-
-
 @dataclass
 class Encoder:
     """Turns (stimulus, image) into model inputs, and knows the layout of its prompts.
 
-    Without a pair-specific ``query`` the prompt is the evaluation harness's
-    (``affectlens.prompts.format_prompt``), so directions and heads are found
-    on exactly the format that ``circuits intervene`` later evaluates.
+    Prompts are :func:`affectlens.prompts.render`'s for the kind the labels
+    imply (emotion for the bundled pairs) and ids :func:`affectlens.prompts.encode`'s,
+    so directions and heads are found on exactly the tokens that evaluation
+    (``circuits intervene``) and training see. A pair-set ``query`` is the
+    task's own question wording (``{labels}`` is filled in).
     """
 
     tokenizer: Any
     query: str | None
     labels: tuple[str, ...]
     processor: Any = None
+
+    @property
+    def kind(self) -> TaskKind:
+        return infer_kind(self.labels)
 
     @property
     def layout(self) -> Layout:
@@ -125,14 +115,9 @@ class Encoder:
 
     def prompt(self, stimulus: str, image: str | None = None) -> str:
         if self.processor is not None and image is not None:
-            return render_prompt(_tok(self.processor), stimulus, self.query or default_query(self.labels),
-                                 image_placeholder=_image_placeholder(self.processor))
-        if self.query is not None:
-            return render_prompt(self.tokenizer, stimulus, self.query)
-        from ..prompts import format_prompt, infer_task_kind
-
-        kind = infer_task_kind(self.labels)
-        return format_prompt(self.tokenizer, stimulus, kind, self.labels if kind == "label" else None)
+            return render(_tok(self.processor), stimulus, self.kind, self.labels, self.query,
+                          image=_image_placeholder(self.processor))
+        return render(self.tokenizer, stimulus, self.kind, self.labels, self.query)
 
     def __call__(self, stimulus: str, image: str | None = None) -> dict[str, torch.Tensor]:
         text = self.prompt(stimulus, image)
@@ -143,15 +128,8 @@ class Encoder:
                 raise AffectlensError(f"image {image} does not exist")
             with Image.open(image) as im:
                 return dict(self.processor(text=[text], images=[im.convert("RGB")], return_tensors="pt"))
-        return dict(self.tokenizer(text, return_tensors="pt", add_special_tokens=_add_special(self.tokenizer, text)))
-
-
-def _add_special(tokenizer: Any, text: str) -> bool:
-    """BOS by the tokenizer's rule unless a chat template (or the text) already has it."""
-    if _has_chat(tokenizer):
-        return False
-    bos = getattr(tokenizer, "bos_token", None)
-    return not (bos and text.startswith(bos))
+        ids, _ = encode(self.tokenizer, text)
+        return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
 
 
 def _tok(processor: Any) -> Any:
@@ -215,8 +193,8 @@ def _image_label_probs(model: Any, enc: Encoder, stimuli: Sequence[str],
     out = torch.zeros(len(stimuli), len(labels))
     for i, (s, im) in enumerate(zip(stimuli, images, strict=True)):
         inputs = enc(s, im)
-        for j, lab in enumerate(labels):
-            lab_ids = torch.tensor([tok(lab, add_special_tokens=False)["input_ids"]])
+        for j, target in enumerate(encode_targets(tok, enc.prompt(s, im), labels)):
+            lab_ids = torch.tensor([target])
             ids = torch.cat([inputs["input_ids"], lab_ids], 1)
             kw = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
             with torch.no_grad():

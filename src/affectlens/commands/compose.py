@@ -56,8 +56,7 @@ def _transfer(args: argparse.Namespace) -> int:
 
     res = transfer(args.base, args.donor, args.modules, args.out, layers=args.layers, merge=args.merge,
                    force=args.force, max_shard_size=args.max_shard_size, allow_pickle=args.allow_pickle)
-    print(f"transferred {len(res.info['tensors'])} tensor(s), {res.info['params_transferred']:,} "
-          f"parameters ({res.info['donor_kind']} donor) -> {res.out}")
+    print(res.line())
     return 0
 
 
@@ -67,6 +66,5 @@ def _ablate(args: argparse.Namespace) -> int:
     res = ablate(args.model, args.modules, args.mode, args.out, base=args.base, layers=args.layers,
                  seed=args.seed, control=args.control, force=args.force,
                  max_shard_size=args.max_shard_size, allow_pickle=args.allow_pickle)
-    print(f"ablated {','.join(res.info['ablated'])} ({args.mode}, {res.info['params_ablated']:,} "
-          f"parameters) -> {res.out}")
+    print(res.line())
     return 0

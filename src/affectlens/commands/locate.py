@@ -32,17 +32,7 @@ def run(args: argparse.Namespace) -> int:
     result = locate(args.base, args.tuned, labels=labels, out=args.out, force=args.force,
                     allow_pickle=args.allow_pickle, distribution=not args.no_distribution)
     print(result.table())
-    unmatched = result.summary["unmatched"]
-    if unmatched:
-        print(f"{len(unmatched)} tensor(s) matched no known role (see summary.json): {', '.join(unmatched[:5])}")
-    for label, info in result.summary["models"].items():
-        extra = info.get("only_in_tuned") or []
-        if extra:
-            print(f"note: {len(extra)} tensor(s) of {label} are not in the base and were not compared "
-                  f"(see summary.json): {', '.join(extra[:5])}")
-        lacking = info.get("only_in_base") or []
-        if lacking:
-            print(f"note: {len(lacking)} tensor(s) of the base are not in {label} and were not compared "
-                  f"(see summary.json): {', '.join(lacking[:5])}")
+    for line in result.notes():
+        print(line)
     print(f"wrote {result.out}")
     return 0

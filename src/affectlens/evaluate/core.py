@@ -92,21 +92,10 @@ def weight_fingerprint(model) -> str:
 
 
 def closed_prompt(tokenizer, spec: TaskSpec, labels: Sequence[str], text: str) -> str:
-    """The closed-set prompt (shared with training through affectlens.prompts)."""
-    from .. import prompts as P
+    """A task's closed-set prompt: :func:`affectlens.prompts.render` with the spec's kind and wording."""
+    from ..prompts import render
 
-    if spec.question is not None:  # a task with its own wording
-        q = spec.question.format(labels=", ".join(labels), text=text)
-        if getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(
-                [{"role": "system", "content": q}, {"role": "user", "content": text}],
-                tokenize=False, add_generation_prompt=True)
-        return f"{q}\nText: {text}\nAnswer:"
-    kind = "arithmetic" if spec.kind == "control" else spec.kind
-    fixed = P.task_labels(kind) if kind in P.TASKS else None
-    if fixed is None or not set(labels) <= set(fixed):
-        kind = "label"
-    return P.format_prompt(tokenizer, text, kind, labels=list(labels))
+    return render(tokenizer, text, spec.kind, labels, query=spec.question)
 
 
 def _seconds(t0: float) -> float:

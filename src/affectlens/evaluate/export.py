@@ -20,9 +20,9 @@ from typing import Any
 import yaml
 
 from ..errors import AffectlensError
+from ..prompts import target_delimiter
 from .core import _safe, closed_prompt
 from .loaders import load_task
-from .scorer import delimiter_for
 from .tasks import TaskSpec, parse_task
 
 
@@ -37,7 +37,7 @@ def export_task(task: str | TaskSpec, out: str | Path, tokenizer: Any = None, li
     loaded = load_task(spec, limit)
     labels = list(loaded.labels)
     prompts = [closed_prompt(tokenizer, spec, labels, e.text) for e in loaded.examples]
-    delims = {delimiter_for(p) for p in prompts}
+    delims = {target_delimiter(tokenizer, p) for p in prompts}
     if len(delims) != 1:
         raise AffectlensError("prompts of one task end differently; cannot pick one target_delimiter")
     name = "affectlens_" + _safe(spec.name).replace(".", "_").replace("-", "_").lower()

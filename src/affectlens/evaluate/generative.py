@@ -21,7 +21,10 @@ from pathlib import Path
 import torch
 
 from ..errors import AffectlensError
-from .scorer import _add_special, _device, _pad_id, _Progress
+from ..prompts import encode_prompts, render
+from ..runs import Progress
+from ..vocab import TaskKind
+from .scorer import model_device, non_finite_error, padding_id, text_start
 
 _PREFIXES = re.compile(
     r"^(?:(?:the\s+)?(?:character|speaker|person|author|writer|narrator)(?:'s|’s)?\s+"
@@ -177,17 +180,15 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: i
     """
     from transformers import LogitsProcessorList
 
-    from .scorer import non_finite_error, text_start
-
     if tokenizer is None:
         raise AffectlensError("generative evaluation needs the model's tokenizer; the model has none")
     torch.manual_seed(seed)
-    enc = [list(tokenizer(p, add_special_tokens=_add_special(tokenizer, p))["input_ids"]) for p in prompts]
+    enc = encode_prompts(tokenizer, prompts)
     order = sorted(range(len(enc)), key=lambda i: (-len(enc[i]), i))
-    pad = _pad_id(tokenizer)
-    dev = _device(model)
+    pad = padding_id(tokenizer)
+    dev = model_device(model)
     out = [""] * len(enc)
-    bar = _Progress(len(enc), "generating", progress)
+    bar = Progress(len(enc), "generating", unit="ex", enabled=progress)
     eos = getattr(tokenizer, "eos_token_id", None)
     for s in range(0, len(order), batch_size):
         rows = order[s:s + batch_size]
@@ -216,13 +217,8 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: i
 
 
 def open_prompt(tokenizer, text: str, question: str) -> str:
-    """MER-UniBench's question about one text (chat template when the tokenizer has one)."""
-    user = (f'Subtitle content: "{text}"\n{question} '
-            "Answer with a comma-separated list of emotion words.")
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                             add_generation_prompt=True)
-    return f"{user}\nAnswer: The character's emotional state is"
+    """MER-UniBench's open question about one text (:func:`affectlens.prompts.render`, kind ``open``)."""
+    return render(tokenizer, text, TaskKind.OPEN, query=question)
 
 
 __all__ = ["Wheel", "load_wheel", "parse_answer", "map_words", "answer_polarity",

@@ -1,6 +1,8 @@
 """Perplexity on held-out text: the fluency check for transferred/ablated models.
 
-Each text (file paragraph) is scored on its own, BOS first; texts longer
+Each text (file paragraph) is scored on its own, with the tokenizer's BOS
+first (:func:`affectlens.prompts.encode_text`: a document is never
+chat-templated, also for chat models); texts longer
 than the context are cut into windows that overlap by ``max_length -
 stride`` tokens and only the new tokens of each window are scored (the
 Hugging Face sliding-window recipe), so every token is predicted once.
@@ -17,15 +19,9 @@ from typing import Any
 import torch
 
 from ..errors import AffectlensError
-from .scorer import (
-    _add_special,
-    _device,
-    _max_positions,
-    _pad_id,
-    _Progress,
-    non_finite_error,
-    text_start,
-)
+from ..prompts import encode_text
+from ..runs import Progress
+from .scorer import max_positions, model_device, non_finite_error, padding_id, text_start
 
 
 def _texts(path_or_texts: str | os.PathLike | Sequence[str]) -> list[str]:
@@ -52,13 +48,13 @@ def perplexity(model, tokenizer, path_or_texts: str | os.PathLike | Sequence[str
     texts = _texts(path_or_texts)
     if max_length is not None and max_length < 2:
         raise AffectlensError(f"max_length must be at least 2 (a token and its successor), not {max_length}")
-    max_length = max_length or min(_max_positions(model) or 1024, 1024)
+    max_length = max_length or min(max_positions(model) or 1024, 1024)
     stride = max(1, max_length // 2) if stride is None else stride
     if not 0 < stride <= max_length:
         raise AffectlensError(f"stride must be in 1..{max_length}, not {stride}")
     windows: list[tuple[list[int], int, int]] = []  # (ids, trailing targets to score, text index)
     for ti, t in enumerate(texts):
-        ids = list(tokenizer(t, add_special_tokens=_add_special(tokenizer, t))["input_ids"])
+        ids = encode_text(tokenizer, t)
         if len(ids) < 2:
             continue
         prev_end = 1  # token 0 (BOS or first token) is never predicted
@@ -72,11 +68,11 @@ def perplexity(model, tokenizer, path_or_texts: str | os.PathLike | Sequence[str
                 break
     if not windows:
         raise AffectlensError("texts are too short (need at least 2 tokens)")
-    dev = _device(model)
-    pad = _pad_id(tokenizer)
+    dev = model_device(model)
+    pad = padding_id(tokenizer)
     nll, count = 0.0, 0
     order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))
-    bar = _Progress(len(windows), "perplexity", progress)
+    bar = Progress(len(windows), "perplexity", unit="window", enabled=progress)
     for s in range(0, len(order), batch_size):
         rows = [windows[i] for i in order[s:s + batch_size]]
         T = max(len(w) for w, _, _ in rows)

@@ -8,10 +8,12 @@ the newline after a chat template) are folded into that forward; labels with
 more tokens continue from the prompt's KV cache, so the prompt is never
 recomputed.
 
-Tokenisation: prompt and ``delimiter + label`` are tokenised separately and
-concatenated (as training does, see ``affectlens.prompts``). With BPE
-tokenisers that never merge across the boundary (SmolLM2, Qwen, Llama-3)
-this equals lm-evaluation-harness' whole-string slicing.
+Tokenisation: prompts and labels are encoded by ``affectlens.prompts``
+(:func:`~affectlens.prompts.encode_prompts`, :func:`~affectlens.prompts.encode_targets`),
+the encoder training uses, so prompt + label ids here are exactly the ids a
+tuned adapter was trained on. With BPE tokenisers that never merge across
+the boundary (SmolLM2, Qwen, Llama-3) this equals lm-evaluation-harness'
+whole-string slicing.
 
 Batch-size independence: prompts are left padded, positions come from the
 attention mask, and batches are sorted by length; an example's scores
@@ -21,8 +23,6 @@ therefore depend on other examples only through float rounding.
 from __future__ import annotations
 
 import copy
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +30,8 @@ import torch
 
 from ..errors import AffectlensError
 from ..hfcompat import cache_kwarg, output_cache
+from ..prompts import encode_prompts, encode_targets, target_delimiter
+from ..runs import Progress
 from .metrics import NonFiniteResult
 
 
@@ -50,57 +52,24 @@ def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def _add_special(tokenizer, text: str) -> bool:
-    """Let the tokenizer add BOS etc. unless the text already carries special tokens.
-
-    Chat-templated prompts (affectlens.prompts) already contain them and are
-    tokenised with ``add_special_tokens=False``, exactly as training does.
-    """
-    bos = getattr(tokenizer, "bos_token", None)
-    if bos and text.startswith(bos):
-        return False
-    if getattr(tokenizer, "chat_template", None):
-        specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
-        return not any(t in text for t in specials)
-    return True
-
-
-def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    out: list[list[int]] = [[] for _ in texts]
-    flags = [_add_special(tokenizer, t) for t in texts]
-    for special in (True, False):
-        idx = [i for i, f in enumerate(flags) if f == special]
-        if idx:
-            enc = tokenizer([texts[i] for i in idx], add_special_tokens=special)["input_ids"]
-            for i, ids in zip(idx, enc, strict=True):
-                out[i] = list(ids)
-    return out
-
-
-def delimiter_for(prompt: str) -> str:
-    """A space before the label unless the prompt already ends in whitespace (chat templates)."""
-    return "" if not prompt or prompt[-1].isspace() else " "
-
-
 def tokenize_pairs(tokenizer, prompts: Sequence[str], labels: Sequence[str],
                    delimiter: str | None = None, max_length: int | None = None) -> list[_Item]:
     """Split each example into (prompt ids, label-common ids, per-label remaining ids).
 
-    Prompt and label are tokenised separately and concatenated, exactly as
-    :func:`affectlens.prompts.encode_example` builds training sequences, so a
+    ``prompt + common + rests[j]`` is exactly :func:`affectlens.prompts.encode`
+    of (prompt, label j), the sequence training builds (less its EOS), so a
     tuned model is scored on the token sequence it was trained to produce.
     """
     if tokenizer is None:
         raise AffectlensError("closed-set scoring needs the model's tokenizer; the model has none")
     prompts = list(prompts)
-    p_ids = _encode(tokenizer, prompts)
+    p_ids = encode_prompts(tokenizer, prompts)
     by_delim: dict[str, tuple[list[int], list[list[int]]]] = {}
     items = []
     for prompt_text, p in zip(prompts, p_ids, strict=True):
-        d = delimiter_for(prompt_text) if delimiter is None else delimiter
+        d = target_delimiter(tokenizer, prompt_text) if delimiter is None else delimiter
         if d not in by_delim:
-            conts = [list(x) for x in tokenizer([d + lab for lab in labels],
-                                                add_special_tokens=False)["input_ids"]]
+            conts = encode_targets(tokenizer, prompt_text, labels, delimiter=d)
             if any(len(c) == 0 for c in conts):
                 raise AffectlensError(f"a label tokenises to nothing: {list(labels)}")
             k = min(min(len(c) for c in conts) - 1, min(_lcp(conts[0], c) for c in conts))
@@ -119,14 +88,16 @@ def tokenize_pairs(tokenizer, prompts: Sequence[str], labels: Sequence[str],
     return items
 
 
-def _device(model) -> torch.device:
+def model_device(model) -> torch.device:
+    """Where the model's (first) parameters live: inputs go there."""
     try:
         return next(model.parameters()).device
     except StopIteration:
         return torch.device("cpu")
 
 
-def _pad_id(tokenizer) -> int:
+def padding_id(tokenizer) -> int:
+    """The id that fills padded positions (pad, else eos, else unk, else 0): never attended to."""
     for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
         v = getattr(tokenizer, attr, None)
         if v is not None:
@@ -167,29 +138,11 @@ def non_finite_error(model, where: str, what: str) -> NonFiniteResult:
     return NonFiniteResult(f"{where}: {what} under model {model_name(model)}{hint}; not a result")
 
 
-def _max_positions(model) -> int | None:
+def max_positions(model) -> int | None:
+    """The text decoder's context length, when the config states one."""
     cfg = getattr(model, "config", None)
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     return getattr(cfg, "max_position_embeddings", None)
-
-
-class _Progress:
-    """Examples/s bar; silent when asked or when AFFECTLENS_NO_PROGRESS is set."""
-
-    def __init__(self, total: int, desc: str, enabled: bool) -> None:
-        self.bar = None
-        if enabled and not os.environ.get("AFFECTLENS_NO_PROGRESS"):
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="ex", leave=False, file=sys.stderr)
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 @torch.inference_mode()
@@ -198,11 +151,11 @@ def score_items(model, items: list[_Item], n_labels: int, pad_id: int, batch_siz
     """Log-likelihoods [n, n_labels] (float64) for pre-tokenised items."""
     if batch_size < 1:
         raise AffectlensError(f"batch size must be positive, not {batch_size}")
-    dev = _device(model)
+    dev = model_device(model)
     n = len(items)
     out = torch.zeros(n, n_labels, dtype=torch.float64)
     order = sorted(range(n), key=lambda i: (-(len(items[i].prompt) + len(items[i].common)), i))
-    bar = _Progress(n, desc, progress)
+    bar = Progress(n, desc, unit="ex", enabled=progress)
     for start in range(0, n, batch_size):
         rows = order[start:start + batch_size]
         seqs = [items[i].prompt + items[i].common for i in rows]
@@ -274,9 +227,9 @@ def score_labels(model, tokenizer, prompts: Sequence[str], labels: Sequence[str]
         raise AffectlensError("no labels to score")
     if not prompts:
         return torch.zeros(0, len(labels), dtype=torch.float64)
-    items = tokenize_pairs(tokenizer, prompts, labels, delimiter, _max_positions(model))
-    return score_items(model, items, len(labels), _pad_id(tokenizer), batch_size, progress)
+    items = tokenize_pairs(tokenizer, prompts, labels, delimiter, max_positions(model))
+    return score_items(model, items, len(labels), padding_id(tokenizer), batch_size, progress)
 
 
-__all__ = ["score_labels", "tokenize_pairs", "score_items", "delimiter_for", "model_name",
-           "non_finite_error", "non_finite_weight", "text_start"]
+__all__ = ["score_labels", "tokenize_pairs", "score_items", "max_positions", "model_device", "model_name",
+           "padding_id", "non_finite_error", "non_finite_weight", "text_start"]

@@ -13,21 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AffectlensError
-
-EMOTIONS = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
-SENTIMENTS3 = ("negative", "neutral", "positive")
-SENTIMENTS2 = ("negative", "positive")
-KINDS = ("emotion", "sentiment", "control", "perplexity")
-
-# MER-UniBench's open-vocabulary question (AffectGPT).
-OPEN_QUESTION = "Please recognize all possible emotional states of the character."
-
-# Closed-set questions; {labels} is filled with the task's label list.
-CLOSED_QUESTIONS = {
-    "emotion": "Which emotion does this text express? Answer with one word from: {labels}.",
-    "sentiment": "Is the sentiment of this text {labels}? Answer with one word.",
-    "control": "Answer with one of: {labels}.",
-}
+from ..prompts import OPEN_QUESTION
+from ..vocab import EMOTIONS, EVAL_KINDS, SENTIMENTS2, SENTIMENTS3, TaskKind
 
 
 @dataclass(frozen=True)
@@ -37,11 +24,13 @@ class TaskSpec:
     ``loader`` picks a function in :mod:`affectlens.evaluate.loaders`; ``options``
     are that loader's keyword options (column names, split, thresholds).
     ``labels`` is the closed label set (None: taken from the whole file).
-    ``question`` overrides the closed-set question (``{labels}`` placeholder).
+    ``question`` overrides the closed-set question (``{labels}`` and ``{text}`` are
+    filled in; see :func:`affectlens.prompts.render`), ``open_question`` the
+    open-vocabulary one of generative mode.
     """
 
     name: str
-    kind: str
+    kind: str  # a TaskKind in EVAL_KINDS
     loader: str
     path: str | None = None
     labels: tuple[str, ...] | None = None
@@ -64,11 +53,11 @@ def primary_metric(spec: TaskSpec, mode: str) -> str:
     """The number a task contributes to the mean (MER-UniBench: HIT / WAF)."""
     if spec.primary:
         return spec.primary
-    if spec.kind == "perplexity":
+    if spec.kind == TaskKind.PERPLEXITY:
         return "perplexity"
-    if spec.kind == "control":
+    if spec.kind == TaskKind.CONTROL:
         return "accuracy"
-    if spec.kind == "emotion" and mode == "generative":
+    if spec.kind == TaskKind.EMOTION and mode == "generative":
         return "hit"
     return "weighted_f1"
 
@@ -78,8 +67,9 @@ _REGISTRY: dict[str, TaskSpec] = {}
 
 def register_task(spec: TaskSpec, overwrite: bool = False) -> TaskSpec:
     """Add a named task so ``get_task(name)`` and ``--task name`` find it."""
-    if spec.kind not in KINDS:
-        raise AffectlensError(f"task {spec.name}: unknown kind '{spec.kind}'; choose from {', '.join(KINDS)}")
+    if spec.kind not in EVAL_KINDS:
+        raise AffectlensError(f"task {spec.name}: unknown kind '{spec.kind}'; "
+                              f"choose from {', '.join(EVAL_KINDS)}")
     if spec.name in _REGISTRY and not overwrite:
         raise AffectlensError(f"task '{spec.name}' is already registered")
     _REGISTRY[spec.name] = spec
@@ -91,15 +81,16 @@ def registered_tasks() -> list[str]:
 
 
 # KIND -> (loader, task kind, fixed labels). Options after the path: ",key=value".
-_SPEC_KINDS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
-    "meld": ("meld", "emotion", EMOTIONS),
-    "meld-sentiment": ("meld_sentiment", "sentiment", SENTIMENTS3),
-    "goemotions": ("goemotions", "emotion", None),
-    "jsonl": ("jsonl", "emotion", None),
-    "csv": ("csv", "emotion", None),
-    "sentiment": ("sentiment", "sentiment", SENTIMENTS2),
-    "ppl": ("text", "perplexity", None),
+_SPEC_KINDS: dict[str, tuple[str, TaskKind, tuple[str, ...] | None]] = {
+    "meld": ("meld", TaskKind.EMOTION, EMOTIONS),
+    "meld-sentiment": ("meld_sentiment", TaskKind.SENTIMENT, SENTIMENTS3),
+    "goemotions": ("goemotions", TaskKind.EMOTION, None),
+    "jsonl": ("jsonl", TaskKind.EMOTION, None),
+    "csv": ("csv", TaskKind.EMOTION, None),
+    "sentiment": ("sentiment", TaskKind.SENTIMENT, SENTIMENTS2),
+    "ppl": ("text", TaskKind.PERPLEXITY, None),
 }
+_ASKED = (TaskKind.EMOTION, TaskKind.SENTIMENT, TaskKind.CONTROL)  # what kind= may set
 _OPTION_SPLIT = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
 _KNOWN_OPTIONS = {
     "meld": {"text", "label", "limit_dialogues"},
@@ -161,9 +152,10 @@ def parse_task(name: str | TaskSpec) -> TaskSpec:
     if "labels" in opts:
         labels = tuple(x.strip().lower() for x in opts.pop("labels").split("|") if x.strip())
     if "kind" in opts:
-        kind = opts.pop("kind")
-        if kind not in ("emotion", "sentiment", "control"):
-            raise AffectlensError(f"task '{name}': kind must be emotion, sentiment or control")
+        try:
+            kind = TaskKind.parse(opts.pop("kind"), _ASKED)
+        except AffectlensError:
+            raise AffectlensError(f"task '{name}': kind must be emotion, sentiment or control") from None
     if loader == "sentiment" and opts.get("labels3") in ("1", "true", "yes"):
         labels = SENTIMENTS3
     short = f"{kind_key}:{Path(path).name}"
@@ -179,11 +171,11 @@ def get_task(name: str | TaskSpec) -> TaskSpec:
 
 
 register_task(TaskSpec(
-    name="emotion", kind="emotion", loader="bundled", path="emotion_test", labels=EMOTIONS,
+    name="emotion", kind=TaskKind.EMOTION, loader="bundled", path="emotion_test", labels=EMOTIONS,
     description="bundled emotion test set (7 basic emotions)",
 ))
 register_task(TaskSpec(
-    name="control", kind="control", loader="bundled", path="control_test", labels=None,
+    name="control", kind=TaskKind.CONTROL, loader="bundled", path="control_test", labels=None,
     description="bundled non-affective control task (short answers)",
 ))
 __all__ = ["EMOTIONS", "TaskSpec", "get_task", "parse_task", "register_task", "registered_tasks",

@@ -12,10 +12,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ..vocab import TaskKind
 from .config import GridConfig
 from .results import Cell, TaskResult
 
-CONTROL_KINDS = ("control", "perplexity")
+CONTROL_KINDS = (TaskKind.CONTROL, TaskKind.PERPLEXITY)
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float, int]:
@@ -49,7 +50,7 @@ def control_task_names(cfg: GridConfig) -> list[str]:
 
 
 def lower_is_better(task: str) -> bool:
-    return task_kind(task) == "perplexity"
+    return task_kind(task) == TaskKind.PERPLEXITY
 
 
 def affective_mean(cfg: GridConfig, tasks: dict[str, TaskResult]) -> float:

@@ -1,4 +1,4 @@
-"""Reading checkpoints and adapters lazily, one tensor at a time."""
+"""Reading checkpoints and adapters lazily, one tensor at a time (``store.open_weights`` picks the format)."""
 
 from .compat import check_adapter_fits, check_architecture
 from .finite import check_finite, check_store_finite

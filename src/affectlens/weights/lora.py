@@ -42,7 +42,7 @@ def lora_inner(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, chunk_rows: in
     return total
 
 
-def _pattern_value(patterns: dict[str, Any], module_path: str, default: Any) -> Any:
+def _pattern_value(patterns: dict[str, Any] | None, module_path: str, default: Any) -> Any:
     """PEFT's rank_pattern/alpha_pattern lookup: key matches the path's tail."""
     for key, value in (patterns or {}).items():
         if re.match(rf"(.*\.)?({key})$", module_path):
@@ -170,6 +170,7 @@ class LoraAdapter:
             return d
         if base_rows is None:
             raise AffectlensError("DoRA adapters need the base weights to compute the change")
+        assert module.magnitude_name is not None  # refused at load for a DoRA adapter
         m = self.store.get(module.magnitude_name)[r0:r1].to(torch.float32)
         v = base_rows.to(torch.float32) + d
         return (m / torch.linalg.vector_norm(v, dim=1)).unsqueeze(1) * v - base_rows.to(torch.float32)

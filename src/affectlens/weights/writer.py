@@ -194,7 +194,7 @@ class ShardedWriter:
         nbytes = t.numel() * t.element_size()
         shard, pos = self._register(name, dtype_name(t.dtype), tuple(t.shape), nbytes)
         if nbytes:
-            view = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+            view = t.reshape(-1).view(torch.uint8).numpy().data  # a memoryview of the bytes, no copy
             done = 0
             while done < nbytes:
                 done += os.pwrite(shard.fd, view[done:], pos + done)

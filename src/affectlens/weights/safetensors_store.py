@@ -1,0 +1,194 @@
+"""safetensors files read without the library: a validated header, then plain row reads.
+
+The header is checked as strictly as ``safetensors`` itself checks it, so a
+truncated or lying file is one clear error here rather than a broken copy
+later; tensors are read row range by row range with ordinary file I/O (never a
+long-lived mmap), so peak memory is one chunk, not one model.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import AffectlensError
+from .base import WeightStore
+
+ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
+    "F8_E5M2": getattr(torch, "float8_e5m2", None),
+    "U16": getattr(torch, "uint16", None), "U32": getattr(torch, "uint32", None),
+    "U64": getattr(torch, "uint64", None),
+}
+
+
+def st_itemsize(dtype: str) -> int | None:
+    dt = ST_DTYPES.get(dtype)
+    return None if dt is None else torch.empty((), dtype=dt).element_size()
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """Parse and validate a safetensors header; a truncated, corrupt or lying file is an error.
+
+    The checks are the ones ``safetensors`` itself makes on load (every entry a
+    dict with a known ``dtype``, a ``shape`` and ``data_offsets``; ``end - start
+    == numel * itemsize``; tensors packed back to back from offset 0 to the end
+    of the file), so a header lying about a tensor is refused by every reader
+    instead of being copied into a file that ``safetensors.load_file`` rejects.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise ValueError("file shorter than its header length field")
+            (n,) = struct.unpack("<Q", raw)
+            if n > size - 8 or n > 100_000_000:
+                raise ValueError(f"header length {n} exceeds file size {size}")
+            header = json.loads(f.read(n))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise AffectlensError(f"corrupt safetensors file {path}: {e}") from None
+    except OSError as e:
+        raise AffectlensError(f"cannot read {path}: {e.strerror or e}") from None
+
+    def bad(msg: str) -> AffectlensError:
+        return AffectlensError(f"corrupt safetensors file {path}: {msg}")
+
+    if not isinstance(header, dict):
+        raise bad(f"header is a JSON {type(header).__name__}, not an object")
+    meta = header.get("__metadata__")
+    if meta is not None and not isinstance(meta, dict):
+        raise bad("__metadata__ is not an object")
+    spans: list[tuple[int, int, str]] = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            raise bad(f"entry for tensor {name} is not an object")
+        missing = [k for k in ("dtype", "shape", "data_offsets") if k not in info]
+        if missing:
+            raise bad(f"entry for tensor {name} lacks {', '.join(missing)}")
+        dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+        itemsize = st_itemsize(dtype) if isinstance(dtype, str) else None
+        if itemsize is None:
+            raise bad(f"tensor {name} has unsupported dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise bad(f"tensor {name} has an invalid shape {shape!r}")
+        if (not isinstance(offs, list) or len(offs) != 2 or not all(type(x) is int for x in offs)
+                or not 0 <= offs[0] <= offs[1]):
+            raise bad(f"tensor {name} has invalid data_offsets {offs!r}")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if offs[1] - offs[0] != numel * itemsize:
+            raise bad(f"tensor {name} is {dtype} {shape} ({numel * itemsize} bytes) but its data_offsets "
+                      f"span {offs[1] - offs[0]} bytes")
+        spans.append((offs[0], offs[1], name))
+    data = size - 8 - n
+    pos = 0
+    for start, end, name in sorted(spans):
+        if start != pos:
+            raise bad(f"tensor {name} starts at byte {start} of the data, expected {pos} "
+                      "(overlapping or non-contiguous tensors)")
+        pos = end
+    if pos > data:
+        raise AffectlensError(
+            f"truncated safetensors file {path}: header promises {8 + n + pos} bytes, file has {size}")
+    if pos != data:
+        raise bad(f"{data - pos} bytes after the last tensor's data")
+    header["__header_bytes__"] = 8 + n
+    return header
+
+
+class SafetensorsStore(WeightStore):
+    """A single ``.safetensors`` file, or an HF dir (sharded with an index, or not)."""
+
+    def __init__(self, path: Path, files: list[Path], config: dict[str, Any]) -> None:
+        self.path = path
+        self._config = config
+        self._where: dict[str, Path] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
+        for f in files:
+            header = read_safetensors_header(f)
+            base = header.pop("__header_bytes__")
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                info = dict(info, base=base)
+                if name in self._where:
+                    raise AffectlensError(f"tensor {name} appears in both {self._where[name].name} and {f.name}")
+                self._where[name] = f
+                self._meta[name] = info
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def file_of(self, name: str) -> Path:
+        """The file (shard) holding ``name``."""
+        self._info(name)
+        return self._where[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._info(name)["shape"])
+
+    def dtype(self, name: str) -> torch.dtype:
+        dt = ST_DTYPES.get(self._info(name)["dtype"])
+        if dt is None:
+            raise AffectlensError(f"unsupported dtype {self._info(name)['dtype']} for {name}")
+        return dt
+
+    def _info(self, name: str) -> dict[str, Any]:
+        try:
+            return self._meta[name]
+        except KeyError:
+            raise AffectlensError(f"tensor {name} not found in {self.path}") from None
+
+    def location(self, name: str) -> tuple[Path, int, int]:
+        """(file, byte offset, byte count) of a tensor's data, for kernel-side copies."""
+        info = self._info(name)
+        start, end = info["data_offsets"]
+        return self._where[name], info["base"] + start, end - start
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.read_rows(name, 0, self.shape(name)[0] if self.shape(name) else 1)
+
+    def read_rows(self, name: str, r0: int, r1: int) -> torch.Tensor:
+        """Rows [r0, r1) of a tensor, read with plain file I/O.
+
+        Not mmap: pages touched through a long-lived mapping stay in RSS, so a
+        whole-model diff would grow to the size of the files it read.
+        """
+        info = self._info(name)
+        dtype = self.dtype(name)
+        shape = list(info["shape"])
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        row = itemsize
+        for d in shape[1:]:
+            row *= d
+        start, end = info["data_offsets"]
+        if not shape:
+            r0, r1 = 0, 1
+        off = info["base"] + start + r0 * row
+        n = (r1 - r0) * row
+        if off + n > info["base"] + end:
+            raise AffectlensError(f"row range {r0}:{r1} outside tensor {name}")
+        buf = bytearray(n)
+        with open(self._where[name], "rb", buffering=0) as f:
+            f.seek(off)
+            got = f.readinto(buf)
+        if got != n:
+            raise AffectlensError(f"truncated read of {name} from {self._where[name]}")
+        if n == 0:
+            return torch.empty([r1 - r0, *shape[1:]], dtype=dtype)
+        t = torch.frombuffer(buf, dtype=dtype)
+        return t.reshape([r1 - r0, *shape[1:]] if shape else [])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self._config

@@ -95,6 +95,7 @@ def locate_distribution(hists: dict[str, dict[str, Any]], edges: Any, bf16_resol
         ax.set_title(lab)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
+    return fig
 
 
 # --- evaluate

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from affectlens.demo import BUDGET
 from affectlens.models import default_model_dir, load_model
 from affectlens.params import count_params
 from affectlens.tune import tune
@@ -37,12 +38,13 @@ def score(model, tok, limit: int | None) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--rank", type=int, default=8)
-    ap.add_argument("--alpha", type=float, default=16)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
+    b = BUDGET.replace(steps=60)  # the demo's budget (one TuneConfig), fewer steps
+    ap.add_argument("--steps", type=int, default=b.steps)
+    ap.add_argument("--rank", type=int, default=b.rank)
+    ap.add_argument("--alpha", type=float, default=b.alpha)
+    ap.add_argument("--lr", type=float, default=b.lr)
+    ap.add_argument("--batch-size", type=int, default=b.batch_size)
+    ap.add_argument("--seed", type=int, default=b.seed)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--limit", type=int, default=None, help="test examples per task (default all)")
     ap.add_argument("--json", help="also write the numbers here")
@@ -55,9 +57,9 @@ def main() -> None:
     rows = {"base (zero-shot)": {"params": 0, "s_per_step": None, **score(model, tok, args.limit)}}
     eval_s = time.perf_counter() - t0
     for name, sel in (("all-module LoRA", "all"), ("GET (gate_proj)", "gate_proj")):
-        res = tune(model, "emotion_train", sel, rank=args.rank, alpha=args.alpha, dropout=0.0,
-                   steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                   tokenizer=tok, base_path=base_dir, verbose=False)
+        config = b.replace(modules=sel, rank=args.rank, alpha=args.alpha, steps=args.steps, lr=args.lr,
+                           batch_size=args.batch_size, seed=args.seed)
+        res = tune(model, "emotion_train", config=config, tokenizer=tok, base_path=base_dir, verbose=False)
         expected = count_params(base_dir, sel, rank=args.rank).lora_total
         assert res.trainable_params == expected, (res.trainable_params, expected)
         curve = res.loss_curve

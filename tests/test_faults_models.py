@@ -379,7 +379,7 @@ def test_demo_retrains_a_cached_adapter_whose_training_was_not_finite(tmp_path, 
     import affectlens.models as models
 
     monkeypatch.setattr(models, "default_model_dir", lambda: TINYSTORIES)
-    monkeypatch.setitem(demo.DEFAULTS, "batch_size", 2)
+    monkeypatch.setattr(demo, "BUDGET", demo.BUDGET.replace(batch_size=2))
     rc, _, err = run_cli(capfd, "demo", "--out", tmp_path / "d1", "--steps", "2")
     assert rc == 0, err
     first = json.loads((tmp_path / "d1" / "demo.json").read_text())

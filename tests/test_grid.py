@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from affectlens.cli import main
-from affectlens.grid import load_config, mean_ci, run_grid
+from affectlens.errors import AffectlensError
+from affectlens.grid import load_config, mean_ci, run_grid, validate_config
 from affectlens.tune import tune as real_tune
 
 from conftest import TINYSTORIES
@@ -185,3 +186,47 @@ def test_shipped_examples_are_valid_grids():
         cfg = load_config(p)
         assert cfg.base == "smollm2" and cfg.reference == "all-module"
         assert "control" in cfg.tasks  # necessity needs the non-affective control beside it
+        text = p.read_text()
+        assert "flock" not in text and "/tmp/" not in text  # nothing machine-specific
+        # The whole validation a run does before its first cell, on a tiny base of the same family.
+        raw = yaml.safe_load(text)
+        raw["base"] = str(TINYSTORIES)
+        tiny = load_config(raw)
+        assert validate_config(tiny) == TINYSTORIES
+        assert [v.name for v in tiny.variants] == [v.name for v in cfg.variants]
+        assert tiny.budget.steps == raw["budget"]["steps"] and tiny.seeds == raw["budget"]["seeds"]
+
+
+def test_variant_kinds_build_themselves():
+    """Each kind is its own class: the runner never branches on the kind."""
+    import inspect
+
+    from affectlens.grid import KINDS, runner
+    from affectlens.grid.variants import Variant
+
+    assert set(KINDS) == {"tune", "reference", "transfer", "ablate"}
+    assert all(cls.build is not Variant.build and k == cls.KIND for k, cls in KINDS.items())
+    src = inspect.getsource(runner)
+    assert '"tune"' not in src and '"ablate"' not in src and "kind ==" not in src
+
+
+def test_budget_is_a_tune_config(tmp_path):
+    from affectlens.tuneconfig import TuneConfig
+
+    cfg = load_config(grid_yaml(tmp_path))
+    assert cfg.budget == TuneConfig(steps=2, rank=2, alpha=4, lr=1e-2, batch_size=2, max_length=64)
+    bad = grid_yaml(tmp_path, budget={"steps": 2, "rank": 2, "lr": 1e-2, "rnak": 3})
+    with pytest.raises(AffectlensError, match="budget has unknown field"):
+        load_config(bad)
+    with pytest.raises(AffectlensError, match="steps must be"):
+        load_config(grid_yaml(tmp_path, budget={"steps": 0, "rank": 2, "lr": 1e-2}))
+
+
+def test_evaluator_scores_are_typed(tmp_path):
+    from affectlens.grid.runner import task_results
+
+    got = task_results({"tasks": {"emotion": {"primary": 0.5, "metrics": {"accuracy": 0.5, "ci": {}}, "n": 3}}},
+                       ["emotion"])
+    assert got["emotion"].primary == 0.5 and got["emotion"].metrics == {"accuracy": 0.5}
+    with pytest.raises(AffectlensError, match="not a number"):
+        task_results({"tasks": {"emotion": {"primary": "accuracy"}}}, ["emotion"])

@@ -94,9 +94,13 @@ def test_cli_prints_share_and_total(tmp_path, capsys):
     assert main(["params", str(path), "--modules", "gate_proj", "--rank", "16"]) == 0
     out = capsys.readouterr().out
     assert "25.0 %" in out and "40,370,176" in out and "10,092,544" in out
-    assert main(["params", str(tmp_path), "--modules", "all", "--json"]) == 0
+    assert main(["params", str(tmp_path), "--modules", "all", "--rank", "16", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["lora_total"] == 40_370_176 and d["lora_share_of_reference"] == 1.0
+    # Without --rank: tune's default rank (TuneConfig, r=8), so LoRA counts are half of r=16's.
+    assert main(["params", str(tmp_path), "--modules", "all", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["rank"] == 8 and d["lora_total"] == 40_370_176 // 2
 
 
 def test_vlm_wrapper_reads_text_config():

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from affectlens.adapters import base_fingerprint, resolve_adapter_base
 from affectlens.cli import main
+from affectlens.errors import AffectlensError
 from affectlens.models import load_model, load_tokenizer
 from affectlens.params import count_params
 from affectlens.prompts import render
@@ -126,10 +131,12 @@ def test_saved_adapter_is_standard_and_reproducible(tmp_path):
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
     cfg = json.loads((outs[0] / "adapter_config.json").read_text())
-    assert cfg["base_model_name_or_path"] == str(TINYSTORIES.resolve())
+    # Portable: the base by its path relative to the adapter dir, plus its content fingerprint.
+    assert cfg["base_model_name_or_path"] == Path(os.path.relpath(TINYSTORIES.resolve(), outs[0].resolve())).as_posix()
     assert sorted(cfg["target_modules"]) == ["gate_proj", "v_proj"] and cfg["r"] == 8
     info = json.loads((outs[0] / "affectlens_tune.json").read_text())
     assert len(info["loss_curve"]) == 5 and info["seed"] == 7
+    assert info["base_fingerprint"] == base_fingerprint(TINYSTORIES)
     # PEFT is the oracle for the trainable count, per module and in total.
     from peft import LoraConfig, get_peft_model
 
@@ -219,7 +226,7 @@ def test_demo_trains_caches_and_locates(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("AFFECTLENS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(models, "default_model_dir", lambda: TINYSTORIES)
-    monkeypatch.setitem(demo.DEFAULTS, "batch_size", 2)
+    monkeypatch.setattr(demo, "BUDGET", demo.BUDGET.replace(batch_size=2))
     first = demo.run_demo(out=tmp_path / "d1", steps=2, verbose=False)
     assert not first.cached and set(first.locate.summary["models"]) == {"emotion", "control"}
     for label, path in first.adapters.items():
@@ -231,7 +238,13 @@ def test_demo_trains_caches_and_locates(tmp_path, monkeypatch, capsys):
         {k: v for k, v in opts[1].items() if k not in ("data", "task", "labels")}
     stamp = {k: (p / "adapter_model.safetensors").stat().st_mtime_ns for k, p in first.adapters.items()}
     d = json.loads((tmp_path / "d1" / "demo.json").read_text())
-    assert set(d["locus"]) == {"emotion", "control"} and (tmp_path / "d1" / "weight_change.csv").is_file()
+    assert set(d["locus"]) == {"emotion", "control"}
+    # One run dir: demo.json and its manifest at the root, locate's whole run inside, nothing else.
+    assert (tmp_path / "d1" / "locate" / "weight_change.csv").is_file()
+    assert json.loads((tmp_path / "d1" / "manifest.json").read_text())["command"] == "demo"
+    assert json.loads((tmp_path / "d1" / "locate" / "manifest.json").read_text())["command"] == "locate"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("d1")) == ["d1"]
+    assert d["options"] == demo.BUDGET.replace(steps=2).to_dict()
 
     second = demo.run_demo(out=tmp_path / "d2", steps=2, verbose=False)
     assert second.cached and second.adapters == first.adapters
@@ -257,3 +270,69 @@ def test_failed_tune_hands_the_in_memory_base_back(tmp_path, tok):
     assert not any(isinstance(m, LoraLayer) for m in model.modules())
     after = model.state_dict()
     assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_adapter_moves_with_its_base_and_detects_another_base(tmp_path):
+    """Base + adapter moved together to another folder still load; another model under the
+    base's name is refused by the recorded fingerprint (an error, not a warning: the adapter
+    would silently run as a different model)."""
+    here = tmp_path / "here"
+    shutil.copytree(TINYSTORIES, here / "base")
+    tune(str(here / "base"), _easy(tmp_path), "gate_proj", steps=2, batch_size=2, out=here / "runs" / "ad",
+         verbose=False)
+    cfg = json.loads((here / "runs" / "ad" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == "../../base"
+    x = torch.tensor([[1, 5, 9, 17]])
+    with torch.no_grad():
+        want = load_model(here / "runs" / "ad")[0](x).logits
+    there = tmp_path / "cluster" / "project"
+    shutil.move(str(here), str(there))
+    assert not here.exists()
+    with torch.no_grad():
+        got = load_model(there / "runs" / "ad")[0](x).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # Another model where the base was: same name, other content.
+    shutil.rmtree(there / "base")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(123)  # same architecture and shapes, other weights: it would load and run
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINYSTORIES)).save_pretrained(there / "base")
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (TINYSTORIES / f).is_file():
+            shutil.copy(TINYSTORIES / f, there / "base" / f)
+    assert base_fingerprint(there / "base") != base_fingerprint(TINYSTORIES)
+    with pytest.raises(AffectlensError, match="trained on a base with fingerprint"):
+        load_model(there / "runs" / "ad")
+
+
+def test_smollm2_base_is_recorded_by_name(tmp_path, tok, monkeypatch):
+    import affectlens.models as models
+
+    monkeypatch.setattr(models, "default_model_dir", lambda: TINYSTORIES)
+    model, _ = load_model(TINYSTORIES)
+    tune(model, _easy(tmp_path), "gate_proj", steps=1, batch_size=2, tokenizer=tok, base_path="smollm2",
+         out=tmp_path / "ad", verbose=False)
+    assert json.loads((tmp_path / "ad" / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2"
+    assert resolve_adapter_base(tmp_path / "ad") == TINYSTORIES
+
+
+def test_tune_config_is_the_one_budget():
+    import argparse
+    import inspect
+
+    from affectlens.commands.tune import register
+    from affectlens.tuneconfig import TuneConfig
+
+    d = TuneConfig()
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["tune", "m", "--data", "x", "--modules", "gate_proj", "--out", "o"])
+    for f in ("rank", "alpha", "dropout", "steps", "lr", "batch_size", "max_length", "seed", "warmup"):
+        assert getattr(args, f) == getattr(d, f), f
+    assert inspect.signature(count_params).parameters["rank"].default == d.rank  # params --rank agrees
+    assert TuneConfig(alpha=16) == TuneConfig(alpha=16.0) and TuneConfig(modules=["gate_proj", "up_proj"]).modules \
+        == "gate_proj,up_proj"
+    with pytest.raises(AffectlensError, match="steps must be"):
+        TuneConfig(steps=0)
+    with pytest.raises(TypeError, match="unknown TuneConfig field"):
+        d.replace(stepz=3)

@@ -5,6 +5,16 @@ twice with an all-module "AffectGPT-style" LoRA under an identical budget -
 once on the bundled emotion corpus, once on the bundled arithmetic control
 task - and ``locate`` measures which module each adapter changed most.
 
+The budget is a :class:`~affectlens.tuneconfig.TuneConfig` (``BUDGET``): the
+library defaults with three documented changes for a short synthetic corpus
+on CPU -- 120 steps at lr 2e-3 (the default 5e-4 needs far more steps to
+separate the two adapters), no dropout (one seed, a clean contrast) and 128
+tokens (every bundled example is far shorter).
+
+The run dir is one ``RunDir``: ``demo.json`` at its root and locate's full
+run (tables, figures, its own manifest) in ``locate/``, all renamed into
+place together.
+
 Trained adapters are cached under ``<cache>/demo/<key>/`` where the key hashes
 the options, the base checkpoint's fingerprint and the training data, so a
 second run only re-runs ``locate``. Timing (see ``EXPECTED_TIME``): about 7
@@ -23,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from .corpus import bundled_path
-from .runs import fingerprint_path, sha256_file, write_json
+from .runs import fingerprint_path, sha256_file
+from .tuneconfig import TuneConfig
 
 # Same budget for both adapters (all-module LoRA ~1.5 s/step, batch 8 x ~50 tokens).
 EXPECTED_TIME = "about 7 min the first time on 2 idle CPU cores, a few seconds when cached"
-DEFAULTS: dict[str, Any] = {"modules": "all", "rank": 8, "alpha": 16, "dropout": 0.0, "steps": 120,
-                            "lr": 2e-3, "batch_size": 8, "seed": 0, "max_length": 128}
+BUDGET = TuneConfig(modules="all", steps=120, lr=2e-3, dropout=0.0, max_length=128)
 TASKS = {"emotion": "emotion_train", "control": "control_train"}
 
 
@@ -75,54 +85,63 @@ def _cached(path: Path) -> bool:
 
 
 def run_demo(out: str | os.PathLike | None = None, force: bool = False, retrain: bool = False,
-             steps: int | None = None, verbose: bool = True) -> DemoResult:
-    """Train (or reuse) the emotion and control adapters, then ``locate`` both against the base."""
-    from .runs import check_out_dir, claim_output
+             steps: int | None = None, verbose: bool = True, budget: TuneConfig | None = None) -> DemoResult:
+    """Train (or reuse) the emotion and control adapters, then ``locate`` both against the base.
+
+    ``budget`` defaults to ``BUDGET``; ``steps`` replaces its steps (the CLI's ``--steps``).
+    """
+    from .runs import RunDir
 
     say = print if verbose else (lambda *a, **k: None)
-    if out is None:
-        out = Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    out = Path(out)
-    check_out_dir(out, force)
-    with claim_output(out):  # nobody else writes here while we train, locate and summarise
-        return _run_demo(out, force, retrain, steps, say, verbose)
+    config = budget or BUDGET
+    if steps is not None:
+        config = config.replace(steps=int(steps))
+    out = Path(out) if out is not None else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    with RunDir(out, command="demo", force=force, options={"budget": config.to_dict(), "retrain": retrain},
+                seed=config.seed) as run:  # claimed: nobody else writes here while we train and locate
+        result = _run_demo(run, config, retrain, say, verbose)
+    result.out = out
+    result.locate.out = out / "locate"
+    return result
 
 
-def _run_demo(out: Path, force: bool, retrain: bool, steps: int | None, say: Any,
-              verbose: bool) -> DemoResult:
-    from .locate import locate
-    from .models import cache_dir, default_model_dir, load_model
+def _train(config: TuneConfig, retrain: bool, say: Any, verbose: bool) -> tuple[Path, str, dict[str, Path], bool]:
+    """The two adapters, trained now or found in the cache: (base dir, cache key, adapters, cached)."""
+    from .models import DEFAULT_MODEL, cache_dir, default_model_dir, load_model
     from .tune import tune
 
-    options = dict(DEFAULTS)
-    if steps is not None:
-        options["steps"] = int(steps)
-    t0 = time.perf_counter()
     base_dir = default_model_dir()
+    options = config.to_dict()
     key = cache_key(base_dir, options)
     root = cache_dir() / "demo" / key
     adapters = {label: root / label for label in TASKS}
     cached = not retrain and all(_cached(p) for p in adapters.values())
     if cached:
         say(f"using cached adapters in {root}")
-    else:
-        say(f"training two all-module LoRA adapters on {base_dir} with the same budget: "
-            + ", ".join(f"{k}={v}" for k, v in options.items()))
-        model, tok = load_model(base_dir)
-        for label, data in TASKS.items():
-            if not retrain and _cached(adapters[label]):
-                say(f"[{label}] cached in {adapters[label]}")
-                continue
-            say(f"[{label}] tuning on bundled {data}")
-            res = tune(model, data, options["modules"], rank=options["rank"], alpha=options["alpha"],
-                       dropout=options["dropout"], steps=options["steps"], lr=options["lr"],
-                       batch_size=options["batch_size"], seed=options["seed"],
-                       max_length=options["max_length"], out=adapters[label], force=True,
-                       tokenizer=tok, base_path=base_dir, verbose=verbose)
-            model = res.model.unload()  # the untouched base again, for the next adapter
+        return base_dir, key, adapters, cached
+    say(f"training two all-module LoRA adapters on {base_dir} with the same budget: "
+        + ", ".join(f"{k}={v}" for k, v in options.items()))
+    model, tok = load_model(base_dir)
+    for label, data in TASKS.items():
+        if not retrain and _cached(adapters[label]):
+            say(f"[{label}] cached in {adapters[label]}")
+            continue
+        say(f"[{label}] tuning on bundled {data}")
+        res = tune(model, data, config=config, out=adapters[label], force=True, tokenizer=tok,
+                   base_path=DEFAULT_MODEL, verbose=verbose)
+        model = res.model.unload()  # the untouched base again, for the next adapter
+    return base_dir, key, adapters, cached
+
+
+def _run_demo(run: Any, config: TuneConfig, retrain: bool, say: Any, verbose: bool) -> DemoResult:
+    from .locate import locate
+
+    t0 = time.perf_counter()
+    base_dir, key, adapters, cached = _train(config, retrain, say, verbose)
     tuned_s = time.perf_counter() - t0
     say("measuring module-wise weight change (locate) ...")
-    loc = locate(base_dir, [adapters[k] for k in TASKS], labels=list(TASKS), out=out, force=force)
+    # locate writes its own complete run (with its manifest) inside ours, so both appear together.
+    loc = locate(base_dir, [adapters[k] for k in TASKS], labels=list(TASKS), out=run.path / "locate")
     training = {}
     for label, path in adapters.items():
         info = json.loads((path / "affectlens_tune.json").read_text())
@@ -130,9 +149,10 @@ def _run_demo(out: Path, force: bool, retrain: bool, steps: int | None, say: Any
         training[label] = {"adapter": str(path), "loss_first": curve[0],
                            "loss_last10": sum(curve[-10:]) / len(curve[-10:]),
                            "seconds": info["seconds"], "trainable_params": info["trainable_params"]}
-    summary = {"base": str(base_dir), "cache_key": key, "cached": cached, "options": options,
+    summary = {"base": str(base_dir), "cache_key": key, "cached": cached, "options": config.to_dict(),
                "training": training,
                "locus": {k: v["locus"] for k, v in loc.summary["models"].items()},
                "seconds": {"train_or_load": tuned_s, "total": time.perf_counter() - t0}}
-    write_json(out / "demo.json", summary)
-    return DemoResult(out, adapters, cached, loc, summary)
+    run.json("demo.json", summary)
+    run.inputs.update({"base": str(base_dir), **{f"adapter:{k}": str(p) for k, p in adapters.items()}})
+    return DemoResult(run.final, adapters, cached, loc, summary)

@@ -64,7 +64,7 @@ def default_model_dir() -> Path:
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     # The weights are already dequantised to float32; drop the GGUF quantizer so
     # save_pretrained writes a plain checkpoint instead of refusing.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +123,7 @@ def is_adapter_dir(path: str | os.PathLike) -> bool:
 
 
 def adapter_base(adapter: str | os.PathLike) -> str:
-    """The base model an adapter dir names (``base_model_name_or_path``)."""
+    """The base model an adapter dir names (``base_model_name_or_path``), as written."""
     cfg = read_json_object(Path(adapter, "adapter_config.json"))
     base = cfg.get("base_model_name_or_path")
     if not isinstance(base, str) or not base.strip():
@@ -254,7 +254,7 @@ def _apply_adapter(model: Any, adapter: Path, allow_pickle: bool) -> Any:
             peft_model = PeftModel.from_pretrained(model, str(adapter))
             # PEFT's own loader, again, for its load result: what did not land, what was never given.
             weights = load_peft_weights(str(adapter), device="cpu")
-            result = set_peft_model_state_dict(peft_model, weights, adapter_name="default")
+            result: Any = set_peft_model_state_dict(peft_model, weights, adapter_name="default")
     except AffectlensError:
         raise
     except Exception as e:
@@ -282,7 +282,8 @@ def load_model(
     """Load ``(model, tokenizer)`` for forward passes, in eval mode.
 
     ``path`` is an HF dir, a ``.gguf`` file, ``smollm2`` (embedded default), or
-    a PEFT adapter dir (its base is read from ``base_model_name_or_path``).
+    a PEFT adapter dir (its base is read from ``base_model_name_or_path`` and checked
+    against the recorded fingerprint, see ``adapters.resolve_adapter_base``).
 
     Only whole models load: a checkpoint missing a tensor (which transformers
     would initialise randomly), an adapter with tensors for modules the base
@@ -297,8 +298,10 @@ def load_model(
     if p.is_dir() and is_adapter_dir(p):
         if adapter is not None:
             raise AffectlensError(f"{p} is a PEFT adapter dir, not a base model")
+        from .adapters import resolve_adapter_base
+
         adapter = p
-        p = resolve_model_path(adapter_base(p))
+        p = resolve_adapter_base(p)
     td = torch_dtype(dtype)
     try:
         if p.is_file() and p.suffix == ".gguf":
@@ -313,8 +316,9 @@ def load_model(
             kwargs = weight_kwargs(p, allow_pickle)
             where = str(p)
         with quiet_transformers():
-            model, info = AutoModelForCausalLM.from_pretrained(where, dtype=td, output_loading_info=True,
+            loaded: Any = AutoModelForCausalLM.from_pretrained(where, dtype=td, output_loading_info=True,
                                                                **kwargs)
+            model, info = loaded
     except AffectlensError:
         raise
     except Exception as e:

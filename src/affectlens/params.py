@@ -23,6 +23,7 @@ from typing import Any
 
 from .errors import AffectlensError
 from .modules import MODULES, format_ranges, parse_layers, parse_selection
+from .tuneconfig import DEFAULT
 
 # Model families whose layer layout we know exactly (for the whole-model total).
 _KNOWN = {"llama", "mistral", "qwen2", "qwen3", "gemma"}
@@ -222,9 +223,12 @@ def _counts(geo: Geometry, modules: Sequence[str], rank: int, n_layers: int) -> 
 
 
 def count_params(config: str | os.PathLike | dict, modules: str | Sequence[str] = "all",
-                 rank: int = 16, reference: str | Sequence[str] = "all",
+                 rank: int = DEFAULT.rank, reference: str | Sequence[str] = "all",
                  layers: str | Sequence[int] | None = None) -> ParamReport:
-    """Count LoRA and full fine-tuning parameters of a module selection from a config."""
+    """Count LoRA and full fine-tuning parameters of a module selection from a config.
+
+    ``rank`` defaults to ``TuneConfig``'s, so the count is what ``tune`` trains by default.
+    """
     if int(rank) < 1:
         raise AffectlensError(f"rank must be >= 1, got {rank}")
     geo = Geometry.from_config(load_config(config))

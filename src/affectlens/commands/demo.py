@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..demo import EXPECTED_TIME
+    from ..demo import BUDGET, EXPECTED_TIME
 
     p = sub.add_parser(
         "demo",
@@ -17,9 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"the model most. Takes {EXPECTED_TIME}.",
     )
     p.add_argument("--out", help="run directory (default: runs/demo-YYYYmmdd-HHMMSS)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--force", action="store_true", help="replace an existing --out (default: refuse)")
     p.add_argument("--retrain", action="store_true", help="ignore cached adapters and train again")
-    p.add_argument("--steps", type=int, help="training steps per adapter (default 120)")
+    p.add_argument("--steps", type=int, default=BUDGET.steps,
+                   help="training steps per adapter (default: %(default)s; the rest of the budget is fixed: "
+                   f"rank {BUDGET.rank}, alpha {BUDGET.alpha:g}, lr {BUDGET.lr:g}, batch {BUDGET.batch_size})")
     p.set_defaults(func=run)
 
 

@@ -11,14 +11,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="evaluate transfer/tune/ablate/reference variants on every task; resumable",
         description="Run a grid YAML (see examples/): every variant x seed is one cell, written "
                     "atomically; rerunning resumes without recomputing finished cells. Writes "
-                    "grid.csv, table.md (best bold, 95%% CIs over seeds), summary.json and "
-                    "frontier.png (trainable params vs mean score).",
+                    "grid.csv, table.md (best bold, 95 % CIs over seeds), summary.json and "
+                    "frontier.png (trainable params vs mean score). The YAML's budget is a TuneConfig "
+                    "(steps, rank, lr required; alpha, dropout, batch_size, max_length, warmup default "
+                    "as in `affectlens tune`) plus seeds.",
     )
     g.add_argument("config", help="grid YAML")
     g.add_argument("--out", required=True,
                    help="run dir (an existing grid dir is resumed; any other non-empty dir is refused)")
     g.add_argument("--force", action="store_true",
-                   help="use an existing grid dir whose grid config differs (changed cells are recomputed)")
+                   help="use an existing grid dir whose grid config differs (changed cells are recomputed; "
+                   "default: refuse)")
     g.add_argument("--allow-pickle", action="store_true",
                    help="let a pickle (.bin) base or donor load (weights_only=True); off by default")
     g.set_defaults(func=_grid)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..tuneconfig import TuneConfig
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,9 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", help="config.json, model dir, .gguf file, or 'smollm2'")
     p.add_argument("--modules", required=True, help="selection, e.g. gate_proj, attn, ffn, all, q_proj,v_proj")
-    p.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16, AffectGPT's)")
-    p.add_argument("--reference", default="all", help="selection to compare against (default all)")
-    p.add_argument("--layers", help="layer subset, e.g. 0-11,20 (default all)")
+    p.add_argument("--rank", type=int, default=TuneConfig().rank,
+                   help="LoRA rank, the same default as `affectlens tune` (default: %(default)s; AffectGPT: 16)")
+    p.add_argument("--reference", default="all", help="selection to compare against (default: %(default)s)")
+    p.add_argument("--layers", help="layer subset, e.g. 0-11,20 (default: all)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..tuneconfig import TuneConfig
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -21,14 +23,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", help="layer subset, e.g. 0-11,20 (default: all)")
     p.add_argument("--task", help="prompt/label set: emotion, sentiment, arithmetic (control), label "
                    "(default: inferred from the labels)")
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--alpha", type=float, default=16)
-    p.add_argument("--dropout", type=float, default=0.05)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=256, help="tokens per example (prompt cut from the left)")
-    p.add_argument("--seed", type=int, default=0)
+    d = TuneConfig()
+    p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank r (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha; scale = alpha/r (default: %(default)s)")
+    p.add_argument("--dropout", type=float, default=d.dropout, help="LoRA dropout (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default: %(default)s)")
+    p.add_argument("--warmup", type=float, default=d.warmup,
+                   help="linear warm-up, as a fraction of the steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step (default: %(default)s)")
+    p.add_argument("--max-length", type=int, default=d.max_length,
+                   help="tokens per example; longer prompts are cut from the left (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seeds LoRA init, data order and dropout (default: %(default)s)")
     p.add_argument("--out", required=True, help="adapter dir to create")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--allow-pickle", action="store_true",
@@ -40,8 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..tune import tune
 
-    tune(args.base, args.data, args.modules, layers=args.layers, rank=args.rank, alpha=args.alpha,
-         dropout=args.dropout, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-         max_length=args.max_length, task=args.task, out=args.out, force=args.force,
+    config = TuneConfig(modules=args.modules, layers=args.layers, rank=args.rank, alpha=args.alpha,
+                        dropout=args.dropout, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                        seed=args.seed, max_length=args.max_length, warmup=args.warmup)
+    tune(args.base, args.data, config=config, task=args.task, out=args.out, force=args.force,
          allow_pickle=args.allow_pickle)
     return 0

@@ -98,7 +98,9 @@ def adapter_base(adapter: LoraAdapter, base: Any = None) -> Any:
         return base
     if not adapter.base_model:
         raise AffectlensError(f"adapter {adapter.path} does not name its base model; pass --base")
-    return adapter.base_model
+    from ..adapters import resolve_adapter_base  # a name or a path relative to the adapter dir
+
+    return resolve_adapter_base(adapter.path)
 
 
 def as_store(source: Any, base: Any = None, allow_pickle: bool = False) -> WeightStore:

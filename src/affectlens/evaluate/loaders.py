@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AffectlensError
-from ..runs import parse_jsonl
+from ..runs import parse_jsonl_lines
 from .tasks import EMOTIONS, SENTIMENTS2, SENTIMENTS3, TaskSpec
 
 
@@ -75,8 +75,7 @@ def _read_rows(path: Path, delimiter: str | None = None) -> list[Row]:
     """CSV/TSV (by extension or ``delimiter``) or JSONL rows as dicts, each knowing its line/row."""
     text = _read_text(path)
     if path.suffix in (".jsonl", ".json"):
-        lines = [i for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]  # as parse_jsonl counts
-        return [Row(r, f"line {i}") for r, i in zip(parse_jsonl(text, path), lines, strict=True)]
+        return [Row(r, f"line {i}") for i, r in parse_jsonl_lines(text, path)]
     if delimiter in ("tab", "\\t"):
         delimiter = "\t"
     delim = delimiter or ("\t" if path.suffix == ".tsv" else ",")

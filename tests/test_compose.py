@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -157,6 +158,9 @@ def test_transfer_lora_donor_equals_peft_merge_of_restricted_adapter(pair, tmp_p
     for name, t in via_peft.state_dict().items():
         if name in merged:
             assert torch.allclose(t, merged[name], atol=1e-6, rtol=0), name
+    # Portable: the written adapter names its base relative to itself, and loads after both move.
+    base_ref = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert not os.path.isabs(base_ref) and (out / base_ref).resolve() == (pair / "base_single").resolve()
 
 
 @pytest.fixture(scope="module")

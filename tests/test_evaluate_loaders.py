@@ -112,6 +112,17 @@ def test_bad_specs(tmp_path, spec, match):
         load_task(spec.format(d=tmp_path))
 
 
+def test_hand_built_spec_without_path_is_a_user_error():
+    from affectlens.evaluate.loaders import Example
+    from affectlens.evaluate.tasks import TaskSpec
+
+    with pytest.raises(AffectlensError, match="no data path"):
+        load_task(TaskSpec(name="mine", kind="emotion", loader="csv"))
+    assert Example("hi", label="joy").gold == "joy"
+    with pytest.raises(AffectlensError, match="has no label"):
+        _ = Example("a perplexity text").gold
+
+
 def test_bundled_tasks_registered():
     assert get_task("emotion").loader == "bundled"
     e = load_task("emotion")

@@ -140,6 +140,15 @@ def test_generative_rows_hit_and_rescore(tmp_path):
     assert out["t"]["hit"] == pytest.approx(2 / 3)
 
 
+def test_rescore_sentiment_rows_need_gold_scores(tmp_path):
+    row = {"task": "s", "kind": "sentiment", "index": 0, "gold": "positive", "answer": "happy",
+           "labels": ["negative", "positive"]}
+    p = tmp_path / "predictions.jsonl"
+    p.write_text(json.dumps(row) + "\n")
+    with pytest.raises(AffectlensError, match=r"row\(s\) \[0\] have no gold_score"):
+        rescore(p, n_boot=0)
+
+
 def test_one_bootstrap_for_classification_and_paired_cis():
     """The accuracy CI of classification_metrics is the bootstrap_ci of the per-example hits
     (same seeded resamples), and a paired change CI is that of the per-example differences."""

@@ -183,7 +183,10 @@ def write_adapter(adapter: LoraAdapter, keep: Sequence[str], out: Path, base_pat
     cfg["modules_to_save"] = None
     cfg["layers_to_transform"] = None
     cfg["layers_pattern"] = None
-    cfg["base_model_name_or_path"] = str(base_path.resolve())
+    from .adapters import base_reference
+
+    # By name or relative path, so the adapter moves with its base (to another folder, a cluster).
+    cfg["base_model_name_or_path"] = base_reference(base_path, out)
     with open(out / "adapter_config.json", "w", encoding="utf-8") as f:
         json.dump(cfg, f, indent=2)
         f.write("\n")

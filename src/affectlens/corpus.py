@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import AffectlensError
+from .runs import parse_jsonl_lines
 from .vocab import EMOTIONS
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -383,17 +384,7 @@ def read_jsonl_lines(path: str | Path) -> list[tuple[int, dict]]:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise AffectlensError(f"data file {p} is not UTF-8 text (byte {e.start})") from None
-    rows: list[tuple[int, dict]] = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise AffectlensError(f"{p} line {i}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise AffectlensError(f"{p} line {i}: expected a JSON object per line")
-        rows.append((i, row))
+    rows = parse_jsonl_lines(text, p)
     if not rows:
         raise AffectlensError(f"data file {p} has no rows")
     return rows

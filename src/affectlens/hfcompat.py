@@ -20,7 +20,7 @@ CACHE_NAMES = ("cache", "past_key_values")
 
 
 @cache
-def _forward_takes(cls: type, name: str) -> bool:
+def _forward_takes(cls: type[Any], name: str) -> bool:
     try:
         return name in inspect.signature(cls.forward).parameters
     except (TypeError, ValueError):
@@ -30,7 +30,8 @@ def _forward_takes(cls: type, name: str) -> bool:
 def cache_kwarg(model: Any) -> str:
     """The name this model's ``forward`` takes its KV cache under."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if _forward_takes(type(inner), "cache") else "past_key_values"
+    cls: type = type(inner)  # a plain `type`: mypy deems `type[Any]` unhashable for the cache
+    return "cache" if _forward_takes(cls, "cache") else "past_key_values"
 
 
 def cache_from_kwargs(kwargs: dict[str, Any]) -> Any:

@@ -122,7 +122,7 @@ def parse_name(name: str) -> ParsedName:
 
     lm = _LAYER_RE.search(body)
     if lm is None:
-        leaf = body.rsplit(".", 2)
+        tail = body.rsplit(".", 2)
         low = body.lower()
         if "embed" in low or "wte" in low or "token_embd" in low:
             scope = "embed"
@@ -132,7 +132,7 @@ def parse_name(name: str) -> ParsedName:
             scope = "norm"
         else:
             scope = "unknown"
-        return ParsedName(raw, scope, lora=lora, stripped=body, extra={"leaf": leaf[-1]})
+        return ParsedName(raw, scope, lora=lora, stripped=body, extra={"leaf": tail[-1]})
 
     layer = int(lm["layer"])
     rest = lm["rest"]

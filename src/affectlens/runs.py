@@ -228,8 +228,9 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def parse_jsonl(text: str, where: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of JSONL text; a malformed line is a one-line error naming file and line."""
+def parse_jsonl_lines(text: str, where: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` of every non-blank JSONL line; a malformed line is a one-line
+    error naming file and line (the numbers are the file's, blank lines included)."""
     rows = []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -240,8 +241,13 @@ def parse_jsonl(text: str, where: str | os.PathLike) -> list[dict[str, Any]]:
             raise AffectlensError(f"{where} line {i}: not valid JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise AffectlensError(f"{where} line {i}: expected a JSON object per line")
-        rows.append(row)
+        rows.append((i, row))
     return rows
+
+
+def parse_jsonl(text: str, where: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of JSONL text (see :func:`parse_jsonl_lines`)."""
+    return [row for _, row in parse_jsonl_lines(text, where)]
 
 
 def sha256_file(path: str | os.PathLike, limit: int | None = None) -> str:

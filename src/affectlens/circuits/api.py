@@ -8,7 +8,8 @@ a typed result. The CLI (``commands/circuits.py``) only parses and prints.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,6 +215,25 @@ def _head_figures(run: RunDir, rk: HeadRanking, by: str = "score") -> None:
                                                  [o["jaccard_all"] for o in rk.overlap]))
 
 
+@contextlib.contextmanager
+def _attribution_run(command: str, model_path: str, out: str, pairs_path: str | None, force: bool,
+                     adapter: str | None, dtype: str, target_layer: int | None, metric: str, top_k: int,
+                     emotions: Sequence[str] | None, max_pairs: int | None, seed: int, allow_pickle: bool,
+                     vec_opts: dict[str, Any]) -> Iterator[tuple[RunDir, Any, Any, Any, SteeringVectors]]:
+    """What heads and neurons share: option checks before loading, the run dir, model, pairs, vectors."""
+    check_out_dir(out, force)
+    positive(top_k=top_k, limit=max_pairs)
+    finite_options(min_score=vec_opts.get("min_score"))
+    torch.manual_seed(seed)
+    options = {"target_layer": target_layer, "metric": metric, "top_k": top_k, "emotions": emotions,
+               "max_pairs": max_pairs, "dtype": dtype, **_vec_options(vec_opts)}
+    with RunDir(out, command=command, force=force, options=options, seed=seed,
+                inputs=_run_inputs(model_path, pairs_path, adapter, vec_opts)) as run:
+        model, tok, proc, pairs = setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
+        enc = encoder_for(tok, pairs, proc)
+        yield run, model, enc, pairs, vectors_for(model, enc, pairs, vec_opts)
+
+
 def heads_run(model_path: str, out: str, pairs_path: str | None = None, force: bool = False,
               adapter: str | None = None, dtype: str = "float32", target_layer: int | None = None,
               metric: str = "proj", top_k: int = 10, emotions: Sequence[str] | None = None,
@@ -223,17 +243,9 @@ def heads_run(model_path: str, out: str, pairs_path: str | None = None, force: b
     from ..runs import nonfinite_to_null
     from .heads import head_attribution
 
-    check_out_dir(out, force)
-    positive(top_k=top_k, limit=max_pairs)
-    finite_options(min_score=vec_opts.get("min_score"))
-    torch.manual_seed(seed)
-    options = {"target_layer": target_layer, "metric": metric, "top_k": top_k, "emotions": emotions,
-               "max_pairs": max_pairs, "dtype": dtype, **_vec_options(vec_opts)}
-    with RunDir(out, command="circuits heads", force=force, options=options, seed=seed,
-                inputs=_run_inputs(model_path, pairs_path, adapter, vec_opts)) as run:
-        model, tok, proc, pairs = setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
-        enc = encoder_for(tok, pairs, proc)
-        sv = vectors_for(model, enc, pairs, vec_opts)
+    with _attribution_run("circuits heads", model_path, out, pairs_path, force, adapter, dtype, target_layer,
+                          metric, top_k, emotions, max_pairs, seed, allow_pickle, vec_opts) as (run, model, enc,
+                                                                                                 pairs, sv):
         res = head_attribution(model, enc, pairs, sv, target_layer, metric, emotions, max_pairs)
         require_finite_out(res.rows, "heads", model_path)  # before ranking: NaN sorts anywhere
         run.options["target_layer"] = res.target_layer
@@ -256,17 +268,9 @@ def neurons_run(model_path: str, out: str, pairs_path: str | None = None, force:
     """``neurons.csv`` (top-K per emotion), ``neurons_by_layer.csv``, ``neurons.png``, ``summary.json``."""
     from .neurons import neuron_attribution
 
-    check_out_dir(out, force)
-    positive(top_k=top_k, limit=max_pairs)
-    finite_options(min_score=vec_opts.get("min_score"))
-    torch.manual_seed(seed)
-    options = {"target_layer": target_layer, "metric": metric, "top_k": top_k, "emotions": emotions,
-               "max_pairs": max_pairs, "dtype": dtype, **_vec_options(vec_opts)}
-    with RunDir(out, command="circuits neurons", force=force, options=options, seed=seed,
-                inputs=_run_inputs(model_path, pairs_path, adapter, vec_opts)) as run:
-        model, tok, proc, pairs = setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
-        enc = encoder_for(tok, pairs, proc)
-        sv = vectors_for(model, enc, pairs, vec_opts)
+    with _attribution_run("circuits neurons", model_path, out, pairs_path, force, adapter, dtype, target_layer,
+                          metric, top_k, emotions, max_pairs, seed, allow_pickle, vec_opts) as (run, model, enc,
+                                                                                                 pairs, sv):
         res = neuron_attribution(model, enc, pairs, sv, target_layer, metric, top_k, emotions, max_pairs)
         require_finite_out(res.rows, "neurons", model_path)
         require_finite_out(res.per_layer, "neurons", model_path)
@@ -325,7 +329,7 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
 
     check_out_dir(out, force)
     finite_options(beta=beta, gamma=gamma)
-    positive(top=top, limit=limit, batch_size=batch_size)
+    positive(top_k=top, limit=limit, batch_size=batch_size)
     if not (steer or amplify_heads or amplify_neurons):
         raise AffectlensError("nothing to do: give --steer, --amplify-heads and/or --amplify-neurons")
     for t in tasks:  # bad task specs fail before the model loads

@@ -106,6 +106,7 @@ def run_side(model: Any, enc: Encoder, stimulus: str, image: str | None, metric:
         out = model(**inputs)
         m = metric(out.logits, res.resid[metric.target])
         row = tracker.rows[0]
+        assert row is not None  # one prompt, no cache: a prefill forward always records its span
         q = max(1, row.prompt_end - row.stim_end)
         end = row.offset + row.prompt_end
         acts = list(cap.o_in.values()) + list(cap.down_in.values())

@@ -41,6 +41,7 @@ from .hooks import (
     patch_attn_output,
     patch_neurons,
     patch_o_input,
+    self_attn,
 )
 from .pairs import Encoder, Pair, labels_of
 from .vectors import SteeringVectors
@@ -114,12 +115,13 @@ def exact_patch(model: Any, enc: Encoder, pair: Pair, metric: Metric, layer: int
             cap_o = capture(h, [layer], resid=False, o_in=site == "heads", down_in=site == "neurons")
             store: dict[str, torch.Tensor] = {}
             if site == "attn":
-                h.forward(blk.self_attn, lambda _m, _a, o: store.__setitem__(
+                h.forward(self_attn(blk), lambda _m, _a, o: store.__setitem__(
                     "attn", (o[0] if isinstance(o, tuple) else o).detach().cpu()))
             res = capture(h, [metric.target])
             out = model(**inputs)
             m = float(metric(out.logits, res.resid[metric.target]))
         r = tr.rows[0]
+        assert r is not None  # one prompt, no cache: a prefill forward always records its span
         act = (cap_o.o_in.get(layer) if site == "heads" else cap_o.down_in.get(layer)
                if site == "neurons" else store["attn"])
         return {"inputs": inputs, "act": act, "m": m}, r.prompt_end - r.stim_end, r.offset + r.prompt_end

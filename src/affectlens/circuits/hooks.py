@@ -11,9 +11,10 @@ touches comes from a ``SpanTracker`` (:mod:`affectlens.circuits.spans`);
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -57,12 +58,23 @@ def head_geometry(model: nn.Module) -> tuple[int, int, int]:
     return n, kv, hd
 
 
+def self_attn(layer: nn.Module) -> nn.Module:
+    """A decoder block's attention module (``layer.self_attn``)."""
+    return layer.get_submodule("self_attn")
+
+
+def _linear(layer: nn.Module, path: str) -> nn.Linear:
+    # Typed as nn.Linear for its ``weight``/``in_features``: PEFT's LoRA wrapper is
+    # no nn.Linear subclass but has both, and torch types submodule access loosely.
+    return cast(nn.Linear, layer.get_submodule(path))
+
+
 def o_proj(layer: nn.Module) -> nn.Linear:
-    return layer.self_attn.o_proj
+    return _linear(layer, "self_attn.o_proj")
 
 
 def down_proj(layer: nn.Module) -> nn.Linear:
-    return layer.mlp.down_proj
+    return _linear(layer, "mlp.down_proj")
 
 
 def _hidden(output: Any) -> torch.Tensor:
@@ -82,7 +94,7 @@ class HookSet:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.handles: list[Any] = []
-        self._restore: list[Callable[[], None]] = []
+        self._restore: list[Callable[[], object]] = []
 
     def forward(self, module: nn.Module, fn: Callable) -> None:
         self.handles.append(module.register_forward_hook(fn))
@@ -90,7 +102,7 @@ class HookSet:
     def pre(self, module: nn.Module, fn: Callable, with_kwargs: bool = False) -> None:
         self.handles.append(module.register_forward_pre_hook(fn, with_kwargs=with_kwargs))
 
-    def on_exit(self, fn: Callable[[], None]) -> None:
+    def on_exit(self, fn: Callable[[], object]) -> None:
         self._restore.append(fn)
 
     def track(self, layout: Layout) -> SpanTracker:
@@ -160,7 +172,8 @@ def capture(h: HookSet, layers: Sequence[int], resid: bool = True, o_in: bool = 
     out = Captured()
     blocks = decoder_layers(h.model)
     if keep_grad:  # frozen weights (a PEFT-wrapped model): start the graph at the embeddings
-        emb = h.model.get_input_embeddings() if hasattr(h.model, "get_input_embeddings") else None
+        get_emb = getattr(h.model, "get_input_embeddings", None)
+        emb = get_emb() if get_emb is not None else None
         if emb is not None:
             h.forward(emb, _grad_from_here)
 
@@ -283,7 +296,7 @@ def patch_attn_output(h: HookSet, layer: int, source: torch.Tensor, positions: t
         sel = positions.to(x.device).unsqueeze(-1)
         return _replace_hidden(output, torch.where(sel, source.to(x.device, x.dtype), x))
 
-    h.forward(decoder_layers(h.model)[layer].self_attn, fn)
+    h.forward(self_attn(decoder_layers(h.model)[layer]), fn)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -321,7 +334,7 @@ def _amp_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, va
         if rule["mode"] == "before":
             scores = torch.where(sel, scores * rule["beta"], scores)
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    if sel is not None and rule["mode"] == "after":
+    if sel is not None and rule is not None and rule["mode"] == "after":  # sel is set only with a rule
         weights = torch.where(sel, weights * rule["beta"], weights)
         weights = weights / weights.sum(-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
     out = torch.matmul(weights, v).transpose(1, 2).contiguous()
@@ -337,8 +350,8 @@ def _register_attention() -> None:
         AttentionMaskInterface.register(ATTN_IMPL, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
 
 
-def amplify_attention(h: HookSet, tracker: SpanTracker, heads: dict[int, Sequence[int]],
-                      beta: float, mode: str = "after", queries: dict[int, str] | str = "query") -> None:
+def amplify_attention(h: HookSet, tracker: SpanTracker, heads: Mapping[int, Sequence[int]],
+                      beta: float, mode: str = "after", queries: Mapping[int, str] | str = "query") -> None:
     """Scale attention of ``heads`` ({layer: [head, ...]}) from stimulus keys by ``beta``.
 
     ``mode="after"`` (default): multiply post-softmax weights by β and
@@ -360,24 +373,24 @@ def amplify_attention(h: HookSet, tracker: SpanTracker, heads: dict[int, Sequenc
         bad = [c for c in hs if not 0 <= c < n]
         if bad:
             raise AffectlensError(f"head(s) {bad} out of range in layer {layer}: the model has {n} heads")
-        attn = blocks[layer].self_attn
+        attn = self_attn(blocks[layer])
         q = queries if isinstance(queries, str) else queries.get(layer, "query")
         _ATTN_RULES[id(attn)] = {"heads": list(hs), "beta": float(beta), "mode": mode,
                                  "tracker": tracker, "queries": q}
-        h.on_exit(lambda a=attn: _ATTN_RULES.pop(id(a), None))
+        h.on_exit(partial(_ATTN_RULES.pop, id(attn), None))
     # Only the text decoder's config: the vision tower keeps its own implementation.
     seen: set[int] = set()
     for blk in blocks:
-        c = blk.self_attn.config
+        c: Any = self_attn(blk).config  # a transformers config (untyped)
         if id(c) in seen:
             continue
         seen.add(id(c))
         old = c._attn_implementation
         c._attn_implementation = ATTN_IMPL
-        h.on_exit(lambda c=c, old=old: setattr(c, "_attn_implementation", old))
+        h.on_exit(partial(setattr, c, "_attn_implementation", old))
 
 
 __all__ = ["ATTN_IMPL", "Captured", "HookSet", "Layout", "RowSpan", "SpanTracker", "add_steering",
            "amplify_attention", "capture", "decoder_layers", "down_proj", "head_columns", "head_geometry",
            "head_outputs", "hooks", "layout_for", "o_proj", "patch_attn_output", "patch_input",
-           "patch_neurons", "patch_o_input", "scale_neurons", "text_config"]
+           "patch_neurons", "patch_o_input", "scale_neurons", "self_attn", "text_config"]

@@ -70,7 +70,7 @@ def load_vectors(path: str | os.PathLike, num_layers: int, label: str | None = N
 
 
 def hidden_size(model: Any) -> int | None:
-    cfg = getattr(model, "config", None)
+    cfg: Any = getattr(model, "config", None)  # a transformers config (untyped), or None
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     h = getattr(cfg, "hidden_size", None)
     return int(h) if isinstance(h, int) else None

@@ -18,6 +18,7 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,15 @@ import torch
 
 from ..errors import AffectlensError
 from .hallucination import correct_flags, hallucination_flags, paired_diff_ci
-from .hooks import Layout, add_steering, amplify_attention, decoder_layers, hooks, scale_neurons
+from .hooks import (
+    Layout,
+    add_steering,
+    amplify_attention,
+    decoder_layers,
+    down_proj,
+    hooks,
+    scale_neurons,
+)
 from .vectors import SteeringVectors
 
 SCALES = ("raw", "unit", "rms")
@@ -100,7 +109,7 @@ def intervened(model: Any, layout: Layout, iv: Intervention) -> Iterator[Any]:
         queries = {la: ("query" if la <= split else "last") for la in iv.heads}
         amplify_attention(h, tracker, iv.heads, iv.beta, iv.attn_mode, queries)
         for layer, ns in iv.neurons.items():
-            ffn = decoder_layers(model)[layer].mlp.down_proj.in_features
+            ffn = down_proj(decoder_layers(model)[layer]).in_features
             bad = [n for n in ns if not 0 <= n < ffn]
             if bad:
                 raise AffectlensError(f"neuron(s) {bad[:5]} out of range in layer {layer} (FFN size {ffn})")
@@ -270,7 +279,7 @@ def run_interventions(model: Any, tokenizer: Any, tasks: Sequence[str], ivs: dic
     for t in tasks:
         spec = parse_task(t)
         labels = list(load_task(spec, limit).labels)
-        layout = layout_for(tokenizer, lambda x, spec=spec, labels=labels: closed_prompt(tokenizer, spec, labels, x))
+        layout = layout_for(tokenizer, partial(closed_prompt, tokenizer, spec, labels))
         before = evaluate(model, tokenizer, [spec], "closed", limit, batch_size, seed, progress=False, n_boot=n_boot)
         b = before.tasks[spec.name]
         for key, iv in ivs.items():

@@ -15,7 +15,7 @@ The patching sums are ``attribution.patching_sums``, shared with heads.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +61,8 @@ def neuron_attribution(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: Stee
 
         sums = patching_sums(model, enc, sel, met, "down_in", [readout[la].shape[0] for la in range(n_layers)],
                              f"neurons {e}", last=add_direct)
-        acc = {"drop": sums.drop, "gain": sums.gain, "direct": direct, "direct_diff": direct_diff}
+        acc: dict[str, Sequence[torch.Tensor] | Mapping[int, torch.Tensor]] = {
+            "drop": sums.drop, "gain": sums.gain, "direct": direct, "direct_diff": direct_diff}
         n = len(sel)
         scores = torch.cat([(acc["drop"][la] + acc["gain"][la]) / (2 * n) for la in range(n_layers)])
         ffn = [readout[la].shape[0] for la in range(n_layers)]

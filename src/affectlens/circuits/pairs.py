@@ -20,7 +20,7 @@ import torch
 
 from ..errors import AffectlensError
 from ..prompts import encode, encode_targets, render
-from ..runs import parse_jsonl
+from ..runs import parse_jsonl_lines
 from ..vocab import TaskKind, infer_kind
 from .spans import Layout, layout_for
 
@@ -53,8 +53,7 @@ def load_pairs(path: str | os.PathLike | None = None, split: str | None = None) 
         raise AffectlensError(f"pairs file {p} does not exist")
     pairs: list[Pair] = []
     text = p.read_bytes().decode("utf-8-sig", errors="replace")
-    lines = [i for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]  # as parse_jsonl counts
-    for i, row in zip(lines, parse_jsonl(text, p), strict=True):
+    for i, row in parse_jsonl_lines(text, p):
         missing = [k for k in ("emotional", "neutral", "label") if k not in row]
         if missing:
             raise AffectlensError(f"{p}:{i}: missing field(s) {', '.join(missing)}")

@@ -51,7 +51,10 @@ def score_generative_rows(rows: list[dict], kind: str, labels: Sequence[str], wh
     if kind == "sentiment":
         for r in rows:
             r["pred"] = answer_polarity(r["parsed"], wheel)
-        scores = [r.get("gold_score") for r in rows]
+        missing = [r.get("index") for r in rows if r.get("gold_score") is None]
+        if missing:  # evaluate drops unscored rows; a hand-edited predictions file may not
+            raise AffectlensError(f"sentiment row(s) {missing[:5]} have no gold_score; cannot score them")
+        scores = [r["gold_score"] for r in rows]
         metrics = binary_sentiment_metrics(scores, [r["pred"] == "positive" for r in rows],
                                            n_boot=n_boot, seed=seed)
         fig = {"labels": metrics["labels"], "pred_labels": metrics["labels"],

@@ -74,7 +74,7 @@ def _closed(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress) ->
         raise non_finite_error(model, f"task {spec.name}", f"example {i} ({text_start(task.examples[i].text)}) "
                                f"has log-likelihood {float(ll[i, j])} for label '{labels[j]}'")
     pred = ll.argmax(-1).tolist()
-    gold = [labels.index(e.label) for e in task.examples]
+    gold = [labels.index(e.gold) for e in task.examples]
     metrics = classification_metrics(gold, pred, labels, n_boot=n_boot, seed=seed)
     metrics["seconds"] = secs
     metrics["examples_per_s"] = round(len(prompts) / max(secs, 1e-9), 2)
@@ -161,7 +161,8 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
                 m = perplexity(model, tokenizer, [e.text for e in task.examples],
                                max_length=_int_opt(spec, "max_length"), stride=_int_opt(spec, "stride"),
                                batch_size=max(1, batch_size // 2), progress=progress)
-                rows, fig = [], None
+                rows: list[dict[str, Any]] = []
+                fig: dict[str, Any] | None = None
                 n = m["texts"]
             elif mode == "closed":
                 m, rows, fig = _closed(model, tokenizer, task, batch_size, seed, n_boot, progress)

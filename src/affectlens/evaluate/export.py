@@ -47,7 +47,7 @@ def export_task(task: str | TaskSpec, out: str | Path, tokenizer: Any = None, li
     inputs = {"task_path": spec.path} if spec.path and Path(spec.path).exists() else {}
     options = {"task": spec.name, "to": "lm-eval", "limit": limit, "model": model_name}
     with RunDir(out, command="export-task", force=force, inputs=inputs, options=options) as run:
-        run.jsonl(f"{name}.jsonl", ({"text": e.text, "prompt": p, "label": e.label, "gold": labels.index(e.label)}
+        run.jsonl(f"{name}.jsonl", ({"text": e.text, "prompt": p, "label": e.label, "gold": labels.index(e.gold)}
                                     for e, p in zip(loaded.examples, prompts, strict=True)))
         doc = {
             "task": name,

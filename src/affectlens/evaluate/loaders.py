@@ -13,12 +13,13 @@ import csv
 import io
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import AffectlensError
-from ..runs import parse_jsonl
+from ..runs import parse_jsonl_lines
 from .tasks import EMOTIONS, SENTIMENTS2, SENTIMENTS3, TaskSpec
 
 
@@ -30,6 +31,13 @@ class Example:
     label: str | None = None
     score: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gold(self) -> str:
+        """The label of a closed-set example (perplexity texts have none)."""
+        if self.label is None:
+            raise AffectlensError(f"example {self.text[:40]!r} has no label; a closed-set task needs one")
+        return self.label
 
 
 @dataclass
@@ -67,8 +75,7 @@ def _read_rows(path: Path, delimiter: str | None = None) -> list[Row]:
     """CSV/TSV (by extension or ``delimiter``) or JSONL rows as dicts, each knowing its line/row."""
     text = _read_text(path)
     if path.suffix in (".jsonl", ".json"):
-        lines = [i for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]  # as parse_jsonl counts
-        return [Row(r, f"line {i}") for r, i in zip(parse_jsonl(text, path), lines, strict=True)]
+        return [Row(r, f"line {i}") for i, r in parse_jsonl_lines(text, path)]
     if delimiter in ("tab", "\\t"):
         delimiter = "\t"
     delim = delimiter or ("\t" if path.suffix == ".tsv" else ",")
@@ -126,7 +133,7 @@ def _label(r: dict, key: str, path: Path) -> str:
     return lab
 
 
-def _column(rows: list[dict], key: str, path: Path, what: str) -> None:
+def _column(rows: Sequence[dict], key: str, path: Path, what: str) -> None:
     if rows and key not in rows[0]:
         cols = ", ".join(str(c) for c in rows[0])
         raise AffectlensError(f"{path}: no {what} column '{key}' (columns: {cols})")
@@ -143,7 +150,7 @@ def _norm(label: Any) -> str:
     return str(label).strip().lower()
 
 
-def _split_filter(rows: list[dict], spec: TaskSpec, path: Path) -> list[dict]:
+def _split_filter(rows: list[Row], spec: TaskSpec, path: Path) -> list[Row]:
     split = spec.option("split")
     if split is None:
         return rows
@@ -151,12 +158,19 @@ def _split_filter(rows: list[dict], spec: TaskSpec, path: Path) -> list[dict]:
     return [r for r in rows if str(r["split"]).strip() == split]
 
 
+def _spec_path(spec: TaskSpec) -> str:
+    """The task's data path; a TaskSpec built by hand (not by parse_task) may lack one."""
+    if spec.path is None:
+        raise AffectlensError(f"task {spec.name}: no data path (loader '{spec.loader}' reads a file)")
+    return spec.path
+
+
 def load_bundled(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...] | None, int]:
     try:
         from .. import corpus
     except ImportError:
         raise AffectlensError("the bundled corpus (affectlens.corpus) is not available in this install") from None
-    return load_jsonl_file(Path(corpus.bundled_path(spec.path)), spec)
+    return load_jsonl_file(Path(corpus.bundled_path(_spec_path(spec))), spec)
 
 
 def load_jsonl_file(path: Path, spec: TaskSpec) -> tuple[list[Example], None, int]:
@@ -170,7 +184,7 @@ def load_jsonl_file(path: Path, spec: TaskSpec) -> tuple[list[Example], None, in
 
 
 def load_csv(spec: TaskSpec) -> tuple[list[Example], None, int]:
-    path = Path(spec.path)
+    path = Path(_spec_path(spec))
     rows = _split_filter(_read_rows(path, spec.option("delimiter")), spec, path)
     text_key, label_key = spec.option("text", "text"), spec.option("label", "label")
     _column(rows, text_key, path, "text")
@@ -179,11 +193,11 @@ def load_csv(spec: TaskSpec) -> tuple[list[Example], None, int]:
 
 
 def load_jsonl(spec: TaskSpec) -> tuple[list[Example], None, int]:
-    return load_jsonl_file(Path(spec.path), spec)
+    return load_jsonl_file(Path(_spec_path(spec)), spec)
 
 
-def _meld_rows(spec: TaskSpec) -> tuple[Path, list[dict]]:
-    path = Path(spec.path)
+def _meld_rows(spec: TaskSpec) -> tuple[Path, list[Row]]:
+    path = Path(_spec_path(spec))
     rows = _read_rows(path)
     _column(rows, spec.option("text", "Utterance"), path, "text")
     return path, rows
@@ -215,7 +229,7 @@ def load_meld_sentiment(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...],
 
 def load_goemotions(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...], int]:
     """``text \\t id[,id...] \\t comment_id`` with ids into ``labels.txt`` beside it."""
-    p = Path(spec.path)
+    p = Path(_spec_path(spec))
     split = spec.option("split", "test")
     tsv = p / f"{split}.tsv" if p.is_dir() else p
     labels_file = (p if p.is_dir() else p.parent) / "labels.txt"
@@ -251,7 +265,7 @@ def load_goemotions(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...], int
 
 def load_sentiment(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...], int]:
     """Continuous valence -> polarity; ``|score - center| <= margin`` is dropped (MER-UniBench drops 0)."""
-    path = Path(spec.path)
+    path = Path(_spec_path(spec))
     rows = _split_filter(_read_rows(path, spec.option("delimiter")), spec, path)
     text_key, score_key = spec.option("text", "text"), spec.option("score", "score")
     _column(rows, text_key, path, "text")
@@ -284,7 +298,7 @@ def load_sentiment(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...], int]
 
 def load_text(spec: TaskSpec) -> tuple[list[Example], None, int]:
     """Plain text for perplexity: paragraphs separated by blank lines."""
-    text = _read_text(Path(spec.path))
+    text = _read_text(Path(_spec_path(spec)))
     paras = [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
     return [Example(text=p) for p in paras], None, 0
 
@@ -315,14 +329,14 @@ def load_task(spec: TaskSpec | str, limit: int | None = None) -> LoadedTask:
     labels = spec.labels or file_labels
     if spec.kind != "perplexity":
         if labels is None:  # declared by the data itself: the set over the whole file
-            labels = tuple(sorted({e.label for e in examples}))
+            labels = tuple(sorted({e.label for e in examples if e.label is not None}))
         _check_labels(examples, tuple(labels), f"task {spec.name}")
         if len(labels) < 2:
             raise AffectlensError(f"task {spec.name}: needs at least 2 labels, found {list(labels)}")
     if spec.kind == "sentiment":  # categorical polarity labels -> signed score (generative protocol)
         for e in examples:
             if e.score is None:
-                e.score = _POLARITY.get(e.label)
+                e.score = _POLARITY.get(e.gold)
     if limit is not None:
         if limit < 1:
             raise AffectlensError(f"--limit must be positive, not {limit}")

@@ -76,14 +76,14 @@ def perplexity(model, tokenizer, path_or_texts: str | os.PathLike | Sequence[str
     for s in range(0, len(order), batch_size):
         rows = [windows[i] for i in order[s:s + batch_size]]
         T = max(len(w) for w, _, _ in rows)
-        ids = torch.full((len(rows), T), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
+        batch_ids = torch.full((len(rows), T), pad, dtype=torch.long)
+        mask = torch.zeros_like(batch_ids)
         for r, (w, _, _) in enumerate(rows):  # right padding: real tokens keep positions 0..n-1
-            ids[r, :len(w)] = torch.tensor(w)
+            batch_ids[r, :len(w)] = torch.tensor(w)
             mask[r, :len(w)] = 1
-        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+        logits = model(input_ids=batch_ids.to(dev), attention_mask=mask.to(dev)).logits
         logp = logits[:, :-1].float().log_softmax(-1)
-        tok_lp = logp.gather(-1, ids[:, 1:].to(dev)[..., None])[..., 0].double().cpu()
+        tok_lp = logp.gather(-1, batch_ids[:, 1:].to(dev)[..., None])[..., 0].double().cpu()
         for r, (w, n_new, ti) in enumerate(rows):
             part = float(tok_lp[r, len(w) - 1 - n_new:len(w) - 1].sum())
             if not math.isfinite(part):

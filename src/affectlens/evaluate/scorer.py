@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -140,7 +141,7 @@ def non_finite_error(model, where: str, what: str) -> NonFiniteResult:
 
 def max_positions(model) -> int | None:
     """The text decoder's context length, when the config states one."""
-    cfg = getattr(model, "config", None)
+    cfg: Any = getattr(model, "config", None)  # a transformers config (untyped), or None
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     return getattr(cfg, "max_position_embeddings", None)
 

@@ -114,6 +114,8 @@ def test_renamed_required_option_is_still_required(capsys):
         build_parser().parse_args(["ablate", "m", "--modules", "gate_proj", "--out", "o"])
     assert e.value.code == 2
     assert "required: --ablation" in capsys.readouterr().err
+    usage = " ".join(_subparser(build_parser(), "ablate").format_usage().split())
+    assert " --ablation {reset," in usage and "[--ablation" not in usage  # shown as required
 
 
 def test_intervene_ranks_one_emotion(capsys, tmp_path):

@@ -59,6 +59,18 @@ class _HelpFormatter(argparse.HelpFormatter):
             return text
         return f"{text} (default: %(default)s)".strip()
 
+    def _format_actions_usage(self, actions: Any, groups: Any) -> str:
+        # A required option with an old spelling is checked by _Parser, not argparse
+        # (commands.options.renamed); the usage still shows it as required.
+        aliased = [a for a in actions if getattr(a, REQUIRED_ALIAS, False)]
+        for a in aliased:
+            a.required = True
+        try:
+            return super()._format_actions_usage(actions, groups)
+        finally:
+            for a in aliased:
+                a.required = False
+
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         if "\n" in text:  # laid out by hand (the task syntax table): keep it as written
             return "".join(indent + line for line in text.splitlines(keepends=True))

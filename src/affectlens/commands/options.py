@@ -12,7 +12,6 @@ This module is imported while the parser is built: stdlib only, so that
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +28,9 @@ class _Renamed(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        print(f"affectlens: note: {option_string} is now {self.new}", file=sys.stderr)
+        from ..runs import note
+
+        note(f"{option_string} is now {self.new}")
         if isinstance(getattr(namespace, self.dest, None), list) and not isinstance(values, list):
             getattr(namespace, self.dest).append(values)  # an old spelling of an append option
         else:

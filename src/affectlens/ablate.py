@@ -77,7 +77,7 @@ def ablate_tensors(model: Any, modules: str | Sequence[str], mode: str | Ablatio
     if isinstance(mstore, MergedStore):
         check_store_finite(mstore.adapter.store)
     if mode.needs_base and bstore is None:
-        raise AffectlensError(f"--mode {mode} needs the base model (--base) to know the fine-tuning delta")
+        raise AffectlensError(f"--ablation {mode} needs the base model (--base) to know the fine-tuning delta")
     sel = select(mstore, modules, layers, echo, label="model")
     target = sel
     info: dict[str, Any] = {"mode": mode.value, "seed": seed, "selection": list(sel.modules),
@@ -154,7 +154,7 @@ def ablate(model: str | os.PathLike, modules: str | Sequence[str], mode: str | A
             sidecars = Path(bstore.path)
         else:
             if mode is AblationMode.ZERO_DELTA and bstore is None:
-                raise AffectlensError("--mode zero-delta on a full model needs --base (it equals reset)")
+                raise AffectlensError("--ablation zero-delta on a full model needs --base (it equals reset)")
             mstore = stack.enter_context(open_weights(hf_model_dir(model), allow_pickle=allow_pickle))
             sidecars = Path(mstore.path)
         tensors, info = ablate_tensors(mstore, modules, mode, base=bstore, layers=layers, seed=seed,

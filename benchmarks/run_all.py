@@ -7,11 +7,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Quick ones first, so a regression there shows before the heavy runs.
+QUICK = ("bench_cli.py",)
 
 
 def main() -> int:
     failed = []
-    for script in sorted(HERE.glob("bench_*.py")):
+    scripts = sorted(HERE.glob("bench_*.py"), key=lambda p: (p.name not in QUICK, p.name))
+    for script in scripts:
         print(f"== {script.name} ==", flush=True)
         if subprocess.run([sys.executable, str(script)], check=False).returncode:
             failed.append(script.name)

@@ -70,7 +70,7 @@ def test_layers_heads_neurons_run_dirs(setup, capsys):
     # units ranked in those CSVs feed `intervene` directly
     iv = root / "iv_csv"
     assert main(["circuits", "intervene", str(model_dir), "--task", f"jsonl:{task}", "--amplify-heads",
-                 str(root / "heads" / "heads.csv"), "--top", "1", "--emotion", "anger", "--beta", "0",
+                 str(root / "heads" / "heads.csv"), "--top-k", "1", "--emotions", "anger", "--beta", "0",
                  "--amplify-neurons", str(out / "neurons.csv"), "--gamma", "2", "--bootstrap", "50",
                  "--out", str(iv)]) == 0
     res = json.loads((iv / "results.json").read_text())

@@ -180,7 +180,7 @@ def planted(tmp_path_factory):
 
 def _ablate(planted, tmp_path, mode, *extra) -> dict[str, torch.Tensor]:
     out = tmp_path / f"abl-{mode}-{len(list(tmp_path.iterdir()))}"
-    argv = ["ablate", str(planted / "tuned"), "--modules", "gate_proj", "--mode", mode,
+    argv = ["ablate", str(planted / "tuned"), "--modules", "gate_proj", "--ablation", mode,
             "--base", str(planted / "base"), "--out", str(out), *extra]
     assert main(argv) == 0
     return load_dir(out)
@@ -232,7 +232,7 @@ def test_control_selection_has_equal_parameter_count(planted, tmp_path, capsys):
 def test_lora_zero_delta_equals_peft_merge_without_that_module(pair, tmp_path, capsys):
     adapter = _lora_adapter(tmp_path, pair / "base_single")
     out = tmp_path / "out"
-    assert main(["ablate", str(adapter), "--modules", "gate_proj", "--mode", "zero-delta", "--out", str(out)]) == 0
+    assert main(["ablate", str(adapter), "--modules", "gate_proj", "--ablation", "zero-delta", "--out", str(out)]) == 0
     capsys.readouterr()
     others = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
     oracle = _peft_merged_subset(adapter, others)
@@ -247,7 +247,7 @@ def test_in_memory_ablation_matches_disk_and_restores(planted, tmp_path, capsys)
     before = logits(model)
     tensors, _ = ablate_tensors(model, "gate_proj", "noise", base=planted / "base", seed=4, echo=lambda s: None)
     out = tmp_path / "disk"
-    assert main(["ablate", str(planted / "tuned"), "--modules", "gate_proj", "--mode", "noise", "--seed", "4",
+    assert main(["ablate", str(planted / "tuned"), "--modules", "gate_proj", "--ablation", "noise", "--seed", "4",
                  "--base", str(planted / "base"), "--out", str(out)]) == 0
     capsys.readouterr()
     disk = AutoModelForCausalLM.from_pretrained(str(out)).eval()
@@ -269,7 +269,7 @@ def test_bad_inputs_are_one_line_errors(pair, planted, tmp_path, capsys):
     assert "architecture" in one_line_error(capsys, ["transfer", base, str(other), "--modules", "gate_proj", "--out", out])
     assert "architecture" in one_line_error(capsys, ["transfer", base, str(deeper), "--modules", "gate_proj", "--out", out])
     assert "needs the base" in one_line_error(
-        capsys, ["ablate", str(planted / "tuned"), "--modules", "gate_proj", "--mode", "noise", "--out", out])
+        capsys, ["ablate", str(planted / "tuned"), "--modules", "gate_proj", "--ablation", "noise", "--out", out])
     assert "does not exist" in one_line_error(capsys, ["transfer", base, str(tmp_path / "nope"), "--modules", "attn",
                                                        "--out", out])
     assert not Path(out).exists()
@@ -406,7 +406,7 @@ def test_ablation_modes_are_one_enum(tmp_path, capsys):
     with pytest.raises(AffectlensError, match="unknown ablation mode 'erase'; choose from reset, zero-delta, zero"):
         ablate_tensors(tiny_model("llama"), "gate_proj", "erase", echo=lambda s: None)
     with pytest.raises(SystemExit):
-        main(["ablate", str(tmp_path), "--modules", "gate_proj", "--mode", "erase", "--out", str(tmp_path / "o")])
+        main(["ablate", str(tmp_path), "--modules", "gate_proj", "--ablation", "erase", "--out", str(tmp_path / "o")])
     assert "invalid choice: 'erase'" in capsys.readouterr().err
 
 
@@ -426,7 +426,7 @@ def test_run_dir_record_and_line_are_the_result(pair, planted, tmp_path, capsys)
     assert [p.name for p in tmp_path.iterdir()] == ["t"]  # no temp dir or claim left beside it
 
     capsys.readouterr()
-    assert main(["ablate", str(planted / "tuned"), "--modules", "gate_proj", "--mode", "zero",
+    assert main(["ablate", str(planted / "tuned"), "--modules", "gate_proj", "--ablation", "zero",
                  "--out", str(tmp_path / "a")]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     record = json.loads((tmp_path / "a" / "compose.json").read_text())

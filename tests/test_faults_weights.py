@@ -113,13 +113,13 @@ NONFINITE = [
     ("transfer-base-inf", "base", NORM, INF, ["transfer", "{p}", "{m}/donor", "--modules", "gate_proj"]),
     ("transfer-lora-nan", "adapter", LORA_B_GATE0, NAN, ["transfer", "{m}/base", "{p}", "--modules", "gate_proj"]),
     ("ablate-noise-nan", "tuned", GATE1, NAN,
-     ["ablate", "{p}", "--modules", "gate_proj", "--mode", "noise", "--base", "{m}/base"]),
-    ("ablate-mean-inf", "tuned", GATE1, -INF, ["ablate", "{p}", "--modules", "gate_proj", "--mode", "mean"]),
-    ("ablate-zero-nan-elsewhere", "tuned", UP1, NAN, ["ablate", "{p}", "--modules", "gate_proj", "--mode", "zero"]),
+     ["ablate", "{p}", "--modules", "gate_proj", "--ablation", "noise", "--base", "{m}/base"]),
+    ("ablate-mean-inf", "tuned", GATE1, -INF, ["ablate", "{p}", "--modules", "gate_proj", "--ablation", "mean"]),
+    ("ablate-zero-nan-elsewhere", "tuned", UP1, NAN, ["ablate", "{p}", "--modules", "gate_proj", "--ablation", "zero"]),
     ("ablate-reset-base-nan", "base", GATE0, NAN,
-     ["ablate", "{m}/tuned", "--modules", "gate_proj", "--mode", "reset", "--base", "{p}"]),
+     ["ablate", "{m}/tuned", "--modules", "gate_proj", "--ablation", "reset", "--base", "{p}"]),
     ("ablate-lora-nan", "adapter", LORA_B_GATE0, NAN,
-     ["ablate", "{p}", "--modules", "q_proj", "--mode", "zero-delta"]),
+     ["ablate", "{p}", "--modules", "q_proj", "--ablation", "zero-delta"]),
 ]
 
 
@@ -173,7 +173,7 @@ def test_non_finite_output_is_refused(fp16_overflow, tmp_path, capfd, cmd):
     if cmd == "transfer-merge":
         argv = ["transfer", base16, ad16, "--modules", "gate_proj", "--merge", "--out", out]
     else:  # gate_proj keeps its LoRA, merged into the fp16 base: 65000 + 12800 overflows
-        argv = ["ablate", ad16, "--modules", "q_proj", "--mode", "zero-delta", "--out", out]
+        argv = ["ablate", ad16, "--modules", "q_proj", "--ablation", "zero-delta", "--out", out]
     line = assert_refused(run_cli(capfd, *argv), out=out, contains="non-finite")
     assert GATE0 in line
 
@@ -256,7 +256,7 @@ HEADERS = {
 
 READERS = {
     "transfer": lambda m, p: ["transfer", m / "base", p, "--modules", "gate_proj"],
-    "ablate": lambda m, p: ["ablate", p, "--modules", "gate_proj", "--mode", "reset", "--base", m / "base"],
+    "ablate": lambda m, p: ["ablate", p, "--modules", "gate_proj", "--ablation", "reset", "--base", m / "base"],
     "locate": lambda m, p: ["locate", m / "base", p],
 }
 
@@ -405,7 +405,7 @@ def test_transfer_and_ablate_outputs_load_with_plain_safetensors(m, tmp_path, ca
 
     out = tmp_path / "a"
     mode = "zero-delta" if kind == "lora" else "noise"
-    rc, _, err = run_cli(capfd, "ablate", a_args[0], "--modules", "gate_proj", "--mode", mode, "--out", out,
+    rc, _, err = run_cli(capfd, "ablate", a_args[0], "--modules", "gate_proj", "--ablation", mode, "--out", out,
                          *a_args[1:])
     assert rc == 0, err
     got = load_dir(out)
@@ -420,10 +420,10 @@ def test_transfer_and_ablate_outputs_load_with_plain_safetensors(m, tmp_path, ca
 
 def test_selection_the_donor_never_touched_is_an_error(m, tmp_path, capfd):
     out = tmp_path / "o"
-    line = assert_refused(run_cli(capfd, "ablate", m / "adapter", "--modules", "k_proj", "--mode", "zero-delta",
+    line = assert_refused(run_cli(capfd, "ablate", m / "adapter", "--modules", "k_proj", "--ablation", "zero-delta",
                                   "--out", out), out=out, contains="nothing to ablate")
     assert "k_proj" in line and str(m / "adapter") in line
-    assert_refused(run_cli(capfd, "ablate", m / "adapter", "--modules", "k_proj,q_proj", "--mode", "reset",
+    assert_refused(run_cli(capfd, "ablate", m / "adapter", "--modules", "k_proj,q_proj", "--ablation", "reset",
                            "--out", out), out=out, contains="partly unmatched")
     assert_refused(run_cli(capfd, "transfer", m / "base", m / "adapter", "--modules", "k_proj", "--out", out),
                    out=out, contains="matched no tensor")
@@ -432,10 +432,10 @@ def test_selection_the_donor_never_touched_is_an_error(m, tmp_path, capfd):
                            "--out", out), out=out, contains="nothing to transfer")
     existing, digest = prior_result(tmp_path)
     assert_refused(run_cli(capfd, "ablate", m / "base", "--base", m / "base_sharded", "--modules", "gate_proj",
-                           "--mode", "reset", "--out", existing, "--force"),
+                           "--ablation", "reset", "--out", existing, "--force"),
                    out=existing, contains="nothing to ablate", survivor=digest)
     # zero and mean destroy the module whatever fine-tuning did: still allowed on an untouched one.
-    rc, _, err = run_cli(capfd, "ablate", m / "adapter", "--modules", "k_proj", "--mode", "zero", "--out", out)
+    rc, _, err = run_cli(capfd, "ablate", m / "adapter", "--modules", "k_proj", "--ablation", "zero", "--out", out)
     assert rc == 0, err
     assert not load_dir(out)["model.layers.0.self_attn.k_proj.weight"].any()
 
@@ -449,7 +449,7 @@ def test_zero_lora_is_nothing_to_transfer(m, tmp_path, capfd):
     out = tmp_path / "o"
     assert_refused(run_cli(capfd, "transfer", m / "base", d, "--modules", "gate_proj", "--out", out),
                    out=out, contains="nothing to transfer")
-    assert_refused(run_cli(capfd, "ablate", d, "--modules", "gate_proj", "--mode", "zero-delta", "--out", out),
+    assert_refused(run_cli(capfd, "ablate", d, "--modules", "gate_proj", "--ablation", "zero-delta", "--out", out),
                    out=out, contains="nothing to ablate")
 
 
@@ -463,7 +463,7 @@ def test_pickle_needs_the_flag_on_transfer_and_ablate(m, tmp_path, capfd):
     line = assert_refused(run_cli(capfd, "transfer", m / "base", m / "pk_donor", "--modules", "gate_proj",
                                   "--out", out), out=out, contains=PICKLE_MSG)
     assert str(m / "pk_donor" / "pytorch_model.bin") in line
-    assert_refused(run_cli(capfd, "ablate", m / "pk_tuned", "--modules", "gate_proj", "--mode", "zero",
+    assert_refused(run_cli(capfd, "ablate", m / "pk_tuned", "--modules", "gate_proj", "--ablation", "zero",
                            "--out", out), out=out, contains=PICKLE_MSG)
     assert_refused(run_cli(capfd, "transfer", m / "base", m / "pk_donor" / "pytorch_model.bin", "--modules",
                            "gate_proj", "--out", out), out=out, contains=PICKLE_MSG)
@@ -523,6 +523,6 @@ def test_load_pickle_unit(tmp_path):
 def test_reversed_layer_range_is_an_error(m, tmp_path, capfd, cmd):
     out = tmp_path / "o"
     argv = (["transfer", m / "base", m / "donor"] if cmd == "transfer"
-            else ["ablate", m / "tuned", "--mode", "zero"])
+            else ["ablate", m / "tuned", "--ablation", "zero"])
     assert_refused(run_cli(capfd, *argv, "--modules", "gate_proj", "--layers", "1-0", "--out", out),
                    out=out, contains="reversed layer range '1-0'")

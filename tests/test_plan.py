@@ -113,7 +113,7 @@ def test_qwen25_7b_against_published_figures():
 
 
 def test_cli_json_and_bad_input(tmp_path, capfd):
-    rc, out, err = run_cli(capfd, "plan", TINYSTORIES, "--task", "tune", "--gpu-mem", "8", "--json")
+    rc, out, err = run_cli(capfd, "plan", TINYSTORIES, "--command", "tune", "--gpu-mem", "8", "--json")
     assert rc == 0, err
     obj = json.loads(out)
     assert obj["fits"] is True and obj["total_gb"] > 0 and obj["params"] == _meta_count_dir(TINYSTORIES)

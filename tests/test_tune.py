@@ -196,7 +196,7 @@ def test_bad_inputs_one_line_exit_2(tmp_path, capsys, case):
         argv[3] = str(tmp_path / "b.jsonl")
     elif case == "label":
         _write(tmp_path / "l.jsonl", [{"text": "a", "label": "joy"}, {"text": "b", "label": "happy"}])
-        argv[3:4] = [str(tmp_path / "l.jsonl"), "--task", "emotion"]
+        argv[3:4] = [str(tmp_path / "l.jsonl"), "--task-kind", "emotion"]
     elif case == "empty":
         (tmp_path / "e.jsonl").write_text("\n")
         argv[3] = str(tmp_path / "e.jsonl")

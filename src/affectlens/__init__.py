@@ -4,17 +4,18 @@ The public API; the CLI (``affectlens ...``) only wraps these.
 """
 
 from .errors import AffectlensError
-from .models import default_model_dir, load_model, load_tokenizer
 from .modules import ModuleKey, parse_layers, parse_name, parse_selection
 
 __version__ = "0.1.0"
 
-_LAZY = {"bundled_path": "corpus", "count_params": "params", "TuneResult": "tune"}
+_LAZY = {"bundled_path": "corpus", "count_params": "params", "TuneResult": "tune",
+         "default_model_dir": "models", "load_model": "models", "load_tokenizer": "models"}
 
 
 def __getattr__(name: str):
-    # Imported on first use, so `python -m affectlens.corpus` runs without runpy's
-    # "found in sys.modules" warning.
+    # Imported on first use: `import affectlens` (and so the CLI's --help and argument
+    # errors) must not import torch, and `python -m affectlens.corpus` runs without
+    # runpy's "found in sys.modules" warning.
     if name in _LAZY:
         import importlib
 

@@ -14,7 +14,6 @@ import contextlib
 import os
 import zlib
 from collections.abc import Sequence
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -23,36 +22,12 @@ import torch
 from .checkpoint import ComposeResult, copy_sidecars, hf_model_dir, write_checkpoint
 from .errors import AffectlensError
 from .selection import Echo, apply_rows, control_selection, match_adapter, quiet, select
+from .vocab import ABLATION_MODES as MODES
+from .vocab import AblationMode as AblationMode
 from .weights import LoraAdapter, WeightStore, check_finite, check_store_finite, open_weights
 from .weights.compat import check_architecture
 from .weights.finite import tensor_file
 from .weights.merged import MergedStore, adapter_base, as_store
-
-
-class AblationMode(StrEnum):
-    """How the selected modules are destroyed (``--mode`` of ``affectlens ablate``)."""
-
-    RESET = "reset"
-    ZERO_DELTA = "zero-delta"
-    ZERO = "zero"
-    MEAN = "mean"
-    NOISE = "noise"
-
-    @property
-    def needs_base(self) -> bool:
-        """The delta modes: they need BASE to know what fine-tuning changed."""
-        return self in (AblationMode.RESET, AblationMode.ZERO_DELTA, AblationMode.NOISE)
-
-    @classmethod
-    def parse(cls, mode: str | AblationMode) -> AblationMode:
-        """A mode from its name; an unknown one is a one-line error listing the choices."""
-        try:
-            return cls(mode)
-        except ValueError:
-            raise AffectlensError(f"unknown ablation mode '{mode}'; choose from {', '.join(MODES)}") from None
-
-
-MODES = tuple(m.value for m in AblationMode)
 
 
 def noise_like(t: torch.Tensor, name: str, seed: int) -> torch.Tensor:
@@ -102,7 +77,7 @@ def ablate_tensors(model: Any, modules: str | Sequence[str], mode: str | Ablatio
     if isinstance(mstore, MergedStore):
         check_store_finite(mstore.adapter.store)
     if mode.needs_base and bstore is None:
-        raise AffectlensError(f"--mode {mode} needs the base model (--base) to know the fine-tuning delta")
+        raise AffectlensError(f"--ablation {mode} needs the base model (--base) to know the fine-tuning delta")
     sel = select(mstore, modules, layers, echo, label="model")
     target = sel
     info: dict[str, Any] = {"mode": mode.value, "seed": seed, "selection": list(sel.modules),
@@ -179,7 +154,7 @@ def ablate(model: str | os.PathLike, modules: str | Sequence[str], mode: str | A
             sidecars = Path(bstore.path)
         else:
             if mode is AblationMode.ZERO_DELTA and bstore is None:
-                raise AffectlensError("--mode zero-delta on a full model needs --base (it equals reset)")
+                raise AffectlensError("--ablation zero-delta on a full model needs --base (it equals reset)")
             mstore = stack.enter_context(open_weights(hf_model_dir(model), allow_pickle=allow_pickle))
             sidecars = Path(mstore.path)
         tensors, info = ablate_tensors(mstore, modules, mode, base=bstore, layers=layers, seed=seed,

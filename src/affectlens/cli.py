@@ -26,6 +26,7 @@ import os
 import sys
 from typing import Any
 
+from .commands.options import REQUIRED_ALIAS
 from .errors import AffectlensError
 
 # One entry per command module; each registers one or more subcommands.
@@ -45,7 +46,10 @@ EXIT_SIGPIPE = 141
 
 
 class _HelpFormatter(argparse.HelpFormatter):
-    """Every option shows its default (unless its help already states one, or there is none)."""
+    """Every option shows its default (unless its help already states one, or there is none).
+
+    Descriptions wrap; a multi-line description or epilog is shown as written.
+    """
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -55,20 +59,40 @@ class _HelpFormatter(argparse.HelpFormatter):
             return text
         return f"{text} (default: %(default)s)".strip()
 
+    def _format_actions_usage(self, actions: Any, groups: Any) -> str:
+        # A required option with an old spelling is checked by _Parser, not argparse
+        # (commands.options.renamed); the usage still shows it as required.
+        aliased = [a for a in actions if getattr(a, REQUIRED_ALIAS, False)]
+        for a in aliased:
+            a.required = True
+        try:
+            return super()._format_actions_usage(actions, groups)
+        finally:
+            for a in aliased:
+                a.required = False
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:  # laid out by hand (the task syntax table): keep it as written
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
 
 class _Parser(argparse.ArgumentParser):
     """All affectlens parsers (subcommands inherit it) share the help formatter."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _HelpFormatter)
+        kwargs["formatter_class"] = _HelpFormatter
         super().__init__(*args, **kwargs)
 
-    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
-        action = super().add_argument(*args, **kwargs)
-        if action.help is None and action.option_strings and action.default is not None \
-                and action.default is not False:
-            action.help = "(default: %(default)s)"  # an option without help still shows its default
-        return action
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[Any, list[str]]:
+        ns, rest = super().parse_known_args(args, namespace)
+        # A required option with a deprecated spelling (commands.options.renamed) is checked here,
+        # since argparse would count only the new spelling as given.
+        missing = [a.option_strings[0] for a in self._actions
+                   if getattr(a, REQUIRED_ALIAS, False) and getattr(ns, a.dest, None) is None]
+        if missing:
+            self.error(f"the following arguments are required: {', '.join(missing)}")
+        return ns, rest
 
 
 def version() -> str:

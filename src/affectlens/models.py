@@ -20,8 +20,9 @@ from typing import Any
 
 from .errors import AffectlensError
 from .hfcompat import quiet_peft
-from .weights.finite import check_finite
-from .weights.store import pickle_refusal
+
+# .weights (torch) is imported inside the functions that check tensors, so the torch-free
+# helpers here (read_json_object, default_model_dir) serve `affectlens params` instantly.
 
 DEFAULT_MODEL = "smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -200,6 +201,8 @@ def check_finite_model(model: Any, source: str | os.PathLike | None = None) -> N
 
     Tied parameters are named by the name the checkpoint stores them under when known.
     """
+    from .weights.finite import check_finite
+
     files, fallback = _checkpoint_files(Path(source)) if source is not None else ({}, "the in-memory model")
     names: dict[int, list[str]] = {}
     params: dict[int, Any] = {}
@@ -220,6 +223,8 @@ def _short(keys: Any, n: int = 3) -> str:
 
 def weight_kwargs(p: Path, allow_pickle: bool) -> dict[str, Any]:
     """from_pretrained kwargs for a model dir under the pickle policy (refuses pickle without it)."""
+    from .weights.store import pickle_refusal
+
     if any((p / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json")):
         return {"use_safetensors": True}
     pk = next((p / n for n in ("pytorch_model.bin.index.json", "pytorch_model.bin") if (p / n).is_file()), None)
@@ -235,6 +240,9 @@ def weight_kwargs(p: Path, allow_pickle: bool) -> dict[str, Any]:
 def _apply_adapter(model: Any, adapter: Path, allow_pickle: bool) -> Any:
     """``PeftModel`` over ``model``; every adapter tensor must land, and every wrapped module get its tensors."""
     from peft import PeftModel, load_peft_weights, set_peft_model_state_dict
+
+    from .weights.finite import check_finite
+    from .weights.store import pickle_refusal
 
     if not is_adapter_dir(adapter):
         raise AffectlensError(f"{adapter} is not a PEFT adapter dir (no adapter_config.json)")

@@ -83,6 +83,60 @@ def infer_kind(labels: Sequence[str]) -> TaskKind:
             return kind
     return TaskKind.LABEL
 
+# --- command-line vocabularies: the choices the CLI offers without importing the
+# library that implements them (``affectlens --help`` must not import torch).
 
-__all__ = ["ALIASES", "CLOSED_KINDS", "DIGITS", "EMOTIONS", "EVAL_KINDS", "SENTIMENTS2", "SENTIMENTS3",
+EVAL_MODES = ("closed", "generative")  # ``affectlens evaluate --mode``
+
+
+class AblationMode(StrEnum):
+    """How the selected modules are destroyed (``--ablation`` of ``affectlens ablate``)."""
+
+    RESET = "reset"
+    ZERO_DELTA = "zero-delta"
+    ZERO = "zero"
+    MEAN = "mean"
+    NOISE = "noise"
+
+    @property
+    def needs_base(self) -> bool:
+        """The delta modes: they need BASE to know what fine-tuning changed."""
+        return self in (AblationMode.RESET, AblationMode.ZERO_DELTA, AblationMode.NOISE)
+
+    @classmethod
+    def parse(cls, mode: str | AblationMode) -> AblationMode:
+        """A mode from its name; an unknown one is a one-line error listing the choices."""
+        try:
+            return cls(mode)
+        except ValueError:
+            choices = ", ".join(ABLATION_MODES)
+            raise AffectlensError(f"unknown ablation mode '{mode}'; choose from {choices}") from None
+
+
+ABLATION_MODES = tuple(m.value for m in AblationMode)
+
+# What ``--task`` accepts (evaluate, circuits intervene, export-task); parsed by evaluate.tasks.parse_task.
+TASK_SYNTAX = """\
+Task names (--task, repeatable):
+  emotion                 bundled emotion test set (7 labels; the default)
+  control                 bundled non-affective control task
+  meld:FILE.csv           MELD CSV, Emotion column (7 labels)
+  meld-sentiment:FILE.csv MELD CSV, Sentiment column (negative/neutral/positive)
+  goemotions:DIR          GoEmotions TSV dir with labels.txt; split=test|dev|train,
+                          multi=single|first (multi-label rows: drop or keep the first)
+  jsonl:FILE              rows {"text", "label" or "label_text"}; text=, label=,
+                          labels=a|b|c (declared set), kind=emotion|sentiment|control
+  csv:FILE                generic CSV/TSV; text=COL, label=COL, labels=, delimiter=tab
+  sentiment:FILE          continuous valence (MOSI/SIMS style, CSV or JSONL); text=COL,
+                          score=COL, center=0, margin=0 (|score-center|<=margin dropped),
+                          split=VALUE (filter a 'split' column), labels3=1 (keep the
+                          dropped band as 'neutral': 3 classes); EmoBank:
+                          sentiment:emobank.csv,score=V,center=3,split=test
+  ppl:FILE                perplexity on a plain-text file (paragraphs split at blank lines);
+                          max_length=, stride= (sliding windows)
+Options follow the path, comma separated: csv:data.csv,text=utterance,label=emotion"""
+
+
+__all__ = ["ABLATION_MODES", "ALIASES", "CLOSED_KINDS", "DIGITS", "EMOTIONS", "EVAL_KINDS", "EVAL_MODES",
+           "TASK_SYNTAX", "AblationMode", "SENTIMENTS2", "SENTIMENTS3",
            "TaskKind", "closed_labels", "infer_kind"]

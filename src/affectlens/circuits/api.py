@@ -140,7 +140,7 @@ def layers_run(model_path: str, out: str, pairs_path: str | None = None, force: 
     check_out_dir(out, force)
     check_layer_spec(layers, "--layers")
     finite_options(alpha=alpha, min_score=vec_opts.get("min_score"))
-    positive(max_pairs=max_pairs, batch_size=batch_size)
+    positive(limit=max_pairs, batch_size=batch_size)
     torch.manual_seed(seed)
     options = {"alpha": alpha, "scale": scale, "layers": layers, "emotions": emotions, "max_pairs": max_pairs,
                "batch_size": batch_size, "dtype": dtype, **_vec_options(vec_opts)}
@@ -222,7 +222,7 @@ def _attribution_run(command: str, model_path: str, out: str, pairs_path: str | 
                      vec_opts: dict[str, Any]) -> Iterator[tuple[RunDir, Any, Any, Any, SteeringVectors]]:
     """What heads and neurons share: option checks before loading, the run dir, model, pairs, vectors."""
     check_out_dir(out, force)
-    positive(top_k=top_k, max_pairs=max_pairs)
+    positive(top_k=top_k, limit=max_pairs)
     finite_options(min_score=vec_opts.get("min_score"))
     torch.manual_seed(seed)
     options = {"target_layer": target_layer, "metric": metric, "top_k": top_k, "emotions": emotions,
@@ -329,7 +329,7 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
 
     check_out_dir(out, force)
     finite_options(beta=beta, gamma=gamma)
-    positive(top=top, limit=limit, batch_size=batch_size)
+    positive(top_k=top, limit=limit, batch_size=batch_size)
     if not (steer or amplify_heads or amplify_neurons):
         raise AffectlensError("nothing to do: give --steer, --amplify-heads and/or --amplify-neurons")
     for t in tasks:  # bad task specs fail before the model loads

@@ -166,7 +166,7 @@ def units_from_csv(path: str, what: str, k: int, emotion: str | None = None) -> 
 
     col = "head" if what == "head" else "neuron"
     if k < 1:
-        raise AffectlensError(f"--top must be positive, not {k}")
+        raise AffectlensError(f"--top-k must be positive, not {k}")
     try:
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
             rows = list(csv.DictReader(f))

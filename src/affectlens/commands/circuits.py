@@ -4,36 +4,42 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import AffectlensError
+from ..vocab import TASK_SYNTAX
+from . import options as o
+
+SCALES = ("raw", "unit", "rms")  # how an injected steering vector is scaled
+
 
 def _common(p: argparse.ArgumentParser, pairs: bool = True) -> None:
-    p.add_argument("model", help="HF model dir, .gguf file, PEFT adapter dir, or 'smollm2'")
+    o.model(p)
     p.add_argument("--adapter", default=None, help="PEFT adapter dir applied on MODEL")
     if pairs:
         p.add_argument("--pairs", default=None,
                        help="contrast pairs JSONL {emotional, neutral, label[, query, image_*]} "
                             "(default: the bundled pairs)")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output run dir")
-    p.add_argument("--force", action="store_true", help="replace an existing OUT")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="allow pickle checkpoints (pytorch_model.bin); loading them can run code")
+    o.dtype(p)
+    o.seed(p)
+    o.run_dir(p)
 
 
 def _vector_opts(p: argparse.ArgumentParser, reuse: bool = True) -> None:
     if reuse:
         p.add_argument("--vectors", default=None,
                        help="vectors from `circuits vectors` (dir or .safetensors), or a steering-vectors/"
-                            "lm-eval .pt file; computed from the pairs when absent")
-        p.add_argument("--vectors-label", default=None, help="emotion name for a single-vector .pt file")
+                            "lm-eval .pt file (default: computed from the pairs)")
+        p.add_argument("--vectors-label", default=None,
+                       help="emotion name for a single-vector .pt file (default: from the file)")
     p.add_argument("--min-score", type=float, default=0.5,
-                   help="keep pairs whose emotional side scores p(label) >= this (0 keeps all; default 0.5)")
+                   help="keep pairs whose emotional side scores p(label) >= this (0 keeps all)")
     p.add_argument("--position", choices=["last", "mean"], default="last",
-                   help="last prompt token (default) or mean from --from-token")
-    p.add_argument("--from-token", type=int, default=0)
-    p.add_argument("--centring", choices=["pair", "group", "global"], default="pair")
+                   help="last prompt token, or mean from --from-token")
+    p.add_argument("--from-token", type=int, default=0, help="first token of the --position mean")
+    p.add_argument("--centring", choices=["pair", "group", "global"], default="pair",
+                   help="subtract the neutral side per pair, per emotion group, or over all pairs")
     p.add_argument("--denoise", type=float, default=None,
-                   help="project out neutral principal components explaining this variance share")
+                   help="project out neutral principal components explaining this variance share "
+                        "(default: off)")
 
 
 def _vec_kwargs(a: argparse.Namespace) -> dict:
@@ -42,8 +48,9 @@ def _vec_kwargs(a: argparse.Namespace) -> dict:
             "centring": a.centring, "denoise": a.denoise}
 
 
-def _emotions(s: str | None) -> list[str] | None:
-    return [x.strip().lower() for x in s.split(",") if x.strip()] if s else None
+def _pair_limit(p: argparse.ArgumentParser) -> None:
+    """``--limit`` (formerly ``--max-pairs``): pairs used per emotion."""
+    o.renamed(p, "--max-pairs", o.limit(p, help="first N pairs per emotion (default: all)"))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,21 +62,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = cs.add_parser("vectors", help="S_l^e = mean(h+ - h-) per emotion and layer -> vectors.safetensors")
     _common(v)
     _vector_opts(v, reuse=False)
-    v.add_argument("--export", default="", help="also write lm-eval,steering-vectors .pt files")
-    v.add_argument("--export-layers", default=None, help="layers for exported files (default all), e.g. 8-12")
+    v.add_argument("--export", default="", help="also write lm-eval,steering-vectors .pt files (default: none)")
+    v.add_argument("--export-layers", default=None, help="layers for exported files, e.g. 8-12 (default: all)")
     v.add_argument("--coefficient", type=float, default=1.0, help="lm-eval steering_coefficient")
     v.set_defaults(func=_vectors)
 
     la = cs.add_parser("layers", help="layer profile: inject α·S_l into neutral runs, relative change of p(e)")
     _common(la)
     _vector_opts(la)
-    la.add_argument("--alpha", type=float, default=1.0)
-    la.add_argument("--scale", choices=["raw", "unit", "rms"], default="raw",
+    la.add_argument("--alpha", type=float, default=1.0, help="injection strength α")
+    la.add_argument("--scale", choices=SCALES, default="raw",
                     help="raw α·S; unit α·Ŝ·mean‖h_l‖; rms α·Ŝ·‖h‖ per position")
-    la.add_argument("--layers", default=None, help="layers to sweep, e.g. 0-11 (default all)")
-    la.add_argument("--emotions", default=None, help="comma-separated subset")
-    la.add_argument("--max-pairs", type=int, default=None, help="neutral prompts per emotion")
-    la.add_argument("--batch-size", type=int, default=16)
+    o.layers(la, help="layers to sweep, e.g. 0-11 (default: all)")
+    o.emotions(la)
+    _pair_limit(la)
+    o.batch_size(la, 16)
     la.set_defaults(func=_layers)
 
     for name, helptext in (("heads", "head attribution (cosine + patching), specific vs general heads"),
@@ -79,42 +86,60 @@ def register(sub: argparse._SubParsersAction) -> None:
         _vector_opts(h)
         h.add_argument("--target-layer", type=int, default=None,
                        help="layer l* whose projection ⟨h, Ŝ⟩ is the metric (default: last layer)")
-        h.add_argument("--metric", choices=["proj", "score"], default="proj")
-        h.add_argument("--top-k", type=int, default=10 if name == "heads" else 50)
-        h.add_argument("--emotions", default=None)
-        h.add_argument("--max-pairs", type=int, default=None)
+        h.add_argument("--metric", choices=["proj", "score"], default="proj",
+                       help="projection onto Ŝ at l*, or the label score p(e)")
+        o.top_k(h, 10 if name == "heads" else 50, help=f"{name} kept per emotion")
+        o.emotions(h)
+        _pair_limit(h)
         h.set_defaults(func=_heads if name == "heads" else _neurons)
 
     i = cs.add_parser("intervene", help="evaluate with steering / attention / neuron amplification active",
                       description="Runs the evaluation harness before and with the intervention; reports "
                                   "the change in accuracy and emotional-hallucination rate with paired "
-                                  "bootstrap CIs and a perplexity guard on neutral text.")
+                                  "bootstrap CIs and a perplexity guard on neutral text.",
+                      epilog=TASK_SYNTAX)
     _common(i, pairs=False)
-    i.add_argument("--task", action="append", dest="tasks", metavar="T",
-                   help="evaluation task (repeatable; default: emotion)")
-    i.add_argument("--vectors", default=None)
-    i.add_argument("--vectors-label", default=None)
+    o.task(i)
+    i.add_argument("--vectors", default=None,
+                   help="vectors from `circuits vectors`, or a .pt file (needed by --steer)")
+    i.add_argument("--vectors-label", default=None,
+                   help="emotion name for a single-vector .pt file (default: from the file)")
     i.add_argument("--steer", action="append", default=[], metavar="E@L*A",
                    help="add α·S_L^E from the stimulus on, e.g. joy@12*4 (repeatable)")
-    i.add_argument("--scale", choices=["raw", "unit", "rms"], default="raw")
+    i.add_argument("--scale", choices=SCALES, default="raw", help="as in `circuits layers`")
     i.add_argument("--amplify-heads", default=None,
-                   help="L.H,L.H… or a heads.csv from `circuits heads` (top --top)")
+                   help="L.H,L.H… or a heads.csv from `circuits heads` (its top --top-k)")
     i.add_argument("--beta", type=float, default=2.0, help="attention factor (0 = knockout)")
     i.add_argument("--attn-mode", choices=["after", "before"], default="after",
-                   help="after softmax + renormalise (default) or scale pre-softmax scores")
+                   help="after softmax + renormalise, or scale pre-softmax scores")
     i.add_argument("--split-layer", type=int, default=None,
                    help="heads up to this layer act on query positions, deeper ones on the last "
                         "position (default: half depth)")
-    i.add_argument("--amplify-neurons", default=None, help="L.N,L.N… or a neurons.csv (top --top)")
-    i.add_argument("--gamma", type=float, default=2.0)
-    i.add_argument("--top", type=int, default=10, help="units taken from a CSV")
-    i.add_argument("--emotion", default=None, help="rank CSV units of this emotion only")
-    i.add_argument("--limit", type=int, default=None)
-    i.add_argument("--batch-size", type=int, default=16)
-    i.add_argument("--bootstrap", type=int, default=1000)
+    i.add_argument("--amplify-neurons", default=None,
+                   help="L.N,L.N… or a neurons.csv from `circuits neurons` (its top --top-k)")
+    i.add_argument("--gamma", type=float, default=2.0, help="neuron activation factor")
+    o.renamed(i, "--top", o.top_k(i, 10, help="units taken from a heads/neurons CSV"))
+    o.renamed(i, "--emotion", o.emotions(i, help="rank CSV units of this emotion only (one name; "
+                                                 "default: all emotions)"))
+    o.limit(i)
+    o.batch_size(i, 16)
+    i.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (0: none)")
     i.add_argument("--ppl-texts", default=None, help="plain-text file (paragraphs) for the perplexity guard "
                                                     "(default: neutral sides of the bundled pairs)")
     i.set_defaults(func=_intervene)
+
+
+def _emotions(value: str | None) -> list[str] | None:
+    names = o.split_list(value)
+    return [x.lower() for x in names] if names else None
+
+
+def _one_emotion(value: str | None) -> str | None:
+    """intervene ranks the CSV units of one emotion: ``--emotions`` names at most one there."""
+    names = o.split_list(value)
+    if names and len(names) > 1:
+        raise AffectlensError(f"intervene ranks the units of one emotion; --emotions got {', '.join(names)}")
+    return names[0] if names else None
 
 
 def _base(a: argparse.Namespace) -> dict:
@@ -137,7 +162,7 @@ def _layers(a: argparse.Namespace) -> int:
     from ..circuits.api import layers_run
 
     prof = layers_run(a.model, a.out, a.pairs, alpha=a.alpha, scale=a.scale, layers=a.layers,
-                      emotions=_emotions(a.emotions), max_pairs=a.max_pairs, batch_size=a.batch_size,
+                      emotions=_emotions(a.emotions), max_pairs=a.limit, batch_size=a.batch_size,
                       **_base(a), **_vec_kwargs(a))
     print(f"critical layer: {prof.critical['mean']} "
           f"({', '.join(f'{e} {la}' for e, la in prof.critical.items() if e != 'mean')}); "
@@ -149,7 +174,7 @@ def _heads(a: argparse.Namespace) -> int:
     from ..circuits.api import heads_run
 
     rk = heads_run(a.model, a.out, a.pairs, target_layer=a.target_layer, metric=a.metric, top_k=a.top_k,
-                   emotions=_emotions(a.emotions), max_pairs=a.max_pairs, **_base(a), **_vec_kwargs(a))
+                   emotions=_emotions(a.emotions), max_pairs=a.limit, **_base(a), **_vec_kwargs(a))
     for e, s in rk.tops.items():
         print(f"{e:>10}: {' '.join(f'L{la}.H{h}' for la, h in sorted(s))}")
     print(f"-> {a.out}")
@@ -160,7 +185,7 @@ def _neurons(a: argparse.Namespace) -> int:
     from ..circuits.api import neurons_run
 
     res = neurons_run(a.model, a.out, a.pairs, target_layer=a.target_layer, metric=a.metric,
-                      top_k=a.top_k, emotions=_emotions(a.emotions), max_pairs=a.max_pairs,
+                      top_k=a.top_k, emotions=_emotions(a.emotions), max_pairs=a.limit,
                       **_base(a), **_vec_kwargs(a))
     print(f"{len(res.rows)} top neurons (target layer {res.target_layer}) -> {a.out}")
     return 0
@@ -173,7 +198,7 @@ def _intervene(a: argparse.Namespace) -> int:
                         vectors_label=a.vectors_label, steer=a.steer, scale=a.scale,
                         amplify_heads=a.amplify_heads, beta=a.beta, attn_mode=a.attn_mode,
                         split_layer=a.split_layer, amplify_neurons=a.amplify_neurons, gamma=a.gamma,
-                        top=a.top, emotion=a.emotion, limit=a.limit, batch_size=a.batch_size,
+                        top=a.top_k, emotion=_one_emotion(a.emotions), limit=a.limit, batch_size=a.batch_size,
                         n_boot=a.bootstrap, ppl_texts=a.ppl_texts, **_base(a))
     print(res.intervention)
     for name, r in res.tasks.items():

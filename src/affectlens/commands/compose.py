@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..ablate import MODES
+from ..vocab import ABLATION_MODES
+from . import options as o
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,14 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("base", help="base model: HF dir, .safetensors, or 'smollm2'")
     t.add_argument("donor", help="fine-tuned model dir or PEFT LoRA adapter dir")
-    t.add_argument("--modules", required=True, help="selection, e.g. gate_proj, attn, attn,gate_proj")
-    t.add_argument("--layers", default=None, help="layers, e.g. 0-11,20 (default: all)")
-    t.add_argument("--out", required=True, help="output dir")
+    o.modules(t)
+    o.layers(t)
     t.add_argument("--merge", action="store_true", help="LoRA donor: also write the merged model to OUT/merged")
-    t.add_argument("--max-shard-size", default="5GB", help="shard size of written models (default 5GB)")
-    t.add_argument("--force", action="store_true", help="replace an existing OUT")
-    t.add_argument("--allow-pickle", action="store_true",
-                   help="read pytorch_model.bin / adapter_model.bin (loaded with weights_only=True)")
+    t.add_argument("--max-shard-size", default="5GB", help="shard size of written models")
+    o.run_dir(t, "output dir")
     t.set_defaults(func=_transfer)
 
     a = sub.add_parser(
@@ -35,19 +33,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "of the same Frobenius norm. Writes an HF model dir (LoRA models are merged).",
     )
     a.add_argument("model", help="tuned model dir or PEFT LoRA adapter dir")
-    a.add_argument("--modules", required=True, help="selection, e.g. gate_proj")
-    a.add_argument("--mode", required=True, choices=MODES,
-                   help="reset (to BASE), zero-delta (drop the LoRA), zero, mean, or noise (delta-norm Gaussian)")
+    o.modules(a)
+    kind = a.add_argument("--ablation", required=True, choices=ABLATION_MODES,
+                          help="reset (to BASE), zero-delta (drop the LoRA), zero, mean, or noise "
+                               "(delta-norm Gaussian)")
+    o.renamed(a, "--mode", kind)
     a.add_argument("--base", default=None, help="base model (needed by reset, zero-delta, noise)")
-    a.add_argument("--layers", default=None, help="layers, e.g. 0-11,20 (default: all)")
-    a.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    o.layers(a)
+    o.seed(a, help="noise seed")
     a.add_argument("--control", action="store_true",
                    help="ablate the equal-parameter-count control selection instead (gate_proj -> up_proj, ...)")
-    a.add_argument("--out", required=True, help="output dir")
-    a.add_argument("--max-shard-size", default="5GB", help="shard size of the written model (default 5GB)")
-    a.add_argument("--force", action="store_true", help="replace an existing OUT")
-    a.add_argument("--allow-pickle", action="store_true",
-                   help="read pytorch_model.bin / adapter_model.bin (loaded with weights_only=True)")
+    a.add_argument("--max-shard-size", default="5GB", help="shard size of the written model")
+    o.run_dir(a, "output dir")
     a.set_defaults(func=_ablate)
 
 
@@ -63,7 +60,7 @@ def _transfer(args: argparse.Namespace) -> int:
 def _ablate(args: argparse.Namespace) -> int:
     from ..ablate import ablate
 
-    res = ablate(args.model, args.modules, args.mode, args.out, base=args.base, layers=args.layers,
+    res = ablate(args.model, args.modules, args.ablation, args.out, base=args.base, layers=args.layers,
                  seed=args.seed, control=args.control, force=args.force,
                  max_shard_size=args.max_shard_size, allow_pickle=args.allow_pickle)
     print(res.line())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import options as o
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..demo import BUDGET, EXPECTED_TIME
@@ -16,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "task with the same steps/rank/lr/seed, runs `locate` on both and prints where each changed "
         f"the model most. Takes {EXPECTED_TIME}.",
     )
-    p.add_argument("--out", help="run directory (default: runs/demo-YYYYmmdd-HHMMSS)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out (default: refuse)")
+    o.out(p, "run directory; locate's outputs go to OUT/locate/ (default: runs/demo-YYYYmmdd-HHMMSS)",
+          required=False)
+    o.force(p)
     p.add_argument("--retrain", action="store_true", help="ignore cached adapters and train again")
     p.add_argument("--steps", type=int, default=BUDGET.steps,
                    help="training steps per adapter (default: %(default)s; the rest of the budget is fixed: "

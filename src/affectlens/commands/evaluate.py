@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..vocab import EVAL_MODES, TASK_SYNTAX
+from . import options as o
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..evaluate.tasks import TASK_SYNTAX
-
     e = sub.add_parser(
         "evaluate",
         help="score a model on affective tasks (closed-set log-likelihood or MER-UniBench generative)",
@@ -18,24 +19,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "primary metric (perplexity tasks excluded). Writes scores.json, predictions.jsonl, "
                     "confusion_<task>.png, manifest.json.",
         epilog=TASK_SYNTAX,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    e.add_argument("model", help="HF model dir, .gguf file, PEFT adapter dir, or 'smollm2'")
+    o.model(e)
     e.add_argument("--adapter", default=None, help="PEFT adapter dir applied on MODEL")
-    e.add_argument("--task", action="append", dest="tasks", metavar="T",
-                   help="task name or KIND:PATH[,opt=val...] (repeatable; default: emotion)")
-    e.add_argument("--mode", choices=["closed", "generative"], default="closed")
-    e.add_argument("--limit", type=int, default=None, help="first N examples of each task")
-    e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16")
-    e.add_argument("--seed", type=int, default=0, help="bootstrap / generation seed (default 0)")
+    o.task(e)
+    e.add_argument("--mode", choices=EVAL_MODES, default="closed",
+                   help="closed: log-likelihood of each label; generative: answer, then map it to labels")
+    o.limit(e)
+    o.batch_size(e, 16)
+    o.dtype(e)
+    o.seed(e, help="bootstrap / generation seed")
     e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (0: none)")
     e.add_argument("--wheel", default=None, help="emotion-wheel mapping file (generative; default: shipped)")
-    e.add_argument("--max-new-tokens", type=int, default=48, help="generative answer length")
-    e.add_argument("--out", required=True, help="output run dir")
-    e.add_argument("--force", action="store_true", help="replace an existing OUT")
-    e.add_argument("--allow-pickle", action="store_true",
-                   help="allow pickle checkpoints (pytorch_model.bin); loading them can run code")
+    e.add_argument("--max-new-tokens", type=int, default=48, help="generative answer length in tokens")
+    o.run_dir(e)
     e.set_defaults(func=_evaluate)
 
     x = sub.add_parser(
@@ -44,14 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Write an lm-eval task (YAML + JSONL with our rendered prompts) so the same task "
                     "runs with lm-eval's vLLM backend. Pass --model to render the model's chat template.",
         epilog=TASK_SYNTAX,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     x.add_argument("task", help="task name or KIND:PATH[,opt=val...]")
-    x.add_argument("--to", choices=["lm-eval"], default="lm-eval")
-    x.add_argument("--model", default=None, help="model whose tokenizer (chat template) renders the prompts")
-    x.add_argument("--limit", type=int, default=None)
-    x.add_argument("--out", required=True, help="output dir")
-    x.add_argument("--force", action="store_true")
+    x.add_argument("--to", choices=["lm-eval"], default="lm-eval", help="target harness")
+    x.add_argument("--model", default=None,
+                   help="model whose tokenizer (chat template) renders the prompts (default: plain prompts)")
+    o.limit(x, help="first N examples (default: all)")
+    o.run_dir(x, "output dir", pickle=False)
     x.set_defaults(func=_export)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import options as o
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser(
@@ -22,8 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--force", action="store_true",
                    help="use an existing grid dir whose grid config differs (changed cells are recomputed; "
                    "default: refuse)")
-    g.add_argument("--allow-pickle", action="store_true",
-                   help="let a pickle (.bin) base or donor load (weights_only=True); off by default")
+    o.allow_pickle(g)
     g.set_defaults(func=_grid)
 
 

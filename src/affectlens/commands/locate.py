@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import options as o
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -15,20 +17,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("base", help="base checkpoint: HF dir, .safetensors, .gguf, or 'smollm2'")
     p.add_argument("tuned", nargs="+", help="tuned checkpoints or PEFT adapter dirs")
-    p.add_argument("--labels", help="comma-separated names for the tuned models")
-    p.add_argument("--out", required=True, help="run directory to create")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="read pytorch_model.bin files (loaded with weights_only=True)")
+    p.add_argument("--labels", help="comma-separated names for the tuned models (default: their paths)")
     p.add_argument("--no-distribution", action="store_true",
                    help="skip element-wise histograms (LoRA norms then never form BA)")
+    o.run_dir(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..locate import locate
 
-    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    labels = o.split_list(args.labels)
     result = locate(args.base, args.tuned, labels=labels, out=args.out, force=args.force,
                     allow_pickle=args.allow_pickle, distribution=not args.no_distribution)
     print(result.table())

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..tuneconfig import TuneConfig
+from . import options as o
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,14 +15,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="LoRA / full fine-tuning parameter counts of a module selection (config only)",
         description="Count LoRA parameters r*(in+out) per layer and module (GQA aware) and full "
         "fine-tuning parameters in*out(+bias), and the share of a reference selection. Reads only "
-        "config.json (or GGUF metadata); no weights are loaded.",
+        "config.json (or GGUF metadata); no weights are loaded. The LoRA rank defaults to tune's "
+        "(AffectGPT used 16: --rank 16).",
     )
     p.add_argument("model", help="config.json, model dir, .gguf file, or 'smollm2'")
-    p.add_argument("--modules", required=True, help="selection, e.g. gate_proj, attn, ffn, all, q_proj,v_proj")
-    p.add_argument("--rank", type=int, default=TuneConfig().rank,
-                   help="LoRA rank, the same default as `affectlens tune` (default: %(default)s; AffectGPT: 16)")
-    p.add_argument("--reference", default="all", help="selection to compare against (default: %(default)s)")
-    p.add_argument("--layers", help="layer subset, e.g. 0-11,20 (default: all)")
+    o.modules(p)
+    o.rank(p, TuneConfig().rank)
+    p.add_argument("--reference", default="all", help="selection to compare against")
+    o.layers(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 

@@ -1,9 +1,17 @@
-"""``affectlens plan MODEL|config.json --task T ...``: will a run fit, and on what (config only)."""
+"""``affectlens plan MODEL|config.json --command CMD ...``: will a run fit, and on what (config only)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from ..tuneconfig import TuneConfig
+from . import options as o
+
+PLANNED = ("tune", "evaluate", "circuits", "locate")  # the commands whose runs plan() estimates
+# --dtype: plan's short names, and the torch names that evaluate/circuits --dtype take.
+DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32",
+          "bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,18 +24,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "fits (1 GPU / FSDP or device_map over N), and FLOPs per step.",
     )
     p.add_argument("model", help="config.json, model dir, .gguf file, or 'smollm2'")
-    p.add_argument("--task", default="tune", choices=("tune", "evaluate", "circuits", "locate"),
-                   help="which command's run to plan")
-    p.add_argument("--modules", default="all", help="LoRA selection (tune), e.g. gate_proj, attn, all")
-    p.add_argument("--rank", type=int, default=16, help="LoRA rank")
+    cmd = p.add_argument("--command", dest="planned", default="tune", choices=PLANNED, help="which command's run to plan")
+    o.renamed(p, "--task", cmd)
+    o.modules(p, required=False, default="all", help="LoRA selection (tune), e.g. gate_proj, attn, all")
+    o.rank(p, TuneConfig().rank)
     p.add_argument("--method", default="lora", choices=("lora", "full"), help="tune: LoRA or full fine-tuning")
-    p.add_argument("--batch-size", type=int, default=8, help="examples per step (per process)")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per example")
+    o.batch_size(p, TuneConfig().batch_size, help="examples per step (per process)")
+    length = p.add_argument("--max-length", type=int, default=512, help="tokens per example")
+    o.renamed(p, "--seq-len", length)
     p.add_argument("--max-new-tokens", type=int, default=0, help="evaluate: generated tokens (KV cache)")
-    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="weights/activations")
+    p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES), help="weights/activations")
     p.add_argument("--gradient-checkpointing", action="store_true", help="keep only layer inputs")
-    p.add_argument("--gpu", help="a GPU by name, e.g. H100-80GB, A100-40GB, A10-24GB")
-    p.add_argument("--gpu-mem", type=float, help="memory per GPU in GB (instead of --gpu)")
+    p.add_argument("--gpu", help="a GPU by name, e.g. H100-80GB, A100-40GB, A10-24GB (default: none)")
+    p.add_argument("--gpu-mem", type=float, help="memory per GPU in GB, instead of --gpu (default: none)")
     p.add_argument("--gpus", type=int, default=1, help="GPUs to shard over (FSDP for tune, device_map else)")
     p.add_argument("--json", action="store_true", help="print one JSON object (fits, total_gb, parts...)")
     p.set_defaults(func=run)
@@ -36,8 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..plan import plan
 
-    res = plan(args.model, task=args.task, modules=args.modules, rank=args.rank, batch_size=args.batch_size,
-               seq_len=args.seq_len, dtype=args.dtype, gpu=args.gpu, gpu_mem_gb=args.gpu_mem, gpus=args.gpus,
+    res = plan(args.model, task=args.planned, modules=args.modules, rank=args.rank, batch_size=args.batch_size,
+               seq_len=args.max_length, dtype=DTYPES[args.dtype], gpu=args.gpu, gpu_mem_gb=args.gpu_mem,
+               gpus=args.gpus,
                method=args.method, gradient_checkpointing=args.gradient_checkpointing,
                max_new_tokens=args.max_new_tokens)
     print(json.dumps(res.to_dict(), indent=2) if args.json else res.table())

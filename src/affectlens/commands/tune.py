@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..tuneconfig import TuneConfig
+from . import options as o
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,33 +15,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a PEFT LoRA adapter on prompt -> label (prompt tokens masked out of the "
         "loss) with LoRA only on the selected modules/layers. Prints the matched modules and the "
         "trainable parameters per module; writes a standard PEFT adapter dir plus "
-        "affectlens_tune.json, loss_curve.png and manifest.json.",
+        "affectlens_tune.json, loss_curve.png and manifest.json. The adapter records its base by "
+        "name or relative path plus a content fingerprint, checked when it is loaded.",
     )
     p.add_argument("base", help="base model: HF dir, .gguf, or 'smollm2'")
     p.add_argument("--data", required=True,
                    help="JSONL of {\"text\",\"label\"} rows, or a bundled name (emotion_train, control_train)")
-    p.add_argument("--modules", required=True, help="gate_proj, attn, ffn, all, or a list like q_proj,v_proj")
-    p.add_argument("--layers", help="layer subset, e.g. 0-11,20 (default: all)")
-    p.add_argument("--task", help="prompt/label set: emotion, sentiment, arithmetic (control), label "
-                   "(default: inferred from the labels)")
+    o.modules(p)
+    o.layers(p)
+    kind = p.add_argument("--task-kind", default=None,
+                          help="prompt and label set: emotion, sentiment, control (arithmetic), label "
+                               "(default: inferred from the labels)")
+    o.renamed(p, "--task", kind)
     d = TuneConfig()
-    p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank r (default: %(default)s)")
-    p.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha; scale = alpha/r (default: %(default)s)")
-    p.add_argument("--dropout", type=float, default=d.dropout, help="LoRA dropout (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default: %(default)s)")
-    p.add_argument("--warmup", type=float, default=d.warmup,
-                   help="linear warm-up, as a fraction of the steps (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step (default: %(default)s)")
+    p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank r")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha; scale = alpha/r")
+    p.add_argument("--dropout", type=float, default=d.dropout, help="LoRA dropout")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    p.add_argument("--warmup", type=float, default=d.warmup, help="linear warm-up, as a fraction of the steps")
+    o.batch_size(p, d.batch_size, help="examples per step")
     p.add_argument("--max-length", type=int, default=d.max_length,
-                   help="tokens per example; longer prompts are cut from the left (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed,
-                   help="seeds LoRA init, data order and dropout (default: %(default)s)")
-    p.add_argument("--out", required=True, help="adapter dir to create")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="allow a pickle base checkpoint (pytorch_model.bin), read with weights_only=True; "
-                   "only for files you trust")
+                   help="tokens per example; longer prompts are cut from the left")
+    o.seed(p, d.seed, help="seeds LoRA init, data order and dropout")
+    o.run_dir(p, "adapter dir to create")
     p.set_defaults(func=run)
 
 
@@ -50,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
     config = TuneConfig(modules=args.modules, layers=args.layers, rank=args.rank, alpha=args.alpha,
                         dropout=args.dropout, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                         seed=args.seed, max_length=args.max_length, warmup=args.warmup)
-    tune(args.base, args.data, config=config, task=args.task, out=args.out, force=args.force,
+    tune(args.base, args.data, config=config, task=args.task_kind, out=args.out, force=args.force,
          allow_pickle=args.allow_pickle)
     return 0

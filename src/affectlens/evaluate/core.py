@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import AffectlensError
+from ..vocab import EVAL_MODES
 from .answers import score_generative_rows
 from .generative import Wheel, generate_answers, load_wheel, open_prompt
 from .loaders import LoadedTask, load_task
@@ -27,7 +28,7 @@ from .results import EvalResult, TaskScore
 from .scorer import model_name, non_finite_error, score_labels, text_start
 from .tasks import TaskSpec, parse_task, primary_metric
 
-MODES = ("closed", "generative")
+MODES = EVAL_MODES  # named in vocab so the CLI offers them without importing torch
 
 
 def load_scoring_model(path: str | Path, adapter: str | Path | None = None, dtype: str = "float32",

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import AffectlensError
 from ..prompts import OPEN_QUESTION
-from ..vocab import EMOTIONS, EVAL_KINDS, SENTIMENTS2, SENTIMENTS3, TaskKind
+from ..vocab import EMOTIONS, EVAL_KINDS, SENTIMENTS2, SENTIMENTS3, TASK_SYNTAX, TaskKind
 
 
 @dataclass(frozen=True)
@@ -102,25 +102,7 @@ _KNOWN_OPTIONS = {
     "text": {"max_length", "stride"},
 }
 
-TASK_SYNTAX = """\
-Task names (--task, repeatable):
-  emotion                 bundled emotion test set (7 labels; the default)
-  control                 bundled non-affective control task
-  meld:FILE.csv           MELD CSV, Emotion column (7 labels)
-  meld-sentiment:FILE.csv MELD CSV, Sentiment column (negative/neutral/positive)
-  goemotions:DIR          GoEmotions TSV dir with labels.txt; split=test|dev|train,
-                          multi=single|first (multi-label rows: drop or keep the first)
-  jsonl:FILE              rows {"text", "label" or "label_text"}; text=, label=,
-                          labels=a|b|c (declared set), kind=emotion|sentiment|control
-  csv:FILE                generic CSV/TSV; text=COL, label=COL, labels=, delimiter=tab
-  sentiment:FILE          continuous valence (MOSI/SIMS style, CSV or JSONL); text=COL,
-                          score=COL, center=0, margin=0 (|score-center|<=margin dropped),
-                          split=VALUE (filter a 'split' column), labels3=1 (keep the
-                          dropped band as 'neutral': 3 classes); EmoBank:
-                          sentiment:emobank.csv,score=V,center=3,split=test
-  ppl:FILE                perplexity on a plain-text file (paragraphs split at blank lines);
-                          max_length=, stride= (sliding windows)
-Options follow the path, comma separated: csv:data.csv,text=utterance,label=emotion"""
+
 
 
 def parse_task(name: str | TaskSpec) -> TaskSpec:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("AFFECTLENS_NO_PROGRESS", "1")
+os.environ.setdefault("AFFECTLENS_THREADS", "1")  # cli.main applies the thread policy
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -30,8 +32,17 @@ def test_policy_sets_torch_threads(monkeypatch):
         monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
         monkeypatch.setenv("AFFECTLENS_THREADS", "1")
         assert apply_thread_policy() == 1 and torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == "1"  # for a torch imported later
         monkeypatch.delenv("AFFECTLENS_THREADS")
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         assert apply_thread_policy() is None  # the user's OMP setting is left alone
     finally:
         torch.set_num_threads(before)
+
+
+def test_bad_thread_setting_is_one_line(monkeypatch, capfd, tmp_path):
+    from conftest import TINYSTORIES
+    from faults import assert_refused, run_cli
+
+    monkeypatch.setenv("AFFECTLENS_THREADS", "lots")
+    assert_refused(run_cli(capfd, "params", TINYSTORIES, "--modules", "all"), contains="AFFECTLENS_THREADS")

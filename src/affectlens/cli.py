@@ -28,6 +28,7 @@ from typing import Any
 
 from .commands.options import REQUIRED_ALIAS
 from .errors import AffectlensError
+from .threads import apply_thread_policy
 
 # One entry per command module; each registers one or more subcommands.
 COMMAND_MODULES = (
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quiet_transformers()
     try:
+        apply_thread_policy()  # before any torch import: no oversubscribed cores on a busy machine
         with _claim(args):
             rc = args.func(args)
         sys.stdout.flush()

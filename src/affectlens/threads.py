@@ -47,14 +47,17 @@ def choose_threads(cores: int, load: float, requested: str | None = None) -> int
 
 
 def apply_thread_policy() -> int | None:
-    """Set torch's intra-op threads by the policy; returns the count, or None when the user's
-    OMP/MKL setting is left to torch. Call before heavy work; cheap."""
+    """Apply the policy; returns the thread count, or None when the user's OMP/MKL setting is
+    left alone. Sets ``OMP_NUM_THREADS`` for a torch imported later (so the CLI need not import
+    torch to decide) and ``torch.set_num_threads`` if torch is already imported."""
+    import sys
+
     requested = os.environ.get("AFFECTLENS_THREADS")
     if requested is None and (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")):
         return None
     n = choose_threads(available_cores(), busy_cores(), requested)
-    import torch
-
-    if torch.get_num_threads() != n:
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

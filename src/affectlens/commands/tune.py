@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..tuneconfig import TuneConfig
+from ..tuneconfig import PRECISIONS, TuneConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tokens per example; longer prompts are cut from the left (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed,
                    help="seeds LoRA init, data order and dropout (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="forward-pass precision: bf16 autocast, fp32, or auto = bf16 where the CPU/GPU has "
+                   "native bf16 (default: %(default)s)")
     p.add_argument("--out", required=True, help="adapter dir to create")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--allow-pickle", action="store_true",
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = TuneConfig(modules=args.modules, layers=args.layers, rank=args.rank, alpha=args.alpha,
                         dropout=args.dropout, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                        seed=args.seed, max_length=args.max_length, warmup=args.warmup)
+                        seed=args.seed, max_length=args.max_length, warmup=args.warmup,
+                        precision=args.precision)
     tune(args.base, args.data, config=config, task=args.task, out=args.out, force=args.force,
          allow_pickle=args.allow_pickle)
     return 0

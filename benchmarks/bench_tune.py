@@ -1,6 +1,6 @@
 """Training throughput: ``affectlens tune`` vs a plain transformers + PEFT loop, fp32 and bf16.
 
-    python benchmarks/bench_tune.py [--steps 6] [--repeats 2] [--threads N]
+    python benchmarks/bench_tune.py [--steps 5] [--repeats 2] [--threads N]
 
 Both sides train SmolLM2 (``affectlens.models.load_model("smollm2")``) on the
 same encoded ``emotion_train`` examples in the same seeded batch order, with
@@ -8,8 +8,10 @@ the demo's budget (``demo.BUDGET``: all-module LoRA, batch, max length, lr,
 warm-up) and AdamW, once in fp32 and once under bf16 autocast. Each run is
 its own subprocess (fresh allocator, its own VmHWM); runs are interleaved
 (ours/plain alternate, precisions alternate) and repeated, and the median
-tokens/s is reported. Both get the same torch thread count (by default the
-thread policy's choice at start, so a busy machine is not oversubscribed).
+tokens/s is reported, per wall second and per CPU second (the ratio that load
+moves least; with one thread, CPU time is the time on an idle core). Both get
+the same torch thread count (by default the thread policy's choice at start,
+so a busy machine is not oversubscribed).
 
 The plain loop is what a user would write: right padding, ``labels=`` (the
 HF loss over full-sequence logits), ``torch.autocast`` for bf16. Also
@@ -39,7 +41,7 @@ def vmhwm_mib() -> float:
     return float("nan")
 
 
-def plain_loop(model, ids, n_prompts, pad_id, cfg) -> tuple[list[float], list[float], int]:
+def plain_loop(model, ids, n_prompts, pad_id, cfg) -> tuple[list[float], list[float], list[float], int]:
     """A user's PEFT training loop: LoRA, right padding, HF ``labels=`` loss, AdamW + linear schedule."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -54,10 +56,10 @@ def plain_loop(model, ids, n_prompts, pad_id, cfg) -> tuple[list[float], list[fl
     gen = torch.Generator().manual_seed(cfg.seed)
     amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     order: list[int] = []
-    losses, step_s, tokens = [], [], 0
+    losses, step_s, step_cpu, tokens = [], [], [], 0
     model.train()
     for _ in range(cfg.steps):
-        ts = time.perf_counter()
+        ts, cs = time.perf_counter(), time.process_time()
         batch = []
         while len(batch) < cfg.batch_size:
             order = order or torch.randperm(len(ids), generator=gen).tolist()
@@ -77,7 +79,8 @@ def plain_loop(model, ids, n_prompts, pad_id, cfg) -> tuple[list[float], list[fl
         losses.append(float(loss.detach()))
         tokens += int(attention.sum())
         step_s.append(time.perf_counter() - ts)
-    return losses, step_s, tokens
+        step_cpu.append(time.process_time() - cs)
+    return losses, step_s, step_cpu, tokens
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -95,18 +98,16 @@ def worker(args: argparse.Namespace) -> None:
     model, tok = load_model("smollm2")
     ds = load_dataset("emotion_train")
     load_s = time.perf_counter() - t0
-    cpu0, wall0 = time.process_time(), time.perf_counter()
     if args.worker == "ours":
         res = tune(model, ds, config=cfg, tokenizer=tok, base_path="smollm2", verbose=False, threads=args.threads)
-        losses, step_s = res.loss_curve, res.info["step_seconds"]
+        losses, step_s, step_cpu = res.loss_curve, res.info["step_seconds"], res.info["step_cpu_seconds"]
         tokens = round(res.info["tokens_per_second"] * res.info["seconds"])
     else:
         ids, n_prompts, _ = encode(tok, ds, cfg.max_length)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        losses, step_s, tokens = plain_loop(model, ids, n_prompts, pad_id, cfg)
-    # The share of a core this run got (CPU-s / wall-s): other load on a shared machine lowers it.
-    share = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-    print(json.dumps({"losses": losses, "step_s": step_s, "tokens": tokens, "load_s": load_s, "share": share,
+        losses, step_s, step_cpu, tokens = plain_loop(model, ids, n_prompts, pad_id, cfg)
+    print(json.dumps({"losses": losses, "step_s": step_s, "step_cpu": step_cpu, "tokens": tokens,
+                      "load_s": load_s,
                       "threads": torch.get_num_threads(), "vmhwm_mib": vmhwm_mib()}))
 
 
@@ -147,47 +148,51 @@ def main() -> None:
             for impl in (("ours", "plain") if rep % 2 == 0 else ("plain", "ours")):
                 runs.setdefault((impl, precision), []).append(run_one(args, impl, precision))
 
-    def tps(r: dict) -> float:  # steady state: the first step (allocator, lazy init) left out
-        return r["tokens"] * (1 - 1 / len(r["step_s"])) / sum(r["step_s"][1:]) if len(r["step_s"]) > 1 \
-            else r["tokens"] / sum(r["step_s"])
+    def tps(r: dict, clock: str) -> float:  # steady state: the first step (allocator, lazy init) left out
+        t = r[clock][1:] or r[clock]
+        return r["tokens"] * len(t) / len(r[clock]) / sum(t)
 
-    med = {k: statistics.median(tps(r) for r in v) for k, v in runs.items()}
-    sps = {k: statistics.median(statistics.median(r["step_s"][1:] or r["step_s"]) for r in v) for k, v in runs.items()}
+    def median(key: tuple[str, str], f) -> float:
+        return statistics.median(f(r) for r in runs[key])
+
+    med = {k: median(k, lambda r: tps(r, "step_s")) for k in runs}  # tokens per wall second
+    cpu = {k: median(k, lambda r: tps(r, "step_cpu")) for k in runs}  # per CPU-second: what load does not move
+    sps = {k: median(k, lambda r: statistics.median(r["step_s"][1:] or r["step_s"])) for k in runs}
+    cps = {k: median(k, lambda r: statistics.median(r["step_cpu"][1:] or r["step_cpu"])) for k in runs}
     mem = {k: max(r["vmhwm_mib"] for r in v) for k, v in runs.items()}
     print(f"SmolLM2-135M-Instruct, all-module LoRA r={BUDGET.rank}, batch {args.batch_size}, max_length "
           f"{args.max_length}, {args.steps} steps x {args.repeats} interleaved runs per row, {args.threads} "
           f"thread(s) (1-min load {load:.2f} at start; shared machine, quiet-machine numbers not available)")
-    print(f"{'row':<22} {'ours tok/s':>10} {'plain tok/s':>11} {'ratio':>6} {'goal':>5} "
-          f"{'ours s/step':>11} {'ours MiB':>9} {'plain MiB':>9}")
+    print(f"{'row':<11} {'ours tok/s':>10} {'plain tok/s':>11} {'ratio':>6} {'ours tok/CPU-s':>14} "
+          f"{'plain tok/CPU-s':>15} {'ratio':>6} {'goal':>5} {'ours s/step':>11} {'ours MiB':>9} {'plain MiB':>9}")
     for precision in ("fp32", "bf16"):
         o, p = ("ours", precision), ("plain", precision)
-        print(f"{'tune ' + precision:<22} {med[o]:>10.0f} {med[p]:>11.0f} {med[o] / med[p]:>5.2f}x {'>=1x':>5} "
-              f"{sps[o]:>11.2f} {mem[o]:>9.0f} {mem[p]:>9.0f}")
-    print(f"{'bf16 / fp32 (ours)':<22} {med['ours', 'bf16']:>10.0f} {med['ours', 'fp32']:>11.0f} "
-          f"{med['ours', 'bf16'] / med['ours', 'fp32']:>5.2f}x")
+        print(f"{'tune ' + precision:<11} {med[o]:>10.0f} {med[p]:>11.0f} {med[o] / med[p]:>5.2f}x {cpu[o]:>14.0f} "
+              f"{cpu[p]:>15.0f} {cpu[o] / cpu[p]:>5.2f}x {'>=1x':>5} {sps[o]:>11.2f} {mem[o]:>9.0f} {mem[p]:>9.0f}")
+    o, p = ("ours", "bf16"), ("ours", "fp32")
+    print(f"{'bf16/fp32':<11} {med[o]:>10.0f} {med[p]:>11.0f} {med[o] / med[p]:>5.2f}x {cpu[o]:>14.0f} "
+          f"{cpu[p]:>15.0f} {cpu[o] / cpu[p]:>5.2f}x   (ours, bf16 autocast vs fp32)")
     fp32_gap = [abs(a - b) for r, s in zip(runs["ours", "fp32"], runs["plain", "fp32"], strict=True)
                 for a, b in zip(r["losses"], s["losses"], strict=True)]
-    print(f"fp32 loss curves ours vs plain: max |diff| {max(fp32_gap):.2e} (same math, different padding side)")
+    print(f"fp32 loss curves ours vs plain: max |diff| {max(fp32_gap):.2e} (same math, summed in another order)")
 
     auto = resolve_precision(BUDGET.precision)
-    step = sps["ours", auto]
     load_s = statistics.median(r["load_s"] for r in runs["ours", auto])
-    projected = 2 * BUDGET.steps * step + load_s
-    # CPU-s per steady step = wall per step x the share of a core the run got; on idle cores a step
-    # takes that CPU time spread over the threads (an upper bound: threads never scale perfectly).
-    cpu_step = statistics.median(statistics.median(r["step_s"][1:] or r["step_s"]) * r["share"]
-                                 for r in runs["ours", auto])
-    idle = 2 * BUDGET.steps * cpu_step / args.threads + load_s
-    print(f"demo budget (precision {BUDGET.precision} -> {auto} here): {step:.2f} s/step wall, {cpu_step:.2f} CPU-s/step; "
-          f"demo first run = 2 x {BUDGET.steps} steps + load: {projected / 60:.1f} min at this run's wall speed, "
-          f"~{idle / 60:.1f} min on {args.threads} idle core(s) (from CPU-s) vs goal <= {DEMO_GOAL_S / 60:.0f} min on "
-          f"2 idle cores ({'met' if idle <= DEMO_GOAL_S else 'NOT met'}; locate afterwards not included) "
+    projected = 2 * BUDGET.steps * sps["ours", auto] + load_s
+    # On idle cores a step takes its CPU time spread over the threads (an upper bound for threads > 1:
+    # they never scale perfectly, and CPU time counts all of them).
+    idle = 2 * BUDGET.steps * cps["ours", auto] / args.threads + load_s
+    print(f"demo budget (precision {BUDGET.precision} -> {auto} here): {sps['ours', auto]:.2f} s/step wall, "
+          f"{cps['ours', auto]:.2f} CPU-s/step; demo first run = 2 x {BUDGET.steps} steps + load: "
+          f"{projected / 60:.1f} min at this run's wall speed, ~{idle / 60:.1f} min on {args.threads} idle core(s) "
+          f"(from CPU-s) vs goal <= {DEMO_GOAL_S / 60:.0f} min on 2 idle cores "
+          f"({'met' if idle <= DEMO_GOAL_S else 'NOT met'}; locate afterwards not included) "
           f"[bench took {time.perf_counter() - t0:.0f} s]")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "tokens_per_s": {f"{a}/{b}": v for (a, b), v
-                                                                                   in med.items()},
-                                               "s_per_step": {f"{a}/{b}": v for (a, b), v in sps.items()},
-                                               "projected_demo_s": projected,
+        keyed = {name: {f"{a}/{b}": v for (a, b), v in d.items()}
+                 for name, d in (("tokens_per_s", med), ("tokens_per_cpu_s", cpu), ("s_per_step", sps),
+                                 ("cpu_s_per_step", cps), ("vmhwm_mib", mem))}
+        Path(args.json).write_text(json.dumps({"args": vars(args), **keyed, "projected_demo_s": projected,
                                                "projected_demo_idle_s": idle}, indent=2))
 
 

@@ -13,7 +13,7 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import AffectlensError
@@ -37,6 +37,7 @@ class TrainStats:
     step_seconds: list[float]
     seconds: float
     tokens: int
+    step_cpu_seconds: list[float] = field(default_factory=list)  # CPU time (all threads): wall/CPU shows load
     precision: str = "fp32"  # what ran: "fp32" or "bf16" (autocast)
     attention: str | None = None  # the attention implementation the steps ran with
 
@@ -202,12 +203,12 @@ def train(peft_model: Any, ids: list[list[int]], n_prompts: list[int], pad_id: i
     peft_model.train()
     device_type = params[0].device.type if params else "cpu"
     precision = resolve_precision(cfg.precision, device_type)
-    stats = TrainStats([], [], 0.0, 0, precision)
+    stats = TrainStats([], [], 0.0, 0, precision=precision)
     t0 = time.perf_counter()
     with (training_attention(peft_model, device_type, cfg.max_length) as stats.attention,
           Progress(cfg.steps, f"tune {','.join(parse_selection(cfg.modules))}", unit="step") as bar):
         for step in range(1, cfg.steps + 1):
-            ts = time.perf_counter()
+            ts, cs = time.perf_counter(), time.process_time()
             batch: list[int] = []
             while len(batch) < cfg.batch_size:
                 if not order:
@@ -232,6 +233,7 @@ def train(peft_model: Any, ids: list[list[int]], n_prompts: list[int], pad_id: i
             stats.losses.append(value)
             stats.tokens += int(attention.sum())
             stats.step_seconds.append(time.perf_counter() - ts)
+            stats.step_cpu_seconds.append(time.process_time() - cs)
             bar.update(1)
             if bar.bar is not None:
                 bar.bar.set_postfix(loss=f"{value:.4f}")

@@ -213,7 +213,7 @@ def tune(
     info = {
         "options": options, "seed": cfg.seed, "loss_curve": losses, "seconds": stats.seconds,
         "seconds_per_step": stats.seconds_per_step, "median_seconds_per_step": statistics.median(stats.step_seconds),
-        "step_seconds": stats.step_seconds, "tokens_per_second": stats.tokens / stats.seconds,
+        "step_seconds": stats.step_seconds, "step_cpu_seconds": stats.step_cpu_seconds, "tokens_per_second": stats.tokens / stats.seconds,
         "precision": stats.precision, "attention": stats.attention, "threads": n_threads,
         "examples": len(ids), "truncated_examples": truncated, "trainable_params": n_train,
         "trainable_params_per_module": per_module, "model_params": n_total, "matched_modules": len(paths),

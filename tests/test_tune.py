@@ -327,7 +327,7 @@ def test_tune_config_is_the_one_budget():
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     args = parser.parse_args(["tune", "m", "--data", "x", "--modules", "gate_proj", "--out", "o"])
-    for f in ("rank", "alpha", "dropout", "steps", "lr", "batch_size", "max_length", "seed", "warmup"):
+    for f in ("rank", "alpha", "dropout", "steps", "lr", "batch_size", "max_length", "seed", "warmup", "precision"):
         assert getattr(args, f) == getattr(d, f), f
     assert inspect.signature(count_params).parameters["rank"].default == d.rank  # params --rank agrees
     assert TuneConfig(alpha=16) == TuneConfig(alpha=16.0) and TuneConfig(modules=["gate_proj", "up_proj"]).modules \

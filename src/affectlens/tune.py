@@ -22,9 +22,10 @@ fingerprint), a loss-curve PNG and ``manifest.json``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,7 @@ def tune(
     base_path: str | os.PathLike | None = None,
     verbose: bool = True,
     allow_pickle: bool = False,
+    threads: int | None = None,
     **budget: Any,
 ) -> TuneResult:
     """Train a LoRA adapter on ``modules`` (e.g. ``"gate_proj"`` for GET) and optionally save it.
@@ -157,6 +159,11 @@ def tune(
     Non-finite values never become an adapter: NaN/Inf in the base weights
     stop before training (naming the tensor and file), a non-finite loss or
     update stops at that step, and nothing is written.
+
+    Training runs on ``threads`` torch threads when given, else on what
+    :func:`affectlens.threads.apply_thread_policy` picks (the idle cores;
+    ``AFFECTLENS_THREADS`` or ``OMP_NUM_THREADS`` win); the process's previous
+    thread count is restored afterwards.
     """
     from .runs import check_out_dir
 
@@ -184,7 +191,8 @@ def tune(
         say(f"trainable parameters: {n_train:,} of {n_total:,} ({100 * n_train / n_total:.3f} %)")
         for mod, n in per_module.items():
             say(f"  {mod:<10} {n:>12,}  ({100 * n / n_train:.1f} %)")
-        stats = train(peft_model, ids, n_prompts, pad_id, cfg)
+        with training_threads(threads) as n_threads:
+            stats = train(peft_model, ids, n_prompts, pad_id, cfg)
     except BaseException:
         if not isinstance(base, str | os.PathLike):
             peft_model.unload()  # hand the caller's in-memory model back without LoRA layers
@@ -192,7 +200,7 @@ def tune(
 
     losses = stats.losses
     say(f"trained {cfg.steps} steps in {stats.seconds:.1f} s ({stats.seconds_per_step:.2f} s/step, "
-        f"{stats.tokens / stats.seconds:.0f} tokens/s); "
+        f"{stats.tokens / stats.seconds:.0f} tokens/s, {stats.precision}, {n_threads} thread(s)); "
         f"loss {losses[0]:.4f} -> {sum(losses[-10:]) / len(losses[-10:]):.4f} (mean of last 10)")
     options = {
         "base": base_spec, "data": ds.source, "task": ds.task_kind,
@@ -200,11 +208,13 @@ def tune(
         "layers": format_ranges(report.layers), "target_modules": target_modules, "rank": cfg.rank,
         "alpha": cfg.alpha, "dropout": cfg.dropout, "steps": cfg.steps, "lr": cfg.lr,
         "batch_size": cfg.batch_size, "max_length": cfg.max_length, "warmup": cfg.warmup, "seed": cfg.seed,
+        "precision": cfg.precision, "precision_used": stats.precision,
     }
     info = {
         "options": options, "seed": cfg.seed, "loss_curve": losses, "seconds": stats.seconds,
         "seconds_per_step": stats.seconds_per_step, "median_seconds_per_step": statistics.median(stats.step_seconds),
-        "step_seconds": stats.step_seconds, "tokens_per_second": stats.tokens / stats.seconds,
+        "step_seconds": stats.step_seconds, "step_cpu_seconds": stats.step_cpu_seconds, "tokens_per_second": stats.tokens / stats.seconds,
+        "precision": stats.precision, "attention": stats.attention, "threads": n_threads,
         "examples": len(ids), "truncated_examples": truncated, "trainable_params": n_train,
         "trainable_params_per_module": per_module, "model_params": n_total, "matched_modules": len(paths),
     }
@@ -214,6 +224,28 @@ def tune(
         result.adapter_dir = save_adapter(result, out, force, base_spec, base_dir, cfg)
         say(f"wrote {out}")
     return result
+
+
+@contextlib.contextmanager
+def training_threads(threads: int | None) -> Iterator[int]:
+    """Run the block on ``threads`` torch threads, or on the thread policy's choice; yields the
+    count used and restores the previous one after (tune must not change its caller's process)."""
+    import torch
+
+    from .threads import apply_thread_policy
+
+    before = torch.get_num_threads()
+    try:
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+                raise AffectlensError(f"threads must be an integer >= 1, got {threads!r}")
+            torch.set_num_threads(threads)
+        else:
+            apply_thread_policy()
+        yield torch.get_num_threads()
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _base_model(base: Any, tokenizer: Any, base_path: str | os.PathLike | None, allow_pickle: bool

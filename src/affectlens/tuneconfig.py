@@ -7,7 +7,9 @@ grid budgets, the demo and the study all build a ``TuneConfig``; a caller that
 deviates does so with :meth:`TuneConfig.replace`, in one visible place.
 
 Defaults: rank 8 / alpha 16 (PEFT's usual scaling 2), dropout 0.05, 100 steps at
-lr 5e-4 with 5 % linear warm-up, batch 8, 256 tokens per example, seed 0.
+lr 5e-4 with 5 % linear warm-up, batch 8, 256 tokens per example, seed 0,
+precision ``auto`` (bf16 autocast where the hardware runs bf16 natively, else
+fp32; see :mod:`affectlens.precision`).
 ``affectlens params --rank`` defaults to the same rank (AffectGPT's r=16 is
 ``--rank 16``).
 """
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import AffectlensError
+
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class TuneConfig:
     seed: int = 0
     max_length: int = 256
     warmup: float = 0.05
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.modules, str):  # a list of names is the same selection
@@ -58,6 +63,8 @@ class TuneConfig:
             object.__setattr__(self, name, float(getattr(self, name)))
         if not (self.lr > 0 and self.alpha > 0 and 0 <= self.dropout < 1):
             raise AffectlensError("need a finite lr > 0, a finite alpha > 0 and 0 <= dropout < 1")
+        if self.precision not in PRECISIONS:
+            raise AffectlensError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 0 <= self.warmup < 1:
             raise AffectlensError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
 
@@ -91,4 +98,4 @@ FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TuneConfig))
 BUDGET_FIELDS: tuple[str, ...] = tuple(k for k in FIELDS if k not in ("modules", "layers", "seed"))
 DEFAULT = TuneConfig()
 
-__all__ = ["BUDGET_FIELDS", "DEFAULT", "FIELDS", "TuneConfig"]
+__all__ = ["BUDGET_FIELDS", "DEFAULT", "FIELDS", "PRECISIONS", "TuneConfig"]

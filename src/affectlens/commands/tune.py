@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..tuneconfig import TuneConfig
+from ..tuneconfig import PRECISIONS, TuneConfig
 from . import options as o
 
 
@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, default=d.max_length,
                    help="tokens per example; longer prompts are cut from the left")
     o.seed(p, d.seed, help="seeds LoRA init, data order and dropout")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="forward-pass precision: bf16 autocast, fp32, or auto = bf16 where the CPU/GPU has "
+                   "native bf16")
     o.run_dir(p, "adapter dir to create")
     p.set_defaults(func=run)
 
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = TuneConfig(modules=args.modules, layers=args.layers, rank=args.rank, alpha=args.alpha,
                         dropout=args.dropout, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                        seed=args.seed, max_length=args.max_length, warmup=args.warmup)
+                        seed=args.seed, max_length=args.max_length, warmup=args.warmup,
+                        precision=args.precision)
     tune(args.base, args.data, config=config, task=args.task_kind, out=args.out, force=args.force,
          allow_pickle=args.allow_pickle)
     return 0

@@ -47,11 +47,11 @@ print(time.perf_counter() - t, int(hwm) * 1024, len(out))
 
 FLOOR = r"""
 import os, sys, time
-t = time.perf_counter()
 import torch
-from affectlens.locate import read_chunk
+from affectlens.locate import chunk_reader
 from affectlens.tensor_pool import TensorWorkers
 from affectlens.weights.store import open_weights
+t = time.perf_counter()  # after the imports, as for the other rows
 stores = [open_weights(p) for p in sys.argv[1:3]]
 jobs = [(s, n) for s in stores for n in s.names()]
 def one(job, scratch):
@@ -61,8 +61,10 @@ def one(job, scratch):
     cols = s.numel(n) // max(rows, 1)
     step = max(1, (1 << 22) // max(cols, 1))
     acc = 0.0
+    scratch.get(step * cols)
+    read = chunk_reader(s, n, scratch.raw[0])
     for r0 in range(0, rows, step):
-        raw = read_chunk(s, n, r0, min(rows, r0 + step), scratch.raw[0] if scratch.raw else None)
+        raw = read(r0, min(rows, r0 + step))
         w = scratch.get(raw.numel())[0]
         acc += float(w.copy_(raw.reshape(-1)).sum())
     return acc

@@ -456,3 +456,14 @@ def test_bitwise_finite_check_agrees_with_isfinite(dtype):
         assert not bool(torch.isfinite(t).all())
         with pytest.raises(AffectlensError, match="non-finite"):
             check_finite(t, "x")
+
+
+def test_finite_check_is_exact_when_finite_values_overflow_the_sum():
+    from affectlens.weights.finite import check_finite
+
+    for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+        big = torch.full((64,), torch.finfo(dtype).max, dtype=dtype)
+        check_finite(big, "x")  # Σ overflows to inf, yet every element is finite
+        big[7] = float("nan")
+        with pytest.raises(AffectlensError, match="non-finite"):
+            check_finite(big, "x")

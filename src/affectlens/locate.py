@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,15 +221,19 @@ def measure(base: str | os.PathLike, tuned: Sequence[str | os.PathLike], labels:
     return LocateResult(rows, summary, histograms, other_rows, expert_rows)
 
 
-def read_chunk(store: WeightStore, name: str, r0: int, r1: int, into: torch.Tensor | None) -> torch.Tensor:
-    """Rows [r0, r1) of ``name``, read into the raw buffer ``into`` where the store reads files."""
+def chunk_reader(store: WeightStore, name: str, into: torch.Tensor | None) -> Callable[[int, int], torch.Tensor]:
+    """Rows [r0, r1) of ``name``: file reads into the raw buffer ``into`` for safetensors, else one decode."""
     if isinstance(store, SafetensorsStore):
-        return store.read_rows(name, r0, r1, out=into)
-    return store.get(name)[r0:r1]
+        return lambda r0, r1: store.read_rows(name, r0, r1, out=into)
+    full = store.get(name)
+    return lambda r0, r1: full[r0:r1]
 
 
 def _ssq_of(t: torch.Tensor, sq: torch.Tensor, what: str) -> float:
-    """Σx² of a float32 chunk, squaring into the scratch ``sq``: the same cascade sum as ``_ssq``."""
+    """Σx² of a float32 chunk (squared into the scratch ``sq``; torch's cascade sum, ~1e-9 relative error).
+
+    A non-finite sum means a NaN/Inf element: checked here instead of a separate pass.
+    """
     v = float(torch.sum(torch.mul(t, t, out=sq)))
     if not math.isfinite(v):
         raise AffectlensError(f"non-finite values (NaN/Inf) in {what}")
@@ -267,21 +271,23 @@ def tensor_job(name: str, p: ParsedName, base_store: WeightStore, models: Sequen
             # DoRA rescales W: its change needs the rows, read below
             out.extend(("exact", m.label, key, _lora_seg_norm(m.adapter, mod, a, b)) for key, a, b in segs)
     step = max(1, chunk_elems // max(cols, 1))
+    scratch.get(step * cols)
+    base_rows = chunk_reader(base_store, name, scratch.raw[0])
+    readers = {lab: chunk_reader(*src, scratch.raw[1]) for lab, src in sources.items() if src is not None}
     for key, a, b in segs:
         for r0 in range(a, b, step):
             r1 = min(b, r0 + step)
             n = (r1 - r0) * cols
             w, d, denom, r = scratch.get(n)
-            w_rows = read_chunk(base_store, name, r0, r1, scratch.raw[0])
+            w_rows = base_rows(r0, r1)
             w.copy_(w_rows.reshape(-1))
             out.append(("base", key, n, _ssq_of(w, r, f"{name} of the base")))
             hist = distribution and key.param == "weight"
             have_denom = False
             for m in models:
-                src = sources[m.label]
                 mod = lora_mod.get(m.label)
-                if src is not None:
-                    d.copy_(read_chunk(src[0], src[1], r0, r1, scratch.raw[1]).reshape(-1)).sub_(w)
+                if m.label in readers:
+                    d.copy_(readers[m.label](r0, r1).reshape(-1)).sub_(w)
                     dd, what = d, f"{name} of {m.label}"
                 elif mod is not None:
                     assert m.adapter is not None
@@ -358,12 +364,14 @@ def other_tensors(base: WeightStore, models: Sequence[Tuned], others: dict[str, 
                         f"shape mismatch for {name}: base {list(shape)} vs {m.label} {list(src[0].shape(src[1]))}")
                 rows = shape[0] if shape else 1
                 step = max(1, chunk_elems // max(1, base.numel(name) // max(rows, 1)))
+                scratch.get(step * max(1, base.numel(name) // max(rows, 1)))
+                b_read, t_read = chunk_reader(base, name, scratch.raw[0]), chunk_reader(*src, scratch.raw[1])
                 ssq = 0.0
                 for r0 in range(0, rows, step):
                     r1 = min(rows, r0 + step)
-                    b_rows = read_chunk(base, name, r0, r1, scratch.raw[0] if scratch.raw else None)
+                    b_rows = b_read(r0, r1)
                     _, d, _, sq = scratch.get(b_rows.numel())
-                    d.copy_(read_chunk(*src, r0, r1, scratch.raw[1]).reshape(-1)).sub_(b_rows.reshape(-1))
+                    d.copy_(t_read(r0, r1).reshape(-1)).sub_(b_rows.reshape(-1))
                     ssq += _ssq_of(d, sq, f"{name} of {m.label} or the base")
                 row[f"l2:{m.label}"] = math.sqrt(ssq)
             out.append(row)
@@ -393,5 +401,5 @@ def write_run(run: RunDir, result: LocateResult) -> None:
 
 
 __all__ = ["CSV_HEADER", "HIST_BINS", "HIST_HI", "HIST_LO", "ExpertRow", "LocateResult", "LocateRow", "Tuned",
-           "add_contributions", "label_for", "locate", "measure", "open_tuned", "other_tensors", "read_chunk",
+           "add_contributions", "label_for", "locate", "measure", "open_tuned", "other_tensors", "chunk_reader",
            "tensor_job", "write_run"]

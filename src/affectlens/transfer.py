@@ -162,8 +162,9 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
 
     Full donor: an HF model dir. LoRA donor: a PEFT adapter dir holding only the
     selected modules' LoRA tensors, and with ``merge`` also ``out/merged``.
-    Every tensor that goes into the output is checked to be finite before
-    anything is written; a donor equal to BASE in the whole selection is an error.
+    Every tensor that goes into the output is checked to be finite before the
+    output is published (BASE's, while their bytes are copied); a donor equal to
+    BASE in the whole selection is an error.
     """
     from .models import resolve_model_path
     from .runs import RunDir
@@ -191,8 +192,6 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
                     "params_transferred": lora_params(dstore.adapter, keep)}
         else:
             whole = tensors.whole
-            # The rest of the output comes from BASE: checked before anything is written.
-            check_store_finite(bstore, [n for n in bstore.names() if n not in whole])
             changed = [n for n in sel.tensors if dstore.dtype(n) != bstore.dtype(n)]
             if changed:
                 echo(f"note: {len(changed)} selected tensor(s) keep the donor's dtype {dstore.dtype(changed[0])} "
@@ -206,8 +205,11 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
                 write_checkpoint(bstore, tensors.get, merged, max_shard_size, "merging", label=Path(out) / "merged")
                 copy_sidecars(base_path, merged)
         else:
+            # The rest of the output comes from BASE: each tensor is checked while the bytes are copied
+            # (on a second thread); a NaN aborts the write and RunDir publishes nothing.
             write_checkpoint(RawFrom(bstore, dstore, whole), new_or_raw(tensors.get, whole), run.path,
-                             max_shard_size, "transferring", label=out)
+                             max_shard_size, "transferring", label=out,
+                             check_raw=lambda n: None if n in whole else check_store_finite(bstore, [n]))
             copy_sidecars(base_path, run.path)
         result = ComposeResult(run.final, sel, info, "transfer")
         run.json("compose.json", result.record())

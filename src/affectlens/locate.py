@@ -200,13 +200,13 @@ def measure(base: str | os.PathLike, tuned: Sequence[str | os.PathLike], labels:
                                                                  chunk_elems, scratch), jobs):
             add_contributions(contribs, labels, accs, codes, zeros)
             bar.update(1)
+        other_rows = other_tensors(base_store, models, inv.others, chunk_elems, pool)
     hists: dict[tuple[str, str], np.ndarray] = {}
     for hk, cc in codes.items():
         hists[hk], z = fold_codes(cc.numpy())
         zeros[hk] = zeros.get(hk, 0) + z
 
     rows, expert_rows = pool_rows([m.label for m in models], accs)
-    other_rows = other_tensors(base_store, models, inv.others, chunk_elems)
     summary = summarize(models, rows, hists, zeros, inv)
     for m in models:
         if m.store is None:
@@ -339,43 +339,48 @@ def add_contributions(contribs: Sequence[Contribution], labels: Sequence[str], a
 
 
 def other_tensors(base: WeightStore, models: Sequence[Tuned], others: dict[str, list[str]],
-                  chunk_elems: int) -> list[dict[str, Any]]:
+                  chunk_elems: int, pool: TensorWorkers | None = None) -> list[dict[str, Any]]:
     """Embeddings, norms, heads, routers, encoders: reported with their change, never dropped."""
-    out = []
-    scratch = Scratch()
-    for scope, names in sorted(others.items()):
-        for name in names:
-            row: dict[str, Any] = {"tensor": name, "scope": scope, "numel": base.numel(name)}
-            shape = base.shape(name)
-            for m in models:
-                src: tuple[WeightStore, str] | None = None
-                rep = m.adapter.replacement_for(name) if m.adapter is not None else None
-                if m.store is not None and name in m.store:
-                    src = (m.store, name)
-                elif m.adapter is not None and rep:
-                    src = (m.adapter.store, rep)
-                if src is None:
-                    # An adapter leaves it unchanged; a full checkpoint lacking it has no value (empty cell,
-                    # listed under only_in_base in summary.json), never a NaN.
-                    row[f"l2:{m.label}"] = 0.0 if m.adapter is not None else None
-                    continue
-                if tuple(src[0].shape(src[1])) != shape:
-                    raise AffectlensError(
-                        f"shape mismatch for {name}: base {list(shape)} vs {m.label} {list(src[0].shape(src[1]))}")
-                rows = shape[0] if shape else 1
-                step = max(1, chunk_elems // max(1, base.numel(name) // max(rows, 1)))
-                scratch.get(step * max(1, base.numel(name) // max(rows, 1)))
-                b_read, t_read = chunk_reader(base, name, scratch.raw[0]), chunk_reader(*src, scratch.raw[1])
-                ssq = 0.0
-                for r0 in range(0, rows, step):
-                    r1 = min(rows, r0 + step)
-                    b_rows = b_read(r0, r1)
-                    _, d, _, sq = scratch.get(b_rows.numel())
-                    d.copy_(t_read(r0, r1).reshape(-1)).sub_(b_rows.reshape(-1))
-                    ssq += _ssq_of(d, sq, f"{name} of {m.label} or the base")
-                row[f"l2:{m.label}"] = math.sqrt(ssq)
-            out.append(row)
-    return out
+    jobs = [(scope, name) for scope, names in sorted(others.items()) for name in names]
+    pool = pool or TensorWorkers(1)
+    return list(pool.map(lambda job, scratch: other_tensor_row(base, models, job[0], job[1], chunk_elems, scratch),
+                         jobs))
+
+
+def other_tensor_row(base: WeightStore, models: Sequence[Tuned], scope: str, name: str, chunk_elems: int,
+                     scratch: Scratch) -> dict[str, Any]:
+    """One row of ``other_tensors.csv``: ``tensor, scope, numel, l2:<model>``."""
+    row: dict[str, Any] = {"tensor": name, "scope": scope, "numel": base.numel(name)}
+    shape = base.shape(name)
+    for m in models:
+        src: tuple[WeightStore, str] | None = None
+        rep = m.adapter.replacement_for(name) if m.adapter is not None else None
+        if m.store is not None and name in m.store:
+            src = (m.store, name)
+        elif m.adapter is not None and rep:
+            src = (m.adapter.store, rep)
+        if src is None:
+            # An adapter leaves it unchanged; a full checkpoint lacking it has no value (empty cell,
+            # listed under only_in_base in summary.json), never a NaN.
+            row[f"l2:{m.label}"] = 0.0 if m.adapter is not None else None
+            continue
+        if tuple(src[0].shape(src[1])) != shape:
+            raise AffectlensError(
+                f"shape mismatch for {name}: base {list(shape)} vs {m.label} {list(src[0].shape(src[1]))}")
+        rows = shape[0] if shape else 1
+        cols = max(1, base.numel(name) // max(rows, 1))
+        step = max(1, chunk_elems // cols)
+        scratch.get(step * cols)
+        b_read, t_read = chunk_reader(base, name, scratch.raw[0]), chunk_reader(*src, scratch.raw[1])
+        ssq = 0.0
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            b_rows = b_read(r0, r1)
+            _, d, _, sq = scratch.get(b_rows.numel())
+            d.copy_(t_read(r0, r1).reshape(-1)).sub_(b_rows.reshape(-1))
+            ssq += _ssq_of(d, sq, f"{name} of {m.label} or the base")
+        row[f"l2:{m.label}"] = math.sqrt(ssq)
+    return row
 
 
 def write_run(run: RunDir, result: LocateResult) -> None:

@@ -77,11 +77,18 @@ print(time.perf_counter() - t, int(hwm) * 1024, len(jobs))
 OURS = r"""
 import os, sys, time
 os.environ["AFFECTLENS_NO_PROGRESS"] = "1"
-from affectlens.locate import locate
+import affectlens.locate as L
+write_run, spent = L.write_run, []
+def timed(*a):
+    s = time.perf_counter()
+    write_run(*a)
+    spent.append(time.perf_counter() - s)
+L.write_run = timed
 t = time.perf_counter()
-r = locate(sys.argv[1], [sys.argv[2]], labels=["tuned"], out=sys.argv[3], distribution=sys.argv[4] == "1")
+r = L.locate(sys.argv[1], [sys.argv[2]], labels=["tuned"], out=sys.argv[3], distribution=sys.argv[4] == "1")
+total = time.perf_counter() - t
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-print(time.perf_counter() - t, int(hwm) * 1024, len(r.rows))
+print(total, int(hwm) * 1024, total - sum(spent))
 """
 
 
@@ -143,12 +150,13 @@ def make_pair(root: Path, gb: float) -> tuple[Path, Path, int]:
     return dirs[0], dirs[1], largest
 
 
-def run(code: str, *args: str) -> tuple[float, int]:
+def run(code: str, *args: str) -> tuple[float, int, float]:
+    """(seconds, peak RSS bytes, third field: for ours, the seconds before the run's files were written)."""
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
     if out.returncode:
         raise SystemExit(f"subprocess failed:\n{out.stderr[-2000:]}")
-    secs, rss, _ = out.stdout.split()
-    return float(secs), int(rss)
+    secs, rss, extra = out.stdout.split()
+    return float(secs), int(rss), float(extra)
 
 
 def bench_full(gb: float, repeats: int) -> None:
@@ -162,7 +170,7 @@ def bench_full(gb: float, repeats: int) -> None:
                     pass
         print(f"[full] pair: 2 x {total / 1e9:.2f} GB bf16, largest tensor {largest / 1e6:.0f} MB; "
               f"{repeats} interleaved rounds, medians")
-        res: dict[str, list[tuple[float, int]]] = {"naive": [], "naive-norms": [], "floor": [], "norms": [],
+        res: dict[str, list[tuple[float, int, float]]] = {"naive": [], "naive-norms": [], "floor": [], "norms": [],
                                                     "default": []}
         for i in range(repeats):
             res["floor"].append(run(FLOOR, str(base), str(tuned)))
@@ -170,7 +178,8 @@ def bench_full(gb: float, repeats: int) -> None:
             res["norms"].append(run(OURS, str(base), str(tuned), str(root / f"o{i}n"), "0"))
             res["naive"].append(run(NAIVE, str(base), str(tuned), "1"))
             res["naive-norms"].append(run(NAIVE, str(base), str(tuned), "0"))
-        med = {k: (statistics.median(t for t, _ in v), max(m for _, m in v)) for k, v in res.items()}
+        med = {k: (statistics.median(t for t, _, _ in v), max(m for _, m, _ in v)) for k, v in res.items()}
+        stream = {k: statistics.median(x for _, _, x in res[k]) for k in ("default", "norms")}
         floor = med["floor"][0]
         print(f"{'row':<34}{'ours s':>8}{'baseline s':>11}{'ratio':>7}{'goal':>7}{'vs floor':>9}{'peak MB':>9}"
               f"{'base MB':>9}")
@@ -180,6 +189,9 @@ def bench_full(gb: float, repeats: int) -> None:
             tn, mn = med[naive]
             print(f"{label:<34}{t:8.2f}{tn:11.2f}{tn / t:6.2f}x{'>=3x':>7}{t / floor:8.2f}x{m / 2**20:9.0f}"
                   f"{mn / 2**20:9.0f}")
+        for k in ("default", "norms"):
+            print(f"{'  of which the tensor pass (' + k + ')':<34}{stream[k]:8.2f}{'':>11}{'':>7}{'':>7}"
+                  f"{stream[k] / floor:8.2f}x   (the rest: CSV, JSON, heatmap PNGs)")
         print(f"{'floor (read+upcast+sum, both)':<34}{floor:8.2f}{'':>11}{'':>7}{'':>7}{1.0:8.2f}x"
               f"{med['floor'][1] / 2**20:9.0f}")
         print(f"[full] goals: default within 2x of the floor: "

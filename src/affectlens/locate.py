@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,10 +161,19 @@ def locate(
                "eps_norm": EPS_NORM, "eps_elem": EPS_ELEM,
                "hist": {"lo": HIST_LO, "hi": HIST_HI, "bins": HIST_BINS}}
     with RunDir(out, command="locate", force=force, inputs=inputs, options=options) as run:
+        # matplotlib's import (~1 s) overlaps the tensor pass, whose torch ops release the GIL.
+        warm = threading.Thread(target=_import_plots, daemon=True)
+        warm.start()
         result = measure(base, tuned, labels, allow_pickle, distribution, chunk_elems, show_progress, workers)
         write_run(run, result)
     result.out = run.final
     return result
+
+
+def _import_plots() -> None:
+    from .plots import pyplot
+
+    pyplot()
 
 
 def measure(base: str | os.PathLike, tuned: Sequence[str | os.PathLike], labels: Sequence[str],

@@ -3,7 +3,9 @@
 For every tuned model, layer, module and param: ``l2 = ‖ΔW‖_F`` (Eq. 1),
 ``relative = ‖ΔW‖_F / (‖W_base‖_F + 1e-12)`` (Eq. 2) and ``rms = ‖ΔW‖_F/√n``
 (fair across module sizes), plus a streaming histogram of element-wise
-relative changes (Fig. 10). Tensors are read one row-chunk at a time, so
+relative changes (Fig. 10) binned by the float32 exponent and top mantissa
+bits (one shift and one bincount; ``locate_stats``). Tensors are spread over
+worker threads (``tensor_pool``) and read one row-chunk at a time, so
 peak memory is O(largest tensor chunk), not O(model); LoRA norms use r×r
 Grams and never form BA. This module reads and accumulates; the statistics
 on the sums live in ``locate_stats``, the figures in ``plots``.
@@ -32,6 +34,7 @@ from .locate_stats import (
     HIST_BINS,
     HIST_HI,
     HIST_LO,
+    HIST_MANT_BITS,
     METRICS,
     Acc,
     ExpertRow,
@@ -159,7 +162,8 @@ def locate(
     inputs = {"base": str(base), **{f"tuned:{lab}": str(Path(t)) for t, lab in zip(tuned, labels, strict=True)}}
     options = {"labels": labels, "allow_pickle": allow_pickle, "distribution": distribution,
                "eps_norm": EPS_NORM, "eps_elem": EPS_ELEM,
-               "hist": {"lo": HIST_LO, "hi": HIST_HI, "bins": HIST_BINS}}
+               "hist": {"lo": HIST_LO, "hi": HIST_HI, "bins": HIST_BINS,
+                        "edges": f"2^e*(1+j/{1 << HIST_MANT_BITS}), log10 in distribution.npz"}}
     with RunDir(out, command="locate", force=force, inputs=inputs, options=options) as run:
         # matplotlib's import (~1 s) overlaps the tensor pass, whose torch ops release the GIL.
         warm = threading.Thread(target=_import_plots, daemon=True)

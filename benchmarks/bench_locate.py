@@ -1,12 +1,15 @@
 """Benchmarks for `locate` (issue 2), each ratio measured against a baseline in the same run.
 
 1. Full-checkpoint diff of a synthetic >=1 GB bf16 sharded Llama-shaped pair: our streaming
-   `locate` vs the naive approach (both models via `from_pretrained`, state dicts diffed).
-   Goal: >=3x faster, peak RSS <= 1.5x the largest tensor + 400 MB.
+   `locate` (default: norms + element-wise distributions + heatmaps; and --no-distribution) vs the
+   naive approach (both models via `from_pretrained`, per-tensor diff norms, plus a log10 histogram
+   for the default row), and vs the floor: reading both files, upcasting and one sum, with the same
+   workers (issue 13). Goals: >=3x the baseline, within 2x of the floor, peak RSS <= 1.5x the
+   largest tensor + 400 MB. Rounds are interleaved and medians reported (a shared machine).
 2. LoRA with 7B-shaped modules (r=16): r x r Gram norms vs forming BA.
    Goal: >=100x faster, relative error <= 1e-9.
 
-Usage: python benchmarks/bench_locate.py [--gb 1.0] [--layers-lora 4]
+Usage: python benchmarks/bench_locate.py [--gb 1.0] [--repeats 3] [--layers-lora 4]
 Each measured side runs in its own subprocess; peak RSS is its VmHWM (ru_maxrss would
 inherit the parent's high-water mark across fork+exec).
 """
@@ -18,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,18 +37,58 @@ t = time.perf_counter()
 a = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16).state_dict()
 b = AutoModelForCausalLM.from_pretrained(sys.argv[2], dtype=torch.bfloat16).state_dict()
 out = {k: float(torch.linalg.vector_norm(b[k].float() - a[k].float())) for k in a}
+if sys.argv[3] == "1":  # the element-wise relative change histogram, as a user would write it
+    edges = torch.linspace(-6, 1, 71)
+    hist = {k: torch.histc(torch.log10((b[k].float() - a[k].float()).abs() / (a[k].float().abs() + 1e-8)),
+                           bins=70, min=-6, max=1) for k in a if ".layers." in k and k.endswith("proj.weight")}
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
 print(time.perf_counter() - t, int(hwm) * 1024, len(out))
+"""
+
+FLOOR = r"""
+import os, sys, time
+import torch
+from affectlens.locate import chunk_reader
+from affectlens.tensor_pool import TensorWorkers
+from affectlens.weights.store import open_weights
+t = time.perf_counter()  # after the imports, as for the other rows
+stores = [open_weights(p) for p in sys.argv[1:3]]
+jobs = [(s, n) for s in stores for n in s.names()]
+def one(job, scratch):
+    s, n = job
+    shape = s.shape(n)
+    rows = shape[0] if shape else 1
+    cols = s.numel(n) // max(rows, 1)
+    step = max(1, (1 << 22) // max(cols, 1))
+    acc = 0.0
+    scratch.get(step * cols)
+    read = chunk_reader(s, n, scratch.raw[0])
+    for r0 in range(0, rows, step):
+        raw = read(r0, min(rows, r0 + step))
+        w = scratch.get(raw.numel())[0]
+        acc += float(w.copy_(raw.reshape(-1)).sum())
+    return acc
+with TensorWorkers() as pool:
+    total = sum(pool.map(one, jobs))
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print(time.perf_counter() - t, int(hwm) * 1024, len(jobs))
 """
 
 OURS = r"""
 import os, sys, time
 os.environ["AFFECTLENS_NO_PROGRESS"] = "1"
-from affectlens.locate import locate
+import affectlens.locate as L
+write_run, spent = L.write_run, []
+def timed(*a):
+    s = time.perf_counter()
+    write_run(*a)
+    spent.append(time.perf_counter() - s)
+L.write_run = timed
 t = time.perf_counter()
-r = locate(sys.argv[1], [sys.argv[2]], labels=["tuned"], out=sys.argv[3], distribution=sys.argv[4] == "1")
+r = L.locate(sys.argv[1], [sys.argv[2]], labels=["tuned"], out=sys.argv[3], distribution=sys.argv[4] == "1")
+total = time.perf_counter() - t
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-print(time.perf_counter() - t, int(hwm) * 1024, len(r.rows))
+print(total, int(hwm) * 1024, total - sum(spent))
 """
 
 
@@ -106,15 +150,16 @@ def make_pair(root: Path, gb: float) -> tuple[Path, Path, int]:
     return dirs[0], dirs[1], largest
 
 
-def run(code: str, *args: str) -> tuple[float, int]:
+def run(code: str, *args: str) -> tuple[float, int, float]:
+    """(seconds, peak RSS bytes, third field: for ours, the seconds before the run's files were written)."""
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
     if out.returncode:
         raise SystemExit(f"subprocess failed:\n{out.stderr[-2000:]}")
-    secs, rss, _ = out.stdout.split()
-    return float(secs), int(rss)
+    secs, rss, extra = out.stdout.split()
+    return float(secs), int(rss), float(extra)
 
 
-def bench_full(gb: float) -> None:
+def bench_full(gb: float, repeats: int) -> None:
     root = Path(tempfile.mkdtemp(prefix="affectlens-bench-"))
     try:
         base, tuned, largest = make_pair(root, gb)
@@ -123,20 +168,37 @@ def bench_full(gb: float) -> None:
             with open(f, "rb") as fh:  # warm the page cache for both sides alike
                 while fh.read(1 << 24):
                     pass
-        print(f"[full] pair: 2 x {total / 1e9:.2f} GB bf16, largest tensor {largest / 1e6:.0f} MB")
-        t_naive, rss_naive = run(NAIVE, str(base), str(tuned))
-        t_ours, rss_ours = run(OURS, str(base), str(tuned), str(root / "out1"), "0")
-        t_dist, rss_dist = run(OURS, str(base), str(tuned), str(root / "out2"), "1")
-        budget = 1.5 * largest + 400e6
-        print(f"[full] naive from_pretrained+diff : {t_naive:7.2f} s  peak RSS {rss_naive / 1e6:7.0f} MB")
-        print(f"[full] affectlens locate          : {t_ours:7.2f} s  peak RSS {rss_ours / 1e6:7.0f} MB"
-              f"  -> {t_naive / t_ours:.2f}x faster, RSS ratio {rss_ours / rss_naive:.2f}")
-        print(f"[full] locate + distributions     : {t_dist:7.2f} s  peak RSS {rss_dist / 1e6:7.0f} MB"
-              f"  -> {t_naive / t_dist:.2f}x faster")
-        print(f"[full] RSS budget 1.5 x largest + 400 MB = {budget / 1e6:.0f} MB: "
-              f"{'met' if rss_ours <= budget else 'NOT met'} (norms), "
-              f"{'met' if rss_dist <= budget else 'NOT met'} (with distributions); "
-              f"speed goal 3x: {'met' if t_naive / t_ours >= 3 else 'NOT met'}")
+        print(f"[full] pair: 2 x {total / 1e9:.2f} GB bf16, largest tensor {largest / 1e6:.0f} MB; "
+              f"{repeats} interleaved rounds, medians")
+        res: dict[str, list[tuple[float, int, float]]] = {"naive": [], "naive-norms": [], "floor": [], "norms": [],
+                                                    "default": []}
+        for i in range(repeats):
+            res["floor"].append(run(FLOOR, str(base), str(tuned)))
+            res["default"].append(run(OURS, str(base), str(tuned), str(root / f"o{i}d"), "1"))
+            res["norms"].append(run(OURS, str(base), str(tuned), str(root / f"o{i}n"), "0"))
+            res["naive"].append(run(NAIVE, str(base), str(tuned), "1"))
+            res["naive-norms"].append(run(NAIVE, str(base), str(tuned), "0"))
+        med = {k: (statistics.median(t for t, _, _ in v), max(m for _, m, _ in v)) for k, v in res.items()}
+        stream = {k: statistics.median(x for _, _, x in res[k]) for k in ("default", "norms")}
+        floor = med["floor"][0]
+        print(f"{'row':<34}{'ours s':>8}{'baseline s':>11}{'ratio':>7}{'goal':>7}{'vs floor':>9}{'peak MB':>9}"
+              f"{'base MB':>9}")
+        for label, ours, naive in (("locate default (norms+dist+maps)", "default", "naive"),
+                                   ("locate --no-distribution", "norms", "naive-norms")):
+            t, m = med[ours]
+            tn, mn = med[naive]
+            print(f"{label:<34}{t:8.2f}{tn:11.2f}{tn / t:6.2f}x{'>=3x':>7}{t / floor:8.2f}x{m / 2**20:9.0f}"
+                  f"{mn / 2**20:9.0f}")
+        for k in ("default", "norms"):
+            print(f"{'  of which the tensor pass (' + k + ')':<34}{stream[k]:8.2f}{'':>11}{'':>7}{'':>7}"
+                  f"{stream[k] / floor:8.2f}x   (the rest: CSV, JSON, heatmap PNGs)")
+        print(f"{'floor (read+upcast+sum, both)':<34}{floor:8.2f}{'':>11}{'':>7}{'':>7}{1.0:8.2f}x"
+              f"{med['floor'][1] / 2**20:9.0f}")
+        print(f"[full] goals: default within 2x of the floor: "
+              f"{'met' if med['default'][0] <= 2 * floor else 'NOT met'}; >=3x the from_pretrained baseline: "
+              f"{'met' if med['naive'][0] >= 3 * med['default'][0] else 'NOT met'}; RSS budget 1.5 x largest + "
+              f"400 MB = {(1.5 * largest + 400e6) / 2**20:.0f} MiB: "
+              f"{'met' if med['default'][1] <= 1.5 * largest + 400e6 else 'NOT met'}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -173,11 +235,12 @@ def main() -> None:
     ap.add_argument("--gb", type=float, default=1.0, help="size of each synthetic checkpoint")
     ap.add_argument("--layers-lora", type=int, default=4)
     ap.add_argument("--skip-full", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     bench_lora(args.layers_lora)
     if not args.skip_full:
-        bench_full(args.gb)
+        bench_full(args.gb, args.repeats)
 
 
 if __name__ == "__main__":

@@ -440,3 +440,30 @@ def test_run_dir_record_and_line_are_the_result(pair, planted, tmp_path, capsys)
     with pytest.raises(AffectlensError):
         ablate(planted / "tuned", "no_such_proj", "zero", tmp_path / "b")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "t"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_bitwise_finite_check_agrees_with_isfinite(dtype):
+    """The integer-view finiteness check (issue 13) flags exactly what torch.isfinite flags."""
+    from affectlens.errors import AffectlensError
+    from affectlens.weights.finite import check_finite
+
+    info = torch.finfo(dtype)
+    edge = [0.0, -0.0, info.max, -info.max, info.tiny, -info.tiny, info.smallest_normal / 4, 1.0, -2.5]
+    check_finite(torch.tensor(edge, dtype=dtype), "x")
+    for bad in (float("nan"), float("inf"), float("-inf"), -float("nan")):
+        t = torch.tensor([*edge, bad], dtype=dtype)
+        assert not bool(torch.isfinite(t).all())
+        with pytest.raises(AffectlensError, match="non-finite"):
+            check_finite(t, "x")
+
+
+def test_finite_check_is_exact_when_finite_values_overflow_the_sum():
+    from affectlens.weights.finite import check_finite
+
+    for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+        big = torch.full((64,), torch.finfo(dtype).max, dtype=dtype)
+        check_finite(big, "x")  # Σ overflows to inf, yet every element is finite
+        big[7] = float("nan")
+        with pytest.raises(AffectlensError, match="non-finite"):
+            check_finite(big, "x")

@@ -303,7 +303,7 @@ def test_existing_out_needs_force_and_pickle_needs_flag(tmp_path, capsys, pair):
 def test_distribution_histogram_matches_numpy(tmp_path):
     import numpy as np
 
-    from affectlens.locate import HIST_BINS, HIST_HI, HIST_LO
+    from affectlens.locate_stats import hist_edges
 
     base = save_tiny(tmp_path / "base", "llama", layers=2)
     bsd = {k: v.clone() for k, v in base.state_dict().items()}
@@ -319,10 +319,11 @@ def test_distribution_histogram_matches_numpy(tmp_path):
         for n in ("model.layers.0.mlp.gate_proj.weight", "model.layers.1.mlp.gate_proj.weight")])
     assert counts[0] == int((rel == 0).sum()) == 3 * 32
     logs = np.log10(rel[rel > 0])
-    ref, _ = np.histogram(logs, bins=HIST_BINS, range=(HIST_LO, HIST_HI))
+    ref, _ = np.histogram(logs, bins=np.concatenate([hist_edges(), [np.inf]]))
     assert counts.sum() == rel.size
-    assert np.abs(counts[2:-1] - ref).sum() <= 4  # float32 vs float64 at bin edges
-    assert abs(int(counts[-1]) - int((logs > HIST_HI).sum())) <= 2
+    # [inner bins..., overflow] (half-open bins: overflow from the last edge on)
+    assert np.abs(counts[2:-1] - ref[:-1]).sum() <= 4  # float32 vs float64 at bin edges
+    assert abs(int(counts[-1]) - int(ref[-1])) <= 2
     q = res.summary["models"]["t"]["distribution"]["gate_proj"]
     assert q["zero_share"] == pytest.approx(96 / rel.size)
     med = np.median(rel)
@@ -386,7 +387,7 @@ def test_csv_is_the_locate_rows(tmp_path, pair):
 def test_ranking_and_quantiles_by_hand():
     import numpy as np
 
-    from affectlens.locate_stats import HIST_BINS, HIST_LO, LocateRow, quantiles, ranking
+    from affectlens.locate_stats import HIST_BINS, LocateRow, hist_edge_values, quantiles, ranking
 
     def row(layer, module, l2):
         return LocateRow("m", layer, module, "weight", 4, l2, l2 / 10, l2 / 2)
@@ -404,8 +405,7 @@ def test_ranking_and_quantiles_by_hand():
     counts[2] = 10
     counts[-1] = 10
     q = quantiles(counts, 10, (0.25, 0.5, 0.95))
-    edges = np.linspace(HIST_LO, 1.0, HIST_BINS + 1)
-    assert q == {"q25": 0.0, "q50": pytest.approx(10 ** edges[1]), "q95": 10.0}
+    assert q == {"q25": 0.0, "q50": pytest.approx(hist_edge_values()[1]), "q95": 16.0}
 
 
 def test_locate_figures_are_made_from_plain_data(tmp_path):
@@ -426,3 +426,25 @@ def test_locate_figures_are_made_from_plain_data(tmp_path):
     assert list(line.get_ydata()) == pytest.approx([x / 34 for x in (1, 2, 3, 4, 5, 6, 7)])
     assert "15% =0" in line.get_label()
     assert save(fig, tmp_path / "d.png").stat().st_size > 0
+
+
+def test_workers_do_not_change_the_numbers(tmp_path):
+    """Tensors spread over worker threads: rows, histograms and other tensors equal one worker's, exactly."""
+    import numpy as np
+
+    base = save_tiny(tmp_path / "base", "llama", layers=3)
+    plant(base, {"model.layers.0.mlp.gate_proj.weight": 0.01, "model.layers.2.self_attn.q_proj.weight": 0.3,
+                 "model.embed_tokens.weight": 0.02})
+    base.save_pretrained(tmp_path / "tuned", max_shard_size="40KB")
+    base.save_pretrained(tmp_path / "tuned2")
+    runs = [locate(tmp_path / "base", [tmp_path / "tuned", tmp_path / "tuned2"], labels=["a", "b"],
+                   chunk_elems=300, show_progress=False, workers=w) for w in (1, 2, 3)]
+    torch_threads = torch.get_num_threads()
+    for r in runs[1:]:
+        assert r.rows == runs[0].rows
+        assert r.other_rows == runs[0].other_rows
+        assert r.histograms.keys() == runs[0].histograms.keys()
+        for lab, per in r.histograms.items():
+            for mod, c in per.items():
+                assert np.array_equal(c, runs[0].histograms[lab][mod]), (lab, mod)
+    assert torch.get_num_threads() == torch_threads  # the pool puts torch's thread count back

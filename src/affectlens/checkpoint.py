@@ -104,22 +104,30 @@ def new_or_raw(new: NewTensor, raw: set[str]) -> NewTensor:
 
 def write_checkpoint(base: WeightStore, new: Mapping[str, torch.Tensor] | NewTensor,
                      out_dir: Path, max_shard_size: str | int = "5GB", desc: str = "writing",
-                     label: str | os.PathLike | None = None) -> list[Path]:
+                     label: str | os.PathLike | None = None,
+                     check_raw: Callable[[str], None] | None = None) -> list[Path]:
     """Write BASE with some tensors replaced, streaming one tensor at a time.
 
     ``new`` maps names to tensors, or is a function giving a name's tensor
     (``None``: keep BASE's bytes, copied without decoding when possible).
     Every decoded tensor written is checked to be finite (raw byte copies are
     the caller's to check, see ``check_store_finite``); ``label`` names the
-    output in that message.
+    output in that message. ``check_raw(name)``, when given, is the caller's
+    check of each tensor: it runs on a second thread while the bytes are
+    copied in-kernel (both release the GIL), and the files are only closed
+    once every check has passed; a failed check aborts the write.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from .runs import progress
 
     getter = new.get if isinstance(new, Mapping) else new
     names = base.names()
     plan = [(n, base.shape(n), base.dtype(n)) for n in names]
     writer = ShardedWriter(out_dir, parse_size(max_shard_size), plan=plan)
+    checker = ThreadPoolExecutor(1, thread_name_prefix="affectlens-check") if check_raw is not None else None
     try:
+        checks = [checker.submit(check_raw, n) for n in names] if checker is not None and check_raw else []
         for name in progress(names, desc, total=len(names), unit="tensor"):
             t = getter(name)
             if t is None:
@@ -130,9 +138,14 @@ def write_checkpoint(base: WeightStore, new: Mapping[str, torch.Tensor] | NewTen
                 t = base.get(name)
             check_finite(t, f"tensor {name} written to {label or out_dir}")
             writer.add(name, t)
+        for c in checks:
+            c.result()
     except BaseException:
         writer.abort()
         raise
+    finally:
+        if checker is not None:
+            checker.shutdown(wait=True, cancel_futures=True)
     return writer.close()
 
 

@@ -3,7 +3,9 @@
 For every tuned model, layer, module and param: ``l2 = ‖ΔW‖_F`` (Eq. 1),
 ``relative = ‖ΔW‖_F / (‖W_base‖_F + 1e-12)`` (Eq. 2) and ``rms = ‖ΔW‖_F/√n``
 (fair across module sizes), plus a streaming histogram of element-wise
-relative changes (Fig. 10). Tensors are read one row-chunk at a time, so
+relative changes (Fig. 10) binned by the float32 exponent and top mantissa
+bits (one shift and one bincount; ``locate_stats``). Tensors are spread over
+worker threads (``tensor_pool``) and read one row-chunk at a time, so
 peak memory is O(largest tensor chunk), not O(model); LoRA norms use r×r
 Grams and never form BA. This module reads and accumulates; the statistics
 on the sums live in ``locate_stats``, the figures in ``plots``.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,25 +34,27 @@ from .locate_stats import (
     HIST_BINS,
     HIST_HI,
     HIST_LO,
+    HIST_MANT_BITS,
     METRICS,
     Acc,
     ExpertRow,
     LocateRow,
+    fold_codes,
     format_table,
-    hist_counts,
     hist_edges,
     layer_module_grid,
     notes,
     pool_rows,
+    ratio_codes,
+    ratio_denominator,
     summarize,
 )
 from .modules import FUSED, MODULES, ModuleKey, ParsedName, split_rows
-from .runs import RunDir, progress
+from .runs import Progress, RunDir
+from .tensor_pool import Scratch, TensorWorkers
 from .weights.compat import check_adapter_fits, check_architecture
 from .weights.lora import LoraAdapter, LoraModule, lora_delta_norm
 from .weights.store import SafetensorsStore, WeightStore, open_weights
-
-RowReader = Callable[[int, int], torch.Tensor]
 
 
 @dataclass
@@ -100,14 +105,6 @@ def open_tuned(path: str | os.PathLike, label: str, allow_pickle: bool = False) 
     return Tuned(label, p, store=open_weights(p, allow_pickle=allow_pickle))
 
 
-def row_reader(store: WeightStore, name: str) -> RowReader:
-    """Row-chunk access: file reads for safetensors, one load for formats that need decoding."""
-    if isinstance(store, SafetensorsStore):
-        return lambda r0, r1: store.read_rows(name, r0, r1)
-    full = store.get(name)
-    return lambda r0, r1: full[r0:r1]
-
-
 def _segments(p: ParsedName, rows: int, config: dict[str, Any]) -> list[tuple[ModuleKey, int, int]]:
     """Canonical (key, row range) cells of one tensor; fused tensors give several."""
     assert p.key is not None
@@ -116,17 +113,6 @@ def _segments(p: ParsedName, rows: int, config: dict[str, Any]) -> list[tuple[Mo
     ranges = split_rows(p.fused, rows, config)
     return [(ModuleKey(p.key.layer, mod, p.key.param, p.key.expert), a, b)
             for mod in FUSED[p.fused] for a, b in [ranges[mod]]]
-
-
-def _ssq(t: torch.Tensor, what: str) -> float:
-    """Σx² of a float32 chunk; torch's cascade sum keeps ~1e-9 relative error at 4M elements.
-
-    A non-finite sum means a NaN/Inf element: checked here instead of a separate pass.
-    """
-    v = float(torch.sum(t * t))
-    if not math.isfinite(v):
-        raise AffectlensError(f"non-finite values (NaN/Inf) in {what}")
-    return v
 
 
 def _lora_seg_norm(ad: LoraAdapter, mod: LoraModule, r0: int, r1: int) -> float:
@@ -161,6 +147,7 @@ def locate(
     distribution: bool = True,
     chunk_elems: int = 1 << 22,
     show_progress: bool = True,
+    workers: int | None = None,
 ) -> LocateResult:
     """Measure module-wise weight change of each tuned model against ``base``; with ``out``, write a run.
 
@@ -171,22 +158,36 @@ def locate(
     """
     labels = _labels(tuned, labels)
     if out is None:
-        return measure(base, tuned, labels, allow_pickle, distribution, chunk_elems, show_progress)
+        return measure(base, tuned, labels, allow_pickle, distribution, chunk_elems, show_progress, workers)
     inputs = {"base": str(base), **{f"tuned:{lab}": str(Path(t)) for t, lab in zip(tuned, labels, strict=True)}}
     options = {"labels": labels, "allow_pickle": allow_pickle, "distribution": distribution,
                "eps_norm": EPS_NORM, "eps_elem": EPS_ELEM,
-               "hist": {"lo": HIST_LO, "hi": HIST_HI, "bins": HIST_BINS}}
+               "hist": {"lo": HIST_LO, "hi": HIST_HI, "bins": HIST_BINS,
+                        "edges": f"2^e*(1+j/{1 << HIST_MANT_BITS}), log10 in distribution.npz"}}
     with RunDir(out, command="locate", force=force, inputs=inputs, options=options) as run:
-        result = measure(base, tuned, labels, allow_pickle, distribution, chunk_elems, show_progress)
+        # matplotlib's import (~1 s) overlaps the tensor pass, whose torch ops release the GIL.
+        warm = threading.Thread(target=_import_plots, daemon=True)
+        warm.start()
+        result = measure(base, tuned, labels, allow_pickle, distribution, chunk_elems, show_progress, workers)
         write_run(run, result)
     result.out = run.final
     return result
 
 
+def _import_plots() -> None:
+    from .plots import pyplot
+
+    pyplot()
+
+
 def measure(base: str | os.PathLike, tuned: Sequence[str | os.PathLike], labels: Sequence[str],
             allow_pickle: bool = False, distribution: bool = True, chunk_elems: int = 1 << 22,
-            show_progress: bool = True) -> LocateResult:
-    """The numbers of ``locate`` (nothing written): stream every module tensor once for all models."""
+            show_progress: bool = True, workers: int | None = None) -> LocateResult:
+    """The numbers of ``locate`` (nothing written): stream every module tensor once for all models.
+
+    Tensors go to ``workers`` threads (default: the thread policy's count); the
+    sums are added in tensor order, so the numbers do not depend on them.
+    """
     base_store = open_weights(base, allow_pickle=allow_pickle)
     models = [open_tuned(t, lab, allow_pickle) for t, lab in zip(tuned, labels, strict=True)]
     only_in_tuned: dict[str, list[str]] = {}
@@ -204,14 +205,22 @@ def measure(base: str | os.PathLike, tuned: Sequence[str | os.PathLike], labels:
     names = sorted(module_tensors, key=lambda n: (module_tensors[n].key, n))
 
     accs: dict[tuple[str, ModuleKey], Acc] = {}
-    hists: dict[tuple[str, str], np.ndarray] = {}
+    codes: dict[tuple[str, str], torch.Tensor] = {}
     zeros: dict[tuple[str, str], int] = {}
-    it = progress(names, desc="tensors", total=len(names), unit="tensor") if show_progress else names
-    for name in it:
-        _accumulate(name, module_tensors[name], base_store, models, accs, hists, zeros, distribution, chunk_elems)
+    labels = [m.label for m in models]
+    jobs = [(n, module_tensors[n]) for n in names]
+    with Progress(len(names), "tensors", "tensor", enabled=show_progress) as bar, TensorWorkers(workers) as pool:
+        for contribs in pool.map(lambda job, scratch: tensor_job(job[0], job[1], base_store, models, distribution,
+                                                                 chunk_elems, scratch), jobs):
+            add_contributions(contribs, labels, accs, codes, zeros)
+            bar.update(1)
+        other_rows = other_tensors(base_store, models, inv.others, chunk_elems, pool)
+    hists: dict[tuple[str, str], np.ndarray] = {}
+    for hk, cc in codes.items():
+        hists[hk], z = fold_codes(cc.numpy())
+        zeros[hk] = zeros.get(hk, 0) + z
 
     rows, expert_rows = pool_rows([m.label for m in models], accs)
-    other_rows = other_tensors(base_store, models, inv.others, chunk_elems)
     summary = summarize(models, rows, hists, zeros, inv)
     for m in models:
         if m.store is None:
@@ -226,100 +235,166 @@ def measure(base: str | os.PathLike, tuned: Sequence[str | os.PathLike], labels:
     return LocateResult(rows, summary, histograms, other_rows, expert_rows)
 
 
-def _accumulate(name: str, p: ParsedName, base_store: WeightStore, models: Sequence[Tuned],
-                accs: dict[tuple[str, ModuleKey], Acc], hists: dict[tuple[str, str], np.ndarray],
-                zeros: dict[tuple[str, str], int], distribution: bool, chunk_elems: int) -> None:
-    """Add one base tensor's chunks (and each model's change of it) to the running sums."""
+def chunk_reader(store: WeightStore, name: str, into: torch.Tensor | None) -> Callable[[int, int], torch.Tensor]:
+    """Rows [r0, r1) of ``name``: file reads into the raw buffer ``into`` for safetensors, else one decode."""
+    if isinstance(store, SafetensorsStore):
+        return lambda r0, r1: store.read_rows(name, r0, r1, out=into)
+    full = store.get(name)
+    return lambda r0, r1: full[r0:r1]
+
+
+def _ssq_of(t: torch.Tensor, sq: torch.Tensor, what: str) -> float:
+    """Σx² of a float32 chunk (squared into the scratch ``sq``; torch's cascade sum, ~1e-9 relative error).
+
+    A non-finite sum means a NaN/Inf element: checked here instead of a separate pass.
+    """
+    v = float(torch.sum(torch.mul(t, t, out=sq)))
+    if not math.isfinite(v):
+        raise AffectlensError(f"non-finite values (NaN/Inf) in {what}")
+    return v
+
+
+# What one tensor contributes, in order: ("base", key, numel, Σw²), ("delta", label, key, Σd² | None,
+# codes | None), ("zeros", label, module, n), ("exact", label, key, ‖ΔW‖ of a LoRA segment).
+Contribution = tuple[Any, ...]
+
+
+def tensor_job(name: str, p: ParsedName, base_store: WeightStore, models: Sequence[Tuned], distribution: bool,
+               chunk_elems: int, scratch: Scratch) -> list[Contribution]:
+    """Read one base tensor (and each model's change of it) chunk by chunk; return its contributions.
+
+    Runs in a worker thread: touches no shared state, so the caller adds the
+    contributions in tensor order and the sums do not depend on the workers.
+    """
     shape = base_store.shape(name)
     rows = shape[0]
     cols = int(np.prod(shape[1:])) if len(shape) > 1 else 1
     segs = _segments(p, rows, base_store.config)
-    base_rows = row_reader(base_store, name)
-    readers: dict[str, RowReader | None] = {}
+    out: list[Contribution] = []
     lora_mod: dict[str, LoraModule | None] = {}
+    sources: dict[str, tuple[WeightStore, str] | None] = {}
     for m in models:
         if m.store is not None:
-            readers[m.label] = row_reader(m.store, name)
+            sources[m.label] = (m.store, name)
             continue
         assert m.adapter is not None
         rep = m.adapter.replacement_for(name)
-        readers[m.label] = row_reader(m.adapter.store, rep) if rep else None
+        sources[m.label] = (m.adapter.store, rep) if rep else None
         mod = lora_mod[m.label] = m.adapter.module_for(name)
-        if readers[m.label] is None and mod is not None:
-            for key, a, b in segs:
-                acc = accs.setdefault((m.label, key), Acc())
-                if not m.adapter.use_dora:  # DoRA rescales W: its change needs the rows, read below
-                    acc.exact_l2 = math.sqrt((acc.exact_l2 or 0.0) ** 2 + _lora_seg_norm(m.adapter, mod, a, b) ** 2)
+        if sources[m.label] is None and mod is not None and not m.adapter.use_dora:
+            # DoRA rescales W: its change needs the rows, read below
+            out.extend(("exact", m.label, key, _lora_seg_norm(m.adapter, mod, a, b)) for key, a, b in segs)
     step = max(1, chunk_elems // max(cols, 1))
+    scratch.get(step * cols)
+    base_rows = chunk_reader(base_store, name, scratch.raw[0])
+    readers = {lab: chunk_reader(*src, scratch.raw[1]) for lab, src in sources.items() if src is not None}
     for key, a, b in segs:
         for r0 in range(a, b, step):
             r1 = min(b, r0 + step)
-            w = base_rows(r0, r1).to(torch.float32)
-            ssq_b = _ssq(w, f"{name} of the base")
+            n = (r1 - r0) * cols
+            w, d, denom, r = scratch.get(n)
+            w_rows = base_rows(r0, r1)
+            w.copy_(w_rows.reshape(-1))
+            out.append(("base", key, n, _ssq_of(w, r, f"{name} of the base")))
+            hist = distribution and key.param == "weight"
+            have_denom = False
             for m in models:
-                acc = accs.setdefault((m.label, key), Acc())
-                acc.ssq_base += ssq_b
-                acc.numel += w.numel()
-                hk = (m.label, key.module) if key.param == "weight" else None
-                d: torch.Tensor | None
-                reader = readers[m.label]
                 mod = lora_mod.get(m.label)
-                if reader is not None:
-                    d = reader(r0, r1).to(torch.float32) - w
-                    what = f"{name} of {m.label}"
+                if m.label in readers:
+                    d.copy_(readers[m.label](r0, r1).reshape(-1)).sub_(w)
+                    dd, what = d, f"{name} of {m.label}"
                 elif mod is not None:
                     assert m.adapter is not None
                     if not distribution and not m.adapter.use_dora:
                         continue
-                    d = m.adapter.delta_rows(mod, r0, r1, base_rows=w)
+                    dd = m.adapter.delta_rows(mod, r0, r1, base_rows=w.view(r1 - r0, cols)).reshape(-1)
                     what = f"LoRA change of {name} in {m.label}"
                 else:
-                    if hk is not None and distribution:
-                        zeros[hk] = zeros.get(hk, 0) + w.numel()
+                    if hist:
+                        out.append(("zeros", m.label, key.module, n))
                     continue
-                ssq_d = _ssq(d, what)
-                if acc.exact_l2 is None:
-                    acc.ssq_delta += ssq_d
-                if hk is not None and distribution:
-                    c, z = hist_counts(d, w)
-                    hists[hk] = hists.get(hk, np.zeros(HIST_BINS + 2, np.int64)) + c
-                    zeros[hk] = zeros.get(hk, 0) + z
+                ssq_d = _ssq_of(dd, r, what)
+                codes = None
+                if hist:
+                    if not have_denom:
+                        ratio_denominator(w, out=denom)
+                        have_denom = True
+                    codes = ratio_codes(dd, denom, out=r)
+                out.append(("delta", m.label, key, ssq_d, codes))
+    return out
+
+
+def add_contributions(contribs: Sequence[Contribution], labels: Sequence[str], accs: dict[tuple[str, ModuleKey], Acc],
+                      codes: dict[tuple[str, str], torch.Tensor], zeros: dict[tuple[str, str], int]) -> None:
+    """Add one tensor's contributions to the running sums, in order."""
+    for c in contribs:
+        kind = c[0]
+        if kind == "base":
+            _, key, n, ssq_b = c
+            for lab in labels:
+                acc = accs.setdefault((lab, key), Acc())
+                acc.ssq_base += ssq_b
+                acc.numel += n
+        elif kind == "delta":
+            _, lab, key, ssq_d, cc = c
+            acc = accs.setdefault((lab, key), Acc())
+            if acc.exact_l2 is None:
+                acc.ssq_delta += ssq_d
+            if cc is not None:
+                hk = (lab, key.module)
+                codes[hk] = codes[hk] + cc if hk in codes else cc
+        elif kind == "zeros":
+            _, lab, mod, n = c
+            zeros[(lab, mod)] = zeros.get((lab, mod), 0) + n
+        else:  # exact
+            _, lab, key, v = c
+            acc = accs.setdefault((lab, key), Acc())
+            acc.exact_l2 = math.sqrt((acc.exact_l2 or 0.0) ** 2 + v**2)
 
 
 def other_tensors(base: WeightStore, models: Sequence[Tuned], others: dict[str, list[str]],
-                  chunk_elems: int) -> list[dict[str, Any]]:
+                  chunk_elems: int, pool: TensorWorkers | None = None) -> list[dict[str, Any]]:
     """Embeddings, norms, heads, routers, encoders: reported with their change, never dropped."""
-    out = []
-    for scope, names in sorted(others.items()):
-        for name in names:
-            row: dict[str, Any] = {"tensor": name, "scope": scope, "numel": base.numel(name)}
-            shape = base.shape(name)
-            for m in models:
-                src: tuple[WeightStore, str] | None = None
-                rep = m.adapter.replacement_for(name) if m.adapter is not None else None
-                if m.store is not None and name in m.store:
-                    src = (m.store, name)
-                elif m.adapter is not None and rep:
-                    src = (m.adapter.store, rep)
-                if src is None:
-                    # An adapter leaves it unchanged; a full checkpoint lacking it has no value (empty cell,
-                    # listed under only_in_base in summary.json), never a NaN.
-                    row[f"l2:{m.label}"] = 0.0 if m.adapter is not None else None
-                    continue
-                if tuple(src[0].shape(src[1])) != shape:
-                    raise AffectlensError(
-                        f"shape mismatch for {name}: base {list(shape)} vs {m.label} {list(src[0].shape(src[1]))}")
-                b_rows, t_rows = row_reader(base, name), row_reader(*src)
-                rows = shape[0] if shape else 1
-                step = max(1, chunk_elems // max(1, base.numel(name) // max(rows, 1)))
-                ssq = 0.0
-                for r0 in range(0, rows, step):
-                    r1 = min(rows, r0 + step)
-                    d = t_rows(r0, r1).to(torch.float32) - b_rows(r0, r1).to(torch.float32)
-                    ssq += _ssq(d, f"{name} of {m.label} or the base")
-                row[f"l2:{m.label}"] = math.sqrt(ssq)
-            out.append(row)
-    return out
+    jobs = [(scope, name) for scope, names in sorted(others.items()) for name in names]
+    pool = pool or TensorWorkers(1)
+    return list(pool.map(lambda job, scratch: other_tensor_row(base, models, job[0], job[1], chunk_elems, scratch),
+                         jobs))
+
+
+def other_tensor_row(base: WeightStore, models: Sequence[Tuned], scope: str, name: str, chunk_elems: int,
+                     scratch: Scratch) -> dict[str, Any]:
+    """One row of ``other_tensors.csv``: ``tensor, scope, numel, l2:<model>``."""
+    row: dict[str, Any] = {"tensor": name, "scope": scope, "numel": base.numel(name)}
+    shape = base.shape(name)
+    for m in models:
+        src: tuple[WeightStore, str] | None = None
+        rep = m.adapter.replacement_for(name) if m.adapter is not None else None
+        if m.store is not None and name in m.store:
+            src = (m.store, name)
+        elif m.adapter is not None and rep:
+            src = (m.adapter.store, rep)
+        if src is None:
+            # An adapter leaves it unchanged; a full checkpoint lacking it has no value (empty cell,
+            # listed under only_in_base in summary.json), never a NaN.
+            row[f"l2:{m.label}"] = 0.0 if m.adapter is not None else None
+            continue
+        if tuple(src[0].shape(src[1])) != shape:
+            raise AffectlensError(
+                f"shape mismatch for {name}: base {list(shape)} vs {m.label} {list(src[0].shape(src[1]))}")
+        rows = shape[0] if shape else 1
+        cols = max(1, base.numel(name) // max(rows, 1))
+        step = max(1, chunk_elems // cols)
+        scratch.get(step * cols)
+        b_read, t_read = chunk_reader(base, name, scratch.raw[0]), chunk_reader(*src, scratch.raw[1])
+        ssq = 0.0
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            b_rows = b_read(r0, r1)
+            _, d, _, sq = scratch.get(b_rows.numel())
+            d.copy_(t_read(r0, r1).reshape(-1)).sub_(b_rows.reshape(-1))
+            ssq += _ssq_of(d, sq, f"{name} of {m.label} or the base")
+        row[f"l2:{m.label}"] = math.sqrt(ssq)
+    return row
 
 
 def write_run(run: RunDir, result: LocateResult) -> None:
@@ -345,4 +420,5 @@ def write_run(run: RunDir, result: LocateResult) -> None:
 
 
 __all__ = ["CSV_HEADER", "HIST_BINS", "HIST_HI", "HIST_LO", "ExpertRow", "LocateResult", "LocateRow", "Tuned",
-           "label_for", "locate", "measure", "open_tuned", "other_tensors", "row_reader", "write_run"]
+           "add_contributions", "label_for", "locate", "measure", "open_tuned", "other_tensors", "chunk_reader",
+           "tensor_job", "write_run"]

@@ -25,8 +25,20 @@ CSV_HEADER = ["model", "layer", "module", "param", "numel", "l2", "relative", "r
 EXPERT_HEADER = [*CSV_HEADER[:4], "expert", *CSV_HEADER[4:]]
 EPS_NORM = 1e-12
 EPS_ELEM = 1e-8
-# log10 of |ΔW|/(|W|+ε): bins from 1e-6 to 10, plus under/overflow; exact zeros counted apart.
-HIST_LO, HIST_HI, HIST_BINS = -6.0, 1.0, 70
+# The element-wise relative change r = |ΔW|/(|W|+ε) is binned by its float32 exponent and top
+# HIST_MANT_BITS mantissa bits: bin edges are 2^e·(1 + j/4), exact float32 values, quarter octaves
+# (0.058-0.097 decades wide) from 2^-20 (≈ 9.5e-7) to 2^4 = 16, plus under/overflow; exact zeros
+# apart. A bin is [edge_i, edge_{i+1}): a value exactly on an edge counts in the bin above it.
+# (Before issue 13: 70 uniform log10 bins of 0.1 decade from 1e-6 to 10, filled by log10 + histc,
+# 3x the cost of the norms; the integer code of the bits is one shift and one bincount.)
+HIST_MANT_BITS = 2
+HIST_EXP_LO, HIST_EXP_HI = -20, 4
+HIST_BINS = (HIST_EXP_HI - HIST_EXP_LO) << HIST_MANT_BITS
+HIST_LO, HIST_HI = HIST_EXP_LO * math.log10(2.0), HIST_EXP_HI * math.log10(2.0)  # log10 of the end edges
+CODE_SHIFT = 23 - HIST_MANT_BITS  # float32 bits >> CODE_SHIFT: (biased exponent, top mantissa bits)
+N_CODES = 1 << (31 - CODE_SHIFT)  # codes of the non-negative float32 values (sign bit clear)
+CODE_LO = (127 + HIST_EXP_LO) << HIST_MANT_BITS  # code of 2^HIST_EXP_LO, the first inner edge
+CODE_HI = (127 + HIST_EXP_HI) << HIST_MANT_BITS  # code of 2^HIST_EXP_HI: overflow from here
 BF16_REL_RESOLUTION = 2.0**-8  # half an ulp at ε = 2⁻⁷: smaller relative changes round away
 
 
@@ -78,32 +90,61 @@ class Acc:
         return self.exact_l2**2 if self.exact_l2 is not None else self.ssq_delta
 
 
-def hist_counts(delta: torch.Tensor, base: torch.Tensor) -> tuple[np.ndarray, int]:
-    """Histogram of log10 |ΔW|/(|W|+ε) over the fixed bins, and the count of exact zeros.
+def ratio_denominator(base: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """|W| + ε in float32 (one buffer per chunk, shared by every tuned model)."""
+    return torch.abs(base, out=out).add_(EPS_ELEM) if out is not None else base.abs().add_(EPS_ELEM)
 
-    One log pass and one histc; under/overflow come from the totals, not extra masks.
+
+def ratio_codes(delta: torch.Tensor, denom: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Counts of the bit codes of r = |ΔW|/(|W|+ε) (float32), ``N_CODES`` of them; fold with ``fold_codes``.
+
+    ``delta`` (float32) is overwritten; ``out`` is a float32 scratch buffer of
+    its size. Code 0 holds exactly the zeros of ``delta``: a non-zero float32
+    difference over ``|W| + 1e-8`` is at least ~2^-122 (a difference of two
+    distinct floats is at least 2^-149, and at least ~2^-25·|W| once |W|
+    dominates), above the 2^-126·1.25 where code 1 starts, so no extra pass
+    counts them.
+    """
+    r = torch.div(delta.abs_(), denom, out=out) if out is not None else delta.abs_().div_(denom)
+    codes = r.view(torch.int32).bitwise_right_shift_(CODE_SHIFT)
+    return torch.bincount(codes.reshape(-1), minlength=N_CODES)
+
+
+def fold_codes(codes: np.ndarray | torch.Tensor) -> tuple[np.ndarray, int]:
+    """Code counts -> ([under, bins..., over], exact zeros) over ``hist_edges()``."""
+    c = np.asarray(codes, dtype=np.int64)
+    counts = np.empty(HIST_BINS + 2, dtype=np.int64)
+    counts[0] = c[1:CODE_LO].sum()
+    counts[1:-1] = c[CODE_LO:CODE_HI]
+    counts[-1] = c[CODE_HI:].sum()
+    return counts, int(c[0])
+
+
+def hist_counts(delta: torch.Tensor, base: torch.Tensor) -> tuple[np.ndarray, int]:
+    """Histogram of |ΔW|/(|W|+ε) over the fixed bins, and the count of exact zeros.
+
     ``delta`` and ``base`` are overwritten (they are per-chunk temporaries).
     """
-    logs = torch.log10(delta.abs().div_(base.abs().add_(EPS_ELEM)))  # exact zeros -> -inf
-    n = logs.numel()
-    zero = int(torch.count_nonzero(delta == 0))
-    over = int(torch.count_nonzero(logs > HIST_HI))
-    inner = torch.histc(logs, bins=HIST_BINS, min=HIST_LO, max=HIST_HI).numpy().astype(np.int64)
-    counts = np.zeros(HIST_BINS + 2, dtype=np.int64)
-    counts[1:-1] = inner
-    counts[-1] = over
-    counts[0] = n - zero - over - int(inner.sum())
-    return counts, zero
+    return fold_codes(ratio_codes(delta.to(torch.float32), ratio_denominator(base.to(torch.float32))).numpy())
+
+
+def hist_edge_values() -> np.ndarray:
+    """The bin edges as values of r: 2^e·(1 + j/2^HIST_MANT_BITS), exact in float32 (and float64)."""
+    k = 1 << HIST_MANT_BITS
+    e = np.arange(HIST_EXP_LO, HIST_EXP_HI, dtype=np.float64)
+    inner = (np.exp2(e)[:, None] * (1.0 + np.arange(k) / k)[None, :]).ravel()
+    return np.concatenate([inner, [2.0**HIST_EXP_HI]])
 
 
 def hist_edges() -> np.ndarray:
-    return np.linspace(HIST_LO, HIST_HI, HIST_BINS + 1)
+    """The bin edges in log10 (what the plot's axis and ``distribution.npz`` use)."""
+    return np.log10(hist_edge_values())
 
 
 def quantiles(counts: np.ndarray, zeros: int, qs: Sequence[float]) -> dict[str, float]:
     """Quantiles of the relative change read off the histogram (bin-resolution)."""
     total = int(counts.sum()) + zeros
-    edges = hist_edges()
+    edges = hist_edge_values()
     out: dict[str, float] = {}
     if total == 0:
         return {f"q{int(q * 100)}": float("nan") for q in qs}
@@ -114,11 +155,11 @@ def quantiles(counts: np.ndarray, zeros: int, qs: Sequence[float]) -> dict[str, 
         if i == 0:
             v = 0.0
         elif i == 1:
-            v = 10 ** HIST_LO
+            v = float(edges[0])
         elif i >= len(cum) - 1:
-            v = 10 ** HIST_HI
+            v = float(edges[-1])
         else:
-            v = float(10 ** edges[i - 2])  # lower edge of the bin holding the quantile
+            v = float(edges[i - 2])  # lower edge of the bin holding the quantile
         out[f"q{int(round(q * 100))}"] = v
     return out
 

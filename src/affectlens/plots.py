@@ -86,12 +86,13 @@ def locate_distribution(hists: dict[str, dict[str, Any]], edges: Any, bf16_resol
             total = counts.sum()
             if total == 0:
                 continue
-            ax.plot(centres, inner / total, label=f"{mod.replace('_proj', '')} ({100 * zeros / total:.0f}% =0)")
+            # Per decade: the quarter-octave bins differ in width (0.058-0.097 decades).
+            ax.plot(centres, inner / total / np.diff(edges), label=f"{mod.replace('_proj', '')} ({100 * zeros / total:.0f}% =0)")
         ax.axvline(np.log10(bf16_resolution), color="grey", ls="--", lw=1)
         ax.text(np.log10(bf16_resolution), ax.get_ylim()[1] * 0.95, " bf16: changes < ~0.4 %\n are quantised",
                 fontsize=7, va="top", color="grey")
         ax.set_xlabel("log10 |ΔW| / (|W_base| + ε)")
-        ax.set_ylabel("share of elements")
+        ax.set_ylabel("share of elements per decade")
         ax.set_title(lab)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)

@@ -32,7 +32,9 @@ from .modules import FUSED
 from .selection import Echo, Rows, Selection, apply_rows, match_adapter, select
 from .weights import LoraAdapter, WeightStore, check_store_finite, open_weights
 from .weights.compat import check_architecture
+from .weights.finite import check_finite, tensor_file
 from .weights.merged import MergedStore, as_store
+from .weights.safetensors_store import SafetensorsStore
 
 
 class Transferred(Mapping[str, torch.Tensor]):
@@ -92,7 +94,13 @@ def transfer_tensors(base: Any, donor: Any, modules: str | Sequence[str],
     check_architecture(bstore, dstore, what, list(sel.tensors))
     out = Transferred(bstore, dstore, sel)
     touched = False
+    scratch: list[torch.Tensor] = []
     for name, rows in sel.tensors.items():
+        if stream and rows is None and isinstance(dstore, SafetensorsStore) and isinstance(bstore, SafetensorsStore):
+            # A whole tensor only passes through (its bytes are copied raw): checked in row chunks read
+            # into two reused buffers, never decoded whole.
+            touched = whole_differs_finite(bstore, dstore, name, scratch) or touched
+            continue
         d = dstore.get_finite(name)
         # A base tensor the donor replaces whole never reaches the result: only partial ones must be finite.
         b = bstore.get(name) if rows is None else bstore.get_finite(name)
@@ -103,6 +111,31 @@ def transfer_tensors(base: Any, donor: Any, modules: str | Sequence[str],
     if not touched:
         raise sel.unchanged("transfer", dstore, bstore)
     return out, sel
+
+
+def whole_differs_finite(base: SafetensorsStore, donor: SafetensorsStore, name: str,
+                         scratch: list[torch.Tensor], chunk_bytes: int = 32 << 20) -> bool:
+    """Is DONOR's ``name`` finite (else an error) and different from BASE's? Row chunks, reused buffers."""
+    what = f"tensor {name} of {tensor_file(donor, name)}"
+    shape, dtype = donor.shape(name), donor.dtype(name)
+    if len(shape) < 2 or shape != base.shape(name) or dtype != base.dtype(name):
+        d = donor.get(name)
+        check_finite(d, what)
+        return differs(d, base.get(name), None)
+    row = dtype.itemsize
+    for k in shape[1:]:
+        row *= int(k)
+    step = max(1, chunk_bytes // max(row, 1))
+    need = min(step, shape[0]) * row
+    if not scratch or scratch[0].numel() < need:
+        scratch[:] = [torch.empty(need, dtype=torch.uint8) for _ in range(2)]
+    changed = False
+    for r0 in range(0, shape[0], step):
+        r1 = min(shape[0], r0 + step)
+        d = donor.read_rows(name, r0, r1, out=scratch[0])
+        check_finite(d, what)
+        changed = changed or not torch.equal(d, base.read_rows(name, r0, r1, out=scratch[1]))
+    return changed
 
 
 def _rows_of(donor: torch.Tensor) -> Callable[[torch.Tensor, slice], torch.Tensor]:
@@ -162,8 +195,9 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
 
     Full donor: an HF model dir. LoRA donor: a PEFT adapter dir holding only the
     selected modules' LoRA tensors, and with ``merge`` also ``out/merged``.
-    Every tensor that goes into the output is checked to be finite before
-    anything is written; a donor equal to BASE in the whole selection is an error.
+    Every tensor that goes into the output is checked to be finite before the
+    output is published (BASE's, while their bytes are copied); a donor equal to
+    BASE in the whole selection is an error.
     """
     from .models import resolve_model_path
     from .runs import RunDir
@@ -191,8 +225,6 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
                     "params_transferred": lora_params(dstore.adapter, keep)}
         else:
             whole = tensors.whole
-            # The rest of the output comes from BASE: checked before anything is written.
-            check_store_finite(bstore, [n for n in bstore.names() if n not in whole])
             changed = [n for n in sel.tensors if dstore.dtype(n) != bstore.dtype(n)]
             if changed:
                 echo(f"note: {len(changed)} selected tensor(s) keep the donor's dtype {dstore.dtype(changed[0])} "
@@ -206,8 +238,11 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
                 write_checkpoint(bstore, tensors.get, merged, max_shard_size, "merging", label=Path(out) / "merged")
                 copy_sidecars(base_path, merged)
         else:
+            # The rest of the output comes from BASE: each tensor is checked while the bytes are copied
+            # (on a second thread); a NaN aborts the write and RunDir publishes nothing.
             write_checkpoint(RawFrom(bstore, dstore, whole), new_or_raw(tensors.get, whole), run.path,
-                             max_shard_size, "transferring", label=out)
+                             max_shard_size, "transferring", label=out,
+                             check_raw=lambda n: None if n in whole else check_store_finite(bstore, [n]))
             copy_sidecars(base_path, run.path)
         result = ComposeResult(run.final, sel, info, "transfer")
         run.json("compose.json", result.record())

@@ -158,11 +158,13 @@ class SafetensorsStore(WeightStore):
     def get(self, name: str) -> torch.Tensor:
         return self.read_rows(name, 0, self.shape(name)[0] if self.shape(name) else 1)
 
-    def read_rows(self, name: str, r0: int, r1: int) -> torch.Tensor:
+    def read_rows(self, name: str, r0: int, r1: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Rows [r0, r1) of a tensor, read with plain file I/O.
 
         Not mmap: pages touched through a long-lived mapping stay in RSS, so a
-        whole-model diff would grow to the size of the files it read.
+        whole-model diff would grow to the size of the files it read. ``out``
+        (a uint8 tensor of at least the rows' bytes) is read into and viewed,
+        so a loop over chunks reuses one buffer instead of faulting in a new one.
         """
         info = self._info(name)
         dtype = self.dtype(name)
@@ -178,15 +180,20 @@ class SafetensorsStore(WeightStore):
         n = (r1 - r0) * row
         if off + n > info["base"] + end:
             raise AffectlensError(f"row range {r0}:{r1} outside tensor {name}")
-        buf = bytearray(n)
+        if n == 0:
+            return torch.empty([r1 - r0, *shape[1:]], dtype=dtype)
+        if out is not None and out.numel() >= n and out.dtype == torch.uint8 and out.is_contiguous():
+            raw = out.reshape(-1)[:n]
+            buf: Any = raw.numpy().data
+        else:
+            buf = bytearray(n)
+            raw = None
         with open(self._where[name], "rb", buffering=0) as f:
             f.seek(off)
             got = f.readinto(buf)
         if got != n:
             raise AffectlensError(f"truncated read of {name} from {self._where[name]}")
-        if n == 0:
-            return torch.empty([r1 - r0, *shape[1:]], dtype=dtype)
-        t = torch.frombuffer(buf, dtype=dtype)
+        t = raw.view(dtype) if raw is not None else torch.frombuffer(buf, dtype=dtype)
         return t.reshape([r1 - r0, *shape[1:]] if shape else [])
 
     @property

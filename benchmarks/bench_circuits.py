@@ -83,7 +83,11 @@ def main() -> int:
 
     t = time.perf_counter()
     try:
-        sv = compute_vectors(model, enc, pairs, min_score=0.5)
+        if args.sweep_only:  # the row needs a vector per layer, not the best one: 6 pairs per emotion
+            few = [p for e in sorted({q.label for q in pairs}) for p in [q for q in pairs if q.label == e][:6]]
+            sv = compute_vectors(model, enc, few, min_score=0)
+        else:
+            sv = compute_vectors(model, enc, pairs, min_score=0.5)
     except AffectlensError as e:  # a 135M model reads few pairs confidently
         print(f"min-score 0.5: {e}; using every pair (min-score 0)")
         report["min_score_0.5"] = str(e)

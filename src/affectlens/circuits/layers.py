@@ -63,6 +63,7 @@ def layer_profile(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: SteeringV
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     weights = weights_checksum(model) if resume is not None else ""
+    shortcut: list[bool] = []  # the batched shortcut's verdict on this model, from the first emotion
     with Progress(len(emotions) * len(layers), desc="layer sweep", unit="layer") as bar:
         for e in emotions:
             sel = [p for p in pairs if p.label == e][:max_pairs]
@@ -70,7 +71,8 @@ def layer_profile(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: SteeringV
             key = _fingerprint(weights, model, enc, stim, labels, sv, e, alpha, scale, layers) if resume else ""
             done = _load(resume, e, key)
             if done is None:
-                done = _emotion_rows(model, enc, stim, imgs, labels, sv, e, alpha, scale, layers, batch_size, bar)
+                done = _emotion_rows(model, enc, stim, imgs, labels, sv, e, alpha, scale, layers, batch_size, bar,
+                                     shortcut)
                 _save(resume, e, key, done)
             else:
                 bar.update(len(layers))
@@ -88,7 +90,7 @@ def layer_profile(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: SteeringV
 
 def _emotion_rows(model: Any, enc: Encoder, stim: list[str], imgs: list[str | None], labels: list[str],
                   sv: SteeringVectors, e: str, alpha: float, scale: str, layers: list[int], batch_size: int,
-                  bar: Progress) -> list[dict[str, Any]]:
+                  bar: Progress, shortcut: list[bool]) -> list[dict[str, Any]]:
     j = labels.index(e)
     base = float(emotion_probs(model, enc, stim, labels, imgs, batch_size)[:, j].mean())
     n = max(len(stim), 1)
@@ -99,8 +101,11 @@ def _emotion_rows(model: Any, enc: Encoder, stim: list[str], imgs: list[str | No
         ticks[0] += k
         bar.update(ticks[0] // n - before)
 
-    probs = batched_probs(model, enc, stim, labels, sv, e, alpha, scale, layers, batch_size, tick) \
-        if sweep_supported(enc, imgs) else None
+    probs = None
+    if sweep_supported(enc, imgs) and shortcut != [False]:
+        probs = batched_probs(model, enc, stim, labels, sv, e, alpha, scale, layers, batch_size, tick,
+                              verify=not shortcut)
+        shortcut[:] = [probs is not None]
     if probs is None:
         probs = per_layer_probs(model, enc, stim, imgs, labels, sv, e, alpha, scale, layers, batch_size, bar)
     out = []

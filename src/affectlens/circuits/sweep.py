@@ -44,6 +44,7 @@ class _Base:
     resid: list[torch.Tensor]  # layer -> [S, d] (suffix positions)
     keys: list[torch.Tensor]  # layer -> [kvh, T, hd]
     values: list[torch.Tensor]
+    cont: dict[int, list[torch.Tensor]]  # multi-token label j -> layer -> [len(rest) - 1, d]
 
 
 def _hidden(output: Any) -> torch.Tensor:
@@ -110,7 +111,15 @@ class _Injector:
         return (x, *output[1:]) if isinstance(output, tuple) else x
 
 
+def _capture(model: Any, h: HookSet, store: dict[int, torch.Tensor]) -> None:
+    for la, blk in enumerate(decoder_layers(model)):
+        h.forward(blk, lambda _m, _a, o, la=la: store.__setitem__(la, _hidden(o).detach()))
+
+
 def _base_runs(model: Any, items: Sequence[Any], start: int) -> list[_Base]:
+    """Unsteered runs, one per prompt, and their multi-token label continuations (residuals, KV)."""
+    import copy
+
     dev = model_device(model)
     n_layers = len(decoder_layers(model))
     out = []
@@ -118,13 +127,31 @@ def _base_runs(model: Any, items: Sequence[Any], start: int) -> list[_Base]:
         seq = it.prompt + it.common
         resid: dict[int, torch.Tensor] = {}
         with hooks(model) as h:
-            for la, blk in enumerate(decoder_layers(model)):
-                h.forward(blk, lambda _m, _a, o, la=la, resid=resid: resid.__setitem__(la, _hidden(o)[0, start:].detach()))
+            _capture(model, h, resid)
             ids = torch.tensor([seq], device=dev)
             res = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
         cache = output_cache(res)
         kv = [_kv(cache, la) for la in range(n_layers)]
-        out.append(_Base(it, [resid[la] for la in range(n_layers)], [k[0] for k, _ in kv], [v[0] for _, v in kv]))
+        base = _Base(it, [resid[la][0, start:] for la in range(n_layers)], [k[0] for k, _ in kv],
+                     [v[0] for _, v in kv], {})
+        groups: dict[int, list[int]] = {}
+        for j, rest in enumerate(it.rests):
+            if len(rest) > 1:
+                groups.setdefault(len(rest) - 1, []).append(j)
+        for m, js in groups.items():
+            sub = copy.deepcopy(cache)
+            sub.batch_repeat_interleave(len(js))
+            cids = torch.tensor([it.rests[j][:-1] for j in js], device=dev)
+            am = torch.ones(len(js), len(seq) + m, dtype=torch.long, device=dev)
+            pos = (len(seq) + torch.arange(m, device=dev))[None].expand(len(js), m)
+            cres: dict[int, torch.Tensor] = {}
+            with hooks(model) as h:
+                _capture(model, h, cres)
+                model(input_ids=cids, attention_mask=am, position_ids=pos, use_cache=True, logits_to_keep=1,
+                      **{cache_kwarg(model): sub})
+            for c, j in enumerate(js):
+                base.cont[j] = [cres[la][c] for la in range(n_layers)]
+        out.append(base)
     return out
 
 
@@ -182,36 +209,45 @@ def _logprobs(model: Any, bases: Sequence[_Base], layers: Sequence[int], vecs: S
                 kb[r, :, S - n:] = bases[r].keys[la][:, start:]
                 vb[r, :, S - n:] = bases[r].values[la][:, start:]
             cache.update(kb, vb, la)
-        _continue(model, cache, bases, seqs, mask, inj, lay, V, pad_id, out)
+        _continue(model, k, cache, bases, seqs, mask, inj, lay, V, out)
     return out
 
 
-def _continue(model: Any, cache: Any, bases: Sequence[_Base], seqs: Sequence[list[int]], mask: torch.Tensor,
-              inj: _Injector, lay: torch.Tensor, V: torch.Tensor, pad_id: int, out: torch.Tensor) -> None:
-    """Label tokens after the first, all at once, from the variants' cache (steered at each row's layer)."""
+def _continue(model: Any, k: int, cache: Any, bases: Sequence[_Base], seqs: Sequence[list[int]],
+              mask: torch.Tensor, inj: _Injector, lay: torch.Tensor, V: torch.Tensor, out: torch.Tensor) -> None:
+    """Label tokens after the first, from the variants' cache, from block ``k + 1`` on.
+
+    Up to block ``k`` a continuation token sees only unsteered states: its
+    residual there is the base run's continuation's. Grouped by length (no padding).
+    """
     import copy
 
     dev = model_device(model)
-    pairs = [(r, j) for r, b in enumerate(bases) for j, rest in enumerate(b.item.rests) if len(rest) > 1]
-    m = max(len(bases[r].item.rests[j]) - 1 for r, j in pairs)
-    ids = torch.full((len(pairs), m), pad_id, dtype=torch.long)
-    for c, (r, j) in enumerate(pairs):
-        inp = bases[r].item.rests[j][:-1]
-        ids[c, :len(inp)] = torch.tensor(inp)
-    sel = torch.tensor([r for r, _ in pairs])
-    sub = copy.deepcopy(cache)
-    sub.batch_select_indices(sel.to(dev))
-    am = torch.cat([mask[sel], torch.ones(len(pairs), m, dtype=torch.long)], dim=1)
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for r, b in enumerate(bases):
+        for j, rest in enumerate(b.item.rests):
+            if len(rest) > 1:
+                groups.setdefault(len(rest) - 1, []).append((r, j))
     lengths = torch.tensor([len(s) for s in seqs])
-    pos = lengths[sel][:, None] + torch.arange(m)[None, :]
-    rl = lay[sel]
-    inj.plan = {la: ((rl == la).nonzero().flatten().to(dev), V[sel][rl == la]) for la in set(rl.tolist())}
-    res = model(input_ids=ids.to(dev), attention_mask=am.to(dev), position_ids=pos.to(dev),
-                use_cache=True, **{cache_kwarg(model): sub})
-    logp = res.logits.float().log_softmax(-1).double().cpu()
-    for c, (r, j) in enumerate(pairs):
-        tgt = torch.tensor(bases[r].item.rests[j][1:])
-        out[r, j] += logp[c, torch.arange(len(tgt)), tgt].sum()
+    for m, pairs in groups.items():
+        ids = torch.tensor([bases[r].item.rests[j][:-1] for r, j in pairs])
+        sel = torch.tensor([r for r, _ in pairs])
+        sub = copy.deepcopy(cache)
+        sub.batch_select_indices(sel.to(dev))
+        am = torch.cat([mask[sel], torch.ones(len(pairs), m, dtype=torch.long)], dim=1)
+        pos = lengths[sel][:, None] + torch.arange(m)[None, :]
+        rl, rv = lay[sel], V[sel]
+        x = torch.stack([bases[r].cont[j][k] for r, j in pairs])
+        now = (rl == k).nonzero().flatten()
+        x = inj.apply(x, now.to(dev), rv[now])
+        inj.plan = {la: ((rl == la).nonzero().flatten().to(dev), rv[rl == la]) for la in set(rl.tolist()) if la > k}
+        with _from_block(model, k + 1, x):
+            res = model(input_ids=ids.to(dev), attention_mask=am.to(dev), position_ids=pos.to(dev),
+                        use_cache=True, **{cache_kwarg(model): sub})
+        logp = res.logits.float().log_softmax(-1).double().cpu()
+        for c, (r, j) in enumerate(pairs):
+            tgt = torch.tensor(bases[r].item.rests[j][1:])
+            out[r, j] += logp[c, torch.arange(len(tgt)), tgt].sum()
 
 
 def sweep_supported(enc: Encoder, images: Sequence[str | None]) -> bool:
@@ -223,11 +259,13 @@ def sweep_supported(enc: Encoder, images: Sequence[str | None]) -> bool:
 
 def batched_probs(model: Any, enc: Encoder, stimuli: Sequence[str], labels: Sequence[str], sv: SteeringVectors,
                   emotion: str, alpha: float, scale: str, layers: Sequence[int], batch_size: int = 16,
-                  tick: Callable[[int], None] | None = None) -> dict[int, torch.Tensor] | None:
+                  tick: Callable[[int], None] | None = None, verify: bool = True) -> dict[int, torch.Tensor] | None:
     """Closed-set probabilities ``{layer: [n, n_labels]}`` with ``α·S_layer`` injected.
 
     Layers whose vector is exactly zero are left out (injecting nothing is the
     unsteered run); None: the shortcut does not apply to this model/prompt.
+    ``verify``: check first that the shortcut reproduces a plain forward on this
+    model (once per model is enough).
     """
     tok = enc.tokenizer
     items = tokenize_pairs(tok, [enc.prompt(s) for s in stimuli], labels, None, max_positions(model))
@@ -239,7 +277,7 @@ def batched_probs(model: Any, enc: Encoder, stimuli: Sequence[str], labels: Sequ
         vec, rel = {}, False
         for la in layers:
             vec[la], rel = steering_vector(sv, emotion, la, alpha, scale)
-        if not _shortcut_ok(model, bases[0], start, rel, padding_id(tok), len(labels)):
+        if verify and not _shortcut_ok(model, bases[0], start, rel, padding_id(tok), len(labels)):
             return None
         rows = [(la, i) for la in sorted(layers) for i in range(len(items))]
         rows = [(la, i) for la, i in rows if bool(vec[la].any())]

@@ -1,8 +1,12 @@
 """Emotional circuits on SmolLM2-135M-Instruct with the bundled contrast pairs.
 
-    flock /tmp/affectlens-heavy.lock python benchmarks/bench_circuits.py [--out DIR] [--quick]
+    flock /tmp/affectlens-heavy.lock python benchmarks/bench_circuits.py [--out DIR] [--quick] [--sweep-only]
 
 Prints and writes (DIR, default /tmp/affectlens-bench-circuits):
+* the layer-sweep row: the per-layer loop (one steered scoring run per layer,
+  the pre-batching implementation) vs the batched sweep, one emotion x all 30
+  layers, each side in its own subprocess (paired, interleaved, median time;
+  peak RSS = the subprocess's VmHWM), with the largest probability difference;
 * steering vectors (pairs passing --min-score per emotion);
 * the layer profile (critical layer) and the time per layer sweep;
 * head attribution: top heads per emotion, specific/general heads, overlap by depth;
@@ -35,7 +39,13 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer prompts (smoke run)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--alpha", type=float, default=1.0, help="steering strength, unit scale (× mean ‖h_l‖)")
+    ap.add_argument("--sweep-only", action="store_true", help="only the layer-sweep row (< 3 min)")
+    ap.add_argument("--sweep-emotions", type=int, default=1, help="emotions in the layer-sweep row")
+    ap.add_argument("--sweep-repeats", type=int, default=2, help="paired runs per side in the layer-sweep row")
+    ap.add_argument("--sweep-child", nargs=2, metavar=("MODE", "VECTORS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.sweep_child:
+        return sweep_child(args)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("AFFECTLENS_NO_PROGRESS", "1")
 
@@ -73,7 +83,11 @@ def main() -> int:
 
     t = time.perf_counter()
     try:
-        sv = compute_vectors(model, enc, pairs, min_score=0.5)
+        if args.sweep_only:  # the row needs a vector per layer, not the best one: 6 pairs per emotion
+            few = [p for e in sorted({q.label for q in pairs}) for p in [q for q in pairs if q.label == e][:6]]
+            sv = compute_vectors(model, enc, few, min_score=0)
+        else:
+            sv = compute_vectors(model, enc, pairs, min_score=0.5)
     except AffectlensError as e:  # a 135M model reads few pairs confidently
         print(f"min-score 0.5: {e}; using every pair (min-score 0)")
         report["min_score_0.5"] = str(e)
@@ -82,6 +96,10 @@ def main() -> int:
     print(f"vectors: {time.perf_counter() - t:.1f} s; pairs passing min-score 0.5: "
           + ", ".join(f"{e} {sv.counts[e]}/{sv.totals[e]}" for e in sv.labels))
     sv.save(out / "vectors.safetensors")
+    report["layer_sweep"] = sweep_row(args, out / "vectors.safetensors", sv.labels[:args.sweep_emotions], k_layers)
+    if args.sweep_only:
+        (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        return 0
 
     prof = layer_profile(model, enc, pairs, sv, alpha=args.alpha, scale="unit", max_pairs=k_layers)
     n_layers = sv.num_layers
@@ -217,6 +235,74 @@ def main() -> int:
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"total {report['seconds_total']:.0f} s -> {out}")
     return 0
+
+
+def sweep_child(args: argparse.Namespace) -> int:
+    """One side of the layer-sweep row: prints seconds and the steered probabilities as JSON."""
+    from affectlens.circuits.layers import per_layer_probs
+    from affectlens.circuits.pairs import answer_labels, encoder_for, load_pairs
+    from affectlens.circuits.sweep import batched_probs
+    from affectlens.circuits.vectors import SteeringVectors
+    from affectlens.models import load_model
+
+    mode, vec_path = args.sweep_child
+    model, tok = load_model("smollm2")
+    pairs = load_pairs(None)
+    enc = encoder_for(tok, pairs)
+    sv = SteeringVectors.load(vec_path)
+    labels = answer_labels(pairs)
+    emotions = os.environ["BENCH_SWEEP_EMOTIONS"].split(",")
+    layers = list(range(sv.num_layers))
+    probs = {}
+    t = time.perf_counter()
+    for e in emotions:
+        stim = [p.neutral for p in pairs if p.label == e][:int(os.environ["BENCH_SWEEP_K"])]
+        if mode == "loop":
+            got = per_layer_probs(model, enc, stim, [None] * len(stim), labels, sv, e, args.alpha, "unit", layers)
+        else:
+            got = batched_probs(model, enc, stim, labels, sv, e, args.alpha, "unit", layers) or {}
+        probs[e] = {la: got[la].tolist() for la in got}
+    secs = time.perf_counter() - t
+    status = Path("/proc/self/status").read_text().splitlines()
+    hwm = [ln for ln in status if ln.startswith("VmHWM")][0].split()[1]
+    print("RESULT " + json.dumps({"seconds": secs, "vmhwm_mib": int(hwm) / 1024, "probs": probs}))
+    return 0
+
+
+def sweep_row(args: argparse.Namespace, vec_path: Path, emotions: list[str], k: int) -> dict:
+    """Per-layer loop (baseline) vs batched sweep, interleaved subprocesses; median seconds."""
+    import subprocess
+
+    env = {**os.environ, "BENCH_SWEEP_EMOTIONS": ",".join(emotions), "BENCH_SWEEP_K": str(k),
+           "OMP_NUM_THREADS": str(args.threads),
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    runs: dict[str, list[dict]] = {"loop": [], "batched": []}
+    for _ in range(args.sweep_repeats):
+        for mode in ("loop", "batched"):
+            cmd = [sys.executable, __file__, "--alpha", str(args.alpha), "--threads", str(args.threads),
+                   "--sweep-child", mode, str(vec_path)]
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+            runs[mode].append(json.loads(line[7:]))
+
+    def med(xs: list[float]) -> float:
+        xs = sorted(xs)
+        return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
+
+    t_loop = med([r["seconds"] for r in runs["loop"]])
+    t_new = med([r["seconds"] for r in runs["batched"]])
+    a, b = runs["loop"][0]["probs"], runs["batched"][0]["probs"]
+    diff = max(abs(x - y) for e in a for la in a[e] if la in b[e]
+               for ra, rb in zip(a[e][la], b[e][la], strict=True) for x, y in zip(ra, rb, strict=True))
+    mem = {m: max(r["vmhwm_mib"] for r in runs[m]) for m in runs}
+    row = {"emotions": emotions, "layers": 30, "prompts": k, "loop_seconds": t_loop, "batched_seconds": t_new,
+           "speedup": t_loop / t_new, "goal": 5.0, "max_abs_prob_diff": diff, "peak_rss_mib": mem,
+           "runs": {m: [r["seconds"] for r in runs[m]] for m in runs}}
+    print(f"layer sweep ({len(emotions)} emotion(s) x 30 layers x {k} prompts, unit scale, SmolLM2): "
+          f"batched {t_new:.1f} s vs per-layer loop {t_loop:.1f} s (baseline, same run) = x{t_loop / t_new:.1f} "
+          f"(goal >= x5); peak RSS {mem['batched']:.0f} vs {mem['loop']:.0f} MiB; "
+          f"max |p diff| {diff:.1e}; medians of {args.sweep_repeats} interleaved runs")
+    return row
 
 
 if __name__ == "__main__":

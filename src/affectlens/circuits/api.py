@@ -9,6 +9,7 @@ a typed result. The CLI (``commands/circuits.py``) only parses and prints.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -135,7 +136,7 @@ def layers_run(model_path: str, out: str, pairs_path: str | None = None, force: 
                allow_pickle: bool = False, **vec_opts: Any) -> LayerProfile:
     """``layers.csv``, ``layer_profile.png``, ``summary.json`` (critical layer per emotion and mean)."""
     from .hooks import decoder_layers
-    from .layers import layer_profile, normalised_mean
+    from .layers import layer_profile, normalised_mean, sweep_cache_dir
 
     check_out_dir(out, force)
     check_layer_spec(layers, "--layers")
@@ -151,7 +152,9 @@ def layers_run(model_path: str, out: str, pairs_path: str | None = None, force: 
         run.options["layers"] = list(sel)
         enc = encoder_for(tok, pairs, proc)
         sv = vectors_for(model, enc, pairs, vec_opts)
-        prof = layer_profile(model, enc, pairs, sv, alpha, scale, sel, emotions, max_pairs, batch_size)
+        # finished emotions survive an interruption here (keyed by weights, prompts, vector, options)
+        resume = sweep_cache_dir() / hashlib.sha256(repr((model_path, adapter, dtype)).encode()).hexdigest()[:16]
+        prof = layer_profile(model, enc, pairs, sv, alpha, scale, sel, emotions, max_pairs, batch_size, resume)
         summary = {"critical_layer": prof.critical, "seconds_per_sweep": prof.seconds_per_sweep,
                    "options": prof.options}
         require_finite_out(prof.rows, "layers", model_path)

@@ -8,16 +8,23 @@ of ``e``: ``(mean p_steered − mean p_base) / mean p_base``. The profile over
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import AffectlensError
-from ..runs import progress
+from ..runs import Progress, slug
 from .hooks import decoder_layers
 from .intervene import Intervention, intervened
 from .pairs import Encoder, Pair, answer_labels, emotion_probs, labels_of
+from .sweep import batched_probs, sweep_supported
 from .vectors import SteeringVectors
 
 
@@ -35,31 +42,41 @@ class LayerProfile:
 def layer_profile(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: SteeringVectors,
                   alpha: float = 1.0, scale: str = "raw", layers: Sequence[int] | None = None,
                   emotions: Sequence[str] | None = None, max_pairs: int | None = None,
-                  batch_size: int = 16) -> LayerProfile:
-    """The layer profile per emotion and its mean (see module docstring)."""
+                  batch_size: int = 16, resume: str | os.PathLike | None = None) -> LayerProfile:
+    """The layer profile per emotion and its mean (see module docstring).
+
+    All layers of an emotion run batched (:mod:`affectlens.circuits.sweep`).
+    ``resume``: a folder where each finished emotion's rows are kept
+    (``<emotion>.json``, keyed by model, prompts, vector and options), so an
+    interrupted sweep reruns only the emotions it had not finished.
+    """
     n_layers = len(decoder_layers(model))
     if sv.num_layers != n_layers:
         raise AffectlensError(f"vectors have {sv.num_layers} layers but the model has {n_layers}")
     layers = list(range(n_layers)) if layers is None else list(layers)
     emotions = list(emotions) if emotions else labels_of(pairs)
     labels = answer_labels(pairs)
-    layout = enc.layout
-    rows: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
     for e in emotions:
         sv.get(e)
         if e not in labels:
             raise AffectlensError(f"no pairs for emotion '{e}'")
-        sel = [p for p in pairs if p.label == e][:max_pairs]
-        stim, imgs = [p.neutral for p in sel], [p.image_neutral for p in sel]
-        j = labels.index(e)
-        base = float(emotion_probs(model, enc, stim, labels, imgs, batch_size)[:, j].mean())
-        for la in progress(layers, desc=f"layers {e}"):
-            iv = Intervention(steer=[(e, la, alpha)], scale=scale, vectors=sv)
-            with intervened(model, layout, iv):
-                p = float(emotion_probs(model, enc, stim, labels, imgs, batch_size)[:, j].mean())
-            rows.append({"emotion": e, "layer": la, "base": base, "steered": p,
-                         "effect": (p - base) / max(base, 1e-12), "delta": p - base})
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    weights = weights_checksum(model) if resume is not None else ""
+    shortcut: list[bool] = []  # the batched shortcut's verdict on this model, from the first emotion
+    with Progress(len(emotions) * len(layers), desc="layer sweep", unit="layer") as bar:
+        for e in emotions:
+            sel = [p for p in pairs if p.label == e][:max_pairs]
+            stim, imgs = [p.neutral for p in sel], [p.image_neutral for p in sel]
+            key = _fingerprint(weights, model, enc, stim, labels, sv, e, alpha, scale, layers) if resume else ""
+            done = _load(resume, e, key)
+            if done is None:
+                done = _emotion_rows(model, enc, stim, imgs, labels, sv, e, alpha, scale, layers, batch_size, bar,
+                                     shortcut)
+                _save(resume, e, key, done)
+            else:
+                bar.update(len(layers))
+            rows.extend(done)
     elapsed = time.perf_counter() - t0
     critical = {}
     for e in emotions:
@@ -69,6 +86,110 @@ def layer_profile(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: SteeringV
     critical["mean"] = max(mean, key=lambda la: mean[la])
     return LayerProfile(rows, critical, elapsed / max(len(emotions), 1),
                         {"alpha": alpha, "scale": scale, "max_pairs": max_pairs})
+
+
+def _emotion_rows(model: Any, enc: Encoder, stim: list[str], imgs: list[str | None], labels: list[str],
+                  sv: SteeringVectors, e: str, alpha: float, scale: str, layers: list[int], batch_size: int,
+                  bar: Progress, shortcut: list[bool]) -> list[dict[str, Any]]:
+    j = labels.index(e)
+    base = float(emotion_probs(model, enc, stim, labels, imgs, batch_size)[:, j].mean())
+    n = max(len(stim), 1)
+    ticks = [0]
+
+    def tick(k: int) -> None:  # progress in layers: a chunk holds prompt-rows of several layers
+        before = ticks[0] // n
+        ticks[0] += k
+        bar.update(ticks[0] // n - before)
+
+    probs = None
+    if sweep_supported(enc, imgs) and shortcut != [False]:
+        probs = batched_probs(model, enc, stim, labels, sv, e, alpha, scale, layers, batch_size, tick,
+                              verify=not shortcut)
+        shortcut[:] = [probs is not None]
+    if probs is None:
+        probs = per_layer_probs(model, enc, stim, imgs, labels, sv, e, alpha, scale, layers, batch_size, bar)
+    out = []
+    for la in layers:
+        p = float(probs[la][:, j].mean()) if la in probs else base
+        out.append({"emotion": e, "layer": la, "base": base, "steered": p,
+                    "effect": (p - base) / max(base, 1e-12), "delta": p - base})
+    return out
+
+
+def per_layer_probs(model: Any, enc: Encoder, stim: Sequence[str], imgs: Sequence[str | None],
+                    labels: Sequence[str], sv: SteeringVectors, e: str, alpha: float, scale: str,
+                    layers: Sequence[int], batch_size: int = 16,
+                    bar: Progress | None = None) -> dict[int, torch.Tensor]:
+    """One full scoring run per layer under the steering hook: the reference the batched sweep equals.
+
+    Used where the batched shortcut does not apply (image prompts, models it does
+    not reproduce) and by the tests.
+    """
+    out = {}
+    for la in layers:
+        iv = Intervention(steer=[(e, la, alpha)], scale=scale, vectors=sv)
+        with intervened(model, enc.layout, iv):
+            out[la] = emotion_probs(model, enc, stim, labels, imgs, batch_size)
+        if bar is not None:
+            bar.update(1)
+    return out
+
+
+def weights_checksum(model: Any, sample: int = 4096) -> str:
+    """A cheap identity of the weights: names, shapes, dtypes and ~``sample`` strided values per tensor.
+
+    Any retraining or merge changes the sampled values; reading every weight
+    would cost seconds per GB for a cache key.
+    """
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            flat = t.detach().reshape(-1)
+            vals = flat[:: max(1, flat.numel() // sample)].double().cpu() if t.is_floating_point() else flat[:0]
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            h.update(vals.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _fingerprint(weights: str, model: Any, enc: Encoder, stim: Sequence[str], labels: Sequence[str],
+                 sv: SteeringVectors, e: str, alpha: float, scale: str, layers: Sequence[int]) -> str:
+    """What one emotion's rows depend on: the weights, prompts, the vector, the options."""
+    h = hashlib.sha256(weights.encode())
+    v = sv.get(e).float().contiguous()
+    h.update(v.numpy().tobytes())
+    h.update(json.dumps([type(model).__name__, [enc.prompt(s) for s in stim], list(labels), alpha, scale,
+                         list(layers), list(sv.resid_norm or [])]).encode())
+    return h.hexdigest()
+
+
+def _load(folder: str | os.PathLike | None, e: str, key: str) -> list[dict[str, Any]] | None:
+    if folder is None:
+        return None
+    path = Path(folder) / f"{slug(e)}.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("key") != key or not isinstance(data.get("rows"), list):
+        return None
+    return data["rows"]
+
+
+def _save(folder: str | os.PathLike | None, e: str, key: str, rows: list[dict[str, Any]]) -> None:
+    if folder is None:
+        return
+    path = Path(folder) / f"{slug(e)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "rows": rows}))
+    os.replace(tmp, path)
+
+
+def sweep_cache_dir() -> Path:
+    """Where ``circuits layers`` keeps finished emotions of a sweep (``models.cache_dir()/layer_sweeps``)."""
+    from ..models import cache_dir
+
+    return cache_dir() / "layer_sweeps"
 
 
 def normalised_mean(rows: Sequence[dict[str, Any]], emotions: Sequence[str], layers: Sequence[int]) -> list[float]:

@@ -266,9 +266,11 @@ def _base_model(base: Any, tokenizer: Any, base_path: str | os.PathLike | None, 
     if isinstance(base, str | os.PathLike):
         resolved = resolve_model_path(base)
         if resolved.is_dir() and is_adapter_dir(resolved):
+            recorded = adapter_base(resolved)  # a name, a path relative to the adapter, or absolute
+            named = recorded if recorded == "smollm2" else str((resolved / recorded).resolve())
             raise AffectlensError(
                 f"{resolved} is a PEFT adapter, not a base model: tune trains a new adapter on a base "
-                f"(this adapter's is {adapter_base(resolved)}); merge it into its base first to build on it")
+                f"(this adapter's is {named}); merge it into its base first to build on it")
         model, tok = load_model(resolved, allow_pickle=allow_pickle)  # checks the weights are finite
         spec = base_path or base
     else:

@@ -25,14 +25,6 @@ STORY = ("Once upon a time, there was a little girl named Lily. She loved to pla
          "Lily was sad, but then the dog brought the ball back and they played together all day.")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model_tok():
     return (AutoModelForCausalLM.from_pretrained(str(TINYSTORIES)).eval(),

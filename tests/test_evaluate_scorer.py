@@ -27,15 +27,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is ~20x faster than two on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _prompts() -> list[str]:
     return [f"Text: {t}\nEmotion:" for t in TEXTS] * 2 + [f"Story: {t}\nFeeling:" for t in TEXTS[:5]]
 

@@ -25,14 +25,6 @@ from faults import assert_refused, run_cli, tree_digest
 PICKLE_MSG = "is a pickle checkpoint; loading it can run code: pass --allow-pickle if you trust it"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path

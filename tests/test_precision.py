@@ -20,14 +20,6 @@ from conftest import TINYSTORIES
 STEPS = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     rows = [{"text": f"I feel great {i}", "label": "joy"} for i in range(8)]

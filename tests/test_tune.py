@@ -23,15 +23,6 @@ from conftest import TINYSTORIES
 from tiny import tiny_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models train ~10x faster on one thread when the 2-core box is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return load_tokenizer(TINYSTORIES)

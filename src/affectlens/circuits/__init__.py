@@ -1,4 +1,4 @@
-"""Emotional circuits (DESIGN §1 B): steering vectors, layer/head/neuron attribution, interventions.
+"""Emotional circuits (Zhang et al., ICML 2026): steering vectors, layer/head/neuron attribution, interventions.
 
     from affectlens.circuits import load_pairs, encoder_for, compute_vectors, layer_profile
     pairs = load_pairs()                       # bundled contrast pairs

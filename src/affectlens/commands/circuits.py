@@ -1,4 +1,4 @@
-"""``affectlens circuits {vectors,layers,heads,neurons,intervene}``: emotional circuits (DESIGN §1 B)."""
+"""``affectlens circuits {vectors,layers,heads,neurons,intervene}``: emotional circuits."""
 
 from __future__ import annotations
 

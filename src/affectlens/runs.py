@@ -176,7 +176,8 @@ def to_json(obj: Any, where: str | os.PathLike, *, nonfinite: str = "error", ind
     except ValueError as e:
         if "JSON compliant" not in str(e):
             raise
-        key = _nonfinite_key(obj) or "?"
+        hit = find_non_finite(obj)
+        key = hit[0] if hit else "?"
         raise AffectlensError(f"refusing to write a non-finite number (NaN/Inf) to {where} at key {key}") from None
 
 
@@ -189,18 +190,24 @@ def _plain(obj: Any) -> Any:
         return obj
 
 
-def _nonfinite_key(obj: Any, prefix: str = "") -> str | None:
+def find_non_finite(obj: Any, where: str = "") -> tuple[str, float] | None:
+    """The first non-finite number (NaN/Inf) in nested dicts/lists/arrays: ``(path, value)``.
+
+    ``path`` is dotted (``tasks.emotion.metrics.accuracy``, ``rows[3].score``);
+    None when every number is finite. Booleans, strings and None are skipped;
+    numpy/torch values are read through ``tolist``.
+    """
     obj = _plain(obj)
     if isinstance(obj, float):
-        return None if math.isfinite(obj) else (prefix or "<top level>")
+        return None if math.isfinite(obj) else (where or "value", obj)
     if isinstance(obj, dict):
         for k, v in obj.items():
-            hit = _nonfinite_key(v, f"{prefix}.{k}" if prefix else str(k))
+            hit = find_non_finite(v, f"{where}.{k}" if where else str(k))
             if hit:
                 return hit
     elif isinstance(obj, list | tuple):
         for i, v in enumerate(obj):
-            hit = _nonfinite_key(v, f"{prefix}[{i}]")
+            hit = find_non_finite(v, f"{where}[{i}]")
             if hit:
                 return hit
     return None

@@ -12,13 +12,13 @@ so every confidence interval resamples the same way.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..errors import AffectlensError
+from ..runs import find_non_finite
 
 CI_METRICS = ("accuracy", "weighted_f1", "macro_f1")
 
@@ -141,32 +141,6 @@ def binary_sentiment_metrics(scores: Sequence[float], predicted_positive: Sequen
 
 class NonFiniteResult(AffectlensError):
     """A computed number is NaN/Inf: the run stops instead of reporting it."""
-
-
-def find_non_finite(obj: Any, where: str = "") -> tuple[str, float] | None:
-    """The first non-finite number (NaN/Inf) in nested dicts/lists/arrays: ``(path, value)``.
-
-    ``path`` is dotted (``tasks.emotion.metrics.accuracy``, ``rows[3].score``);
-    None when every number is finite. Booleans, strings and None are skipped.
-    """
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
-        return None
-    if isinstance(obj, int | float | np.number):
-        return None if math.isfinite(float(obj)) else (where or "value", float(obj))
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            hit = find_non_finite(v, f"{where}.{k}" if where else str(k))
-            if hit:
-                return hit
-        return None
-    if hasattr(obj, "tolist") and not isinstance(obj, list | tuple):  # numpy / torch
-        return find_non_finite(obj.tolist(), where)
-    if isinstance(obj, list | tuple):
-        for i, v in enumerate(obj):
-            hit = find_non_finite(v, f"{where}[{i}]")
-            if hit:
-                return hit
-    return None
 
 
 def require_finite(obj: Any, what: str) -> None:

@@ -16,7 +16,7 @@ from affectlens.cli import main
 from affectlens.errors import AffectlensError
 from affectlens.transfer import applied, transfer_tensors
 
-from tiny import save_tiny, tiny_model
+from tiny import plant_projections, save_tiny, tiny_model
 
 ATTN_GATE = re.compile(r"\.self_attn\.(q|k|v|o)_proj\.|\.mlp\.gate_proj\.")
 IDS = torch.tensor([[1, 5, 9, 17, 33, 2, 64, 100]])
@@ -169,12 +169,7 @@ def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     base = tiny_model("llama", seed=0)
     base.save_pretrained(root / "base")
-    g = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for name, p in base.named_parameters():
-            if "_proj" in name:
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
-    base.save_pretrained(root / "tuned")
+    plant_projections(base).save_pretrained(root / "tuned")
     return root
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from affectlens.errors import AffectlensError
 
 from faults import assert_refused, run_cli, tree_digest
-from tiny import save_tiny, tiny_model
+from tiny import plant_projections, save_tiny, tiny_model
 
 GATE0 = "model.layers.0.mlp.gate_proj.weight"
 GATE1 = "model.layers.1.mlp.gate_proj.weight"
@@ -55,12 +55,7 @@ def m(tmp_path_factory) -> Path:
     save_tiny(root / "donor", "llama", seed=1)
     save_tiny(root / "base_sharded", "llama", seed=0, max_shard_size="20KB")
     save_tiny(root / "donor_sharded", "llama", seed=1, max_shard_size="20KB")
-    g = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for name, p in base.named_parameters():
-            if "_proj" in name:
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
-    base.save_pretrained(root / "tuned")
+    plant_projections(base).save_pretrained(root / "tuned")
     _lora(root, root / "base", "adapter", ["q_proj", "gate_proj"])
     for src in ("base", "donor", "tuned"):
         d = root / f"pk_{src}"

@@ -38,3 +38,13 @@ def save_tiny(path: str | Path, arch: str = "llama", seed: int = 0, max_shard_si
     extra = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(path, safe_serialization=True, **extra)
     return model
+
+
+def plant_projections(model, scale: float = 0.05, seed: int = 11):
+    """Add seeded noise to every projection weight: a 'tuned' model whose delta is known."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "_proj" in name:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+    return model

@@ -1,0 +1,30 @@
+"""Figures from plain data: the one package that imports matplotlib.
+
+One module per area (``plots.locate``, ``plots.circuits``, …). Every function
+takes numbers/labels (never a model or a run) and returns a figure, so a figure can be re-made from the JSON/CSV beside it. ``save``
+writes a PNG and closes the figure (open figures are never leaked across the
+many plots a study makes). The non-interactive Agg backend is chosen once,
+here, so plotting works on machines without a display.
+"""
+
+from __future__ import annotations
+
+from ._base import pyplot, save
+from .circuits import (
+    head_overlap,
+    head_scores,
+    intervention_changes,
+    layer_profile,
+    neuron_layers,
+    vector_norms,
+)
+from .evaluate import confusion_matrix
+from .grid import frontier
+from .locate import LOCATE_METRIC_TITLES, locate_distribution, locate_heatmap
+from .tune import loss_curve
+
+__all__ = [
+    "LOCATE_METRIC_TITLES", "confusion_matrix", "frontier", "head_overlap", "head_scores", "intervention_changes",
+    "layer_profile", "locate_distribution", "locate_heatmap", "loss_curve", "neuron_layers", "pyplot", "save",
+    "vector_norms",
+]

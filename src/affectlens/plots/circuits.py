@@ -1,0 +1,110 @@
+"""Figures for ``circuits``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._base import pyplot
+
+
+def vector_norms(norms: dict[str, list[float]], counts: dict[str, Any], relative: bool) -> Any:
+    """Steering-vector norm by layer, one line per emotion (``relative``: divided by mean ‖h_l‖)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for e, ys in norms.items():
+        ax.plot(range(len(ys)), ys, label=f"{e} (n={counts.get(e, '?')})")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("‖S_l‖ / mean ‖h_l‖" if relative else "‖S_l‖")
+    ax.set_title("Emotion steering vectors by layer")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def layer_profile(layers: list[int], effects: dict[str, list[float]], mean: list[float], critical: int) -> Any:
+    """Per-emotion relative change of p(emotion) by steered layer, and the scaled mean with its argmax."""
+    plt = pyplot()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    for e, ys in effects.items():
+        ax.plot(layers, ys, alpha=0.8, label=e)
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel("layer l (steering injected after block l)")
+    ax.set_ylabel("relative change of p(emotion)")
+    ax.set_title("per emotion")
+    ax.legend(fontsize=7, ncol=2)
+    ax2.plot(layers, mean, color="black", lw=2)
+    ax2.axvline(critical, color="black", ls="--", lw=1)
+    ax2.set_xlabel("layer l")
+    ax2.set_ylabel("mean scaled profile (max |effect| = 1 each)")
+    ax2.set_title(f"critical layer {critical}")
+    fig.tight_layout()
+    return fig
+
+
+def head_scores(scores: dict[str, Any], title: str) -> Any:
+    """One [layer, head] heat map per emotion (symmetric colour scale around 0)."""
+    import numpy as np
+
+    plt = pyplot()
+    emos = list(scores)
+    cols = min(3, len(emos))
+    nrow = (len(emos) + cols - 1) // cols
+    fig, axes = plt.subplots(nrow, cols, figsize=(4 * cols, 3.2 * nrow), squeeze=False)
+    for ax, e in zip(axes.flat, emos, strict=False):
+        m = np.asarray(scores[e], dtype=float)
+        lim = np.abs(m).max() or 1.0
+        im = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower")
+        ax.set_title(e)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    for ax in list(axes.flat)[len(emos):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def head_overlap(layers: list[int], pairwise: list[float], overall: list[float]) -> Any:
+    """Overlap of the emotions' top-K head sets per layer (NaN: no top head in that layer)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(layers, pairwise, marker="o", label="mean pairwise Jaccard")
+    ax.plot(layers, overall, marker="s", label="|∩| / |∪| over emotions")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("overlap of top-K head sets")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def neuron_layers(counts: dict[str, tuple[list[int], list[int]]], top_k: Any, target_layer: int) -> Any:
+    """How many of each emotion's top-K neurons sit in each layer (``counts``: emotion -> (layers, n))."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for e, (xs, ys) in counts.items():
+        ax.plot(xs, ys, marker=".", label=e)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"neurons in the top {top_k}")
+    ax.set_title(f"Top emotion neurons by layer (target layer {target_layer})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def intervention_changes(rows: list[dict[str, Any]], title: str, ppl_ratio: float | None = None) -> Any:
+    """Change (after − before) with its 95% CI per task and metric (rows of ``results.csv``)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(rows)), 3.8))
+    xs = range(len(rows))
+    ch = [r["change"] for r in rows]
+    err = [[r["change"] - r["ci_low"] for r in rows], [r["ci_high"] - r["change"] for r in rows]]
+    ax.bar(xs, ch, yerr=err, capsize=4, color=["tab:blue" if r["metric"] == "accuracy" else "tab:red"
+                                                for r in rows])
+    ax.set_xticks(list(xs), [f"{r['task']}\n{r['metric']}" for r in rows], fontsize=7)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_ylabel("change (after − before), 95% CI")
+    ax.set_title(title if ppl_ratio is None else f"{title}\nperplexity ×{ppl_ratio:.3f}", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,68 @@
+"""Figures for ``locate``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._base import pyplot
+
+LOCATE_METRIC_TITLES = {"l2": "‖ΔW‖_F (Eq. 1)", "relative": "‖ΔW‖_F / ‖W‖_F (Eq. 2)", "rms": "‖ΔW‖_F / √n"}
+
+
+def locate_heatmap(panels: list[tuple[str, Any, list[str], list[int]]], metric: str) -> Any:
+    """Layers × modules, one panel per model, one shared colour scale (paper Fig. 5).
+
+    ``panels``: (model label, layers × modules matrix with NaN where absent,
+    module names, layer indices) per model.
+    """
+    import numpy as np
+
+    plt = pyplot()
+    vmax = max((np.nanmax(g) for _, g, _, _ in panels if g.size), default=1.0) or 1.0
+    n_layers = max((len(la) for _, _, _, la in panels), default=1)
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 + 2.3 * len(panels), 1.5 + 0.18 * n_layers),
+                             squeeze=False, constrained_layout=True)
+    im = None
+    for ax, (lab, g, mods, layers) in zip(axes[0], panels, strict=True):
+        im = ax.imshow(g, aspect="auto", cmap="viridis", vmin=0, vmax=vmax, origin="lower")
+        ax.set_xticks(range(len(mods)), [m.replace("_proj", "") for m in mods], rotation=45)
+        step = max(1, len(layers) // 12)
+        ax.set_yticks(range(0, len(layers), step), [str(x) for x in layers[::step]])
+        ax.set_title(lab)
+        ax.set_xlabel("module")
+    axes[0][0].set_ylabel("layer")
+    if im is not None:
+        fig.colorbar(im, ax=axes[0].tolist(), label=LOCATE_METRIC_TITLES.get(metric, metric))
+    return fig
+
+
+def locate_distribution(hists: dict[str, dict[str, Any]], edges: Any, bf16_resolution: float) -> Any:
+    """Element-wise relative change per module (paper Fig. 10), with the bf16 caveat drawn in.
+
+    ``hists[model][module]``: counts ``[zeros, underflow, bins..., overflow]``
+    over the log10 bin ``edges``.
+    """
+    import numpy as np
+
+    plt = pyplot()
+    labels = list(hists)
+    fig, axes = plt.subplots(1, max(1, len(labels)), figsize=(5.2 * max(1, len(labels)), 3.6),
+                             squeeze=False, constrained_layout=True)
+    centres = (edges[:-1] + edges[1:]) / 2
+    for ax, lab in zip(axes[0], labels, strict=False):
+        for mod, counts in hists[lab].items():
+            zeros, inner = counts[0], counts[2:-1]
+            total = counts.sum()
+            if total == 0:
+                continue
+            # Per decade: the quarter-octave bins differ in width (0.058-0.097 decades).
+            ax.plot(centres, inner / total / np.diff(edges), label=f"{mod.replace('_proj', '')} ({100 * zeros / total:.0f}% =0)")
+        ax.axvline(np.log10(bf16_resolution), color="grey", ls="--", lw=1)
+        ax.text(np.log10(bf16_resolution), ax.get_ylim()[1] * 0.95, " bf16: changes < ~0.4 %\n are quantised",
+                fontsize=7, va="top", color="grey")
+        ax.set_xlabel("log10 |ΔW| / (|W_base| + ε)")
+        ax.set_ylabel("share of elements per decade")
+        ax.set_title(lab)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return fig

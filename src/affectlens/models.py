@@ -26,8 +26,6 @@ from .hfcompat import quiet_peft
 
 DEFAULT_MODEL = "smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
 
 
 def cache_dir() -> Path:
@@ -93,12 +91,11 @@ def resolve_model_path(spec: str | os.PathLike) -> Path:
     return p
 
 
-def torch_dtype(name: str):
-    import torch
+def torch_dtype(name: str, device: Any = "cpu"):
+    """The torch dtype for ``name`` on ``device`` (``auto``: see ``devices.resolve_dtype``)."""
+    from .devices import resolve_dtype
 
-    if name not in _DTYPES:
-        raise AffectlensError(f"unknown dtype '{name}'; choose from float32, bfloat16, float16")
-    return getattr(torch, _DTYPES[name])
+    return resolve_dtype(name, device)
 
 
 # --- loading policy: pickle, completeness, finiteness -------------------------------------------
@@ -282,7 +279,7 @@ def _apply_adapter(model: Any, adapter: Path, allow_pickle: bool) -> Any:
 def load_model(
     path: str | os.PathLike,
     adapter: str | os.PathLike | None = None,
-    dtype: str = "float32",
+    dtype: str = "auto",
     with_tokenizer: bool = True,
     merge: bool = False,
     allow_pickle: bool = False,

@@ -105,7 +105,17 @@ def batch_size(p: argparse.ArgumentParser, default: int, help: str = "examples p
 
 
 def dtype(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dtype", default="float32", help="weights and activations: float32 or bfloat16")
+    """``--dtype``: resolved with the device by ``devices.resolve_dtype`` (``auto``: bf16 on GPU, fp32 on CPU)."""
+    from ..devices import DTYPE_HELP
+
+    p.add_argument("--dtype", default="auto", help=DTYPE_HELP)
+
+
+def device(p: argparse.ArgumentParser) -> None:
+    """``--device``: resolved by ``devices.resolve_device`` when the model loads (exit 2 if absent)."""
+    from ..devices import DEVICE_HELP
+
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def seed(p: argparse.ArgumentParser, default: int = 0, help: str = "random seed") -> None:

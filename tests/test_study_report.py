@@ -231,3 +231,15 @@ def test_demo_cli_prints_the_paragraph(capfd, monkeypatch, tmp_path):
     assert "the control adapter" in flat and "changed down_proj most (0.05, 25 % more than the runner-up gate_proj" \
         in flat
     assert "The two loci differ" in flat and "50 % of the emotion adapter's total change and 25 %" in flat
+
+
+def test_explain_reads_the_section_numbers():
+    rec = V.claim_record("necessity.gate-reset", V.Evidence(0.2, (0.1, 0.3), 6))
+    para = explain_section("necessity", {"numbers": {"scores": {"tuned": 0.6, "reset gate": 0.4},
+                                                     "yardstick": 0.35,
+                                                     "control_task_drop": {"gate_proj": 0.01, "up_proj": 0.02}}},
+                           [rec])
+    assert "Scores: tuned 0.6, reset gate 0.4 (best: tuned)." in para
+    assert "scores 0.35" in para and "gate_proj 0.01, up_proj 0.02" in para
+    para = explain_section("frontier", {"numbers": {"raw_share": 0.73, "param_share": 0.25}}, [])
+    assert "73.0 % of the all-module score with 25.0 % of its trainable parameters" in para

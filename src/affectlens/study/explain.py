@@ -6,6 +6,17 @@ cannot drift from the table above it. When a CI straddles its threshold the
 paragraph says "inconclusive at this n" and estimates the n that would
 settle it, assuming the estimate stays put and the CI half-width shrinks as
 1/sqrt(n) (a rough power-style extrapolation; it says so).
+
+Section numbers read when present (all optional; a section without them is
+explained from its claims alone):
+
+- ``locate``: ``locus_by_seed`` {adapter label: [size-fair locus per seed]};
+- any stage: ``scores`` {variant: score} (the table's headline scores) and
+  ``yardstick`` (max of the base and the majority-class score);
+- ``frontier``: ``raw_share`` and ``param_share`` (fractions: the paper's raw
+  score ratio and GET's share of the all-module trainable parameters);
+- ``necessity``: ``control_task_drop`` {module: drop on the non-affective task};
+- ``circuits-layers``: ``peak_depth`` {emotion: relative depth of its peak}.
 """
 
 from __future__ import annotations
@@ -56,6 +67,20 @@ MEANING: dict[str, tuple[str, str]] = {
         "the intervention raises the emotional-hallucination rate"),
 }
 
+# The claim in a few words, for sentences ("The test of <short>: ours ...").
+SHORT: dict[str, str] = {
+    "locate.gate-largest": "gate_proj changes most (size-fair)",
+    "locate.emotion-specific": "the gate_proj locus is emotion-specific (vs the control task)",
+    "sufficiency.gate-transfer": "gate_proj is sufficient (transfer)",
+    "efficiency.gate-lora": "gate_proj is the most efficient single module (targeted LoRA)",
+    "frontier.get-share": "GET keeps most of the all-module gain",
+    "necessity.gate-reset": "gate_proj is necessary (reset to base)",
+    "circuits-layers.middle-peak": "steering peaks in the middle layers",
+    "circuits-heads.general-deeper": "emotion-general heads sit deeper",
+    "circuits-intervention.targeted-beats-random": "targeted amplification beats random",
+    "circuits-intervention.less-hallucination": "the intervention reduces hallucination",
+}
+
 CAVEAT = {
     "locate": "Weight change is correlational: it shows where training moved the weights, not that those "
               "weights carry emotion; sufficiency, efficiency and necessity are the causal tests.",
@@ -86,24 +111,28 @@ def needed_n(claim: PaperClaim, value: float, ci: Sequence[float], n: int) -> in
     return max(n + 1, math.ceil(n * (h / d) ** 2))
 
 
-def _side(claim: PaperClaim) -> str:
+def _side(claim: PaperClaim, other: bool = False) -> str:
+    """Where the CI must lie for the claim ("above 0"), or with ``other`` where it lies when contradicted."""
     if claim.upper is not None:
-        return f"inside ({fmt(claim.threshold)}, {fmt(claim.upper)})"
-    return f"{'above' if claim.direction == '>' else 'below'} {fmt(claim.threshold)}"
+        return f"{'outside' if other else 'inside'} ({fmt(claim.threshold)}, {fmt(claim.upper)})"
+    above = (claim.direction == ">") != other
+    return f"{'above' if above else 'below'} {fmt(claim.threshold)}"
 
 
 def claim_sentence(record: Mapping[str, Any]) -> str:
     """One claim row in words: ours with its CI, the verdict, and what it means (or what n would settle it)."""
     claim = CLAIMS.get(str(record.get("id")))
     value, (lo, hi), n, v = float(record["ours"]), record["ci"], int(record["n"]), str(record["verdict"])
-    head = (f"{record.get('id')}: ours {fmt(value)} (95 % CI {fmt(lo)} to {fmt(hi)}, n = {n})")
+    name = SHORT.get(str(record.get("id")), str(record.get("id")))
+    head = f"The test of \"{name}\": ours {fmt(value)} (95 % CI {fmt(lo)} to {fmt(hi)}, n = {n})"
     if claim is None:
         return f"{head}: {v}."
     yes, no = MEANING.get(claim.id, ("the claim holds", "the claim fails"))
     if v == "supported":
         return f"{head} lies wholly {_side(claim)}: supported, i.e. {yes}."
     if v == "contradicted":
-        return f"{head} lies wholly outside the claim's side ({_side(claim)}): contradicted, i.e. {no}."
+        return (f"{head} lies wholly {_side(claim, other=True)} (the claim needs {_side(claim)}): "
+                f"contradicted, i.e. {no}.")
     need = needed_n(claim, value, (lo, hi), n)
     more = (f"; if the estimate held, roughly n = {need} would settle it (approximate: CI half-width "
             f"taken to shrink as 1/sqrt(n))" if need is not None else
@@ -133,6 +162,19 @@ def _lead(stage: str, numbers: Mapping[str, Any]) -> list[str]:
                    f"{100 * float(numbers['param_share']):.1f} % of its trainable parameters (the paper's raw "
                    "ratio: 96.6 % at 24.5 %); the verdict uses the share of the gain over the trivial "
                    "yardstick instead, because a raw ratio flatters a method that lands on the majority class.")
+    scores = numbers.get("scores")
+    if isinstance(scores, Mapping) and scores:
+        best = max(scores, key=lambda k: float(scores[k]))
+        out.append("Scores: " + ", ".join(f"{k} {fmt(float(v))}" for k, v in scores.items())
+                   + f" (best: {best}).")
+    if isinstance(numbers.get("yardstick"), int | float):
+        out.append(f"The trivial yardstick (the better of the untuned base and always answering the majority "
+                   f"class) scores {fmt(float(numbers['yardstick']))}; a score at or below it shows no learning.")
+    drop = numbers.get("control_task_drop")
+    if stage == "necessity" and isinstance(drop, Mapping) and drop:
+        out.append("On the non-affective control task the resets cost " + ", ".join(
+            f"{k} {fmt(float(v))}" for k, v in drop.items()) + "; a module whose reset hurts the control task "
+            "as much as the affective one is necessary for everything, not for emotion.")
     if stage == "circuits-layers" and isinstance(numbers.get("peak_depth"), Mapping) and numbers["peak_depth"]:
         peaks = ", ".join(f"{k} {float(v):.2f}" for k, v in numbers["peak_depth"].items())
         out.append(f"The steering effect peaked at relative depth (0 = first layer, 1 = last): {peaks}.")
@@ -182,7 +224,7 @@ def demo_paragraph(rankings: Mapping[str, Mapping[str, Any]], emotion: str = "em
     def margin(m: float, runner: str) -> str:
         if not math.isfinite(m):
             return f"nothing else changed ({runner})"
-        size = "a near tie" if m < 0.05 else "a clear lead" if m >= 0.25 else "a modest lead"
+        size = "a near tie" if m < 0.10 else "a clear lead" if m >= 0.25 else "a modest lead"
         return f"{100 * m:.0f} % more than the runner-up {runner}, {size}"
 
     s = [f"By the size-fair measure (relative change ||dW||/||W||, which does not favour big matrices), the "

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import AffectlensError
 from ..runs import find_non_finite
 from .explain import explain_section, fmt
-from .verdicts import CLAIMS, STAGES, checked_verdict
+from .verdicts import CLAIMS, PAPER_A, PAPER_B, STAGES, checked_verdict
 
 if TYPE_CHECKING:
     from ..runs import RunDir
@@ -71,7 +71,8 @@ def document(run: RunDir, study: Mapping[str, Any]) -> dict[str, Any]:
     by_id = {c["id"]: c for c in claims}
     for cid, claim in CLAIMS.items():
         rec = by_id.get(cid)
-        rows.append({"id": cid, "stage": claim.stage, "source": claim.source, "paper": claim.paper,
+        paper = ("A: " if claim.source == PAPER_A else "B: " if claim.source == PAPER_B else "") + claim.paper
+        rows.append({"id": cid, "stage": claim.stage, "source": claim.source, "paper": paper,
                      "paper_value": claim.paper_value, "quantity": claim.quantity, "record": rec})
     figures: dict[str, list[tuple[str, str]]] = {}
     if claims:
@@ -212,8 +213,7 @@ def render_html(doc: Mapping[str, Any], root: Path) -> str:
          "<p>Each claim of the two papers beside our estimate with its 95 % confidence interval. The verdict "
          "is computed, not written: <em>supported</em> when the whole CI lies on the claim's side of its "
          "threshold, <em>contradicted</em> when it lies wholly on the other side, <em>inconclusive</em> when it "
-         "straddles it. Paper A: " + _e(CLAIMS["frontier.get-share"].source) + "; paper B: "
-         + _e(CLAIMS["circuits-heads.general-deeper"].source) + ".</p>",
+         f"straddles it. Paper A: {_e(PAPER_A)}; paper B: {_e(PAPER_B)}.</p>",
          '<h2 id="verdicts">Verdicts</h2>', "<table><thead><tr><th>claim</th><th>paper's statement</th>"
          "<th>paper's number</th><th>what we measure</th><th>ours [95 % CI]</th><th>verdict</th></tr></thead><tbody>"]
     for r in doc["rows"]:
@@ -268,7 +268,8 @@ def render_md(doc: Mapping[str, Any]) -> str:
     """The Markdown report; figures are relative links to ``figures/*.png``."""
     md = ["# affectlens study report", "",
           "Each claim of the two papers beside our estimate with its 95 % CI; the verdict is computed from the "
-          "CI against the claim's threshold (inconclusive when the CI straddles it).", "", "## Verdicts", ""]
+          "CI against the claim's threshold (inconclusive when the CI straddles it). "
+          f"Paper A: {_m(PAPER_A)}; paper B: {_m(PAPER_B)}.", "", "## Verdicts", ""]
     md += _md_table(["claim", "paper's statement", "paper's number", "ours [95 % CI]", "verdict"],
                     [[r["id"], r["paper"], _paper_value(r["paper_value"]), _ours(r["record"]),
                       r["record"]["verdict"] if r["record"] else "not tested"] for r in doc["rows"]])

@@ -243,3 +243,15 @@ def test_explain_reads_the_section_numbers():
     assert "scores 0.35" in para and "gate_proj 0.01, up_proj 0.02" in para
     para = explain_section("frontier", {"numbers": {"raw_share": 0.73, "param_share": 0.25}}, [])
     assert "73.0 % of the all-module score with 25.0 % of its trainable parameters" in para
+
+
+def test_locus_by_seed_from_per_label_loci():
+    from affectlens.study.explain import locus_by_seed
+
+    numbers = {"loci": {"emotion-s0": {"relative": "gate_proj", "l2": "up_proj"},
+                        "emotion-s1": {"relative": "q_proj", "l2": "up_proj"},
+                        "control-s0": {"relative": "up_proj", "l2": "up_proj"}}}
+    assert locus_by_seed(numbers) == {"emotion": ["gate_proj", "q_proj"], "control": ["up_proj"]}
+    assert locus_by_seed(numbers, "l2") == {"emotion": ["up_proj", "up_proj"], "control": ["up_proj"]}
+    assert "gate_proj changed most in 1 of 2 seeds of the emotion adapter" in explain_section(
+        "locate", {"numbers": numbers}, [])

@@ -10,7 +10,8 @@ settle it, assuming the estimate stays put and the CI half-width shrinks as
 Section numbers read when present (all optional; a section without them is
 explained from its claims alone):
 
-- ``locate``: ``locus_by_seed`` {adapter label: [size-fair locus per seed]};
+- ``locate``: ``locus_by_seed`` {adapter label: [size-fair locus per seed]}, or
+  ``loci`` {"<kind>-s<seed>": {"relative": module, ...}} from which it is built;
 - any stage: ``scores`` {variant: score} (the table's headline scores) and
   ``yardstick`` (max of the base and the majority-class score);
 - ``frontier``: ``raw_share`` and ``param_share`` (fractions: the paper's raw
@@ -22,6 +23,7 @@ explained from its claims alone):
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -152,11 +154,25 @@ def locus_sentence(loci: Mapping[str, Sequence[str]], metric: str = "the size-fa
     return f"By {metric}, " + "; ".join(parts) + "." if parts else ""
 
 
+def locus_by_seed(numbers: Mapping[str, Any], metric: str = "relative") -> dict[str, list[str]]:
+    """{adapter kind: [locus per seed]} from ``locus_by_seed``, or from ``loci`` {"<kind>-s<seed>": {metric: module}}."""
+    given = numbers.get("locus_by_seed")
+    if isinstance(given, Mapping):
+        return {str(k): [str(x) for x in v] for k, v in given.items() if isinstance(v, list | tuple)}
+    out: dict[str, list[str]] = {}
+    for label, per_metric in (numbers.get("loci") or {}).items():
+        m = re.fullmatch(r"(.+)-s\d+", str(label))
+        if m and isinstance(per_metric, Mapping) and metric in per_metric:
+            out.setdefault(m.group(1), []).append(str(per_metric[metric]))
+    return out
+
+
 def _lead(stage: str, numbers: Mapping[str, Any]) -> list[str]:
     """Stage-specific sentences from the section's numbers, for the keys the runner provides."""
     out = []
-    if stage == "locate" and isinstance(numbers.get("locus_by_seed"), Mapping):
-        out.append(locus_sentence(numbers["locus_by_seed"]))
+    loci = locus_by_seed(numbers) if stage == "locate" else {}
+    if loci:
+        out.append(locus_sentence(loci))
     if stage == "frontier" and {"raw_share", "param_share"} <= set(numbers):
         out.append(f"GET reached {100 * float(numbers['raw_share']):.1f} % of the all-module score with "
                    f"{100 * float(numbers['param_share']):.1f} % of its trainable parameters (the paper's raw "

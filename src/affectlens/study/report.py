@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AffectlensError
 from ..runs import find_non_finite
-from .explain import explain_section, fmt
+from .explain import explain_section, fmt, locus_by_seed
 from .verdicts import CLAIMS, PAPER_A, PAPER_B, STAGES, checked_verdict
 
 if TYPE_CHECKING:
@@ -94,8 +94,8 @@ def document(run: RunDir, study: Mapping[str, Any]) -> dict[str, Any]:
         figs = [(str(k), str(v)) for k, v in (sec.get("figures") or {}).items()
                 if _figure_uri(run.path, str(v), read=False) is not None]
         gone = [str(k) for k, v in (sec.get("figures") or {}).items() if (str(k), str(v)) not in figs]
-        loci = (sec.get("numbers") or {}).get("locus_by_seed")
-        if stage == "locate" and isinstance(loci, Mapping) and loci:
+        loci = locus_by_seed(sec.get("numbers") or {}) if stage == "locate" else {}
+        if loci:
             from ..plots import locus_stability
 
             mods = sorted({m for seq in loci.values() for m in seq})

@@ -11,9 +11,6 @@ import json
 
 import pytest
 import torch
-from conftest import STORIES260K
-from faults import assert_refused, run_cli
-from tiny import save_tiny, tiny_config
 
 from affectlens.devices import (
     HEADROOM,
@@ -28,6 +25,10 @@ from affectlens.devices import (
 )
 from affectlens.errors import AffectlensError
 from affectlens.models import load_model, placement
+
+from conftest import STORIES260K
+from faults import assert_refused, run_cli
+from tiny import save_tiny, tiny_config
 
 PROMPTS = ["Once upon a time there was a happy girl. She felt", "The dog was sad and",
            "Tom was angry because his toy broke. He was"]

@@ -320,3 +320,29 @@ def test_hooks_register_and_shape_on_meta(meta_model):
     assert cap.down_in[1].shape == (2, 5, cfg.intermediate_size)
     w = o_proj(decoder_layers(meta_model)[0]).weight
     assert head_outputs(cap.o_in[0], w, n).shape == (2, 5, n, cfg.hidden_size)
+
+
+def test_head_attribution_in_bf16_recovers_the_planted_heads():
+    """Forward, backward and patching in bf16 (sums in float64): the planted heads are found,
+    and their scores are those of float32 within the bf16 budget above."""
+    from affectlens.circuits.attribution import make_metric
+    from affectlens.circuits.heads import exact_patch, head_attribution, top_heads
+    from affectlens.circuits.pairs import Pair, encoder_for
+    from affectlens.circuits.vectors import compute_vectors
+
+    from circuits_helpers import PAIRS, PLANT_LAYER, planted_model
+
+    pairs = [Pair(e, n, lab) for e, n, lab in PAIRS][::2]  # 2 pairs per emotion: enough, and fast
+    model, tok, _v = planted_model()
+    enc = encoder_for(tok, pairs)
+    sv = compute_vectors(model, enc, pairs, min_score=0)
+    r32 = head_attribution(model, enc, pairs, sv, target_layer=PLANT_LAYER)
+    model = model.to(torch.bfloat16)
+    r16 = head_attribution(model, enc, pairs, sv, target_layer=PLANT_LAYER)
+    assert top_heads(r16, k=1) == {"anger": {(PLANT_LAYER, 0)}, "joy": {(PLANT_LAYER, 2)}}
+    s32 = torch.tensor([r["score"] for r in r32.rows])
+    s16 = torch.tensor([r["score"] for r in r16.rows])
+    assert torch.isfinite(s16).all() and not torch.equal(s16, s32)
+    assert (s16 - s32).abs().max() <= 0.03 * s32.abs().max()
+    met = make_metric("proj", sv, "anger", PLANT_LAYER, enc)
+    assert exact_patch(model, enc, pairs[0], met, PLANT_LAYER, [0], "heads") < -0.1  # patched on the device

@@ -197,6 +197,7 @@ def patching_sums(model: Any, enc: Encoder, pairs: Sequence[Pair], metric: Metri
                 sums[la] = sums[la] + term if la in sums else term
             if last is not None:
                 last(la, ap[-1], an[-1])
+
     def cpu(sums: dict[int, torch.Tensor]) -> list[torch.Tensor]:
         return [sums[la].cpu().double() if la in sums else torch.zeros(u, dtype=torch.float64)
                 for la, u in enumerate(units)]

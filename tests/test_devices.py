@@ -132,7 +132,7 @@ def test_checkpoint_numel_reads_headers_only(tmp_path):
 
     want = sum(t.numel() for t in load_file(str(STORIES260K / "model.safetensors")).values())
     assert checkpoint_numel(STORIES260K) == want
-    model = save_tiny(tmp_path / "sharded", max_shard_size="20KB")
+    model = save_tiny(tmp_path / "sharded", max_shard_size="60KB")
     assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
     assert checkpoint_numel(tmp_path / "sharded") == sum(t.numel() for t in model.state_dict().values())
     assert checkpoint_numel(tmp_path) is None  # no weights there

@@ -188,6 +188,7 @@ def emotion_probs(model: Any, enc: Encoder, stimuli: Sequence[str], labels: Sequ
 def _image_label_probs(model: Any, enc: Encoder, stimuli: Sequence[str],
                        images: Sequence[str | None], labels: Sequence[str]) -> torch.Tensor:
     """Image prompts: the harness scores text only, so score label continuations here."""
+    from ..vlm import extend_inputs
     from .hooks import to_model
 
     tok = _tok(enc.processor)
@@ -196,10 +197,8 @@ def _image_label_probs(model: Any, enc: Encoder, stimuli: Sequence[str],
         inputs = to_model(enc(s, im), model)
         for j, target in enumerate(encode_targets(tok, enc.prompt(s, im), labels)):
             lab_ids = torch.tensor([target], device=inputs["input_ids"].device)
-            ids = torch.cat([inputs["input_ids"], lab_ids], 1)
-            kw = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-            with torch.no_grad():
-                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **kw).logits
+            with torch.no_grad():  # per-token inputs (Qwen-VL's M-RoPE token types) grow too
+                logits = model(**extend_inputs(inputs, lab_ids)).logits
             logp = torch.log_softmax(logits[0].float(), -1)
             p0 = inputs["input_ids"].shape[1]
             tgt = lab_ids[0]

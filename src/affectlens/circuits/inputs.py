@@ -22,25 +22,21 @@ def load_for_pairs(model_path: str, pairs: Sequence[Pair], adapter: str | None =
                    device_map: str | None = None) -> tuple[Any, Any, Any]:
     """``(model, tokenizer, processor)``; a vision-language model when the pairs carry images.
 
-    Both load straight onto ``device`` in ``dtype`` (``models.placement``).
+    A checkpoint of a known vision-language family (``affectlens.vlm``) loads
+    through the VLM loader also for text-only pairs (its config names no
+    causal-LM class); the processor is then None, as text prompts need none.
+    Both loaders place the model on ``device`` in ``dtype`` (``models.placement``).
     """
-    from ..models import load_model, placement, resolve_model_path, weight_kwargs
+    from ..models import load_model, resolve_model_path
+    from ..vlm import is_vlm_dir, load_vlm
 
-    if not any(p.image_emotional or p.image_neutral for p in pairs):
+    images = any(p.image_emotional or p.image_neutral for p in pairs)
+    if not images and not is_vlm_dir(resolve_model_path(model_path)):
         model, tok = load_model(model_path, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle,
                                 device=device, device_map=device_map)
         return model, tok, None
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    p = resolve_model_path(model_path)
-    kwargs = weight_kwargs(p, allow_pickle)  # the one pickle policy; refuses without the flag
-    place = placement(p, device, dtype, device_map)[2]
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(str(p), **place, **kwargs).eval()
-        proc = AutoProcessor.from_pretrained(str(p))
-    except Exception as e:
-        raise AffectlensError(f"cannot load a vision-language model from {p}: {type(e).__name__}: {e}") from None
-    return model, proc.tokenizer, proc
+    model, tok, proc = load_vlm(model_path, adapter, dtype, allow_pickle, device, device_map)
+    return model, tok, proc if images else None
 
 
 def load_vectors(path: str | os.PathLike, num_layers: int, label: str | None = None,

@@ -264,3 +264,83 @@ def test_generation_under_intervention_follows_the_model(fam):
     assert torch.equal(ref, same)
     torch.testing.assert_close(knocked.scores[0][0], last)
     assert not torch.allclose(knocked.scores[0][0], model(**x).logits[0, -1].detach())
+
+
+# ----------------------------------------------------------------------------- text families and routing
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_text_families_load_and_match(family, tmp_path):
+    """Llama / Qwen2.5 (model_type qwen2) / Qwen3 through ``models.load_model``; vectors on text pairs."""
+    import transformers as T
+
+    from affectlens.models import load_model
+
+    from circuits_helpers import write_pairs
+
+    tok = word_tokenizer()
+    cls = {"llama": T.LlamaForCausalLM, "qwen2": T.Qwen2ForCausalLM, "qwen3": T.Qwen3ForCausalLM}[family]
+    torch.manual_seed(0)
+    cls(cls.config_class(**TEXT, vocab_size=len(tok), head_dim=16)).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    model, _ = load_model(tmp_path / "m", device="cpu", dtype="float32")
+    assert type(model) is cls
+    paths, _ = lora_targets(model, "all")
+    assert sorted(paths) == sorted(f"model.layers.{la}.{'self_attn' if m in MODULES[:4] else 'mlp'}.{m}"
+                                   for la in range(2) for m in MODULES)
+    pairs = load_pairs(write_pairs(tmp_path / "p.jsonl"))
+    model, tok2, proc = load_for_pairs(str(tmp_path / "m"), pairs, device="cpu", dtype="float32")
+    assert proc is None
+    enc = encoder_for(tok2, pairs, proc)
+    sv = compute_vectors(model, enc, pairs, min_score=0)
+
+    def hs(text):
+        with torch.no_grad():
+            return model(**enc(text), output_hidden_states=True).hidden_states[1][0, -1].double()
+
+    joy = [p for p in pairs if p.label == "joy"]
+    ref = sum(hs(p.emotional) - hs(p.neutral) for p in joy) / len(joy)
+    torch.testing.assert_close(sv.get("joy")[0].double(), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_vlm_checkpoint_with_text_pairs(fam, tmp_path):
+    """A VLM dir (no causal-LM class in its config) runs text pairs through the VLM loader, no processor."""
+    from circuits_helpers import write_pairs
+
+    pairs = load_pairs(write_pairs(tmp_path / "p.jsonl"))
+    model, tok, proc = load_for_pairs(str(fam["dir"]), pairs, device="cpu", dtype="float32")
+    assert proc is None and type(model).__name__ == type(fam["built"]).__name__
+    enc = encoder_for(tok, pairs, proc)
+    sv = compute_vectors(model, enc, pairs, min_score=0)
+    x = enc(pairs[0].emotional)
+    assert enc.layout.image_token_id is None and set(x) == {"input_ids", "attention_mask"}
+    with torch.no_grad():
+        h0 = model(**x, output_hidden_states=True).hidden_states[1][0, -1]
+    assert sv.get("anger").shape == (2, 64) and torch.isfinite(h0).all()
+
+
+def test_processor_without_its_tokens_is_refused():
+    from affectlens.errors import AffectlensError
+
+    with pytest.raises(AffectlensError, match="lacks the qwen2_vl token"):
+        vlm.build_processor("qwen2_vl", None, word_tokenizer())
+
+
+def test_circuits_vectors_cli_on_image_pairs(fam, tmp_path, capfd):
+    """The command line takes the family's checkpoint and image pairs end to end."""
+    import json
+
+    from faults import run_cli
+
+    out = tmp_path / "vec"
+    pairs_path = fam["dir"].parent / "pairs.jsonl"
+    rc, _, err = run_cli(capfd, "circuits", "vectors", str(fam["dir"]), "--pairs", str(pairs_path),
+                         "--out", str(out), "--min-score", "0", "--device", "cpu")
+    assert rc == 0, err
+    enc, model, pairs = fam["enc"], fam["model"], fam["pairs"]
+    sv = compute_vectors(model, enc, pairs, min_score=0)
+    from affectlens.circuits.vectors import SteeringVectors
+
+    got = SteeringVectors.load(out)
+    torch.testing.assert_close(got.get("joy"), sv.get("joy"))
+    assert json.loads((out / "manifest.json").read_text())["inputs"]["model"]["path"] == str(fam["dir"])

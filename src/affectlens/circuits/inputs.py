@@ -39,6 +39,18 @@ def load_for_pairs(model_path: str, pairs: Sequence[Pair], adapter: str | None =
     return model, tok, proc if images else None
 
 
+def load_lm(model_path: str, adapter: str | None = None, dtype: str = "auto", allow_pickle: bool = False,
+            device: str = "auto", device_map: str | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for text prompts: a causal LM, or a vision-language checkpoint's model.
+
+    Text tasks (``circuits intervene``'s evaluation) run on the VLM's language
+    side with plain ids; its config names no causal-LM class, so it loads
+    through ``affectlens.vlm``.
+    """
+    model, tok, _ = load_for_pairs(model_path, (), adapter, dtype, allow_pickle, device, device_map)
+    return model, tok
+
+
 def load_vectors(path: str | os.PathLike, num_layers: int, label: str | None = None,
                  hidden: int | None = None) -> SteeringVectors:
     """Our safetensors (dir or file), or a steering-vectors / lm-eval ``.pt`` (needs ``label``).

@@ -333,8 +333,8 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
                   allow_pickle: bool = False, device: str = "auto") -> InterventionRun:
     """Evaluate before/after; heads/neurons as ``L.I,...`` or a previous run's CSV (top ``top``)."""
     from ..evaluate import load_task, parse_task
-    from ..models import load_model
     from .hooks import decoder_layers
+    from .inputs import load_lm
     from .intervene import Intervention, parse_steer, run_intervention
 
     check_out_dir(out, force)
@@ -354,7 +354,7 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
     inputs = {"model": model_path, **({"vectors": vectors} if vectors else {})}
     with RunDir(out, command="circuits intervene", force=force, inputs=inputs, options=options,
                 seed=seed) as run:
-        model, tok = load_model(model_path, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle, device=device)
+        model, tok = load_lm(model_path, adapter, dtype, allow_pickle, device)  # also a VLM's language side
         run.extra["ran_on"] = ran_on(model)
         n_layers = len(decoder_layers(model))
         sv = load_vectors(vectors, n_layers, vectors_label, hidden_size(model)) if vectors else None

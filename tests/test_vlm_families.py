@@ -344,3 +344,39 @@ def test_circuits_vectors_cli_on_image_pairs(fam, tmp_path, capfd):
     got = SteeringVectors.load(out)
     torch.testing.assert_close(got.get("joy"), sv.get("joy"))
     assert json.loads((out / "manifest.json").read_text())["inputs"]["model"]["path"] == str(fam["dir"])
+
+
+def test_circuits_intervene_cli_on_a_vlm_checkpoint(fam, tmp_path, capfd):
+    """Text tasks evaluate on the VLM's language side (M-RoPE with plain, padded ids), before and under VEE."""
+    import json
+
+    from faults import run_cli
+
+    task = tmp_path / "task.jsonl"
+    task.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in [
+        ("i am furious the bus was late", "anger"), ("we won the game so happy", "joy"),
+        ("the bus was late again", "neutral"), ("seething about the report", "anger")]))
+    out = tmp_path / "iv"
+    rc, _, err = run_cli(capfd, "circuits", "intervene", str(fam["dir"]), "--task", f"jsonl:{task}",
+                         "--amplify-heads", "0.0,0.1,0.2,0.3,1.0,1.1,1.2,1.3", "--beta", "0", "--split-layer", "0",
+                         "--out", str(out), "--device", "cpu", "--bootstrap", "10", "--batch-size", "3")
+    assert rc == 0, err
+    before = [json.loads(x) for x in next(out.glob("predictions_*_before.jsonl")).read_text().splitlines()]
+    after = [json.loads(x) for x in next(out.glob("predictions_*_after.jsonl")).read_text().splitlines()]
+    from affectlens.evaluate import load_task, parse_task
+    from affectlens.evaluate.core import closed_prompt
+    from affectlens.prompts import encode, encode_targets
+
+    spec = parse_task(f"jsonl:{task}")
+    labels = list(load_task(spec, None).labels)
+    tok, model = fam["proc"].tokenizer, fam["model"]
+    for row in before:  # the harness's batched, padded scores = one unpadded forward per label
+        prompt = closed_prompt(tok, spec, labels, row["text"])
+        ids, _ = encode(tok, prompt)
+        for lab, target in zip(labels, encode_targets(tok, prompt, labels), strict=True):
+            full = torch.tensor([ids + target])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=full).logits[0].double(), -1)
+            ref = sum(float(logp[len(ids) + j - 1, t]) for j, t in enumerate(target))
+            assert row["loglik"][lab] == pytest.approx(ref, abs=1e-4)
+    assert any(a["loglik"] != b["loglik"] for a, b in zip(after, before, strict=True))  # VEE knockout acts

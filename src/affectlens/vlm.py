@@ -182,9 +182,16 @@ def _processor_options(path: Path) -> dict[str, Any]:
                 continue
             if isinstance(cfg, dict):
                 out = {**cfg, **out}
-    tmpl = path / "chat_template.jinja"
+    tmpl, legacy = path / "chat_template.jinja", path / "chat_template.json"
     if "chat_template" not in out and tmpl.is_file():
         out["chat_template"] = tmpl.read_text(encoding="utf-8")
+    elif "chat_template" not in out and legacy.is_file():  # older checkpoints: {"chat_template": "..."}
+        try:
+            obj = json.loads(legacy.read_text(encoding="utf-8"))
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("chat_template"), str):
+            out["chat_template"] = obj["chat_template"]
     return out
 
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 from .config import EvalSpec, GridConfig, assign_keys, load_config
 from .executors import ENGINES, ExecutorSpec
 from .inputs import content_id, fingerprint_inputs, validate_config
-from .report import REPORT_FILES, report
+from .report import REPORT_FILES, TIMING_COLUMNS, report
 from .results import Cell, Cost, TaskResult
 from .runner import MARKER, GridResult, run_grid
 from .stats import control_task_names, mean_ci
 from .variants import KINDS, Variant
 
-__all__ = ["ENGINES", "ExecutorSpec", "KINDS", "MARKER", "REPORT_FILES", "Cell", "Cost", "EvalSpec", "GridConfig", "GridResult", "TaskResult",
-           "Variant", "assign_keys", "content_id", "control_task_names", "fingerprint_inputs", "load_config",
-           "mean_ci", "report", "run_grid", "validate_config"]
+__all__ = ["ENGINES", "KINDS", "MARKER", "REPORT_FILES", "TIMING_COLUMNS", "Cell", "Cost", "EvalSpec",
+           "ExecutorSpec", "GridConfig", "GridResult", "TaskResult", "Variant", "assign_keys", "content_id",
+           "control_task_names", "fingerprint_inputs", "load_config", "mean_ci", "report", "run_grid",
+           "validate_config"]

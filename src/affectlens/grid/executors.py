@@ -212,8 +212,10 @@ def _ray(spec: ExecutorSpec, job_waves: list[list[Job]], out: Path, echo: Callab
     if started:
         from ..threads import available_cores
 
+        # address="local" starts a private runtime even where `ray start` runs a cluster here.
         kw: dict[str, Any] = {"address": spec.address} if spec.address else {
-            "num_cpus": max(available_cores(), spec.cpus_per_cell), "include_dashboard": False}
+            "address": "local", "num_cpus": max(available_cores(), spec.cpus_per_cell),
+            "include_dashboard": False}
         try:
             ray.init(**kw)
         except (ConnectionError, RuntimeError, ValueError) as e:

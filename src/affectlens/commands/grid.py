@@ -17,7 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "grid.csv, table.md (best bold, 95 % CIs over seeds), summary.json and "
                     "frontier.png (trainable params vs mean score). The YAML's budget is a TuneConfig "
                     "(steps, rank, lr required; alpha, dropout, batch_size, max_length, warmup default "
-                    "as in `affectlens tune`) plus seeds.",
+                    "as in `affectlens tune`) plus seeds. With --executor ray or slurm each cell is a task on "
+                    "that engine (adapter-training cells first, then the cells that read adapters); the "
+                    "cell files stay the record, so a killed worker's cell is simply run again by the "
+                    "next run.",
     )
     g.add_argument("config", help="grid YAML")
     g.add_argument("--out", required=True,
@@ -33,15 +36,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="serial: one after another in this process (default); ray: each cell a Ray task "
                    "(pip install 'affectlens[ray]'); slurm: each cell a Slurm job through submitit "
                    "(pip install 'affectlens[slurm]'). Adapter-training cells run first, then the rest")
-    e.add_argument("--address", default=None,
+    e.add_argument("--address", default=None, metavar="ADDR",
                    help="an existing Ray cluster ('auto' = the one `ray start --head` made here, or "
                    "HOST:PORT); default: a local Ray runtime on this machine's cores")
-    e.add_argument("--gpus-per-cell", type=float, default=0.0,
+    e.add_argument("--gpus-per-cell", type=float, default=0.0, metavar="N",
                    help="GPUs each cell reserves (Ray allows fractions, e.g. 0.5: two cells per GPU)")
-    e.add_argument("--cpus-per-cell", type=int, default=1,
+    e.add_argument("--cpus-per-cell", type=int, default=1, metavar="N",
                    help="CPU cores each cell reserves (and its torch threads)")
-    e.add_argument("--slurm-partition", default=None, help="Slurm partition of the cell jobs")
-    e.add_argument("--timeout-min", type=int, default=240, help="Slurm time limit of one cell job, in minutes")
+    e.add_argument("--slurm-partition", default=None, metavar="NAME", help="Slurm partition of the cell jobs")
+    e.add_argument("--timeout-min", type=int, default=240, metavar="MIN", help="Slurm time limit of one cell job, in minutes")
     g.set_defaults(func=_grid)
 
 

@@ -8,6 +8,8 @@ looking complete. Each cell's result is one JSON file written atomically,
 keyed by its variant's content hash, so an interrupted grid resumes where it
 stopped and a changed variant or input is recomputed alone. A cell with a
 non-finite score stops the grid (one line naming the cell); it is not written.
+The cells run here one after another (``serial``) or on Ray / Slurm
+(``grid.executors``); either way the cell files decide what is done.
 """
 
 from __future__ import annotations

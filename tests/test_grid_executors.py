@@ -109,7 +109,7 @@ def serial(tmp_path_factory, workers_env) -> tuple[Path, Path]:
 def ray_runtime(workers_env):
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 

@@ -202,7 +202,6 @@ class Workbench:
 
     def __init__(self, cfg: GridConfig, out: Path, tuner: Callable[..., Any] | None, echo: Callable[[str], None],
                  base_path: Path, allow_pickle: bool = False, *, device: str = "auto", dtype: str = "auto") -> None:
-        from ..devices import resolve_device, resolve_dtype
         from ..models import load_model
         from ..tune import tune
         from ..weights import open_weights
@@ -210,10 +209,7 @@ class Workbench:
         self.cfg, self.out, self.echo = cfg, out, echo
         self.tuner: Callable[..., Any] = tuner or tune
         self.base_path, self.allow_pickle = base_path, allow_pickle
-        dev = resolve_device(device)
-        name = str(resolve_dtype(dtype, dev)).removeprefix("torch.")
-        self.model, self.tok = load_model(base_path, allow_pickle=allow_pickle, dtype=name)
-        self.model.to(dev)
+        self.model, self.tok = load_model(base_path, allow_pickle=allow_pickle, dtype=dtype, device=device)
         self.base_store = open_weights(base_path, allow_pickle=allow_pickle)
 
     def close(self) -> None:

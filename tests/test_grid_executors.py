@@ -197,3 +197,14 @@ def test_missing_engine_names_the_extra(tmp_path, capfd, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     rc, _, err = run_cli(capfd, "grid", grid_yaml(tmp_path), "--out", tmp_path / "out", "--executor", "ray")
     assert rc == 2 and "pip install 'affectlens[ray]'" in err and err.count("\n") == 1, err
+
+
+def test_unpicklable_evaluator_is_one_line(ray_runtime, tmp_path):
+    import threading
+
+    ev = PidStub(tmp_path / "pids")
+    ev.lock = threading.Lock()  # no engine can ship a lock to another process
+    with pytest.raises(AffectlensError, match="must pickle") as e:
+        run_grid(grid_yaml(tmp_path), tmp_path / "run", evaluator=ev, echo=lambda s: None,
+                 executor=ExecutorSpec("ray"))
+    assert "\n" not in str(e.value) and not list((tmp_path / "run" / "cells").iterdir())

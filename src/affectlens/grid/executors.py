@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -200,6 +201,11 @@ def _raise(failed: list[str], engine: str) -> None:
         raise AffectlensError(f"grid job {failed[0]}{more} on {engine}; finished cells are kept: rerun to resume")
 
 
+def _unpicklable(e: BaseException) -> AffectlensError:
+    return AffectlensError(f"cannot ship the grid's cells to the workers: {_first_line(e)} "
+                           "(an evaluator or tuner given to run_grid must pickle)")
+
+
 def _first_line(e: BaseException) -> str:
     lines = [x.strip() for x in str(e).splitlines() if x.strip()]
     return f"{type(e).__name__}: {lines[0] if lines else 'failed'}"
@@ -226,7 +232,10 @@ def _ray(spec: ExecutorSpec, job_waves: list[list[Job]], out: Path, echo: Callab
         remote = ray.remote(num_cpus=spec.cpus_per_cell, num_gpus=spec.gpus_per_cell, max_retries=0)(run_job)
         for wave in job_waves:
             failed: list[str] = []
-            refs = {remote.remote(job): job for job in wave}
+            try:
+                refs = {remote.remote(job): job for job in wave}
+            except (TypeError, pickle.PicklingError) as e:
+                raise _unpicklable(e) from None
             while refs:
                 done, _ = ray.wait(list(refs), num_returns=1)
                 job = refs.pop(done[0])
@@ -258,7 +267,10 @@ def _slurm(spec: ExecutorSpec, job_waves: list[list[Job]], out: Path, echo: Call
     echo(f"  submitit cluster: {ex.cluster} (logs in {out / 'slurm'})")
     for wave in job_waves:
         failed: list[str] = []
-        jobs = ex.map_array(run_job, wave)
+        try:
+            jobs = ex.map_array(run_job, wave)
+        except (TypeError, pickle.PicklingError) as e:
+            raise _unpicklable(e) from None
         for job, handle in zip(wave, jobs, strict=True):
             try:
                 error = handle.result()

@@ -30,6 +30,15 @@ def world_size_from_env() -> int:
     return 1
 
 
+def rank_from_env() -> int:
+    """This process's global rank as the launcher announced it (0 without a launcher)."""
+    for key in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        value = os.environ.get(key, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def launched() -> bool:
     """Whether this process is one of several started by a launcher."""
     return world_size_from_env() > 1
@@ -110,4 +119,5 @@ def finish(accelerator: Any, model: Any) -> tuple[Any, dict[str, Any] | None]:
     return accelerator.unwrap_model(model), state
 
 
-__all__ = ["Layout", "finish", "launched", "layout", "make_accelerator", "prepare", "world_size_from_env"]
+__all__ = ["Layout", "finish", "launched", "layout", "make_accelerator", "prepare", "rank_from_env",
+           "world_size_from_env"]

@@ -197,13 +197,13 @@ def tune(
     main = accelerator is None or accelerator.is_main_process
     lay = layout(accelerator, cfg.batch_size, grad_accum)
     say = print if verbose and main else (lambda *a, **k: None)
-    if out is not None:
+    if out is not None and main:
         check_out_dir(out, force)  # fail before the expensive part
     ds = data if isinstance(data, Dataset) else load_dataset(data, task)
     where: dict[str, Any] = {"device": device}
     if accelerator is not None:  # FSDP shards from the CPU copy; DDP loads straight onto the rank's device
         fsdp = accelerator.distributed_type.value == "FSDP"
-        where = {"device": "cpu" if fsdp else str(accelerator.device), "dtype_device": str(accelerator.device)}
+        where = {"device": "cpu" if fsdp else accelerator.device, "dtype_device": accelerator.device}
     model, tokenizer, base_spec, base_dir = _base_model(base, tokenizer, base_path, allow_pickle, dtype=dtype,
                                                         **where)
 
@@ -303,8 +303,7 @@ def training_threads(threads: int | None) -> Iterator[int]:
 
 
 def _base_model(base: Any, tokenizer: Any, base_path: str | os.PathLike | None, allow_pickle: bool,
-                device: str | None = None, dtype: str | None = None, dtype_device: str | None = None
-                ) -> tuple[Any, Any, str | None, Path | None]:
+                device: Any = None, dtype: str | None = None, dtype_device: Any = None) -> tuple[Any, Any, str | None, Path | None]:
     """(model, tokenizer, how the base is named, its dir on disk or None) for a path or an in-memory model,
     on ``device`` (a path's default: ``auto``; an in-memory model's: where it is); ``dtype``'s ``auto``
     is resolved for ``dtype_device`` (default: ``device``)."""

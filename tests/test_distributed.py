@@ -64,10 +64,11 @@ def test_two_processes_train_as_one(tmp_path):
                    "--device", "cpu", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Two processes really ran, the effective batch was said and recorded, the result written once.
-    assert "effective batch 4 = 1 per process x 2 process(es) x 2 accumulation step(s)" in proc.stdout
+    assert "effective batch 4 = 1 per process x 2 process(es) x 2 accumulation step(s) (MULTI_CPU)" in proc.stdout
     assert proc.stdout.count(f"wrote {out}") == 1
     info = json.loads((out / "affectlens_tune.json").read_text())
-    assert info["layout"] == {"per_process_batch": 1, "processes": 2, "grad_accum": 2, "effective_batch": 4}
+    assert info["layout"] == {"per_process_batch": 1, "processes": 2, "grad_accum": 2, "effective_batch": 4,
+                              "engine": "MULTI_CPU"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["options"]["effective_batch"] == 4 and manifest["options"]["processes"] == 2
     assert sorted(p.name for p in out.parent.iterdir()) == ["ddp"]  # no temp dirs or claims left

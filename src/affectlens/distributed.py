@@ -69,6 +69,7 @@ class Layout:
     processes: int = 1
     accumulation: int = 1
     rank: int = 0
+    engine: str = "none"  # accelerate's distributed type: MULTI_GPU / MULTI_CPU (DDP), FSDP, ...
 
     @property
     def effective(self) -> int:
@@ -83,17 +84,19 @@ class Layout:
 
     def describe(self) -> str:
         return (f"effective batch {self.effective} = {self.per_process} per process x {self.processes} "
-                f"process(es) x {self.accumulation} accumulation step(s)")
+                f"process(es) x {self.accumulation} accumulation step(s)"
+                + ("" if self.engine == "none" else f" ({self.engine})"))
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return {"per_process_batch": self.per_process, "processes": self.processes,
-                "grad_accum": self.accumulation, "effective_batch": self.effective}
+                "grad_accum": self.accumulation, "effective_batch": self.effective, "engine": self.engine}
 
 
 def layout(accelerator: Any, batch_size: int, grad_accum: int) -> Layout:
     if accelerator is None:
         return Layout(batch_size, 1, grad_accum, 0)
-    return Layout(batch_size, accelerator.num_processes, grad_accum, accelerator.process_index)
+    return Layout(batch_size, accelerator.num_processes, grad_accum, accelerator.process_index,
+                  str(accelerator.distributed_type.value))
 
 
 def prepare(accelerator: Any, model: Any, make_optimizer: Callable[[Any], Any]) -> tuple[Any, Any]:

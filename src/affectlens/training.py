@@ -42,7 +42,7 @@ class TrainStats:
     attention: str | None = None  # the attention implementation the steps ran with
     model: Any = None  # the trained model, unwrapped from DDP/FSDP
     state_dict: dict[str, Any] | None = None  # FSDP: the gathered full state dict (main process)
-    layout: dict[str, int] = field(default_factory=dict)  # per-process batch, processes, accumulation
+    layout: dict[str, Any] = field(default_factory=dict)  # per-process batch, processes, accumulation
 
     @property
     def seconds_per_step(self) -> float:

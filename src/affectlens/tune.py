@@ -18,6 +18,12 @@ The adapter dir is a standard PEFT one (``save_pretrained``) whose
 relative to the adapter dir), plus ``affectlens_tune.json`` (options, seed,
 loss curve, trainable parameters per module, timing, the base's content
 fingerprint), a loss-curve PNG and ``manifest.json``.
+
+``method="full"`` trains the selected modules' whole weights instead (the
+paper's SFT arm; :mod:`affectlens.fullft`) and writes an HF model dir. Under
+``accelerate launch`` the same call runs on every process
+(:mod:`affectlens.distributed`): the effective batch is per-process batch x
+processes x ``grad_accum``, and only the main process writes.
 """
 
 from __future__ import annotations
@@ -68,7 +74,9 @@ class Dataset:
 @dataclass
 class TuneResult:
     """What one tuning run produced. ``model`` is the trained PeftModel, still in memory:
-    evaluate it directly, or call ``model.unload()`` to get the untouched base back."""
+    evaluate it directly, or call ``model.unload()`` to get the untouched base back
+    (``method="full"``: the fine-tuned model itself). ``adapter_dir`` is the written
+    dir: a PEFT adapter, or with ``method="full"`` an HF model dir."""
 
     adapter_dir: Path | None
     model: Any

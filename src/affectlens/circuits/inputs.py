@@ -18,21 +18,25 @@ from .vectors import SteeringVectors, import_lm_eval, import_steering_vectors_li
 
 
 def load_for_pairs(model_path: str, pairs: Sequence[Pair], adapter: str | None = None,
-                   dtype: str = "float32", allow_pickle: bool = False) -> tuple[Any, Any, Any]:
-    """``(model, tokenizer, processor)``; a vision-language model when the pairs carry images."""
-    from ..evaluate.core import load_scoring_model
+                   dtype: str = "auto", allow_pickle: bool = False, device: str = "auto",
+                   device_map: str | None = None) -> tuple[Any, Any, Any]:
+    """``(model, tokenizer, processor)``; a vision-language model when the pairs carry images.
+
+    Both load straight onto ``device`` in ``dtype`` (``models.placement``).
+    """
+    from ..models import load_model, placement, resolve_model_path, weight_kwargs
 
     if not any(p.image_emotional or p.image_neutral for p in pairs):
-        model, tok = load_scoring_model(model_path, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle)
+        model, tok = load_model(model_path, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle,
+                                device=device, device_map=device_map)
         return model, tok, None
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from ..models import resolve_model_path, torch_dtype, weight_kwargs
-
     p = resolve_model_path(model_path)
     kwargs = weight_kwargs(p, allow_pickle)  # the one pickle policy; refuses without the flag
+    place = placement(p, device, dtype, device_map)[2]
     try:
-        model = AutoModelForImageTextToText.from_pretrained(str(p), dtype=torch_dtype(dtype), **kwargs).eval()
+        model = AutoModelForImageTextToText.from_pretrained(str(p), **place, **kwargs).eval()
         proc = AutoProcessor.from_pretrained(str(p))
     except Exception as e:
         raise AffectlensError(f"cannot load a vision-language model from {p}: {type(e).__name__}: {e}") from None
@@ -140,14 +144,15 @@ def require_finite_out(obj: Any, what: str, model_path: str) -> None:
 
 
 def setup(model_path: str, pairs_path: str | None, adapter: str | None, dtype: str,
-          emotions: Sequence[str] | None, allow_pickle: bool = False) -> tuple[Any, Any, Any, list[Pair]]:
+          emotions: Sequence[str] | None, allow_pickle: bool = False,
+          device: str = "auto") -> tuple[Any, Any, Any, list[Pair]]:
     """``(model, tokenizer, processor, pairs)``; ``emotions`` must all occur in the pairs."""
     pairs = load_pairs(pairs_path)
     if emotions:
         unknown = sorted(set(emotions) - set(labels_of(pairs)))
         if unknown:
             raise AffectlensError(f"emotion(s) {', '.join(unknown)} not in the pairs ({', '.join(labels_of(pairs))})")
-    model, tok, proc = load_for_pairs(model_path, pairs, adapter, dtype, allow_pickle)
+    model, tok, proc = load_for_pairs(model_path, pairs, adapter, dtype, allow_pickle, device)
     return model, tok, proc, pairs
 
 

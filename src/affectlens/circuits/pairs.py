@@ -188,12 +188,14 @@ def emotion_probs(model: Any, enc: Encoder, stimuli: Sequence[str], labels: Sequ
 def _image_label_probs(model: Any, enc: Encoder, stimuli: Sequence[str],
                        images: Sequence[str | None], labels: Sequence[str]) -> torch.Tensor:
     """Image prompts: the harness scores text only, so score label continuations here."""
+    from .hooks import to_model
+
     tok = _tok(enc.processor)
     out = torch.zeros(len(stimuli), len(labels))
     for i, (s, im) in enumerate(zip(stimuli, images, strict=True)):
-        inputs = enc(s, im)
+        inputs = to_model(enc(s, im), model)
         for j, target in enumerate(encode_targets(tok, enc.prompt(s, im), labels)):
-            lab_ids = torch.tensor([target])
+            lab_ids = torch.tensor([target], device=inputs["input_ids"].device)
             ids = torch.cat([inputs["input_ids"], lab_ids], 1)
             kw = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
             with torch.no_grad():
@@ -201,5 +203,5 @@ def _image_label_probs(model: Any, enc: Encoder, stimuli: Sequence[str],
             logp = torch.log_softmax(logits[0].float(), -1)
             p0 = inputs["input_ids"].shape[1]
             tgt = lab_ids[0]
-            out[i, j] = logp[torch.arange(p0 - 1, p0 - 1 + len(tgt)), tgt].sum()
+            out[i, j] = logp[torch.arange(p0 - 1, p0 - 1 + len(tgt), device=tgt.device), tgt].sum()
     return torch.softmax(out, -1)

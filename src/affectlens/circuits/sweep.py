@@ -176,7 +176,7 @@ def _logprobs(model: Any, bases: Sequence[_Base], layers: Sequence[int], vecs: S
         x0[r, S - n:] = b.resid[k]
     pos = (start + (mask[:, start:].cumsum(-1) - 1)).clamp(min=start)
     lay = torch.tensor(list(layers))
-    V = torch.stack([v.float() for v in vecs])
+    V = torch.stack([v.float() for v in vecs]).to(dev)  # once: the hooks add its rows on every call
     kv = [(torch.stack([b.keys[la][:, :start] for b in bases]), torch.stack([b.values[la][:, :start] for b in bases]))
           for la in range(n_layers)]
     cache = _new_cache(model, kv)

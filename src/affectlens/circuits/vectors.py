@@ -22,7 +22,7 @@ import torch
 
 from ..errors import AffectlensError
 from ..runs import progress
-from .hooks import capture, decoder_layers, hooks
+from .hooks import capture, decoder_layers, hooks, to_model
 from .pairs import Encoder, Pair, answer_labels, emotion_probs, labels_of
 
 FORMAT = "affectlens.steering/1"
@@ -140,7 +140,7 @@ def residuals(model: Any, enc: Encoder, stimuli: Sequence[str], images: Sequence
     batches = [text_idx[i : i + batch_size] for i in range(0, len(text_idx), batch_size)]
     for batch in progress(batches + [[i] for i in img_idx], desc=desc):
         if batch[0] in set(img_idx):
-            inputs = enc(stimuli[batch[0]], images[batch[0]])
+            inputs = to_model(enc(stimuli[batch[0]], images[batch[0]]), model)
             offsets = [0]
         else:
             seqs = [enc(stimuli[i])["input_ids"][0] for i in batch]

@@ -18,6 +18,7 @@ def _common(p: argparse.ArgumentParser, pairs: bool = True) -> None:
         p.add_argument("--pairs", default=None,
                        help="contrast pairs JSONL {emotional, neutral, label[, query, image_*]} "
                             "(default: the bundled pairs)")
+    o.device(p)
     o.dtype(p)
     o.seed(p)
     o.run_dir(p)
@@ -143,7 +144,7 @@ def _one_emotion(value: str | None) -> str | None:
 
 
 def _base(a: argparse.Namespace) -> dict:
-    return {"force": a.force, "adapter": a.adapter, "dtype": a.dtype, "seed": a.seed,
+    return {"force": a.force, "adapter": a.adapter, "dtype": a.dtype, "device": a.device, "seed": a.seed,
             "allow_pickle": a.allow_pickle}
 
 

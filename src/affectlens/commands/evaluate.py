@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="closed: log-likelihood of each label; generative: answer, then map it to labels")
     o.limit(e)
     o.batch_size(e, 16)
+    o.device(e)
     o.dtype(e)
     o.seed(e, help="bootstrap / generation seed")
     e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (0: none)")
@@ -57,7 +58,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     res = evaluate_run(args.model, args.out, args.tasks, adapter=args.adapter, mode=args.mode, limit=args.limit,
                        batch_size=args.batch_size, dtype=args.dtype, seed=args.seed, n_boot=args.bootstrap,
                        wheel=args.wheel, max_new_tokens=args.max_new_tokens, force=args.force,
-                       allow_pickle=args.allow_pickle)
+                       allow_pickle=args.allow_pickle, device=args.device)
     print(res.table())
     print(f"-> {args.out}")
     return 0

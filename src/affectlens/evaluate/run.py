@@ -54,19 +54,23 @@ def _positive(**counts: tuple[int, int]) -> None:
 
 def evaluate_run(model: str, out: str | Path, tasks: Sequence[str] | None = None, *,
                  adapter: str | None = None, mode: str = "closed", limit: int | None = None,
-                 batch_size: int = 16, dtype: str = "float32", seed: int = 0, n_boot: int = 1000,
+                 batch_size: int = 16, dtype: str = "auto", seed: int = 0, n_boot: int = 1000,
                  wheel: str | None = None, max_new_tokens: int = 48, force: bool = False,
-                 allow_pickle: bool = False) -> EvalResult:
-    """Load ``model`` (+ ``adapter``), score it on ``tasks`` (default: emotion) and write ``out``.
+                 allow_pickle: bool = False, device: str = "auto") -> EvalResult:
+    """Load ``model`` (+ ``adapter``) on ``device`` in ``dtype``, score it on ``tasks``
+    (default: emotion) and write ``out``.
 
     Every input is checked (counts, task files, the output) before the model
     is loaded, so a typo costs no loading time.
     """
-    from .core import evaluate, load_scoring_model
+    from ..devices import check, ran_on
+    from ..models import load_model
+    from .core import evaluate
     from .loaders import load_task
     from .tasks import parse_task
 
     check_out_dir(out, force)
+    check(device, dtype)
     _positive(batch_size=(batch_size, 1), max_new_tokens=(max_new_tokens, 1), bootstrap=(n_boot, 0))
     names = list(tasks or ["emotion"])
     specs = [parse_task(t) for t in names]
@@ -79,10 +83,11 @@ def evaluate_run(model: str, out: str | Path, tasks: Sequence[str] | None = None
         if spec.path and spec.loader != "bundled":
             inputs[f"task:{spec.name}"] = spec.path
     options = {"model": model, "adapter": adapter, "tasks": list(tasks) if tasks else None, "mode": mode,
-               "limit": limit, "batch_size": batch_size, "dtype": dtype, "seed": seed, "bootstrap": n_boot,
+               "limit": limit, "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed, "bootstrap": n_boot,
                "wheel": wheel, "max_new_tokens": max_new_tokens, "allow_pickle": allow_pickle}
     with RunDir(out, command="evaluate", force=force, inputs=inputs, options=options, seed=seed) as run:
-        m, tok = load_scoring_model(model, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle)
+        m, tok = load_model(model, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle, device=device)
+        run.extra["ran_on"] = ran_on(m)
         result = evaluate(m, tok, names, mode=mode, limit=limit, batch_size=batch_size, seed=seed,
                           n_boot=n_boot, wheel=wheel, max_new_tokens=max_new_tokens)
         write_files(run, result)

@@ -79,7 +79,8 @@ def main() -> int:
     tps = {n: statistics.median(t for t, _ in v) for n, v in results.items()}
     wall = {n: statistics.median(w for _, w in v) for n, v in results.items()}
     print(f"model {args.model}, {args.steps} steps, effective batch {args.batch_size}, max length "
-          f"{args.max_length}, {args.cores} cores, median of {args.repeats}")
+          f"{args.max_length}, {args.cores} thread(s) split over the processes (at least 1 each), "
+          f"median of {args.repeats}")
     for n in (1, 2):
         print(f"  {n} process(es) x {max(1, args.cores // n)} thread(s): {tps[n]:8.0f} tokens/s in the loop, "
               f"{wall[n]:6.1f} s per command")

@@ -315,7 +315,7 @@ def _base_model(base: Any, tokenizer: Any, base_path: str | os.PathLike | None, 
     """(model, tokenizer, how the base is named, its dir on disk or None) for a path or an in-memory model,
     on ``device`` (a path's default: ``auto``; an in-memory model's: where it is); ``dtype``'s ``auto``
     is resolved for ``dtype_device`` (default: ``device``)."""
-    from .devices import dtype_name, resolve_device, resolve_dtype
+    from .devices import resolve_device, resolve_dtype
     from .models import (
         DEFAULT_MODEL,
         adapter_base,
@@ -337,9 +337,14 @@ def _base_model(base: Any, tokenizer: Any, base_path: str | os.PathLike | None, 
                 f"{resolved} is a PEFT adapter, not a base model: tune trains a new adapter on a base "
                 f"(this adapter's is {named}); merge it into its base first to build on it")
         dev = resolve_device(device or "auto")
-        td = str(resolve_dtype(dtype_name(dtype), dtype_device or dev)).removeprefix("torch.")
-        model, tok = load_model(resolved, dtype=td, allow_pickle=allow_pickle)  # checks the weights are finite
-        model.to(dev)
+        td = resolve_dtype(dtype or "auto", dtype_device or dev)
+        # load_model checks the weights are finite, and spreads a model too big for one GPU over the
+        # GPUs (device_map); several processes each need the whole model (DDP) or shard it (FSDP).
+        model, tok = load_model(resolved, dtype=td, device=dev, allow_pickle=allow_pickle)
+        spread = set(getattr(model, "hf_device_map", None) or {"": dev}.values())
+        if dtype_device is not None and len(spread) > 1:
+            raise AffectlensError(f"{resolved} does not fit one {dev.type} device: train it with FSDP "
+                                  "(accelerate launch --use_fsdp ...) rather than DDP")
         spec = base_path or base
     else:
         model, tok = base, tokenizer

@@ -209,6 +209,7 @@ class Workbench:
         self.cfg, self.out, self.echo = cfg, out, echo
         self.tuner: Callable[..., Any] = tuner or tune
         self.base_path, self.allow_pickle = base_path, allow_pickle
+        self.device, self.dtype = device, dtype  # adapters train where cells score (a GPU cell trains on it)
         self.model, self.tok = load_model(base_path, allow_pickle=allow_pickle, dtype=dtype, device=device)
         self.base_store = open_weights(base_path, allow_pickle=allow_pickle)
 
@@ -226,7 +227,8 @@ class Workbench:
             self.echo(f"  training {v.name} seed {seed} ({v.modules}, {budget.steps} steps)")
             self.tuner(str(self.base_path), self.cfg.data,
                        config=budget.replace(modules=str(v.modules), layers=v.layers, seed=int(seed)),
-                       out=ad, force=ad.exists(), verbose=False, allow_pickle=self.allow_pickle)
+                       out=ad, force=ad.exists(), verbose=False, allow_pickle=self.allow_pickle,
+                       device=self.device, dtype=self.dtype)
         info_path = ad / "affectlens_tune.json"
         return ad, (json.loads(info_path.read_text()) if info_path.is_file() else {})
 

@@ -179,7 +179,8 @@ def _affectlens_part(command: str) -> str:
 
 
 def _without_foreign_flags(text: str) -> str:
-    text = re.sub(r"`((?:%s)\s[^`]*)`" % "|".join(FOREIGN), lambda m: _affectlens_part(m.group(1)), text)
+    tools = "|".join(FOREIGN)
+    text = re.sub(rf"`((?:{tools})\s[^`]*)`", lambda m: _affectlens_part(m.group(1)), text)
     return "\n".join(_affectlens_part(line) if line.startswith(tuple(f + " " for f in FOREIGN)) else line
                      for line in text.splitlines())
 

@@ -62,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = cs.add_parser("vectors", help="S_l^e = mean(h+ - h-) per emotion and layer -> vectors.safetensors")
     _common(v)
     _vector_opts(v, reuse=False)
+    v.add_argument("--min-pairs", type=int, default=5,
+                   help="fewer pairs than this pass --min-score for an emotion: use its best-scoring "
+                        "pairs above chance instead, noted in the output (0: no fallback)")
     v.add_argument("--export", default="", help="also write lm-eval,steering-vectors .pt files (default: none)")
     v.add_argument("--export-layers", default=None, help="layers for exported files, e.g. 8-12 (default: all)")
     v.add_argument("--coefficient", type=float, default=1.0, help="lm-eval steering_coefficient")
@@ -152,9 +155,17 @@ def _vectors(a: argparse.Namespace) -> int:
     sv = vectors_run(a.model, a.out, a.pairs, min_score=a.min_score, position=a.position,
                      from_token=a.from_token, centring=a.centring, denoise=a.denoise,
                      export=[x.strip() for x in a.export.split(",")], export_layers=a.export_layers,
-                     coefficient=a.coefficient, **_base(a))
-    print(f"vectors for {', '.join(f'{e} ({sv.counts[e]}/{sv.totals[e]} pairs)' for e in sv.labels)} "
-          f"-> {a.out}/vectors.safetensors")
+                     coefficient=a.coefficient, min_pairs=a.min_pairs, **_base(a))
+    sel = sv.options.get("selection", {})
+    print(f"{'emotion':>10}  {'pass rate':>9}  {'used':>4}  pairs")
+    for e in sv.labels:
+        r = sel.get(e, {"passing": sv.counts[e], "offered": sv.totals[e], "rule": "min_score"})
+        rule = "fallback: best above chance" if r["rule"] == "fallback" else f"p(label) >= {a.min_score:g}"
+        print(f"{e:>10}  {r['passing']:>4}/{r['offered']:<4}  {sv.counts[e]:>4}  {rule}")
+    for e in sv.labels:
+        if sel.get(e, {}).get("note"):
+            print(f"note: {e}: {sel[e]['note']}")
+    print(f"-> {a.out}/vectors.safetensors")
     return 0
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from affectlens.circuits.layers import layer_profile, per_layer_probs
-from affectlens.circuits.pairs import Pair, answer_labels, encoder_for
-from affectlens.circuits.sweep import batched_probs
+from affectlens.circuits.pairs import Pair, answer_labels, emotion_probs, encoder_for
+from affectlens.circuits.sweep import batched_probs, sweep_probs
 from affectlens.circuits.vectors import compute_vectors
 
 from circuits_helpers import PAIRS, planted_model
@@ -45,6 +45,33 @@ def test_planted_gqa_batched_equals_loop(planted, scale, batch_size):
     model, enc, sv = planted
     for e in ("anger", "joy"):
         _check_equal(model, enc, PAIR_OBJS, sv, e, 3.0, scale, batch_size)
+
+
+@pytest.mark.parametrize("batch_size", [3, 7])
+def test_emotions_batched_together_equal_loop(planted, batch_size):
+    """Rows of both emotions (and several layers) share batches; each row still gets its own vector."""
+    model, enc, sv = planted
+    labels = answer_labels(PAIR_OBJS)
+    stim = {e: [p.neutral for p in PAIR_OBJS if p.label == e][:3] for e in ("anger", "joy")}
+    ticks = []
+    got = sweep_probs(model, enc, stim, labels, sv, 2.5, "raw", range(4), batch_size, ticks.append)
+    assert got is not None and sum(ticks) == 2 * 4 * 3  # every (emotion, layer, prompt) counted once
+    for e, st in stim.items():
+        ref = per_layer_probs(model, enc, st, [None] * len(st), labels, sv, e, 2.5, "raw", range(4))
+        assert sorted(got[e]) == [la for la in range(4) if sv.get(e)[la].any()]
+        for la in got[e]:
+            torch.testing.assert_close(got[e][la], ref[la], rtol=1e-5, atol=1e-7)
+
+
+def test_shortcut_declines_when_it_does_not_reproduce_the_reference(planted):
+    """The one-prompt check compares with the base probabilities it is given: a mismatch means the loop."""
+    model, enc, sv = planted
+    labels = answer_labels(PAIR_OBJS)
+    stim = [p.neutral for p in PAIR_OBJS if p.label == "joy"]
+    base = emotion_probs(model, enc, stim, labels)
+    assert sweep_probs(model, enc, {"joy": stim}, labels, sv, 1.0, "raw", range(4), reference={"joy": base})
+    wrong = base + torch.tensor([0.01, -0.01, 0.0])  # off by 1e-2: no rounding explains it
+    assert sweep_probs(model, enc, {"joy": stim}, labels, sv, 1.0, "raw", range(4), reference={"joy": wrong}) is None
 
 
 @pytest.fixture(scope="module")

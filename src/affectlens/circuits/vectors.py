@@ -250,6 +250,8 @@ def compute_vectors(model: Any, enc: Encoder, pairs: Sequence[Pair], min_score: 
         raise AffectlensError("--denoise must be a variance share in (0, 1)")
     if min_pairs < 0:
         raise AffectlensError(f"--min-pairs must be >= 0, not {min_pairs}")
+    if min_score > 1:
+        raise AffectlensError(f"--min-score is a probability: {min_score:g} is above 1 (0 keeps every pair)")
     _, score = pass_counts(model, enc, pairs, min_score, batch_size)
     ok, selection = select_pairs(pairs, score, min_score, min_pairs)
     labels = labels_of(pairs)

@@ -259,12 +259,15 @@ def sweep_child(args: argparse.Namespace) -> int:
     k = int(os.environ["BENCH_SWEEP_K"])
     stim = {e: [p.neutral for p in pairs if p.label == e][:k] for e in emotions}
     t = time.perf_counter()
-    base = {e: emotion_probs(model, enc, stim[e], labels) for e in emotions}
     if mode == "loop":
+        base = {e: emotion_probs(model, enc, stim[e], labels) for e in emotions}
         got = {e: per_layer_probs(model, enc, stim[e], [None] * k, labels, sv, e, args.alpha, "unit", layers)
                for e in emotions}
-    else:
-        got = sweep_probs(model, enc, stim, labels, sv, args.alpha, "unit", layers, reference=base) or {}
+    else:  # the base probabilities come out of the sweep's shared base runs
+        base = {}
+        got = sweep_probs(model, enc, stim, labels, sv, args.alpha, "unit", layers, base_out=base) or {}
+    for e in got:
+        got[e][-1] = base[e]  # compared like a layer
     secs = time.perf_counter() - t
     probs = {e: {la: got[e][la].tolist() for la in got[e]} for e in got}
     status = Path("/proc/self/status").read_text().splitlines()

@@ -63,15 +63,33 @@ def test_emotions_batched_together_equal_loop(planted, batch_size):
             torch.testing.assert_close(got[e][la], ref[la], rtol=1e-5, atol=1e-7)
 
 
-def test_shortcut_declines_when_it_does_not_reproduce_the_reference(planted):
-    """The one-prompt check compares with the base probabilities it is given: a mismatch means the loop."""
+def test_base_probabilities_and_a_declining_check(planted, monkeypatch):
+    """The shared base runs give the unsteered probabilities; a failed check means the per-layer loop."""
+    import affectlens.evaluate.scorer as scorer
+
     model, enc, sv = planted
     labels = answer_labels(PAIR_OBJS)
     stim = [p.neutral for p in PAIR_OBJS if p.label == "joy"]
-    base = emotion_probs(model, enc, stim, labels)
-    assert sweep_probs(model, enc, {"joy": stim}, labels, sv, 1.0, "raw", range(4), reference={"joy": base})
-    wrong = base + torch.tensor([0.01, -0.01, 0.0])  # off by 1e-2: no rounding explains it
-    assert sweep_probs(model, enc, {"joy": stim}, labels, sv, 1.0, "raw", range(4), reference={"joy": wrong}) is None
+    base: dict = {}
+    assert sweep_probs(model, enc, {"joy": stim}, labels, sv, 1.0, "raw", range(4), base_out=base)
+    torch.testing.assert_close(base["joy"], emotion_probs(model, enc, stim, labels), rtol=1e-5, atol=1e-7)
+    good = layer_profile(model, enc, PAIR_OBJS, sv, alpha=1.5)
+    real = scorer.score_items
+    monkeypatch.setattr(scorer, "score_items", lambda *a, **k: real(*a, **k) + 0.01)  # off by 1e-2
+    assert sweep_probs(model, enc, {"joy": stim}, labels, sv, 1.0, "raw", range(4)) is None
+    monkeypatch.setattr(scorer, "score_items", real)
+    n, handle = _count_forwards(model)
+    try:
+        layer_profile(model, enc, PAIR_OBJS, sv, alpha=1.5, batch_size=4)  # warm: verified once per profile
+        batched = n[0]
+        monkeypatch.setattr(scorer, "score_items", lambda *a, **k: real(*a, **k) + 0.01)
+        n[0] = 0
+        loop = layer_profile(model, enc, PAIR_OBJS, sv, alpha=1.5, batch_size=4)
+        assert n[0] > batched  # the loop ran: one scoring run per layer
+    finally:
+        handle.remove()
+    assert [r["steered"] for r in loop.rows] == pytest.approx([r["steered"] for r in good.rows], rel=1e-5, abs=1e-9)
+    assert [r["base"] for r in loop.rows] == pytest.approx([r["base"] for r in good.rows], rel=1e-5, abs=1e-9)
 
 
 @pytest.fixture(scope="module")

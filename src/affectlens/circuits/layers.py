@@ -106,13 +106,14 @@ def _group_rows(model: Any, enc: Encoder, sel: dict[str, list[Pair]], labels: li
     """Rows of a group of emotions: base probability, steered probability and effect per layer."""
     stim = {e: [p.neutral for p in ps] for e, ps in sel.items()}
     imgs = {e: [p.image_neutral for p in ps] for e, ps in sel.items()}
-    base = {e: emotion_probs(model, enc, stim[e], labels, imgs[e], batch_size) for e in sel}
+    base: dict[str, torch.Tensor] = {}  # unsteered probabilities: the sweep's base runs score them too
     probs: dict[str, dict[int, torch.Tensor]] | None = None
     if all(sweep_supported(enc, imgs[e]) for e in sel) and shortcut != [False]:
         probs = sweep_probs(model, enc, stim, labels, sv, alpha, scale, layers, batch_size, bar.update,
-                            verify=not shortcut, reference=base)
+                            verify=not shortcut, base_out=base)
         shortcut[:] = [probs is not None]
     if probs is None:
+        base = {e: emotion_probs(model, enc, stim[e], labels, imgs[e], batch_size) for e in sel}
         probs = {e: per_layer_probs(model, enc, stim[e], imgs[e], labels, sv, e, alpha, scale, layers, batch_size,
                                     bar, len(stim[e])) for e in sel}
     out: dict[str, list[dict[str, Any]]] = {}

@@ -183,26 +183,84 @@ def _capture(model: Any, h: HookSet, store: dict[int, torch.Tensor]) -> None:
         h.forward(blk, lambda _m, _a, o, la=la: store.__setitem__(la, _hidden(o).detach()))
 
 
-def _base_runs(model: Any, items: Sequence[Any], start: int, pad_id: int, batch_size: int) -> list[_Base]:
-    """Unsteered packed runs from the embeddings on: residuals on each prompt's own positions, prefix KV."""
+def _base_runs(model: Any, items: Sequence[Any], start: int, pad_id: int, batch_size: int,
+               n_labels: int) -> tuple[list[_Base], torch.Tensor]:
+    """Unsteered runs: residuals on each prompt's own positions, the prefix KV, and the label log-likelihoods.
+
+    The template prefix is the same tokens for every prompt: its keys/values
+    are computed once (per distinct prefix) and every prompt continues from them.
+    """
     dev = model_device(model)
-    dtype = next(model.parameters()).dtype
     n_layers = len(decoder_layers(model))
-    out = []
+    prefixes: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for it in items:
+        key = tuple(it.prompt[:start])
+        if key not in prefixes:
+            ids = torch.tensor([key], device=dev)
+            res = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
+            prefixes[key] = [tuple(t[0] for t in _kv(output_cache(res), la)) for la in range(n_layers)]
+    bases: list[_Base] = []
+    scores = []
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
-        pk = _pack(chunk, 0, pad_id)
+        kvs = [prefixes[tuple(it.prompt[:start])] for it in chunk]
         resid: dict[int, torch.Tensor] = {}
         with hooks(model) as h:
             _capture(model, h, resid)
-            res = model(input_ids=pk.ids.to(dev), attention_mask=_additive(pk.mask, dtype, dev),
-                        position_ids=pk.pos.to(dev), use_cache=True, logits_to_keep=1)
-        kv = [_kv(output_cache(res), la) for la in range(n_layers)]
-        for r, it in enumerate(chunk):
+            res, pk = _packed_forward(model, chunk, start, pad_id, kvs, None)
+        scores.append(_score(res.logits, chunk, pk, n_labels))
+        for r, (it, kv) in enumerate(zip(chunk, kvs, strict=True)):
             cols = pk.own[r].to(dev)
-            pre, mine = cols[:start], cols[start:]
-            out.append(_Base(it, [resid[la][r, mine] for la in range(n_layers)],
-                             [k[r][:, pre] for k, _ in kv], [v[r][:, pre] for _, v in kv]))
+            bases.append(_Base(it, [resid[la][r, cols] for la in range(n_layers)],
+                               [k for k, _ in kv], [v for _, v in kv]))
+    return bases, torch.cat(scores)
+
+
+def _packed_forward(model: Any, items: Sequence[Any], start: int, pad_id: int,
+                    kvs: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]],
+                    x0: Callable[[_Packed], torch.Tensor] | None) -> tuple[Any, _Packed]:
+    """One forward of packed rows continuing from their prefix KV (from the embeddings, or ``x0`` on)."""
+    dev = model_device(model)
+    dtype = next(model.parameters()).dtype
+    pk = _pack(items, start, pad_id)
+    n_layers = len(kvs[0])
+    cache = _new_cache(model, [(torch.stack([kv[la][0] for kv in kvs]), torch.stack([kv[la][1] for kv in kvs]))
+                               for la in range(n_layers)])
+    keep = max(len(it.common) for it in items) + 1 + pk.C
+    kw = {"input_ids": pk.ids.to(dev), "attention_mask": _additive(pk.mask, dtype, dev),
+          "position_ids": pk.pos.to(dev), "use_cache": False, "logits_to_keep": keep, cache_kwarg(model): cache}
+    if x0 is None:
+        return model(**kw), pk
+    first, x = x0(pk)
+    with _from_block(model, first, x):
+        return model(**kw), pk
+
+
+def _score(logits: torch.Tensor, items: Sequence[Any], pk: _Packed, n_labels: int) -> torch.Tensor:
+    """Closed-set log-likelihoods ``[B, n_labels]`` from a packed forward's kept logits.
+
+    The scorer's numerics: log-softmax in float32, sums in float64; only the
+    scored tokens are gathered.
+    """
+    kmax = max(len(it.common) for it in items)
+    keep = kmax + 1 + pk.C
+    logp = logits[:, -keep:].float().log_softmax(-1)
+    B = len(items)
+    want = torch.zeros(B, keep, n_labels, dtype=torch.long)
+    for r, it in enumerate(items):
+        want[r, kmax, :] = torch.tensor([rest[0] for rest in it.rests])
+        for j, t in enumerate(it.common):
+            want[r, kmax - (len(it.common) - j), 0] = t
+        for j, col in pk.slots[r].items():
+            tgt = it.rests[j][1:]
+            want[r, kmax + 1 + col - pk.S + torch.arange(len(tgt)), j] = torch.tensor(tgt)
+    got = logp.gather(-1, want.to(logp.device)).double().cpu()  # [B, keep, n_labels]
+    out = torch.zeros(B, n_labels, dtype=torch.float64)
+    for r, it in enumerate(items):
+        kk = len(it.common)
+        out[r] = sum(float(got[r, kmax - (kk - j), 0]) for j in range(kk)) + got[r, kmax]
+        for j, col in pk.slots[r].items():
+            out[r, j] += got[r, kmax + 1 + col - pk.S + torch.arange(len(it.rests[j]) - 1), j].sum()
     return out
 
 
@@ -214,51 +272,38 @@ def _logprobs(model: Any, bases: Sequence[_Base], layers: Sequence[int], vecs: S
     packed suffixes and label continuations, the prefix served from the base KV.
     """
     dev = model_device(model)
-    n_layers = len(decoder_layers(model))
-    B = len(bases)
     k = min(layers)
-    pk = _pack([b.item for b in bases], start, pad_id)
-    dtype = bases[0].resid[0].dtype
-    x0 = torch.zeros(B, pk.S + pk.C, bases[0].resid[0].shape[-1], dtype=dtype, device=dev)
-    for r, b in enumerate(bases):
-        x0[r, pk.own[r].to(dev)] = b.resid[k]
     lay = torch.tensor(list(layers))
     V = torch.stack([v.float() for v in vecs])
-    cache = _new_cache(model, [(torch.stack([b.keys[la] for b in bases]), torch.stack([b.values[la] for b in bases]))
-                               for la in range(n_layers)])
-    kmax = max(len(b.item.common) for b in bases)
-    keep = kmax + 1 + pk.C
+    items = [b.item for b in bases]
     with hooks(model) as h:
         inj = _Injector(h, rel)
-        now = (lay == k).nonzero().flatten()
-        x0 = inj.apply(x0, now.to(dev), V[now])
+
+        def x0(pk: _Packed) -> tuple[int, torch.Tensor]:
+            x = torch.zeros(len(bases), pk.S + pk.C, bases[0].resid[0].shape[-1], dtype=bases[0].resid[0].dtype,
+                            device=dev)
+            for r, b in enumerate(bases):
+                x[r, pk.own[r].to(dev)] = b.resid[k]
+            now = (lay == k).nonzero().flatten()
+            return k + 1, inj.apply(x, now.to(dev), V[now])
+
         inj.plan = {la: ((lay == la).nonzero().flatten().to(dev), V[lay == la]) for la in set(layers) if la > k}
-        with _from_block(model, k + 1, x0):
-            res = model(input_ids=pk.ids.to(dev), attention_mask=_additive(pk.mask, dtype, dev),
-                        position_ids=pk.pos.to(dev), use_cache=False, logits_to_keep=keep,
-                        **{cache_kwarg(model): cache})
-    # the scorer's numerics (log-softmax in float32, sums in float64), gathering only the tokens scored
-    logp = res.logits[:, -keep:].float().log_softmax(-1)
-    want = torch.zeros(B, keep, n_labels, dtype=torch.long, device=logp.device)
-    for r, b in enumerate(bases):
-        it = b.item
-        want[r, kmax, :] = torch.tensor([rest[0] for rest in it.rests])
-        for j, t in enumerate(it.common):
-            want[r, kmax - (len(it.common) - j), 0] = t
-        for j, col in pk.slots[r].items():
-            tgt = it.rests[j][1:]
-            want[r, kmax + 1 + col - pk.S + torch.arange(len(tgt)), j] = torch.tensor(tgt)
-    got = logp.gather(-1, want).double().cpu()  # [B, keep, n_labels]
-    out = torch.zeros(B, n_labels, dtype=torch.float64)
-    for r, b in enumerate(bases):
-        it = b.item
-        kk = len(it.common)
-        base = sum(float(got[r, kmax - (kk - j), 0]) for j in range(kk))
-        out[r] = base + got[r, kmax]
-        for j, col in pk.slots[r].items():
-            n = len(it.rests[j]) - 1
-            out[r, j] += got[r, kmax + 1 + col - pk.S + torch.arange(n), j].sum()
-    return out
+        res, pk = _packed_forward(model, items, start, pad_id, [list(zip(b.keys, b.values, strict=True))
+                                                                for b in bases], x0)
+    return _score(res.logits, items, pk, n_labels)
+
+
+def _chunks(rows: Sequence[tuple[int, str, int]], batch_size: int) -> list[list[tuple[int, str, int]]]:
+    """Batches of rows sorted by layer; a batch reaching past a layer boundary when at least half full
+    is cut there instead (rows of a later layer would rerun the blocks in between)."""
+    out: list[list[tuple[int, str, int]]] = []
+    cur: list[tuple[int, str, int]] = []
+    for row in rows:
+        if cur and (len(cur) == batch_size or (row[0] != cur[-1][0] and 2 * len(cur) >= batch_size)):
+            out.append(cur)
+            cur = []
+        cur.append(row)
+    return out + [cur] if cur else out
 
 
 def sweep_supported(enc: Encoder, images: Sequence[str | None]) -> bool:
@@ -271,16 +316,16 @@ def sweep_supported(enc: Encoder, images: Sequence[str | None]) -> bool:
 def sweep_probs(model: Any, enc: Encoder, jobs: Mapping[str, Sequence[str]], labels: Sequence[str],
                 sv: SteeringVectors, alpha: float, scale: str, layers: Sequence[int], batch_size: int = 16,
                 tick: Callable[[int], None] | None = None, verify: bool = True,
-                reference: Mapping[str, torch.Tensor] | None = None) -> dict[str, dict[int, torch.Tensor]] | None:
+                base_out: dict[str, torch.Tensor] | None = None) -> dict[str, dict[int, torch.Tensor]] | None:
     """Closed-set probabilities ``{emotion: {layer: [n, n_labels]}}`` with ``α·S_layer^emotion`` injected.
 
     ``jobs``: emotion -> its neutral stimuli. Layers whose vector is exactly
     zero are left out (injecting nothing is the unsteered run). ``tick(n)``:
     ``n`` more (emotion, layer, prompt) variants done. None: the shortcut does
     not apply to this model/prompt; ``verify``: check first that it
-    reproduces a plain forward on this model (once per model is enough),
-    against ``reference`` (emotion -> the unsteered probabilities ``[n, n_labels]``
-    of its stimuli, which a profile computes anyway) or else a fresh scoring run.
+    reproduces a plain forward on this model (once per model is enough).
+    ``base_out`` receives emotion -> the unsteered probabilities ``[n, n_labels]``
+    (the shared base runs score the labels too: no separate scoring run).
     """
     tok = enc.tokenizer
     pad = padding_id(tok)
@@ -290,18 +335,17 @@ def sweep_probs(model: Any, enc: Encoder, jobs: Mapping[str, Sequence[str]], lab
     if not items or start < 1 or any(len(it.prompt) + len(it.common) <= start for it in items):
         return None
     with torch.inference_mode():
-        bases = dict(zip(keys, _base_runs(model, items, start, pad, batch_size), strict=True))
+        base_list, base_lp = _base_runs(model, items, start, pad, batch_size, len(labels))
+        bases = dict(zip(keys, base_list, strict=True))
         vec, rel = {}, False
         for e in jobs:
             for la in layers:
                 vec[(e, la)], rel = steering_vector(sv, e, la, alpha, scale)
-        ref = None if reference is None else reference[keys[0][0]][keys[0][1]]
-        if verify and not _shortcut_ok(model, bases[keys[0]], start, rel, pad, len(labels), ref):
+        if verify and not _shortcut_ok(model, bases[keys[0]], start, rel, pad, len(labels), base_lp[0]):
             return None
         rows = [(la, e, i) for la in sorted(layers) for e, i in keys if bool(vec[(e, la)].any())]
         lp: dict[tuple[int, str, int], torch.Tensor] = {}
-        for s in range(0, len(rows), batch_size):
-            chunk = rows[s:s + batch_size]
+        for chunk in _chunks(rows, batch_size):
             res = _logprobs(model, [bases[(e, i)] for _, e, i in chunk], [la for la, _, _ in chunk],
                             [vec[(e, la)] for la, e, _ in chunk], start, rel, pad, len(labels))
             for r, key in enumerate(chunk):
@@ -310,6 +354,10 @@ def sweep_probs(model: Any, enc: Encoder, jobs: Mapping[str, Sequence[str]], lab
                 tick(len(chunk))
     if tick is not None:
         tick(len(layers) * len(keys) - len(rows))
+    if base_out is not None:
+        for e in jobs:
+            base_out[e] = torch.stack([torch.softmax(base_lp[keys.index((e, i))], -1).float()
+                                       for i in range(len(jobs[e]))])
     out: dict[str, dict[int, torch.Tensor]] = {e: {} for e in jobs}
     for la, e in {(la, e) for la, e, _ in rows}:
         out[e][la] = torch.stack([torch.softmax(lp[(la, e, i)], -1).float() for i in range(len(jobs[e]))])
@@ -325,21 +373,18 @@ def batched_probs(model: Any, enc: Encoder, stimuli: Sequence[str], labels: Sequ
 
 
 def _shortcut_ok(model: Any, base: _Base, start: int, rel: bool, pad_id: int, n_labels: int,
-                 ref_probs: torch.Tensor | None = None) -> bool:
-    """Starting at block 1 (and past the last) with nothing injected must reproduce the plain forward."""
+                 base_lp: torch.Tensor) -> bool:
+    """The shortcut must reproduce a plain scoring run: the base run itself, and variants starting at
+    block 1 and past the last block with nothing injected (else: the per-layer loop)."""
     try:
         zero = torch.zeros_like(base.resid[0][0])
         a = _logprobs(model, [base], [0], [zero], start, rel, pad_id, n_labels)
         b = _logprobs(model, [base], [len(base.resid) - 1], [zero], start, rel, pad_id, n_labels)
     except (TypeError, AttributeError, RuntimeError, ValueError, KeyError, IndexError):
         return False
-    # a structural mismatch is O(1); half precision rounds differently per batch shape
-    tol = 1e-4 if base.resid[0].dtype == torch.float32 else 5e-2
-    if ref_probs is not None:
-        ref = ref_probs.double()[None]
-        a, b = a.softmax(-1), b.softmax(-1)
-    else:
-        from ..evaluate.scorer import score_items
+    from ..evaluate.scorer import score_items
 
-        ref = score_items(model, [base.item], n_labels, pad_id, 1)
-    return bool(torch.allclose(a, ref, rtol=tol, atol=tol) and torch.allclose(b, ref, rtol=tol, atol=tol))
+    ref = score_items(model, [base.item], n_labels, pad_id, 1)
+    # a structural mismatch is O(1) in log-likelihood; half precision rounds differently per batch shape
+    tol = 1e-4 if base.resid[0].dtype == torch.float32 else 5e-2
+    return all(torch.allclose(x, ref, rtol=tol, atol=tol) for x in (a, b, base_lp[None]))

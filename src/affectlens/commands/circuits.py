@@ -70,7 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--coefficient", type=float, default=1.0, help="lm-eval steering_coefficient")
     v.set_defaults(func=_vectors)
 
-    la = cs.add_parser("layers", help="layer profile: inject α·S_l into neutral runs, relative change of p(e)")
+    la = cs.add_parser("layers", help="layer profile: inject α·S_l into neutral runs, relative change of p(e)",
+                       description="Each emotion's finished rows are cached (keyed by the weights, prompts, "
+                                   "vector and options): rerunning the same command after an interruption "
+                                   "computes only the unfinished emotions. --force only lets OUT be replaced; "
+                                   "cached emotions are reused (they are the same numbers).")
     _common(la)
     _vector_opts(la)
     la.add_argument("--alpha", type=float, default=1.0, help="injection strength α")

@@ -90,7 +90,7 @@ def main() -> int:
     sel = sv.options.get("selection", {})
     report["vectors"] = {"seconds": time.perf_counter() - t, "used": sv.counts, "offered": sv.totals,
                          "selection": sel}
-    print(f"vectors: {time.perf_counter() - t:.1f} s; pairs passing min-score 0.5 / used: "
+    print(f"vectors: {time.perf_counter() - t:.1f} s; pairs passing min-score {sv.options['min_score']:g} / used: "
           + ", ".join(f"{e} {sel[e]['passing'] if e in sel else '-'}/{sv.totals[e]} / {sv.counts[e]}"
                       + (" (fallback)" if sel.get(e, {}).get("rule") == "fallback" else "") for e in sv.labels))
     sv.save(out / "vectors.safetensors")

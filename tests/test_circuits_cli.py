@@ -65,6 +65,19 @@ def test_vectors_fallback_reported(setup, capsys):
     assert sorted(man["pair_selection"]["fallback"]) == ["anger", "joy"]
 
 
+def test_layers_rerun_reuses_finished_emotions(setup, capsys):
+    """A rerun of the same sweep (here into another OUT) reuses the cached emotions and says so."""
+    root, model_dir, pairs, task, vec, v = setup
+    argv = ["circuits", "layers", str(model_dir), "--pairs", str(pairs), "--vectors", str(vec), "--alpha", "1.7"]
+    assert main([*argv, "--out", str(root / "lay1")]) == 0
+    assert "reused" not in capsys.readouterr().out
+    assert json.loads((root / "lay1" / "manifest.json").read_text())["resumed_emotions"] == []
+    assert main([*argv, "--out", str(root / "lay2")]) == 0
+    assert "note: reused the finished sweeps of anger, joy" in capsys.readouterr().out
+    assert json.loads((root / "lay2" / "manifest.json").read_text())["resumed_emotions"] == ["anger", "joy"]
+    assert _csv(root / "lay1" / "layers.csv") == _csv(root / "lay2" / "layers.csv")
+
+
 def test_layers_heads_neurons_run_dirs(setup, capsys):
     root, model_dir, pairs, task, vec, v = setup
     out = root / "layers"

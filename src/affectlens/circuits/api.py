@@ -166,8 +166,12 @@ def layers_run(model_path: str, out: str, pairs_path: str | None = None, force: 
         # finished emotions survive an interruption here (keyed by weights, prompts, vector, options)
         resume = sweep_cache_dir() / hashlib.sha256(repr((model_path, adapter, dtype)).encode()).hexdigest()[:16]
         prof = layer_profile(model, enc, pairs, sv, alpha, scale, sel, emotions, max_pairs, batch_size, resume)
+        selection = sv.options.get("selection", {})  # vectors computed here: which pairs they came from
+        fallback = {e: r["note"] for e, r in selection.items() if r["rule"] == "fallback"}
         summary = {"critical_layer": prof.critical, "seconds_per_sweep": prof.seconds_per_sweep,
-                   "options": prof.options}
+                   "options": prof.options, "vector_pairs": selection, "vector_fallback": fallback}
+        run.extra["pair_selection"] = {"selection": selection, "fallback": fallback}
+        run.extra["resumed_emotions"] = prof.options.get("resumed", [])
         require_finite_out(prof.rows, "layers", model_path)
         require_finite_out(summary, "layers", model_path)
         run.csv("layers.csv", prof.rows)

@@ -182,6 +182,8 @@ def _layers(a: argparse.Namespace) -> int:
     print(f"critical layer: {prof.critical['mean']} "
           f"({', '.join(f'{e} {la}' for e, la in prof.critical.items() if e != 'mean')}); "
           f"{prof.seconds_per_sweep:.1f} s per sweep -> {a.out}")
+    if prof.options.get("resumed"):
+        print(f"note: reused the finished sweeps of {', '.join(prof.options['resumed'])} (same inputs)")
     return 0
 
 

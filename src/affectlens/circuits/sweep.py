@@ -198,7 +198,8 @@ def _base_runs(model: Any, items: Sequence[Any], start: int, pad_id: int, batch_
         if key not in prefixes:
             ids = torch.tensor([key], device=dev)
             res = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
-            prefixes[key] = [tuple(t[0] for t in _kv(output_cache(res), la)) for la in range(n_layers)]
+            kv = [_kv(output_cache(res), la) for la in range(n_layers)]
+            prefixes[key] = [(k[0], v[0]) for k, v in kv]
     bases: list[_Base] = []
     scores = []
     for s in range(0, len(items), batch_size):
@@ -218,7 +219,7 @@ def _base_runs(model: Any, items: Sequence[Any], start: int, pad_id: int, batch_
 
 def _packed_forward(model: Any, items: Sequence[Any], start: int, pad_id: int,
                     kvs: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]],
-                    x0: Callable[[_Packed], torch.Tensor] | None) -> tuple[Any, _Packed]:
+                    x0: Callable[[_Packed], tuple[int, torch.Tensor]] | None) -> tuple[Any, _Packed]:
     """One forward of packed rows continuing from their prefix KV (from the embeddings, or ``x0`` on)."""
     dev = model_device(model)
     dtype = next(model.parameters()).dtype

@@ -40,7 +40,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer prompts (smoke run)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--alpha", type=float, default=1.0, help="steering strength, unit scale (× mean ‖h_l‖)")
-    ap.add_argument("--sweep-only", action="store_true", help="only the layer-sweep row (< 3 min)")
+    ap.add_argument("--sweep-only", action="store_true", help="only the layer-sweep row (~10 min on 2 busy cores)")
     ap.add_argument("--sweep-emotions", type=int, default=2, help="emotions in the layer-sweep row")
     ap.add_argument("--sweep-repeats", type=int, default=2, help="paired runs per side in the layer-sweep row")
     ap.add_argument("--sweep-child", nargs=2, metavar=("MODE", "VECTORS"), help=argparse.SUPPRESS)

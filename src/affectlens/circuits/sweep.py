@@ -8,8 +8,10 @@ every run exactly as in the unsteered run:
 * the stimulus and everything after it up to block ``l`` — its residual after
   block ``k <= l`` is the base run's.
 
-So one unsteered forward per prompt (capturing the residual after each block
-and the prefix KV) is shared by all variants; a batch of variants starts at
+So the prefix KV (computed once: the template is the same tokens for every
+prompt) and one unsteered forward per prompt (capturing the residual after
+each block, and scoring the labels: the profile's base probabilities) are
+shared by all variants; a batch of variants starts at
 block ``k + 1`` (``k`` the earliest injected layer in the batch) on the
 suffix positions only, and each batch row gets its own injection at its own
 layer (a per-row plan in the block hooks). Multi-token labels are packed into

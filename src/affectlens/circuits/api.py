@@ -85,8 +85,14 @@ def vectors_run(model_path: str, out: str, pairs_path: str | None = None, force:
                 position: str = "last", from_token: int = 0, centring: str = "pair",
                 denoise: float | None = None, export: Sequence[str] = (),
                 export_layers: str | None = None, coefficient: float = 1.0,
-                seed: int = 0, allow_pickle: bool = False, device: str = "auto") -> SteeringVectors:
-    """``vectors.safetensors`` (+ ``.pt`` exports), ``vectors.csv/png``, ``summary.json``."""
+                seed: int = 0, allow_pickle: bool = False, device: str = "auto", min_pairs: int = 5
+                ) -> SteeringVectors:
+    """``vectors.safetensors`` (+ ``.pt`` exports), ``vectors.csv/png``, ``summary.json``.
+
+    ``summary.json["selection"]`` (and the manifest's ``pair_selection``) give
+    per emotion the pairs offered, passing ``min_score``, used, and whether
+    the ``min_pairs`` fallback was taken, with a note saying why.
+    """
     from .hooks import decoder_layers
     from .vectors import compute_vectors, export_lm_eval, export_steering_vectors_lib
 
@@ -98,8 +104,11 @@ def vectors_run(model_path: str, out: str, pairs_path: str | None = None, force:
     check(device, dtype)
     check_layer_spec(export_layers, "--export-layers")
     finite_options(coefficient=coefficient, min_score=min_score)
+    if min_pairs < 0:
+        raise AffectlensError(f"--min-pairs must be >= 0, not {min_pairs}")
     torch.manual_seed(seed)
-    options = {"min_score": min_score, "position": position, "from_token": from_token, "centring": centring,
+    options = {"min_score": min_score, "min_pairs": min_pairs, "position": position, "from_token": from_token,
+               "centring": centring,
                "denoise": denoise, "export": formats, "export_layers": export_layers,
                "coefficient": coefficient, "dtype": dtype, "device": device}
     with RunDir(out, command="circuits vectors", force=force, options=options, seed=seed,
@@ -109,10 +118,14 @@ def vectors_run(model_path: str, out: str, pairs_path: str | None = None, force:
         layers = list(select_layers(export_layers, len(decoder_layers(model)), "--export-layers"))
         run.options["export_layers"] = layers
         sv = compute_vectors(model, encoder_for(tok, pairs, proc), pairs, min_score, position, from_token,
-                             centring, denoise)
+                             centring, denoise, min_pairs=min_pairs)
         rows = vector_rows(sv)
+        selection = sv.options.get("selection", {})
+        fallback = {e: r["note"] for e, r in selection.items() if r["rule"] == "fallback"}
         summary = {"labels": sv.labels, "counts": sv.counts, "totals": sv.totals,
-                   "num_layers": sv.num_layers, "options": sv.options}
+                   "num_layers": sv.num_layers, "selection": selection, "fallback": fallback,
+                   "options": sv.options}
+        run.extra["pair_selection"] = {"selection": selection, "fallback": fallback}
         require_finite_out(rows, "vectors", model_path)
         require_finite_out(summary, "vectors", model_path)
         sv.save(run.file("vectors.safetensors"))
@@ -160,8 +173,12 @@ def layers_run(model_path: str, out: str, pairs_path: str | None = None, force: 
         # finished emotions survive an interruption here (keyed by weights, prompts, vector, options)
         resume = sweep_cache_dir() / hashlib.sha256(repr((model_path, adapter, ran_on(model))).encode()).hexdigest()[:16]
         prof = layer_profile(model, enc, pairs, sv, alpha, scale, sel, emotions, max_pairs, batch_size, resume)
+        selection = sv.options.get("selection", {})  # vectors computed here: which pairs they came from
+        fallback = {e: r["note"] for e, r in selection.items() if r["rule"] == "fallback"}
         summary = {"critical_layer": prof.critical, "seconds_per_sweep": prof.seconds_per_sweep,
-                   "options": prof.options}
+                   "options": prof.options, "vector_pairs": selection, "vector_fallback": fallback}
+        run.extra["pair_selection"] = {"selection": selection, "fallback": fallback}
+        run.extra["resumed_emotions"] = prof.options.get("resumed", [])
         require_finite_out(prof.rows, "layers", model_path)
         require_finite_out(summary, "layers", model_path)
         run.csv("layers.csv", prof.rows)

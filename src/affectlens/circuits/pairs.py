@@ -167,22 +167,26 @@ def encoder_for(tokenizer: Any, pairs: Sequence[Pair], processor: Any = None,
 
 
 def label_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], labels: Sequence[str],
-                   batch_size: int = 16) -> torch.Tensor:
+                   batch_size: int = 16, progress: bool = False) -> torch.Tensor:
     """``[n, n_labels]`` closed-set log-likelihoods from the evaluation harness's scorer."""
     from ..evaluate.scorer import score_labels
 
     with torch.no_grad():
         return torch.as_tensor(score_labels(model, tokenizer, list(prompts), list(labels),
-                                            batch_size=batch_size)).float()
+                                            batch_size=batch_size, progress=progress)).float()
 
 
 def emotion_probs(model: Any, enc: Encoder, stimuli: Sequence[str], labels: Sequence[str],
-                  images: Sequence[str | None] | None = None, batch_size: int = 16) -> torch.Tensor:
-    """Closed-set probabilities ``[n, n_labels]`` (softmax over the labels' log-likelihoods)."""
+                  images: Sequence[str | None] | None = None, batch_size: int = 16,
+                  progress: bool = False) -> torch.Tensor:
+    """Closed-set probabilities ``[n, n_labels]`` (softmax over the labels' log-likelihoods).
+
+    ``progress``: a bar over the prompts (long scoring runs, e.g. every pair of a set).
+    """
     if enc.processor is not None and images is not None and any(images):
         return _image_label_probs(model, enc, stimuli, images, labels)
     prompts = [enc.prompt(s) for s in stimuli]
-    return torch.softmax(label_logprobs(model, enc.tokenizer, prompts, labels, batch_size), -1)
+    return torch.softmax(label_logprobs(model, enc.tokenizer, prompts, labels, batch_size, progress), -1)
 
 
 def _image_label_probs(model: Any, enc: Encoder, stimuli: Sequence[str],

@@ -14,7 +14,6 @@ on the sums live in ``locate_stats``, the figures in ``plots``.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from .errors import AffectlensError
+from .locate_figures import FigureProcess, Job, draw_here
 from .locate_pass import add_contributions, chunk_reader, other_tensors, tensor_job
 from .locate_stats import (
     BF16_REL_RESOLUTION,
@@ -144,19 +144,25 @@ def locate(
                "hist": {"lo": HIST_LO, "hi": HIST_HI, "bins": HIST_BINS,
                         "edges": f"2^e*(1+j/{1 << HIST_MANT_BITS}), log10 in distribution.npz"}}
     with RunDir(out, command="locate", force=force, inputs=inputs, options=options) as run:
-        # matplotlib's import (~1 s) overlaps the tensor pass, whose torch ops release the GIL.
-        warm = threading.Thread(target=_import_plots, daemon=True)
-        warm.start()
-        result = measure(base, tuned, labels, allow_pickle, distribution, chunk_elems, show_progress, workers)
-        write_run(run, result)
+        # matplotlib's import (1-2 s) overlaps a long tensor pass in a child process that draws the figures.
+        figures = FigureProcess(sum(_weight_bytes(p) for p in (base, *tuned)))
+        try:
+            result = measure(base, tuned, labels, allow_pickle, distribution, chunk_elems, show_progress, workers)
+            write_run(run, result, figures)
+        finally:
+            figures.close()
     result.out = run.final
     return result
 
 
-def _import_plots() -> None:
-    from .plots import pyplot
-
-    pyplot()
+def _weight_bytes(path: str | os.PathLike) -> int:
+    """Bytes of weight files at ``path`` (a file, or a dir's top-level weight files): the pass's size."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    if not p.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in p.iterdir() if f.is_file() and f.suffix in (".safetensors", ".bin", ".gguf"))
 
 
 def measure(base: str | os.PathLike, tuned: Sequence[str | os.PathLike], labels: Sequence[str],
@@ -214,10 +220,8 @@ def measure(base: str | os.PathLike, tuned: Sequence[str | os.PathLike], labels:
     return LocateResult(rows, summary, histograms, other_rows, expert_rows)
 
 
-def write_run(run: RunDir, result: LocateResult) -> None:
-    """The files of a locate run (the manifest is RunDir's)."""
-    from .plots import locate_distribution, locate_heatmap
-
+def write_run(run: RunDir, result: LocateResult, figures: FigureProcess | None = None) -> None:
+    """The files of a locate run (the manifest is RunDir's); ``figures`` draws the PNGs (default: here)."""
     run.csv("weight_change.csv", [r.as_dict() for r in result.rows], CSV_HEADER)
     if result.expert_rows:
         run.csv("weight_change_experts.csv", [r.as_dict() for r in result.expert_rows], EXPERT_HEADER)
@@ -227,13 +231,19 @@ def write_run(run: RunDir, result: LocateResult) -> None:
     arrays: dict[str, Any] = {f"{lab}|{mod}": c for lab, per in result.histograms.items() for mod, c in per.items()}
     np.savez(run.file("distribution.npz"), edges=hist_edges(), **arrays)
     labels = list(dict.fromkeys(r.model for r in result.rows))
+    jobs: list[Job] = []
     for metric in METRICS:
         panels = {lab: (lab, *layer_module_grid(result.rows, lab, metric)) for lab in labels}
         for lab in labels:
-            run.figure(f"heatmap_{metric}_{lab}.png", locate_heatmap([panels[lab]], metric))
+            jobs.append((str(run.file(f"heatmap_{metric}_{lab}.png")), "locate_heatmap", ([panels[lab]], metric)))
         if len(labels) > 1:  # side by side on one colour scale
-            run.figure(f"heatmap_{metric}.png", locate_heatmap(list(panels.values()), metric))
-    run.figure("distribution.png", locate_distribution(result.histograms, hist_edges(), BF16_REL_RESOLUTION))
+            jobs.append((str(run.file(f"heatmap_{metric}.png")), "locate_heatmap", (list(panels.values()), metric)))
+    jobs.append((str(run.file("distribution.png")), "locate_distribution",
+                 (result.histograms, hist_edges(), BF16_REL_RESOLUTION)))
+    if figures is None:
+        draw_here(jobs)
+    else:
+        figures.draw(jobs)
 
 
 __all__ = ["CSV_HEADER", "HIST_BINS", "HIST_HI", "HIST_LO", "ExpertRow", "LocateResult", "LocateRow", "Tuned",

@@ -5,10 +5,12 @@ For every tuned model, layer, module and param: ``l2 = ‖ΔW‖_F`` (Eq. 1),
 (fair across module sizes), plus a streaming histogram of element-wise
 relative changes (Fig. 10) binned by the float32 exponent and top mantissa
 bits (one shift and one bincount; ``locate_stats``). Tensors are spread over
-worker threads (``tensor_pool``) and read one row-chunk at a time, so
-peak memory is O(largest tensor chunk), not O(model); LoRA norms use r×r
-Grams and never form BA. This module reads and accumulates; the statistics
-on the sums live in ``locate_stats``, the figures in ``plots``.
+worker threads (``tensor_pool``) and read one row-chunk at a time, every
+statistic taken in one in-cache pass over it (``locate_pass``), so peak
+memory is O(largest tensor chunk), not O(model); LoRA norms use r×r Grams
+and never form BA. This module orchestrates and writes the run; the
+statistics on the sums live in ``locate_stats``, the figures in ``plots``
+(drawn by ``locate_figures``, in a child process during long passes).
 """
 
 from __future__ import annotations

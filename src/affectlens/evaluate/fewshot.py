@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..errors import AffectlensError
 from .loaders import Example, LoadedTask, load_task
-from .tasks import TaskSpec, parse_task
+from .tasks import TaskSpec, parse_task, sibling_split
 
 
 @dataclass(frozen=True)
@@ -38,20 +38,7 @@ class Shots:
 
 def train_split(spec: TaskSpec) -> TaskSpec | None:
     """The train split beside ``spec`` (None when the data have none)."""
-    from . import tasks
-
-    sibling = getattr(tasks, "sibling_split", None)
-    if sibling is not None:
-        try:
-            return sibling(spec, "train")
-        except AffectlensError:
-            return None
-    if spec.loader == "bundled" and spec.path and spec.path.endswith("_test"):  # until sibling_split lands
-        return TaskSpec(name=spec.path[:-5] + "_train", kind=spec.kind, loader="bundled",
-                        path=spec.path[:-5] + "_train", labels=spec.labels)
-    if spec.option("split") not in (None, "train"):
-        return spec.with_options(split="train")
-    return None
+    return sibling_split(spec, "train")
 
 
 def source_spec(spec: TaskSpec, fewshot_from: str | TaskSpec | None = None) -> TaskSpec:

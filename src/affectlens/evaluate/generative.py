@@ -103,19 +103,26 @@ def _default_polarity() -> dict[str, str]:
 
 
 def _unbullet(text: str) -> str:
-    """List items as clauses: "- Anger: he shouts" -> "anger," (the label, not its explanation)."""
+    """The answer's first paragraph and every list item anywhere, items as clauses.
+
+    "- Anger: he shouts" -> "anger," (the label, not its explanation); prose
+    after the first paragraph is explanation ("Explanation: the subtitle
+    says ..."), a list after it is the answer ("a mix of emotions:\n\n- Anger").
+    """
     lines = []
-    for line in text.splitlines():
-        if _BULLET.match(line):
-            line = _BULLET.sub("", line).split(":")[0].split(" - ")[0] + ","
-        lines.append(line)
+    for k, para in enumerate(re.split(r"\n\s*\n", text)):
+        for line in para.splitlines():
+            if _BULLET.match(line):
+                lines.append(_BULLET.sub("", line).split(":")[0].split(" - ")[0] + ",")
+            elif k == 0:
+                lines.append(line)
     return "\n".join(lines)
 
 
 def parse_answer(answer: str) -> list[str]:
-    """Open-vocabulary answer (all of it, lists included) -> lower-case emotion words/phrases, in order."""
-    text = re.sub(r"[\"“”*_`()\[\]]", " ", answer.strip().replace("’", "'"))
-    text = _unbullet(text).lower()
+    """Open-vocabulary answer (lists after a blank line included) -> lower-case emotion words/phrases, in order."""
+    text = _unbullet(answer.strip().replace("’", "'"))
+    text = re.sub(r"[\"“”*_`()\[\]]", " ", text).lower()
     out: list[str] = []
     for sentence in re.split(r"(?<=[a-z])[.!?](?:\s+|$)", text):
         head, colon, tail = sentence.partition(":")

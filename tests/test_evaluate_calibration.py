@@ -69,7 +69,7 @@ def run(model, tok, task, calibration="none", **kw):
 def test_calibration_removes_a_planted_label_prior(model_tok, task, mode):
     model, tok = model_tok
     boosted = with_bias(model, tok, {"happy": 12.0})
-    _, raw_boosted, _ = run(boosted, tok, task)
+    raw_res, raw_boosted, _ = run(boosted, tok, task)
     _, raw_base, _ = run(model, tok, task)
     assert set(raw_boosted) == {"happy"} and set(raw_base) != {"happy"}  # the prior is planted
     res, cal_boosted, s_boosted = run(boosted, tok, task, mode)
@@ -79,6 +79,8 @@ def test_calibration_removes_a_planted_label_prior(model_tok, task, mode):
     assert torch.allclose(diff - diff.mean(-1, keepdim=True), torch.zeros_like(diff), atol=1e-3)
     entry = res.scores["tasks"][next(iter(res.tasks))]
     assert entry["calibration"] == mode and set(entry["calibration_vector"]) == set(LABELS)
+    raw_metrics = raw_res.scores["tasks"][next(iter(raw_res.tasks))]["metrics"]
+    assert entry["metrics"]["uncalibrated"] == {k: raw_metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")}
 
 
 def _reference(model, tok, mode: str) -> torch.Tensor:

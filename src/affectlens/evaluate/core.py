@@ -89,6 +89,9 @@ def _closed(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress, ca
     pred = scores.argmax(-1).tolist()
     gold = [labels.index(e.gold) for e in task.examples]
     metrics = classification_metrics(gold, pred, labels, n_boot=n_boot, seed=seed)
+    if vec is not None:  # the raw decision from the same forward passes, side by side
+        raw = classification_metrics(gold, ll.argmax(-1).tolist(), labels, n_boot=0)
+        metrics["uncalibrated"] = {k: raw[k] for k in ("accuracy", "weighted_f1", "macro_f1")}
     metrics["seconds"] = secs
     metrics["examples_per_s"] = round(len(prompts) / max(secs, 1e-9), 2)
     rows = []

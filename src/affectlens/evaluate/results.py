@@ -63,7 +63,9 @@ class TaskScore:
             extra += f"  | majority ({cls}) {100 * major[self.primary_metric]:.2f}"
         if self.primary_metric in chance:
             extra += f", chance {100 * chance[self.primary_metric]:.2f}"
-        return f"{self.task:40s} {self.primary_metric:12s} {shown}{ci_s}{extra}  (n={self.n})"
+        how = "".join([f", {self.calibration}" if self.calibration != "none" else "",
+                       f", {self.fewshot['k']}-shot" if self.fewshot else ""])
+        return f"{self.task:40s} {self.primary_metric:12s} {shown}{ci_s}{extra}  (n={self.n}{how})"
 
 
 def attach_baselines(tasks: dict[str, TaskScore], predictions: list[dict[str, Any]]) -> None:

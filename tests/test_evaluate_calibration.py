@@ -79,6 +79,7 @@ def test_calibration_removes_a_planted_label_prior(model_tok, task, mode):
     assert torch.allclose(diff - diff.mean(-1, keepdim=True), torch.zeros_like(diff), atol=1e-3)
     entry = res.scores["tasks"][next(iter(res.tasks))]
     assert entry["calibration"] == mode and set(entry["calibration_vector"]) == set(LABELS)
+    assert "fewshot" not in entry  # zero-shot records none
     raw_metrics = raw_res.scores["tasks"][next(iter(raw_res.tasks))]["metrics"]
     assert entry["metrics"]["uncalibrated"] == {k: raw_metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")}
 

@@ -183,7 +183,8 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
     if dup:
         raise AffectlensError(f"task(s) given twice: {', '.join(dup)}")
     loaded = [sample_task(load_task(s, limit), sample, seed) for s in specs]  # before any model work
-    shots = {t.spec.name: draw_shots(t, num_fewshot, seed, fewshot_from) for t in loaded}
+    shots = {t.spec.name: draw_shots(t, num_fewshot if t.spec.kind != "perplexity" else 0, seed, fewshot_from)
+             for t in loaded}
     if mode == "generative":
         wheel = wheel if isinstance(wheel, Wheel) else load_wheel(wheel)
     was_training = getattr(model, "training", False)

@@ -27,6 +27,9 @@ class Shots:
     source: str
     seed: int
 
+    def __len__(self) -> int:  # zero-shot is falsy
+        return len(self.examples)
+
     def pairs(self) -> list[tuple[str, str]]:
         return [(e.text, e.gold) for e in self.examples]
 

@@ -143,6 +143,9 @@ def test_fewshot_balanced_seeded_and_never_from_the_evaluated_split(model_tok, t
     other = [run(model, tok, task, num_fewshot=3, seed=s)[0] for s in range(4)]
     drawn = {json.dumps(r.scores["tasks"][next(iter(r.tasks))]["fewshot"]["examples"]) for r in other}
     assert len(drawn) > 1  # the seed matters
+    picked = [[e["label"] for e in json.loads(d)] for d in drawn]
+    assert all(len(set(p)) == 3 for p in picked)  # 3 shots over 5 labels: 3 different labels
+    assert len({frozenset(p) for p in picked}) > 1  # which labels is drawn too, not always the first
 
 
 def test_fewshot_and_calibration_recorded_in_the_manifest(task, tmp_path):

@@ -75,7 +75,7 @@ def draw_shots(task: LoadedTask, k: int, seed: int, fewshot_from: str | TaskSpec
 
 def balanced_draw(pool: Sequence[Example], labels: Sequence[str], k: int, seed: int,
                   exclude: Collection[str] = (), where: str = "task") -> list[Example]:
-    """Round robin over ``labels`` (each label's candidates shuffled by ``seed``), then shuffled."""
+    """Round robin over ``labels`` in a seeded order (candidates shuffled by ``seed``), then shuffled."""
     rng = random.Random(seed)
     exclude = set(exclude)
     by_label: dict[str, list[Example]] = {lab: [] for lab in labels}
@@ -86,6 +86,7 @@ def balanced_draw(pool: Sequence[Example], labels: Sequence[str], k: int, seed: 
         rng.shuffle(cands)
     out: list[Example] = []
     order = [lab for lab in labels if by_label[lab]]
+    rng.shuffle(order)  # with k not a multiple of the labels, which labels get one more is drawn too
     while len(out) < k and any(by_label[lab] for lab in order):
         for lab in order:
             if by_label[lab] and len(out) < k:

@@ -147,3 +147,14 @@ def test_vllm_backend_refused_without_vllm(monkeypatch, tmp_path, capfd, model_t
                            "--out", str(out)), out=out, contains="pip install 'affectlens[vllm]'")
     with pytest.raises(Exception, match=r"affectlens\[vllm\]"):
         get_backend("vllm", *model_tok)
+
+
+def test_vllm_backend_refuses_an_adapter(monkeypatch, tmp_path):
+    from affectlens.errors import AffectlensError
+    from affectlens.evaluate import backends, evaluate_run
+
+    monkeypatch.setattr(backends, "vllm_missing", lambda: None)  # as where vLLM is installed
+    with pytest.raises(AffectlensError, match="adapter"):
+        evaluate_run(str(TINYSTORIES), tmp_path / "o", ["emotion"], adapter=str(tmp_path), mode="generative",
+                     backend="vllm")
+    assert not (tmp_path / "o").exists()

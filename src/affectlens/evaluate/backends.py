@@ -96,6 +96,9 @@ def get_backend(backend: str | GenerationBackend, model: Any, tokenizer: Any, ba
     if backend == "vllm":
         from .scorer import model_name
 
+        if hasattr(model, "peft_config"):  # vLLM would load the base directory and drop the adapter
+            raise AffectlensError("the vllm backend serves a model directory, not an adapter on it; "
+                                  "merge the adapter into a directory first, or use --backend hf")
         return VLLMBackend(model_name(model), tokenizer)
     return HFBackend(model, tokenizer, batch_size, progress, texts, where)
 

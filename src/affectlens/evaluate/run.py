@@ -85,6 +85,9 @@ def evaluate_run(model: str, out: str | Path, tasks: Sequence[str] | None = None
         raise AffectlensError("--calibration and --num-fewshot apply to closed mode only")
     if backend == "vllm" and (why := vllm_missing()):
         raise AffectlensError(why)
+    if backend == "vllm" and adapter:
+        raise AffectlensError("the vllm backend serves a model directory, not an adapter on it; "
+                              "merge the adapter into a directory first, or use --backend hf")
     names = list(tasks or ["emotion"])
     specs = [parse_task(t) for t in names]
     for spec in specs:  # fail on bad data before spending time on the model

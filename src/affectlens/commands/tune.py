@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..tuneconfig import PRECISIONS, TuneConfig
+from ..vocab import TASK_SYNTAX
 from . import options as o
 
 
@@ -17,10 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "trainable parameters per module; writes a standard PEFT adapter dir plus "
         "affectlens_tune.json, loss_curve.png and manifest.json. The adapter records its base by "
         "name or relative path plus a content fingerprint, checked when it is loaded.",
+        epilog=TASK_SYNTAX,
     )
     p.add_argument("base", help="base model: HF dir, .gguf, or 'smollm2'")
     p.add_argument("--data", required=True,
-                   help="JSONL of {\"text\",\"label\"} rows, or a bundled name (emotion_train, control_train)")
+                   help="training data: any task spec evaluate --task reads (see below): a bundled name "
+                        "(emotion_train, control_train), KIND:PATH,opt=..., or a bare path")
     o.modules(p)
     o.layers(p)
     kind = p.add_argument("--task-kind", default=None,

@@ -118,6 +118,7 @@ def infer_spec(path: Path) -> str:
     first = head.splitlines()[0] if head.strip() else ""
     if not first:
         raise AffectlensError(f"data file {path} is empty")
+    extra = ""
     if ext in (".jsonl", ".json"):
         try:
             row = json.loads(first)
@@ -144,7 +145,7 @@ def infer_spec(path: Path) -> str:
                               "use KIND:PATH (csv:, jsonl:, meld:, goemotions:, sentiment:, ppl:)")
     if spec is None:
         raise AffectlensError(f"cannot tell the kind of {path}: columns {seen}; use e.g. "
-                              f"csv:{path},text=COLUMN,label=COLUMN (or sentiment:{path},text=COLUMN,score=COLUMN)")
+                              f"csv:{path}{extra},text=COLUMN,label=COLUMN (or sentiment:{path}{extra},text=COLUMN,score=COLUMN)")
     return spec
 
 

@@ -132,6 +132,10 @@ def _check_options(name: str, loader: str, opts: dict[str, str]) -> None:
         raise AffectlensError(f"task '{name}': per_class must be positive")
     if "split" in opts:
         opts["split"] = canonical_split(opts["split"])
+    if "labelmap" in opts:
+        from .labelmaps import load_label_map
+
+        load_label_map(opts["labelmap"])  # a typo fails here, before any data is read
 
 
 def _bundled(name: str, opts: dict[str, str]) -> TaskSpec | None:

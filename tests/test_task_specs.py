@@ -110,6 +110,7 @@ def test_bare_paths_are_inferred_by_extension_and_header(tmp_path):
         _csv(tmp_path / "cols.csv", header=("sentence", "emotion")): "csv:cols.csv,label=emotion,text=sentence",
         _csv(tmp_path / "pipes.csv", header=("text", "label"), delim="|"): "csv:pipes.csv,delimiter=|",
         _jsonl(tmp_path / "d.jsonl"): "jsonl:d.jsonl",
+        _csv(tmp_path / "emory.csv", header=("Utterance", "Emotion")): "csv:emory.csv,label=Emotion,text=Utterance",
         _jsonl(tmp_path / "t.jsonl", key="label_text"): "jsonl:t.jsonl",
     }
     (tmp_path / "eb.csv").write_text("id,split,V,A,D,text\na,test,4.2,3,3,great\nb,test,1.5,3,3,awful\n")
@@ -157,6 +158,10 @@ def test_sibling_split_across_files_dirs_columns_and_bundled(tmp_path):
     col.write_text("text,label,split\n" + "".join(f"{t},{lab},{s}\n" for (t, lab), s in
                                                   zip(ROWS, ["train", "train", "dev", "test", "test"], strict=True)))
     on_test = parse_task(f"csv:{col},split=test")
+    mosi = tmp_path / "label.csv"
+    mosi.write_text("text,label,mode\n" + "".join(f"{t},{lab},{s}\n" for (t, lab), s in
+                                                    zip(ROWS, ["train", "valid", "valid", "test", "train"], strict=True)))
+    assert load_rows(f"csv:{mosi},split=dev,split_column=mode") == ROWS[1:3]
     assert load_rows(on_test) == ROWS[3:] and load_rows(sibling_split(on_test, "train")) == ROWS[:2]
     assert sibling_split(parse_task(f"csv:{col},split=dev"), "dev") is None
     assert sibling_split(parse_task("emotion"), "train").path == "emotion_train"
@@ -181,6 +186,10 @@ def test_label_maps_onto_the_basic_emotions(tmp_path):
     (go / "test.tsv").write_text("".join(f"t{i}\t{i}\tc{i}\n" for i in range(len(names))))
     got = [lab for _, lab in load_rows(f"goemotions:{go},labelmap=goemotions-ekman")]
     assert got == ["joy", "anger", "fear", "sadness", "surprise", "neutral", "disgust"]
+    iemo = _csv(tmp_path / "iemocap.csv", [("a", "ang"), ("b", "exc"), ("c", "fru"), ("d", "neu")],
+                header=("transcription", "emotion"))
+    t = load_task(f"csv:{iemo},text=transcription,label=emotion,labelmap=iemocap")
+    assert [(e.text, e.label) for e in t.examples] == [("a", "anger"), ("b", "joy"), ("d", "neutral")] and t.dropped == 1
     m = tmp_path / "map.json"
     m.write_text(json.dumps({"Joyful": "joy", "Mad": "anger", "Scared": None, "Peaceful": None, "Powerful": None,
                              "Sad": "sadness", "Neutral": "neutral"}))

@@ -144,7 +144,7 @@ Options for every labelled kind (meld, csv, ... also take delimiter=, quote=, ba
   split=train|dev|test    a DIR's file named after the split (train_sent_emo.csv,
                           validation.jsonl, dev.tsv), or rows whose 'split' column says it;
                           a DIR is evaluated at test and trained at train by default
-  labelmap=NAME|FILE.json raw labels onto the 7 basic emotions: emorynlp,
+  labelmap=NAME|FILE.json raw labels onto the 7 basic emotions: emorynlp, iemocap,
                           goemotions-ekman, or JSON {"raw": "target" or null (drop)}
   balance=true            cut every class to the rarest class's count (seeded)
   per_class=N             keep at most N rows per class (seeded); seed=N (default 0)

@@ -14,6 +14,7 @@ from affectlens.evaluate.loaders import load_rows, load_task
 from affectlens.evaluate.tasks import parse_task, sibling_split
 from affectlens.tune import load_dataset, resolve_data
 
+from conftest import DATA
 from faults import assert_refused, run_cli
 
 ROWS = [("I am furious about the car", "anger"), ("what a lovely morning", "joy"),
@@ -272,3 +273,18 @@ def test_a_quote_opening_a_field_no_longer_stops_the_file_silently(tmp_path):
     assert len(t.examples) == 300 and t.examples[197].text == '"When I said it 197'
     with pytest.raises(AffectlensError, match=r"columns ID, EMOT, SIT, STATE \(separated by '\|'\).*delimiter=\|"):
         parse_task(str(p))  # a bare path: the delimiter is sniffed and named in the spec to use
+
+
+# ----------------------------------------------------------------------------- the shared real data sets
+
+
+def test_shared_data_sets_by_bare_path_and_their_train_splits():
+    dair = parse_task(str(DATA / "dair-emotion"))
+    assert dair.name == "jsonl:dair-emotion" and len(load_task(dair).examples) == 2000  # the test split
+    train = sibling_split(dair, "train")
+    assert len(load_rows(train)) == 16000 and len(load_rows(sibling_split(dair, "dev"))) == 2000
+    ds = load_dataset(train.with_options(per_class=3))  # a TaskSpec trains as its text does
+    assert Counter(r["label"] for r in ds.rows) == dict.fromkeys(("sadness", "joy", "love", "anger", "fear",
+                                                                  "surprise"), 3)
+    assert parse_task(str(DATA / "goemotions" / "ekman")).name == "goemotions:ekman"
+    assert parse_task(str(DATA / "emobank" / "emobank.csv")).name == "sentiment:emobank.csv,center=3,score=V"

@@ -283,7 +283,9 @@ def test_shared_data_sets_by_bare_path_and_their_train_splits():
     assert dair.name == "jsonl:dair-emotion" and len(load_task(dair).examples) == 2000  # the test split
     train = sibling_split(dair, "train")
     assert len(load_rows(train)) == 16000 and len(load_rows(sibling_split(dair, "dev"))) == 2000
-    ds = load_dataset(train.with_options(per_class=3))  # a TaskSpec trains as its text does
+    capped = train.with_options(per_class=3)
+    assert capped.name == "jsonl:dair-emotion,per_class=3,split=train"
+    ds = load_dataset(capped)  # a TaskSpec trains as its text does
     assert Counter(r["label"] for r in ds.rows) == dict.fromkeys(("sadness", "joy", "love", "anger", "fear",
                                                                   "surprise"), 3)
     assert parse_task(str(DATA / "goemotions" / "ekman")).name == "goemotions:ekman"

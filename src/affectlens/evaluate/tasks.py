@@ -45,9 +45,15 @@ class TaskSpec:
         return dict(self.options).get(key, default)
 
     def with_options(self, **kw: str) -> TaskSpec:
+        """The spec with options set; a parsed spec's name shows them (names key the results)."""
         opts = dict(self.options)
         opts.update({k: str(v) for k, v in kw.items()})
-        return replace(self, options=tuple(sorted(opts.items())))
+        name = self.name
+        if self.path is not None and self.loader in _KIND_OF_LOADER:
+            name = _short(_KIND_OF_LOADER[self.loader], self.path, opts)
+        elif self.loader == "bundled" and self.path is not None:
+            name = self.path + "".join(f",{k}={v}" for k, v in sorted(opts.items()))
+        return replace(self, name=name, options=tuple(sorted(opts.items())))
 
 
 def primary_metric(spec: TaskSpec, mode: str) -> str:

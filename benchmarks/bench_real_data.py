@@ -52,6 +52,14 @@ def _top(res, name: str) -> str:
     return f"{lab} {k}/{sum(preds.values())}"
 
 
+class _Lines(list):
+    """Rows printed as they are made (a long CPU run shows progress), and kept."""
+
+    def append(self, line: str) -> None:
+        print(line, flush=True)
+        super().append(line)
+
+
 def bench_one(spec_text: str, model, tok, args) -> list[str]:
     from affectlens.evaluate import evaluate, load_task
     from affectlens.evaluate.loaders import load_rows
@@ -63,8 +71,10 @@ def bench_one(spec_text: str, model, tok, args) -> list[str]:
     spec = parse_task(spec_text)
     task = load_task(spec, args.limit)
     name = spec.name
-    lines = [f"\n### {name}: {len(task.examples)} evaluated rows, labels {'/'.join(task.labels)}",
-             "| system | acc | WAF | macro-F1 | predicts most | wall s | ex/s |", "|---|---|---|---|---|---|---|"]
+    lines = _Lines()
+    for head in (f"\n### {name}: {len(task.examples)} evaluated rows, labels {'/'.join(task.labels)}",
+                 "| system | acc | WAF | macro-F1 | predicts most | wall s | ex/s |", "|---|---|---|---|---|---|---|"):
+        lines.append(head)
     params = inspect.signature(evaluate).parameters
 
     def run_eval(system: str, m_model, **kw) -> None:
@@ -132,7 +142,7 @@ def main() -> None:
     model, tok = load_model(args.model, **kwargs)
     print(f"model {args.model} loaded in {time.perf_counter() - t0:.1f} s")
     for spec in args.specs or DEFAULT_SPECS:
-        print("\n".join(bench_one(spec, model, tok, args)), flush=True)
+        bench_one(spec, model, tok, args)
 
 
 if __name__ == "__main__":

@@ -116,6 +116,8 @@ def infer_spec(path: Path) -> str:
     ext = path.suffix.lower()
     head = _head(path)
     first = head.splitlines()[0] if head.strip() else ""
+    if not first and ext in (".jsonl", ".json", ".csv", ".tsv"):
+        return f"{'jsonl' if ext in ('.jsonl', '.json') else 'csv'}:{path}"  # its reader names the problem
     if not first:
         raise AffectlensError(f"data file {path} is empty")
     extra = ""

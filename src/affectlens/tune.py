@@ -34,7 +34,7 @@ import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .corpus import labelled_rows
 from .errors import AffectlensError
@@ -59,6 +59,9 @@ from .tuneconfig import TuneConfig
 from .vocab import CLOSED_KINDS, TaskKind, closed_labels, infer_kind
 
 METHODS = ("lora", "full")  # tune's methods: a LoRA on the modules, or their full weights
+
+if TYPE_CHECKING:
+    from .evaluate.tasks import TaskSpec
 
 
 @dataclass
@@ -90,12 +93,12 @@ class TuneResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _training_spec(data: str | os.PathLike) -> Any:
+def _training_spec(data: str | os.PathLike | TaskSpec) -> TaskSpec:
     """The task spec training reads, in ``evaluate --task`` syntax. A directory of split files is
     read at its train split unless the spec names one (evaluation reads a directory's test split)."""
-    from .evaluate.tasks import parse_task, sibling_split
+    from .evaluate.tasks import TaskSpec, parse_task, sibling_split
 
-    spec = parse_task(str(data))
+    spec = parse_task(data if isinstance(data, TaskSpec) else str(data))
     if spec.option("split") is None and spec.loader != "bundled" and Path(str(spec.path)).is_dir():
         train = sibling_split(spec, "train")
         if train is None:
@@ -105,14 +108,14 @@ def _training_spec(data: str | os.PathLike) -> Any:
     return spec
 
 
-def resolve_data(data: str | os.PathLike) -> Path:
+def resolve_data(data: str | os.PathLike | TaskSpec) -> Path:
     """The file a training spec reads (a bundled name, a path, ``KIND:PATH,opt=...``): what grid fingerprints."""
     from .evaluate.tables import data_file
 
     return data_file(_training_spec(data))
 
 
-def load_dataset(data: str | os.PathLike, task: str | None = None) -> Dataset:
+def load_dataset(data: str | os.PathLike | TaskSpec, task: str | None = None) -> Dataset:
     """Rows of any task spec ``evaluate`` reads (:func:`affectlens.evaluate.loaders.load_rows`).
 
     ``task`` (emotion, sentiment, control/arithmetic, label) fixes the prompt

@@ -15,8 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Closed mode: log-likelihood of every label after one forward pass per example; "
                     "accuracy, weighted F1 (WAF), macro F1 with bootstrap CIs. Generative mode: "
                     "MER-UniBench (open-vocabulary answer -> emotion-wheel categories -> HIT; "
-                    "sentiment polarity -> WAF/accuracy). The mean is the plain mean of each task's "
-                    "primary metric (perplexity tasks excluded). Writes scores.json, predictions.jsonl, "
+                    "sentiment polarity -> WAF/accuracy). Each task is printed beside its yardsticks "
+                    "(majority class, uniform chance); the mean is of one named metric (the most common "
+                    "primary metric; perplexity excluded). Writes scores.json, predictions.jsonl, "
                     "confusion_<task>.png, manifest.json.",
         epilog=TASK_SYNTAX,
     )

@@ -13,6 +13,10 @@ small tables written here, each with the source of its label set named:
   are joy/anger/fear/sadness/neutral; Peaceful and Powerful are the wheel's
   other positive families and go to joy (the only positive basic emotion).
   This last choice is ours; pass a JSON file to map them otherwise.
+- ``iemocap``: IEMOCAP's (Busso et al. 2008) categorical codes ang, hap, exc,
+  sad, neu, fru, sur, fea, dis, oth, xxx. Happiness and excitement merge to
+  joy (the usual 4-class protocol); frustration, other and no-agreement
+  (xxx) have no basic emotion and are dropped (counted).
 
 A JSON file maps raw labels (case-insensitive) to a target label, or to
 ``null`` to drop rows with that label (counted as dropped, never silent).
@@ -41,6 +45,8 @@ LABEL_MAPS: dict[str, dict[str, str | None]] = {
     "goemotions-ekman": {raw: target for target, raws in _GOEMOTIONS_EKMAN.items() for raw in raws},
     "emorynlp": {"joyful": "joy", "mad": "anger", "scared": "fear", "sad": "sadness", "neutral": "neutral",
                  "peaceful": "joy", "powerful": "joy"},
+    "iemocap": {"ang": "anger", "hap": "joy", "exc": "joy", "sad": "sadness", "neu": "neutral", "sur": "surprise",
+                "fea": "fear", "dis": "disgust", "fru": None, "oth": None, "xxx": None},
 }
 
 

@@ -172,11 +172,14 @@ def load_goemotions(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...], int
     p = Path(spec_path(spec))
     split = spec.option("split", "test")
     tsv = p / f"{split}.tsv" if p.is_dir() else p
-    labels_file = (p if p.is_dir() else p.parent) / "labels.txt"
+    where = p if p.is_dir() else p.parent
+    # labels.txt (monologg's redistribution) or emotions.txt (google-research's release)
+    labels_file = next((where / n for n in ("labels.txt", "emotions.txt") if (where / n).is_file()),
+                       where / "labels.txt")
     if not p.exists():
         raise AffectlensError(f"GoEmotions path {p} does not exist")
     if not labels_file.is_file():
-        raise AffectlensError(f"GoEmotions needs {labels_file} (one label name per line)")
+        raise AffectlensError(f"GoEmotions needs {labels_file} or emotions.txt beside it (one label name per line)")
     names = [ln.strip().lower() for ln in read_text(labels_file).splitlines() if ln.strip()]
     multi = spec.option("multi", "single")
     if multi not in ("single", "first"):

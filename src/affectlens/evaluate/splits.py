@@ -83,7 +83,7 @@ def _columns_spec(path: Path, cols: list[str], extra: str = "") -> str | None:
     """A spec from a header (CSV columns or JSONL keys), or None when no known layout fits."""
     low = {c.strip().lower(): c.strip() for c in cols}
     ext = path.suffix.lower()
-    if {"utterance", "emotion"} <= set(low):
+    if {"utterance", "emotion", "sentiment"} <= set(low):  # MELD; EmoryNLP has no Sentiment column
         return f"meld:{path}{extra}"
     if {"v", "a", "d", "text"} <= set(low):  # EmoBank: valence 1-5, neutral at 3
         return f"sentiment:{path},score={low['v']},center=3{extra}"
@@ -116,8 +116,11 @@ def infer_spec(path: Path) -> str:
     ext = path.suffix.lower()
     head = _head(path)
     first = head.splitlines()[0] if head.strip() else ""
+    if not first and ext in (".jsonl", ".json", ".csv", ".tsv"):
+        return f"{'jsonl' if ext in ('.jsonl', '.json') else 'csv'}:{path}"  # its reader names the problem
     if not first:
         raise AffectlensError(f"data file {path} is empty")
+    extra = ""
     if ext in (".jsonl", ".json"):
         try:
             row = json.loads(first)
@@ -128,7 +131,8 @@ def infer_spec(path: Path) -> str:
                                   f"expected JSONL rows such as {{\"text\", \"label\"}}")
         seen = ", ".join(row)
         spec = _columns_spec(path, list(row))
-    elif ext == ".tsv" and (path.parent / "labels.txt").is_file() and _goemotions_line(first):
+    elif ext == ".tsv" and _goemotions_line(first) and any((path.parent / n).is_file()
+                                                           for n in ("labels.txt", "emotions.txt")):
         return f"goemotions:{path}"
     elif ext in (".csv", ".tsv", ".txt"):
         delim = _sniff(first, ext)
@@ -144,7 +148,7 @@ def infer_spec(path: Path) -> str:
                               "use KIND:PATH (csv:, jsonl:, meld:, goemotions:, sentiment:, ppl:)")
     if spec is None:
         raise AffectlensError(f"cannot tell the kind of {path}: columns {seen}; use e.g. "
-                              f"csv:{path},text=COLUMN,label=COLUMN (or sentiment:{path},text=COLUMN,score=COLUMN)")
+                              f"csv:{path}{extra},text=COLUMN,label=COLUMN (or sentiment:{path}{extra},text=COLUMN,score=COLUMN)")
     return spec
 
 
@@ -164,7 +168,7 @@ def _sniff(first: str, ext: str) -> str:
 
 def _infer_dir(path: Path) -> str:
     files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in DATA_EXTS)
-    if (path / "labels.txt").is_file() and any(f.suffix == ".tsv" for f in files):
+    if any((path / n).is_file() for n in ("labels.txt", "emotions.txt")) and any(f.suffix == ".tsv" for f in files):
         return f"goemotions:{path}"
     per_split = {s: split_file(path, s) for s in SPLITS}
     present = [f for f in per_split.values() if f is not None]

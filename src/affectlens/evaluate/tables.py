@@ -157,22 +157,24 @@ def read_table(spec: TaskSpec) -> list[Row]:
 
 
 def split_filter(rows: list[Row], spec: TaskSpec, path: Path) -> list[Row]:
-    """The rows of ``split``: all of a file named after it, else those whose ``split`` column says it."""
+    """The rows of ``split``: all of a file named after it, else those whose split column
+    (``split_column=``, default ``split``) says it (``valid``/``validation`` count as dev)."""
     split = spec.option("split")
     if split is None:
         return rows
+    col = spec.option("split_column", "split")
     named = split_of_name(path)
-    if rows and "split" not in rows[0] and named is not None:
+    if rows and col not in rows[0] and named is not None:
         if named != canonical_split(split):
             raise AffectlensError(f"{path} holds the {named} split, not '{split}'")
         return rows
-    if rows and "split" not in rows[0]:
+    if rows and col not in rows[0]:
         cols = ", ".join(str(c) for c in rows[0])
-        raise AffectlensError(f"{path}: no split column 'split' (columns: {cols}) and its name says no split")
+        raise AffectlensError(f"{path}: no split column '{col}' (columns: {cols}) and its name says no split")
     out = []
     for r in rows:
         try:
-            if canonical_split(str(r["split"]).strip()) == split:
+            if canonical_split(str(r[col]).strip()) == split:
                 out.append(r)
         except AffectlensError:
             continue

@@ -45,9 +45,15 @@ class TaskSpec:
         return dict(self.options).get(key, default)
 
     def with_options(self, **kw: str) -> TaskSpec:
+        """The spec with options set; a parsed spec's name shows them (names key the results)."""
         opts = dict(self.options)
         opts.update({k: str(v) for k, v in kw.items()})
-        return replace(self, options=tuple(sorted(opts.items())))
+        name = self.name
+        if self.path is not None and self.loader in _KIND_OF_LOADER:
+            name = _short(_KIND_OF_LOADER[self.loader], self.path, opts)
+        elif self.loader == "bundled" and self.path is not None:
+            name = self.path + "".join(f",{k}={v}" for k, v in sorted(opts.items()))
+        return replace(self, name=name, options=tuple(sorted(opts.items())))
 
 
 def primary_metric(spec: TaskSpec, mode: str) -> str:
@@ -95,7 +101,7 @@ _KIND_OF_LOADER = {loader: key for key, (loader, _, _) in _SPEC_KINDS.items()}
 _ASKED = (TaskKind.EMOTION, TaskKind.SENTIMENT, TaskKind.CONTROL)  # what kind= may set
 _OPTION_SPLIT = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
 # Every labelled loader: split (a file per split or a 'split' column), label map, balancing/limits.
-_COMMON = {"split", "labelmap", "balance", "per_class", "seed"}
+_COMMON = {"split", "split_column", "labelmap", "balance", "per_class", "seed"}
 _TABLE = {"delimiter", "quote", "bad_rows"}  # delimiter-separated files
 _KNOWN_OPTIONS = {
     "meld": {"text", "label", "limit_dialogues"} | _COMMON | _TABLE,
@@ -105,7 +111,7 @@ _KNOWN_OPTIONS = {
     "csv": {"text", "label", "labels", "kind"} | _COMMON | _TABLE,
     "sentiment": {"text", "score", "center", "margin", "labels3"} | _COMMON | _TABLE,
     "text": {"max_length", "stride"},
-    "bundled": _COMMON - {"split"},
+    "bundled": _COMMON - {"split", "split_column"},
 }
 _CHOICES = {"bad_rows": ("error", "skip", "report"), "balance": ("true", "false", "1", "0", "yes", "no")}
 
@@ -132,6 +138,10 @@ def _check_options(name: str, loader: str, opts: dict[str, str]) -> None:
         raise AffectlensError(f"task '{name}': per_class must be positive")
     if "split" in opts:
         opts["split"] = canonical_split(opts["split"])
+    if "labelmap" in opts:
+        from .labelmaps import load_label_map
+
+        load_label_map(opts["labelmap"])  # a typo fails here, before any data is read
 
 
 def _bundled(name: str, opts: dict[str, str]) -> TaskSpec | None:
@@ -246,16 +256,17 @@ def sibling_split(spec: TaskSpec, split: str) -> TaskSpec | None:
 
 
 def split_values(spec: TaskSpec) -> set[str]:
-    """The canonical splits named in a file's ``split`` column (empty without one)."""
+    """The canonical splits named in a file's split column (empty without one)."""
     from .tables import read_table
 
     rows = read_table(spec)
-    if not rows or "split" not in rows[0]:
+    col = spec.option("split_column", "split")
+    if not rows or col not in rows[0]:
         return set()
     out = set()
     for r in rows:
         try:
-            out.add(canonical_split(str(r["split"])))
+            out.add(canonical_split(str(r[col])))
         except AffectlensError:
             continue
     return out

@@ -1,0 +1,1 @@
+"""The study: both papers' protocols as resumable stages, and a report whose verdicts follow from the numbers."""

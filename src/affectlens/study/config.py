@@ -3,9 +3,11 @@
 One config names the base model, the affective and the non-affective
 (control) training data and tasks, the budget shared by every LoRA, the
 seeds, and the circuits options. A *profile* (``quick`` or ``default``) is a
-partial config merged over the built-in defaults before the file's own
-values -- except that a file's ``profiles: {quick: {...}}`` entry is merged
-last, so a config can say what "quick" means for a 7B model. Every problem
+partial config: the built-in defaults, then the file, then the built-in
+quick overlay (one seed, short budgets), then the file's own
+``profiles: {quick: {...}}`` entry, then the command line -- so a file that
+spells out the defaults still runs quick with ``--profile quick``, and a
+config can say what "quick" means for a 7B model. Every problem
 is one clear line naming the field.
 """
 
@@ -48,12 +50,12 @@ DEFAULTS: dict[str, Any] = {
 # What "quick" changes: one seed, short budgets, a subset of modules, tasks' examples and emotions.
 QUICK: dict[str, Any] = {
     "seeds": [0],
-    "eval": {"limit": 42},
+    "eval": {"limit": 14},
     "budget": {"steps": 12, "batch_size": 4, "max_length": 96},
     "full_budget": {"steps": 6},
-    "modules": {"single": ["q_proj", "gate_proj", "up_proj", "down_proj"], "groups": {"attn": "attn"}},
+    "modules": {"single": ["gate_proj", "up_proj", "down_proj"], "groups": {"attn": "attn"}},
     "circuits": {"emotions": ["anger", "joy", "sadness"], "max_pairs": 4, "min_score": 0.3, "top_k": 8,
-                 "top_neurons": 20, "limit": 28},
+                 "top_neurons": 20, "limit": 14},
 }
 
 
@@ -167,8 +169,9 @@ def load_study_config(source: str | Path | dict[str, Any] | None = None, *, prof
     own_profiles = raw.pop("profiles", None) or {}
     if not isinstance(own_profiles, dict) or sorted(set(own_profiles) - set(PROFILES)):
         raise _err(where, f"profiles must map {' / '.join(PROFILES)} to partial configs")
-    merged = merge(DEFAULTS, QUICK) if profile == "quick" else copy.deepcopy(DEFAULTS)
-    merged = merge(merged, raw)
+    merged = merge(DEFAULTS, raw)
+    if profile == "quick":
+        merged = merge(merged, QUICK)
     over = own_profiles.get(profile) or {}
     if not isinstance(over, dict) or "profiles" in over:
         raise _err(where, f"profiles.{profile} must be a mapping of config fields")

@@ -143,9 +143,17 @@ def run_circuits(ctx: Context, fp: str) -> dict[str, Any]:
     return res
 
 
+def _intervene(model: str, tasks: list[str], kw: dict[str, Any]) -> Callable[[str], Any]:
+    from ..circuits import api
+
+    def go(out: str) -> Any:
+        return api.intervene_run(model, out, tasks, **kw)
+
+    return go
+
+
 def _interventions(ctx: Context, d: Path, model: str, heads: Path | None, neurons: Path | None,
                    notes: list[str], c: dict[str, Any], common: dict[str, Any], seed: int) -> dict[str, Any]:
-    from ..circuits import api
 
     cfgj = json.loads((Path(model) / "config.json").read_text()) if (Path(model) / "config.json").is_file() else {}
     tasks = list(ctx.cfg.tasks)
@@ -170,8 +178,7 @@ def _interventions(ctx: Context, d: Path, model: str, heads: Path | None, neuron
                 extra["beta"] = float(c.get("beta", 2.0))
             else:
                 extra["gamma"] = float(c.get("gamma", 2.0))
-            run = _step(d, f"intervene-{unit}-{side}", notes,
-                        lambda o, extra=extra: api.intervene_run(model, o, tasks, **extra, **kw))
+            run = _step(d, f"intervene-{unit}-{side}", notes, _intervene(model, tasks, {**extra, **kw}))
             if run is None:
                 ok = False
                 break

@@ -19,17 +19,21 @@ from .stats import evidence_dict, score_difference, share_of_gain
 ALL = "all-module"
 
 
-def _grid_base(ctx: Context, name: str, seed: int) -> dict[str, Any]:
+def _grid_base(ctx: Context, name: str, seed: int, with_control: bool) -> dict[str, Any]:
     cfg = ctx.cfg
+    ctrl = list(cfg.control_tasks) if with_control else []
     return {"name": name, "base": str(ctx.base_path), "data": cfg.data,
-            "tasks": [*cfg.tasks, *cfg.control_tasks], "control_tasks": list(cfg.control_tasks),
+            "tasks": [*cfg.tasks, *ctrl], "control_tasks": ctrl,
             "eval": {"mode": "closed", "batch_size": cfg.eval["batch_size"],
                      **({"limit": cfg.eval["limit"]} if cfg.eval["limit"] else {})},
             "budget": {**cfg.budget.budget(), "seeds": [seed]}}
 
 
-def _run(ctx: Context, stage: str, variants_of: Any) -> dict[str, Any]:
-    """Run one grid per seed; collect per-variant, per-task primary scores over seeds, params and n."""
+def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False) -> dict[str, Any]:
+    """Run one grid per seed; collect per-variant, per-task primary scores over seeds, params and n.
+
+    Only necessity scores the non-affective control tasks (the only stage whose claim reads them),
+    which keeps the quick profile inside its time budget."""
     from ..grid import run_grid
 
     kw: dict[str, Any] = {}
@@ -40,7 +44,7 @@ def _run(ctx: Context, stage: str, variants_of: Any) -> dict[str, Any]:
     n: dict[str, int] = {}
     for s in ctx.cfg.seeds:
         adapter = ctx.abs(ctx.results["adapters"]["emotion"][str(s)])
-        gcfg = {**_grid_base(ctx, f"{stage}-s{s}", s), "variants": variants_of(adapter)}
+        gcfg = {**_grid_base(ctx, f"{stage}-s{s}", s, with_control), "variants": variants_of(adapter)}
         res = run_grid(gcfg, ctx.store.dir(stage) / f"grid-s{s}", force=True, evaluator=ctx.evaluator,
                        tuner=ctx.tuner, echo=lambda line: None, allow_pickle=ctx.allow_pickle, **kw)
         for r in res.rows:
@@ -52,7 +56,7 @@ def _run(ctx: Context, stage: str, variants_of: Any) -> dict[str, Any]:
     if p_all and params.get(ALL) is None:
         params[ALL] = int(sum(p_all.values()) / len(p_all))
     return {"scores": {v: dict(t) for v, t in scores.items()}, "params": params, "n": n,
-            "tasks": list(ctx.cfg.tasks), "control_tasks": list(ctx.cfg.control_tasks)}
+            "tasks": list(ctx.cfg.tasks), "control_tasks": list(ctx.cfg.control_tasks) if with_control else []}
 
 
 def affective(res: dict[str, Any], variant: str) -> list[float]:
@@ -130,7 +134,7 @@ def run_necessity(ctx: Context) -> dict[str, Any]:
                    "modules": "gate_proj", "mode": "zero-delta", "control": True})
         return vs
 
-    res = _run(ctx, "necessity", variants)
+    res = _run(ctx, "necessity", variants, with_control=True)
     tuned = affective(res, ALL)
     gate, ctrl = affective(res, "reset gate_proj"), affective(res, "reset control (equal params)")
     drop_gate = [t - g for t, g in zip(tuned, gate, strict=True)]
@@ -144,6 +148,13 @@ def run_necessity(ctx: Context) -> dict[str, Any]:
         detail["drop_gate_on_control_task"] = sum(a - b for a, b in zip(ct, cg, strict=True)) / len(ct)
     res["evidence"] = {"necessity.gate-reset": evidence_dict(-v, (-ci[1], -ci[0]), n, **detail)}
     return res
+
+
+def task_file(task: str) -> Any:
+    """The file a task reads (for its content fingerprint), or None."""
+    from ..grid.inputs import _task_file
+
+    return _task_file(task)
 
 
 def majority_yardstick(task: str, limit: int | None = None) -> float:
@@ -192,5 +203,5 @@ def run_frontier(ctx: Context, eff: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
-__all__ = ["affective", "control", "majority_yardstick", "run_efficiency", "run_frontier", "run_necessity",
+__all__ = ["affective", "control", "majority_yardstick", "task_file", "run_efficiency", "run_frontier", "run_necessity",
            "run_sufficiency"]

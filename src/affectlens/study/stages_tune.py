@@ -84,6 +84,10 @@ def _per_layer(rows: list[Any], label: str, metric: str) -> dict[int, dict[str, 
     return out
 
 
+def _ranked(d: dict[str, float]) -> list[str]:
+    return sorted(d, key=lambda k: -d[k])
+
+
 def run_locate(ctx: Context, adapters: dict[str, Any]) -> dict[str, Any]:
     """Module x layer change per adapter; the locus per metric and its stability; the two locate claims."""
     from ..locate import measure
@@ -141,8 +145,7 @@ def run_locate(ctx: Context, adapters: dict[str, Any]) -> dict[str, Any]:
             metric="gate_proj's share of the layer's Eq. 1 change: emotion adapter minus control adapter")
     layers = sorted({int(r.layer) for r in rows})
     heat = {lab: {str(la): mods for la, mods in _per_layer(rows, lab, "relative").items()} for lab in labels}
-    ranking = {lab: {m: sorted(means[lab][m], key=lambda k, d=means[lab][m]: -d[k]) for m in METRICS}
-               for lab in labels}
+    ranking = {lab: {m: _ranked(means[lab][m]) for m in METRICS} for lab in labels}
     return {"labels": labels, "means": means, "loci": loci, "stability": stability, "ranking": ranking,
             "layers": layers, "modules": [m for m in MODULES if any(m in means[lab]["l2"] for lab in labels)],
             "heat": heat, "evidence": evidence, "notes": list(adapters.get("notes", []))}

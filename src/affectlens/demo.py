@@ -50,6 +50,13 @@ class DemoResult:
     locate: Any
     summary: dict[str, Any]
 
+    def paragraph(self) -> str:
+        """The answer in one plain paragraph: size-fair locus, emotion vs control, margins, what it shows."""
+        from .study.explain import demo_paragraph
+
+        models = self.locate.summary["models"]
+        return demo_paragraph({label: models[label]["ranking"] for label in TASKS})
+
     def lines(self) -> list[str]:
         """Where each adapter changed the model most, per metric."""
         out = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 from . import options as o
 
@@ -39,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
               f"({t['trainable_params']:,} trainable params, {t['seconds']:.0f} s training)")
     for line in result.lines():
         print(line)
+    print()
+    print(textwrap.fill(result.paragraph(), width=100, break_on_hyphens=False, break_long_words=False))
     print("(one small model, one seed, a synthetic corpus: a demonstration of the workflow, "
           "not evidence about where emotion lives in large models)")
     print(f"wrote {result.out}")

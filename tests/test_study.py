@@ -128,8 +128,15 @@ def test_study_writes_every_section_and_derived_verdicts(study):
         assert rec["ci"][0] <= rec["ours"] <= rec["ci"][1] or rec["ci"][0] == rec["ci"][1]
         assert rec["verdict"] == expected_verdict(rec), rec["id"]
     m = on_disk["methods"]
-    assert m["seeds"] == [0, 1] and m["expected_time_s"]["total"] > 0 and m["packages"]["torch"]
+    assert m["seeds"] == [0, 1] and m["expected_time_s"] > 0 and m["packages"]["torch"]
     assert (out / "manifest.json").is_file() and (out / "stages" / "adapters" / "result.json").is_file()
+    html = (out / "report.html").read_text()
+    figures = [rel for sec in on_disk["sections"].values() for rel in sec["figures"].values()]
+    assert html.count("data:image/png;base64,") >= len(figures) >= 5
+    assert "src=\"figures/" not in html and "http://" not in html and "https://" not in html
+    for rec in on_disk["claims"]:
+        assert rec["id"] in html and rec["verdict"] in html
+    assert (out / "report.md").is_file()
 
 
 def test_planted_gate_is_recovered_as_the_locus(study):

@@ -49,13 +49,29 @@ def _score_table(res: dict[str, Any], title: str, reference: str | None = None) 
     return {"title": title, "columns": cols, "rows": rows}
 
 
+def _score_numbers(res: dict[str, Any], stage: str) -> dict[str, Any]:
+    """``scores`` (affective mean per variant) and, for necessity, ``control_task_drop`` per reset."""
+    scores = {v: sum(affective(res, v)) / len(res["scores"][v][res["tasks"][0]]) for v in res["scores"]}
+    nums: dict[str, Any] = {"scores": scores}
+    ref = control(res, ALL) if ALL in res["scores"] else None
+    if stage == "necessity" and ref is not None:
+        drops = {}
+        for v in res["scores"]:
+            c = control(res, v)
+            if v != ALL and c is not None:
+                drops[v] = sum(a - b for a, b in zip(ref, c, strict=True)) / len(c)
+        nums["control_task_drop"] = drops
+    return nums
+
+
 def _locate(sec: dict[str, Any], r: dict[str, Any], run: Any) -> None:
     import numpy as np
 
     from .. import plots
 
     st = r["stability"]
-    sec["numbers"] = {f"{kind} locus ({m})": v["locus"] for kind, ms in st.items() for m, v in ms.items()}
+    sec["numbers"] = {"loci": r["loci"]}
+    sec["numbers"].update({f"{kind} locus ({m})": v["locus"] for kind, ms in st.items() for m, v in ms.items()})
     sec["numbers"].update({f"{kind} locus stability ({m})": v["share_of_seeds"] for kind, ms in st.items()
                            for m, v in ms.items()})
     for lab in [x for x in r["labels"] if x.endswith(f"-s{r['labels'][0].split('-s')[-1]}")]:
@@ -80,8 +96,8 @@ def _locate(sec: dict[str, Any], r: dict[str, Any], run: Any) -> None:
 def _frontier(sec: dict[str, Any], r: dict[str, Any], run: Any) -> None:
     from .. import plots
 
-    sec["numbers"] = {"raw score share": r["raw_share"], "parameter share": r["param_share"],
-                      "yardstick max(base, majority)": r["yardstick"], "base": r["base"]}
+    sec["numbers"] = {"raw_share": r["raw_share"], "param_share": r["param_share"], "yardstick": r["yardstick"],
+                      "base": r["base"], "majority_class": r["majority"]}
     sec["notes"].append(r["line"])
     sec["tables"].append({"title": "score vs trainable parameters", "columns": ["variant", "params", "mean"],
                           "rows": [[p["variant"], p["params"], round(p["mean"], 4)] for p in r["points"]]})
@@ -104,8 +120,12 @@ def _circuits(sections: dict[str, Any], r: dict[str, Any], ctx: Context, run: An
             shutil.copyfile(src, run.file(f"figures/{key}.png"))
             sec["figures"][sub] = f"figures/{key}.png"
     if "layers" in r:
-        sections["circuits-layers"]["numbers"] = {f"critical layer ({e})": la for e, la in r["layers"]["critical"].items()}
-        sections["circuits-layers"]["numbers"]["layers"] = r["layers"]["n_layers"]
+        nums = sections["circuits-layers"]["numbers"]
+        nums.update({f"critical layer ({e})": la for e, la in r["layers"]["critical"].items()})
+        nums["layers"] = r["layers"]["n_layers"]
+        ev = r.get("evidence", {}).get("circuits-layers.middle-peak")
+        if ev:
+            nums["peak_depth"] = ev["detail"]["relative_depth"]
     if "heads" in r:
         sections["circuits-heads"]["tables"].append({"title": "top-head overlap by layer (mean pairwise Jaccard)",
                                                      "columns": ["layer", "jaccard"],
@@ -124,8 +144,10 @@ def _circuits(sections: dict[str, Any], r: dict[str, Any], ctx: Context, run: An
             "title": "accuracy and hallucination rate before/after amplifying top vs random units",
             "columns": ["units", "which", "task", "acc before", "acc after", "halluc. before", "halluc. after"],
             "rows": rows})
-    for key in ("circuits-layers", "circuits-heads", "circuits-intervention"):
-        sections[key]["notes"] += r.get("notes", []) if key == "circuits-layers" else []
+    for note in r.get("notes", []):
+        key = "circuits-heads" if "head" in note and "intervention" not in note else \
+            "circuits-intervention" if "interven" in note else "circuits-layers"
+        sections[key]["notes"].append(note)
 
 
 def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[str, Any], failed: dict[str, str],
@@ -155,6 +177,7 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
                              ("necessity", "delta reset inside the tuned model (mean over seeds)")):
             if stage in res and stage in sections:
                 sections[stage]["tables"].append(_score_table(res[stage], title))
+                sections[stage]["numbers"] = _score_numbers(res[stage], stage)
         if "frontier" in res and "frontier" in sections:
             _frontier(sections["frontier"], res["frontier"], run)
             sections["frontier"]["notes"] += res["frontier"].get("notes", [])
@@ -183,7 +206,9 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
                 "models": {"base": str(ctx.base_path), "base_spec": cfg.model, "circuits": cfg.circuits_model,
                            "full_fine_tune": bool(res.get("adapters", {}).get("full"))},
                 "data_fingerprints": ctx.fps, "stage_fingerprints": fps, "packages": versions(),
-                "expected_time_s": expected, "wall_time_s": {"this_run": round(wall, 1), "stages": timing},
+                "expected_time_s": expected["total"], "wall_time_s": round(wall, 1),
+                "expected_time_by_stage_s": {k: v for k, v in expected.items() if k not in ("total", "basis")},
+                "expected_time_basis": expected["basis"], "stage_times_s": timing,
                 "failed_stages": failed, "device": ctx.device, "dtype": ctx.dtype,
             },
         }

@@ -78,7 +78,7 @@ def study_cfg(tmp: Path) -> dict:
         "name": "tiny", "model": str(TINYSTORIES), "tasks": ["emotion"], "control_tasks": ["control"],
         "eval": {"limit": 8, "batch_size": 8}, "seeds": [0, 1],
         "budget": {"steps": 2, "rank": 2, "alpha": 4, "lr": 1.0e-2, "batch_size": 2, "max_length": 48},
-        "modules": {"single": ["gate_proj", "up_proj", "down_proj"], "groups": {"attn": "attn"}},
+        "modules": {"single": ["gate_proj", "up_proj", "down_proj"], "groups": {"mlp": "mlp"}},
         "circuits": {"model": str(planted), "pairs": str(tmp / "pairs.jsonl"), "emotions": ["anger", "joy"],
                      "max_pairs": 4, "min_score": 0.0, "top_k": 2, "top_neurons": 4, "limit": 6,
                      "batch_size": 8},
@@ -128,6 +128,7 @@ def test_study_writes_every_section_and_derived_verdicts(study):
         assert rec["ci"][0] <= rec["ours"] <= rec["ci"][1] or rec["ci"][0] == rec["ci"][1]
         assert rec["verdict"] == expected_verdict(rec), rec["id"]
     m = on_disk["methods"]
+    assert "expected about" in echoed[0] and " min" in echoed[0]  # said before the first stage runs
     assert m["seeds"] == [0, 1] and m["expected_time_s"] > 0 and m["packages"]["torch"]
     assert (out / "manifest.json").is_file() and (out / "stages" / "adapters" / "result.json").is_file()
     html = (out / "report.html").read_text()
@@ -189,9 +190,11 @@ def test_config_change_invalidates_only_dependent_stages(study, tmp_path):
     run_study(changed, out, tuner=PlantingTuner(), evaluator=StubEvaluator(), echo=echoed.append)
     assert lines_of(echoed, "running") == {"circuits"}
     echoed.clear()
-    changed = {**changed, "eval": {"limit": 6, "batch_size": 8}}
-    run_study(changed, out, tuner=PlantingTuner(), evaluator=StubEvaluator(), echo=echoed.append)
-    assert lines_of(echoed, "running") == {"sufficiency", "efficiency", "necessity", "frontier"}
+    changed = {**changed, "eval": {"limit": 6, "batch_size": 8}, "stages": ["locate", "necessity"]}
+    study = run_study(changed, out, tuner=PlantingTuner(), evaluator=StubEvaluator(), echo=echoed.append)
+    assert lines_of(echoed, "running") == {"necessity"}  # scoring changed; the adapters and locate did not
+    assert lines_of(echoed, "cached") >= {"adapters", "locate"}
+    assert set(study["sections"]) == {"locate", "necessity"}
 
 
 def test_study_refuses_foreign_dir_and_bad_config(tmp_path, capfd):

@@ -59,11 +59,16 @@ QUICK: dict[str, Any] = {
 }
 
 
+REPLACED = frozenset({"groups"})  # a mapping that names a whole set: given, it replaces the default set
+
+
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` merged into a copy of ``base``; mappings merge key by key, anything else replaces."""
+    """``over`` merged into a copy of ``base``; mappings merge key by key (except ``REPLACED``),
+    anything else replaces."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        deep = isinstance(v, dict) and isinstance(out.get(k), dict) and k not in REPLACED
+        out[k] = merge(out[k], v) if deep else copy.deepcopy(v)
     return out
 
 

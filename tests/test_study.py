@@ -44,17 +44,28 @@ class StubEvaluator:
 
 class PlantingTuner:
     """Real tune (for the adapter's files), then the all-module adapters' change planted in one module:
-    gate_proj for the affective data, up_proj for the control data. Targeted LoRAs are left as trained."""
+    gate_proj for the affective data, up_proj for the control data. Targeted LoRAs are left as trained.
+    ``method="full"`` writes the base with only gate_proj changed (a planted full fine-tune)."""
 
-    supports_full = False
+    supports_full = True
 
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, base, data, config=None, out=None, **kw):
+    def __call__(self, base, data, config=None, out=None, method="lora", **kw):
         from safetensors.torch import load_file, save_file
+        from transformers import AutoModelForCausalLM
 
         self.calls += 1
+        if method == "full":
+            model = AutoModelForCausalLM.from_pretrained(base)
+            g = torch.Generator().manual_seed(config.seed)
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if "gate_proj" in name:
+                        p.add_(0.05 * torch.randn(p.shape, generator=g))
+            model.save_pretrained(out, safe_serialization=True)
+            return None
         res = real_tune(base, data, config=config, out=out, **kw)
         if config.modules == "all" and out is not None:
             planted = "up_proj" if "control" in str(data) else "gate_proj"
@@ -146,6 +157,7 @@ def test_planted_gate_is_recovered_as_the_locus(study):
     for metric in ("l2", "relative", "rms"):
         assert loc["stability"]["emotion"][metric] == {"locus": "gate_proj", "share_of_seeds": 1.0, "n_seeds": 2}
         assert loc["stability"]["control"][metric]["locus"] == "up_proj"
+        assert loc["stability"]["full"][metric]["locus"] == "gate_proj"
     by_id = {c["id"]: c for c in result["claims"]}
     assert by_id["locate.gate-largest"]["verdict"] == "supported"
     assert by_id["locate.emotion-specific"]["verdict"] == "supported"

@@ -37,8 +37,12 @@ def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False)
     from ..grid import run_grid
 
     kw: dict[str, Any] = {}
-    if ctx.executor is not None and "executor" in inspect.signature(run_grid).parameters:
+    accepted = inspect.signature(run_grid).parameters
+    if ctx.executor is not None and "executor" in accepted:
         kw["executor"] = ctx.executor
+    for key, val in (("device", ctx.device), ("dtype", ctx.dtype)):
+        if val != "auto" and key in accepted:
+            kw[key] = val
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     params: dict[str, int | None] = {}
     n: dict[str, int] = {}

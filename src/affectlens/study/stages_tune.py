@@ -46,7 +46,9 @@ def run_adapters(ctx: Context) -> dict[str, Any]:
         ad = d / f"{kind}__s{s}__{h}"
         if not ad.is_dir():
             ctx.echo(f"  training {kind} adapter seed {s} ({budget.steps} steps)")
-            extra = {"method": "full"} if kind == "full" else {}
+            extra: dict[str, Any] = {"method": "full"} if kind == "full" else {}
+            if ctx.device != "auto" and _accepts(tune, "device"):
+                extra["device"] = ctx.device
             tune(str(ctx.base_path), data, config=budget, out=ad, force=False, verbose=False,
                  allow_pickle=ctx.allow_pickle, **extra)
         rel = str(ad.relative_to(ctx.root))
@@ -66,6 +68,15 @@ def run_adapters(ctx: Context) -> dict[str, Any]:
             n = count_params(store.config, "all", cfg.budget.rank).lora_total
         out["params"] = {str(s): int(n) for s in cfg.seeds}
     return out
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _module_means(rows: list[Any], label: str, metric: str) -> dict[str, float]:

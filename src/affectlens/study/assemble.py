@@ -96,8 +96,9 @@ def _locate(sec: dict[str, Any], r: dict[str, Any], run: Any) -> None:
 def _frontier(sec: dict[str, Any], r: dict[str, Any], run: Any) -> None:
     from .. import plots
 
-    sec["numbers"] = {"raw_share": r["raw_share"], "param_share": r["param_share"], "yardstick": r["yardstick"],
-                      "base": r["base"], "majority_class": r["majority"]}
+    nums = {"raw_share": r["raw_share"], "param_share": r["param_share"], "yardstick": r["yardstick"],
+            "base": r["base"], "majority_class": r["majority"]}
+    sec["numbers"] = {k: v for k, v in nums.items() if v is not None and v == v}  # undefined: left out
     sec["notes"].append(r["line"])
     sec["tables"].append({"title": "score vs trainable parameters", "columns": ["variant", "params", "mean"],
                           "rows": [[p["variant"], p["params"], round(p["mean"], 4)] for p in r["points"]]})
@@ -153,7 +154,7 @@ def _circuits(sections: dict[str, Any], r: dict[str, Any], ctx: Context, run: An
 def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[str, Any], failed: dict[str, str],
                 wall: float, fps: dict[str, str]) -> dict[str, Any]:
     """Assemble study.json, the figures and the report into ``out`` (atomically, stage cache kept)."""
-    from ..runs import RunDir, versions
+    from ..runs import RunDir, nonfinite_to_null, versions
     from .verdicts import CLAIMS, Evidence, claim_record
 
     cfg, res = ctx.cfg, ctx.results
@@ -196,6 +197,8 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
                 continue
             claims.append(claim_record(cid, Evidence(float(ev["value"]), (float(ev["ci"][0]), float(ev["ci"][1])),
                                                      int(ev["n"]), dict(ev.get("detail") or {}))))
+        # A number a stage could not define (a share of a zero score) is "no value", never NaN in the report.
+        sections = nonfinite_to_null(sections)
         study: dict[str, Any] = {
             "version": 1, "name": cfg.name, "claims": claims, "not_judged": not_judged, "sections": sections,
             "methods": {

@@ -190,10 +190,11 @@ def run_frontier(ctx: Context, eff: dict[str, Any]) -> dict[str, Any]:
                        "kind": "reference" if name == ALL else "tune"})
     ref = next(p for p in points if p["variant"] == ALL)
     get = next(p for p in points if p["variant"] == "gate_proj")
-    raw_share = get["mean"] / ref["mean"] if ref["mean"] > 0 else float("nan")
+    raw_share = get["mean"] / ref["mean"] if ref["mean"] > 0 else None
     v, ci, n = share_of_gain(affective(eff, "gate_proj"), affective(eff, ALL), y, _n(eff))
     line = (f"GET: {100 * raw_share:.1f} % of the all-module LoRA's mean score at "
-            f"{100 * get['params'] / ref['params']:.1f} % of its parameters")
+            f"{100 * get['params'] / ref['params']:.1f} % of its parameters" if raw_share is not None else
+            "GET's raw score share is undefined: the all-module LoRA scored 0")
     res: dict[str, Any] = {"points": points, "majority": yard, "yardstick": y, "base": sum(base) / len(base),
                            "raw_share": raw_share, "param_share": get["params"] / ref["params"], "line": line,
                            "evidence": {}}

@@ -1,11 +1,10 @@
 """The expected wall time of a study, printed before it starts and recorded in its methods.
 
 Costs are per *token x parameter* so one calibration serves every model size:
-training ~6 and scoring ~2 multiply-adds per token and parameter, at the
-throughput measured on the embedded default (SmolLM2-135M, float32, 2 busy
-CPU cores). Where this dir already holds measured times (adapter
-seconds-per-step), those win. A GPU is typically 20-100x faster; the
-estimate says "this machine" only for CPU runs.
+training and scoring cost per token and parameter as measured on the embedded
+default (SmolLM2-135M, float32) on 2 CPU cores under a load average of ~11,
+scaled to 2 idle cores. The stage count comes from the config (seeds, modules,
+evaluation limit, circuits options). A GPU is typically 20-100x faster.
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ def expected_seconds(cfg: StudyConfig, base_path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {s: round(est[s], 1) for s in needed(cfg.stages)}
     out["total"] = round(sum(out.values()), 1)
     out["basis"] = (f"{p / 1e6:.0f}M parameters; {step:.2f} s per training step, {cell_all:.0f} s per scored "
-                    "model (all tasks), calibrated on SmolLM2-135M on 2 busy CPU cores")
+                    "model (all tasks) on 2 idle CPU cores, calibrated on SmolLM2-135M")
     return out
 
 

@@ -130,7 +130,8 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
         ctx.fps = _content_fps(cfg, base_path)
         expected = expected_seconds(cfg, base_path)
         echo(f"study {cfg.name} ({cfg.profile} profile, seeds {cfg.seeds}, stages {', '.join(cfg.stages)}): "
-             f"expected about {expected['total'] / 60:.0f} min on this machine"
+             f"expected about {expected['total'] / 60:.0f} min on 2 idle CPU cores ({expected['basis'].split(';')[0]}; "
+             "a GPU is much faster, a busy machine slower)"
              + (" (resuming: finished stages are reused)" if resumed else ""))
         store.init()
         t0 = time.perf_counter()

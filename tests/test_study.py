@@ -20,8 +20,8 @@ IDS = torch.tensor([[1, 5, 9, 17, 33, 2, 64, 100]])
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class Killed(Exception):
-    pass
+class Killed(KeyboardInterrupt):
+    """A simulated kill (an interrupt is never turned into a 'failed stage' note)."""
 
 
 class StubEvaluator:
@@ -229,3 +229,21 @@ def test_example_study_config_is_valid(profile):
     assert cfg.model == str(TINYSTORIES)
     assert len(cfg.seeds) == (1 if profile == "quick" else 3)
     assert "gate_proj" in cfg.single and cfg.budget.steps >= 1
+
+
+class Boom:
+    def __call__(self, *a, **kw):
+        raise ValueError("boom")
+
+
+def test_failed_stage_is_a_noted_skipped_section(study, tmp_path):
+    src_tmp, cfg, _, _ = study
+    out = tmp_path / "out"
+    shutil.copytree(src_tmp / "out", out)
+    changed = {**cfg, "eval": {"limit": 5, "batch_size": 8}, "stages": ["locate", "sufficiency"]}
+    result = run_study(changed, out, tuner=PlantingTuner(), evaluator=Boom(), echo=lambda s: None)
+    assert any("failed (ValueError: boom)" in n for n in result["sections"]["sufficiency"]["notes"])
+    assert result["sections"]["locate"]["tables"]
+    assert {c["stage"] for c in result["claims"]} == {"locate"}
+    assert {x["id"] for x in result["not_judged"]} == {"sufficiency.gate-transfer"}
+    assert (out / "report.html").is_file()

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import AffectlensError
 from .budget import expected_seconds
 from .cache import StageStore, check_study_out, fingerprint
 from .config import STAGES, StudyConfig, load_study_config
@@ -140,7 +139,7 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
         failed: dict[str, str] = {}
         for stage in needed(cfg.stages):
             if any(d in failed for d in DEPS[stage]):
-                failed[stage] = f"skipped: it needs the {', '.join(d for d in DEPS[stage] if d in failed)} stage"
+                failed[stage] = f"was skipped: it needs the {', '.join(d for d in DEPS[stage] if d in failed)} stage"
                 continue
             fps[stage] = fp = stage_fingerprint(ctx, stage, fps)
             cached = store.get(stage, fp)
@@ -153,9 +152,10 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
             s0 = time.perf_counter()
             try:
                 result = _compute(ctx, stage, fp)
-            except (AffectlensError, RuntimeError, ValueError, OSError) as e:
-                failed[stage] = str(e).splitlines()[0] if str(e) else type(e).__name__
-                echo(f"  {stage}: failed ({failed[stage]}); its section is skipped")
+            except Exception as e:  # a stage's failure is a noted, skipped section; an interrupt still stops
+                why = str(e).splitlines()[0] if str(e) else ""
+                failed[stage] = f"failed ({type(e).__name__}{': ' + why if why else ''})"
+                echo(f"  {stage}: {failed[stage]}; its section is skipped")
                 continue
             secs = time.perf_counter() - s0
             store.put(stage, fp, result, secs)

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import AffectlensError
 from .context import Context
 from .stats import bootstrap_mean, evidence_dict, paired_bootstrap, spearman_bootstrap
 
@@ -35,8 +34,9 @@ def _step(d: Path, name: str, notes: list[str], fn: Callable[[str], Any]) -> Pat
         return out
     try:
         fn(str(out))
-    except (AffectlensError, RuntimeError, ValueError) as e:
-        notes.append(f"circuits {name} failed and was skipped: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    except Exception as e:  # one failed step is a note; the steps that do not need it still run
+        why = str(e).splitlines()[0] if str(e) else ""
+        notes.append(f"circuits {name} failed and was skipped ({type(e).__name__}{': ' + why if why else ''})")
         return None
     return out
 

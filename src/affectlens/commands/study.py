@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="study dir (an existing study dir is resumed; any other existing dir needs --force)")
     g.add_argument("--force", action="store_true",
                    help="replace an existing non-study --out, or start a study dir over (drop its stage cache)")
+    g.add_argument("--executor", choices=("serial", "ray", "slurm"), default=None,
+                   help="where the scoring stages' grid cells run (handed to `affectlens grid`'s executor; "
+                        "default: in this process)")
     o.device(g)
     o.dtype(g)
     o.allow_pickle(g)
@@ -44,6 +47,7 @@ def _study(args: argparse.Namespace) -> int:
 
     study = run_study(args.config, args.out, profile=args.profile, stages=args.stages, model=args.model,
                       seeds=args.seeds, force=args.force, device=args.device, dtype=args.dtype,
+                      executor=args.executor,
                       allow_pickle=args.allow_pickle)
     for c in study["claims"]:
         print(f"{c['id']:<45} {c['verdict']:<13} ours {c['ours']:+.4f} [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]")

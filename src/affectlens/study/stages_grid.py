@@ -13,6 +13,7 @@ import inspect
 from collections import defaultdict
 from typing import Any
 
+from ..errors import AffectlensError
 from .context import Context
 from .stats import evidence_dict, score_difference, share_of_gain
 
@@ -38,7 +39,10 @@ def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False)
 
     kw: dict[str, Any] = {}
     accepted = inspect.signature(run_grid).parameters
-    if ctx.executor is not None and "executor" in accepted:
+    if ctx.executor not in (None, "serial"):
+        if "executor" not in accepted:
+            raise AffectlensError(f"this affectlens' grid cannot run cells on {ctx.executor!r} (no executor "
+                                  "support installed); leave --executor out")
         kw["executor"] = ctx.executor
     for key, val in (("device", ctx.device), ("dtype", ctx.dtype)):
         if val != "auto" and key in accepted:

@@ -247,3 +247,26 @@ def test_failed_stage_is_a_noted_skipped_section(study, tmp_path):
     assert {c["stage"] for c in result["claims"]} == {"locate"}
     assert {x["id"] for x in result["not_judged"]} == {"sufficiency.gate-transfer"}
     assert (out / "report.html").is_file()
+
+
+def test_evidence_intervals_match_hand_formulas():
+    import math
+
+    import numpy as np
+
+    from affectlens.study.stats import bootstrap_mean, score_difference, share_of_gain
+
+    a, b, n = [0.6, 0.7], [0.4, 0.45], 200
+    d = [0.2, 0.25]
+    between = ((0.2 - 0.225) ** 2 + (0.25 - 0.225) ** 2) / 1 / 2
+    within = sum(p * (1 - p) for p in a + b) / n / 4
+    v, (lo, hi), _ = score_difference(a, b, n)
+    assert v == pytest.approx(sum(d) / 2)
+    assert hi - v == pytest.approx(1.96 * math.sqrt(between + within))
+    xs = np.random.default_rng(5).normal(3.0, 2.0, 400)
+    m, (blo, bhi), k = bootstrap_mean(list(xs))
+    half = 1.96 * xs.std(ddof=1) / math.sqrt(len(xs))
+    assert k == 400 and m == pytest.approx(xs.mean())
+    assert (bhi - blo) / 2 == pytest.approx(half, rel=0.1)
+    s, (slo, shi), _ = share_of_gain([0.5], [0.8], 0.2, 100_000)
+    assert s == pytest.approx(0.5) and slo < 0.5 < shi and shi - slo < 0.02

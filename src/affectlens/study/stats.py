@@ -39,10 +39,14 @@ def bootstrap_mean(values: Sequence[float], seed: int = 0) -> tuple[float, tuple
 
 
 def _within(xs: Sequence[float], n_examples: int | None) -> float:
-    """Variance of a seed-mean score from sampling ``n_examples`` examples per seed (p(1-p)/n)."""
+    """Variance of a seed-mean score from sampling ``n_examples`` examples per seed (p(1-p)/n).
+
+    p is kept half an example away from 0 and 1, so a score of exactly 0 or 1 on a few
+    examples still gets a non-zero width (as a Wilson interval would)."""
     if not n_examples:
         return 0.0
-    ps = [min(max(float(x), 0.0), 1.0) for x in xs]
+    eps = 0.5 / n_examples
+    ps = [min(max(float(x), eps), 1.0 - eps) for x in xs]
     return sum(p * (1 - p) for p in ps) / n_examples / len(ps) ** 2
 
 

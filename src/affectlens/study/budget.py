@@ -22,10 +22,15 @@ EXAMPLE_TOKENS = 60  # a training example's mean length in the bundled data (pro
 TASK_SIZE = 140  # examples of a bundled test set
 
 
-def _params(base_path: Path) -> int:
+def _config(base_path: Path) -> dict[str, Any]:
     import json
 
-    cfg = json.loads((base_path / "config.json").read_text()) if (base_path / "config.json").is_file() else {}
+    return json.loads((base_path / "config.json").read_text()) if (base_path / "config.json").is_file() else {}
+
+
+def _params(base_path: Path) -> int:
+
+    cfg = _config(base_path)
     h, f, n = int(cfg.get("hidden_size", 576)), int(cfg.get("intermediate_size", 1536)), \
         int(cfg.get("num_hidden_layers", 30))
     v = int(cfg.get("vocab_size", 49152))
@@ -45,7 +50,7 @@ def expected_seconds(cfg: StudyConfig, base_path: Path) -> dict[str, Any]:
     c = cfg.circuits
     emos = len(c.get("emotions") or range(7))
     pairs = int(c.get("max_pairs") or 12)
-    n_layers = 30
+    n_layers = int(_config(base_path).get("num_hidden_layers", 30))
     circ_fwd = emos * pairs * (n_layers // 2 + 20)  # vectors, a batched layer sweep, heads and neurons
     circ_eval = 8 * int(c.get("limit") or TASK_SIZE) * len(cfg.tasks)
     est = {

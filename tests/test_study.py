@@ -270,3 +270,12 @@ def test_evidence_intervals_match_hand_formulas():
     assert (bhi - blo) / 2 == pytest.approx(half, rel=0.1)
     s, (slo, shi), _ = share_of_gain([0.5], [0.8], 0.2, 100_000)
     assert s == pytest.approx(0.5) and slo < 0.5 < shi and shi - slo < 0.02
+
+
+def test_circuits_retry_all_pairs_when_tau_leaves_none(tmp_path):
+    cfg = study_cfg(tmp_path)
+    cfg = {**cfg, "stages": ["circuits"], "circuits": {**cfg["circuits"], "min_score": 1.0}}
+    result = run_study(cfg, tmp_path / "out", evaluator=StubEvaluator(), echo=lambda s: None)
+    notes = result["sections"]["circuits-layers"]["notes"]
+    assert any("retried the circuits steps with min_score 0" in n for n in notes), notes
+    assert result["sections"]["circuits-layers"]["figures"]  # the layer profile exists after the retry

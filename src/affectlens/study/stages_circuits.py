@@ -88,6 +88,12 @@ def run_circuits(ctx: Context, fp: str) -> dict[str, Any]:
         if (Path(model) / "config.json").is_file() else None
 
     vec = _step(d, "vectors", notes, lambda o: api.vectors_run(model, o, min_score=sel["min_score"], **common))
+    if vec is None and notes and "min-score" in notes[-1] and sel["min_score"]:
+        # tau left an emotion without pairs: keep every pair (a weaker vector beats no section), and say so
+        notes.append(f"retried the circuits steps with min_score 0 (every pair kept) because "
+                     f"min_score {sel['min_score']} left an emotion without pairs")
+        sel["min_score"] = 0.0
+        vec = _step(d, "vectors", notes, lambda o: api.vectors_run(model, o, min_score=0.0, **common))
     if vec is not None:
         summ = json.loads((vec / "summary.json").read_text())
         n_layers = int(summ.get("num_layers") or n_layers or 0) or n_layers

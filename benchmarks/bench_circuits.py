@@ -3,9 +3,10 @@
     flock /tmp/affectlens-heavy.lock python benchmarks/bench_circuits.py [--out DIR] [--quick] [--sweep-only]
 
 Prints and writes (DIR, default /tmp/affectlens-bench-circuits):
-* the layer-sweep row: the per-layer loop (one steered scoring run per layer,
-  the pre-batching implementation) vs the batched sweep, one emotion x all 30
-  layers, each side in its own subprocess (paired, interleaved, median time;
+* the layer-sweep row: the per-layer loop (one steered scoring run per
+  (emotion, layer), the pre-batching implementation) vs the batched sweep, two
+  emotions x all 30 layers x 5 prompts, base probabilities included on both
+  sides, each side in its own subprocess (paired, interleaved, median time;
   peak RSS = the subprocess's VmHWM), with the largest probability difference;
 * steering vectors (pairs passing --min-score per emotion);
 * the layer profile (critical layer) and the time per layer sweep;
@@ -39,8 +40,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer prompts (smoke run)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--alpha", type=float, default=1.0, help="steering strength, unit scale (× mean ‖h_l‖)")
-    ap.add_argument("--sweep-only", action="store_true", help="only the layer-sweep row (< 3 min)")
-    ap.add_argument("--sweep-emotions", type=int, default=1, help="emotions in the layer-sweep row")
+    ap.add_argument("--sweep-only", action="store_true", help="only the layer-sweep row (~10 min on 2 busy cores)")
+    ap.add_argument("--sweep-emotions", type=int, default=2, help="emotions in the layer-sweep row")
     ap.add_argument("--sweep-repeats", type=int, default=2, help="paired runs per side in the layer-sweep row")
     ap.add_argument("--sweep-child", nargs=2, metavar=("MODE", "VECTORS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -65,7 +66,6 @@ def main() -> int:
     from affectlens.circuits.pairs import encoder_for, load_pairs
     from affectlens.circuits.vectors import compute_vectors
     from affectlens.corpus import bundled_path
-    from affectlens.errors import AffectlensError
     from affectlens.models import load_model
 
     out = Path(args.out)
@@ -82,19 +82,17 @@ def main() -> int:
     report: dict = {"model": "SmolLM2-135M-Instruct", "pairs": len(pairs)}
 
     t = time.perf_counter()
-    try:
-        if args.sweep_only:  # the row needs a vector per layer, not the best one: 6 pairs per emotion
-            few = [p for e in sorted({q.label for q in pairs}) for p in [q for q in pairs if q.label == e][:6]]
-            sv = compute_vectors(model, enc, few, min_score=0)
-        else:
-            sv = compute_vectors(model, enc, pairs, min_score=0.5)
-    except AffectlensError as e:  # a 135M model reads few pairs confidently
-        print(f"min-score 0.5: {e}; using every pair (min-score 0)")
-        report["min_score_0.5"] = str(e)
-        sv = compute_vectors(model, enc, pairs, min_score=0)
-    report["vectors"] = {"seconds": time.perf_counter() - t, "passing": sv.counts, "offered": sv.totals}
-    print(f"vectors: {time.perf_counter() - t:.1f} s; pairs passing min-score 0.5: "
-          + ", ".join(f"{e} {sv.counts[e]}/{sv.totals[e]}" for e in sv.labels))
+    if args.sweep_only:  # the row needs a vector per layer, not the best one: 6 pairs per emotion
+        few = [p for e in sorted({q.label for q in pairs}) for p in [q for q in pairs if q.label == e][:6]]
+        sv = compute_vectors(model, enc, few, min_score=0)
+    else:  # the CLI defaults: min-score 0.5, falling back to the best pairs above chance per emotion
+        sv = compute_vectors(model, enc, pairs, min_score=0.5)
+    sel = sv.options.get("selection", {})
+    report["vectors"] = {"seconds": time.perf_counter() - t, "used": sv.counts, "offered": sv.totals,
+                         "selection": sel}
+    print(f"vectors: {time.perf_counter() - t:.1f} s; pairs passing min-score {sv.options['min_score']:g} / used: "
+          + ", ".join(f"{e} {sel[e]['passing'] if e in sel else '-'}/{sv.totals[e]} / {sv.counts[e]}"
+                      + (" (fallback)" if sel.get(e, {}).get("rule") == "fallback" else "") for e in sv.labels))
     sv.save(out / "vectors.safetensors")
     report["layer_sweep"] = sweep_row(args, out / "vectors.safetensors", sv.labels[:args.sweep_emotions], k_layers)
     if args.sweep_only:
@@ -238,10 +236,15 @@ def main() -> int:
 
 
 def sweep_child(args: argparse.Namespace) -> int:
-    """One side of the layer-sweep row: prints seconds and the steered probabilities as JSON."""
+    """One side of the layer-sweep row: prints seconds and the steered probabilities as JSON.
+
+    Both sides do what ``layer_profile`` does per emotion: the unsteered base
+    probabilities, then every layer's steered ones — the loop one steered
+    scoring run per (emotion, layer), the batched sweep all variants at once.
+    """
     from affectlens.circuits.layers import per_layer_probs
-    from affectlens.circuits.pairs import answer_labels, encoder_for, load_pairs
-    from affectlens.circuits.sweep import batched_probs
+    from affectlens.circuits.pairs import answer_labels, emotion_probs, encoder_for, load_pairs
+    from affectlens.circuits.sweep import sweep_probs
     from affectlens.circuits.vectors import SteeringVectors
     from affectlens.models import load_model
 
@@ -253,16 +256,20 @@ def sweep_child(args: argparse.Namespace) -> int:
     labels = answer_labels(pairs)
     emotions = os.environ["BENCH_SWEEP_EMOTIONS"].split(",")
     layers = list(range(sv.num_layers))
-    probs = {}
+    k = int(os.environ["BENCH_SWEEP_K"])
+    stim = {e: [p.neutral for p in pairs if p.label == e][:k] for e in emotions}
     t = time.perf_counter()
-    for e in emotions:
-        stim = [p.neutral for p in pairs if p.label == e][:int(os.environ["BENCH_SWEEP_K"])]
-        if mode == "loop":
-            got = per_layer_probs(model, enc, stim, [None] * len(stim), labels, sv, e, args.alpha, "unit", layers)
-        else:
-            got = batched_probs(model, enc, stim, labels, sv, e, args.alpha, "unit", layers) or {}
-        probs[e] = {la: got[la].tolist() for la in got}
+    if mode == "loop":
+        base = {e: emotion_probs(model, enc, stim[e], labels) for e in emotions}
+        got = {e: per_layer_probs(model, enc, stim[e], [None] * k, labels, sv, e, args.alpha, "unit", layers)
+               for e in emotions}
+    else:  # the base probabilities come out of the sweep's shared base runs
+        base = {}
+        got = sweep_probs(model, enc, stim, labels, sv, args.alpha, "unit", layers, base_out=base) or {}
+    for e in got:
+        got[e][-1] = base[e]  # compared like a layer
     secs = time.perf_counter() - t
+    probs = {e: {la: got[e][la].tolist() for la in got[e]} for e in got}
     status = Path("/proc/self/status").read_text().splitlines()
     hwm = [ln for ln in status if ln.startswith("VmHWM")][0].split()[1]
     print("RESULT " + json.dumps({"seconds": secs, "vmhwm_mib": int(hwm) / 1024, "probs": probs}))

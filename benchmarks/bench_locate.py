@@ -49,6 +49,7 @@ FLOOR = r"""
 import os, sys, time
 import torch
 from affectlens.locate import chunk_reader
+from affectlens.locate_pass import SUB_ELEMS as SUB
 from affectlens.tensor_pool import TensorWorkers
 from affectlens.weights.store import open_weights
 t = time.perf_counter()  # after the imports, as for the other rows
@@ -61,12 +62,13 @@ def one(job, scratch):
     cols = s.numel(n) // max(rows, 1)
     step = max(1, (1 << 22) // max(cols, 1))
     acc = 0.0
-    scratch.get(step * cols)
-    read = chunk_reader(s, n, scratch.raw[0])
+    read = chunk_reader(s, n, scratch.raw_for(step * cols)[0])
     for r0 in range(0, rows, step):
-        raw = read(r0, min(rows, r0 + step))
-        w = scratch.get(raw.numel())[0]
-        acc += float(w.copy_(raw.reshape(-1)).sum())
+        raw = read(r0, min(rows, r0 + step)).reshape(-1)
+        w = scratch.small(min(raw.numel(), SUB))[0]
+        for i in range(0, raw.numel(), SUB):  # in L2-sized steps, as locate does: the fastest way measured
+            k = min(SUB, raw.numel() - i)
+            acc += float(w[:k].copy_(raw[i:i + k]).sum())
     return acc
 with TensorWorkers() as pool:
     total = sum(pool.map(one, jobs))
@@ -199,8 +201,28 @@ def bench_full(gb: float, repeats: int) -> None:
               f"{'met' if med['naive'][0] >= 3 * med['default'][0] else 'NOT met'}; RSS budget 1.5 x largest + "
               f"400 MB = {(1.5 * largest + 400e6) / 2**20:.0f} MiB: "
               f"{'met' if med['default'][1] <= 1.5 * largest + 400e6 else 'NOT met'}")
+        load = os.getloadavg()[0]
+        for label, ours, naive in (("locate default", "default", "naive"),
+                                   ("locate --no-distribution", "norms", "naive-norms")):
+            t, m = med[ours]
+            tn, mn = med[naive]
+            bench_line({"row": label, "unit": "s", "ours": t, "baseline": tn, "ratio": tn / t, "goal": ">=3x",
+                        "met": tn / t >= 3, "peak_mib": m / 2**20, "baseline_peak_mib": mn / 2**20,
+                        "note": f"vs from_pretrained; {t / floor:.2f}x the floor; 2x{total / 1e9:.2f} GB bf16; "
+                                f"load {load:.1f}"})
+        t, m = med["default"]
+        bench_line({"row": "locate default vs floor", "unit": "s", "ours": t, "baseline": floor, "ratio": floor / t,
+                    "goal": "<=2x floor", "met": t <= 2 * floor, "peak_mib": m / 2**20,
+                    "baseline_peak_mib": med["floor"][1] / 2**20,
+                    "note": f"floor = read+upcast+sum of both files, same workers; tensor pass alone "
+                            f"{stream['default'] / floor:.2f}x the floor"})
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_line(row: dict) -> None:
+    """One machine-readable result line for run_all.py (format documented there)."""
+    print("BENCH " + json.dumps(row), flush=True)
 
 
 def bench_lora(layers: int) -> None:

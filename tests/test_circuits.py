@@ -28,6 +28,7 @@ from affectlens.circuits.vectors import (
     export_steering_vectors_lib,
     import_lm_eval,
     import_steering_vectors_lib,
+    select_pairs,
 )
 from affectlens.errors import AffectlensError
 
@@ -128,10 +129,61 @@ def _resid(model, enc, text):
     return [h[0, -1] for h in out.hidden_states[1:]]
 
 
-def test_min_score_error_lists_pass_counts(planted):
+def _label_probs(model, enc, text, labels):
+    """Independent scorer: the label words are single tokens of the word tokenizer."""
+    ids = [enc.tokenizer.convert_tokens_to_ids(x) for x in labels]
+    with torch.no_grad():
+        return torch.softmax(model(**enc(text)).logits[0, -1, ids].double(), -1)
+
+
+def test_min_score_fallback_uses_best_pairs_above_chance(planted):
+    """Nothing passes τ: each emotion's U_e is its min_pairs best pairs (by p(label)), noted as a fallback."""
     model, tok, v, enc, sv = planted
-    with pytest.raises(AffectlensError, match=r"passing per emotion: anger \d/4, joy \d/4"):
-        compute_vectors(model, enc, PAIR_OBJS, min_score=1.01)
+    labels = ["anger", "joy", "neutral"]
+    sv2 = compute_vectors(model, enc, PAIR_OBJS, min_score=1.0, min_pairs=2)
+    for e in ("anger", "joy"):
+        sel = sv2.options["selection"][e]
+        assert sel["rule"] == "fallback" and sel["passing"] == 0 and sel["used"] == 2 and "min-score 1" in sel["note"]
+        mine = [p for p in PAIR_OBJS if p.label == e]
+        score = [float(_label_probs(model, enc, p.emotional, labels)[labels.index(e)]) for p in mine]
+        assert min(score) > 1 / 3  # the planted model reads every pair: all are above chance
+        best = sorted(range(len(mine)), key=lambda i: -score[i])[:2]
+        ref = torch.stack([torch.stack(_resid(model, enc, mine[i].emotional))
+                           - torch.stack(_resid(model, enc, mine[i].neutral)) for i in best]).double().mean(0)
+        # hidden_states[-1] is after the final norm: compare blocks 0..L-2
+        torch.testing.assert_close(sv2.get(e)[:-1].double(), ref[:-1], atol=1e-5, rtol=1e-5)
+        assert sv2.counts[e] == 2 and sv2.totals[e] == 4
+
+
+def _fake_pairs(scores: dict[str, list[float]]):
+    pairs = [Pair(f"{e} {i}", f"n {i}", e) for e, ss in scores.items() for i in range(len(ss))]
+    return pairs, torch.tensor([x for ss in scores.values() for x in ss])
+
+
+def test_select_pairs_rules():
+    # labels a, b, c + neutral: chance is 1/4
+    pairs, score = _fake_pairs({"a": [0.9, 0.7, 0.6, 0.1], "b": [0.6, 0.4, 0.3, 0.2], "c": [0.3, 0.26, 0.2]})
+    keep, rep = select_pairs(pairs, score, 0.5, 3)
+    used = {e: sorted(float(score[i]) for i, k in enumerate(keep) if k and pairs[i].label == e) for e in "abc"}
+    assert used == {"a": pytest.approx([0.6, 0.7, 0.9]), "b": pytest.approx([0.3, 0.4, 0.6]),
+                    "c": pytest.approx([0.26, 0.3])}  # c: only two pairs beat chance
+    assert [rep[e]["rule"] for e in "abc"] == ["min_score", "fallback", "fallback"]
+    assert (rep["b"]["passing"], rep["b"]["used"], rep["b"]["pass_rate"]) == (1, 3, 0.25)
+    assert "note" not in rep["a"] and "above chance (0.25)" in rep["c"]["note"]
+    with pytest.raises(AffectlensError, match=r"no usable pair for c: .*--min-pairs 0.*a 3/4, b 1/4, c 0/3"):
+        select_pairs(pairs, score, 0.5, 0)  # no fallback: c has no passing pair
+    ab = [i for i, p in enumerate(pairs) if p.label != "c"]
+    _, rep0 = select_pairs([pairs[i] for i in ab], score[ab], 0.5, 0)  # no fallback: exactly the passing pairs
+    assert [(rep0[e]["used"], rep0[e]["rule"]) for e in "ab"] == [(3, "min_score"), (1, "min_score")]
+    pairs, score = _fake_pairs({"a": [0.9, 0.8], "b": [0.2, 0.1]})  # chance 1/3: b has nothing usable
+    with pytest.raises(AffectlensError, match=r"no usable pair for b: .* none scores above chance"):
+        select_pairs(pairs, score, 0.5, 5)
+
+
+def test_min_score_above_one_refused(planted):
+    model, tok, v, enc, sv = planted
+    with pytest.raises(AffectlensError, match="above 1"):
+        compute_vectors(model, enc, PAIR_OBJS, min_score=1.5)
 
 
 def test_planted_layer_found(planted):

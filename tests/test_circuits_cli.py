@@ -49,6 +49,35 @@ def test_vectors_run_dir(setup):
     assert sorted(torch.load(vec / "lm_eval/anger.pt", weights_only=True)) == ["layers.1", "layers.2"]
 
 
+def test_vectors_fallback_reported(setup, capsys):
+    """τ leaves nothing: the run succeeds on the best pairs, and says so in stdout, summary and manifest."""
+    root, model_dir, pairs, task, vec, v = setup
+    out = root / "vec_fallback"
+    assert main(["circuits", "vectors", str(model_dir), "--pairs", str(pairs), "--min-score", "1",
+                 "--min-pairs", "3", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "fallback: best above chance" in text and "note: anger: 0/4 pairs pass --min-score 1" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"anger": 3, "joy": 3} and sorted(summary["fallback"]) == ["anger", "joy"]
+    assert summary["selection"]["joy"]["pass_rate"] == 0.0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["options"]["min_pairs"] == 3
+    assert sorted(man["pair_selection"]["fallback"]) == ["anger", "joy"]
+
+
+def test_layers_rerun_reuses_finished_emotions(setup, capsys):
+    """A rerun of the same sweep (here into another OUT) reuses the cached emotions and says so."""
+    root, model_dir, pairs, task, vec, v = setup
+    argv = ["circuits", "layers", str(model_dir), "--pairs", str(pairs), "--vectors", str(vec), "--alpha", "1.7"]
+    assert main([*argv, "--out", str(root / "lay1")]) == 0
+    assert "reused" not in capsys.readouterr().out
+    assert json.loads((root / "lay1" / "manifest.json").read_text())["resumed_emotions"] == []
+    assert main([*argv, "--out", str(root / "lay2")]) == 0
+    assert "note: reused the finished sweeps of anger, joy" in capsys.readouterr().out
+    assert json.loads((root / "lay2" / "manifest.json").read_text())["resumed_emotions"] == ["anger", "joy"]
+    assert _csv(root / "lay1" / "layers.csv") == _csv(root / "lay2" / "layers.csv")
+
+
 def test_layers_heads_neurons_run_dirs(setup, capsys):
     root, model_dir, pairs, task, vec, v = setup
     out = root / "layers"
@@ -107,7 +136,9 @@ def test_intervene_through_evaluation(setup):
 @pytest.mark.parametrize("argv, msg", [
     (["vectors", "{model}", "--pairs", "{root}/missing.jsonl"], "does not exist"),
     (["vectors", "{model}", "--pairs", "{root}/bad.jsonl"], "missing field"),
-    (["vectors", "{model}", "--pairs", "{pairs}", "--min-score", "1.5"], "no pair passes"),
+    (["vectors", "{model}", "--pairs", "{pairs}", "--min-score", "1.5"], "above 1"),
+    (["vectors", "{model}", "--pairs", "{pairs}", "--min-score", "1", "--min-pairs", "0"], "no usable pair for anger"),
+    (["vectors", "{model}", "--pairs", "{pairs}", "--min-pairs", "-1"], "--min-pairs must be >= 0"),
     (["layers", "{model}", "--pairs", "{pairs}", "--vectors", "{vec}", "--layers", "9"], "out of range"),
     (["heads", "{model}", "--pairs", "{pairs}", "--vectors", "{vec}", "--target-layer", "7"], "out of range"),
     (["intervene", "{model}", "--task", "jsonl:{task}"], "nothing to do"),

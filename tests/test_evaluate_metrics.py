@@ -172,10 +172,12 @@ def test_scores_json_keys_from_typed_results():
     t = TaskScore("emotion", "emotion", "weighted_f1", 0.5, {"accuracy": 0.6}, 10, 1, {"loader": "bundled"})
     p = TaskScore("ppl:x.txt", "perplexity", "perplexity", 12.0, {"perplexity": 12.0}, 2)
     res = EvalResult({"emotion": t, "ppl:x.txt": p}, [], "closed", mean=0.5, mean_over=["emotion"],
-                     weights_sha256="ab", seed=3, limit=10, batch_size=4)
+                     weights_sha256="ab", seed=3, limit=10, batch_size=4, mean_metric="weighted_f1")
     s = res.scores
-    assert list(s) == ["mode", "tasks", "mean", "mean_over", "weights_sha256", "seed", "limit", "batch_size"]
+    assert list(s) == ["mode", "tasks", "mean", "mean_over", "weights_sha256", "seed", "limit", "batch_size",
+                       "mean_metric"]
     assert s["tasks"]["emotion"] == {"primary": 0.5, "primary_metric": "weighted_f1", "metrics": {"accuracy": 0.6},
-                                     "n": 10, "kind": "emotion", "dropped": 1, "spec": {"loader": "bundled"}}
+                                     "n": 10, "kind": "emotion", "dropped": 1, "spec": {"loader": "bundled"},
+                                     "calibration": "none"}
     lines = res.table().splitlines()
-    assert "50.00" in lines[0] and "12.00" in lines[1] and lines[2] == "mean over emotion: 50.00"
+    assert "50.00" in lines[0] and "12.00" in lines[1] and lines[2] == "mean WAF over 1 task (emotion): 50.00"

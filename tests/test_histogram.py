@@ -106,3 +106,26 @@ def test_quantiles_read_lower_edges():
     counts[-1] = 10
     q = quantiles(counts, 10, (0.25, 0.5, 0.95))
     assert q == {"q25": 0.0, "q50": hist_edge_values()[1], "q95": 16.0}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_pass_equals_numpy_bin_for_bin_across_step_boundaries(dtype):
+    """locate's in-cache pass (several L2 steps, raw file dtypes) gives numpy's histogram and float64 sums."""
+    from affectlens.locate_pass import SUB_ELEMS, chunk_stats
+    from affectlens.locate_stats import fold_codes
+    from affectlens.tensor_pool import Scratch
+
+    n = 2 * SUB_ELEMS + 12_345  # three steps, the last one partial
+    d, w = random_pair(n, 7)
+    base = torch.from_numpy(w).to(dtype)
+    tuned = (torch.from_numpy(w) + torch.from_numpy(d)).to(dtype)
+    b64, t64 = base.double().numpy(), tuned.double().numpy()
+    st = chunk_stats(base, tuned, Scratch(), hist=True)
+    assert st.codes is not None
+    got, zeros = fold_codes(st.codes)
+    delta32 = (tuned.float() - base.float()).numpy()  # ΔW as locate forms it: float32 of the raw values
+    ref, ref_zeros = numpy_reference(delta32, base.float().numpy())
+    assert zeros == ref_zeros and got.tolist() == ref.tolist()
+    assert got[1:-1].sum() > 0.3 * n
+    assert st.ssq_base == pytest.approx(float((b64**2).sum()), rel=1e-6)
+    assert st.ssq_delta == pytest.approx(float(((t64 - b64) ** 2).sum()), rel=1e-6)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from affectlens.circuits.layers import layer_profile, per_layer_probs
-from affectlens.circuits.pairs import Pair, answer_labels, encoder_for
-from affectlens.circuits.sweep import batched_probs
+from affectlens.circuits.pairs import Pair, answer_labels, emotion_probs, encoder_for
+from affectlens.circuits.sweep import batched_probs, sweep_probs
 from affectlens.circuits.vectors import compute_vectors
 
 from circuits_helpers import PAIRS, planted_model
@@ -45,6 +45,51 @@ def test_planted_gqa_batched_equals_loop(planted, scale, batch_size):
     model, enc, sv = planted
     for e in ("anger", "joy"):
         _check_equal(model, enc, PAIR_OBJS, sv, e, 3.0, scale, batch_size)
+
+
+@pytest.mark.parametrize("batch_size", [3, 7])
+def test_emotions_batched_together_equal_loop(planted, batch_size):
+    """Rows of both emotions (and several layers) share batches; each row still gets its own vector."""
+    model, enc, sv = planted
+    labels = answer_labels(PAIR_OBJS)
+    stim = {e: [p.neutral for p in PAIR_OBJS if p.label == e][:3] for e in ("anger", "joy")}
+    ticks = []
+    got = sweep_probs(model, enc, stim, labels, sv, 2.5, "raw", range(4), batch_size, ticks.append)
+    assert got is not None and sum(ticks) == 2 * 4 * 3  # every (emotion, layer, prompt) counted once
+    for e, st in stim.items():
+        ref = per_layer_probs(model, enc, st, [None] * len(st), labels, sv, e, 2.5, "raw", range(4))
+        assert sorted(got[e]) == [la for la in range(4) if sv.get(e)[la].any()]
+        for la in got[e]:
+            torch.testing.assert_close(got[e][la], ref[la], rtol=1e-5, atol=1e-7)
+
+
+def test_base_probabilities_and_a_declining_check(planted, monkeypatch):
+    """The shared base runs give the unsteered probabilities; a failed check means the per-layer loop."""
+    import affectlens.evaluate.scorer as scorer
+
+    model, enc, sv = planted
+    labels = answer_labels(PAIR_OBJS)
+    stim = [p.neutral for p in PAIR_OBJS if p.label == "joy"]
+    base: dict = {}
+    assert sweep_probs(model, enc, {"joy": stim}, labels, sv, 1.0, "raw", range(4), base_out=base)
+    torch.testing.assert_close(base["joy"], emotion_probs(model, enc, stim, labels), rtol=1e-5, atol=1e-7)
+    good = layer_profile(model, enc, PAIR_OBJS, sv, alpha=1.5)
+    real = scorer.score_items
+    monkeypatch.setattr(scorer, "score_items", lambda *a, **k: real(*a, **k) + 0.01)  # off by 1e-2
+    assert sweep_probs(model, enc, {"joy": stim}, labels, sv, 1.0, "raw", range(4)) is None
+    monkeypatch.setattr(scorer, "score_items", real)
+    n, handle = _count_forwards(model)
+    try:
+        layer_profile(model, enc, PAIR_OBJS, sv, alpha=1.5, batch_size=4)  # warm: verified once per profile
+        batched = n[0]
+        monkeypatch.setattr(scorer, "score_items", lambda *a, **k: real(*a, **k) + 0.01)
+        n[0] = 0
+        loop = layer_profile(model, enc, PAIR_OBJS, sv, alpha=1.5, batch_size=4)
+        assert n[0] > batched  # the loop ran: one scoring run per layer
+    finally:
+        handle.remove()
+    assert [r["steered"] for r in loop.rows] == pytest.approx([r["steered"] for r in good.rows], rel=1e-5, abs=1e-9)
+    assert [r["base"] for r in loop.rows] == pytest.approx([r["base"] for r in good.rows], rel=1e-5, abs=1e-9)
 
 
 @pytest.fixture(scope="module")

@@ -448,3 +448,28 @@ def test_workers_do_not_change_the_numbers(tmp_path):
             for mod, c in per.items():
                 assert np.array_equal(c, runs[0].histograms[lab][mod]), (lab, mod)
     assert torch.get_num_threads() == torch_threads  # the pool puts torch's thread count back
+
+
+def test_figures_are_drawn_by_a_child_process_or_here_when_it_cannot_start(tmp_path, monkeypatch):
+    import sys
+
+    import numpy as np
+
+    from affectlens.locate_figures import MIN_PASS_BYTES, FigureProcess
+    from affectlens.modules import MODULES
+
+    def jobs(name: str):
+        panel = ("m", np.arange(14, dtype=float).reshape(2, 7), list(MODULES), [0, 1])
+        return [(str(tmp_path / name), "locate_heatmap", ([panel], "l2"))]
+
+    monkeypatch.delitem(sys.modules, "matplotlib.pyplot", raising=False)
+    child = FigureProcess(MIN_PASS_BYTES)
+    assert child.proc is not None  # a long pass, matplotlib not imported here: a child draws
+    child.draw(jobs("child.png"))
+    assert (tmp_path / "child.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert FigureProcess(MIN_PASS_BYTES - 1).proc is None  # a short pass: drawn here
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    broken = FigureProcess(MIN_PASS_BYTES)
+    assert broken.proc is None
+    broken.draw(jobs("here.png"))
+    assert (tmp_path / "here.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

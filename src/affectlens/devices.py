@@ -81,3 +81,88 @@ def resolve_dtype(spec: str | Any, device: Any) -> Any:
             return torch.float16
         return torch.float32
     return getattr(torch, name)
+
+
+def accum_dtype(device: Any) -> Any:
+    """The dtype for sums over many examples: float64, except on MPS (which has none), float32."""
+    import torch
+
+    return torch.float32 if resolve_device(device).type == "mps" else torch.float64
+
+
+# --- big models: one device, or accelerate's device_map="auto" ---------------------------------
+
+DEVICE_MAPS = (None, "auto")
+HEADROOM = 0.85  # share of a GPU's free memory the weights may take; activations and the KV cache need the rest
+
+
+def choose_device_map(requested: str | None, device_type: str, model_bytes: int | None,
+                      free_bytes: int | None, headroom: float = HEADROOM) -> str | None:
+    """``"auto"`` (accelerate spreads the layers over the GPUs, then CPU RAM) or None (one device).
+
+    Asked for explicitly, ``"auto"`` is kept; otherwise it is chosen only on a
+    CUDA device whose free memory is known and too small for the weights plus
+    headroom — a CPU run never needs it (its RAM is the limit either way).
+    """
+    if requested not in DEVICE_MAPS:
+        raise AffectlensError(f"unknown device_map '{requested}'; use None (one device) or 'auto'")
+    if requested == "auto":
+        return "auto"
+    if device_type != "cuda" or model_bytes is None or free_bytes is None:
+        return None
+    return "auto" if model_bytes > headroom * free_bytes else None
+
+
+def free_memory(device: Any) -> int | None:
+    """Free bytes on a CUDA device (None elsewhere: no device_map decision to make)."""
+    import torch
+
+    dev = resolve_device(device)
+    if dev.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(dev)
+    return int(free)
+
+
+def checkpoint_numel(path: Any) -> int | None:
+    """Elements stored in a model dir's safetensors files, read from their headers (no tensor data).
+
+    None when there are none to read (a GGUF or pickle checkpoint): the caller then
+    does not guess.
+    """
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    p = Path(path)
+    files = sorted(p.glob("*.safetensors")) if p.is_dir() else []
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                names = list(st.keys())  # a safe_open handle is not iterable itself
+                for k in names:
+                    n = 1
+                    for d in st.get_slice(k).get_shape():
+                        n *= int(d)
+                    total += n
+        except Exception:
+            return None  # unreadable: the loader reports the real problem
+    return total
+
+
+def ran_on(model: Any) -> dict[str, list[str]]:
+    """Where a loaded model's parameters actually are (devices, dtypes): recorded in run manifests."""
+    devs, dts = set(), set()
+    for p in model.parameters():
+        devs.add(str(p.device))
+        dts.add(str(p.dtype).removeprefix("torch."))
+    return {"devices": sorted(devs), "dtypes": sorted(dts)}
+
+
+def check(device: Any = "auto", dtype: Any = "auto") -> tuple[Any, Any]:
+    """``(torch.device, torch.dtype)`` resolved up front: an absent GPU or a typo fails before any work."""
+    dev = resolve_device(device)
+    return dev, resolve_dtype(dtype, dev)

@@ -91,11 +91,32 @@ def resolve_model_path(spec: str | os.PathLike) -> Path:
     return p
 
 
-def torch_dtype(name: str, device: Any = "cpu"):
-    """The torch dtype for ``name`` on ``device`` (``auto``: see ``devices.resolve_dtype``)."""
-    from .devices import resolve_dtype
+def placement(p: Path, device: Any = "auto", dtype: Any = "auto",
+              device_map: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """``(device, dtype, from_pretrained kwargs)`` that load ``p`` straight onto its device.
 
-    return resolve_dtype(name, device)
+    The weights go to the resolved device as they are read (no CPU copy first);
+    ``device_map="auto"`` hands placement to accelerate (layers over the GPUs,
+    then CPU RAM), asked for or because the checkpoint would not fit the free
+    memory of the one GPU chosen (``devices.choose_device_map``).
+    """
+    from .devices import (
+        checkpoint_numel,
+        choose_device_map,
+        free_memory,
+        resolve_device,
+        resolve_dtype,
+    )
+
+    dev = resolve_device(device)
+    if dev.type == "meta":
+        raise AffectlensError("--device meta holds no weights; load the model on cpu, cuda or mps")
+    td = resolve_dtype(dtype, dev)
+    numel = checkpoint_numel(p) if device_map is None and dev.type == "cuda" else None
+    nbytes = numel * td.itemsize if numel is not None else None
+    if choose_device_map(device_map, dev.type, nbytes, free_memory(dev) if nbytes else None) == "auto":
+        return dev, td, {"dtype": td, "device_map": "auto"}
+    return dev, td, {"dtype": td, **({"device_map": dev} if dev.type != "cpu" else {})}
 
 
 # --- loading policy: pickle, completeness, finiteness -------------------------------------------
@@ -207,6 +228,8 @@ def check_finite_model(model: Any, source: str | os.PathLike | None = None) -> N
         names.setdefault(id(t), []).append(name)
         params[id(t)] = t
     for key, t in params.items():
+        if t.device.type == "meta":  # offloaded by a device_map: accelerate holds it outside the module
+            continue
         stored = [n for n in names[key] if n in files]
         name = stored[0] if stored else names[key][0]
         check_finite(t.detach(), f"tensor {name} of {files.get(name, fallback)}")
@@ -279,12 +302,19 @@ def _apply_adapter(model: Any, adapter: Path, allow_pickle: bool) -> Any:
 def load_model(
     path: str | os.PathLike,
     adapter: str | os.PathLike | None = None,
-    dtype: str = "auto",
+    dtype: Any = "auto",
     with_tokenizer: bool = True,
     merge: bool = False,
     allow_pickle: bool = False,
+    device: Any = "auto",
+    device_map: str | None = None,
 ) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` for forward passes, in eval mode.
+    """Load ``(model, tokenizer)`` for forward passes, in eval mode, on ``device`` in ``dtype``.
+
+    ``device``/``dtype`` are resolved by :mod:`affectlens.devices` (``auto``: the
+    best device here; bfloat16 on a GPU, float32 on the CPU); ``device_map="auto"``
+    spreads a model over the GPUs (chosen by itself when the weights would not
+    fit the one GPU, see :func:`placement`).
 
     ``path`` is an HF dir, a ``.gguf`` file, ``smollm2`` (embedded default), or
     a PEFT adapter dir (its base is read from ``base_model_name_or_path`` and checked
@@ -307,7 +337,7 @@ def load_model(
 
         adapter = p
         p = resolve_adapter_base(p)
-    td = torch_dtype(dtype)
+    place = placement(p, device, dtype, device_map)[2]
     try:
         if p.is_file() and p.suffix == ".gguf":
             kwargs: dict[str, Any] = {"gguf_file": p.name}
@@ -321,7 +351,7 @@ def load_model(
             kwargs = weight_kwargs(p, allow_pickle)
             where = str(p)
         with quiet_transformers():
-            loaded: Any = AutoModelForCausalLM.from_pretrained(where, dtype=td, output_loading_info=True,
+            loaded: Any = AutoModelForCausalLM.from_pretrained(where, output_loading_info=True, **place,
                                                                **kwargs)
             model, info = loaded
     except AffectlensError:

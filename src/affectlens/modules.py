@@ -59,7 +59,7 @@ _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|blk|h|blocks)\.(?P<layer>\d+)\.(?P<re
 _EXPERT_RE = re.compile(r"(?:^|\.)experts\.(?P<expert>\d+)\.(?P<rest>.+)$")
 _VISION_RE = re.compile(r"(?:^|\.)(visual|vision_tower|vision_model|vision_encoder|image_encoder|vpm)\.")
 _PROJECTOR_RE = re.compile(
-    r"(?:^|\.)(multi_modal_projector|mm_projector|visual\.merger|connector|resampler|mlp1)\."
+    r"(?:^|\.)(multi_modal_projector|mm_projector|visual\.merger|visual\.deepstack_merger_list|connector|resampler|mlp1)\."
 )
 
 

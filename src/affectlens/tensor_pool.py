@@ -27,19 +27,34 @@ R = TypeVar("R")
 
 
 class Scratch:
-    """One worker's reusable buffers: four float32 chunks and two raw read buffers."""
+    """One worker's reusable buffers: two raw read buffers, four small (in-cache) and four full float32 chunks."""
 
     def __init__(self) -> None:
-        self.size = 0
+        self.size = self.raw_size = self.small_size = 0
         self.bufs: list[torch.Tensor] = []
+        self.smalls: list[torch.Tensor] = []
         self.raw: list[torch.Tensor] = []
 
+    def raw_for(self, n: int) -> list[torch.Tensor]:
+        """Two raw (uint8) read buffers large enough for ``n`` elements of any dtype (8 bytes each)."""
+        if n > self.raw_size:
+            self.raw_size = n
+            self.raw = [torch.empty(8 * n, dtype=torch.uint8) for _ in range(2)]
+        return self.raw
+
+    def small(self, n: int) -> list[torch.Tensor]:
+        """Four float32 views of ``n`` elements for the in-cache steps of a pass."""
+        if n > self.small_size:
+            self.small_size = n
+            self.smalls = [torch.empty(n, dtype=torch.float32) for _ in range(4)]
+        return [b[:n] for b in self.smalls]
+
     def get(self, n: int) -> list[torch.Tensor]:
-        """Four float32 views of ``n`` elements (grown when a chunk is larger than any before)."""
+        """Four float32 views of ``n`` elements (grown when a chunk is larger than any before); raw buffers too."""
+        self.raw_for(n)
         if n > self.size:
             self.size = n
             self.bufs = [torch.empty(n, dtype=torch.float32) for _ in range(4)]
-            self.raw = [torch.empty(8 * n, dtype=torch.uint8) for _ in range(2)]
         return [b[:n] for b in self.bufs]
 
 
@@ -48,7 +63,10 @@ class TensorWorkers:
 
     ``workers`` defaults to the thread policy's count (``AFFECTLENS_THREADS``,
     OMP_NUM_THREADS, or the idle cores); with one worker everything runs inline.
-    torch's intra-op thread count is set to 1 while the pool is open and put back after.
+    torch's intra-op thread count is set to 1 while the pool is open (with one
+    worker too: the passes work on in-cache steps of ~64K elements, where
+    splitting an op over threads costs more in wake-ups than it saves, and
+    on a loaded machine each such op was measured 100x slower) and put back after.
     """
 
     def __init__(self, workers: int | None = None) -> None:
@@ -66,8 +84,9 @@ class TensorWorkers:
         return s
 
     def __enter__(self) -> TensorWorkers:
+        self._saved_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         if self.workers > 1:
-            torch.set_num_threads(1)
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="affectlens-tensor")
         return self
 
@@ -75,7 +94,10 @@ class TensorWorkers:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-            torch.set_num_threads(self._saved_threads)
+        torch.set_num_threads(self._saved_threads)
+
+    def _call(self, fn: Callable[[T, Scratch], R], item: T) -> R:
+        return fn(item, self.scratch())
 
     def map(self, fn: Callable[[T, Scratch], R], items: Iterable[T]) -> Iterator[R]:
         """``fn(item, scratch)`` for each item, yielded in order; at most 2 x workers in flight."""
@@ -86,7 +108,7 @@ class TensorWorkers:
         pool = self._pool
         pending: deque[Future[R]] = deque()
         for item in items:
-            pending.append(pool.submit(lambda it=item: fn(it, self.scratch())))  # type: ignore[misc]
+            pending.append(pool.submit(self._call, fn, item))
             if len(pending) >= 2 * self.workers:
                 yield pending.popleft().result()
         while pending:

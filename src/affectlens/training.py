@@ -40,6 +40,9 @@ class TrainStats:
     step_cpu_seconds: list[float] = field(default_factory=list)  # CPU time (all threads): wall/CPU shows load
     precision: str = "fp32"  # what ran: "fp32" or "bf16" (autocast)
     attention: str | None = None  # the attention implementation the steps ran with
+    model: Any = None  # the trained model, unwrapped from DDP/FSDP
+    state_dict: dict[str, Any] | None = None  # FSDP: the gathered full state dict (main process)
+    layout: dict[str, Any] = field(default_factory=dict)  # per-process batch, processes, accumulation
 
     @property
     def seconds_per_step(self) -> float:
@@ -69,28 +72,34 @@ def collate(batch_ids: Sequence[Sequence[int]], n_prompts: Sequence[int], pad_id
     return input_ids, attention, labels
 
 
-def label_loss(model: Any, input_ids: Any, attention: Any, labels: Any) -> Any:
-    """Mean cross-entropy over label tokens, computing logits only where labels are.
+def label_loss(model: Any, input_ids: Any, attention: Any, labels: Any, reduction: str = "mean") -> Any:
+    """Cross-entropy over label tokens (their ``mean``, or ``sum``), computing logits only where labels are.
 
     With left padding the targets occupy the last ``K`` columns, so the LM head
     runs on ``K + 1`` positions instead of the whole sequence (the vocabulary
     projection is a large share of a small model's step). Equal to the HF
     ``labels=`` loss; models without ``logits_to_keep`` fall back to it.
+    ``sum`` lets a split batch (processes, accumulation) divide by the label
+    tokens of the whole batch, so it trains exactly as the batch in one piece.
     """
     import torch.nn.functional as F
 
     keep = labels != IGNORE
     k = int(keep.shape[1] - keep.int().argmax(dim=1).min()) if bool(keep[:, -1].all()) else 0
-    if k == 0:
-        return model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
-    try:
-        logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=k + 1).logits
-    except TypeError:
-        return model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+    logits = None
+    if k:
+        try:
+            logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=k + 1).logits
+        except TypeError:
+            logits = None
+    if logits is None:
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        return loss if reduction == "mean" else loss * keep[:, 1:].sum()
     if logits.shape[1] != k + 1:  # the model ignored logits_to_keep
         logits = logits[:, -(k + 1):]
     pred = logits[:, :-1].float()
-    return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), labels[:, -k:].reshape(-1), ignore_index=IGNORE)
+    return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), labels[:, -k:].reshape(-1), ignore_index=IGNORE,
+                           reduction=reduction)
 
 
 def lora_targets(model: Any, modules: str | Sequence[str], layers: str | Sequence[int] | None = None
@@ -136,8 +145,9 @@ def wrap_lora(model: Any, paths: list[str], cfg: TuneConfig) -> tuple[Any, list[
     from peft.tuners.lora import LoraLayer
 
     target_modules = peft_target_modules(model, paths)
-    config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # PEFT takes any number lora_dropout=cfg.dropout,
-                        target_modules=target_modules, bias="none", task_type="CAUSAL_LM")
+    options: dict[str, Any] = {"lora_alpha": cfg.alpha}  # PEFT types alpha as int but takes any number
+    config = LoraConfig(r=cfg.rank, lora_dropout=cfg.dropout, target_modules=target_modules, bias="none",
+                        task_type="CAUSAL_LM", **options)
     torch.manual_seed(cfg.seed)  # LoRA A init
     try:
         with quiet_peft():
@@ -177,13 +187,21 @@ def training_attention(model: Any, device_type: str, max_length: int) -> Iterato
             base.set_attn_implementation(before)
 
 
-def train(peft_model: Any, ids: list[list[int]], n_prompts: list[int], pad_id: int, cfg: TuneConfig
-          ) -> TrainStats:
+def train(peft_model: Any, ids: list[list[int]], n_prompts: list[int], pad_id: int, cfg: TuneConfig,
+          *, accelerator: Any = None, grad_accum: int = 1, verbose: bool = True) -> TrainStats:
     """AdamW with linear warm-up/decay over ``cfg.steps`` seeded batches (epochs reshuffled).
 
     The forward pass (and with it the loss) runs under ``cfg.precision``
     resolved for the model's device; backward follows the forward's dtypes, and
     parameters, gradients and optimizer state stay in their own (fp32) dtype.
+
+    Each step takes ``batch_size x processes x grad_accum`` examples from the one
+    seeded order; with an ``accelerator`` (several processes) each rank trains its
+    share (:class:`affectlens.distributed.Layout`). A split step sums the label
+    cross-entropy of its pieces and divides by the label tokens of the whole
+    step (known to every rank from the shared order), so it is the same
+    update as the unsplit batch; the logged loss is that global mean. One
+    process without accumulation runs the plain per-batch mean, as before.
 
     Stops with one line at the first non-finite loss, a failed update, or a
     non-finite trained tensor after the last step (which no loss sees).
@@ -191,60 +209,119 @@ def train(peft_model: Any, ids: list[list[int]], n_prompts: list[int], pad_id: i
     import torch
     from transformers import get_linear_schedule_with_warmup
 
+    from .distributed import finish, layout, prepare
     from .runs import Progress
     from .weights.finite import check_finite
 
+    if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1:
+        raise AffectlensError(f"grad accum must be an integer >= 1, got {grad_accum!r}")
+    lay = layout(accelerator, cfg.batch_size, grad_accum)
+    split = lay.processes * lay.accumulation > 1
+    model = peft_model
+
+    def make_optimizer(m: Any) -> Any:
+        return torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup * cfg.steps), cfg.steps)
+    device = accelerator.device if accelerator is not None else (params[0].device if params else torch.device("cpu"))
+    device_type = device.type
     gen = torch.Generator().manual_seed(cfg.seed)
     order: list[int] = []
-    torch.manual_seed(cfg.seed)  # LoRA dropout masks
-    peft_model.train()
-    device_type = params[0].device.type if params else "cpu"
     precision = resolve_precision(cfg.precision, device_type)
     stats = TrainStats([], [], 0.0, 0, precision=precision)
-    t0 = time.perf_counter()
-    with (training_attention(peft_model, device_type, cfg.max_length) as stats.attention,
-          Progress(cfg.steps, f"tune {','.join(parse_selection(cfg.modules))}", unit="step") as bar):
-        for step in range(1, cfg.steps + 1):
-            ts, cs = time.perf_counter(), time.process_time()
-            batch: list[int] = []
-            while len(batch) < cfg.batch_size:
-                if not order:
-                    order = torch.randperm(len(ids), generator=gen).tolist()
-                batch.append(order.pop(0))
-            input_ids, attention, labels = collate([ids[i] for i in batch], [n_prompts[i] for i in batch], pad_id)
-            try:
-                with autocast(precision, device_type):
-                    loss = label_loss(peft_model, input_ids, attention, labels)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise AffectlensError(
-                        f"training loss became non-finite ({value}) at step {step} of {cfg.steps}; nothing was "
-                        f"written (lr {cfg.lr:g} may be too high)")
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                sched.step()
-            except (RuntimeError, OverflowError) as e:  # e.g. an update that overflows the dtype
-                raise AffectlensError(f"training failed at step {step} of {cfg.steps}: "
-                                      f"{type(e).__name__}: {e}") from None
-            stats.losses.append(value)
-            stats.tokens += int(attention.sum())
-            stats.step_seconds.append(time.perf_counter() - ts)
-            stats.step_cpu_seconds.append(time.process_time() - cs)
-            bar.update(1)
-            if bar.bar is not None:
-                bar.bar.set_postfix(loss=f"{value:.4f}")
-    stats.seconds = time.perf_counter() - t0
+    backward = accelerator.backward if accelerator is not None else (lambda t: t.backward())
+    with training_attention(peft_model, device_type, cfg.max_length) as stats.attention:
+        if accelerator is None:
+            optim = make_optimizer(model)
+        else:
+            model, optim = prepare(accelerator, model, make_optimizer)
+        sched = get_linear_schedule_with_warmup(getattr(optim, "optimizer", optim), int(cfg.warmup * cfg.steps),
+                                                cfg.steps)
+        torch.manual_seed(cfg.seed + lay.rank)  # dropout masks: rank 0 (and one process) as before
+        model.train()
+        t0 = time.perf_counter()
+        with Progress(cfg.steps, f"tune {','.join(parse_selection(cfg.modules))}", unit="step",
+                      enabled=verbose and lay.rank == 0) as bar:
+            for step in range(1, cfg.steps + 1):
+                ts, cs = time.perf_counter(), time.process_time()
+                batch: list[int] = []
+                while len(batch) < lay.effective:
+                    if not order:
+                        order = torch.randperm(len(ids), generator=gen).tolist()
+                    batch.append(order.pop(0))
+                try:
+                    if split:
+                        value = _split_step(model, accelerator, backward, lay.shard(batch), ids, n_prompts, pad_id,
+                                            sum(len(ids[i]) - n_prompts[i] for i in batch), precision, device,
+                                            optim, stats)
+                    else:
+                        x, a, y = (t.to(device) for t in collate([ids[i] for i in batch],
+                                                                 [n_prompts[i] for i in batch], pad_id))
+                        with autocast(precision, device_type):
+                            loss = label_loss(model, x, a, y)
+                        value = float(loss.detach())
+                        stats.tokens += int(a.sum())
+                    if not math.isfinite(value):
+                        raise AffectlensError(
+                            f"training loss became non-finite ({value}) at step {step} of {cfg.steps}; nothing was "
+                            f"written (lr {cfg.lr:g} may be too high)")
+                    if not split:
+                        optim.zero_grad(set_to_none=True)
+                        backward(loss)
+                    optim.step()
+                    sched.step()
+                except (RuntimeError, OverflowError) as e:  # e.g. an update that overflows the dtype
+                    raise AffectlensError(f"training failed at step {step} of {cfg.steps}: "
+                                          f"{type(e).__name__}: {e}") from None
+                stats.losses.append(value)
+                stats.step_seconds.append(time.perf_counter() - ts)
+                stats.step_cpu_seconds.append(time.process_time() - cs)
+                bar.update(1)
+                if bar.bar is not None:
+                    bar.bar.set_postfix(loss=f"{value:.4f}")
+        stats.seconds = time.perf_counter() - t0
+    if accelerator is not None:
+        stats.tokens = int(accelerator.reduce(torch.tensor(stats.tokens, device=device), "sum"))
+        peft_model, stats.state_dict = finish(accelerator, model)
     peft_model.eval()
-    for name, prm in peft_model.named_parameters():
-        if prm.requires_grad:  # the last update is not seen by any loss
-            check_finite(prm.detach(), f"trained tensor {name.removeprefix('base_model.model.')} "
-                         f"after step {cfg.steps}; nothing was written")
+    if stats.state_dict is None:  # under FSDP the parameters are shards; the gathered dict is checked on save
+        for name, prm in peft_model.named_parameters():
+            if prm.requires_grad:  # the last update is not seen by any loss
+                check_finite(prm.detach(), f"trained tensor {name.removeprefix('base_model.model.')} "
+                             f"after step {cfg.steps}; nothing was written")
+    stats.model = peft_model
+    stats.layout = lay.to_dict()
     return stats
 
+
+def _split_step(model: Any, accelerator: Any, backward: Any, shards: list[list[int]], ids: list[list[int]],
+                n_prompts: list[int], pad_id: int, n_label: int, precision: str, device: Any, optim: Any,
+                stats: TrainStats) -> float:
+    """Gradients of one step whose batch is split over processes and/or accumulation rounds.
+
+    Each piece's loss is its label cross-entropy *sum* over the step's global label
+    count, times the process count (DDP/FSDP average gradients over processes), so
+    the accumulated gradient is that of the global mean; gradients are synchronised
+    once, on the last piece. Returns the global mean loss (the same on every rank).
+    """
+    import torch
+
+    world = accelerator.num_processes if accelerator is not None else 1
+    optim.zero_grad(set_to_none=True)
+    local = torch.zeros((), device=device, dtype=torch.float64)
+    for m, rows in enumerate(shards):
+        x, a, y = (t.to(device) for t in collate([ids[i] for i in rows], [n_prompts[i] for i in rows], pad_id))
+        last = m == len(shards) - 1
+        sync = accelerator.no_sync(model) if accelerator is not None and not last else contextlib.nullcontext()
+        with sync:
+            with autocast(precision, device.type):
+                total = label_loss(model, x, a, y, reduction="sum")
+            backward(total * (world / n_label))
+        local += total.detach().double()
+        stats.tokens += int(a.sum())
+    if accelerator is not None:
+        local = accelerator.reduce(local, "sum")
+    return float(local) / n_label
 
 
 __all__ = ["EAGER_MAX_LENGTH", "IGNORE", "TrainStats", "collate", "label_loss", "lora_targets", "peft_target_modules",

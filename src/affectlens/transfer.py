@@ -32,7 +32,7 @@ from .modules import FUSED
 from .selection import Echo, Rows, Selection, apply_rows, match_adapter, select
 from .weights import LoraAdapter, WeightStore, check_store_finite, open_weights
 from .weights.compat import check_architecture
-from .weights.finite import check_finite, tensor_file
+from .weights.finite import FiniteMemo, check_finite, tensor_file
 from .weights.merged import MergedStore, as_store
 from .weights.safetensors_store import SafetensorsStore
 
@@ -77,12 +77,14 @@ class Transferred(Mapping[str, torch.Tensor]):
 def transfer_tensors(base: Any, donor: Any, modules: str | Sequence[str],
                      layers: str | Sequence[int] | None = None, echo: Echo = print,
                      allow_pickle: bool = False, *, stream: bool = False,
-                     label: str = "base") -> tuple[Transferred, Selection]:
+                     label: str = "base", memo: FiniteMemo | None = None) -> tuple[Transferred, Selection]:
     """The selected tensors of DONOR (full or LoRA-merged) that replace BASE's, and the selection.
 
     Every tensor read must be finite, and the donor must differ from BASE
     somewhere in the selection (else the transfer would change nothing). With
-    ``stream`` the tensors are only checked here and recomputed on access.
+    ``stream`` the tensors are only checked here and recomputed on access;
+    whole tensors ``memo`` knows to be finite are then not read again, and
+    once one differs from BASE the rest are not compared.
     """
     bstore = as_store(base, allow_pickle=allow_pickle)
     dstore = as_store(donor, base=bstore, allow_pickle=allow_pickle)
@@ -99,7 +101,11 @@ def transfer_tensors(base: Any, donor: Any, modules: str | Sequence[str],
         if stream and rows is None and isinstance(dstore, SafetensorsStore) and isinstance(bstore, SafetensorsStore):
             # A whole tensor only passes through (its bytes are copied raw): checked in row chunks read
             # into two reused buffers, never decoded whole.
-            touched = whole_differs_finite(bstore, dstore, name, scratch) or touched
+            known = memo is not None and memo.known(dstore, name)
+            touched = whole_differs_finite(bstore, dstore, name, scratch, check=not known,
+                                           compare=not touched) or touched
+            if memo is not None and not known:
+                memo.checked(dstore, [name])
             continue
         d = dstore.get_finite(name)
         # A base tensor the donor replaces whole never reaches the result: only partial ones must be finite.
@@ -114,14 +120,23 @@ def transfer_tensors(base: Any, donor: Any, modules: str | Sequence[str],
 
 
 def whole_differs_finite(base: SafetensorsStore, donor: SafetensorsStore, name: str,
-                         scratch: list[torch.Tensor], chunk_bytes: int = 32 << 20) -> bool:
-    """Is DONOR's ``name`` finite (else an error) and different from BASE's? Row chunks, reused buffers."""
+                         scratch: list[torch.Tensor], chunk_bytes: int = 32 << 20, *, check: bool = True,
+                         compare: bool = True) -> bool:
+    """Is DONOR's ``name`` finite (else an error) and different from BASE's? Row chunks, reused buffers.
+
+    Without ``check`` the donor is not checked (known finite); without
+    ``compare`` nothing is compared (False); reading stops as soon as
+    neither is left to do.
+    """
     what = f"tensor {name} of {tensor_file(donor, name)}"
     shape, dtype = donor.shape(name), donor.dtype(name)
+    if not check and not compare:
+        return False
     if len(shape) < 2 or shape != base.shape(name) or dtype != base.dtype(name):
         d = donor.get(name)
-        check_finite(d, what)
-        return differs(d, base.get(name), None)
+        if check:
+            check_finite(d, what)
+        return compare and differs(d, base.get(name), None)
     row = dtype.itemsize
     for k in shape[1:]:
         row *= int(k)
@@ -133,8 +148,12 @@ def whole_differs_finite(base: SafetensorsStore, donor: SafetensorsStore, name: 
     for r0 in range(0, shape[0], step):
         r1 = min(shape[0], r0 + step)
         d = donor.read_rows(name, r0, r1, out=scratch[0])
-        check_finite(d, what)
-        changed = changed or not torch.equal(d, base.read_rows(name, r0, r1, out=scratch[1]))
+        if check:
+            check_finite(d, what)
+        if compare and not changed:
+            changed = not torch.equal(d, base.read_rows(name, r0, r1, out=scratch[1]))
+        if changed and not check:
+            break
     return changed
 
 
@@ -196,8 +215,9 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
     Full donor: an HF model dir. LoRA donor: a PEFT adapter dir holding only the
     selected modules' LoRA tensors, and with ``merge`` also ``out/merged``.
     Every tensor that goes into the output is checked to be finite before the
-    output is published (BASE's, while their bytes are copied); a donor equal to
-    BASE in the whole selection is an error.
+    output is published (BASE's, while their bytes are copied; tensors of a
+    file version checked by an earlier run are remembered, ``FiniteMemo``); a
+    donor equal to BASE in the whole selection is an error.
     """
     from .models import resolve_model_path
     from .runs import RunDir
@@ -213,8 +233,9 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
         dstore = as_store(donor_path, base=bstore, allow_pickle=allow_pickle)
         if not isinstance(dstore, MergedStore):  # a MergedStore closes with its base
             stack.enter_context(dstore)
+        memo = FiniteMemo()
         tensors, sel = transfer_tensors(bstore, dstore, modules, layers, echo, stream=True,
-                                        label=f"base {base_path.name}")
+                                        label=f"base {base_path.name}", memo=memo)
         keep: list[str] = []  # LoRA donor: the adapter modules the output adapter keeps
         whole: set[str] = set()  # full donor: tensors copied byte for byte
         if isinstance(dstore, MergedStore):
@@ -239,11 +260,13 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
                 copy_sidecars(base_path, merged)
         else:
             # The rest of the output comes from BASE: each tensor is checked while the bytes are copied
-            # (on a second thread); a NaN aborts the write and RunDir publishes nothing.
+            # (on a second thread), unless this version of its file was checked before (``FiniteMemo``);
+            # a NaN aborts the write and RunDir publishes nothing.
             write_checkpoint(RawFrom(bstore, dstore, whole), new_or_raw(tensors.get, whole), run.path,
                              max_shard_size, "transferring", label=out,
-                             check_raw=lambda n: None if n in whole else check_store_finite(bstore, [n]))
+                             check_raw=lambda n: None if n in whole else memo.check(bstore, [n]))
             copy_sidecars(base_path, run.path)
+            memo.commit()
         result = ComposeResult(run.final, sel, info, "transfer")
         run.json("compose.json", result.record())
     return result

@@ -18,6 +18,12 @@ The adapter dir is a standard PEFT one (``save_pretrained``) whose
 relative to the adapter dir), plus ``affectlens_tune.json`` (options, seed,
 loss curve, trainable parameters per module, timing, the base's content
 fingerprint), a loss-curve PNG and ``manifest.json``.
+
+``method="full"`` trains the selected modules' whole weights instead (the
+paper's SFT arm; :mod:`affectlens.fullft`) and writes an HF model dir. Under
+``accelerate launch`` the same call runs on every process
+(:mod:`affectlens.distributed`): the effective batch is per-process batch x
+processes x ``grad_accum``, and only the main process writes.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .corpus import NAMES, bundled_path, labelled_rows
+from .corpus import labelled_rows
 from .errors import AffectlensError
+from .fullft import freeze_all_but, save_full_model
 from .modules import (
     MatchReport,
     format_ranges,
@@ -51,6 +58,8 @@ from .training import (
 from .tuneconfig import TuneConfig
 from .vocab import CLOSED_KINDS, TaskKind, closed_labels, infer_kind
 
+METHODS = ("lora", "full")  # tune's methods: a LoRA on the modules, or their full weights
+
 
 @dataclass
 class Dataset:
@@ -65,7 +74,9 @@ class Dataset:
 @dataclass
 class TuneResult:
     """What one tuning run produced. ``model`` is the trained PeftModel, still in memory:
-    evaluate it directly, or call ``model.unload()`` to get the untouched base back."""
+    evaluate it directly, or call ``model.unload()`` to get the untouched base back
+    (``method="full"``: the fine-tuned model itself). ``adapter_dir`` is the written
+    dir: a PEFT adapter, or with ``method="full"`` an HF model dir."""
 
     adapter_dir: Path | None
     model: Any
@@ -79,29 +90,52 @@ class TuneResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def _training_spec(data: str | os.PathLike) -> Any:
+    """The task spec training reads, in ``evaluate --task`` syntax. A directory of split files is
+    read at its train split unless the spec names one (evaluation reads a directory's test split)."""
+    from .evaluate.tasks import parse_task, sibling_split
+
+    spec = parse_task(str(data))
+    if spec.option("split") is None and spec.loader != "bundled" and Path(str(spec.path)).is_dir():
+        train = sibling_split(spec, "train")
+        if train is None:
+            raise AffectlensError(f"{spec.path} has no train split; name the split to train on "
+                                  f"({spec.name},split=dev|test) or a file")
+        return train
+    return spec
+
+
 def resolve_data(data: str | os.PathLike) -> Path:
-    """A data path, or a bundled name such as ``emotion_train`` / ``control_train``."""
-    s = str(data)
-    stem = s[:-6] if s.endswith(".jsonl") else s
-    if stem in NAMES and not Path(s).exists():
-        return bundled_path(stem)
-    p = Path(s)
-    if not p.is_file():
-        raise AffectlensError(f"data file {p} does not exist (bundled names: {', '.join(NAMES)})")
-    return p
+    """The file a training spec reads (a bundled name, a path, ``KIND:PATH,opt=...``): what grid fingerprints."""
+    from .evaluate.tables import data_file
+
+    return data_file(_training_spec(data))
 
 
 def load_dataset(data: str | os.PathLike, task: str | None = None) -> Dataset:
-    """Read and validate a JSONL of ``{"text", "label"}`` rows.
+    """Rows of any task spec ``evaluate`` reads (:func:`affectlens.evaluate.loaders.load_rows`).
 
     ``task`` (emotion, sentiment, control/arithmetic, label) fixes the prompt
-    and, for closed tasks, the allowed labels; by default it is inferred from
-    the labels present.
+    and, for closed tasks, the allowed labels; by default it is the spec's
+    kind when the spec fixes its labels (MELD, sentiment, ``labels=``, a label
+    map), else inferred from the labels present. Plain JSONL rows are checked
+    field by field first (a null or empty text is an error, not a prompt).
     """
+    from .evaluate.loaders import load_task
+
+    spec = _training_spec(data)
     path = resolve_data(data)
-    rows = [{"text": text, "label": label} for _, text, label in labelled_rows(path)]
+    if spec.loader in ("jsonl", "bundled") and not {"text", "label"} & {k for k, _ in spec.options}:
+        labelled_rows(path)
+    loaded = load_task(spec)
+    if loaded.spec.kind == TaskKind.PERPLEXITY:
+        raise AffectlensError(f"{spec.name} is plain text (ppl:); training needs labelled rows")
+    rows = [{"text": e.text, "label": e.gold} for e in loaded.examples]
     found = sorted({r["label"] for r in rows})
-    kind = TaskKind.parse(task, CLOSED_KINDS) if task else infer_kind(found)
+    declared = spec.labels is not None or spec.option("labelmap") or spec.loader in ("meld", "meld_sentiment",
+                                                                                      "sentiment")
+    kind = (TaskKind.parse(task, CLOSED_KINDS) if task
+            else TaskKind(spec.kind) if declared else infer_kind(found))
     allowed = closed_labels(kind)
     if allowed is not None:
         bad = [x for x in found if x not in allowed]
@@ -109,7 +143,8 @@ def load_dataset(data: str | os.PathLike, task: str | None = None) -> Dataset:
             raise AffectlensError(f"{path} has label(s) {', '.join(bad)} unknown to the {kind} task "
                                   f"(allowed: {', '.join(allowed)})")
     labels = tuple(allowed) if allowed is not None else tuple(found)
-    return Dataset(rows, kind, labels, str(path))
+    plain = spec.loader in ("jsonl", "bundled") and not spec.options
+    return Dataset(rows, kind, labels, str(path) if plain else str(data))
 
 
 def encode(tokenizer: Any, ds: Dataset, max_length: int = 256) -> tuple[list[list[int]], list[int], int]:
@@ -145,6 +180,10 @@ def tune(
     verbose: bool = True,
     allow_pickle: bool = False,
     threads: int | None = None,
+    method: str = "lora",
+    grad_accum: int = 1,
+    device: str | None = None,
+    dtype: str | None = None,
     **budget: Any,
 ) -> TuneResult:
     """Train a LoRA adapter on ``modules`` (e.g. ``"gate_proj"`` for GET) and optionally save it.
@@ -156,6 +195,19 @@ def tune(
     base). The in-memory model is modified in place (LoRA layers are injected);
     ``result.model.unload()`` removes them again.
 
+    ``method="full"`` trains every parameter of the selected modules instead of
+    a LoRA on them (all else frozen; :mod:`affectlens.fullft`); ``result.model``
+    is then the fine-tuned model itself (an in-memory base is trained in place)
+    and ``out`` becomes an HF model dir.
+
+    ``grad_accum`` splits each step into that many rounds of ``batch_size``
+    examples; under ``accelerate launch`` each of the N processes trains its
+    share (:mod:`affectlens.distributed`), so a step sees ``batch_size x N x
+    grad_accum`` examples, and only the main process writes ``out``.
+    ``device`` (default: where an in-memory base is; ``auto`` for a path) and
+    ``dtype`` (default ``auto``: bf16 on a GPU, fp32 on the CPU; for a base
+    loaded from a path) place the run; under a launcher the device is accelerate's.
+
     Non-finite values never become an adapter: NaN/Inf in the base weights
     stop before training (naming the tensor and file), a non-finite loss or
     update stops at that step, and nothing is written.
@@ -165,50 +217,76 @@ def tune(
     ``AFFECTLENS_THREADS`` or ``OMP_NUM_THREADS`` win); the process's previous
     thread count is restored afterwards.
     """
+    from .distributed import layout, make_accelerator
     from .runs import check_out_dir
 
     cfg = (config or TuneConfig()).replace(**({} if modules is None else {"modules": modules}), **budget)
-    say = print if verbose else (lambda *a, **k: None)
-    if out is not None:
+    if method not in METHODS:
+        raise AffectlensError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1:
+        raise AffectlensError(f"grad accum must be an integer >= 1, got {grad_accum!r}")
+    accelerator = make_accelerator(device)
+    main = accelerator is None or accelerator.is_main_process
+    lay = layout(accelerator, cfg.batch_size, grad_accum)
+    say = print if verbose and main else (lambda *a, **k: None)
+    if out is not None and main:
         check_out_dir(out, force)  # fail before the expensive part
     ds = data if isinstance(data, Dataset) else load_dataset(data, task)
-    model, tokenizer, base_spec, base_dir = _base_model(base, tokenizer, base_path, allow_pickle)
+    where: dict[str, Any] = {"device": device}
+    if accelerator is not None:  # FSDP shards from the CPU copy; DDP loads straight onto the rank's device
+        fsdp = accelerator.distributed_type.value == "FSDP"
+        where = {"device": "cpu" if fsdp else accelerator.device, "dtype_device": accelerator.device}
+    model, tokenizer, base_spec, base_dir = _base_model(base, tokenizer, base_path, allow_pickle, dtype=dtype,
+                                                        **where)
 
     paths, report = lora_targets(model, cfg.modules, cfg.layers)
-    say(f"LoRA targets ({len(paths)} modules):")
+    say(f"{'LoRA' if method == 'lora' else 'full fine-tuning'} targets ({len(paths)} modules):")
     say(report.table())
     ids, n_prompts, truncated = encode(tokenizer, ds, cfg.max_length)
     if truncated:
         say(f"note: {truncated} of {len(ids)} examples were longer than {cfg.max_length} tokens; "
             "their prompts were cut from the left")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    say(lay.describe())
 
-    peft_model, target_modules = wrap_lora(model, paths, cfg)
+    in_memory = not isinstance(base, str | os.PathLike)
+    if method == "lora":
+        trained, target_modules = wrap_lora(model, paths, cfg)
+        undo = trained.unload
+    else:
+        undo, trained, target_modules = freeze_all_but(model, paths), model, paths
     try:
-        per_module = trainable_by_module(peft_model)
+        per_module = trainable_by_module(trained)
         n_train = sum(per_module.values())
-        n_total = sum(p.numel() for p in peft_model.parameters())
+        n_total = sum(p.numel() for p in trained.parameters())
         say(f"trainable parameters: {n_train:,} of {n_total:,} ({100 * n_train / n_total:.3f} %)")
         for mod, n in per_module.items():
             say(f"  {mod:<10} {n:>12,}  ({100 * n / n_train:.1f} %)")
         with training_threads(threads) as n_threads:
-            stats = train(peft_model, ids, n_prompts, pad_id, cfg)
+            stats = train(trained, ids, n_prompts, pad_id, cfg, accelerator=accelerator, grad_accum=grad_accum,
+                          verbose=verbose)
     except BaseException:
-        if not isinstance(base, str | os.PathLike):
-            peft_model.unload()  # hand the caller's in-memory model back without LoRA layers
+        if in_memory:
+            undo()  # hand the caller's in-memory model back as it came
         raise
+    trained = stats.model
 
     losses = stats.losses
     say(f"trained {cfg.steps} steps in {stats.seconds:.1f} s ({stats.seconds_per_step:.2f} s/step, "
-        f"{stats.tokens / stats.seconds:.0f} tokens/s, {stats.precision}, {n_threads} thread(s)); "
+        f"{stats.tokens / stats.seconds:.0f} tokens/s, {stats.precision}, {n_threads} thread(s)"
+        f"{'' if accelerator is None else f' x {accelerator.num_processes} processes'}); "
         f"loss {losses[0]:.4f} -> {sum(losses[-10:]) / len(losses[-10:]):.4f} (mean of last 10)")
+    lora = method == "lora"
     options = {
-        "base": base_spec, "data": ds.source, "task": ds.task_kind,
+        "base": base_spec, "data": ds.source, "task": ds.task_kind, "method": method,
         "labels": list(ds.labels), "modules": list(parse_selection(cfg.modules)),
-        "layers": format_ranges(report.layers), "target_modules": target_modules, "rank": cfg.rank,
-        "alpha": cfg.alpha, "dropout": cfg.dropout, "steps": cfg.steps, "lr": cfg.lr,
-        "batch_size": cfg.batch_size, "max_length": cfg.max_length, "warmup": cfg.warmup, "seed": cfg.seed,
-        "precision": cfg.precision, "precision_used": stats.precision,
+        "layers": format_ranges(report.layers), "target_modules": target_modules,
+        "rank": cfg.rank if lora else None, "alpha": cfg.alpha if lora else None,
+        "dropout": cfg.dropout if lora else None, "steps": cfg.steps, "lr": cfg.lr,
+        "batch_size": cfg.batch_size, "grad_accum": grad_accum, "processes": stats.layout["processes"],
+        "effective_batch": stats.layout["effective_batch"], "max_length": cfg.max_length, "warmup": cfg.warmup,
+        "seed": cfg.seed, "precision": cfg.precision, "precision_used": stats.precision,
+        "device": str(next(trained.parameters()).device), "dtype": str(next(trained.parameters()).dtype),
     }
     info = {
         "options": options, "seed": cfg.seed, "loss_curve": losses, "seconds": stats.seconds,
@@ -217,12 +295,20 @@ def tune(
         "precision": stats.precision, "attention": stats.attention, "threads": n_threads,
         "examples": len(ids), "truncated_examples": truncated, "trainable_params": n_train,
         "trainable_params_per_module": per_module, "model_params": n_total, "matched_modules": len(paths),
+        "layout": stats.layout,
     }
-    result = TuneResult(None, peft_model, tokenizer, n_train, per_module, losses, stats.seconds_per_step,
+    result = TuneResult(None, trained, tokenizer, n_train, per_module, losses, stats.seconds_per_step,
                         options, report, info)
     if out is not None:
-        result.adapter_dir = save_adapter(result, out, force, base_spec, base_dir, cfg)
-        say(f"wrote {out}")
+        if main:
+            if lora:
+                save_adapter(result, out, force, base_spec, base_dir, cfg, stats.state_dict)
+            else:
+                save_full_model(result, out, force, base_dir, stats.state_dict)
+            say(f"wrote {out}")
+        if accelerator is not None:
+            accelerator.wait_for_everyone()  # the others return once the main process has written out
+        result.adapter_dir = Path(out)
     return result
 
 
@@ -248,9 +334,12 @@ def training_threads(threads: int | None) -> Iterator[int]:
             torch.set_num_threads(before)
 
 
-def _base_model(base: Any, tokenizer: Any, base_path: str | os.PathLike | None, allow_pickle: bool
-                ) -> tuple[Any, Any, str | None, Path | None]:
-    """(model, tokenizer, how the base is named, its dir on disk or None) for a path or an in-memory model."""
+def _base_model(base: Any, tokenizer: Any, base_path: str | os.PathLike | None, allow_pickle: bool,
+                device: Any = None, dtype: str | None = None, dtype_device: Any = None) -> tuple[Any, Any, str | None, Path | None]:
+    """(model, tokenizer, how the base is named, its dir on disk or None) for a path or an in-memory model,
+    on ``device`` (a path's default: ``auto``; an in-memory model's: where it is); ``dtype``'s ``auto``
+    is resolved for ``dtype_device`` (default: ``device``)."""
+    from .devices import resolve_device, resolve_dtype
     from .models import (
         DEFAULT_MODEL,
         adapter_base,
@@ -271,7 +360,15 @@ def _base_model(base: Any, tokenizer: Any, base_path: str | os.PathLike | None, 
             raise AffectlensError(
                 f"{resolved} is a PEFT adapter, not a base model: tune trains a new adapter on a base "
                 f"(this adapter's is {named}); merge it into its base first to build on it")
-        model, tok = load_model(resolved, allow_pickle=allow_pickle)  # checks the weights are finite
+        dev = resolve_device(device or "auto")
+        td = resolve_dtype(dtype or "auto", dtype_device or dev)
+        # load_model checks the weights are finite, and spreads a model too big for one GPU over the
+        # GPUs (device_map); several processes each need the whole model (DDP) or shard it (FSDP).
+        model, tok = load_model(resolved, dtype=td, device=dev, allow_pickle=allow_pickle)
+        spread = set(getattr(model, "hf_device_map", None) or {"": dev}.values())
+        if dtype_device is not None and len(spread) > 1:
+            raise AffectlensError(f"{resolved} does not fit one {dev.type} device: train it with FSDP "
+                                  "(accelerate launch --use_fsdp ...) rather than DDP")
         spec = base_path or base
     else:
         model, tok = base, tokenizer
@@ -279,6 +376,10 @@ def _base_model(base: Any, tokenizer: Any, base_path: str | os.PathLike | None, 
             raise AffectlensError("an in-memory base model needs its tokenizer")
         if hasattr(model, "peft_config"):
             raise AffectlensError("the base model already carries a PEFT adapter; unload it first")
+        if dtype is not None:
+            raise AffectlensError("dtype applies to a base loaded from a path; convert an in-memory model yourself")
+        if device is not None:
+            model.to(resolve_device(device))
         spec = base_path or getattr(model.config, "_name_or_path", None) or None
         resolved = None
     if spec is not None and str(spec) in (DEFAULT_MODEL, "default"):
@@ -294,10 +395,10 @@ def _base_model(base: Any, tokenizer: Any, base_path: str | os.PathLike | None, 
 
 
 def save_adapter(result: TuneResult, out: str | os.PathLike, force: bool, base_spec: str | None,
-                 base_dir: Path | None, cfg: TuneConfig) -> Path:
+                 base_dir: Path | None, cfg: TuneConfig, state_dict: dict[str, Any] | None = None) -> Path:
     """The adapter dir, written through ``RunDir``: PEFT files with a portable base reference
     (name or path relative to ``out``), ``affectlens_tune.json`` with the base's fingerprint,
-    the loss curve and ``manifest.json``."""
+    the loss curve and ``manifest.json``. ``state_dict``: the gathered full state under FSDP."""
     from .adapters import base_fingerprint, base_reference
     from .models import read_json_object
     from .plots import loss_curve
@@ -312,7 +413,7 @@ def save_adapter(result: TuneResult, out: str | os.PathLike, force: bool, base_s
         # PEFT reads the base's config while saving, so it saves with the resolved base;
         # the portable reference is written into adapter_config.json after.
         result.model.peft_config["default"].base_model_name_or_path = str(base_dir) if base_dir else ref
-        result.model.save_pretrained(str(run.path))
+        result.model.save_pretrained(str(run.path), **({} if state_dict is None else {"state_dict": state_dict}))
         result.model.peft_config["default"].base_model_name_or_path = ref
         adapter_cfg = read_json_object(run.path / "adapter_config.json")
         adapter_cfg["base_model_name_or_path"] = ref
@@ -323,5 +424,5 @@ def save_adapter(result: TuneResult, out: str | os.PathLike, force: bool, base_s
     return Path(out)
 
 
-__all__ = ["IGNORE", "Dataset", "TuneConfig", "TuneResult", "collate", "encode", "label_loss", "load_dataset",
-           "lora_targets", "resolve_data", "save_adapter", "tune"]
+__all__ = ["IGNORE", "METHODS", "Dataset", "TuneConfig", "TuneResult", "collate", "encode", "label_loss", "load_dataset",
+           "lora_targets", "resolve_data", "save_adapter", "save_full_model", "tune"]

@@ -87,6 +87,8 @@ def infer_kind(labels: Sequence[str]) -> TaskKind:
 # library that implements them (``affectlens --help`` must not import torch).
 
 EVAL_MODES = ("closed", "generative")  # ``affectlens evaluate --mode``
+CALIBRATIONS = ("none", "contextual", "pmi")  # ``affectlens evaluate --calibration``
+GEN_BACKENDS = ("hf", "vllm")  # ``affectlens evaluate --backend`` (generation)
 
 
 class AblationMode(StrEnum):
@@ -138,5 +140,6 @@ Options follow the path, comma separated: csv:data.csv,text=utterance,label=emot
 
 
 __all__ = ["ABLATION_MODES", "ALIASES", "CLOSED_KINDS", "DIGITS", "EMOTIONS", "EVAL_KINDS", "EVAL_MODES",
+           "CALIBRATIONS", "GEN_BACKENDS",
            "TASK_SYNTAX", "AblationMode", "SENTIMENTS2", "SENTIMENTS3",
            "TaskKind", "closed_labels", "infer_kind"]

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .. import plots
+from ..devices import check, ran_on
 from ..errors import AffectlensError
 from ..runs import RunDir, check_out_dir, slug
 from .heads import HeadResult
@@ -80,12 +81,18 @@ def _vectors_figure(sv: SteeringVectors) -> Any:
 
 
 def vectors_run(model_path: str, out: str, pairs_path: str | None = None, force: bool = False,
-                adapter: str | None = None, dtype: str = "float32", min_score: float = 0.5,
+                adapter: str | None = None, dtype: str = "auto", min_score: float = 0.5,
                 position: str = "last", from_token: int = 0, centring: str = "pair",
                 denoise: float | None = None, export: Sequence[str] = (),
                 export_layers: str | None = None, coefficient: float = 1.0,
-                seed: int = 0, allow_pickle: bool = False) -> SteeringVectors:
-    """``vectors.safetensors`` (+ ``.pt`` exports), ``vectors.csv/png``, ``summary.json``."""
+                seed: int = 0, allow_pickle: bool = False, device: str = "auto", min_pairs: int = 5
+                ) -> SteeringVectors:
+    """``vectors.safetensors`` (+ ``.pt`` exports), ``vectors.csv/png``, ``summary.json``.
+
+    ``summary.json["selection"]`` (and the manifest's ``pair_selection``) give
+    per emotion the pairs offered, passing ``min_score``, used, and whether
+    the ``min_pairs`` fallback was taken, with a note saying why.
+    """
     from .hooks import decoder_layers
     from .vectors import compute_vectors, export_lm_eval, export_steering_vectors_lib
 
@@ -94,22 +101,31 @@ def vectors_run(model_path: str, out: str, pairs_path: str | None = None, force:
     if bad:
         raise AffectlensError(f"unknown export format(s) {', '.join(bad)}; use {', '.join(EXPORTS)}")
     check_out_dir(out, force)
+    check(device, dtype)
     check_layer_spec(export_layers, "--export-layers")
     finite_options(coefficient=coefficient, min_score=min_score)
+    if min_pairs < 0:
+        raise AffectlensError(f"--min-pairs must be >= 0, not {min_pairs}")
     torch.manual_seed(seed)
-    options = {"min_score": min_score, "position": position, "from_token": from_token, "centring": centring,
+    options = {"min_score": min_score, "min_pairs": min_pairs, "position": position, "from_token": from_token,
+               "centring": centring,
                "denoise": denoise, "export": formats, "export_layers": export_layers,
-               "coefficient": coefficient, "dtype": dtype}
+               "coefficient": coefficient, "dtype": dtype, "device": device}
     with RunDir(out, command="circuits vectors", force=force, options=options, seed=seed,
                 inputs=inputs_of(model_path, pairs_path, {"adapter": adapter})) as run:
-        model, tok, proc, pairs = setup(model_path, pairs_path, adapter, dtype, None, allow_pickle)
+        model, tok, proc, pairs = setup(model_path, pairs_path, adapter, dtype, None, allow_pickle, device)
+        run.extra["ran_on"] = ran_on(model)
         layers = list(select_layers(export_layers, len(decoder_layers(model)), "--export-layers"))
         run.options["export_layers"] = layers
         sv = compute_vectors(model, encoder_for(tok, pairs, proc), pairs, min_score, position, from_token,
-                             centring, denoise)
+                             centring, denoise, min_pairs=min_pairs)
         rows = vector_rows(sv)
+        selection = sv.options.get("selection", {})
+        fallback = {e: r["note"] for e, r in selection.items() if r["rule"] == "fallback"}
         summary = {"labels": sv.labels, "counts": sv.counts, "totals": sv.totals,
-                   "num_layers": sv.num_layers, "options": sv.options}
+                   "num_layers": sv.num_layers, "selection": selection, "fallback": fallback,
+                   "options": sv.options}
+        run.extra["pair_selection"] = {"selection": selection, "fallback": fallback}
         require_finite_out(rows, "vectors", model_path)
         require_finite_out(summary, "vectors", model_path)
         sv.save(run.file("vectors.safetensors"))
@@ -130,33 +146,39 @@ def vectors_run(model_path: str, out: str, pairs_path: str | None = None, force:
 
 
 def layers_run(model_path: str, out: str, pairs_path: str | None = None, force: bool = False,
-               adapter: str | None = None, dtype: str = "float32", alpha: float = 1.0,
+               adapter: str | None = None, dtype: str = "auto", alpha: float = 1.0,
                scale: str = "raw", layers: str | None = None, emotions: Sequence[str] | None = None,
                max_pairs: int | None = None, batch_size: int = 16, seed: int = 0,
-               allow_pickle: bool = False, **vec_opts: Any) -> LayerProfile:
+               allow_pickle: bool = False, device: str = "auto", **vec_opts: Any) -> LayerProfile:
     """``layers.csv``, ``layer_profile.png``, ``summary.json`` (critical layer per emotion and mean)."""
     from .hooks import decoder_layers
     from .layers import layer_profile, normalised_mean, sweep_cache_dir
 
     check_out_dir(out, force)
+    check(device, dtype)
     check_layer_spec(layers, "--layers")
     finite_options(alpha=alpha, min_score=vec_opts.get("min_score"))
     positive(limit=max_pairs, batch_size=batch_size)
     torch.manual_seed(seed)
     options = {"alpha": alpha, "scale": scale, "layers": layers, "emotions": emotions, "max_pairs": max_pairs,
-               "batch_size": batch_size, "dtype": dtype, **_vec_options(vec_opts)}
+               "batch_size": batch_size, "dtype": dtype, "device": device, **_vec_options(vec_opts)}
     with RunDir(out, command="circuits layers", force=force, options=options, seed=seed,
                 inputs=_run_inputs(model_path, pairs_path, adapter, vec_opts)) as run:
-        model, tok, proc, pairs = setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
+        model, tok, proc, pairs = setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle, device)
+        run.extra["ran_on"] = ran_on(model)
         sel = select_layers(layers, len(decoder_layers(model)), "--layers")
         run.options["layers"] = list(sel)
         enc = encoder_for(tok, pairs, proc)
         sv = vectors_for(model, enc, pairs, vec_opts)
         # finished emotions survive an interruption here (keyed by weights, prompts, vector, options)
-        resume = sweep_cache_dir() / hashlib.sha256(repr((model_path, adapter, dtype)).encode()).hexdigest()[:16]
+        resume = sweep_cache_dir() / hashlib.sha256(repr((model_path, adapter, ran_on(model))).encode()).hexdigest()[:16]
         prof = layer_profile(model, enc, pairs, sv, alpha, scale, sel, emotions, max_pairs, batch_size, resume)
+        selection = sv.options.get("selection", {})  # vectors computed here: which pairs they came from
+        fallback = {e: r["note"] for e, r in selection.items() if r["rule"] == "fallback"}
         summary = {"critical_layer": prof.critical, "seconds_per_sweep": prof.seconds_per_sweep,
-                   "options": prof.options}
+                   "options": prof.options, "vector_pairs": selection, "vector_fallback": fallback}
+        run.extra["pair_selection"] = {"selection": selection, "fallback": fallback}
+        run.extra["resumed_emotions"] = prof.options.get("resumed", [])
         require_finite_out(prof.rows, "layers", model_path)
         require_finite_out(summary, "layers", model_path)
         run.csv("layers.csv", prof.rows)
@@ -222,32 +244,34 @@ def _head_figures(run: RunDir, rk: HeadRanking, by: str = "score") -> None:
 def _attribution_run(command: str, model_path: str, out: str, pairs_path: str | None, force: bool,
                      adapter: str | None, dtype: str, target_layer: int | None, metric: str, top_k: int,
                      emotions: Sequence[str] | None, max_pairs: int | None, seed: int, allow_pickle: bool,
-                     vec_opts: dict[str, Any]) -> Iterator[tuple[RunDir, Any, Any, Any, SteeringVectors]]:
+                     device: str, vec_opts: dict[str, Any]) -> Iterator[tuple[RunDir, Any, Any, Any, SteeringVectors]]:
     """What heads and neurons share: option checks before loading, the run dir, model, pairs, vectors."""
     check_out_dir(out, force)
+    check(device, dtype)
     positive(top_k=top_k, limit=max_pairs)
     finite_options(min_score=vec_opts.get("min_score"))
     torch.manual_seed(seed)
     options = {"target_layer": target_layer, "metric": metric, "top_k": top_k, "emotions": emotions,
-               "max_pairs": max_pairs, "dtype": dtype, **_vec_options(vec_opts)}
+               "max_pairs": max_pairs, "dtype": dtype, "device": device, **_vec_options(vec_opts)}
     with RunDir(out, command=command, force=force, options=options, seed=seed,
                 inputs=_run_inputs(model_path, pairs_path, adapter, vec_opts)) as run:
-        model, tok, proc, pairs = setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle)
+        model, tok, proc, pairs = setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle, device)
+        run.extra["ran_on"] = ran_on(model)
         enc = encoder_for(tok, pairs, proc)
         yield run, model, enc, pairs, vectors_for(model, enc, pairs, vec_opts)
 
 
 def heads_run(model_path: str, out: str, pairs_path: str | None = None, force: bool = False,
-              adapter: str | None = None, dtype: str = "float32", target_layer: int | None = None,
+              adapter: str | None = None, dtype: str = "auto", target_layer: int | None = None,
               metric: str = "proj", top_k: int = 10, emotions: Sequence[str] | None = None,
               max_pairs: int | None = None, seed: int = 0, allow_pickle: bool = False,
-              **vec_opts: Any) -> HeadRanking:
+              device: str = "auto", **vec_opts: Any) -> HeadRanking:
     """``heads.csv``, ``overlap.csv``, ``heads.png``, ``overlap.png``, ``summary.json``."""
     from ..runs import nonfinite_to_null
     from .heads import head_attribution
 
     with _attribution_run("circuits heads", model_path, out, pairs_path, force, adapter, dtype, target_layer,
-                          metric, top_k, emotions, max_pairs, seed, allow_pickle, vec_opts) as (run, model, enc,
+                          metric, top_k, emotions, max_pairs, seed, allow_pickle, device, vec_opts) as (run, model, enc,
                                                                                                  pairs, sv):
         res = head_attribution(model, enc, pairs, sv, target_layer, metric, emotions, max_pairs)
         require_finite_out(res.rows, "heads", model_path)  # before ranking: NaN sorts anywhere
@@ -264,15 +288,15 @@ def heads_run(model_path: str, out: str, pairs_path: str | None = None, force: b
 
 
 def neurons_run(model_path: str, out: str, pairs_path: str | None = None, force: bool = False,
-                adapter: str | None = None, dtype: str = "float32", target_layer: int | None = None,
+                adapter: str | None = None, dtype: str = "auto", target_layer: int | None = None,
                 metric: str = "proj", top_k: int = 50, emotions: Sequence[str] | None = None,
                 max_pairs: int | None = None, seed: int = 0, allow_pickle: bool = False,
-                **vec_opts: Any) -> NeuronResult:
+                device: str = "auto", **vec_opts: Any) -> NeuronResult:
     """``neurons.csv`` (top-K per emotion), ``neurons_by_layer.csv``, ``neurons.png``, ``summary.json``."""
     from .neurons import neuron_attribution
 
     with _attribution_run("circuits neurons", model_path, out, pairs_path, force, adapter, dtype, target_layer,
-                          metric, top_k, emotions, max_pairs, seed, allow_pickle, vec_opts) as (run, model, enc,
+                          metric, top_k, emotions, max_pairs, seed, allow_pickle, device, vec_opts) as (run, model, enc,
                                                                                                  pairs, sv):
         res = neuron_attribution(model, enc, pairs, sv, target_layer, metric, top_k, emotions, max_pairs)
         require_finite_out(res.rows, "neurons", model_path)
@@ -316,21 +340,22 @@ class InterventionRun:
 
 
 def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool = False,
-                  adapter: str | None = None, dtype: str = "float32", vectors: str | None = None,
+                  adapter: str | None = None, dtype: str = "auto", vectors: str | None = None,
                   vectors_label: str | None = None, steer: Sequence[str] = (), scale: str = "raw",
                   amplify_heads: str | None = None, beta: float = 2.0, attn_mode: str = "after",
                   split_layer: int | None = None, amplify_neurons: str | None = None,
                   gamma: float = 2.0, top: int = 10, emotion: str | None = None,
                   limit: int | None = None, batch_size: int = 16, n_boot: int = 1000,
                   ppl_texts: str | None = None, pairs_path: str | None = None, seed: int = 0,
-                  allow_pickle: bool = False) -> InterventionRun:
+                  allow_pickle: bool = False, device: str = "auto") -> InterventionRun:
     """Evaluate before/after; heads/neurons as ``L.I,...`` or a previous run's CSV (top ``top``)."""
     from ..evaluate import load_task, parse_task
-    from ..evaluate.core import load_scoring_model
     from .hooks import decoder_layers
+    from .inputs import load_lm
     from .intervene import Intervention, parse_steer, run_intervention
 
     check_out_dir(out, force)
+    check(device, dtype)
     finite_options(beta=beta, gamma=gamma)
     positive(top_k=top, limit=limit, batch_size=batch_size)
     if not (steer or amplify_heads or amplify_neurons):
@@ -341,11 +366,13 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
     options = {"tasks": list(tasks), "steer": list(steer), "scale": scale, "amplify_heads": amplify_heads,
                "beta": beta, "attn_mode": attn_mode, "split_layer": split_layer,
                "amplify_neurons": amplify_neurons, "gamma": gamma, "top": top, "emotion": emotion,
-               "limit": limit, "batch_size": batch_size, "bootstrap": n_boot, "dtype": dtype}
+               "limit": limit, "batch_size": batch_size, "bootstrap": n_boot, "dtype": dtype,
+               "device": device}
     inputs = {"model": model_path, **({"vectors": vectors} if vectors else {})}
     with RunDir(out, command="circuits intervene", force=force, inputs=inputs, options=options,
                 seed=seed) as run:
-        model, tok = load_scoring_model(model_path, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle)
+        model, tok = load_lm(model_path, adapter, dtype, allow_pickle, device)  # also a VLM's language side
+        run.extra["ran_on"] = ran_on(model)
         n_layers = len(decoder_layers(model))
         sv = load_vectors(vectors, n_layers, vectors_label, hidden_size(model)) if vectors else None
         iv = Intervention(steer=parse_steer(steer), scale=scale, vectors=sv,

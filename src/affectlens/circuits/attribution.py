@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 
+from ..devices import accum_dtype
 from ..errors import AffectlensError
 from ..runs import progress
-from .hooks import capture, decoder_layers, hooks
+from .hooks import capture, decoder_layers, hooks, to_model
 from .pairs import Encoder, Pair
 from .vectors import SteeringVectors
 
@@ -95,10 +96,14 @@ class Side:
 
 def run_side(model: Any, enc: Encoder, stimulus: str, image: str | None, metric: Metric,
              heads: bool = True, neurons: bool = False, grad: bool = True) -> Side:
-    """Forward (and backward) one prompt; keeps only the query positions, on CPU."""
+    """Forward (and backward) one prompt; keeps only the query positions, where they were computed.
+
+    They stay on the device (the sums over pairs run there too); only the
+    per-layer totals of ``patching_sums`` leave for the CPU, once.
+    """
     n_layers = len(decoder_layers(model))
     layers = list(range(n_layers))
-    inputs = enc(stimulus, image)
+    inputs = to_model(enc(stimulus, image), model)
     with hooks(model) as h, torch.set_grad_enabled(grad):
         tracker = h.track(enc.layout)
         cap = capture(h, layers, resid=False, o_in=heads, down_in=neurons, keep_grad=grad)
@@ -115,7 +120,7 @@ def run_side(model: Any, enc: Encoder, stimulus: str, image: str | None, metric:
 
     def cut(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         t = torch.zeros_like(like) if t is None else t
-        return t[0, sl].detach().float().cpu()
+        return t[0, sl].detach().float()
 
     o_keys, d_keys = list(cap.o_in), list(cap.down_in)
     o_in = {k: cut(cap.o_in[k], cap.o_in[k]) for k in o_keys}
@@ -167,13 +172,15 @@ def patching_sums(model: Any, enc: Encoder, pairs: Sequence[Pair], metric: Metri
 
     ``units[l]`` is the number of units in layer ``l`` (its features are split
     evenly among them). ``last(layer, a_pos, a_neg)`` is called per pair and
-    layer with both members' activations at the last prompt token, for
-    callers that also need what a unit writes there.
+    layer with both members' activations at the last prompt token (on that
+    layer's device), for callers that also need what a unit writes there.
+    Sums accumulate on each layer's device (float64; float32 on MPS, which
+    has no float64) and are returned on the CPU as float64.
     """
     if site not in SITES:
         raise ValueError(f"site must be one of {SITES}, not {site!r}")
-    drop = [torch.zeros(u, dtype=torch.float64) for u in units]
-    gain = [torch.zeros(u, dtype=torch.float64) for u in units]
+    drop: dict[int, torch.Tensor] = {}
+    gain: dict[int, torch.Tensor] = {}
     heads, neurons = site == "o_in", site == "down_in"
     for p in progress(pairs, desc=desc):
         pos = run_side(model, enc, p.emotional, p.image_emotional, metric, heads=heads, neurons=neurons)
@@ -184,11 +191,18 @@ def patching_sums(model: Any, enc: Encoder, pairs: Sequence[Pair], metric: Metri
             ap, an = aligned(acts_p[la], acts_n[la])
             gp, gn = aligned(grad_p[la], grad_n[la])
             d = (ap - an).reshape(ap.shape[0], u, -1)
-            drop[la] += (d * gp.reshape_as(d)).sum((0, 2)).double()
-            gain[la] += (d * gn.reshape_as(d)).sum((0, 2)).double()
+            acc = accum_dtype(d.device)
+            for sums, g in ((drop, gp), (gain, gn)):
+                term = (d * g.reshape_as(d)).sum((0, 2)).to(acc)
+                sums[la] = sums[la] + term if la in sums else term
             if last is not None:
                 last(la, ap[-1], an[-1])
-    return PatchSums(len(pairs), drop, gain)
+
+    def cpu(sums: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        return [sums[la].cpu().double() if la in sums else torch.zeros(u, dtype=torch.float64)
+                for la, u in enumerate(units)]
+
+    return PatchSums(len(pairs), cpu(drop), cpu(gain))
 
 
 __all__ = ["METRICS", "Metric", "PatchSums", "Side", "aligned", "make_metric", "pairs_of", "patching_sums",

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ..devices import accum_dtype
 from ..errors import AffectlensError
 from .attribution import Metric, make_metric, pairs_of, patching_sums, target_layer_of
 from .hooks import (
@@ -42,6 +43,7 @@ from .hooks import (
     patch_neurons,
     patch_o_input,
     self_attn,
+    to_model,
 )
 from .pairs import Encoder, Pair, labels_of
 from .vectors import SteeringVectors
@@ -66,17 +68,20 @@ def head_attribution(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: Steeri
     target = target_layer_of(model, target_layer)
     n_heads, _, _ = head_geometry(model)
     emotions = list(emotions) if emotions else labels_of(pairs)
-    w_o = [o_proj(blocks[la]).weight.detach().float().cpu() for la in range(n_layers)]
+    w_o = [o_proj(blocks[la]).weight.detach() for la in range(n_layers)]  # on each layer's device
     rows: list[dict[str, Any]] = []
     for e in emotions:
         sel = pairs_of(pairs, e, max_pairs)
-        write = torch.zeros(n_layers, n_heads, sv.get(e).shape[1], dtype=torch.float64)
+        # per layer, on that layer's device: no host transfer per pair
+        writes = [torch.zeros(n_heads, w.shape[0], dtype=accum_dtype(w.device), device=w.device) for w in w_o]
 
-        def add_write(la: int, zp: torch.Tensor, zn: torch.Tensor, write: torch.Tensor = write) -> None:
-            write[la] += (head_outputs(zp, w_o[la], n_heads) - head_outputs(zn, w_o[la], n_heads)).double()
+        def add_write(la: int, zp: torch.Tensor, zn: torch.Tensor, writes: list = writes) -> None:
+            w = w_o[la].float()
+            writes[la] += (head_outputs(zp, w, n_heads) - head_outputs(zn, w, n_heads)).to(writes[la].dtype)
 
         sums = patching_sums(model, enc, sel, make_metric(metric, sv, e, target, enc), "o_in",
                              [n_heads] * n_layers, f"heads {e}", last=add_write)
+        write = torch.stack([w.cpu().double() for w in writes])  # results leave, once per emotion
         drop, gain = torch.stack(sums.drop), torch.stack(sums.gain)
         n = len(sel)
         s = sv.get(e)[target].double()
@@ -109,15 +114,15 @@ def exact_patch(model: Any, enc: Encoder, pair: Pair, metric: Metric, layer: int
     layout = enc.layout
 
     def query_span(stimulus: str, image: str | None) -> tuple[dict, int, int]:
-        inputs = enc(stimulus, image)
-        with hooks(model) as h, torch.no_grad():
+        inputs = to_model(enc(stimulus, image), model)
+        with hooks(model) as h, torch.no_grad():  # activations stay on the device: they are patched back
             tr = h.track(layout)
-            cap_o = capture(h, [layer], resid=False, o_in=site == "heads", down_in=site == "neurons")
+            cap_o = capture(h, [layer], resid=False, o_in=site == "heads", down_in=site == "neurons", to=None)
             store: dict[str, torch.Tensor] = {}
             if site == "attn":
                 h.forward(self_attn(blk), lambda _m, _a, o: store.__setitem__(
-                    "attn", (o[0] if isinstance(o, tuple) else o).detach().cpu()))
-            res = capture(h, [metric.target])
+                    "attn", (o[0] if isinstance(o, tuple) else o).detach().clone()))
+            res = capture(h, [metric.target], to=None)
             out = model(**inputs)
             m = float(metric(out.logits, res.resid[metric.target]))
         r = tr.rows[0]
@@ -131,7 +136,7 @@ def exact_patch(model: Any, enc: Encoder, pair: Pair, metric: Metric, layer: int
     q = max(1, min(s_q, d_q))
     source = d_info["act"].clone()
     source[0, d_end - q : d_end] = s_info["act"][0, s_end - q : s_end]
-    positions = torch.zeros(source.shape[:2], dtype=torch.bool)
+    positions = torch.zeros(source.shape[:2], dtype=torch.bool, device=source.device)
     positions[0, d_end - q : d_end] = True
     with hooks(model) as h, torch.no_grad():
         if site == "heads":
@@ -142,7 +147,7 @@ def exact_patch(model: Any, enc: Encoder, pair: Pair, metric: Metric, layer: int
             patch_attn_output(h, layer, source, positions)
         else:
             raise AffectlensError(f"unknown patch site '{site}'")
-        res = capture(h, [metric.target])
+        res = capture(h, [metric.target], to=None)
         out = model(**d_info["inputs"])
         m = float(metric(out.logits, res.resid[metric.target]))
     return m - d_info["m"]

@@ -2,8 +2,11 @@
 
 Hooks are registered inside a context manager and removed in ``finally``, so a
 model is never left modified — also when the wrapped call raises. Captured
-activations are detached and moved to CPU at once so that repeated calls do
-not keep autograd graphs or device memory alive. Which positions a hook
+activations are detached (and, for results, moved to CPU at once) so that
+repeated calls do not keep autograd graphs or device memory alive; what a hook
+adds or patches in is moved to the hidden state's device and dtype once per
+hook, not on every forward (``_Const``), so a GPU run pays no host round trip
+per layer and call. Which positions a hook
 touches comes from a ``SpanTracker`` (:mod:`affectlens.circuits.spans`);
 ``Layout``, ``SpanTracker`` and ``layout_for`` are importable from here too.
 """
@@ -85,6 +88,37 @@ def _replace_hidden(output: Any, new: torch.Tensor) -> Any:
     return (new, *output[1:]) if isinstance(output, tuple) else new
 
 
+class _Const:
+    """A tensor a hook applies on every call, moved to each device/dtype it meets once.
+
+    With a ``device_map`` the layers sit on different GPUs, so the copy is per
+    (device, dtype), not one global one. ``keep_dtype`` moves masks and indices
+    without casting them.
+    """
+
+    def __init__(self, t: torch.Tensor, keep_dtype: bool = False) -> None:
+        self.t, self.keep_dtype = t, keep_dtype
+        self._on: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def like(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.t.dtype if self.keep_dtype else x.dtype
+        key = (x.device, dtype)
+        if key not in self._on:
+            self._on[key] = self.t.to(device=x.device, dtype=dtype)
+        return self._on[key]
+
+
+def to_model(inputs: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
+    """Encoded inputs on the model's (first) device; floating ones (pixels) in its dtype.
+
+    Token ids keep their integer dtype; with a ``device_map`` accelerate moves
+    activations between the GPUs itself, the inputs only need the first one.
+    """
+    p = next(model.parameters())
+    return {k: (v.to(p.device, p.dtype) if v.is_floating_point() else v.to(p.device))
+            if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
 # ----------------------------------------------------------------------------- hook set
 
 
@@ -162,12 +196,13 @@ def _grad_from_here(_m: nn.Module, _a: tuple, output: torch.Tensor) -> torch.Ten
 
 
 def capture(h: HookSet, layers: Sequence[int], resid: bool = True, o_in: bool = False,
-            down_in: bool = False, keep_grad: bool = False) -> Captured:
+            down_in: bool = False, keep_grad: bool = False, to: str | None = "cpu") -> Captured:
     """Record residual outputs / o_proj inputs / down_proj inputs of ``layers``.
 
     With ``keep_grad`` the tensors stay in the graph (for attribution patching,
     via ``torch.autograd.grad`` so no parameter ``.grad`` accumulates);
-    otherwise they are detached to CPU.
+    otherwise they are detached copies on ``to`` (``"cpu"``: they leave as
+    results; None: they stay where the layer ran, to be patched back in).
     """
     out = Captured()
     blocks = decoder_layers(h.model)
@@ -181,7 +216,7 @@ def capture(h: HookSet, layers: Sequence[int], resid: bool = True, o_in: bool = 
         if keep_grad:  # stays in the graph: take gradients with torch.autograd.grad
             store[layer] = t
         else:
-            store[layer] = t.detach().to("cpu", copy=True)
+            store[layer] = t.detach().to(to or t.device, copy=True)
 
     for layer in layers:
         blk = blocks[layer]
@@ -213,10 +248,11 @@ def add_steering(h: HookSet, tracker: SpanTracker | None, layer: int, vector: to
     (so a unit vector times α adds α times the local residual norm).
     """
     blk = decoder_layers(h.model)[layer]
+    vec = _Const(vector)
 
     def fn(_m: nn.Module, _a: tuple, output: Any) -> Any:
         x = _hidden(output)
-        v = vector.to(device=x.device, dtype=x.dtype)
+        v = vec.like(x)
         if per_position_norm:
             v = v * x.norm(dim=-1, keepdim=True)
         if tracker is None or where == "all":
@@ -232,12 +268,12 @@ def scale_neurons(h: HookSet, layer: int, neurons: Sequence[int], gamma: float,
     """Multiply MLP neurons (inputs of ``down_proj``) of ``layer`` by ``gamma``."""
     if gamma == 1.0 or not neurons:
         return
-    idx = torch.as_tensor(list(neurons), dtype=torch.long)
+    idx = _Const(torch.as_tensor(list(neurons), dtype=torch.long), keep_dtype=True)
 
     def fn(_m: nn.Module, args: tuple) -> tuple:
         a = args[0]
         scale = torch.ones(a.shape[-1], dtype=a.dtype, device=a.device)
-        scale[idx.to(a.device)] = gamma
+        scale[idx.like(a)] = gamma
         if tracker is None or where == "all":
             return (a * scale, *args[1:])
         m = tracker.mask(where, a.shape[0], a.device).unsqueeze(-1)
@@ -253,13 +289,15 @@ def patch_input(h: HookSet, module: nn.Module, cols: torch.Tensor | None, source
     ``source`` is ``[b, s, features]`` from another run laid out like the
     current one; ``positions`` a bool ``[b, s]`` mask of where to patch.
     """
+    pos, src = _Const(positions.unsqueeze(-1), keep_dtype=True), _Const(source)
+    col = _Const(cols, keep_dtype=True) if cols is not None else None
 
     def fn(_m: nn.Module, args: tuple) -> tuple:
         x = args[0]
-        sel = positions.to(x.device).unsqueeze(-1)
-        if cols is not None:
-            sel = sel & cols.to(x.device)
-        return (torch.where(sel, source.to(x.device, x.dtype), x), *args[1:])
+        sel = pos.like(x)
+        if col is not None:
+            sel = sel & col.like(x)
+        return (torch.where(sel, src.like(x), x), *args[1:])
 
     h.pre(module, fn)
 
@@ -290,11 +328,11 @@ def patch_neurons(h: HookSet, layer: int, neurons: Sequence[int], source: torch.
 
 def patch_attn_output(h: HookSet, layer: int, source: torch.Tensor, positions: torch.Tensor) -> None:
     """Replace the whole attention block output (after ``o_proj``) at ``positions``."""
+    pos, src = _Const(positions.unsqueeze(-1), keep_dtype=True), _Const(source)
 
     def fn(_m: nn.Module, _a: tuple, output: Any) -> Any:
         x = _hidden(output)
-        sel = positions.to(x.device).unsqueeze(-1)
-        return _replace_hidden(output, torch.where(sel, source.to(x.device, x.dtype), x))
+        return _replace_hidden(output, torch.where(pos.like(x), src.like(x), x))
 
     h.forward(self_attn(decoder_layers(h.model)[layer]), fn)
 
@@ -328,8 +366,7 @@ def _amp_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, va
         b, nh, q_len, kv_len = scores.shape
         qm = tracker.mask(rule["queries"], b, scores.device)[:, -q_len:]  # [b, q]
         km = tracker.key_mask(b, kv_len, scores.device)  # [b, kv]
-        hm = torch.zeros(nh, dtype=torch.bool, device=scores.device)
-        hm[list(rule["heads"])] = True
+        hm = rule["head_mask"].like(scores)
         sel = hm[None, :, None, None] & qm[:, None, :, None] & km[:, None, None, :]
         if rule["mode"] == "before":
             scores = torch.where(sel, scores * rule["beta"], scores)
@@ -375,7 +412,9 @@ def amplify_attention(h: HookSet, tracker: SpanTracker, heads: Mapping[int, Sequ
             raise AffectlensError(f"head(s) {bad} out of range in layer {layer}: the model has {n} heads")
         attn = self_attn(blocks[layer])
         q = queries if isinstance(queries, str) else queries.get(layer, "query")
-        _ATTN_RULES[id(attn)] = {"heads": list(hs), "beta": float(beta), "mode": mode,
+        head_mask = torch.zeros(n, dtype=torch.bool)
+        head_mask[list(hs)] = True
+        _ATTN_RULES[id(attn)] = {"head_mask": _Const(head_mask, keep_dtype=True), "beta": float(beta), "mode": mode,
                                  "tracker": tracker, "queries": q}
         h.on_exit(partial(_ATTN_RULES.pop, id(attn), None))
     # Only the text decoder's config: the vision tower keeps its own implementation.
@@ -392,5 +431,5 @@ def amplify_attention(h: HookSet, tracker: SpanTracker, heads: Mapping[int, Sequ
 
 __all__ = ["ATTN_IMPL", "Captured", "HookSet", "Layout", "RowSpan", "SpanTracker", "add_steering",
            "amplify_attention", "capture", "decoder_layers", "down_proj", "head_columns", "head_geometry",
-           "head_outputs", "hooks", "layout_for", "o_proj", "patch_attn_output", "patch_input",
+           "head_outputs", "hooks", "layout_for", "to_model", "o_proj", "patch_attn_output", "patch_input",
            "patch_neurons", "patch_o_input", "scale_neurons", "self_attn", "text_config"]

@@ -18,25 +18,37 @@ from .vectors import SteeringVectors, import_lm_eval, import_steering_vectors_li
 
 
 def load_for_pairs(model_path: str, pairs: Sequence[Pair], adapter: str | None = None,
-                   dtype: str = "float32", allow_pickle: bool = False) -> tuple[Any, Any, Any]:
-    """``(model, tokenizer, processor)``; a vision-language model when the pairs carry images."""
-    from ..evaluate.core import load_scoring_model
+                   dtype: str = "auto", allow_pickle: bool = False, device: str = "auto",
+                   device_map: str | None = None) -> tuple[Any, Any, Any]:
+    """``(model, tokenizer, processor)``; a vision-language model when the pairs carry images.
 
-    if not any(p.image_emotional or p.image_neutral for p in pairs):
-        model, tok = load_scoring_model(model_path, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle)
+    A checkpoint of a known vision-language family (``affectlens.vlm``) loads
+    through the VLM loader also for text-only pairs (its config names no
+    causal-LM class); the processor is then None, as text prompts need none.
+    Both loaders place the model on ``device`` in ``dtype`` (``models.placement``).
+    """
+    from ..models import load_model, resolve_model_path
+    from ..vlm import is_vlm_dir, load_vlm
+
+    images = any(p.image_emotional or p.image_neutral for p in pairs)
+    if not images and not is_vlm_dir(resolve_model_path(model_path)):
+        model, tok = load_model(model_path, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle,
+                                device=device, device_map=device_map)
         return model, tok, None
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    model, tok, proc = load_vlm(model_path, adapter, dtype, allow_pickle, device, device_map)
+    return model, tok, proc if images else None
 
-    from ..models import resolve_model_path, torch_dtype, weight_kwargs
 
-    p = resolve_model_path(model_path)
-    kwargs = weight_kwargs(p, allow_pickle)  # the one pickle policy; refuses without the flag
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(str(p), dtype=torch_dtype(dtype), **kwargs).eval()
-        proc = AutoProcessor.from_pretrained(str(p))
-    except Exception as e:
-        raise AffectlensError(f"cannot load a vision-language model from {p}: {type(e).__name__}: {e}") from None
-    return model, proc.tokenizer, proc
+def load_lm(model_path: str, adapter: str | None = None, dtype: str = "auto", allow_pickle: bool = False,
+            device: str = "auto", device_map: str | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for text prompts: a causal LM, or a vision-language checkpoint's model.
+
+    Text tasks (``circuits intervene``'s evaluation) run on the VLM's language
+    side with plain ids; its config names no causal-LM class, so it loads
+    through ``affectlens.vlm``.
+    """
+    model, tok, _ = load_for_pairs(model_path, (), adapter, dtype, allow_pickle, device, device_map)
+    return model, tok
 
 
 def load_vectors(path: str | os.PathLike, num_layers: int, label: str | None = None,
@@ -140,14 +152,15 @@ def require_finite_out(obj: Any, what: str, model_path: str) -> None:
 
 
 def setup(model_path: str, pairs_path: str | None, adapter: str | None, dtype: str,
-          emotions: Sequence[str] | None, allow_pickle: bool = False) -> tuple[Any, Any, Any, list[Pair]]:
+          emotions: Sequence[str] | None, allow_pickle: bool = False,
+          device: str = "auto") -> tuple[Any, Any, Any, list[Pair]]:
     """``(model, tokenizer, processor, pairs)``; ``emotions`` must all occur in the pairs."""
     pairs = load_pairs(pairs_path)
     if emotions:
         unknown = sorted(set(emotions) - set(labels_of(pairs)))
         if unknown:
             raise AffectlensError(f"emotion(s) {', '.join(unknown)} not in the pairs ({', '.join(labels_of(pairs))})")
-    model, tok, proc = load_for_pairs(model_path, pairs, adapter, dtype, allow_pickle)
+    model, tok, proc = load_for_pairs(model_path, pairs, adapter, dtype, allow_pickle, device)
     return model, tok, proc, pairs
 
 

@@ -24,7 +24,7 @@ from ..runs import Progress, slug
 from .hooks import decoder_layers
 from .intervene import Intervention, intervened
 from .pairs import Encoder, Pair, answer_labels, emotion_probs, labels_of
-from .sweep import batched_probs, sweep_supported
+from .sweep import sweep_probs, sweep_supported
 from .vectors import SteeringVectors
 
 
@@ -45,9 +45,10 @@ def layer_profile(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: SteeringV
                   batch_size: int = 16, resume: str | os.PathLike | None = None) -> LayerProfile:
     """The layer profile per emotion and its mean (see module docstring).
 
-    All layers of an emotion run batched (:mod:`affectlens.circuits.sweep`).
+    All (emotion, layer, prompt) variants run batched (:mod:`affectlens.circuits.sweep`),
+    emotions grouped so a batch is full; one progress bar (with ETA) counts them all.
     ``resume``: a folder where each finished emotion's rows are kept
-    (``<emotion>.json``, keyed by model, prompts, vector and options), so an
+    (``<emotion>.json``, keyed by weights, prompts, vector and options), so an
     interrupted sweep reruns only the emotions it had not finished.
     """
     n_layers = len(decoder_layers(model))
@@ -60,23 +61,22 @@ def layer_profile(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: SteeringV
         sv.get(e)
         if e not in labels:
             raise AffectlensError(f"no pairs for emotion '{e}'")
-    rows: list[dict[str, Any]] = []
+    sel = {e: [p for p in pairs if p.label == e][:max_pairs] for e in emotions}
     t0 = time.perf_counter()
     weights = weights_checksum(model) if resume is not None else ""
-    shortcut: list[bool] = []  # the batched shortcut's verdict on this model, from the first emotion
-    with Progress(len(emotions) * len(layers), desc="layer sweep", unit="layer") as bar:
-        for e in emotions:
-            sel = [p for p in pairs if p.label == e][:max_pairs]
-            stim, imgs = [p.neutral for p in sel], [p.image_neutral for p in sel]
-            key = _fingerprint(weights, model, enc, stim, labels, sv, e, alpha, scale, layers) if resume else ""
-            done = _load(resume, e, key)
-            if done is None:
-                done = _emotion_rows(model, enc, stim, imgs, labels, sv, e, alpha, scale, layers, batch_size, bar,
-                                     shortcut)
-                _save(resume, e, key, done)
-            else:
-                bar.update(len(layers))
-            rows.extend(done)
+    keys = {e: _fingerprint(weights, model, enc, [p.neutral for p in sel[e]], labels, sv, e, alpha, scale, layers)
+            if resume else "" for e in emotions}
+    done = {e: r for e in emotions if (r := _load(resume, e, keys[e])) is not None}
+    todo = [e for e in emotions if e not in done]
+    shortcut: list[bool] = []  # the batched shortcut's verdict on this model, from the first group
+    with Progress(sum(len(sel[e]) for e in todo) * len(layers), desc="layer sweep", unit="run") as bar:
+        for group in _groups(todo, {e: len(sel[e]) for e in todo}, batch_size):
+            got = _group_rows(model, enc, {e: sel[e] for e in group}, labels, sv, alpha, scale, layers,
+                              batch_size, bar, shortcut)
+            for e in group:  # kept as each group finishes: an interruption loses the running group only
+                _save(resume, e, keys[e], got[e])
+                done[e] = got[e]
+    rows = [r for e in emotions for r in done[e]]
     elapsed = time.perf_counter() - t0
     critical = {}
     for e in emotions:
@@ -85,45 +85,57 @@ def layer_profile(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: SteeringV
     mean = dict(zip(layers, normalised_mean(rows, emotions, layers), strict=True))
     critical["mean"] = max(mean, key=lambda la: mean[la])
     return LayerProfile(rows, critical, elapsed / max(len(emotions), 1),
-                        {"alpha": alpha, "scale": scale, "max_pairs": max_pairs})
+                        {"alpha": alpha, "scale": scale, "max_pairs": max_pairs,
+                         "resumed": sorted(e for e in emotions if e not in todo)})
 
 
-def _emotion_rows(model: Any, enc: Encoder, stim: list[str], imgs: list[str | None], labels: list[str],
-                  sv: SteeringVectors, e: str, alpha: float, scale: str, layers: list[int], batch_size: int,
-                  bar: Progress, shortcut: list[bool]) -> list[dict[str, Any]]:
-    j = labels.index(e)
-    base = float(emotion_probs(model, enc, stim, labels, imgs, batch_size)[:, j].mean())
-    n = max(len(stim), 1)
-    ticks = [0]
+def _groups(emotions: Sequence[str], sizes: dict[str, int], batch_size: int) -> list[list[str]]:
+    """Consecutive emotions together until their prompts fill a batch (few prompts each: fuller batches)."""
+    out: list[list[str]] = []
+    for e in emotions:
+        if out and sum(sizes[x] for x in out[-1]) < batch_size:
+            out[-1].append(e)
+        else:
+            out.append([e])
+    return out
 
-    def tick(k: int) -> None:  # progress in layers: a chunk holds prompt-rows of several layers
-        before = ticks[0] // n
-        ticks[0] += k
-        bar.update(ticks[0] // n - before)
 
-    probs = None
-    if sweep_supported(enc, imgs) and shortcut != [False]:
-        probs = batched_probs(model, enc, stim, labels, sv, e, alpha, scale, layers, batch_size, tick,
-                              verify=not shortcut)
+def _group_rows(model: Any, enc: Encoder, sel: dict[str, list[Pair]], labels: list[str], sv: SteeringVectors,
+                alpha: float, scale: str, layers: list[int], batch_size: int, bar: Progress,
+                shortcut: list[bool]) -> dict[str, list[dict[str, Any]]]:
+    """Rows of a group of emotions: base probability, steered probability and effect per layer."""
+    stim = {e: [p.neutral for p in ps] for e, ps in sel.items()}
+    imgs = {e: [p.image_neutral for p in ps] for e, ps in sel.items()}
+    base: dict[str, torch.Tensor] = {}  # unsteered probabilities: the sweep's base runs score them too
+    probs: dict[str, dict[int, torch.Tensor]] | None = None
+    if all(sweep_supported(enc, imgs[e]) for e in sel) and shortcut != [False]:
+        probs = sweep_probs(model, enc, stim, labels, sv, alpha, scale, layers, batch_size, bar.update,
+                            verify=not shortcut, base_out=base)
         shortcut[:] = [probs is not None]
     if probs is None:
-        probs = per_layer_probs(model, enc, stim, imgs, labels, sv, e, alpha, scale, layers, batch_size, bar)
-    out = []
-    for la in layers:
-        p = float(probs[la][:, j].mean()) if la in probs else base
-        out.append({"emotion": e, "layer": la, "base": base, "steered": p,
-                    "effect": (p - base) / max(base, 1e-12), "delta": p - base})
+        base = {e: emotion_probs(model, enc, stim[e], labels, imgs[e], batch_size) for e in sel}
+        probs = {e: per_layer_probs(model, enc, stim[e], imgs[e], labels, sv, e, alpha, scale, layers, batch_size,
+                                    bar, len(stim[e])) for e in sel}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for e in sel:
+        j = labels.index(e)
+        b = float(base[e][:, j].mean())
+        out[e] = []
+        for la in layers:
+            p = float(probs[e][la][:, j].mean()) if la in probs[e] else b
+            out[e].append({"emotion": e, "layer": la, "base": b, "steered": p,
+                           "effect": (p - b) / max(b, 1e-12), "delta": p - b})
     return out
 
 
 def per_layer_probs(model: Any, enc: Encoder, stim: Sequence[str], imgs: Sequence[str | None],
                     labels: Sequence[str], sv: SteeringVectors, e: str, alpha: float, scale: str,
                     layers: Sequence[int], batch_size: int = 16,
-                    bar: Progress | None = None) -> dict[int, torch.Tensor]:
+                    bar: Progress | None = None, step: int = 1) -> dict[int, torch.Tensor]:
     """One full scoring run per layer under the steering hook: the reference the batched sweep equals.
 
     Used where the batched shortcut does not apply (image prompts, models it does
-    not reproduce) and by the tests.
+    not reproduce) and by the tests. ``bar`` advances ``step`` per layer.
     """
     out = {}
     for la in layers:
@@ -131,7 +143,7 @@ def per_layer_probs(model: Any, enc: Encoder, stim: Sequence[str], imgs: Sequenc
         with intervened(model, enc.layout, iv):
             out[la] = emotion_probs(model, enc, stim, labels, imgs, batch_size)
         if bar is not None:
-            bar.update(1)
+            bar.update(step)
     return out
 
 

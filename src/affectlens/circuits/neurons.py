@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..devices import accum_dtype
 from .attribution import make_metric, pairs_of, patching_sums, target_layer_of
 from .hooks import decoder_layers, down_proj
 from .pairs import Encoder, Pair, labels_of
@@ -50,19 +51,26 @@ def neuron_attribution(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: Stee
         met = make_metric(metric, sv, e, target, enc)
         s = sv.get(e)[target].float()
         s_hat = s / s.norm().clamp_min(1e-12)
-        readout = {la: down_proj(blocks[la]).weight.detach().float().cpu().T @ s_hat for la in range(n_layers)}
-        direct = {la: torch.zeros(readout[la].shape[0], dtype=torch.float64) for la in range(n_layers)}
+        # W_down[:, n]·Ŝ on each layer's device (float32), so the per-pair sums stay there
+        readout = {}
+        for la in range(n_layers):
+            w = down_proj(blocks[la]).weight.detach()
+            readout[la] = s_hat.to(w.device) @ w.float()
+        direct = {la: torch.zeros(r.shape[0], dtype=accum_dtype(r.device), device=r.device)
+                  for la, r in readout.items()}
         direct_diff = {la: torch.zeros_like(direct[la]) for la in range(n_layers)}
 
         def add_direct(la: int, ap: torch.Tensor, an: torch.Tensor, direct: dict = direct,
                        direct_diff: dict = direct_diff, readout: dict = readout) -> None:
-            direct[la] += (ap * readout[la]).double()
-            direct_diff[la] += ((ap - an) * readout[la]).double()
+            direct[la] += (ap * readout[la]).to(direct[la].dtype)
+            direct_diff[la] += ((ap - an) * readout[la]).to(direct[la].dtype)
 
         sums = patching_sums(model, enc, sel, met, "down_in", [readout[la].shape[0] for la in range(n_layers)],
                              f"neurons {e}", last=add_direct)
         acc: dict[str, Sequence[torch.Tensor] | Mapping[int, torch.Tensor]] = {
-            "drop": sums.drop, "gain": sums.gain, "direct": direct, "direct_diff": direct_diff}
+            "drop": sums.drop, "gain": sums.gain,  # results leave for the CPU, once per emotion
+            "direct": {la: t.cpu().double() for la, t in direct.items()},
+            "direct_diff": {la: t.cpu().double() for la, t in direct_diff.items()}}
         n = len(sel)
         scores = torch.cat([(acc["drop"][la] + acc["gain"][la]) / (2 * n) for la in range(n_layers)])
         ffn = [readout[la].shape[0] for la in range(n_layers)]

@@ -167,39 +167,44 @@ def encoder_for(tokenizer: Any, pairs: Sequence[Pair], processor: Any = None,
 
 
 def label_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], labels: Sequence[str],
-                   batch_size: int = 16) -> torch.Tensor:
+                   batch_size: int = 16, progress: bool = False) -> torch.Tensor:
     """``[n, n_labels]`` closed-set log-likelihoods from the evaluation harness's scorer."""
     from ..evaluate.scorer import score_labels
 
     with torch.no_grad():
         return torch.as_tensor(score_labels(model, tokenizer, list(prompts), list(labels),
-                                            batch_size=batch_size)).float()
+                                            batch_size=batch_size, progress=progress)).float()
 
 
 def emotion_probs(model: Any, enc: Encoder, stimuli: Sequence[str], labels: Sequence[str],
-                  images: Sequence[str | None] | None = None, batch_size: int = 16) -> torch.Tensor:
-    """Closed-set probabilities ``[n, n_labels]`` (softmax over the labels' log-likelihoods)."""
+                  images: Sequence[str | None] | None = None, batch_size: int = 16,
+                  progress: bool = False) -> torch.Tensor:
+    """Closed-set probabilities ``[n, n_labels]`` (softmax over the labels' log-likelihoods).
+
+    ``progress``: a bar over the prompts (long scoring runs, e.g. every pair of a set).
+    """
     if enc.processor is not None and images is not None and any(images):
         return _image_label_probs(model, enc, stimuli, images, labels)
     prompts = [enc.prompt(s) for s in stimuli]
-    return torch.softmax(label_logprobs(model, enc.tokenizer, prompts, labels, batch_size), -1)
+    return torch.softmax(label_logprobs(model, enc.tokenizer, prompts, labels, batch_size, progress), -1)
 
 
 def _image_label_probs(model: Any, enc: Encoder, stimuli: Sequence[str],
                        images: Sequence[str | None], labels: Sequence[str]) -> torch.Tensor:
     """Image prompts: the harness scores text only, so score label continuations here."""
+    from ..vlm import extend_inputs
+    from .hooks import to_model
+
     tok = _tok(enc.processor)
     out = torch.zeros(len(stimuli), len(labels))
     for i, (s, im) in enumerate(zip(stimuli, images, strict=True)):
-        inputs = enc(s, im)
+        inputs = to_model(enc(s, im), model)
         for j, target in enumerate(encode_targets(tok, enc.prompt(s, im), labels)):
-            lab_ids = torch.tensor([target])
-            ids = torch.cat([inputs["input_ids"], lab_ids], 1)
-            kw = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-            with torch.no_grad():
-                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **kw).logits
+            lab_ids = torch.tensor([target], device=inputs["input_ids"].device)
+            with torch.no_grad():  # per-token inputs (Qwen-VL's M-RoPE token types) grow too
+                logits = model(**extend_inputs(inputs, lab_ids)).logits
             logp = torch.log_softmax(logits[0].float(), -1)
             p0 = inputs["input_ids"].shape[1]
             tgt = lab_ids[0]
-            out[i, j] = logp[torch.arange(p0 - 1, p0 - 1 + len(tgt)), tgt].sum()
+            out[i, j] = logp[torch.arange(p0 - 1, p0 - 1 + len(tgt), device=tgt.device), tgt].sum()
     return torch.softmax(out, -1)

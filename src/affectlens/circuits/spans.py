@@ -70,6 +70,9 @@ class SpanTracker:
             self.rows = self._match_rows(attention_mask, batch)
             return
         self.chunk_start, self.seq_len = 0, chunk_len
+        # span finding is host work on token ids: one copy per prefill, not a device sync per row
+        input_ids = input_ids.cpu() if input_ids is not None else None
+        attention_mask = attention_mask.cpu() if attention_mask is not None else None
         rows: list[RowSpan | None] = []
         for b in range(batch):
             if attention_mask is not None:

@@ -1,4 +1,4 @@
-"""The layer sweep in few forwards: every (prompt, layer) variant of one emotion, batched.
+"""The layer sweep in few forwards: every (emotion, prompt, layer) variant, batched.
 
 Injecting ``α·S_l`` after block ``l`` from the stimulus on leaves two parts of
 every run exactly as in the unsteered run:
@@ -8,21 +8,25 @@ every run exactly as in the unsteered run:
 * the stimulus and everything after it up to block ``l`` — its residual after
   block ``k <= l`` is the base run's.
 
-So one unsteered forward per prompt (capturing the residual after each block
-and the KV cache) is shared by all variants; a batch of variants starts at
+So the prefix KV (computed once: the template is the same tokens for every
+prompt) and one unsteered forward per prompt (capturing the residual after
+each block, and scoring the labels: the profile's base probabilities) are
+shared by all variants; a batch of variants starts at
 block ``k + 1`` (``k`` the earliest injected layer in the batch) on the
-suffix positions only, the prefix served from the cache, and each batch row
-gets its own injection at its own layer. Multi-token labels continue from the
-variant's cache (base keys/values for blocks ``<= k``), as the scorer does.
-The result is the per-layer loop's (float rounding aside); a model where the
-shortcut does not reproduce a plain forward (a one-prompt check at start)
-falls back to that loop.
+suffix positions only, and each batch row gets its own injection at its own
+layer (a per-row plan in the block hooks). Multi-token labels are packed into
+the same forward behind a tree-shaped attention mask (each continuation sees
+the prompt and its own label only), so a batch is one forward, whatever the
+labels. Rows are ordered by layer across emotions, so a batch rarely spans
+more than two layers. The result is the per-layer loop's (float rounding
+aside); a model where the shortcut does not reproduce a plain forward (a
+one-prompt check at start) falls back to that loop.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,13 +42,12 @@ from .vectors import SteeringVectors
 
 @dataclass
 class _Base:
-    """One prompt's unsteered run: suffix residuals after each block, and per-layer KV."""
+    """One prompt's unsteered run: residual after each block on its own positions, prefix KV per layer."""
 
     item: Any  # the scorer's tokenised item: prompt, common, rests
-    resid: list[torch.Tensor]  # layer -> [S, d] (suffix positions)
-    keys: list[torch.Tensor]  # layer -> [kvh, T, hd]
+    resid: list[torch.Tensor]  # layer -> [n_own, d]: suffix positions, then the label continuations
+    keys: list[torch.Tensor]  # layer -> [kvh, start, hd] (template prefix)
     values: list[torch.Tensor]
-    cont: dict[int, list[torch.Tensor]]  # multi-token label j -> layer -> [len(rest) - 1, d]
 
 
 def _hidden(output: Any) -> torch.Tensor:
@@ -95,6 +98,8 @@ class _Injector:
             h.forward(blk, lambda _m, _a, out, la=la: self._add(la, out))
 
     def apply(self, x: torch.Tensor, rows: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:
+        if not len(rows):
+            return x
         v = vecs.to(device=x.device, dtype=x.dtype)[:, None, :]
         sub = x[rows]
         if self.rel:
@@ -111,143 +116,197 @@ class _Injector:
         return (x, *output[1:]) if isinstance(output, tuple) else x
 
 
+@dataclass
+class _Packed:
+    """A batch of prompts laid out for one forward, label continuations packed in (tree attention).
+
+    Row ``r``: its sequence from ``start`` on, left padded to ``S``, then each
+    multi-token label's tokens but the last (``slots[r][j]`` = first column),
+    right padded to ``S + C``. The 4-D mask lets a continuation token see the
+    prompt and its own label's earlier tokens only, so one forward scores
+    every label as separate continuations would; a padding position sees
+    itself only and nobody sees it.
+    """
+
+    ids: torch.Tensor  # [B, S + C]
+    pos: torch.Tensor  # [B, S + C]
+    mask: torch.Tensor  # [B, 1, S + C, start + S + C], True = may attend
+    own: list[torch.Tensor]  # row -> columns of its real positions, in _Base.resid order
+    slots: list[dict[int, int]]
+    S: int
+    C: int
+
+
+def _pack(items: Sequence[Any], start: int, pad_id: int) -> _Packed:
+    seqs = [it.prompt + it.common for it in items]
+    B = len(items)
+    S = max(len(s) for s in seqs) - start
+    conts = [[(j, rest[:-1]) for j, rest in enumerate(it.rests) if len(rest) > 1] for it in items]
+    C = max(sum(len(t) for _, t in c) for c in conts)
+    W = S + C
+    ids = torch.full((B, W), pad_id, dtype=torch.long)
+    pos = torch.full((B, W), start, dtype=torch.long)
+    group = torch.full((B, W), -2, dtype=torch.long)  # -1: the prompt, j: label j's continuation, -2: padding
+    slots: list[dict[int, int]] = []
+    own = []
+    for r, (s, cont) in enumerate(zip(seqs, conts, strict=True)):
+        n = len(s) - start
+        ids[r, S - n:S] = torch.tensor(s[start:])
+        pos[r, S - n:S] = torch.arange(start, len(s))
+        group[r, S - n:S] = -1
+        col, sl = S, {}
+        for j, toks in cont:
+            sl[j] = col
+            ids[r, col:col + len(toks)] = torch.tensor(toks)
+            pos[r, col:col + len(toks)] = torch.arange(len(s), len(s) + len(toks))
+            group[r, col:col + len(toks)] = j
+            col += len(toks)
+        slots.append(sl)
+        own.append(torch.cat([torch.arange(S - n, S), torch.arange(S, col)]))
+    q, k = group[:, :, None], group[:, None, :]
+    idx = torch.arange(W)
+    causal = idx[None, :, None] >= idx[None, None, :]
+    real_q, real_k = q > -2, k > -2
+    see = real_q & real_k & causal & ((k == -1) | (k == q))
+    see |= (~real_q) & (idx[:, None] == idx[None, :])[None]
+    prefix = real_q.expand(B, W, start) if start else torch.zeros(B, W, 0, dtype=torch.bool)
+    mask = torch.cat([prefix, see], dim=-1)[:, None]
+    return _Packed(ids, pos, mask, own, slots, S, C)
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype, dev: torch.device) -> torch.Tensor:
+    """A boolean mask as the additive float mask every attention implementation takes."""
+    zero = torch.zeros((), dtype=dtype)
+    return torch.where(mask, zero, torch.finfo(dtype).min).to(dev)
+
+
 def _capture(model: Any, h: HookSet, store: dict[int, torch.Tensor]) -> None:
     for la, blk in enumerate(decoder_layers(model)):
         h.forward(blk, lambda _m, _a, o, la=la: store.__setitem__(la, _hidden(o).detach()))
 
 
-def _base_runs(model: Any, items: Sequence[Any], start: int) -> list[_Base]:
-    """Unsteered runs, one per prompt, and their multi-token label continuations (residuals, KV)."""
-    import copy
+def _base_runs(model: Any, items: Sequence[Any], start: int, pad_id: int, batch_size: int,
+               n_labels: int) -> tuple[list[_Base], torch.Tensor]:
+    """Unsteered runs: residuals on each prompt's own positions, the prefix KV, and the label log-likelihoods.
 
+    The template prefix is the same tokens for every prompt: its keys/values
+    are computed once (per distinct prefix) and every prompt continues from them.
+    """
     dev = model_device(model)
     n_layers = len(decoder_layers(model))
-    out = []
+    prefixes: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for it in items:
-        seq = it.prompt + it.common
+        key = tuple(it.prompt[:start])
+        if key not in prefixes:
+            ids = torch.tensor([key], device=dev)
+            res = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
+            kv = [_kv(output_cache(res), la) for la in range(n_layers)]
+            prefixes[key] = [(k[0], v[0]) for k, v in kv]
+    bases: list[_Base] = []
+    scores = []
+    for s in range(0, len(items), batch_size):
+        chunk = items[s:s + batch_size]
+        kvs = [prefixes[tuple(it.prompt[:start])] for it in chunk]
         resid: dict[int, torch.Tensor] = {}
         with hooks(model) as h:
             _capture(model, h, resid)
-            ids = torch.tensor([seq], device=dev)
-            res = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
-        cache = output_cache(res)
-        kv = [_kv(cache, la) for la in range(n_layers)]
-        base = _Base(it, [resid[la][0, start:] for la in range(n_layers)], [k[0] for k, _ in kv],
-                     [v[0] for _, v in kv], {})
-        groups: dict[int, list[int]] = {}
-        for j, rest in enumerate(it.rests):
-            if len(rest) > 1:
-                groups.setdefault(len(rest) - 1, []).append(j)
-        for m, js in groups.items():
-            sub = copy.deepcopy(cache)
-            sub.batch_repeat_interleave(len(js))
-            cids = torch.tensor([it.rests[j][:-1] for j in js], device=dev)
-            am = torch.ones(len(js), len(seq) + m, dtype=torch.long, device=dev)
-            pos = (len(seq) + torch.arange(m, device=dev))[None].expand(len(js), m)
-            cres: dict[int, torch.Tensor] = {}
-            with hooks(model) as h:
-                _capture(model, h, cres)
-                model(input_ids=cids, attention_mask=am, position_ids=pos, use_cache=True, logits_to_keep=1,
-                      **{cache_kwarg(model): sub})
-            for c, j in enumerate(js):
-                base.cont[j] = [cres[la][c] for la in range(n_layers)]
-        out.append(base)
+            res, pk = _packed_forward(model, chunk, start, pad_id, kvs, None)
+        scores.append(_score(res.logits, chunk, pk, n_labels))
+        for r, (it, kv) in enumerate(zip(chunk, kvs, strict=True)):
+            cols = pk.own[r].to(dev)
+            bases.append(_Base(it, [resid[la][r, cols] for la in range(n_layers)],
+                               [k for k, _ in kv], [v for _, v in kv]))
+    return bases, torch.cat(scores)
+
+
+def _packed_forward(model: Any, items: Sequence[Any], start: int, pad_id: int,
+                    kvs: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]],
+                    x0: Callable[[_Packed], tuple[int, torch.Tensor]] | None) -> tuple[Any, _Packed]:
+    """One forward of packed rows continuing from their prefix KV (from the embeddings, or ``x0`` on)."""
+    dev = model_device(model)
+    dtype = next(model.parameters()).dtype
+    pk = _pack(items, start, pad_id)
+    n_layers = len(kvs[0])
+    cache = _new_cache(model, [(torch.stack([kv[la][0] for kv in kvs]), torch.stack([kv[la][1] for kv in kvs]))
+                               for la in range(n_layers)])
+    keep = max(len(it.common) for it in items) + 1 + pk.C
+    kw = {"input_ids": pk.ids.to(dev), "attention_mask": _additive(pk.mask, dtype, dev),
+          "position_ids": pk.pos.to(dev), "use_cache": False, "logits_to_keep": keep, cache_kwarg(model): cache}
+    if x0 is None:
+        return model(**kw), pk
+    first, x = x0(pk)
+    with _from_block(model, first, x):
+        return model(**kw), pk
+
+
+def _score(logits: torch.Tensor, items: Sequence[Any], pk: _Packed, n_labels: int) -> torch.Tensor:
+    """Closed-set log-likelihoods ``[B, n_labels]`` from a packed forward's kept logits.
+
+    The scorer's numerics: log-softmax in float32, sums in float64; only the
+    scored tokens are gathered.
+    """
+    kmax = max(len(it.common) for it in items)
+    keep = kmax + 1 + pk.C
+    logp = logits[:, -keep:].float().log_softmax(-1)
+    B = len(items)
+    want = torch.zeros(B, keep, n_labels, dtype=torch.long)
+    for r, it in enumerate(items):
+        want[r, kmax, :] = torch.tensor([rest[0] for rest in it.rests])
+        for j, t in enumerate(it.common):
+            want[r, kmax - (len(it.common) - j), 0] = t
+        for j, col in pk.slots[r].items():
+            tgt = it.rests[j][1:]
+            want[r, kmax + 1 + col - pk.S + torch.arange(len(tgt)), j] = torch.tensor(tgt)
+    got = logp.gather(-1, want.to(logp.device)).double().cpu()  # [B, keep, n_labels]
+    out = torch.zeros(B, n_labels, dtype=torch.float64)
+    for r, it in enumerate(items):
+        kk = len(it.common)
+        out[r] = sum(float(got[r, kmax - (kk - j), 0]) for j in range(kk)) + got[r, kmax]
+        for j, col in pk.slots[r].items():
+            out[r, j] += got[r, kmax + 1 + col - pk.S + torch.arange(len(it.rests[j]) - 1), j].sum()
     return out
 
 
 def _logprobs(model: Any, bases: Sequence[_Base], layers: Sequence[int], vecs: Sequence[torch.Tensor],
               start: int, rel: bool, pad_id: int, n_labels: int) -> torch.Tensor:
-    """Closed-set log-likelihoods ``[B, n_labels]`` of one batch of variants (row b: bases[b] at layers[b])."""
+    """Closed-set log-likelihoods ``[B, n_labels]`` of one batch of variants (row b: bases[b] at layers[b]).
+
+    One forward from block ``k + 1`` (``k`` the batch's earliest layer) over the
+    packed suffixes and label continuations, the prefix served from the base KV.
+    """
     dev = model_device(model)
-    n_layers = len(decoder_layers(model))
-    B = len(bases)
     k = min(layers)
-    seqs = [b.item.prompt + b.item.common for b in bases]
-    S = max(len(s) for s in seqs) - start
-    d = bases[0].resid[0].shape[-1]
-    ids = torch.full((B, S), pad_id, dtype=torch.long)
-    mask = torch.zeros(B, start + S, dtype=torch.long)
-    mask[:, :start] = 1
-    x0 = torch.zeros(B, S, d, dtype=bases[0].resid[0].dtype, device=dev)
-    for r, (b, s) in enumerate(zip(bases, seqs, strict=True)):
-        n = len(s) - start
-        ids[r, S - n:] = torch.tensor(s[start:])
-        mask[r, start + S - n:] = 1
-        x0[r, S - n:] = b.resid[k]
-    pos = (start + (mask[:, start:].cumsum(-1) - 1)).clamp(min=start)
     lay = torch.tensor(list(layers))
-    V = torch.stack([v.float() for v in vecs])
-    kv = [(torch.stack([b.keys[la][:, :start] for b in bases]), torch.stack([b.values[la][:, :start] for b in bases]))
-          for la in range(n_layers)]
-    cache = _new_cache(model, kv)
-    kmax = max(len(b.item.common) for b in bases)
-    need_cache = any(len(r) > 1 for b in bases for r in b.item.rests)
+    V = torch.stack([v.float() for v in vecs]).to(dev)  # once: the hooks add its rows on every call
+    items = [b.item for b in bases]
     with hooks(model) as h:
         inj = _Injector(h, rel)
-        now = (lay == k).nonzero().flatten()
-        x0 = inj.apply(x0, now.to(dev), V[now])
+
+        def x0(pk: _Packed) -> tuple[int, torch.Tensor]:
+            x = torch.zeros(len(bases), pk.S + pk.C, bases[0].resid[0].shape[-1], dtype=bases[0].resid[0].dtype,
+                            device=dev)
+            for r, b in enumerate(bases):
+                x[r, pk.own[r].to(dev)] = b.resid[k]
+            now = (lay == k).nonzero().flatten()
+            return k + 1, inj.apply(x, now.to(dev), V[now])
+
         inj.plan = {la: ((lay == la).nonzero().flatten().to(dev), V[lay == la]) for la in set(layers) if la > k}
-        with _from_block(model, k + 1, x0):
-            res = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                        use_cache=need_cache, logits_to_keep=kmax + 1, **{cache_kwarg(model): cache})
-        logp = res.logits[:, -(kmax + 1):].float().log_softmax(-1).double().cpu()
-        out = torch.zeros(B, n_labels, dtype=torch.float64)
-        for r, b in enumerate(bases):
-            it = b.item
-            kk = len(it.common)
-            base = sum(float(logp[r, kmax - (kk - j), t]) for j, t in enumerate(it.common))
-            out[r] = base + logp[r, kmax, torch.tensor([rest[0] for rest in it.rests])]
-        if not need_cache:
-            return out
-        cache = output_cache(res)
-        for la in range(k + 1):  # blocks <= k are unsteered: the base run's keys/values
-            kb = torch.zeros(B, *bases[0].keys[la].shape[:1], S, bases[0].keys[la].shape[-1],
-                             dtype=bases[0].keys[la].dtype, device=dev)
-            vb = torch.zeros_like(kb)
-            for r, s in enumerate(seqs):
-                n = len(s) - start
-                kb[r, :, S - n:] = bases[r].keys[la][:, start:]
-                vb[r, :, S - n:] = bases[r].values[la][:, start:]
-            cache.update(kb, vb, la)
-        _continue(model, k, cache, bases, seqs, mask, inj, lay, V, out)
-    return out
+        res, pk = _packed_forward(model, items, start, pad_id, [list(zip(b.keys, b.values, strict=True))
+                                                                for b in bases], x0)
+    return _score(res.logits, items, pk, n_labels)
 
 
-def _continue(model: Any, k: int, cache: Any, bases: Sequence[_Base], seqs: Sequence[list[int]],
-              mask: torch.Tensor, inj: _Injector, lay: torch.Tensor, V: torch.Tensor, out: torch.Tensor) -> None:
-    """Label tokens after the first, from the variants' cache, from block ``k + 1`` on.
-
-    Up to block ``k`` a continuation token sees only unsteered states: its
-    residual there is the base run's continuation's. Grouped by length (no padding).
-    """
-    import copy
-
-    dev = model_device(model)
-    groups: dict[int, list[tuple[int, int]]] = {}
-    for r, b in enumerate(bases):
-        for j, rest in enumerate(b.item.rests):
-            if len(rest) > 1:
-                groups.setdefault(len(rest) - 1, []).append((r, j))
-    lengths = torch.tensor([len(s) for s in seqs])
-    for m, pairs in groups.items():
-        ids = torch.tensor([bases[r].item.rests[j][:-1] for r, j in pairs])
-        sel = torch.tensor([r for r, _ in pairs])
-        sub = copy.deepcopy(cache)
-        sub.batch_select_indices(sel.to(dev))
-        am = torch.cat([mask[sel], torch.ones(len(pairs), m, dtype=torch.long)], dim=1)
-        pos = lengths[sel][:, None] + torch.arange(m)[None, :]
-        rl, rv = lay[sel], V[sel]
-        x = torch.stack([bases[r].cont[j][k] for r, j in pairs])
-        now = (rl == k).nonzero().flatten()
-        x = inj.apply(x, now.to(dev), rv[now])
-        inj.plan = {la: ((rl == la).nonzero().flatten().to(dev), rv[rl == la]) for la in set(rl.tolist()) if la > k}
-        with _from_block(model, k + 1, x):
-            res = model(input_ids=ids.to(dev), attention_mask=am.to(dev), position_ids=pos.to(dev),
-                        use_cache=True, **{cache_kwarg(model): sub})
-        logp = res.logits.float().log_softmax(-1).double().cpu()
-        for c, (r, j) in enumerate(pairs):
-            tgt = torch.tensor(bases[r].item.rests[j][1:])
-            out[r, j] += logp[c, torch.arange(len(tgt)), tgt].sum()
+def _chunks(rows: Sequence[tuple[int, str, int]], batch_size: int) -> list[list[tuple[int, str, int]]]:
+    """Batches of rows sorted by layer; a batch reaching past a layer boundary when at least half full
+    is cut there instead (rows of a later layer would rerun the blocks in between)."""
+    out: list[list[tuple[int, str, int]]] = []
+    cur: list[tuple[int, str, int]] = []
+    for row in rows:
+        if cur and (len(cur) == batch_size or (row[0] != cur[-1][0] and 2 * len(cur) >= batch_size)):
+            out.append(cur)
+            cur = []
+        cur.append(row)
+    return out + [cur] if cur else out
 
 
 def sweep_supported(enc: Encoder, images: Sequence[str | None]) -> bool:
@@ -257,47 +316,69 @@ def sweep_supported(enc: Encoder, images: Sequence[str | None]) -> bool:
             and lay.stimulus_fraction is None)
 
 
-def batched_probs(model: Any, enc: Encoder, stimuli: Sequence[str], labels: Sequence[str], sv: SteeringVectors,
-                  emotion: str, alpha: float, scale: str, layers: Sequence[int], batch_size: int = 16,
-                  tick: Callable[[int], None] | None = None, verify: bool = True) -> dict[int, torch.Tensor] | None:
-    """Closed-set probabilities ``{layer: [n, n_labels]}`` with ``α·S_layer`` injected.
+def sweep_probs(model: Any, enc: Encoder, jobs: Mapping[str, Sequence[str]], labels: Sequence[str],
+                sv: SteeringVectors, alpha: float, scale: str, layers: Sequence[int], batch_size: int = 16,
+                tick: Callable[[int], None] | None = None, verify: bool = True,
+                base_out: dict[str, torch.Tensor] | None = None) -> dict[str, dict[int, torch.Tensor]] | None:
+    """Closed-set probabilities ``{emotion: {layer: [n, n_labels]}}`` with ``α·S_layer^emotion`` injected.
 
-    Layers whose vector is exactly zero are left out (injecting nothing is the
-    unsteered run); None: the shortcut does not apply to this model/prompt.
-    ``verify``: check first that the shortcut reproduces a plain forward on this
-    model (once per model is enough).
+    ``jobs``: emotion -> its neutral stimuli. Layers whose vector is exactly
+    zero are left out (injecting nothing is the unsteered run). ``tick(n)``:
+    ``n`` more (emotion, layer, prompt) variants done. None: the shortcut does
+    not apply to this model/prompt; ``verify``: check first that it
+    reproduces a plain forward on this model (once per model is enough).
+    ``base_out`` receives emotion -> the unsteered probabilities ``[n, n_labels]``
+    (the shared base runs score the labels too: no separate scoring run).
     """
     tok = enc.tokenizer
-    items = tokenize_pairs(tok, [enc.prompt(s) for s in stimuli], labels, None, max_positions(model))
+    pad = padding_id(tok)
     start = enc.layout.prefix_len
+    keys = [(e, i) for e, stim in jobs.items() for i in range(len(stim))]
+    items = tokenize_pairs(tok, [enc.prompt(jobs[e][i]) for e, i in keys], labels, None, max_positions(model))
     if not items or start < 1 or any(len(it.prompt) + len(it.common) <= start for it in items):
         return None
     with torch.inference_mode():
-        bases = _base_runs(model, items, start)
+        base_list, base_lp = _base_runs(model, items, start, pad, batch_size, len(labels))
+        bases = dict(zip(keys, base_list, strict=True))
         vec, rel = {}, False
-        for la in layers:
-            vec[la], rel = steering_vector(sv, emotion, la, alpha, scale)
-        if verify and not _shortcut_ok(model, bases[0], start, rel, padding_id(tok), len(labels)):
+        for e in jobs:
+            for la in layers:
+                vec[(e, la)], rel = steering_vector(sv, e, la, alpha, scale)
+        if verify and not _shortcut_ok(model, bases[keys[0]], start, rel, pad, len(labels), base_lp[0]):
             return None
-        rows = [(la, i) for la in sorted(layers) for i in range(len(items))]
-        rows = [(la, i) for la, i in rows if bool(vec[la].any())]
-        lp: dict[tuple[int, int], torch.Tensor] = {}
-        for s in range(0, len(rows), batch_size):
-            chunk = rows[s:s + batch_size]
-            res = _logprobs(model, [bases[i] for _, i in chunk], [la for la, _ in chunk],
-                            [vec[la] for la, _ in chunk], start, rel, padding_id(tok), len(labels))
+        rows = [(la, e, i) for la in sorted(layers) for e, i in keys if bool(vec[(e, la)].any())]
+        lp: dict[tuple[int, str, int], torch.Tensor] = {}
+        for chunk in _chunks(rows, batch_size):
+            res = _logprobs(model, [bases[(e, i)] for _, e, i in chunk], [la for la, _, _ in chunk],
+                            [vec[(e, la)] for la, e, _ in chunk], start, rel, pad, len(labels))
             for r, key in enumerate(chunk):
                 lp[key] = res[r]
             if tick is not None:
                 tick(len(chunk))
     if tick is not None:
-        tick(len(layers) * len(items) - len(rows))
-    done = {la for la, _ in rows}
-    return {la: torch.stack([torch.softmax(lp[(la, i)], -1).float() for i in range(len(items))]) for la in done}
+        tick(len(layers) * len(keys) - len(rows))
+    if base_out is not None:
+        for e in jobs:
+            base_out[e] = torch.stack([torch.softmax(base_lp[keys.index((e, i))], -1).float()
+                                       for i in range(len(jobs[e]))])
+    out: dict[str, dict[int, torch.Tensor]] = {e: {} for e in jobs}
+    for la, e in {(la, e) for la, e, _ in rows}:
+        out[e][la] = torch.stack([torch.softmax(lp[(la, e, i)], -1).float() for i in range(len(jobs[e]))])
+    return out
 
 
-def _shortcut_ok(model: Any, base: _Base, start: int, rel: bool, pad_id: int, n_labels: int) -> bool:
-    """Starting at block 1 with nothing injected must reproduce the plain forward (else: per-layer loop)."""
+def batched_probs(model: Any, enc: Encoder, stimuli: Sequence[str], labels: Sequence[str], sv: SteeringVectors,
+                  emotion: str, alpha: float, scale: str, layers: Sequence[int], batch_size: int = 16,
+                  tick: Callable[[int], None] | None = None, verify: bool = True) -> dict[int, torch.Tensor] | None:
+    """:func:`sweep_probs` for one emotion: ``{layer: [n, n_labels]}`` (None: shortcut not applicable)."""
+    got = sweep_probs(model, enc, {emotion: stimuli}, labels, sv, alpha, scale, layers, batch_size, tick, verify)
+    return None if got is None else got[emotion]
+
+
+def _shortcut_ok(model: Any, base: _Base, start: int, rel: bool, pad_id: int, n_labels: int,
+                 base_lp: torch.Tensor) -> bool:
+    """The shortcut must reproduce a plain scoring run: the base run itself, and variants starting at
+    block 1 and past the last block with nothing injected (else: the per-layer loop)."""
     try:
         zero = torch.zeros_like(base.resid[0][0])
         a = _logprobs(model, [base], [0], [zero], start, rel, pad_id, n_labels)
@@ -309,4 +390,4 @@ def _shortcut_ok(model: Any, base: _Base, start: int, rel: bool, pad_id: int, n_
     ref = score_items(model, [base.item], n_labels, pad_id, 1)
     # a structural mismatch is O(1) in log-likelihood; half precision rounds differently per batch shape
     tol = 1e-4 if base.resid[0].dtype == torch.float32 else 5e-2
-    return bool(torch.allclose(a, ref, rtol=tol, atol=tol) and torch.allclose(b, ref, rtol=tol, atol=tol))
+    return all(torch.allclose(x, ref, rtol=tol, atol=tol) for x in (a, b, base_lp[None]))

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import AffectlensError
 from ..runs import progress
-from .hooks import capture, decoder_layers, hooks
+from .hooks import capture, decoder_layers, hooks, to_model
 from .pairs import Encoder, Pair, answer_labels, emotion_probs, labels_of
 
 FORMAT = "affectlens.steering/1"
@@ -140,7 +140,7 @@ def residuals(model: Any, enc: Encoder, stimuli: Sequence[str], images: Sequence
     batches = [text_idx[i : i + batch_size] for i in range(0, len(text_idx), batch_size)]
     for batch in progress(batches + [[i] for i in img_idx], desc=desc):
         if batch[0] in set(img_idx):
-            inputs = enc(stimuli[batch[0]], images[batch[0]])
+            inputs = to_model(enc(stimuli[batch[0]], images[batch[0]]), model)
             offsets = [0]
         else:
             seqs = [enc(stimuli[i])["input_ids"][0] for i in batch]
@@ -170,10 +170,55 @@ def pass_counts(model: Any, enc: Encoder, pairs: Sequence[Pair], min_score: floa
         return [True] * len(pairs), torch.full((len(pairs),), float("nan"))
     labs = answer_labels(pairs)
     probs = emotion_probs(model, enc, [p.emotional for p in pairs], labs,
-                          [p.image_emotional for p in pairs], batch_size=batch_size)
+                          [p.image_emotional for p in pairs], batch_size=batch_size, progress=True)
     score = torch.tensor([float(probs[i, labs.index(p.label)]) for i, p in enumerate(pairs)])
     _require_finite_rows(model, score[:, None], pairs, "emotional", "p(label)")
     return [bool(s >= min_score) for s in score], score
+
+
+def select_pairs(pairs: Sequence[Pair], score: torch.Tensor, min_score: float,
+                 min_pairs: int) -> tuple[list[bool], dict[str, dict[str, Any]]]:
+    """``U_e`` per emotion: the pairs passing ``min_score``, or a fallback when fewer than ``min_pairs`` do.
+
+    A small model reads few pairs with confidence, and an empty ``U_e`` has no
+    direction at all. The fallback keeps the ``min_pairs`` best-scoring pairs
+    whose score beats chance (``1 / n_labels``): still pairs the model leans
+    the right way on, the most confident first. An emotion with no pair above
+    chance has nothing usable (an error); ``min_pairs=0`` turns the fallback
+    off (an emotion with no passing pair is an error).
+    Returns the kept mask and, per emotion, what was offered, passed and used and why.
+    """
+    labels = labels_of(pairs)
+    chance = 1.0 / len(answer_labels(pairs))
+    keep = [False] * len(pairs)
+    report: dict[str, dict[str, Any]] = {}
+    for e in labels:
+        idx = [i for i, p in enumerate(pairs) if p.label == e]
+        s = {i: float(score[i]) for i in idx}
+        passing = [i for i in idx if min_score <= 0 or s[i] >= min_score]
+        rule, used = "min_score", passing
+        if len(passing) < min(min_pairs, len(idx)):  # every pair passing: nothing to fall back to
+            above = sorted((i for i in idx if s[i] > chance), key=lambda i: (-s[i], i))
+            used = above[:max(min_pairs, len(passing))]
+            rule = "fallback"
+        for i in used:
+            keep[i] = True
+        scored = [s[i] for i in used if not math.isnan(s[i])]
+        report[e] = {"offered": len(idx), "passing": len(passing), "used": len(used),
+                     "pass_rate": len(passing) / len(idx), "rule": rule,
+                     "min_used_score": min(scored) if scored else None}
+        if rule == "fallback":
+            report[e]["note"] = (f"{len(passing)}/{len(idx)} pairs pass --min-score {min_score:g} "
+                                 f"(< --min-pairs {min_pairs}): used the {len(used)} best-scoring pairs "
+                                 f"above chance ({chance:.2f})")
+    empty = [e for e in labels if report[e]["used"] == 0]
+    if empty:
+        detail = ", ".join(f"{e} {report[e]['passing']}/{report[e]['offered']}" for e in labels)
+        why = ("and none scores above chance" if min_pairs > 0 else
+               "(--min-pairs 0: no fallback)")
+        raise AffectlensError(f"no usable pair for {', '.join(empty)}: no pair passes --min-score {min_score:g} "
+                              f"{why} (passing per emotion: {detail})")
+    return keep, report
 
 
 def neutral_pca_basis(neutral: torch.Tensor, share: float) -> torch.Tensor:
@@ -188,7 +233,7 @@ def neutral_pca_basis(neutral: torch.Tensor, share: float) -> torch.Tensor:
 
 def compute_vectors(model: Any, enc: Encoder, pairs: Sequence[Pair], min_score: float = 0.5,
                     position: str = "last", from_token: int = 0, centring: str = "pair",
-                    denoise: float | None = None, batch_size: int = 16) -> SteeringVectors:
+                    denoise: float | None = None, batch_size: int = 16, min_pairs: int = 5) -> SteeringVectors:
     """Steering vectors per emotion and layer (see module docstring for the maths).
 
     centring: ``pair`` mean of paired differences; ``group`` mean emotional
@@ -196,20 +241,22 @@ def compute_vectors(model: Any, enc: Encoder, pairs: Sequence[Pair], min_score: 
     emotional activation of ``e`` minus the mean emotional activation over all
     emotions (what is specific to ``e``). ``denoise`` (0-1) projects out the
     top neutral principal components explaining that share of variance.
+    ``min_pairs``: the fallback of :func:`select_pairs` (recorded per emotion in
+    ``options["selection"]``).
     """
     if centring not in CENTRINGS:
         raise AffectlensError(f"unknown centring '{centring}'; use {', '.join(CENTRINGS)}")
     if denoise is not None and not 0 < denoise < 1:
         raise AffectlensError("--denoise must be a variance share in (0, 1)")
-    ok, score = pass_counts(model, enc, pairs, min_score, batch_size)
+    if min_pairs < 0:
+        raise AffectlensError(f"--min-pairs must be >= 0, not {min_pairs}")
+    if min_score > 1:
+        raise AffectlensError(f"--min-score is a probability: {min_score:g} is above 1 (0 keeps every pair)")
+    _, score = pass_counts(model, enc, pairs, min_score, batch_size)
+    ok, selection = select_pairs(pairs, score, min_score, min_pairs)
     labels = labels_of(pairs)
-    totals = {e: sum(p.label == e for p in pairs) for e in labels}
-    counts = {e: sum(o for p, o in zip(pairs, ok, strict=True) if p.label == e) for e in labels}
-    empty = [e for e in labels if counts[e] == 0]
-    if empty:
-        detail = ", ".join(f"{e} {counts[e]}/{totals[e]}" for e in labels)
-        raise AffectlensError(f"no pair passes --min-score {min_score} for {', '.join(empty)} "
-                              f"(passing per emotion: {detail}); lower --min-score (0 keeps all)")
+    totals = {e: selection[e]["offered"] for e in labels}
+    counts = {e: selection[e]["used"] for e in labels}
     used = [p for p, o in zip(pairs, ok, strict=True) if o]
     hp = residuals(model, enc, [p.emotional for p in used], [p.image_emotional for p in used],
                    position, from_token, desc="emotional")
@@ -237,7 +284,8 @@ def compute_vectors(model: Any, enc: Encoder, pairs: Sequence[Pair], min_score: 
                 v = vecs[e][layer]
                 vecs[e][layer] = v - basis.T @ (basis @ v)
     opts = {"min_score": min_score, "position": position, "from_token": from_token,
-            "centring": centring, "denoise": denoise, "query": enc.query,
+            "centring": centring, "denoise": denoise, "query": enc.query, "min_pairs": min_pairs,
+            "selection": selection,
             "mean_pass_score": float(score[~score.isnan()].mean()) if (~score.isnan()).any() else None}
     norms = hn.norm(dim=-1).mean(0).tolist()
     sv = SteeringVectors(vecs, counts, totals, opts, norms)

@@ -18,6 +18,7 @@ def _common(p: argparse.ArgumentParser, pairs: bool = True) -> None:
         p.add_argument("--pairs", default=None,
                        help="contrast pairs JSONL {emotional, neutral, label[, query, image_*]} "
                             "(default: the bundled pairs)")
+    o.device(p)
     o.dtype(p)
     o.seed(p)
     o.run_dir(p)
@@ -62,12 +63,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = cs.add_parser("vectors", help="S_l^e = mean(h+ - h-) per emotion and layer -> vectors.safetensors")
     _common(v)
     _vector_opts(v, reuse=False)
+    v.add_argument("--min-pairs", type=int, default=5,
+                   help="fewer pairs than this pass --min-score for an emotion: use its best-scoring "
+                        "pairs above chance instead, noted in the output (0: no fallback)")
     v.add_argument("--export", default="", help="also write lm-eval,steering-vectors .pt files (default: none)")
     v.add_argument("--export-layers", default=None, help="layers for exported files, e.g. 8-12 (default: all)")
     v.add_argument("--coefficient", type=float, default=1.0, help="lm-eval steering_coefficient")
     v.set_defaults(func=_vectors)
 
-    la = cs.add_parser("layers", help="layer profile: inject α·S_l into neutral runs, relative change of p(e)")
+    la = cs.add_parser("layers", help="layer profile: inject α·S_l into neutral runs, relative change of p(e)",
+                       description="Each emotion's finished rows are cached (keyed by the weights, prompts, "
+                                   "vector and options): rerunning the same command after an interruption "
+                                   "computes only the unfinished emotions. --force only lets OUT be replaced; "
+                                   "cached emotions are reused (they are the same numbers).")
     _common(la)
     _vector_opts(la)
     la.add_argument("--alpha", type=float, default=1.0, help="injection strength α")
@@ -143,7 +151,7 @@ def _one_emotion(value: str | None) -> str | None:
 
 
 def _base(a: argparse.Namespace) -> dict:
-    return {"force": a.force, "adapter": a.adapter, "dtype": a.dtype, "seed": a.seed,
+    return {"force": a.force, "adapter": a.adapter, "dtype": a.dtype, "device": a.device, "seed": a.seed,
             "allow_pickle": a.allow_pickle}
 
 
@@ -152,9 +160,17 @@ def _vectors(a: argparse.Namespace) -> int:
     sv = vectors_run(a.model, a.out, a.pairs, min_score=a.min_score, position=a.position,
                      from_token=a.from_token, centring=a.centring, denoise=a.denoise,
                      export=[x.strip() for x in a.export.split(",")], export_layers=a.export_layers,
-                     coefficient=a.coefficient, **_base(a))
-    print(f"vectors for {', '.join(f'{e} ({sv.counts[e]}/{sv.totals[e]} pairs)' for e in sv.labels)} "
-          f"-> {a.out}/vectors.safetensors")
+                     coefficient=a.coefficient, min_pairs=a.min_pairs, **_base(a))
+    sel = sv.options.get("selection", {})
+    print(f"{'emotion':>10}  {'pass rate':>9}  {'used':>4}  pairs")
+    for e in sv.labels:
+        r = sel.get(e, {"passing": sv.counts[e], "offered": sv.totals[e], "rule": "min_score"})
+        rule = "fallback: best above chance" if r["rule"] == "fallback" else f"p(label) >= {a.min_score:g}"
+        print(f"{e:>10}  {r['passing']:>4}/{r['offered']:<4}  {sv.counts[e]:>4}  {rule}")
+    for e in sv.labels:
+        if sel.get(e, {}).get("note"):
+            print(f"note: {e}: {sel[e]['note']}")
+    print(f"-> {a.out}/vectors.safetensors")
     return 0
 
 
@@ -167,6 +183,8 @@ def _layers(a: argparse.Namespace) -> int:
     print(f"critical layer: {prof.critical['mean']} "
           f"({', '.join(f'{e} {la}' for e, la in prof.critical.items() if e != 'mean')}); "
           f"{prof.seconds_per_sweep:.1f} s per sweep -> {a.out}")
+    if prof.options.get("resumed"):
+        print(f"note: reused the finished sweeps of {', '.join(prof.options['resumed'])} (same inputs)")
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..vocab import EVAL_MODES, TASK_SYNTAX
+from ..vocab import CALIBRATIONS, EVAL_MODES, GEN_BACKENDS, TASK_SYNTAX
 from . import options as o
 
 
@@ -26,7 +26,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--mode", choices=EVAL_MODES, default="closed",
                    help="closed: log-likelihood of each label; generative: answer, then map it to labels")
     o.limit(e)
+    e.add_argument("--sample", type=int, default=None, metavar="N", help="N rows drawn with --seed (file order kept)")
+    e.add_argument("--calibration", choices=CALIBRATIONS, default="none",
+                   help="closed mode: remove the label prior (contextual: content-free inputs; pmi: the "
+                        "prompt without its input)")
+    e.add_argument("--num-fewshot", type=int, default=0, metavar="K",
+                   help="closed mode: K solved examples from the task's train split, balanced by label")
+    e.add_argument("--fewshot-from", default=None, metavar="SPEC",
+                   help="task spec to draw few-shot examples from (default: the task's train split)")
+    e.add_argument("--backend", choices=GEN_BACKENDS, default="hf",
+                   help="generative mode: hf (transformers) or vllm (pip install 'affectlens[vllm]')")
     o.batch_size(e, 16)
+    o.device(e)
     o.dtype(e)
     o.seed(e, help="bootstrap / generation seed")
     e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (0: none)")
@@ -57,7 +68,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     res = evaluate_run(args.model, args.out, args.tasks, adapter=args.adapter, mode=args.mode, limit=args.limit,
                        batch_size=args.batch_size, dtype=args.dtype, seed=args.seed, n_boot=args.bootstrap,
                        wheel=args.wheel, max_new_tokens=args.max_new_tokens, force=args.force,
-                       allow_pickle=args.allow_pickle)
+                       allow_pickle=args.allow_pickle, calibration=args.calibration,
+                       num_fewshot=args.num_fewshot, fewshot_from=args.fewshot_from, sample=args.sample,
+                       backend=args.backend, device=args.device)
     print(res.table())
     print(f"-> {args.out}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import AffectlensError
 from . import options as o
 
 
@@ -16,7 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "grid.csv, table.md (best bold, 95 % CIs over seeds), summary.json and "
                     "frontier.png (trainable params vs mean score). The YAML's budget is a TuneConfig "
                     "(steps, rank, lr required; alpha, dropout, batch_size, max_length, warmup default "
-                    "as in `affectlens tune`) plus seeds.",
+                    "as in `affectlens tune`) plus seeds. With --executor ray or slurm each cell is a task on "
+                    "that engine (adapter-training cells first, then the cells that read adapters); the "
+                    "cell files stay the record, so a killed worker's cell is simply run again by the "
+                    "next run.",
     )
     g.add_argument("config", help="grid YAML")
     g.add_argument("--out", required=True,
@@ -25,12 +29,38 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="use an existing grid dir whose grid config differs (changed cells are recomputed; "
                    "default: refuse)")
     o.allow_pickle(g)
+    o.device(g)
+    o.dtype(g)
+    e = g.add_argument_group("where the cells run")
+    e.add_argument("--executor", choices=("serial", "ray", "slurm"), default="serial",
+                   help="serial: one after another in this process (default); ray: each cell a Ray task "
+                   "(pip install 'affectlens[ray]'); slurm: each cell a Slurm job through submitit "
+                   "(pip install 'affectlens[slurm]'). Adapter-training cells run first, then the rest")
+    e.add_argument("--address", default=None, metavar="ADDR",
+                   help="an existing Ray cluster ('auto' = the one `ray start --head` made here, or "
+                   "HOST:PORT); default: a local Ray runtime on this machine's cores")
+    e.add_argument("--gpus-per-cell", type=float, default=0.0, metavar="N",
+                   help="GPUs each cell reserves (Ray allows fractions, e.g. 0.5: two cells per GPU)")
+    e.add_argument("--cpus-per-cell", type=int, default=1, metavar="N",
+                   help="CPU cores each cell reserves (and its torch threads)")
+    e.add_argument("--slurm-partition", default=None, metavar="NAME", help="Slurm partition of the cell jobs")
+    e.add_argument("--timeout-min", type=int, default=240, metavar="MIN", help="Slurm time limit of one cell job, in minutes")
     g.set_defaults(func=_grid)
 
 
 def _grid(args: argparse.Namespace) -> int:
-    from ..grid import run_grid
+    from ..grid import ExecutorSpec, run_grid
 
-    res = run_grid(args.config, args.out, force=args.force, allow_pickle=args.allow_pickle)
+    opts: dict[str, object] = {}
+    if args.executor == "slurm":
+        opts["timeout_min"] = args.timeout_min
+        if args.slurm_partition:
+            opts["slurm_partition"] = args.slurm_partition
+    elif args.slurm_partition:
+        raise AffectlensError("--slurm-partition needs --executor slurm")
+    spec = ExecutorSpec(args.executor, address=args.address, gpus_per_cell=args.gpus_per_cell,
+                        cpus_per_cell=args.cpus_per_cell, options=opts)
+    res = run_grid(args.config, args.out, force=args.force, allow_pickle=args.allow_pickle, executor=spec,
+                   device=args.device, dtype=args.dtype)
     print(f"{res.computed} cell(s) computed, {res.reused} reused -> {res.out}")
     return 0

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.renamed(p, "--task", cmd)
     o.modules(p, required=False, default="all", help="LoRA selection (tune), e.g. gate_proj, attn, all")
     o.rank(p, TuneConfig().rank)
-    p.add_argument("--method", default="lora", choices=("lora", "full"), help="LoRA, or a full fine-tune (planned here; affectlens tune itself trains LoRA only)")
+    p.add_argument("--method", default="lora", choices=("lora", "full"), help="LoRA, or a full fine-tune of the selected modules (affectlens tune --method full)")
     o.batch_size(p, TuneConfig().batch_size, help="examples per step (per process)")
     length = p.add_argument("--max-length", type=int, default=512, help="tokens per example")
     o.renamed(p, "--seq-len", length)

@@ -81,9 +81,11 @@ def perplexity(model, tokenizer, path_or_texts: str | os.PathLike | Sequence[str
         for r, (w, _, _) in enumerate(rows):  # right padding: real tokens keep positions 0..n-1
             batch_ids[r, :len(w)] = torch.tensor(w)
             mask[r, :len(w)] = 1
-        logits = model(input_ids=batch_ids.to(dev), attention_mask=mask.to(dev)).logits
+        on_dev = batch_ids.to(dev)  # once: the forward and the gather share it
+        logits = model(input_ids=on_dev, attention_mask=mask.to(dev)).logits
         logp = logits[:, :-1].float().log_softmax(-1)
-        tok_lp = logp.gather(-1, batch_ids[:, 1:].to(dev)[..., None])[..., 0].double().cpu()
+        # gathered on the device; only [batch, T] log-probs leave, once per batch
+        tok_lp = logp.gather(-1, on_dev[:, 1:, None])[..., 0].double().cpu()
         for r, (w, n_new, ti) in enumerate(rows):
             part = float(tok_lp[r, len(w) - 1 - n_new:len(w) - 1].sum())
             if not math.isfinite(part):

@@ -7,6 +7,7 @@ reference, transfer, ablate), each evaluated on every task, over seeds.
 - ``variants`` one class per kind: its fields, its checks, how it builds its model
 - ``inputs``   validation against the base before the first cell; content fingerprints
 - ``runner``   the resumable run: marker, cells, one loaded base (``run_grid``)
+- ``executors`` the cells on Ray or Slurm (submitit): waves, jobs, the worker side
 - ``results``  typed cells and task results
 - ``stats``    means and 95 % CIs over seeds, control tasks, the frontier
 - ``report``   grid.csv, table.md, summary.json, frontier.png (``plots.frontier``)
@@ -15,13 +16,15 @@ reference, transfer, ablate), each evaluated on every task, over seeds.
 from __future__ import annotations
 
 from .config import EvalSpec, GridConfig, assign_keys, load_config
+from .executors import ENGINES, ExecutorSpec
 from .inputs import content_id, fingerprint_inputs, validate_config
-from .report import REPORT_FILES, report
+from .report import REPORT_FILES, TIMING_COLUMNS, report
 from .results import Cell, Cost, TaskResult
 from .runner import MARKER, GridResult, run_grid
 from .stats import control_task_names, mean_ci
 from .variants import KINDS, Variant
 
-__all__ = ["KINDS", "MARKER", "REPORT_FILES", "Cell", "Cost", "EvalSpec", "GridConfig", "GridResult", "TaskResult",
-           "Variant", "assign_keys", "content_id", "control_task_names", "fingerprint_inputs", "load_config",
-           "mean_ci", "report", "run_grid", "validate_config"]
+__all__ = ["ENGINES", "KINDS", "MARKER", "REPORT_FILES", "TIMING_COLUMNS", "Cell", "Cost", "EvalSpec",
+           "ExecutorSpec", "GridConfig", "GridResult", "TaskResult", "Variant", "assign_keys", "content_id",
+           "control_task_names", "fingerprint_inputs", "load_config", "mean_ci", "report", "run_grid",
+           "validate_config"]

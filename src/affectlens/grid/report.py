@@ -22,6 +22,8 @@ from .results import Cell
 from .stats import control_task_names, lower_is_better, summarise
 
 REPORT_FILES = ("grid.csv", "table.md", "summary.json", "frontier.png", "manifest.json")
+# grid.csv columns that time a run rather than score it (they differ between any two runs).
+TIMING_COLUMNS = ("seconds", "examples_per_s", "seconds_per_step")
 
 
 def cell_path(out: Path, v: Any, seed: int) -> Path:
@@ -175,4 +177,4 @@ def markdown(cfg: GridConfig, summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["REPORT_FILES", "cell_path", "markdown", "read_cells", "report"]
+__all__ = ["REPORT_FILES", "TIMING_COLUMNS", "cell_path", "markdown", "read_cells", "report"]

@@ -8,6 +8,8 @@ looking complete. Each cell's result is one JSON file written atomically,
 keyed by its variant's content hash, so an interrupted grid resumes where it
 stopped and a changed variant or input is recomputed alone. A cell with a
 non-finite score stops the grid (one line naming the cell); it is not written.
+The cells run here one after another (``serial``) or on Ray / Slurm
+(``grid.executors``); either way the cell files decide what is done.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from ..errors import AffectlensError
 from .config import GridConfig, assign_keys, load_config
+from .executors import ExecutorSpec, Job, adapter_dir, run_waves, waves
 from .inputs import fingerprint_inputs, validate_config
 from .report import REPORT_FILES, cell_path, report
 from .results import Cell, TaskResult
@@ -32,6 +35,15 @@ from .variants import Variant
 Evaluator = Callable[..., Any]
 MARKER = "grid_config.json"
 MARKER_KIND = "affectlens-grid"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the cells run: the engine, and the device/dtype of each cell's model."""
+
+    executor: ExecutorSpec
+    device: str = "auto"
+    dtype: str = "auto"
 
 
 @dataclass
@@ -45,19 +57,31 @@ class GridResult:
 
 def run_grid(config: str | os.PathLike | dict, out: str | os.PathLike, force: bool = False,
              evaluator: Evaluator | None = None, tuner: Callable[..., Any] | None = None,
-             echo: Callable[[str], None] = print, allow_pickle: bool = False) -> GridResult:
+             echo: Callable[[str], None] = print, allow_pickle: bool = False, *,
+             executor: str | ExecutorSpec = "serial", device: str = "auto", dtype: str = "auto") -> GridResult:
     """Run (or resume) a grid; ``evaluator``/``tuner`` default to affectlens' own.
 
     ``allow_pickle`` lets a pickle (``.bin``) base load (``weights_only``); off by default.
     ``out`` is claimed for the whole run (a second run on it is refused). Only an
     empty dir or a grid dir is used; ``force`` allows a grid dir whose config
     differs (changed cells are recomputed), never another command's output.
+    ``executor`` runs the cells in this process (``serial``) or on Ray / Slurm
+    (an ``ExecutorSpec`` says where and what each cell needs); an ``evaluator`` or
+    ``tuner`` given then must pickle. ``device``/``dtype`` are where each cell's model runs.
     """
     from ..runs import claim_output
 
+    spec = executor if isinstance(executor, ExecutorSpec) else ExecutorSpec(executor)
+    spec.check()
+    from ..devices import dtype_name, resolve_device
+
+    dtype_name(dtype)
+    if spec.name == "serial":  # a remote cell resolves its device where it runs (the driver may have no GPU)
+        resolve_device(device)
     cfg = load_config(config)
     with claim_output(out):
-        return _run(cfg, Path(out), force, evaluator, tuner, echo, allow_pickle)
+        return _run(cfg, Path(out), force, evaluator, tuner, echo, allow_pickle,
+                    Placement(spec, device, dtype))
 
 
 def read_marker(out: Path) -> dict[str, Any] | None:
@@ -103,7 +127,8 @@ def _prepare(cfg: GridConfig, out: Path, force: bool, allow_pickle: bool) -> Pat
     return base_path
 
 
-def _done(out: Path, v: Variant, seed: int) -> bool:
+def cell_done(out: Path, v: Variant, seed: int) -> bool:
+    """A cell is done when its file exists and carries the variant's current key (files are the truth)."""
     cp = cell_path(out, v, seed)
     if not cp.is_file():
         return False
@@ -114,33 +139,51 @@ def _done(out: Path, v: Variant, seed: int) -> bool:
 
 
 def _run(cfg: GridConfig, out: Path, force: bool, evaluator: Evaluator | None, tuner: Callable[..., Any] | None,
-         echo: Callable[[str], None], allow_pickle: bool) -> GridResult:
-    from ..evaluate import evaluate
-    from ..runs import progress, write_json, write_manifest
-    from ..tune import tune
+         echo: Callable[[str], None], allow_pickle: bool, where: Placement) -> GridResult:
+    from ..runs import write_manifest
 
     base_path = _prepare(cfg, out, force, allow_pickle)
-    score: Evaluator = evaluator or evaluate
-    train: Callable[..., Any] = tuner or tune
-    todo = [(v, s) for v, s in cfg.cells() if not _done(out, v, s)]
+    todo = [(v, s) for v, s in cfg.cells() if not cell_done(out, v, s)]
     reused = len(cfg.cells()) - len(todo)
     echo(f"grid {cfg.name}: {len(cfg.cells())} cells ({len(cfg.variants)} variants x seeds {cfg.seeds}); "
          f"{reused} done, {len(todo)} to run")
-    if todo:
-        bench = Workbench(cfg, out, train, echo, base_path, allow_pickle)
-        try:
-            for v, seed in progress(todo, "grid cells", total=len(todo), unit="cell"):
-                t0 = time.perf_counter()
-                cell = bench.cell(v, seed, score)
-                cell.cell_seconds = time.perf_counter() - t0
-                write_json(cell_path(out, v, seed), cell.to_json())
-                echo(f"  {v.name} seed {seed}: mean {cell.mean:.4f} ({cell.cell_seconds:.1f} s)")
-        finally:
-            bench.close()
+    if todo and where.executor.name == "serial":
+        _serial(cfg, out, todo, evaluator, tuner, echo, base_path, allow_pickle, where)
+    elif todo:
+        def make(v: Variant, seed: int, adapter_only: bool = False) -> Job:
+            return Job(config=json.loads(json.dumps(cfg.raw, default=str)), keys={x.name: x.hash for x in cfg.variants},
+                       out=str(out.resolve()), base_path=str(base_path.resolve()), cwd=os.getcwd(), variant=v.name,
+                       seed=seed, adapter_only=adapter_only, device=where.device, dtype=where.dtype,
+                       threads=where.executor.cpus_per_cell, allow_pickle=allow_pickle, evaluator=evaluator,
+                       tuner=tuner)
+
+        run_waves(where.executor, waves(cfg, out, todo, make), out, echo)
+        missing = [f"'{v.name}' seed {s}" for v, s in todo if not cell_done(out, v, s)]
+        if missing:  # the files decide, not what the workers said
+            raise AffectlensError(f"grid cell {missing[0]} has no result file after the run; rerun to resume")
+        for v, s in todo:
+            c = json.loads(cell_path(out, v, s).read_text())
+            echo(f"  {v.name} seed {s}: mean {c['mean']:.4f} ({c['cell_seconds']:.1f} s)")
     rows, summary = report(cfg, out, echo)
     write_manifest(out, "grid", {"config": cfg.path or "<dict>", "base": str(base_path)},
-                   {"config": cfg.raw}, seed=cfg.seeds[0], extra={"seeds": cfg.seeds})
+                   {"config": cfg.raw, "executor": where.executor.name, "device": where.device,
+                    "dtype": where.dtype}, seed=cfg.seeds[0], extra={"seeds": cfg.seeds})
     return GridResult(out, rows, summary, len(todo), reused)
+
+
+def _serial(cfg: GridConfig, out: Path, todo: list[tuple[Variant, int]], evaluator: Evaluator | None,
+            tuner: Callable[..., Any] | None, echo: Callable[[str], None], base_path: Path, allow_pickle: bool,
+            where: Placement) -> None:
+    """Today's runner: one loaded base in this process, the cells in config order."""
+    from ..runs import progress
+
+    bench = Workbench(cfg, out, tuner, echo, base_path, allow_pickle, device=where.device, dtype=where.dtype)
+    try:
+        for v, seed in progress(todo, "grid cells", total=len(todo), unit="cell"):
+            cell = bench.run_cell(v, seed, evaluator)
+            echo(f"  {v.name} seed {seed}: mean {cell.mean:.4f} ({cell.cell_seconds:.1f} s)")
+    finally:
+        bench.close()
 
 
 def task_results(res: Any, tasks: list[str]) -> dict[str, TaskResult]:
@@ -157,14 +200,17 @@ def task_results(res: Any, tasks: list[str]) -> dict[str, TaskResult]:
 class Workbench:
     """Holds the one loaded base model; trains adapters on demand and scores each variant's model."""
 
-    def __init__(self, cfg: GridConfig, out: Path, tuner: Callable[..., Any], echo: Callable[[str], None],
-                 base_path: Path, allow_pickle: bool = False) -> None:
+    def __init__(self, cfg: GridConfig, out: Path, tuner: Callable[..., Any] | None, echo: Callable[[str], None],
+                 base_path: Path, allow_pickle: bool = False, *, device: str = "auto", dtype: str = "auto") -> None:
         from ..models import load_model
+        from ..tune import tune
         from ..weights import open_weights
 
-        self.cfg, self.out, self.tuner, self.echo = cfg, out, tuner, echo
+        self.cfg, self.out, self.echo = cfg, out, echo
+        self.tuner: Callable[..., Any] = tuner or tune
         self.base_path, self.allow_pickle = base_path, allow_pickle
-        self.model, self.tok = load_model(base_path, allow_pickle=allow_pickle)
+        self.device, self.dtype = device, dtype  # adapters train where cells score (a GPU cell trains on it)
+        self.model, self.tok = load_model(base_path, allow_pickle=allow_pickle, dtype=dtype, device=device)
         self.base_store = open_weights(base_path, allow_pickle=allow_pickle)
 
     def close(self) -> None:
@@ -175,15 +221,14 @@ class Workbench:
 
     def adapter(self, v: Variant, seed: int) -> tuple[Path, dict[str, Any]]:
         """The trained adapter of a tuned variant (trained now unless already on disk)."""
-        from ..runs import slug
-
-        ad = self.out / "adapters" / f"{slug(v.name, 'variant')}__s{seed}__{v.hash}"
+        ad = adapter_dir(self.out, v, seed)
         if not (ad / "adapter_config.json").is_file():
             budget = self.cfg.budget
             self.echo(f"  training {v.name} seed {seed} ({v.modules}, {budget.steps} steps)")
             self.tuner(str(self.base_path), self.cfg.data,
                        config=budget.replace(modules=str(v.modules), layers=v.layers, seed=int(seed)),
-                       out=ad, force=ad.exists(), verbose=False, allow_pickle=self.allow_pickle)
+                       out=ad, force=ad.exists(), verbose=False, allow_pickle=self.allow_pickle,
+                       device=self.device, dtype=self.dtype)
         info_path = ad / "affectlens_tune.json"
         return ad, (json.loads(info_path.read_text()) if info_path.is_file() else {})
 
@@ -207,6 +252,17 @@ class Workbench:
         params = dict(self.model.named_parameters())
         return {n: src.get(n) for n in src.names() if n in params}
 
+    def run_cell(self, v: Variant, seed: int, evaluator: Evaluator | None = None) -> Cell:
+        """Compute one cell and write its file atomically (the only record of it that counts)."""
+        from ..evaluate import evaluate
+        from ..runs import write_json
+
+        t0 = time.perf_counter()
+        cell = self.cell(v, seed, evaluator or evaluate)
+        cell.cell_seconds = time.perf_counter() - t0
+        write_json(cell_path(self.out, v, seed), cell.to_json())
+        return cell
+
     def cell(self, v: Variant, seed: int, evaluator: Evaluator) -> Cell:
         """Build ``v``'s model for ``seed`` (its own business), score it, refuse non-finite scores."""
         from ..transfer import applied
@@ -228,4 +284,4 @@ class Workbench:
                     eval_seconds=time.perf_counter() - t0, changed_tensors=len(built.tensors))
 
 
-__all__ = ["MARKER", "GridResult", "Workbench", "read_marker", "run_grid", "task_results"]
+__all__ = ["MARKER", "GridResult", "Placement", "Workbench", "cell_done", "read_marker", "run_grid", "task_results"]

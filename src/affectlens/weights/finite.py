@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -73,4 +78,97 @@ def check_store_finite(store: object, names: Iterable[str] | None = None, chunk_
             check_finite(store.get(name), what)  # type: ignore[attr-defined]
 
 
-__all__ = ["check_finite", "check_store_finite", "tensor_file"]
+# A file modified this recently is "racily clean" (as git calls it): its timestamps may not yet
+# tell this version from the next write within the same clock tick, so it is never remembered.
+_RACY_S = 2.0
+
+
+def _version(path: Path) -> str | None:
+    """What identifies one version of a file: device, inode, size, mtime and ctime (ns); None if racy."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if time.time() - max(st.st_mtime, st.st_ctime) < _RACY_S:
+        return None
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+class FiniteMemo:
+    """Tensors of safetensors files already checked finite, remembered per file version across runs.
+
+    A transfer copies most of BASE's bytes untouched; checking them costs a
+    full read and a pass over every element, as much as the copy itself. A
+    tensor checked once is remembered under the file's version (inode, size,
+    mtime and ctime in ns; ctime cannot be set back by a user), in the
+    affectlens cache, so the next transfer from the same file skips it.
+    Any write to the file changes its version and so forgets everything;
+    a file changed in the last 2 s is never remembered (see ``_RACY_S``).
+    Records are written only by ``commit`` after every check passed.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and not os.environ.get("AFFECTLENS_NO_FINITE_MEMO")
+        self._known: dict[Path, tuple[str | None, set[str]]] = {}
+        self._new: dict[Path, set[str]] = {}
+
+    @staticmethod
+    def _record(path: Path) -> Path:
+        from ..models import cache_dir
+
+        return cache_dir() / "finite" / (hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32] + ".json")
+
+    def _entry(self, path: Path) -> tuple[str | None, set[str]]:
+        if path not in self._known:
+            version = _version(path)
+            names: set[str] = set()
+            if version is not None:
+                try:
+                    rec: Any = json.loads(self._record(path).read_text(encoding="utf-8"))
+                    if isinstance(rec, dict) and rec.get("version") == version:
+                        names = set(rec.get("names", []))
+                except (OSError, ValueError):
+                    pass
+            self._known[path] = (version, names)
+        return self._known[path]
+
+    def known(self, store: object, name: str) -> bool:
+        """Was ``name`` of this version of its file found finite before?"""
+        where = getattr(store, "file_of", None)
+        if not self.enabled or not callable(where):
+            return False
+        return name in self._entry(where(name))[1]
+
+    def checked(self, store: object, names: Iterable[str]) -> None:
+        """Note tensors the caller has just found finite (remembered at ``commit``)."""
+        where = getattr(store, "file_of", None)
+        if self.enabled and callable(where):
+            for n in names:
+                self._new.setdefault(where(n), set()).add(n)
+
+    def check(self, store: object, names: Iterable[str]) -> None:
+        """``check_store_finite`` for the tensors not already known finite."""
+        todo = [n for n in names if not self.known(store, n)]
+        if todo:
+            check_store_finite(store, todo)
+            self.checked(store, todo)
+
+    def commit(self) -> None:
+        """Remember what was checked (best effort: a cache that cannot be written only costs time)."""
+        for path, names in self._new.items():
+            version, known = self._entry(path)
+            if version is None or _version(path) != version:  # racy, or changed while it was read
+                continue
+            rec = self._record(path)
+            try:
+                rec.parent.mkdir(parents=True, exist_ok=True)
+                tmp = rec.with_name(f".{rec.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({"version": version, "names": sorted(known | names)}), encoding="utf-8")
+                tmp.replace(rec)
+            except OSError:
+                continue
+            known |= names
+        self._new.clear()
+
+
+__all__ = ["FiniteMemo", "check_finite", "check_store_finite", "tensor_file"]

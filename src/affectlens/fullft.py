@@ -1,0 +1,79 @@
+"""Full fine-tuning of the selected modules only: the paper's SFT arm next to LoRA (``tune --method full``).
+
+The LoRA-vs-SFT comparison asks whether a low-rank update on a module does what
+training the module's whole weight does. So ``--method full`` changes nothing
+but what is trained: the same matched modules, data, order, seed, steps and
+loss; every parameter of the selected ``nn.Linear`` modules (weight and bias)
+is trained and everything else -- embeddings, norms, LM head, other modules --
+stays frozen, bit for bit. The result is an ordinary HF model dir
+(``config.json``, ``model.safetensors``, tokenizer files) that ``locate``,
+``evaluate``, ``transfer`` and ``ablate`` read as a tuned model, plus the
+run's ``affectlens_tune.json``, loss curve and manifest.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import AffectlensError
+
+
+def freeze_all_but(model: Any, paths: list[str]) -> Callable[[], None]:
+    """Make exactly the parameters of the modules at ``paths`` trainable; returns ``restore()``,
+    which puts back their values and every ``requires_grad`` flag (for a run that fails on a
+    caller's in-memory model)."""
+    modules = dict(model.named_modules())
+    missing = [p for p in paths if p not in modules]
+    if missing:
+        raise AffectlensError(f"full fine-tuning: module(s) {', '.join(missing[:3])} not in the model")
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    selected = [p for path in paths for p in modules[path].parameters()]
+    saved = [p.detach().clone() for p in selected]
+    for p in selected:
+        p.requires_grad_(True)
+
+    def restore() -> None:
+        import torch
+
+        with torch.no_grad():
+            for p, s in zip(selected, saved, strict=True):
+                p.copy_(s)
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+
+    return restore
+
+
+def save_full_model(result: Any, out: str | os.PathLike, force: bool, base_dir: Path | None,
+                    state_dict: dict[str, Any] | None = None) -> Path:
+    """The fully fine-tuned model as an HF dir, written through ``RunDir`` (safetensors, the
+    tokenizer, ``affectlens_tune.json``, ``loss_curve.png``, ``manifest.json``). ``state_dict``
+    is the gathered full state under FSDP (the model's own parameters are shards there)."""
+    from .adapters import base_fingerprint
+    from .plots import loss_curve
+    from .runs import RunDir
+    from .weights.finite import check_finite
+
+    inputs: dict[str, Any] = {"data": result.options["data"]}
+    if base_dir is not None:
+        inputs["base"] = str(base_dir)
+        result.info["base_fingerprint"] = base_fingerprint(base_dir)
+    if state_dict is not None:
+        for name, t in state_dict.items():
+            check_finite(t, f"trained tensor {name}; nothing was written")
+    opts = result.options
+    with RunDir(out, command="tune", force=force, inputs=inputs, options=opts, seed=opts["seed"]) as run:
+        result.model.save_pretrained(str(run.path), safe_serialization=True,
+                                     **({} if state_dict is None else {"state_dict": state_dict}))
+        result.tokenizer.save_pretrained(str(run.path))
+        run.json("affectlens_tune.json", result.info)
+        run.figure("loss_curve.png", loss_curve(result.loss_curve, f"full fine-tune {','.join(opts['modules'])}"))
+    return Path(out)
+
+
+__all__ = ["freeze_all_but", "save_full_model"]

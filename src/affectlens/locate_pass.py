@@ -1,0 +1,278 @@
+"""locate's tensor pass: every element read once, every statistic taken while it is in cache.
+
+A chunk of rows is read from each file (large reads: few syscalls), then
+walked in steps of ``SUB_ELEMS`` elements. Each step upcasts the base and
+the tuned rows to float32, forms ΔW, its Σ(ΔW)², Σ(W)², and the bit codes of
+the element-wise relative change with one bincount, all on buffers that stay
+in the core's L2 cache. On 4M-element chunks each of those ~10 torch ops
+streamed 16-48 MB through memory; in L2 they cost a fraction of that, so
+the full pass (norms and distributions) lands close to the cost of merely
+reading and upcasting both files. The sums of each step are added in
+float64, in a fixed order, so the numbers do not depend on the step size
+or the number of workers beyond float32 rounding inside one step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .errors import AffectlensError
+from .locate_stats import CODE_SHIFT, EPS_ELEM, N_CODES, Acc
+from .modules import FUSED, ModuleKey, ParsedName, split_rows
+from .tensor_pool import Scratch, TensorWorkers
+from .weights.lora import LoraAdapter, LoraModule, lora_delta_norm
+from .weights.store import SafetensorsStore, WeightStore
+
+if TYPE_CHECKING:
+    from .locate import Tuned
+
+SUB_ELEMS = 1 << 16  # float32 elements per in-cache step: 256 KB a buffer, four buffers well inside L2
+
+
+@dataclass
+class DeltaStats:
+    """What one chunk of (base, tuned) contributes: Σ(W)², Σ(ΔW)² and, with a histogram, the code counts."""
+
+    ssq_base: float = 0.0
+    ssq_delta: float = 0.0
+    codes: torch.Tensor | None = None
+
+
+def chunk_stats(base: torch.Tensor, tuned: torch.Tensor, scratch: Scratch, *, is_delta: bool = False,
+                hist: bool = False, base_ssq: bool = True, what_base: str = "the base",
+                what: str = "the tuned model") -> DeltaStats:
+    """Σ(W)², Σ(ΔW)² and the relative-change code counts of one chunk, in L2-sized steps.
+
+    ``base`` and ``tuned`` are flat tensors of any float dtype (raw file
+    views); ``tuned`` is ΔW itself with ``is_delta``. The codes are those of
+    ``locate_stats.ratio_codes`` (r = |ΔW|/(|W|+ε) as float32, its bits
+    shifted), counted over ``N_CODES``. A non-finite sum means a NaN/Inf
+    element: refused here, so no separate finiteness pass is needed.
+    """
+    n = base.numel()
+    out = DeltaStats()
+    w_buf, d_buf, den_buf, r_buf = scratch.small(min(n, SUB_ELEMS))
+    counts = torch.zeros(N_CODES, dtype=torch.int64) if hist else None
+    sb = sd = 0.0
+    for s in range(0, n, SUB_ELEMS):
+        e = min(n, s + SUB_ELEMS)
+        k = e - s
+        w, d, den, r = w_buf[:k], d_buf[:k], den_buf[:k], r_buf[:k]
+        w.copy_(base[s:e])
+        if base_ssq:
+            sb += float(torch.sum(torch.mul(w, w, out=r)))
+        if is_delta:
+            d.copy_(tuned[s:e])
+        else:
+            d.copy_(tuned[s:e]).sub_(w)
+        sd += float(torch.sum(torch.mul(d, d, out=r)))
+        if not math.isfinite(sb):  # before any code is counted: a NaN's code may be negative
+            raise AffectlensError(f"non-finite values (NaN/Inf) in {what_base}")
+        if not math.isfinite(sd):
+            raise AffectlensError(f"non-finite values (NaN/Inf) in {what}")
+        if counts is not None:
+            torch.abs(w, out=den).add_(EPS_ELEM)
+            codes = torch.div(d.abs_(), den, out=r).view(torch.int32).bitwise_right_shift_(CODE_SHIFT)
+            counts += torch.bincount(codes, minlength=N_CODES)
+    out.ssq_base, out.ssq_delta, out.codes = sb, sd, counts
+    return out
+
+
+def base_ssq(base: torch.Tensor, scratch: Scratch, what: str) -> float:
+    """Σ(W)² of a flat chunk in L2-sized steps (when no tuned model reads this chunk)."""
+    n = base.numel()
+    w_buf, _, _, r_buf = scratch.small(min(n, SUB_ELEMS))
+    sb = 0.0
+    for s in range(0, n, SUB_ELEMS):
+        e = min(n, s + SUB_ELEMS)
+        w = w_buf[: e - s].copy_(base[s:e])
+        sb += float(torch.sum(torch.mul(w, w, out=r_buf[: e - s])))
+    if not math.isfinite(sb):
+        raise AffectlensError(f"non-finite values (NaN/Inf) in {what}")
+    return sb
+
+
+def chunk_reader(store: WeightStore, name: str, into: torch.Tensor | None) -> Callable[[int, int], torch.Tensor]:
+    """Rows [r0, r1) of ``name``: file reads into the raw buffer ``into`` for safetensors, else one decode."""
+    if isinstance(store, SafetensorsStore):
+        return lambda r0, r1: store.read_rows(name, r0, r1, out=into)
+    full = store.get(name)
+    return lambda r0, r1: full[r0:r1]
+
+
+def _segments(p: ParsedName, rows: int, config: dict[str, Any]) -> list[tuple[ModuleKey, int, int]]:
+    """Canonical (key, row range) cells of one tensor; fused tensors give several."""
+    assert p.key is not None
+    if not p.fused:
+        return [(p.key, 0, rows)]
+    ranges = split_rows(p.fused, rows, config)
+    return [(ModuleKey(p.key.layer, mod, p.key.param, p.key.expert), a, b)
+            for mod in FUSED[p.fused] for a, b in [ranges[mod]]]
+
+
+def _lora_seg_norm(ad: LoraAdapter, mod: LoraModule, r0: int, r1: int) -> float:
+    A = ad.store.get(mod.a_name)
+    B = ad.store.get(mod.b_name)[r0:r1]
+    v = lora_delta_norm(A, B, mod.scale)
+    if not math.isfinite(v):
+        raise AffectlensError(f"non-finite values (NaN/Inf) in the LoRA tensors of {mod.path}")
+    return v
+
+
+# What one tensor contributes, in order: ("base", key, numel, Σw²), ("delta", label, key, Σd² | None,
+# codes | None), ("zeros", label, module, n), ("exact", label, key, ‖ΔW‖ of a LoRA segment).
+Contribution = tuple[Any, ...]
+
+
+def tensor_job(name: str, p: ParsedName, base_store: WeightStore, models: Sequence[Tuned], distribution: bool,
+               chunk_elems: int, scratch: Scratch) -> list[Contribution]:
+    """Read one base tensor (and each model's change of it) chunk by chunk; return its contributions.
+
+    Runs in a worker thread: touches no shared state, so the caller adds the
+    contributions in tensor order and the sums do not depend on the workers.
+    """
+    shape = base_store.shape(name)
+    rows = shape[0]
+    cols = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    segs = _segments(p, rows, base_store.config)
+    out: list[Contribution] = []
+    lora_mod: dict[str, LoraModule | None] = {}
+    sources: dict[str, tuple[WeightStore, str] | None] = {}
+    for m in models:
+        if m.store is not None:
+            sources[m.label] = (m.store, name)
+            continue
+        assert m.adapter is not None
+        rep = m.adapter.replacement_for(name)
+        sources[m.label] = (m.adapter.store, rep) if rep else None
+        mod = lora_mod[m.label] = m.adapter.module_for(name)
+        if sources[m.label] is None and mod is not None and not m.adapter.use_dora:
+            # DoRA rescales W: its change needs the rows, read below
+            out.extend(("exact", m.label, key, _lora_seg_norm(m.adapter, mod, a, b)) for key, a, b in segs)
+    step = max(1, chunk_elems // max(cols, 1))
+    scratch.raw_for(step * cols)
+    base_rows = chunk_reader(base_store, name, scratch.raw[0])
+    readers = {lab: chunk_reader(*src, scratch.raw[1]) for lab, src in sources.items() if src is not None}
+    for key, a, b in segs:
+        for r0 in range(a, b, step):
+            r1 = min(b, r0 + step)
+            n = (r1 - r0) * cols
+            w_raw = base_rows(r0, r1).reshape(-1)
+            hist = distribution and key.param == "weight"
+            ssq_b: float | None = None
+            w_full: torch.Tensor | None = None
+            deltas: list[Contribution] = []
+            for m in models:
+                mod = lora_mod.get(m.label)
+                if m.label in readers:
+                    st = chunk_stats(w_raw, readers[m.label](r0, r1).reshape(-1), scratch, hist=hist,
+                                     base_ssq=ssq_b is None, what_base=f"{name} of the base",
+                                     what=f"{name} of {m.label}")
+                elif mod is not None:
+                    assert m.adapter is not None
+                    if not distribution and not m.adapter.use_dora:
+                        continue
+                    if w_full is None:
+                        w_full = scratch.get(n)[0].copy_(w_raw)
+                    dd = m.adapter.delta_rows(mod, r0, r1, base_rows=w_full.view(r1 - r0, cols)).reshape(-1)
+                    st = chunk_stats(w_raw, dd, scratch, is_delta=True, hist=hist, base_ssq=ssq_b is None,
+                                     what_base=f"{name} of the base", what=f"LoRA change of {name} in {m.label}")
+                else:
+                    if hist:
+                        deltas.append(("zeros", m.label, key.module, n))
+                    continue
+                if ssq_b is None:
+                    ssq_b = st.ssq_base
+                deltas.append(("delta", m.label, key, st.ssq_delta, st.codes))
+            if ssq_b is None:
+                ssq_b = base_ssq(w_raw, scratch, f"{name} of the base")
+            out.append(("base", key, n, ssq_b))
+            out.extend(deltas)
+    return out
+
+
+def add_contributions(contribs: Sequence[Contribution], labels: Sequence[str], accs: dict[tuple[str, ModuleKey], Acc],
+                      codes: dict[tuple[str, str], torch.Tensor], zeros: dict[tuple[str, str], int]) -> None:
+    """Add one tensor's contributions to the running sums, in order."""
+    for c in contribs:
+        kind = c[0]
+        if kind == "base":
+            _, key, n, ssq_b = c
+            for lab in labels:
+                acc = accs.setdefault((lab, key), Acc())
+                acc.ssq_base += ssq_b
+                acc.numel += n
+        elif kind == "delta":
+            _, lab, key, ssq_d, cc = c
+            acc = accs.setdefault((lab, key), Acc())
+            if acc.exact_l2 is None:
+                acc.ssq_delta += ssq_d
+            if cc is not None:
+                hk = (lab, key.module)
+                codes[hk] = codes[hk] + cc if hk in codes else cc
+        elif kind == "zeros":
+            _, lab, mod, n = c
+            zeros[(lab, mod)] = zeros.get((lab, mod), 0) + n
+        else:  # exact
+            _, lab, key, v = c
+            acc = accs.setdefault((lab, key), Acc())
+            acc.exact_l2 = math.sqrt((acc.exact_l2 or 0.0) ** 2 + v**2)
+
+
+def other_tensors(base: WeightStore, models: Sequence[Tuned], others: dict[str, list[str]],
+                  chunk_elems: int, pool: TensorWorkers | None = None) -> list[dict[str, Any]]:
+    """Embeddings, norms, heads, routers, encoders: reported with their change, never dropped."""
+    jobs = [(scope, name) for scope, names in sorted(others.items()) for name in names]
+    def row(job: tuple[str, str], scratch: Scratch) -> dict[str, Any]:
+        return other_tensor_row(base, models, job[0], job[1], chunk_elems, scratch)
+
+    if pool is not None:
+        return list(pool.map(row, jobs))
+    with TensorWorkers(1) as own:
+        return list(own.map(row, jobs))
+
+
+def other_tensor_row(base: WeightStore, models: Sequence[Tuned], scope: str, name: str, chunk_elems: int,
+                     scratch: Scratch) -> dict[str, Any]:
+    """One row of ``other_tensors.csv``: ``tensor, scope, numel, l2:<model>``."""
+    row: dict[str, Any] = {"tensor": name, "scope": scope, "numel": base.numel(name)}
+    shape = base.shape(name)
+    for m in models:
+        src: tuple[WeightStore, str] | None = None
+        rep = m.adapter.replacement_for(name) if m.adapter is not None else None
+        if m.store is not None and name in m.store:
+            src = (m.store, name)
+        elif m.adapter is not None and rep:
+            src = (m.adapter.store, rep)
+        if src is None:
+            # An adapter leaves it unchanged; a full checkpoint lacking it has no value (empty cell,
+            # listed under only_in_base in summary.json), never a NaN.
+            row[f"l2:{m.label}"] = 0.0 if m.adapter is not None else None
+            continue
+        if tuple(src[0].shape(src[1])) != shape:
+            raise AffectlensError(
+                f"shape mismatch for {name}: base {list(shape)} vs {m.label} {list(src[0].shape(src[1]))}")
+        rows = shape[0] if shape else 1
+        cols = max(1, base.numel(name) // max(rows, 1))
+        step = max(1, chunk_elems // cols)
+        scratch.raw_for(step * cols)
+        b_read, t_read = chunk_reader(base, name, scratch.raw[0]), chunk_reader(*src, scratch.raw[1])
+        ssq = 0.0
+        what = f"{name} of {m.label} or the base"
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            st = chunk_stats(b_read(r0, r1).reshape(-1), t_read(r0, r1).reshape(-1), scratch, base_ssq=False,
+                             what=what)
+            ssq += st.ssq_delta
+        row[f"l2:{m.label}"] = math.sqrt(ssq)
+    return row
+
+
+__all__ = ["SUB_ELEMS", "Contribution", "DeltaStats", "add_contributions", "base_ssq", "chunk_reader",
+           "chunk_stats", "other_tensor_row", "other_tensors", "tensor_job"]

@@ -276,6 +276,7 @@ def test_circuits_retry_all_pairs_when_tau_leaves_none(tmp_path):
     cfg = study_cfg(tmp_path)
     cfg = {**cfg, "stages": ["circuits"], "circuits": {**cfg["circuits"], "min_score": 1.0}}
     result = run_study(cfg, tmp_path / "out", evaluator=StubEvaluator(), echo=lambda s: None)
-    notes = result["sections"]["circuits-layers"]["notes"]
-    assert any("retried the circuits steps with min_score 0" in n for n in notes), notes
-    assert result["sections"]["circuits-layers"]["figures"]  # the layer profile exists after the retry
+    # No pair reaches tau = 1: the vectors fall back (the library's best-pairs fallback, else the study's
+    # all-pairs retry, each noted) and the circuits sections still get their numbers and figures.
+    assert result["sections"]["circuits-layers"]["figures"]
+    assert "circuits-layers.middle-peak" in {c["id"] for c in result["claims"]}

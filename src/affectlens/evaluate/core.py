@@ -140,7 +140,8 @@ def _with_images(model, tok, processor, task: LoadedTask, prompts: list[str], ba
     spec, labels = task.spec, list(task.labels)
     img = image_rows(task)
     ll = torch.zeros(len(prompts), len(labels), dtype=torch.float64)
-    text = [i for i in range(len(prompts)) if i not in set(img)]
+    has = set(img)
+    text = [i for i in range(len(prompts)) if i not in has]
     if text:
         ll[text] = score_labels(model, tok, [prompts[i] for i in text], labels, batch_size=batch_size,
                                 progress=progress).double()

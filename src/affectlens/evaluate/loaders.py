@@ -116,7 +116,7 @@ def load_bundled(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...] | None,
 def _image(value: Any, path: Path, where: str, key: str) -> dict[str, Any]:
     """``{"image": file}`` of a row's image field (relative to the data file's folder); checked now."""
     if value is None or value == "":
-        return {}  # a text-only row: scored as text
+        return {}  # a text-only row (empty, null or absent): scored as text
     if not isinstance(value, str):
         raise AffectlensError(f"{path}: {where}: image '{key}' is {type(value).__name__}, not a path")
     img = Path(value) if Path(value).is_absolute() else path.parent / value
@@ -132,7 +132,7 @@ def _examples(rows: Sequence[dict], spec: TaskSpec, path: Path, text_key: str, l
     if img is not None:
         _column(rows, img, path, "image")
     return [Example(text=_text(r, text_key, path), label=_label(r, label_key, path),
-                    meta=_image(r[img], path, _where(r), img) if img is not None else {}) for r in rows]
+                    meta=_image(r.get(img), path, _where(r), img) if img is not None else {}) for r in rows]
 
 
 def load_jsonl_file(path: Path, spec: TaskSpec) -> tuple[list[Example], None, int]:

@@ -138,6 +138,9 @@ Task specs (evaluate --task, repeatable; tune --data; grid/study 'tasks' and 'da
                           score=COL, center=0, margin=0 (|score-center|<=margin dropped),
                           labels3=1 (keep the dropped band as 'neutral': 3 classes);
                           EmoBank: sentiment:emobank.csv,score=V,center=3,split=test
+  pairs:FILE              contrast pairs JSONL (the circuits format): each pair is two
+                          examples, "emotional" with its "label" and "neutral" with neutral;
+                          "image_emotional"/"image_neutral" give each side's image; split=
   ppl:FILE                perplexity on a plain-text file (paragraphs split at blank lines);
                           max_length=, stride= (sliding windows)
   PATH                    a bare file or dir: kind inferred from extension and header
@@ -150,6 +153,9 @@ Options for every labelled kind (meld, csv, ... also take delimiter=, quote=, ba
                           goemotions-ekman, or JSON {"raw": "target" or null (drop)}
   balance=true            cut every class to the rarest class's count (seeded)
   per_class=N             keep at most N rows per class (seeded); seed=N (default 0)
+  image=COL               (jsonl, csv) the column with each row's image file (relative to
+                          the data file's folder; empty: a text row); image rows need a
+                          vision-language model (Qwen-VL, LLaVA) and closed mode
 Options follow the path, comma separated: csv:data.csv,text=utterance,label=emotion"""
 
 

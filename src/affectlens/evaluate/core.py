@@ -60,7 +60,7 @@ def _seconds(t0: float) -> float:
 
 
 def _closed(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress, calibration: str = "none",
-            shots: Shots | None = None) -> tuple[dict, list, dict, dict]:
+            shots: Shots | None = None, processor: Any = None) -> tuple[dict, list, dict, dict]:
     spec, labels = task.spec, list(task.labels)
     solved = shots.pairs() if shots else []
 
@@ -69,7 +69,10 @@ def _closed(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress, ca
 
     prompts = [prompt(e.text) for e in task.examples]
     t0 = time.perf_counter()
-    ll = score_labels(model, tok, prompts, labels, batch_size=batch_size, progress=progress)
+    if image_rows(task):
+        ll = _with_images(model, tok, processor, task, prompts, batch_size, progress)
+    else:
+        ll = score_labels(model, tok, prompts, labels, batch_size=batch_size, progress=progress)
     bad = (~torch.isfinite(ll)).nonzero()
     if len(bad):  # argmax over NaN is a confident-looking label: never a prediction
         i, j = (int(x) for x in bad[0])
@@ -94,6 +97,8 @@ def _closed(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress, ca
             row["calibrated"] = {lab: float(scores[i, j]) for j, lab in enumerate(labels)}
         if e.score is not None:
             row["gold_score"] = e.score
+        if e.meta.get("image"):
+            row["image"] = e.meta["image"]
         rows.append(row)
     fig = {"labels": labels, "pred_labels": labels, "confusion": metrics["confusion"]}
     info: dict[str, Any] = {"calibration": calibration}
@@ -102,6 +107,51 @@ def _closed(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress, ca
     if shots:
         info["fewshot"] = shots.record()
     return metrics, rows, fig, info
+
+
+def image_rows(task: LoadedTask) -> list[int]:
+    """Indices of the examples that carry an image (``image=`` column, or a pairs file's images)."""
+    return [i for i, e in enumerate(task.examples) if e.meta.get("image")]
+
+
+def check_image_tasks(loaded: Sequence[LoadedTask], mode: str, calibration: str, num_fewshot: int,
+                      vlm: bool) -> None:
+    """Image tasks are closed-set, uncalibrated, zero-shot, on a vision-language model; else one line."""
+    for t in loaded:
+        if not image_rows(t):
+            continue
+        name = t.spec.name
+        if not vlm:
+            raise AffectlensError(f"task {name} has images: evaluate it on a vision-language model "
+                                  "(a Qwen-VL or LLaVA checkpoint, whose processor reads them)")
+        if mode != "closed":
+            raise AffectlensError(f"task {name} has images: image tasks are scored in closed mode only")
+        if calibration != "none" or num_fewshot:
+            raise AffectlensError(f"task {name} has images: --calibration and --num-fewshot apply to "
+                                  "text tasks only")
+
+
+def _with_images(model, tok, processor, task: LoadedTask, prompts: list[str], batch_size: int,
+                 progress: bool) -> torch.Tensor:
+    """Label log-likelihoods [n, labels]: image rows through the processor, text rows as text."""
+    from ..prompts import render
+    from ..vlm import image_label_logprobs, image_placeholder
+
+    spec, labels = task.spec, list(task.labels)
+    img = image_rows(task)
+    ll = torch.zeros(len(prompts), len(labels), dtype=torch.float64)
+    has = set(img)
+    text = [i for i in range(len(prompts)) if i not in has]
+    if text:
+        ll[text] = score_labels(model, tok, [prompts[i] for i in text], labels, batch_size=batch_size,
+                                progress=progress).double()
+    ptok = getattr(processor, "tokenizer", processor)
+    ph = image_placeholder(processor)
+    ex = [task.examples[i] for i in img]
+    ll[img] = image_label_logprobs(model, processor,
+                                   [render(ptok, e.text, spec.kind, labels, spec.question, image=ph) for e in ex],
+                                   [e.meta["image"] for e in ex], labels, progress=progress)
+    return ll
 
 
 def _generative(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress, wheel,
@@ -141,7 +191,7 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
              n_boot: int = 1000, wheel: str | Path | Wheel | None = None,
              max_new_tokens: int = 48, calibration: str = "none", num_fewshot: int = 0,
              fewshot_from: str | TaskSpec | None = None, sample: int | None = None,
-             backend: str | GenerationBackend = "hf") -> EvalResult:
+             backend: str | GenerationBackend = "hf", processor: Any = None) -> EvalResult:
     """Score ``model`` on ``tasks``; the mean is the plain mean of each task's primary metric.
 
     Perplexity tasks are reported but not averaged (lower is better, other units).
@@ -151,6 +201,8 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
     ``limit`` keeps the first N rows, ``sample`` N rows drawn with ``seed``.
     Generative mode: answers come from ``backend`` (``hf``, ``vllm`` or a
     :class:`~affectlens.evaluate.backends.GenerationBackend`).
+    ``processor``: a vision-language model's processor; rows with an image
+    are scored through it (closed mode), text rows as text.
     """
     if mode not in MODES:
         raise AffectlensError(f"unknown mode '{mode}'; choose from {', '.join(MODES)}")
@@ -175,6 +227,7 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
     if dup:
         raise AffectlensError(f"task(s) given twice: {', '.join(dup)}")
     loaded = [sample_task(load_task(s, limit), sample, seed) for s in specs]  # before any model work
+    check_image_tasks(loaded, mode, calibration, num_fewshot, processor is not None)
     shots = {t.spec.name: draw_shots(t, num_fewshot if t.spec.kind != "perplexity" else 0, seed, fewshot_from)
              for t in loaded}
     if mode == "generative":
@@ -197,7 +250,7 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
                 info: dict[str, Any] = {}
             elif mode == "closed":
                 m, rows, fig, info = _closed(model, tokenizer, task, batch_size, seed, n_boot, progress,
-                                             calibration, shots[spec.name])
+                                             calibration, shots[spec.name], processor)
                 n = len(rows)
             else:
                 m, rows, fig = _generative(model, tokenizer, task, batch_size, seed, n_boot, progress,

@@ -113,23 +113,57 @@ def load_bundled(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...] | None,
     return load_jsonl_file(Path(corpus.bundled_path(spec_path(spec))), spec)
 
 
+def _image(value: Any, path: Path, where: str, key: str) -> dict[str, Any]:
+    """``{"image": file}`` of a row's image field (relative to the data file's folder); checked now."""
+    if value is None or value == "":
+        return {}  # a text-only row (empty, null or absent): scored as text
+    if not isinstance(value, str):
+        raise AffectlensError(f"{path}: {where}: image '{key}' is {type(value).__name__}, not a path")
+    img = Path(value) if Path(value).is_absolute() else path.parent / value
+    if not img.is_file():
+        raise AffectlensError(f"{path}: {where}: image {img} does not exist")
+    return {"image": str(img)}
+
+
+def _examples(rows: Sequence[dict], spec: TaskSpec, path: Path, text_key: str, label_key: str) -> list[Example]:
+    _column(rows, text_key, path, "text")
+    _column(rows, label_key, path, "label")
+    img = spec.option("image")
+    if img is not None:
+        _column(rows, img, path, "image")
+    return [Example(text=_text(r, text_key, path), label=_label(r, label_key, path),
+                    meta=_image(r.get(img), path, _where(r), img) if img is not None else {}) for r in rows]
+
+
 def load_jsonl_file(path: Path, spec: TaskSpec) -> tuple[list[Example], None, int]:
     rows = split_filter(read_rows(path), spec, path)
-    text_key = spec.option("text", "text")
-    _column(rows, text_key, path, "text")
     label_key = spec.option("label") or ("label_text" if rows and "label_text" in rows[0] else "label")
-    _column(rows, label_key, path, "label")
-    out = [Example(text=_text(r, text_key, path), label=_label(r, label_key, path)) for r in rows]
-    return out, None, 0
+    return _examples(rows, spec, path, spec.option("text", "text"), label_key), None, 0
 
 
 def load_csv(spec: TaskSpec) -> tuple[list[Example], None, int]:
     path = data_file(spec)
     rows = split_filter(read_table(spec), spec, path)
-    text_key, label_key = spec.option("text", "text"), spec.option("label", "label")
-    _column(rows, text_key, path, "text")
-    _column(rows, label_key, path, "label")
-    return [Example(text=_text(r, text_key, path), label=_label(r, label_key, path)) for r in rows], None, 0
+    return _examples(rows, spec, path, spec.option("text", "text"), spec.option("label", "label")), None, 0
+
+
+def load_pairs(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...], int]:
+    """Contrast pairs (the circuits format): each pair is two examples, the emotional side with its
+    emotion and the neutral side with ``neutral``, each with its image when it has one."""
+    from ..circuits.pairs import NEUTRAL, answer_labels
+    from ..circuits.pairs import load_pairs as read_pairs
+
+    path = Path(spec_path(spec))
+    pairs = read_pairs(path, spec.option("split"))
+    if any(p.query for p in pairs):
+        raise AffectlensError(f"{path}: pairs with their own 'query' are not evaluable as a task; "
+                              "drop the field (the task's question is the default one)")
+    out = []
+    for i, p in enumerate(pairs, 1):
+        for text, label, im, side in ((p.emotional, p.label, p.image_emotional, "image_emotional"),
+                                      (p.neutral, NEUTRAL, p.image_neutral, "image_neutral")):
+            out.append(Example(text=text, label=label, meta=_image(im, path, f"pair {i}", side)))
+    return out, tuple(answer_labels(pairs)), 0
 
 
 def load_jsonl(spec: TaskSpec) -> tuple[list[Example], None, int]:
@@ -255,6 +289,7 @@ _LOADERS = {
     "goemotions": load_goemotions,
     "sentiment": load_sentiment,
     "text": load_text,
+    "pairs": load_pairs,
 }
 
 

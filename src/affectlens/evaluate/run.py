@@ -72,11 +72,12 @@ def evaluate_run(model: str, out: str | Path, tasks: Sequence[str] | None = None
     Every input is checked (counts, task files, the output) before the model
     is loaded, so a typo costs no loading time.
     """
+    from .. import vlm
     from ..devices import check, ran_on
-    from ..models import load_model
+    from ..models import load_model, resolve_model_path
     from .backends import vllm_missing
     from .calibration import check_mode
-    from .core import evaluate
+    from .core import check_image_tasks, evaluate, image_rows
     from .loaders import load_task
     from .tasks import parse_task
 
@@ -94,8 +95,9 @@ def evaluate_run(model: str, out: str | Path, tasks: Sequence[str] | None = None
                               "merge the adapter into a directory first, or use --backend hf")
     names = list(tasks or ["emotion"])
     specs = [parse_task(t) for t in names]
-    for spec in specs:  # fail on bad data before spending time on the model
-        load_task(spec, limit)
+    loaded = [load_task(spec, limit) for spec in specs]  # fail on bad data before spending time on the model
+    is_vlm = any(image_rows(t) for t in loaded) and vlm.is_vlm_dir(resolve_model_path(model))
+    check_image_tasks(loaded, mode, calibration, num_fewshot, is_vlm)
     inputs: dict[str, Any] = {"model": model}
     if adapter:
         inputs["adapter"] = adapter
@@ -108,11 +110,17 @@ def evaluate_run(model: str, out: str | Path, tasks: Sequence[str] | None = None
                "calibration": calibration, "num_fewshot": num_fewshot, "fewshot_from": fewshot_from,
                "sample": sample, "backend": backend}
     with RunDir(out, command="evaluate", force=force, inputs=inputs, options=options, seed=seed) as run:
-        m, tok = load_model(model, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle, device=device)
+        processor = None
+        if vlm.is_vlm_dir(resolve_model_path(model)):  # the VLM loader: its processor reads images
+            m, tok, processor = vlm.load_vlm(model, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle,
+                                             device=device)
+        else:
+            m, tok = load_model(model, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle, device=device)
         run.extra["ran_on"] = ran_on(m)
         result = evaluate(m, tok, names, mode=mode, limit=limit, batch_size=batch_size, seed=seed,
                           n_boot=n_boot, wheel=wheel, max_new_tokens=max_new_tokens, calibration=calibration,
-                          num_fewshot=num_fewshot, fewshot_from=fewshot_from, sample=sample, backend=backend)
+                          num_fewshot=num_fewshot, fewshot_from=fewshot_from, sample=sample, backend=backend,
+                          processor=processor)
         write_files(run, result)
     return result
 

@@ -96,6 +96,7 @@ _SPEC_KINDS: dict[str, tuple[str, TaskKind, tuple[str, ...] | None]] = {
     "csv": ("csv", TaskKind.EMOTION, None),
     "sentiment": ("sentiment", TaskKind.SENTIMENT, SENTIMENTS2),
     "ppl": ("text", TaskKind.PERPLEXITY, None),
+    "pairs": ("pairs", TaskKind.EMOTION, None),
 }
 _KIND_OF_LOADER = {loader: key for key, (loader, _, _) in _SPEC_KINDS.items()}
 _ASKED = (TaskKind.EMOTION, TaskKind.SENTIMENT, TaskKind.CONTROL)  # what kind= may set
@@ -107,10 +108,11 @@ _KNOWN_OPTIONS = {
     "meld": {"text", "label", "limit_dialogues"} | _COMMON | _TABLE,
     "meld_sentiment": {"text", "label"} | _COMMON | _TABLE,
     "goemotions": {"multi"} | _COMMON,
-    "jsonl": {"text", "label", "labels", "kind"} | _COMMON,
-    "csv": {"text", "label", "labels", "kind"} | _COMMON | _TABLE,
+    "jsonl": {"text", "label", "labels", "kind", "image"} | _COMMON,
+    "csv": {"text", "label", "labels", "kind", "image"} | _COMMON | _TABLE,
     "sentiment": {"text", "score", "center", "margin", "labels3"} | _COMMON | _TABLE,
     "text": {"max_length", "stride"},
+    "pairs": {"split"},
     "bundled": _COMMON - {"split", "split_column"},
 }
 _CHOICES = {"bad_rows": ("error", "skip", "report"), "balance": ("true", "false", "1", "0", "yes", "no")}
@@ -228,7 +230,7 @@ def sibling_split(spec: TaskSpec, split: str) -> TaskSpec | None:
         if target not in NAMES or target == spec.path:
             return None
         return replace(spec, name=target + "".join(f",{k}={v}" for k, v in spec.options), path=target)
-    if spec.path is None or spec.loader not in _KIND_OF_LOADER or spec.loader == "text":
+    if spec.path is None or spec.loader not in _KIND_OF_LOADER or spec.loader in ("text", "pairs"):
         return None
     p = Path(spec.path)
     own = spec.option("split")

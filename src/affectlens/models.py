@@ -358,6 +358,18 @@ def load_model(
         raise
     except Exception as e:
         raise AffectlensError(f"cannot load model from {p}: {type(e).__name__}: {e}") from None
+    model = checked_model(model, info, p, adapter, allow_pickle, merge)
+    tok = load_tokenizer(p) if with_tokenizer else None
+    return model, tok
+
+
+def checked_model(model: Any, info: dict, p: Path, adapter: str | os.PathLike | None, allow_pickle: bool,
+                  merge: bool = False) -> Any:
+    """The loading policy after ``from_pretrained`` (causal LMs and VLMs alike), in eval mode.
+
+    A tensor the checkpoint lacks would run randomly initialised, so it is an
+    error; NaN/Inf weights are refused; the adapter (if any) goes on top.
+    """
     missing = info.get("missing_keys") or ()
     if missing:
         raise AffectlensError(f"{p} lacks tensor(s) {_short(missing)}: the model would run with "
@@ -367,6 +379,4 @@ def load_model(
         model = _apply_adapter(model, Path(adapter), allow_pickle)
         if merge:
             model = model.merge_and_unload()
-    model.eval()
-    tok = load_tokenizer(p) if with_tokenizer else None
-    return model, tok
+    return model.eval()

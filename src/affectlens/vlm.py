@@ -306,8 +306,7 @@ def load_vlm(path: str | Any, adapter: str | None = None, dtype: str = "auto", a
     from transformers import AutoModelForImageTextToText
 
     from .models import (
-        _apply_adapter,
-        check_finite_model,
+        checked_model,
         placement,
         quiet_transformers,
         resolve_model_path,
@@ -326,14 +325,7 @@ def load_vlm(path: str | Any, adapter: str | None = None, dtype: str = "auto", a
             model, info = loaded
     except Exception as e:
         raise AffectlensError(f"cannot load a vision-language model from {p}: {type(e).__name__}: {e}") from None
-    missing = list(info.get("missing_keys") or ())
-    if missing:
-        raise AffectlensError(f"{p} lacks tensor(s) {', '.join(missing[:3])}: the model would run with "
-                              "randomly initialised weights there")
-    check_finite_model(model, p)
-    if adapter is not None:
-        model = _apply_adapter(model, Path(adapter), allow_pickle)
-    model.eval()
+    model = checked_model(model, info, p, adapter, allow_pickle)
     proc = load_processor(p)
     return model, getattr(proc, "tokenizer", proc), proc
 

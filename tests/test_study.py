@@ -31,15 +31,23 @@ class StubEvaluator:
         self.calls = 0
         self.fail_after = fail_after
 
-    def __call__(self, model, tokenizer, tasks, mode="closed", limit=None, batch_size=16, seed=0):
+    def __call__(self, model, tokenizer, tasks, mode="closed", limit=None, batch_size=16, seed=0,
+                 calibration="none"):
         if self.fail_after is not None and self.calls >= self.fail_after:
             raise Killed("simulated kill")
         self.calls += 1
         with torch.no_grad():
             lg = model(IDS).logits.double()
-        out = {t: {"primary": float(torch.sigmoid(lg[0, i].mean() * 10)), "metrics": {}, "n": 20}
-               for i, t in enumerate(tasks)}
+        out = {t: {"primary": float(torch.sigmoid(lg[0, i].mean() * 10)), "primary_metric": "accuracy",
+                   "metrics": {}, "n": 20} for i, t in enumerate(tasks)}
+        if calibration != "none":  # the raw score of the "same passes": a second fixed function
+            for i, t in enumerate(tasks):
+                out[t]["metrics"]["uncalibrated"] = {"accuracy": raw_of(out[t]["primary"])}
         return type("R", (), {"scores": {"tasks": out}})
+
+
+def raw_of(calibrated: float) -> float:
+    return calibrated / 2
 
 
 class PlantingTuner:

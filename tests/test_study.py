@@ -41,7 +41,7 @@ class StubEvaluator:
         out = {t: {"primary": float(torch.sigmoid(lg[0, i].mean() * 10)), "primary_metric": "accuracy",
                    "metrics": {}, "n": 20} for i, t in enumerate(tasks)}
         if calibration != "none":  # the raw score of the "same passes": a second fixed function
-            for i, t in enumerate(tasks):
+            for t in tasks:
                 out[t]["metrics"]["uncalibrated"] = {"accuracy": raw_of(out[t]["primary"])}
         return type("R", (), {"scores": {"tasks": out}})
 

@@ -316,6 +316,7 @@ def test_scored_stages_show_raw_beside_calibrated(study):
     assert "uncalibrated_primary" in header.split(",")
     md = (tmp / "out" / "report.md").read_text()
     assert "claims_use" in md and "calibrated (contextual)" in md  # the methods say which scores claims use
+    assert "Uncalibrated, the same models score" in md  # the "what this means" paragraph reads both
 
 
 def test_grid_calibration_key_is_opt_in():
@@ -429,6 +430,8 @@ def test_several_bases_each_locus_one_scale_and_cached_per_base(tmp_path):
     assert scale["shared"] and scale["panels"] == 6 and scale["vmin"] == 0.0
     assert scale["vmax"] == pytest.approx(max(maxes)) and maxes[0] != pytest.approx(maxes[1])
     assert any("first base, tinystories-656k, only" in n for n in sec["notes"])
+    md = (out / "report.md").read_text()
+    assert "tinystories-656k gate_proj, stories260k down_proj" in md
     # The claims read the first base (gate_proj planted), not the second (down_proj).
     assert {c["id"]: c["verdict"] for c in result["claims"]}["locate.gate-largest"] == "supported"
     # A third base: only its own adapters and locate run.

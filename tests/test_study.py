@@ -13,7 +13,7 @@ from affectlens.study import load_study_config, run_study
 from affectlens.tune import tune as real_tune
 
 from circuits_helpers import PAIRS, save_planted, write_pairs
-from conftest import TINYSTORIES
+from conftest import STORIES260K, TINYSTORIES
 from faults import assert_refused, run_cli
 
 IDS = torch.tensor([[1, 5, 9, 17, 33, 2, 64, 100]])
@@ -31,15 +31,23 @@ class StubEvaluator:
         self.calls = 0
         self.fail_after = fail_after
 
-    def __call__(self, model, tokenizer, tasks, mode="closed", limit=None, batch_size=16, seed=0):
+    def __call__(self, model, tokenizer, tasks, mode="closed", limit=None, batch_size=16, seed=0,
+                 calibration="none"):
         if self.fail_after is not None and self.calls >= self.fail_after:
             raise Killed("simulated kill")
         self.calls += 1
         with torch.no_grad():
             lg = model(IDS).logits.double()
-        out = {t: {"primary": float(torch.sigmoid(lg[0, i].mean() * 10)), "metrics": {}, "n": 20}
-               for i, t in enumerate(tasks)}
+        out = {t: {"primary": float(torch.sigmoid(lg[0, i].mean() * 10)), "primary_metric": "accuracy",
+                   "metrics": {}, "n": 20} for i, t in enumerate(tasks)}
+        if calibration != "none":  # the raw score of the "same passes": a second fixed function
+            for t in tasks:
+                out[t]["metrics"]["uncalibrated"] = {"accuracy": raw_of(out[t]["primary"])}
         return type("R", (), {"scores": {"tasks": out}})
+
+
+def raw_of(calibrated: float) -> float:
+    return calibrated / 2
 
 
 class PlantingTuner:
@@ -280,3 +288,173 @@ def test_circuits_retry_all_pairs_when_tau_leaves_none(tmp_path):
     # all-pairs retry, each noted) and the circuits sections still get their numbers and figures.
     assert result["sections"]["circuits-layers"]["figures"]
     assert "circuits-layers.middle-peak" in {c["id"] for c in result["claims"]}
+
+
+# --- raw and calibrated side by side -----------------------------------------------------------------------
+
+
+def test_scored_stages_show_raw_beside_calibrated(study):
+    tmp, _, result, _ = study
+    secs = result["sections"]
+    for stage in ("sufficiency", "efficiency", "necessity"):
+        table = secs[stage]["tables"][0]
+        cols = table["columns"]
+        cal, raw = cols.index("affective mean (contextual)"), cols.index("affective mean (raw)")
+        assert table["rows"]
+        for row in table["rows"]:  # the stub's raw score is half its calibrated one
+            assert row[raw] == pytest.approx(raw_of(row[cal]), abs=1e-4)
+    assert "control mean (raw)" in secs["necessity"]["tables"][0]["columns"]
+    assert "mean (raw)" in secs["frontier"]["tables"][0]["columns"]
+    assert result["methods"]["scoring"] == {"calibration": "contextual", "claims_use": "calibrated (contextual)",
+                                            "tables": "calibrated beside raw"}
+    by_id = {c["id"]: c for c in result["claims"]}
+    detail = by_id["efficiency.gate-lora"]["detail"]
+    assert detail["scores"] == "calibrated (contextual)"
+    # The claim reads the calibrated scores; the raw statistic beside it is the same difference halved.
+    assert detail["uncalibrated"]["value"] == pytest.approx(by_id["efficiency.gate-lora"]["ours"] / 2)
+    header = (tmp / "out" / "stages" / "efficiency" / "grid-s0" / "grid.csv").read_text().splitlines()[0]
+    assert "uncalibrated_primary" in header.split(",")
+    md = (tmp / "out" / "report.md").read_text()
+    assert "claims_use" in md and "calibrated (contextual)" in md  # the methods say which scores claims use
+    assert "Uncalibrated, the same models score" in md  # the "what this means" paragraph reads both
+
+
+def test_grid_calibration_key_is_opt_in():
+    """Without eval.calibration a grid's cell keys and columns are as before; with it the raw metrics of the
+    evaluator's calibrated entry are kept beside the primary, flattened."""
+    from affectlens.grid.config import load_config
+    from affectlens.grid.results import TaskResult
+
+    grid = {"base": "b", "tasks": ["emotion"], "variants": [{"name": "base", "kind": "reference", "model": "base"}]}
+    plain, cal = load_config(grid), load_config({**grid, "eval": {"calibration": "pmi"}})
+    assert plain.eval.to_dict() == {"mode": "closed", "limit": None, "batch_size": 16}
+    assert cal.eval.to_dict()["calibration"] == "pmi" and cal.variants[0].hash != plain.variants[0].hash
+    with pytest.raises(Exception, match="eval.calibration must be one of"):
+        load_config({**grid, "eval": {"calibration": "pmi", "mode": "generative"}})
+    entry = {"primary": 0.5, "primary_metric": "weighted_f1",
+             "metrics": {"accuracy": 0.6, "uncalibrated": {"accuracy": 0.2, "weighted_f1": 0.1}}}
+    got = TaskResult.from_evaluator(entry, "emotion").metrics
+    assert got == {"accuracy": 0.6, "uncalibrated_accuracy": 0.2, "uncalibrated_weighted_f1": 0.1,
+                   "uncalibrated_primary": 0.1}
+    assert TaskResult.from_evaluator({"primary": 0.5, "metrics": {"accuracy": 0.6}}, "e").metrics == {"accuracy": 0.6}
+
+
+def test_calibrated_study_score_is_evaluates_own(study, tmp_path):
+    """The real evaluator through the study's grid: the calibrated and raw columns are exactly what
+    ``evaluate(..., calibration=...)`` and ``evaluate(...)`` give for the same model."""
+    from affectlens.evaluate import evaluate
+    from affectlens.models import load_model
+
+    src_tmp, cfg, _, _ = study
+    out = tmp_path / "out"
+    shutil.copytree(src_tmp / "out", out)
+    changed = {**cfg, "calibration": "pmi", "stages": ["sufficiency"], "seeds": [0]}
+    result = run_study(changed, out, tuner=PlantingTuner(), echo=lambda s: None)
+    table = result["sections"]["sufficiency"]["tables"][0]
+    rows = {r[0]: r for r in table["rows"]}
+    cal, raw = table["columns"].index("affective mean (pmi)"), table["columns"].index("affective mean (raw)")
+    kw = {"limit": 8, "batch_size": 8, "progress": False, "n_boot": 0}
+    adapter = out / json.loads((out / "stages" / "adapters" / "result.json").read_text())["result"]["emotion"]["0"]
+    for variant, model_dir in (("base", None), ("all-module", adapter)):
+        model, tok = load_model(TINYSTORIES, adapter=model_dir)
+        direct_cal = evaluate(model, tok, ["emotion"], calibration="pmi", **kw).scores["tasks"]["emotion"]
+        direct_raw = evaluate(model, tok, ["emotion"], **kw).scores["tasks"]["emotion"]
+        assert direct_cal["calibration"] == "pmi"
+        if variant == "base":  # calibration moves this score, so an unforwarded option would show
+            assert direct_cal["primary"] != pytest.approx(direct_raw["primary"], abs=1e-3)
+        assert rows[variant][cal] == pytest.approx(direct_cal["primary"], abs=1e-4), variant
+        assert rows[variant][raw] == pytest.approx(direct_raw["primary"], abs=1e-4), variant
+    assert result["methods"]["scoring"]["claims_use"] == "calibrated (pmi)"
+
+
+def test_study_config_calibration_and_models_keys():
+    cfg = load_study_config({"models": [str(TINYSTORIES), str(STORIES260K)]})
+    assert (cfg.model, cfg.bases, cfg.calibration) == (str(TINYSTORIES), [str(TINYSTORIES), str(STORIES260K)],
+                                                       "contextual")
+    cfg = load_study_config({"model": "a", "models": ["b", "a"], "calibration": "none"}, model="c")
+    assert (cfg.model, cfg.bases, cfg.other_bases, cfg.calibration) == ("c", ["c", "b", "a"], ["b", "a"], "none")
+    with pytest.raises(Exception, match="calibration must be one of none, contextual, pmi"):
+        load_study_config({"calibration": "platt"})
+
+
+# --- several bases -----------------------------------------------------------------------------------------
+
+
+class BasePlanting(PlantingTuner):
+    """PlantingTuner whose affective locus depends on the base: ``loci`` maps a base dir name to it."""
+
+    def __init__(self, loci: dict[str, str]) -> None:
+        super().__init__()
+        self.loci = loci
+
+    def __call__(self, base, data, config=None, out=None, method="lora", **kw):
+        from safetensors.torch import load_file, save_file
+
+        res = super().__call__(base, data, config=config, out=out, method=method, **kw)
+        planted = self.loci.get(Path(base).name)
+        if method == "lora" and config.modules == "all" and planted and "control" not in str(data):
+            f = Path(out) / "adapter_model.safetensors"
+            sd = load_file(str(f))
+            g = torch.Generator().manual_seed(config.seed + 7)
+            for k, v in sd.items():
+                if "lora_B" in k:
+                    sd[k] = torch.randn(v.shape, generator=g) * (0.5 if f".{planted}." in k else 0.002)
+            save_file(sd, str(f))
+        return res
+
+
+def _heat_max(result_file: Path) -> float:
+    r = json.loads(result_file.read_text())["result"]
+    first = [lab for lab in r["labels"] if lab.endswith("-s0")]
+    return max(v for lab in first for mods in r["heat"][lab].values() for v in mods.values())
+
+
+def test_several_bases_each_locus_one_scale_and_cached_per_base(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    cfg = {**study_cfg(tmp_path), "model": str(TINYSTORIES), "models": [str(STORIES260K)], "seeds": [0],
+           "stages": ["locate"]}
+    loci = {"stories260k": "down_proj", "third": "o_proj"}
+    out = tmp_path / "out"
+    result = run_study(cfg, out, tuner=BasePlanting(loci), evaluator=StubEvaluator(), echo=lambda s: None)
+    sec = result["sections"]["locate"]
+    by_base = sec["numbers"]["loci_by_base"]
+    assert set(by_base) == {"tinystories-656k", "stories260k"}
+    for metric in ("l2", "relative", "rms"):
+        assert by_base["tinystories-656k"]["emotion"][metric] == "gate_proj"
+        assert by_base["stories260k"]["emotion"][metric] == "down_proj"
+        assert by_base["stories260k"]["control"][metric] == "up_proj"
+    # One figure, every base's panels (emotion, control, full FT) on one colour scale: the global max.
+    scale = sec["numbers"]["heatmap_scale"]
+    maxes = [_heat_max(out / "stages" / key / "result.json") for key in ("locate", "locate@stories260k")]
+    assert scale["shared"] and scale["panels"] == 6 and scale["vmin"] == 0.0
+    assert scale["vmax"] == pytest.approx(max(maxes)) and maxes[0] != pytest.approx(maxes[1])
+    assert any("first base, tinystories-656k, only" in n for n in sec["notes"])
+    md = (out / "report.md").read_text()
+    assert "tinystories-656k gate_proj, stories260k down_proj" in md
+    # The claims read the first base (gate_proj planted), not the second (down_proj).
+    assert {c["id"]: c["verdict"] for c in result["claims"]}["locate.gate-largest"] == "supported"
+    # A third base: only its own adapters and locate run.
+    third = tmp_path / "third"
+    shutil.copytree(STORIES260K, third, copy_function=shutil.copyfile)
+    sd = load_file(str(third / "model.safetensors"))
+    save_file({k: v * 1.01 for k, v in sd.items()}, str(third / "model.safetensors"))
+    echoed: list[str] = []
+    tuner = BasePlanting(loci)
+    result = run_study({**cfg, "models": [str(STORIES260K), str(third)]}, out, tuner=tuner,
+                       evaluator=StubEvaluator(), echo=echoed.append)
+    assert lines_of(echoed, "running") == {"adapters@third", "locate@third"}
+    assert lines_of(echoed, "cached") >= {"adapters", "locate", "adapters@stories260k", "locate@stories260k"}
+    assert tuner.calls == 3  # emotion, control, full FT of the third base only
+    assert result["sections"]["locate"]["numbers"]["loci_by_base"]["third"]["emotion"]["relative"] == "o_proj"
+    assert result["sections"]["locate"]["numbers"]["heatmap_scale"]["panels"] == 9
+
+
+def test_locate_heatmap_panels_share_one_scale():
+    import numpy as np
+
+    from affectlens import plots
+
+    a, b = np.array([[0.0, 1.0], [0.5, 0.2]]), np.array([[5.0, 0.1], [np.nan, 2.0]])
+    fig = plots.locate_heatmap([("a", a, ["q", "k"], [0, 1]), ("b", b, ["q", "k"], [0, 1])], "relative")
+    assert plots.image_limits(fig) == [(0.0, 5.0), (0.0, 5.0)]

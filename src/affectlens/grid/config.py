@@ -29,17 +29,19 @@ REQUIRED_FOR_TUNING = ("steps", "rank", "lr")  # a study states its budget; it n
 
 @dataclass(frozen=True)
 class EvalSpec:
-    """How every cell is scored (``evaluate``'s mode, limit and batch size)."""
+    """How every cell is scored (``evaluate``'s mode, limit, batch size and closed-set calibration)."""
 
     mode: str = "closed"
     limit: int | None = None
     batch_size: int = 16
+    calibration: str = "none"
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any], where: str) -> EvalSpec:
         from ..evaluate.core import MODES
+        from ..vocab import CALIBRATIONS
 
-        allowed = ("mode", "limit", "batch_size")
+        allowed = ("mode", "limit", "batch_size", "calibration")
         bad = sorted(set(raw) - set(allowed))
         if bad:
             raise config_error(where, f"eval has unknown field(s) {', '.join(bad)}; allowed: {', '.join(sorted(allowed))}")
@@ -50,10 +52,18 @@ class EvalSpec:
             val = raw.get(key)
             if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val < 1):
                 raise config_error(where, f"eval.{key} must be a positive integer, not {val!r}")
-        return cls(mode, raw.get("limit"), int(raw.get("batch_size", 16)))
+        cal = raw.get("calibration", "none")
+        if cal not in CALIBRATIONS or (cal != "none" and mode != "closed"):
+            raise config_error(where, f"eval.calibration must be one of {', '.join(CALIBRATIONS)} "
+                                      f"(closed mode only), not {cal!r}")
+        return cls(mode, raw.get("limit"), int(raw.get("batch_size", 16)), cal)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "limit": self.limit, "batch_size": self.batch_size}
+        """The cell key's eval part; ``calibration`` only when asked, so existing grids keep their keys."""
+        out: dict[str, Any] = {"mode": self.mode, "limit": self.limit, "batch_size": self.batch_size}
+        if self.calibration != "none":
+            out["calibration"] = self.calibration
+        return out
 
 
 @dataclass

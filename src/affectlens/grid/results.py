@@ -36,6 +36,12 @@ class TaskResult:
             raise AffectlensError(f"the evaluator's primary score for task {name} is {p!r}, not a number")
         metrics = {k: float(v) for k, v in (entry.get("metrics") or {}).items()
                    if isinstance(v, int | float) and not isinstance(v, bool)}
+        raw = (entry.get("metrics") or {}).get("uncalibrated")
+        if isinstance(raw, dict):  # a calibrated score: the raw decision's metrics beside it, flattened
+            metrics.update({f"uncalibrated_{k}": float(v) for k, v in raw.items()
+                            if isinstance(v, int | float) and not isinstance(v, bool)})
+            if entry.get("primary_metric") in raw:
+                metrics["uncalibrated_primary"] = float(raw[entry["primary_metric"]])
         n = entry.get("n")
         return cls(float(p), metrics, n if isinstance(n, int) else None, entry.get("kind"), name)
 

@@ -271,8 +271,9 @@ class Workbench:
         ev = self.cfg.eval
         t0 = time.perf_counter()
         with applied(self.model, built.tensors):
+            cal = {"calibration": ev.calibration} if ev.calibration != "none" else {}
             res = evaluator(self.model, self.tok, list(self.cfg.tasks), mode=ev.mode, limit=ev.limit,
-                            batch_size=ev.batch_size, seed=seed)
+                            batch_size=ev.batch_size, seed=seed, **cal)
         tasks = task_results(res, list(self.cfg.tasks))
         for t, r in tasks.items():
             bad = r.nonfinite()

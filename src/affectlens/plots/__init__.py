@@ -21,11 +21,12 @@ from .circuits import (
 from .evaluate import confusion_matrix
 from .grid import frontier
 from .locate import LOCATE_METRIC_TITLES, locate_distribution, locate_heatmap
-from .study import locus_stability, verdict_forest
+from .study import image_limits, locus_stability, verdict_forest
 from .tune import loss_curve
 
 __all__ = [
-    "LOCATE_METRIC_TITLES", "confusion_matrix", "frontier", "head_overlap", "head_scores", "intervention_changes",
+    "LOCATE_METRIC_TITLES", "confusion_matrix", "frontier", "head_overlap", "head_scores", "image_limits",
+    "intervention_changes",
     "layer_profile", "locate_distribution", "locate_heatmap", "locus_stability", "loss_curve", "neuron_layers",
     "pyplot", "save", "vector_norms", "verdict_forest",
 ]

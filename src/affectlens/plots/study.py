@@ -70,3 +70,13 @@ def locus_stability(loci: Mapping[str, Sequence[str]], modules: Sequence[str], t
     ax.set_title(title or "Locus stability over seeds (size-fair change)")
     fig.tight_layout()
     return fig
+
+
+def image_limits(fig: Any) -> list[tuple[float, float]]:
+    """The colour limits (vmin, vmax) of every image panel in ``fig``: one pair when they share a scale."""
+    out: list[tuple[float, float]] = []
+    for ax in fig.axes:
+        for im in ax.get_images():
+            lo, hi = im.get_clim()
+            out.append((float(lo), float(hi)))
+    return out

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .context import Context
-from .stages_grid import ALL, affective, control
+from .stages_grid import ALL, affective, control, raw_view
 
 TITLES = {
     "locate": "Where did fine-tuning change the model? (Figs. 4-6, 10)",
@@ -35,15 +35,25 @@ def _section(key: str) -> dict[str, Any]:
     return {"title": TITLES[key], "numbers": {}, "tables": [], "figures": {}, "notes": []}
 
 
+def _mean(xs: list[float] | None) -> float | None:
+    return None if xs is None else round(sum(xs) / len(xs), 4)
+
+
 def _score_table(res: dict[str, Any], title: str, reference: str | None = None) -> dict[str, Any]:
-    cols = ["variant", "affective mean", *(["control mean"] if res["control_tasks"] else []), "trainable params"]
+    """Per variant: the affective (and control) mean, calibrated beside raw when the stage calibrated."""
+    cal = res.get("calibration", "none")
+    raw = raw_view(res) if cal != "none" else None
+    cols = ["variant"]
+    for what in ["affective", *(["control"] if res["control_tasks"] else [])]:
+        cols += [f"{what} mean ({cal})", f"{what} mean (raw)"] if raw is not None else [f"{what} mean"]
+    cols.append("trainable params")
     rows = []
     for v in res["scores"]:
-        aff = affective(res, v)
-        row: list[Any] = [v, round(sum(aff) / len(aff), 4)]
-        ctl = control(res, v)
-        if ctl is not None:
-            row.append(round(sum(ctl) / len(ctl), 4))
+        row: list[Any] = [v]
+        for fn in [affective, *([control] if res["control_tasks"] else [])]:
+            row.append(_mean(fn(res, v)))
+            if raw is not None:
+                row.append(_mean(fn(raw, v)))
         row.append(res["params"].get(v))
         rows.append(row)
     return {"title": title, "columns": cols, "rows": rows}
@@ -53,6 +63,8 @@ def _score_numbers(res: dict[str, Any], stage: str) -> dict[str, Any]:
     """``scores`` (affective mean per variant) and, for necessity, ``control_task_drop`` per reset."""
     scores = {v: sum(affective(res, v)) / len(res["scores"][v][res["tasks"][0]]) for v in res["scores"]}
     nums: dict[str, Any] = {"scores": scores}
+    if res.get("calibration", "none") != "none":
+        nums["raw_scores"] = {v: _mean(affective(raw_view(res), v)) for v in res["scores"]}
     ref = control(res, ALL) if ALL in res["scores"] else None
     if stage == "necessity" and ref is not None:
         drops = {}
@@ -64,35 +76,6 @@ def _score_numbers(res: dict[str, Any], stage: str) -> dict[str, Any]:
     return nums
 
 
-def _locate(sec: dict[str, Any], r: dict[str, Any], run: Any) -> None:
-    import numpy as np
-
-    from .. import plots
-
-    st = r["stability"]
-    sec["numbers"] = {"loci": r["loci"]}
-    sec["numbers"].update({f"{kind} locus ({m})": v["locus"] for kind, ms in st.items() for m, v in ms.items()})
-    sec["numbers"].update({f"{kind} locus stability ({m})": v["share_of_seeds"] for kind, ms in st.items()
-                           for m, v in ms.items()})
-    for lab in [x for x in r["labels"] if x.endswith(f"-s{r['labels'][0].split('-s')[-1]}")]:
-        rk = r["ranking"][lab]
-        sec["tables"].append({"title": f"{lab}: module ranking, Eq. 1 (l2) next to size-fair Eq. 2 and RMS",
-                              "columns": ["rank", "l2 (Eq. 1)", "relative (Eq. 2)", "rms"],
-                              "rows": [[i + 1, rk["l2"][i], rk["relative"][i], rk["rms"][i]]
-                                       for i in range(len(rk["l2"]))]})
-    mods, layers = r["modules"], r["layers"]
-    panels = []
-    for lab in r["labels"]:
-        if lab.endswith(f"-s{r['labels'][0].split('-s')[-1]}"):
-            mat = np.full((len(layers), len(mods)), np.nan)
-            for i, la in enumerate(layers):
-                for j, m in enumerate(mods):
-                    mat[i, j] = r["heat"][lab].get(str(la), {}).get(m, np.nan)
-            panels.append((lab, mat, mods, layers))
-    run.figure("figures/locate_heatmap.png", plots.locate_heatmap(panels, "relative"))
-    sec["figures"]["locate_heatmap"] = "figures/locate_heatmap.png"
-
-
 def _frontier(sec: dict[str, Any], r: dict[str, Any], run: Any) -> None:
     from .. import plots
 
@@ -100,8 +83,16 @@ def _frontier(sec: dict[str, Any], r: dict[str, Any], run: Any) -> None:
             "base": r["base"], "majority_class": r["majority"]}
     sec["numbers"] = {k: v for k, v in nums.items() if v is not None and v == v}  # undefined: left out
     sec["notes"].append(r["line"])
-    sec["tables"].append({"title": "score vs trainable parameters", "columns": ["variant", "params", "mean"],
-                          "rows": [[p["variant"], p["params"], round(p["mean"], 4)] for p in r["points"]]})
+    cal = r.get("calibration", "none")
+    if cal != "none":
+        sec["tables"].append({"title": "score vs trainable parameters (calibrated beside raw)",
+                              "columns": ["variant", "params", f"mean ({cal})", "mean (raw)"],
+                              "rows": [[p["variant"], p["params"], round(p["mean"], 4),
+                                        round(p["uncalibrated_mean"], 4)] for p in r["points"]]})
+        sec["numbers"]["base_uncalibrated"] = r["base_uncalibrated"]
+    else:
+        sec["tables"].append({"title": "score vs trainable parameters", "columns": ["variant", "params", "mean"],
+                              "rows": [[p["variant"], p["params"], round(p["mean"], 4)] for p in r["points"]]})
     pts = [{**p, "ci95": None} for p in r["points"]]
     pareto = [p["variant"] for p in pts if not any(q["params"] <= p["params"] and q["mean"] > p["mean"]
                                                     for q in pts if q is not p)]
@@ -171,7 +162,9 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
             if stage in failed:
                 sec["notes"].append(f"this section is missing: the {stage} stage {failed[stage]}")
         if "locate" in res and "locate" in sections:
-            _locate(sections["locate"], res["locate"], run)
+            from .bases import locate_bases
+
+            locate_bases(sections["locate"], ctx, run, failed)
             sections["locate"]["notes"] += res["locate"].get("notes", [])
         for stage, title in (("sufficiency", "transfer onto the base (mean over seeds)"),
                              ("efficiency", "targeted LoRA at an identical budget (mean over seeds)"),
@@ -184,7 +177,8 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
             sections["frontier"]["notes"] += res["frontier"].get("notes", [])
         if "circuits" in res and "circuits-layers" in sections:
             _circuits(sections, res["circuits"], ctx, run)
-        evidence = {k: v for r in res.values() for k, v in (r.get("evidence") or {}).items()}
+        evidence = {k: v for key, r in res.items() if "@" not in key  # claims: the first base only
+                    for k, v in (r.get("evidence") or {}).items()}
         claims, not_judged = [], []
         for cid, claim in CLAIMS.items():
             if claim.stage not in sections:
@@ -206,7 +200,11 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
                 "budgets": {"lora": cfg.budget.to_dict(), "full_fine_tune": cfg.full_budget.to_dict(),
                             "eval": cfg.eval, "circuits": cfg.circuits,
                             "modules": {"single": cfg.single, "groups": cfg.groups}},
-                "models": {"base": str(ctx.base_path), "base_spec": cfg.model, "circuits": cfg.circuits_model,
+                "scoring": {"calibration": cfg.calibration,
+                            "claims_use": f"calibrated ({cfg.calibration})" if cfg.calibration != "none" else "raw",
+                            "tables": "calibrated beside raw" if cfg.calibration != "none" else "raw"},
+                "models": {"base": str(ctx.base_path), "base_spec": cfg.model, "bases": cfg.bases,
+                           "circuits": cfg.circuits_model,
                            "full_fine_tune": bool(res.get("adapters", {}).get("full"))},
                 "data_fingerprints": ctx.fps, "stage_fingerprints": fps, "packages": versions(),
                 "expected_time_s": expected["total"], "wall_time_s": round(wall, 1),

@@ -9,6 +9,7 @@ evaluation limit, circuits options). A GPU is typically 20-100x faster.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,9 @@ def _params(base_path: Path) -> int:
     return n * (4 * h * h + 3 * h * f) + v * h
 
 
-def expected_seconds(cfg: StudyConfig, base_path: Path) -> dict[str, Any]:
-    """Seconds per stage (and ``total``) for the asked stages, from the model size and the budgets."""
+def expected_seconds(cfg: StudyConfig, base_path: Path, other_bases: Sequence[Path] = ()) -> dict[str, Any]:
+    """Seconds per stage (and ``total``) for the asked stages, from the model size and the budgets;
+    ``other_bases`` add their own adapters and locate (``<stage>@other bases``)."""
     p = _params(base_path)
     tokens = cfg.budget.batch_size * min(cfg.budget.max_length, EXAMPLE_TOKENS)
     step = TRAIN_S_PER_TOKEN_PARAM * tokens * p
@@ -65,6 +67,9 @@ def expected_seconds(cfg: StudyConfig, base_path: Path) -> dict[str, Any]:
     from .runner import needed
 
     out: dict[str, Any] = {s: round(est[s], 1) for s in needed(cfg.stages)}
+    for s in ("adapters", "locate"):
+        if s in out and other_bases:
+            out[f"{s}@other bases"] = round(sum(expected_seconds(cfg, b)[s] for b in other_bases), 1)
     out["total"] = round(sum(out.values()), 1)
     out["basis"] = (f"{p / 1e6:.0f}M parameters; {step:.2f} s per training step, {cell_all:.0f} s per scored "
                     "model (all tasks) on 2 idle CPU cores, calibrated on SmolLM2-135M")

@@ -23,7 +23,7 @@ from ..tuneconfig import BUDGET_FIELDS, TuneConfig
 
 STAGES = ("adapters", "locate", "sufficiency", "efficiency", "necessity", "frontier", "circuits")
 PROFILES = ("quick", "default")
-TOP_KEYS = frozenset({"name", "description", "model", "data", "control_data", "tasks", "control_tasks", "eval",
+TOP_KEYS = frozenset({"name", "description", "model", "models", "calibration", "data", "control_data", "tasks", "control_tasks", "eval",
                       "budget", "full_budget", "seeds", "stages", "modules", "circuits", "profiles"})
 CIRCUIT_KEYS = frozenset({"model", "pairs", "emotions", "max_pairs", "min_score", "top_k", "top_neurons",
                           "beta", "gamma", "limit", "layers", "batch_size"})
@@ -37,6 +37,11 @@ DEFAULTS: dict[str, Any] = {
     "tasks": ["emotion"],
     "control_tasks": ["control"],
     "eval": {"limit": None, "batch_size": 16},
+    # Closed-set scoring of the scored stages: every score is kept raw *and* calibrated (the same forward
+    # passes), and the claims read the calibrated one. contextual by default: it removes exactly a
+    # per-label constant prior (the surface-form bias that makes raw zero-shot and transferred models
+    # never answer some labels), averaged over three content-free inputs, for 3 extra passes per task.
+    "calibration": "contextual",
     "budget": {"steps": 40, "rank": 8, "alpha": 16, "lr": 1.0e-3, "batch_size": 8, "max_length": 128},
     "full_budget": {"steps": 40, "lr": 2.0e-5},
     "seeds": [0, 1, 2],
@@ -97,6 +102,13 @@ class StudyConfig:
     profile: str
     raw: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+    calibration: str = "contextual"
+    bases: list[str] = field(default_factory=list)  # every base: ``model`` first, then ``models``' others
+
+    @property
+    def other_bases(self) -> list[str]:
+        """The bases beyond the first: adapters and locate run on each, the later stages do not."""
+        return [b for b in self.bases if b != self.model]
 
     @property
     def circuits_model(self) -> str:
@@ -172,6 +184,8 @@ def load_study_config(source: str | Path | dict[str, Any] | None = None, *, prof
     if unknown:
         raise _err(where, f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(TOP_KEYS))}")
     own_profiles = raw.pop("profiles", None) or {}
+    if raw.get("models") and "model" not in raw and isinstance(raw["models"], list):
+        raw["model"] = raw["models"][0]  # `models:` alone: its first is the base the later stages run on
     if not isinstance(own_profiles, dict) or sorted(set(own_profiles) - set(PROFILES)):
         raise _err(where, f"profiles must map {' / '.join(PROFILES)} to partial configs")
     merged = merge(DEFAULTS, raw)
@@ -225,6 +239,13 @@ def _check(m: dict[str, Any], where: str, path: str, profile: str) -> StudyConfi
     if not isinstance(circ, dict) or sorted(set(circ) - CIRCUIT_KEYS):
         raise _err(where, f"circuits takes {', '.join(sorted(CIRCUIT_KEYS))}")
     stages = parse_stages(m.get("stages") or list(STAGES), f"{where}: stages") or list(STAGES)
+    from ..vocab import CALIBRATIONS
+
+    cal = m.get("calibration", "contextual")
+    if cal not in CALIBRATIONS:
+        raise _err(where, f"calibration must be one of {', '.join(CALIBRATIONS)}, not {cal!r}")
+    others = _str_list(m.get("models") or [], "models", where, allow_empty=True)
+    bases = list(dict.fromkeys([m["model"], *others]))
     return StudyConfig(
         name=str(m.get("name") or "study"), model=m["model"], data=m["data"], control_data=m["control_data"],
         tasks=_str_list(m.get("tasks"), "tasks", where),
@@ -232,7 +253,7 @@ def _check(m: dict[str, Any], where: str, path: str, profile: str) -> StudyConfi
         eval={"limit": ev.get("limit"), "batch_size": int(ev.get("batch_size") or 16)}, budget=budget,
         full_budget=full, seeds=_seeds(m.get("seeds"), where), stages=stages, single=single,
         groups={str(k): str(v) for k, v in groups.items()}, circuits=dict(circ), profile=profile,
-        raw=m, path=path)
+        raw=m, path=path, calibration=str(cal), bases=bases)
 
 
 __all__ = ["DEFAULTS", "PROFILES", "QUICK", "STAGES", "StudyConfig", "load_study_config", "merge", "parse_stages"]

@@ -173,6 +173,13 @@ def _lead(stage: str, numbers: Mapping[str, Any]) -> list[str]:
     loci = locus_by_seed(numbers) if stage == "locate" else {}
     if loci:
         out.append(locus_sentence(loci))
+    by_base = numbers.get("loci_by_base") if stage == "locate" else None
+    if isinstance(by_base, Mapping) and len(by_base) > 1:
+        named = [f"{b} {x['emotion']['relative']}" for b, x in by_base.items()
+                 if isinstance(x, Mapping) and isinstance(x.get("emotion"), Mapping) and "relative" in x["emotion"]]
+        if named:
+            out.append("Across base models, the affective adapter's size-fair locus is: " + ", ".join(named)
+                       + "; the same module everywhere is a cross-architecture result, different ones are not.")
     if stage == "frontier" and {"raw_share", "param_share"} <= set(numbers):
         out.append(f"GET reached {100 * float(numbers['raw_share']):.1f} % of the all-module score with "
                    f"{100 * float(numbers['param_share']):.1f} % of its trainable parameters (the paper's raw "
@@ -183,6 +190,10 @@ def _lead(stage: str, numbers: Mapping[str, Any]) -> list[str]:
         best = max(scores, key=lambda k: float(scores[k]))
         out.append("Scores: " + ", ".join(f"{k} {fmt(float(v))}" for k, v in scores.items())
                    + f" (best: {best}).")
+    raw = numbers.get("raw_scores")
+    if isinstance(raw, Mapping) and raw:
+        out.append("Uncalibrated, the same models score " + ", ".join(
+            f"{k} {fmt(float(v))}" for k, v in raw.items() if isinstance(v, int | float)) + ".")
     if isinstance(numbers.get("yardstick"), int | float):
         out.append(f"The trivial yardstick (the better of the untuned base and always answering the majority "
                    f"class) scores {fmt(float(numbers['yardstick']))}; a score at or below it shows no learning.")

@@ -64,7 +64,7 @@ def stage_fingerprint(ctx: Context, stage: str, dep_fps: dict[str, str]) -> str:
     """What ``stage``'s result depends on: its config slice, input content, and its inputs' stages."""
     cfg, f = ctx.cfg, ctx.fps
     tasks = {t: f.get(f"task:{t}") for t in [*cfg.tasks, *cfg.control_tasks]}
-    scoring = {"tasks": tasks, "affective": cfg.tasks, "eval": cfg.eval}
+    scoring = {"tasks": tasks, "affective": cfg.tasks, "eval": cfg.eval, "calibration": cfg.calibration}
     part: dict[str, Any] = {
         "adapters": {"base": f["base"], "data": f["data"], "control_data": f["control_data"],
                      "budget": cfg.budget.to_dict(), "seeds": cfg.seeds, "full": ctx.full_ft_supported(),
@@ -78,6 +78,35 @@ def stage_fingerprint(ctx: Context, stage: str, dep_fps: dict[str, str]) -> str:
                      "tasks": {t: tasks[t] for t in cfg.tasks}, "seed": cfg.seeds[0], "dtype": ctx.dtype},
     }[stage]
     return fingerprint(stage, part, {d: dep_fps[d] for d in DEPS[stage]})
+
+
+PER_BASE = ("adapters", "locate")  # the stages every base of ``models:`` gets; the rest run on the first
+
+
+def base_labels(cfg: StudyConfig) -> dict[str, str]:
+    """A short, unique, stable label per base (its dir or hub name); the first base's stages keep their
+    plain keys, another base's are ``<stage>@<label>`` (so adding a base leaves the others' caches alone)."""
+    from ..runs import slug
+
+    out: dict[str, str] = {}
+    for b in cfg.bases:
+        lab = slug(Path(b).name or b, "base")
+        k = 2
+        while lab in out.values():
+            lab, k = f"{slug(Path(b).name or b, 'base')}-{k}", k + 1
+        out[b] = lab
+    return out
+
+
+def base_context(ctx: Context, spec: str) -> Context:
+    """The same study on another base: its own path, content fingerprint and results."""
+    import dataclasses
+
+    from ..grid.inputs import content_id
+    from ..models import resolve_model_path
+
+    path = resolve_model_path(spec)
+    return dataclasses.replace(ctx, base_path=path, fps={**ctx.fps, "base": content_id(path)}, results={})
 
 
 def _compute(ctx: Context, stage: str, fp: str) -> dict[str, Any]:
@@ -127,7 +156,9 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
             resumed = False
         ctx = Context(cfg, out, store, base_path, {}, tuner, evaluator, echo, dtype, device, executor, allow_pickle)
         ctx.fps = _content_fps(cfg, base_path)
-        expected = expected_seconds(cfg, base_path)
+        others = {lab: base_context(ctx, b) for b, lab in base_labels(cfg).items() if b in cfg.other_bases}
+        ctx.fps.update({f"base@{lab}": c.fps["base"] for lab, c in others.items()})  # for the methods
+        expected = expected_seconds(cfg, base_path, [c.base_path for c in others.values()])
         echo(f"study {cfg.name} ({cfg.profile} profile, seeds {cfg.seeds}, stages {', '.join(cfg.stages)}): "
              f"expected about {expected['total'] / 60:.0f} min on 2 idle CPU cores ({expected['basis'].split(';')[0]}; "
              "a GPU is much faster, a busy machine slower)"
@@ -137,35 +168,43 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
         fps: dict[str, str] = {}
         timing: dict[str, dict[str, Any]] = {}
         failed: dict[str, str] = {}
-        for stage in needed(cfg.stages):
-            if any(d in failed for d in DEPS[stage]):
-                failed[stage] = f"was skipped: it needs the {', '.join(d for d in DEPS[stage] if d in failed)} stage"
-                continue
-            fps[stage] = fp = stage_fingerprint(ctx, stage, fps)
-            cached = store.get(stage, fp)
+
+        def one(c: Context, stage: str, at: str = "") -> None:
+            """``stage`` on context ``c``, cached under ``stage + at`` (``at``: "" or "@<base label>")."""
+            key, deps = stage + at, [d + at for d in DEPS[stage]]
+            if any(d in failed for d in deps):
+                failed[key] = f"was skipped: it needs the {', '.join(d for d in deps if d in failed)} stage"
+                return
+            fps[key] = fp = stage_fingerprint(c, stage, {d: fps[d + at] for d in DEPS[stage]})
+            cached = store.get(key, fp)
             if cached is not None:
-                ctx.results[stage] = cached["result"]
-                timing[stage] = {"seconds": cached.get("seconds"), "cached": True}
-                echo(f"  {stage}: cached ({fp})")
-                continue
-            echo(f"  {stage}: running")
+                c.results[stage] = ctx.results[key] = cached["result"]
+                timing[key] = {"seconds": cached.get("seconds"), "cached": True}
+                echo(f"  {key}: cached ({fp})")
+                return
+            echo(f"  {key}: running")
             s0 = time.perf_counter()
             try:
-                result = _compute(ctx, stage, fp)
+                result = _compute(c, stage, fp)
             except Exception as e:  # a stage's failure is a noted, skipped section; an interrupt still stops
                 why = str(e).splitlines()[0] if str(e) else ""
-                failed[stage] = f"failed ({type(e).__name__}{': ' + why if why else ''})"
-                echo(f"  {stage}: {failed[stage]}; its section is skipped")
-                continue
+                failed[key] = f"failed ({type(e).__name__}{': ' + why if why else ''})"
+                echo(f"  {key}: {failed[key]}; its section is skipped")
+                return
             secs = time.perf_counter() - s0
-            store.put(stage, fp, result, secs)
-            ctx.results[stage] = result
-            timing[stage] = {"seconds": secs, "cached": False}
-            echo(f"  {stage}: done in {secs:.0f} s")
+            store.put(key, fp, result, secs)
+            c.results[stage] = ctx.results[key] = result
+            timing[key] = {"seconds": secs, "cached": False}
+            echo(f"  {key}: done in {secs:.0f} s")
+
+        for stage in needed(cfg.stages):
+            one(ctx, stage)
+            for lab, c in others.items() if stage in PER_BASE else ():
+                one(c, stage, f"@{lab}")
         wall = time.perf_counter() - t0
         from .assemble import write_study
 
         return write_study(ctx, out, expected, timing, failed, wall, fps)
 
 
-__all__ = ["DEPS", "needed", "run_study", "stage_fingerprint"]
+__all__ = ["DEPS", "PER_BASE", "base_context", "base_labels", "needed", "run_study", "stage_fingerprint"]

@@ -26,7 +26,8 @@ def _grid_base(ctx: Context, name: str, seed: int, with_control: bool) -> dict[s
     return {"name": name, "base": str(ctx.base_path), "data": cfg.data,
             "tasks": [*cfg.tasks, *ctrl], "control_tasks": ctrl,
             "eval": {"mode": "closed", "batch_size": cfg.eval["batch_size"],
-                     **({"limit": cfg.eval["limit"]} if cfg.eval["limit"] else {})},
+                     **({"limit": cfg.eval["limit"]} if cfg.eval["limit"] else {}),
+                     **({"calibration": cfg.calibration} if cfg.calibration != "none" else {})},
             "budget": {**cfg.budget.budget(), "seeds": [seed]}}
 
 
@@ -48,6 +49,7 @@ def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False)
         if val != "auto" and key in accepted:
             kw[key] = val
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    raw: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     params: dict[str, int | None] = {}
     n: dict[str, int] = {}
     for s in ctx.cfg.seeds:
@@ -57,18 +59,27 @@ def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False)
                        tuner=ctx.tuner, echo=lambda line: None, allow_pickle=ctx.allow_pickle, **kw)
         for r in res.rows:
             scores[r["variant"]][r["task"]].append(float(r["primary"]))
+            # The uncalibrated decision of the same forward passes (a task calibration leaves alone: itself).
+            u = r.get("uncalibrated_primary")
+            raw[r["variant"]][r["task"]].append(float(r["primary"] if u is None else u))
             if r.get("n"):
                 n[r["task"]] = int(r["n"])
             params.setdefault(r["variant"], r.get("trainable_params"))
     p_all = ctx.results["adapters"].get("params") or {}
     if p_all and params.get(ALL) is None:
         params[ALL] = int(sum(p_all.values()) / len(p_all))
-    return {"scores": {v: dict(t) for v, t in scores.items()}, "params": params, "n": n,
+    return {"scores": {v: dict(t) for v, t in scores.items()}, "raw_scores": {v: dict(t) for v, t in raw.items()},
+            "calibration": ctx.cfg.calibration, "params": params, "n": n,
             "tasks": list(ctx.cfg.tasks), "control_tasks": list(ctx.cfg.control_tasks) if with_control else []}
 
 
+def raw_view(res: dict[str, Any]) -> dict[str, Any]:
+    """The same stage result read on its uncalibrated scores (itself when nothing was calibrated)."""
+    return {**res, "scores": res["raw_scores"]} if res.get("raw_scores") else res
+
+
 def affective(res: dict[str, Any], variant: str) -> list[float]:
-    """Per seed, the mean primary score over the affective tasks."""
+    """Per seed, the mean primary score over the affective tasks (the calibrated one when calibrated)."""
     per_task = [res["scores"][variant][t] for t in res["tasks"]]
     return [sum(xs) / len(xs) for xs in zip(*per_task, strict=True)]
 
@@ -85,6 +96,20 @@ def _n(res: dict[str, Any]) -> int | None:
     return min(ns) if ns else None
 
 
+def with_raw(res: dict[str, Any], evidence: Any) -> dict[str, Any]:
+    """``evidence(res)`` on the scores the claims use, with the same statistic on the raw scores in
+    each record's ``detail.uncalibrated`` (so the report can show what calibration changed)."""
+    ev = evidence(res)
+    cal = res.get("calibration", "none")
+    for rec in ev.values():
+        rec["detail"]["scores"] = f"calibrated ({cal})" if cal != "none" else "raw"
+    if cal != "none":
+        for k, e in evidence(raw_view(res)).items():
+            if k in ev:
+                ev[k]["detail"]["uncalibrated"] = {"value": e["value"], "ci": e["ci"]}
+    return ev
+
+
 def run_sufficiency(ctx: Context) -> dict[str, Any]:
     """Table 1: each module's delta transferred alone onto the base, against the full adapter."""
     single = ctx.cfg.single
@@ -99,12 +124,16 @@ def run_sufficiency(ctx: Context) -> dict[str, Any]:
         return vs
 
     res = _run(ctx, "sufficiency", variants)
-    gate = affective(res, "Att.+gate")
-    best_other = [max(u, d) for u, d in zip(affective(res, "Att.+up"), affective(res, "Att.+down"), strict=True)]
-    v, ci, n = score_difference(gate, best_other, _n(res))
-    res["evidence"] = {"sufficiency.gate-transfer": evidence_dict(
-        v, ci, n, interval="score_difference", units="seeds x examples",
-        att_gate=sum(gate) / len(gate), best_of_up_down=sum(best_other) / len(best_other))}
+
+    def evidence(r: dict[str, Any]) -> dict[str, Any]:
+        gate = affective(r, "Att.+gate")
+        best_other = [max(u, d) for u, d in zip(affective(r, "Att.+up"), affective(r, "Att.+down"), strict=True)]
+        v, ci, n = score_difference(gate, best_other, _n(r))
+        return {"sufficiency.gate-transfer": evidence_dict(
+            v, ci, n, interval="score_difference", units="seeds x examples",
+            att_gate=sum(gate) / len(gate), best_of_up_down=sum(best_other) / len(best_other))}
+
+    res["evidence"] = with_raw(res, evidence)
     return res
 
 
@@ -120,13 +149,16 @@ def run_efficiency(ctx: Context) -> dict[str, Any]:
         return vs
 
     res = _run(ctx, "efficiency", variants)
-    gate = affective(res, "gate_proj")
-    others = [affective(res, m) for m in cfg.single if m != "gate_proj"]
-    best = [max(xs) for xs in zip(*others, strict=True)]
-    v, ci, n = score_difference(gate, best, _n(res))
-    res["evidence"] = {"efficiency.gate-lora": evidence_dict(
-        v, ci, n, interval="score_difference", units="seeds x examples", gate=sum(gate) / len(gate),
-        best_other=sum(best) / len(best))}
+
+    def evidence(r: dict[str, Any]) -> dict[str, Any]:
+        gate = affective(r, "gate_proj")
+        best = [max(xs) for xs in zip(*[affective(r, m) for m in cfg.single if m != "gate_proj"], strict=True)]
+        v, ci, n = score_difference(gate, best, _n(r))
+        return {"efficiency.gate-lora": evidence_dict(
+            v, ci, n, interval="score_difference", units="seeds x examples", gate=sum(gate) / len(gate),
+            best_other=sum(best) / len(best))}
+
+    res["evidence"] = with_raw(res, evidence)
     return res
 
 
@@ -143,18 +175,22 @@ def run_necessity(ctx: Context) -> dict[str, Any]:
         return vs
 
     res = _run(ctx, "necessity", variants, with_control=True)
-    tuned = affective(res, ALL)
-    gate, ctrl = affective(res, "reset gate_proj"), affective(res, "reset control (equal params)")
-    drop_gate = [t - g for t, g in zip(tuned, gate, strict=True)]
-    drop_ctrl = [t - c for t, c in zip(tuned, ctrl, strict=True)]
-    v, ci, n = score_difference(gate, ctrl, _n(res))  # drop_gate - drop_ctrl = ctrl - gate
-    detail: dict[str, Any] = {"interval": "score_difference", "units": "seeds x examples",
-                              "drop_gate": sum(drop_gate) / len(drop_gate),
-                              "drop_control_module": sum(drop_ctrl) / len(drop_ctrl)}
-    ct, cg = control(res, ALL), control(res, "reset gate_proj")
-    if ct is not None and cg is not None:
-        detail["drop_gate_on_control_task"] = sum(a - b for a, b in zip(ct, cg, strict=True)) / len(ct)
-    res["evidence"] = {"necessity.gate-reset": evidence_dict(-v, (-ci[1], -ci[0]), n, **detail)}
+
+    def evidence(r: dict[str, Any]) -> dict[str, Any]:
+        tuned = affective(r, ALL)
+        gate, ctrl = affective(r, "reset gate_proj"), affective(r, "reset control (equal params)")
+        drop_gate = [t - g for t, g in zip(tuned, gate, strict=True)]
+        drop_ctrl = [t - c for t, c in zip(tuned, ctrl, strict=True)]
+        v, ci, n = score_difference(gate, ctrl, _n(r))  # drop_gate - drop_ctrl = ctrl - gate
+        detail: dict[str, Any] = {"interval": "score_difference", "units": "seeds x examples",
+                                  "drop_gate": sum(drop_gate) / len(drop_gate),
+                                  "drop_control_module": sum(drop_ctrl) / len(drop_ctrl)}
+        ct, cg = control(r, ALL), control(r, "reset gate_proj")
+        if ct is not None and cg is not None:
+            detail["drop_gate_on_control_task"] = sum(a - b for a, b in zip(ct, cg, strict=True)) / len(ct)
+        return {"necessity.gate-reset": evidence_dict(-v, (-ci[1], -ci[0]), n, **detail)}
+
+    res["evidence"] = with_raw(res, evidence)
     return res
 
 
@@ -192,25 +228,36 @@ def run_frontier(ctx: Context, eff: dict[str, Any]) -> dict[str, Any]:
         xs = affective(eff, name)
         points.append({"variant": name, "params": int(eff["params"][name]), "mean": sum(xs) / len(xs),
                        "kind": "reference" if name == ALL else "tune"})
+    raw = raw_view(eff)
+    for p in points:
+        xs = affective(raw, p["variant"])
+        p["uncalibrated_mean"] = sum(xs) / len(xs)
     ref = next(p for p in points if p["variant"] == ALL)
     get = next(p for p in points if p["variant"] == "gate_proj")
     raw_share = get["mean"] / ref["mean"] if ref["mean"] > 0 else None
     v, ci, n = share_of_gain(affective(eff, "gate_proj"), affective(eff, ALL), y, _n(eff))
+    base_raw = affective(raw, "base")
+    y_raw = max(sum(base_raw) / len(base_raw), majority)
+    rv, rci, _ = share_of_gain(affective(raw, "gate_proj"), affective(raw, ALL), y_raw, _n(eff))
+    cal = eff.get("calibration", "none")
     line = (f"GET: {100 * raw_share:.1f} % of the all-module LoRA's mean score at "
             f"{100 * get['params'] / ref['params']:.1f} % of its parameters" if raw_share is not None else
             "GET's raw score share is undefined: the all-module LoRA scored 0")
     res: dict[str, Any] = {"points": points, "majority": yard, "yardstick": y, "base": sum(base) / len(base),
                            "raw_share": raw_share, "param_share": get["params"] / ref["params"], "line": line,
+                           "calibration": cal, "base_uncalibrated": sum(base_raw) / len(base_raw),
                            "evidence": {}}
     if v == v:  # the all-module LoRA gained over the yardstick: the share is defined
+        extra: dict[str, Any] = {"uncalibrated": {"value": rv, "ci": list(rci)}} if cal != "none" else {}
         res["evidence"]["frontier.get-share"] = evidence_dict(
             v, ci, n, interval="share_of_gain", yardstick=y, raw_share=raw_share,
-            param_share=get["params"] / ref["params"])
+            param_share=get["params"] / ref["params"],
+            scores=f"calibrated ({cal})" if cal != "none" else "raw", **extra)
     else:
         res["notes"] = ["the all-module LoRA did not beat max(base, majority-class) on the affective tasks, so "
                         "GET's share of its gain is undefined; the frontier claim is not judged"]
     return res
 
 
-__all__ = ["affective", "control", "majority_yardstick", "task_file", "run_efficiency", "run_frontier", "run_necessity",
+__all__ = ["affective", "control", "raw_view", "with_raw", "majority_yardstick", "task_file", "run_efficiency", "run_frontier", "run_necessity",
            "run_sufficiency"]

@@ -219,3 +219,42 @@ def test_cli_transfer_on_the_fast_path_never_imports_torch(models, tmp_path):
     assert "RC 0 TORCH False TRANSFORMERS False" in res.stdout, res.stdout + res.stderr
     assert (out / "model.safetensors").is_file() or (out / "model.safetensors.index.json").is_file()
     assert json.loads((out / "compose.json").read_text())["donor_kind"] == "full"
+
+
+@pytest.mark.parametrize("dtype,tdt", [("BF16", torch.bfloat16), ("F16", torch.float16)])
+def test_raw_finite_check_agrees_with_isfinite_on_every_bit_pattern(dtype, tdt):
+    import numpy as np
+
+    from affectlens.weights.rawcopy import ByteReader
+
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    want = torch.isfinite(torch.from_numpy(bits.view(np.int16).copy()).view(tdt)).numpy()
+    got = np.array([not ByteReader.nonfinite(dtype, bits[i:i + 1].view(np.uint8)) for i in range(1 << 16)])
+    assert (got == want).all()
+    assert ByteReader.nonfinite(dtype, bits.view(np.uint8)) and not ByteReader.nonfinite(dtype, bits[:0].view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype,ndt", [("F32", "float32"), ("F64", "float64")])
+def test_raw_finite_check_on_wide_floats(dtype, ndt):
+    import numpy as np
+
+    from affectlens.weights.rawcopy import ByteReader
+
+    specials = np.array([0.0, -0.0, 1.0, -1.0, np.finfo(ndt).max, -np.finfo(ndt).max, np.finfo(ndt).tiny,
+                         -np.finfo(ndt).smallest_subnormal, np.inf, -np.inf, np.nan, -np.nan], dtype=ndt)
+    for x in specials:
+        one = np.array([1.0, x, 2.0], dtype=ndt)
+        assert ByteReader.nonfinite(dtype, one.view(np.uint8)) == (not np.isfinite(x)), x
+
+
+def test_value_comparison_is_torch_equal():
+    import numpy as np
+
+    from affectlens.weights.rawcopy import _value_differs
+
+    a = torch.tensor([0.0, 1.0, 2.0, -0.0, 5.0], dtype=torch.bfloat16)
+    for b in (torch.tensor([-0.0, 1.0, 2.0, 0.0, 5.0], dtype=torch.bfloat16),  # signed zeros only
+              torch.tensor([-0.0, 1.0, 2.0, 0.0, 6.0], dtype=torch.bfloat16),  # and a real change after them
+              torch.tensor([0.0, 1.5, 2.0, -0.0, 5.0], dtype=torch.bfloat16)):
+        raw = [np.frombuffer(t.view(torch.uint8).numpy().tobytes(), dtype=np.uint8) for t in (a, b)]
+        assert _value_differs("BF16", *raw) == (not torch.equal(a, b))

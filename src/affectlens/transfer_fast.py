@@ -11,6 +11,8 @@ None and ``transfer`` takes the general path, which writes the same bytes.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -91,20 +93,57 @@ def write(base: RawSafetensors, donor: RawSafetensors, whole: set[str], out: Pat
             if n not in whole:
                 memo.check(base, [n])
 
-    with ThreadPoolExecutor(1, thread_name_prefix="affectlens-check") as checker:
+    sources = [(donor if n in whole else base).location(n) for n in names]
+    copying = [0]  # the index of the tensor being copied; -1 stops the read-ahead
+    with ThreadPoolExecutor(2, thread_name_prefix="affectlens-check") as checker:
+        checker.submit(prefetch, sources, copying)
         job = checker.submit(check_base)
         try:
-            for name in progress(names, "transferring", total=len(names), unit="tensor"):
+            for i, name in enumerate(progress(names, "transferring", total=len(names), unit="tensor")):
+                copying[0] = i
                 if job.done():  # a failed check stops the copy early
                     job.result()
                 src = donor if name in whole else base
-                writer.add_raw(name, src.st_dtype(name), src.shape(name), *src.location(name))
+                writer.add_raw(name, src.st_dtype(name), src.shape(name), *sources[i])
             job.result()
         except BaseException:
             job.cancel()
+            copying[0] = -1
             writer.abort()
             raise
     return writer.close()
 
 
-__all__ = ["fits", "raw_transfer", "write"]
+def prefetch(sources: list[tuple[Path, int, int]], copying: list[int], window: int = 512 << 20) -> None:
+    """Ask the kernel to read ahead the ranges the copy will need next (a cold cache then reads in parallel).
+
+    At most ``window`` bytes ahead of the tensor being copied (``copying[0]``;
+    -1 stops), so a model larger than the page cache does not evict its own
+    read-ahead before the copy reaches it.
+    """
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return
+    starts = [0]
+    for _, _, n in sources:
+        starts.append(starts[-1] + n)
+    ahead = 0
+    for path, off, n in sources:
+        while copying[0] >= 0 and ahead - starts[copying[0]] > window:
+            time.sleep(0.005)
+        if copying[0] < 0:
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            advise(fd, off, n, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            return
+        finally:
+            os.close(fd)
+        ahead += n
+
+
+__all__ = ["fits", "prefetch", "raw_transfer", "write"]

@@ -258,3 +258,21 @@ def test_value_comparison_is_torch_equal():
               torch.tensor([0.0, 1.5, 2.0, -0.0, 5.0], dtype=torch.bfloat16)):
         raw = [np.frombuffer(t.view(torch.uint8).numpy().tobytes(), dtype=np.uint8) for t in (a, b)]
         assert _value_differs("BF16", *raw) == (not torch.equal(a, b))
+
+
+def test_a_lying_index_or_a_truncated_shard_is_refused_as_before(models, tmp_path):
+    base, donor = models / "base_bf16_sharded", models / "donor_bf16_sharded"
+    lying = tmp_path / "lying"
+    lying.mkdir()
+    for f in donor.iterdir():
+        (lying / f.name).write_bytes(f.read_bytes())
+    index = json.loads((lying / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.layers.9.mlp.gate_proj.weight"] = next(iter(index["weight_map"].values()))
+    (lying / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(AffectlensError, match="index lists tensor model.layers.9.mlp.gate_proj.weight"):
+        run(base, lying, tmp_path / "out")
+    shard = sorted(lying.glob("*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(AffectlensError, match="truncated safetensors file"):
+        run(base, lying, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -180,7 +180,11 @@ class RawSafetensors(WeightStore):
         files = safetensors_files(path)
         if files is None:
             return None
-        return cls(path, files, read_config(path.parent if path.is_file() else path))
+        store = cls(path, files, read_config(path.parent if path.is_file() else path))
+        index = path / "model.safetensors.index.json"
+        if path.is_dir() and index.is_file() and not all(n in store for n in json.loads(index.read_text())["weight_map"]):
+            return None  # an index naming a tensor no shard holds: the general path's error
+        return store
 
     def names(self) -> list[str]:
         return list(self._where)

@@ -15,7 +15,7 @@ TORCH ?= torch==2.13.0
 LATEST = .venv-latest
 PIPQ = --quiet --disable-pip-version-check
 
-.PHONY: install install-dev demo test lint bench test-latest lock clean-venv
+.PHONY: install install-dev demo test lint bench study test-latest lock clean-venv
 
 # A venv that cannot bootstrap pip (Debian without python3-venv) is removed
 # again, so the next try starts clean instead of half-made.
@@ -50,6 +50,10 @@ lint: install-dev
 
 bench: install-dev
 	$(BIN)/python benchmarks/run_all.py
+
+# The whole study (quick profile) on the embedded default model; rerunning resumes into study-out/.
+study: install
+	$(BIN)/affectlens study --profile quick --out study-out
 
 # Not in CI: the newest allowed versions, in their own venv, so that moving the
 # lock is a deliberate, tested step. Prints what would change in the lock.

@@ -12,6 +12,10 @@
    Prints examples/s, ratios, and whether predictions agree.
 2. Zero-shot closed-set scores of SmolLM2 (float32 and bfloat16) on the bundled
    emotion test set and GoEmotions-Ekman test (first 500).
+3. ``--calibration-table``: raw vs contextual vs PMI calibration vs K-shot on the
+   dair-ai emotion test split (first --n; shots from its train split), with the
+   majority/chance yardsticks, wall time and examples/s. The calibration costs one
+   extra batch per task (3 content-free prompts, or 1 for PMI).
 """
 
 from __future__ import annotations
@@ -76,6 +80,28 @@ def run_lmeval(n: int, batch_size: int, workdir: str) -> dict:
             "acc": res["results"][paths["task"]].get("acc,none"), "version": lm_eval.__version__}
 
 
+def calibration_table(model, tok, n: int, batch_size: int, shots: int) -> None:
+    """Part 3: one row per scoring variant on the same examples (the issue's table, on shared data)."""
+    runs = [("zero-shot raw", {}), ("contextual", {"calibration": "contextual"}), ("pmi", {"calibration": "pmi"}),
+            (f"{shots}-shot", {"num_fewshot": shots}),
+            (f"{shots}-shot + contextual", {"num_fewshot": shots, "calibration": "contextual"})]
+    for name, kw in runs:
+        t0 = time.perf_counter()
+        res = evaluate(model, tok, [DAIR], limit=n, batch_size=batch_size, progress=False, n_boot=0, **kw)
+        secs = time.perf_counter() - t0
+        (r,) = res.tasks.values()
+        m, base = r.metrics, r.baselines
+        top = max(set(p["pred"] for p in res.predictions), key=[p["pred"] for p in res.predictions].count)
+        share = [p["pred"] for p in res.predictions].count(top) / r.n
+        print(f"{name:26s} n={r.n} acc {100 * m['accuracy']:5.1f} WAF {100 * m['weighted_f1']:5.1f} "
+              f"macroF1 {100 * m['macro_f1']:5.1f} | most predicted '{top}' {100 * share:.0f}% | "
+              f"{secs:6.1f} s, {r.n / secs:.2f} ex/s")
+    maj, ch = base.get("majority", {}), base.get("chance", {})
+    print(f"yardsticks: majority ({maj.get('class')}) acc {100 * maj.get('accuracy', 0):.1f} "
+          f"WAF {100 * maj.get('weighted_f1', 0):.1f}; chance acc {100 * ch.get('accuracy', 0):.1f} "
+          f"WAF {100 * ch.get('weighted_f1', 0):.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=300)
@@ -85,6 +111,8 @@ def main() -> None:
     ap.add_argument("--lmeval-only", default=None, help=argparse.SUPPRESS)  # internal: write JSON here
     ap.add_argument("--skip-lmeval", action="store_true")
     ap.add_argument("--skip-zeroshot", action="store_true")
+    ap.add_argument("--calibration-table", action="store_true", help="only part 3 (raw/calibrated/few-shot)")
+    ap.add_argument("--shots", type=int, default=4)
     args = ap.parse_args()
     os.environ.setdefault("AFFECTLENS_NO_PROGRESS", "1")
 
@@ -96,6 +124,9 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     model, tok = load_model("smollm2")
+    if args.calibration_table:
+        calibration_table(model, tok, args.n, args.batch_size, args.shots)
+        return
     task = load_task(DAIR, limit=args.n)
     labels = list(task.labels)
     prompts = [closed_prompt(tok, task.spec, labels, e.text) for e in task.examples]

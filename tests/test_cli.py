@@ -170,7 +170,7 @@ def test_readme_command_lines_parse():
     assert not bad, bad
 
 
-FOREIGN = ("accelerate", "ray", "torchrun", "pip")  # other tools' command lines in README
+FOREIGN = ("accelerate", "ray", "torchrun", "pip", "python", ".venv/bin/python")  # other tools' command lines
 
 
 def _affectlens_part(command: str) -> str:
@@ -179,7 +179,7 @@ def _affectlens_part(command: str) -> str:
 
 
 def _without_foreign_flags(text: str) -> str:
-    tools = "|".join(FOREIGN)
+    tools = "|".join(map(re.escape, FOREIGN))
     text = re.sub(rf"`((?:{tools})\s[^`]*)`", lambda m: _affectlens_part(m.group(1)), text)
     return "\n".join(_affectlens_part(line) if line.startswith(tuple(f + " " for f in FOREIGN)) else line
                      for line in text.splitlines())

@@ -172,10 +172,55 @@ def test_scores_json_keys_from_typed_results():
     t = TaskScore("emotion", "emotion", "weighted_f1", 0.5, {"accuracy": 0.6}, 10, 1, {"loader": "bundled"})
     p = TaskScore("ppl:x.txt", "perplexity", "perplexity", 12.0, {"perplexity": 12.0}, 2)
     res = EvalResult({"emotion": t, "ppl:x.txt": p}, [], "closed", mean=0.5, mean_over=["emotion"],
-                     weights_sha256="ab", seed=3, limit=10, batch_size=4)
+                     weights_sha256="ab", seed=3, limit=10, batch_size=4, mean_metric="weighted_f1")
     s = res.scores
-    assert list(s) == ["mode", "tasks", "mean", "mean_over", "weights_sha256", "seed", "limit", "batch_size"]
+    assert list(s) == ["mode", "tasks", "mean", "mean_over", "weights_sha256", "seed", "limit", "batch_size",
+                       "mean_metric"]
     assert s["tasks"]["emotion"] == {"primary": 0.5, "primary_metric": "weighted_f1", "metrics": {"accuracy": 0.6},
-                                     "n": 10, "kind": "emotion", "dropped": 1, "spec": {"loader": "bundled"}}
+                                     "n": 10, "kind": "emotion", "dropped": 1, "spec": {"loader": "bundled"},
+                                     "calibration": "none"}
     lines = res.table().splitlines()
-    assert "50.00" in lines[0] and "12.00" in lines[1] and lines[2] == "mean over emotion: 50.00"
+    assert "50.00" in lines[0] and "12.00" in lines[1] and lines[2] == "mean WAF over 1 task (emotion): 50.00"
+
+
+# ----------------------------------------------------------------------------- yardsticks (hand counts)
+
+
+def test_majority_and_chance_yardsticks_equal_hand_counts():
+    from affectlens.evaluate.metrics import yardsticks
+    from affectlens.vocab import EMOTIONS
+
+    y = yardsticks(["a", "a", "a", "b", "c"], ["a", "b", "c"], ["accuracy", "weighted_f1", "macro_f1", "ci"])
+    # always "a": P_a = 3/5, R_a = 1, F1_a = 3/4; WAF = 3/5 * 3/4; macro over the 3 gold classes
+    assert y["majority"] == pytest.approx({"class": "a", "accuracy": 0.6, "weighted_f1": 0.45, "macro_f1": 0.25})
+    # uniform guess over K=3: accuracy 1/3; F1_j = 2 p_j / (1 + 3 p_j) -> 3/7, 1/4, 1/4
+    assert y["chance"] == pytest.approx({"accuracy": 1 / 3, "weighted_f1": 5 / 14, "macro_f1": 13 / 42})
+    assert yardsticks(["b", "a"], ["a", "b"], ["accuracy"])["majority"]["class"] == "a"  # ties: first label
+    hit = yardsticks(["neutral", "joy", "joy", "anger", "neutral"], list(EMOTIONS), ["hit", "hit_per_wheel"])
+    assert hit == {"majority": {"class": "joy", "hit": pytest.approx(2 / 3)}, "chance": {"hit": pytest.approx(1 / 7)}}
+
+
+def test_baselines_and_the_named_mean_in_results():
+    from affectlens.evaluate.results import attach_baselines, mean_over_tasks
+
+    tasks = {
+        "e": TaskScore("e", "emotion", "hit", 0.3, {"hit": 0.3}, 3),
+        "s": TaskScore("s", "sentiment", "weighted_f1", 0.8, {"weighted_f1": 0.8, "accuracy": 0.8}, 3),
+        "e2": TaskScore("e2", "emotion", "hit", 0.5, {"hit": 0.5}, 2),
+        "p": TaskScore("p", "perplexity", "perplexity", 9.0, {"perplexity": 9.0}, 1),
+    }
+    rows = [{"task": "e", "gold": g, "answer": "x", "labels": ["anger", "joy", "neutral"]}
+            for g in ("joy", "anger", "joy")]
+    rows += [{"task": "s", "gold": "x", "answer": "x", "gold_score": s} for s in (0.5, -1.0, 2.0, 0.0)]
+    attach_baselines(tasks, rows)
+    assert tasks["e"].baselines == {"majority": {"class": "joy", "hit": pytest.approx(2 / 3)},
+                                    "chance": {"hit": pytest.approx(1 / 3)}}
+    # generative sentiment: the sign of the gold score, zeros dropped -> positive, negative, positive
+    assert tasks["s"].baselines["majority"] == pytest.approx({"class": "positive", "accuracy": 2 / 3,
+                                                              "weighted_f1": 2 / 3 * 0.8})
+    assert tasks["e2"].baselines == {} and tasks["p"].baselines == {}
+    assert "baselines" in tasks["e"].to_dict() and "baselines" not in tasks["e2"].to_dict()
+    mean, metric, over = mean_over_tasks(tasks)
+    assert (metric, over) == ("hit", ["e", "e2"]) and mean == pytest.approx(0.4)
+    line = tasks["s"].line()
+    assert "| majority (positive) 53.33, chance" in line

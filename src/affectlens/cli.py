@@ -41,6 +41,7 @@ COMMAND_MODULES = (
     "params",
     "grid",
     "plan",
+    "study",
 )
 
 EXIT_SIGPIPE = 141

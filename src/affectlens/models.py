@@ -91,13 +91,6 @@ def resolve_model_path(spec: str | os.PathLike) -> Path:
     return p
 
 
-def torch_dtype(name: str, device: Any = "cpu"):
-    """The torch dtype for ``name`` on ``device`` (``auto``: see ``devices.resolve_dtype``)."""
-    from .devices import resolve_dtype
-
-    return resolve_dtype(name, device)
-
-
 def placement(p: Path, device: Any = "auto", dtype: Any = "auto",
               device_map: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """``(device, dtype, from_pretrained kwargs)`` that load ``p`` straight onto its device.

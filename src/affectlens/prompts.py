@@ -45,20 +45,22 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def _chat(tokenizer: Any, system: str | None, user: str) -> str:
-    messages = [{"role": "user", "content": user}]
+def _chat(tokenizer: Any, system: str | None, user: str, shots: Sequence[tuple[str, str]] = ()) -> str:
+    turns = [m for t, a in shots for m in ({"role": "user", "content": t}, {"role": "assistant", "content": a})]
+    messages = [*turns, {"role": "user", "content": user}]
     if system is None:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     try:
         return tokenizer.apply_chat_template([{"role": "system", "content": system}, *messages],
                                              tokenize=False, add_generation_prompt=True)
-    except Exception:  # templates without a system role (e.g. Gemma): fold it into the user turn
-        messages = [{"role": "user", "content": f"{system}\n\n{user}"}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:  # templates without a system role (e.g. Gemma): fold it into the first user turn
+        first = {"role": "user", "content": f"{system}\n\n{messages[0]['content']}"}
+        return tokenizer.apply_chat_template([first, *messages[1:]], tokenize=False,
+                                             add_generation_prompt=True)
 
 
 def render(tokenizer: Any, text: str, kind: str | TaskKind, labels: Sequence[str] | None = None,
-           query: str | None = None, image: str = "") -> str:
+           query: str | None = None, image: str = "", shots: Sequence[tuple[str, str]] = ()) -> str:
     """The prompt for one example, up to where the answer starts.
 
     ``kind``: a closed-set kind (emotion, sentiment, control, label; aliases
@@ -69,7 +71,10 @@ def render(tokenizer: Any, text: str, kind: str | TaskKind, labels: Sequence[str
     for ``open`` the question (default :data:`OPEN_QUESTION`). ``image`` is a
     vision-language model's image placeholder, put before the text.
     ``tokenizer`` may be None (plain prompts). The string already holds any
-    chat special tokens: encode it with :func:`encode`.
+    chat special tokens: encode it with :func:`encode`. ``shots`` are solved
+    (text, label) examples put before the question (few-shot; closed kinds):
+    earlier chat turns, or earlier ``Text:/field:`` blocks of a plain prompt,
+    so training, scoring and generation see them the same way.
     """
     kind = TaskKind.parse(kind)
     chat = has_chat_template(tokenizer)
@@ -89,9 +94,10 @@ def render(tokenizer: Any, text: str, kind: str | TaskKind, labels: Sequence[str
         if kind is TaskKind.LABEL and labels:
             instruction = f"Classify the text. Answer with one label: {', '.join(labels)}."
     if chat:
-        return _chat(tokenizer, instruction, f"{image}{text}")
+        return _chat(tokenizer, instruction, f"{image}{text}", shots)
     stimulus = f"{image}Text: {text}" if text or not image else image
-    return f"{instruction}\n{stimulus}\n{field}:"
+    solved = "".join(f"Text: {t}\n{field}: {a}\n\n" for t, a in shots)
+    return f"{instruction}\n{solved}{stimulus}\n{field}:"
 
 
 def adds_special_tokens(tokenizer: Any, text: str, templated: bool | None = None) -> bool:

@@ -34,9 +34,9 @@ import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .corpus import NAMES, bundled_path, labelled_rows
+from .corpus import labelled_rows
 from .errors import AffectlensError
 from .fullft import freeze_all_but, save_full_model
 from .modules import (
@@ -59,6 +59,9 @@ from .tuneconfig import TuneConfig
 from .vocab import CLOSED_KINDS, TaskKind, closed_labels, infer_kind
 
 METHODS = ("lora", "full")  # tune's methods: a LoRA on the modules, or their full weights
+
+if TYPE_CHECKING:
+    from .evaluate.tasks import TaskSpec
 
 
 @dataclass
@@ -90,29 +93,52 @@ class TuneResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_data(data: str | os.PathLike) -> Path:
-    """A data path, or a bundled name such as ``emotion_train`` / ``control_train``."""
-    s = str(data)
-    stem = s[:-6] if s.endswith(".jsonl") else s
-    if stem in NAMES and not Path(s).exists():
-        return bundled_path(stem)
-    p = Path(s)
-    if not p.is_file():
-        raise AffectlensError(f"data file {p} does not exist (bundled names: {', '.join(NAMES)})")
-    return p
+def _training_spec(data: str | os.PathLike | TaskSpec) -> TaskSpec:
+    """The task spec training reads, in ``evaluate --task`` syntax. A directory of split files is
+    read at its train split unless the spec names one (evaluation reads a directory's test split)."""
+    from .evaluate.tasks import TaskSpec, parse_task, sibling_split
+
+    spec = parse_task(data if isinstance(data, TaskSpec) else str(data))
+    if spec.option("split") is None and spec.loader != "bundled" and Path(str(spec.path)).is_dir():
+        train = sibling_split(spec, "train")
+        if train is None:
+            raise AffectlensError(f"{spec.path} has no train split; name the split to train on "
+                                  f"({spec.name},split=dev|test) or a file")
+        return train
+    return spec
 
 
-def load_dataset(data: str | os.PathLike, task: str | None = None) -> Dataset:
-    """Read and validate a JSONL of ``{"text", "label"}`` rows.
+def resolve_data(data: str | os.PathLike | TaskSpec) -> Path:
+    """The file a training spec reads (a bundled name, a path, ``KIND:PATH,opt=...``): what grid fingerprints."""
+    from .evaluate.tables import data_file
+
+    return data_file(_training_spec(data))
+
+
+def load_dataset(data: str | os.PathLike | TaskSpec, task: str | None = None) -> Dataset:
+    """Rows of any task spec ``evaluate`` reads (:func:`affectlens.evaluate.loaders.load_rows`).
 
     ``task`` (emotion, sentiment, control/arithmetic, label) fixes the prompt
-    and, for closed tasks, the allowed labels; by default it is inferred from
-    the labels present.
+    and, for closed tasks, the allowed labels; by default it is the spec's
+    kind when the spec fixes its labels (MELD, sentiment, ``labels=``, a label
+    map), else inferred from the labels present. Plain JSONL rows are checked
+    field by field first (a null or empty text is an error, not a prompt).
     """
+    from .evaluate.loaders import load_task
+
+    spec = _training_spec(data)
     path = resolve_data(data)
-    rows = [{"text": text, "label": label} for _, text, label in labelled_rows(path)]
+    if spec.loader in ("jsonl", "bundled") and not {"text", "label"} & {k for k, _ in spec.options}:
+        labelled_rows(path)
+    loaded = load_task(spec)
+    if loaded.spec.kind == TaskKind.PERPLEXITY:
+        raise AffectlensError(f"{spec.name} is plain text (ppl:); training needs labelled rows")
+    rows = [{"text": e.text, "label": e.gold} for e in loaded.examples]
     found = sorted({r["label"] for r in rows})
-    kind = TaskKind.parse(task, CLOSED_KINDS) if task else infer_kind(found)
+    declared = spec.labels is not None or spec.option("labelmap") or spec.loader in ("meld", "meld_sentiment",
+                                                                                      "sentiment")
+    kind = (TaskKind.parse(task, CLOSED_KINDS) if task
+            else TaskKind(spec.kind) if declared else infer_kind(found))
     allowed = closed_labels(kind)
     if allowed is not None:
         bad = [x for x in found if x not in allowed]
@@ -120,7 +146,8 @@ def load_dataset(data: str | os.PathLike, task: str | None = None) -> Dataset:
             raise AffectlensError(f"{path} has label(s) {', '.join(bad)} unknown to the {kind} task "
                                   f"(allowed: {', '.join(allowed)})")
     labels = tuple(allowed) if allowed is not None else tuple(found)
-    return Dataset(rows, kind, labels, str(path))
+    plain = spec.loader in ("jsonl", "bundled") and not spec.options
+    return Dataset(rows, kind, labels, str(path) if plain else str(data))
 
 
 def encode(tokenizer: Any, ds: Dataset, max_length: int = 256) -> tuple[list[list[int]], list[int], int]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -231,6 +231,67 @@ def extend_inputs(inputs: Mapping[str, Any], ids: Any) -> dict[str, Any]:
     return out
 
 
+def image_placeholder(processor: Any) -> str:
+    """The text one image takes in a prompt, read off the processor's tokenizer."""
+    tok = getattr(processor, "tokenizer", processor)
+    vocab = tok.get_vocab()
+    img = getattr(processor, "image_token", "<image>")
+    vs = "<|vision_start|>" if "<|vision_start|>" in vocab else ""
+    ve = "<|vision_end|>" if "<|vision_end|>" in vocab else ""
+    return f"{vs}{img}{ve}"
+
+
+def image_inputs(processor: Any, prompt: str, image: str | Path) -> dict[str, Any]:
+    """The processor's inputs for one prompt and one image file (RGB)."""
+    from PIL import Image
+
+    if not Path(image).is_file():
+        raise AffectlensError(f"image {image} does not exist")
+    try:
+        with Image.open(image) as im:
+            rgb = im.convert("RGB")
+    except OSError as e:
+        raise AffectlensError(f"image {image} cannot be read: {e}") from None
+    return dict(processor(text=[prompt], images=[rgb], return_tensors="pt"))
+
+
+def image_label_logprobs(model: Any, processor: Any, prompts: Sequence[str], images: Sequence[str | Path],
+                         labels: Sequence[str], encoded: Sequence[Mapping[str, Any]] | None = None,
+                         progress: bool = False) -> Any:
+    """``[n, n_labels]`` float64 log-likelihoods of each label after each (prompt, image).
+
+    Text scoring (``evaluate.scorer``) batches token ids; image prompts need
+    the processor's pixel inputs, so each label is appended to the processed
+    prompt (:func:`extend_inputs`) and scored in its own forward. Label ids
+    are :func:`affectlens.prompts.encode_targets`'s, the ones text scoring
+    and training use. ``encoded``: the prompts' inputs when the caller has
+    them already (else :func:`image_inputs`).
+    """
+    import torch
+
+    from .prompts import encode_targets
+    from .runs import Progress
+
+    bar = Progress(len(prompts), "scoring images", unit="ex", enabled=progress)
+    tok = getattr(processor, "tokenizer", processor)
+    p = next(model.parameters())
+    out = torch.zeros(len(prompts), len(labels), dtype=torch.float64)
+    for i, (prompt, im) in enumerate(zip(prompts, images, strict=True)):
+        raw = encoded[i] if encoded is not None else image_inputs(processor, prompt, im)
+        inputs = {k: (v.to(p.device, p.dtype) if v.is_floating_point() else v.to(p.device))
+                  if isinstance(v, torch.Tensor) else v for k, v in raw.items()}
+        p0 = inputs["input_ids"].shape[1]
+        for j, target in enumerate(encode_targets(tok, prompt, labels)):
+            ids = torch.tensor([target], device=inputs["input_ids"].device)
+            with torch.no_grad():  # per-token inputs (Qwen-VL's M-RoPE token types) grow too
+                logits = model(**extend_inputs(inputs, ids)).logits
+            logp = torch.log_softmax(logits[0, p0 - 1:p0 - 1 + len(target)].float(), -1).double()
+            out[i, j] = logp[torch.arange(len(target), device=ids.device), ids[0]].sum().cpu()
+        bar.update(1)
+    bar.close()
+    return out
+
+
 # ----------------------------------------------------------------------------- loading
 
 
@@ -278,4 +339,5 @@ def load_vlm(path: str | Any, adapter: str | None = None, dtype: str = "auto", a
 
 
 __all__ = ["FAMILIES", "PER_TOKEN_INPUTS", "Family", "build_processor", "extend_inputs", "family_of",
-           "image_only", "image_token_id", "is_vlm_dir", "load_processor", "load_vlm", "model_type_of"]
+           "image_inputs", "image_label_logprobs", "image_only", "image_placeholder", "image_token_id",
+           "is_vlm_dir", "load_processor", "load_vlm", "model_type_of"]

@@ -87,6 +87,8 @@ def infer_kind(labels: Sequence[str]) -> TaskKind:
 # library that implements them (``affectlens --help`` must not import torch).
 
 EVAL_MODES = ("closed", "generative")  # ``affectlens evaluate --mode``
+CALIBRATIONS = ("none", "contextual", "pmi")  # ``affectlens evaluate --calibration``
+GEN_BACKENDS = ("hf", "vllm")  # ``affectlens evaluate --backend`` (generation)
 
 
 class AblationMode(StrEnum):
@@ -115,28 +117,49 @@ class AblationMode(StrEnum):
 
 ABLATION_MODES = tuple(m.value for m in AblationMode)
 
-# What ``--task`` accepts (evaluate, circuits intervene, export-task); parsed by evaluate.tasks.parse_task.
+# What ``--task`` and ``tune --data`` accept (evaluate, tune, grid/study configs, circuits intervene,
+# export-task); parsed by evaluate.tasks.parse_task.
 TASK_SYNTAX = """\
-Task names (--task, repeatable):
-  emotion                 bundled emotion test set (7 labels; the default)
-  control                 bundled non-affective control task
-  meld:FILE.csv           MELD CSV, Emotion column (7 labels)
-  meld-sentiment:FILE.csv MELD CSV, Sentiment column (negative/neutral/positive)
-  goemotions:DIR          GoEmotions TSV dir with labels.txt; split=test|dev|train,
-                          multi=single|first (multi-label rows: drop or keep the first)
-  jsonl:FILE              rows {"text", "label" or "label_text"}; text=, label=,
+Task specs (evaluate --task, repeatable; tune --data; grid/study 'tasks' and 'data'):
+  emotion, control        bundled test sets (emotion: 7 labels, the default; control: arithmetic)
+  emotion_train, ...      bundled files by name (emotion_train/test, control_train/test)
+  meld:FILE.csv|DIR       MELD CSV, Emotion column (7 labels); a DIR of train/dev/test CSVs
+  meld-sentiment:FILE|DIR MELD CSV, Sentiment column (negative/neutral/positive)
+  goemotions:DIR          GoEmotions TSV dir with labels.txt; multi=single|first (multi-label
+                          rows: drop or keep the first)
+  jsonl:FILE|DIR          rows {"text", "label" or "label_text"}; text=, label=,
                           labels=a|b|c (declared set), kind=emotion|sentiment|control
-  csv:FILE                generic CSV/TSV; text=COL, label=COL, labels=, delimiter=tab
+  csv:FILE|DIR            CSV/TSV/any delimiter: text=COL, label=COL, labels=, kind=,
+                          delimiter=CHAR (default ',' or tab for .tsv; 'tab' spells tab),
+                          quote=CHAR|none (default '"'; none: quotes are plain text),
+                          bad_rows=error|skip|report (a row with too many/few fields:
+                          stop naming it (default), drop it, or drop it and list it)
   sentiment:FILE          continuous valence (MOSI/SIMS style, CSV or JSONL); text=COL,
                           score=COL, center=0, margin=0 (|score-center|<=margin dropped),
-                          split=VALUE (filter a 'split' column), labels3=1 (keep the
-                          dropped band as 'neutral': 3 classes); EmoBank:
-                          sentiment:emobank.csv,score=V,center=3,split=test
+                          labels3=1 (keep the dropped band as 'neutral': 3 classes);
+                          EmoBank: sentiment:emobank.csv,score=V,center=3,split=test
+  pairs:FILE              contrast pairs JSONL (the circuits format): each pair is two
+                          examples, "emotional" with its "label" and "neutral" with neutral;
+                          "image_emotional"/"image_neutral" give each side's image; split=
   ppl:FILE                perplexity on a plain-text file (paragraphs split at blank lines);
                           max_length=, stride= (sliding windows)
+  PATH                    a bare file or dir: kind inferred from extension and header
+                          (MELD columns, GoEmotions TSV, text+label CSV/JSONL, EmoBank)
+Options for every labelled kind (meld, csv, ... also take delimiter=, quote=, bad_rows=):
+  split=train|dev|test    a DIR's file named after the split (train_sent_emo.csv,
+                          validation.jsonl, dev.tsv), or rows whose 'split' column says it;
+                          a DIR is evaluated at test and trained at train by default
+  labelmap=NAME|FILE.json raw labels onto the 7 basic emotions: emorynlp, iemocap,
+                          goemotions-ekman, or JSON {"raw": "target" or null (drop)}
+  balance=true            cut every class to the rarest class's count (seeded)
+  per_class=N             keep at most N rows per class (seeded); seed=N (default 0)
+  image=COL               (jsonl, csv) the column with each row's image file (relative to
+                          the data file's folder; empty: a text row); image rows need a
+                          vision-language model (Qwen-VL, LLaVA) and closed mode
 Options follow the path, comma separated: csv:data.csv,text=utterance,label=emotion"""
 
 
 __all__ = ["ABLATION_MODES", "ALIASES", "CLOSED_KINDS", "DIGITS", "EMOTIONS", "EVAL_KINDS", "EVAL_MODES",
+           "CALIBRATIONS", "GEN_BACKENDS",
            "TASK_SYNTAX", "AblationMode", "SENTIMENTS2", "SENTIMENTS3",
            "TaskKind", "closed_labels", "infer_kind"]

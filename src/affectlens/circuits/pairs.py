@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import AffectlensError
-from ..prompts import encode, encode_targets, render
+from ..prompts import encode, render
 from ..runs import parse_jsonl_lines
 from ..vocab import TaskKind, infer_kind
 from .spans import Layout, layout_for
@@ -121,12 +121,9 @@ class Encoder:
     def __call__(self, stimulus: str, image: str | None = None) -> dict[str, torch.Tensor]:
         text = self.prompt(stimulus, image)
         if self.processor is not None and image is not None:
-            from PIL import Image
+            from ..vlm import image_inputs
 
-            if not Path(image).is_file():
-                raise AffectlensError(f"image {image} does not exist")
-            with Image.open(image) as im:
-                return dict(self.processor(text=[text], images=[im.convert("RGB")], return_tensors="pt"))
+            return image_inputs(self.processor, text, image)
         ids, _ = encode(self.tokenizer, text)
         return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
 
@@ -143,11 +140,9 @@ def _image_token_id(processor: Any) -> int:
 
 
 def _image_placeholder(processor: Any) -> str:
-    tok = _tok(processor)
-    img = getattr(processor, "image_token", "<image>")
-    vs = "<|vision_start|>" if "<|vision_start|>" in tok.get_vocab() else ""
-    ve = "<|vision_end|>" if "<|vision_end|>" in tok.get_vocab() else ""
-    return f"{vs}{img}{ve}"
+    from ..vlm import image_placeholder
+
+    return image_placeholder(processor)
 
 
 def encoder_for(tokenizer: Any, pairs: Sequence[Pair], processor: Any = None,
@@ -191,20 +186,10 @@ def emotion_probs(model: Any, enc: Encoder, stimuli: Sequence[str], labels: Sequ
 
 def _image_label_probs(model: Any, enc: Encoder, stimuli: Sequence[str],
                        images: Sequence[str | None], labels: Sequence[str]) -> torch.Tensor:
-    """Image prompts: the harness scores text only, so score label continuations here."""
-    from ..vlm import extend_inputs
-    from .hooks import to_model
+    """Image prompts: scored by :func:`affectlens.vlm.image_label_logprobs` (the harness scores text only)."""
+    from ..vlm import image_label_logprobs
 
-    tok = _tok(enc.processor)
-    out = torch.zeros(len(stimuli), len(labels))
-    for i, (s, im) in enumerate(zip(stimuli, images, strict=True)):
-        inputs = to_model(enc(s, im), model)
-        for j, target in enumerate(encode_targets(tok, enc.prompt(s, im), labels)):
-            lab_ids = torch.tensor([target], device=inputs["input_ids"].device)
-            with torch.no_grad():  # per-token inputs (Qwen-VL's M-RoPE token types) grow too
-                logits = model(**extend_inputs(inputs, lab_ids)).logits
-            logp = torch.log_softmax(logits[0].float(), -1)
-            p0 = inputs["input_ids"].shape[1]
-            tgt = lab_ids[0]
-            out[i, j] = logp[torch.arange(p0 - 1, p0 - 1 + len(tgt), device=tgt.device), tgt].sum()
-    return torch.softmax(out, -1)
+    prompts = [enc.prompt(s, im) for s, im in zip(stimuli, images, strict=True)]
+    encoded = [enc(s, im) for s, im in zip(stimuli, images, strict=True)]
+    ll = image_label_logprobs(model, enc.processor, prompts, [im or "" for im in images], labels, encoded)
+    return torch.softmax(ll.float(), -1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..vocab import EVAL_MODES, TASK_SYNTAX
+from ..vocab import CALIBRATIONS, EVAL_MODES, GEN_BACKENDS, TASK_SYNTAX
 from . import options as o
 
 
@@ -15,8 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Closed mode: log-likelihood of every label after one forward pass per example; "
                     "accuracy, weighted F1 (WAF), macro F1 with bootstrap CIs. Generative mode: "
                     "MER-UniBench (open-vocabulary answer -> emotion-wheel categories -> HIT; "
-                    "sentiment polarity -> WAF/accuracy). The mean is the plain mean of each task's "
-                    "primary metric (perplexity tasks excluded). Writes scores.json, predictions.jsonl, "
+                    "sentiment polarity -> WAF/accuracy). Each task is printed beside its yardsticks "
+                    "(majority class, uniform chance); the mean is of one named metric (the most common "
+                    "primary metric; perplexity excluded). Writes scores.json, predictions.jsonl, "
                     "confusion_<task>.png, manifest.json.",
         epilog=TASK_SYNTAX,
     )
@@ -26,6 +27,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--mode", choices=EVAL_MODES, default="closed",
                    help="closed: log-likelihood of each label; generative: answer, then map it to labels")
     o.limit(e)
+    e.add_argument("--sample", type=int, default=None, metavar="N", help="N rows drawn with --seed (file order kept)")
+    e.add_argument("--calibration", choices=CALIBRATIONS, default="none",
+                   help="closed mode: remove the label prior (contextual: content-free inputs; pmi: the "
+                        "prompt without its input)")
+    e.add_argument("--num-fewshot", type=int, default=0, metavar="K",
+                   help="closed mode: K solved examples from the task's train split, balanced by label")
+    e.add_argument("--fewshot-from", default=None, metavar="SPEC",
+                   help="task spec to draw few-shot examples from (default: the task's train split)")
+    e.add_argument("--backend", choices=GEN_BACKENDS, default="hf",
+                   help="generative mode: hf (transformers) or vllm (pip install 'affectlens[vllm]')")
     o.batch_size(e, 16)
     o.device(e)
     o.dtype(e)
@@ -58,7 +69,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     res = evaluate_run(args.model, args.out, args.tasks, adapter=args.adapter, mode=args.mode, limit=args.limit,
                        batch_size=args.batch_size, dtype=args.dtype, seed=args.seed, n_boot=args.bootstrap,
                        wheel=args.wheel, max_new_tokens=args.max_new_tokens, force=args.force,
-                       allow_pickle=args.allow_pickle, device=args.device)
+                       allow_pickle=args.allow_pickle, calibration=args.calibration,
+                       num_fewshot=args.num_fewshot, fewshot_from=args.fewshot_from, sample=args.sample,
+                       backend=args.backend, device=args.device)
     print(res.table())
     print(f"-> {args.out}")
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..tuneconfig import PRECISIONS, TuneConfig
+from ..vocab import TASK_SYNTAX
 from . import options as o
 
 METHODS = ("lora", "full")  # = tune.METHODS (not imported: the parser must not import torch)
@@ -28,10 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the main process alone writes --out. Under a launcher accelerate's device wins over --device "
         "(each process gets its own GPU; --device cpu makes them CPU processes). --dtype sets the base "
         "weights; LoRA weights and their optimizer state stay float32.",
+        epilog=TASK_SYNTAX,
     )
     p.add_argument("base", help="base model: HF dir, .gguf, or 'smollm2'")
     p.add_argument("--data", required=True,
-                   help="JSONL of {\"text\",\"label\"} rows, or a bundled name (emotion_train, control_train)")
+                   help="training data: any task spec evaluate --task reads (see below): a bundled name "
+                        "(emotion_train, control_train), KIND:PATH,opt=..., or a bare path")
     o.modules(p)
     o.layers(p)
     kind = p.add_argument("--task-kind", default=None,

@@ -4,14 +4,18 @@
     res = evaluate(model, tokenizer, ["emotion", "meld:test_sent_emo.csv"], mode="closed")
     res.mean, res.tasks["emotion"].primary, res.predictions[0]
     evaluate_run("smollm2", "runs/eval", ["emotion"])   # load, score, write the run dir
+    evaluate(model, tokenizer, "emotion", calibration="pmi", num_fewshot=4)  # calibrated, 4-shot
 
 ``score_labels`` is the scorer on its own (any prompts, any labels, any
 model with hooks attached); ``perplexity`` is the fluency check.
 """
 
 from .answers import rescore, score_generative_rows
+from .backends import GenerationBackend, HFBackend, VLLMBackend, get_backend
+from .calibration import calibrate
 from .core import evaluate, weight_fingerprint
 from .export import export_task
+from .fewshot import Shots, draw_shots
 from .generative import Wheel, load_wheel, parse_answer
 from .loaders import Example, LoadedTask, load_examples, load_task
 from .metrics import binary_sentiment_metrics, bootstrap_ci, classification_metrics, hit_rate
@@ -23,6 +27,13 @@ from .tasks import TASK_SYNTAX, TaskSpec, get_task, parse_task, register_task, r
 
 __all__ = [
     "EvalResult",
+    "GenerationBackend",
+    "HFBackend",
+    "Shots",
+    "VLLMBackend",
+    "calibrate",
+    "draw_shots",
+    "get_backend",
     "Example",
     "LoadedTask",
     "TASK_SYNTAX",

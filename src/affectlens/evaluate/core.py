@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +21,18 @@ import torch
 from ..errors import AffectlensError
 from ..vocab import EVAL_MODES
 from .answers import score_generative_rows
-from .generative import Wheel, generate_answers, load_wheel, open_prompt
+from .backends import GenerationBackend, get_backend
+from .calibration import calibrate, check_mode
+from .fewshot import Shots, draw_shots
+from .generative import Wheel, load_wheel, open_prompt
 from .loaders import LoadedTask, load_task
 from .metrics import classification_metrics, require_finite
 from .perplexity import perplexity
-from .results import EvalResult, TaskScore
+from .results import EvalResult, TaskScore, attach_baselines, mean_over_tasks
 from .scorer import model_name, non_finite_error, score_labels, text_start
 from .tasks import TaskSpec, parse_task, primary_metric
 
 MODES = EVAL_MODES  # named in vocab so the CLI offers them without importing torch
-
-
-def load_scoring_model(path: str | Path, adapter: str | Path | None = None, dtype: str = "float32",
-                       allow_pickle: bool = False) -> tuple[Any, Any]:
-    """``models.load_model`` under the one pickle policy (pickle only with ``allow_pickle``)."""
-    from ..models import load_model
-
-    return load_model(path, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle)
 
 
 def weight_fingerprint(model) -> str:
@@ -51,46 +47,115 @@ def weight_fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def closed_prompt(tokenizer, spec: TaskSpec, labels: Sequence[str], text: str) -> str:
+def closed_prompt(tokenizer, spec: TaskSpec, labels: Sequence[str], text: str,
+                  shots: Sequence[tuple[str, str]] = ()) -> str:
     """A task's closed-set prompt: :func:`affectlens.prompts.render` with the spec's kind and wording."""
     from ..prompts import render
 
-    return render(tokenizer, text, spec.kind, labels, query=spec.question)
+    return render(tokenizer, text, spec.kind, labels, query=spec.question, shots=shots)
 
 
 def _seconds(t0: float) -> float:
     return round(time.perf_counter() - t0, 3)
 
 
-def _closed(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress) -> tuple[dict, list, dict]:
+def _closed(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress, calibration: str = "none",
+            shots: Shots | None = None, processor: Any = None) -> tuple[dict, list, dict, dict]:
     spec, labels = task.spec, list(task.labels)
-    prompts = [closed_prompt(tok, spec, labels, e.text) for e in task.examples]
+    solved = shots.pairs() if shots else []
+
+    def prompt(text: str) -> str:
+        return closed_prompt(tok, spec, labels, text, solved)
+
+    prompts = [prompt(e.text) for e in task.examples]
     t0 = time.perf_counter()
-    ll = score_labels(model, tok, prompts, labels, batch_size=batch_size, progress=progress)
-    secs = _seconds(t0)
+    if image_rows(task):
+        ll = _with_images(model, tok, processor, task, prompts, batch_size, progress)
+    else:
+        ll = score_labels(model, tok, prompts, labels, batch_size=batch_size, progress=progress)
     bad = (~torch.isfinite(ll)).nonzero()
     if len(bad):  # argmax over NaN is a confident-looking label: never a prediction
         i, j = (int(x) for x in bad[0])
         raise non_finite_error(model, f"task {spec.name}", f"example {i} ({text_start(task.examples[i].text)}) "
                                f"has log-likelihood {float(ll[i, j])} for label '{labels[j]}'")
-    pred = ll.argmax(-1).tolist()
+    scores, vec = calibrate(ll, calibration, prompt,  # reference prompts: once per task
+                            lambda ps: score_labels(model, tok, ps, labels, batch_size=batch_size))
+    secs = _seconds(t0)
+    pred = scores.argmax(-1).tolist()
     gold = [labels.index(e.gold) for e in task.examples]
     metrics = classification_metrics(gold, pred, labels, n_boot=n_boot, seed=seed)
+    if vec is not None:  # the raw decision from the same forward passes, side by side
+        raw = classification_metrics(gold, ll.argmax(-1).tolist(), labels, n_boot=0)
+        metrics["uncalibrated"] = {k: raw[k] for k in ("accuracy", "weighted_f1", "macro_f1")}
     metrics["seconds"] = secs
     metrics["examples_per_s"] = round(len(prompts) / max(secs, 1e-9), 2)
     rows = []
     for i, e in enumerate(task.examples):
         row = {"task": spec.name, "index": i, "text": e.text, "gold": e.label, "pred": labels[pred[i]],
                "loglik": {lab: float(ll[i, j]) for j, lab in enumerate(labels)}}
+        if vec is not None:
+            row["calibrated"] = {lab: float(scores[i, j]) for j, lab in enumerate(labels)}
         if e.score is not None:
             row["gold_score"] = e.score
+        if e.meta.get("image"):
+            row["image"] = e.meta["image"]
         rows.append(row)
     fig = {"labels": labels, "pred_labels": labels, "confusion": metrics["confusion"]}
-    return metrics, rows, fig
+    info: dict[str, Any] = {"calibration": calibration}
+    if vec is not None:
+        info["calibration_vector"] = {lab: float(vec[j]) for j, lab in enumerate(labels)}
+    if shots:
+        info["fewshot"] = shots.record()
+    return metrics, rows, fig, info
+
+
+def image_rows(task: LoadedTask) -> list[int]:
+    """Indices of the examples that carry an image (``image=`` column, or a pairs file's images)."""
+    return [i for i, e in enumerate(task.examples) if e.meta.get("image")]
+
+
+def check_image_tasks(loaded: Sequence[LoadedTask], mode: str, calibration: str, num_fewshot: int,
+                      vlm: bool) -> None:
+    """Image tasks are closed-set, uncalibrated, zero-shot, on a vision-language model; else one line."""
+    for t in loaded:
+        if not image_rows(t):
+            continue
+        name = t.spec.name
+        if not vlm:
+            raise AffectlensError(f"task {name} has images: evaluate it on a vision-language model "
+                                  "(a Qwen-VL or LLaVA checkpoint, whose processor reads them)")
+        if mode != "closed":
+            raise AffectlensError(f"task {name} has images: image tasks are scored in closed mode only")
+        if calibration != "none" or num_fewshot:
+            raise AffectlensError(f"task {name} has images: --calibration and --num-fewshot apply to "
+                                  "text tasks only")
+
+
+def _with_images(model, tok, processor, task: LoadedTask, prompts: list[str], batch_size: int,
+                 progress: bool) -> torch.Tensor:
+    """Label log-likelihoods [n, labels]: image rows through the processor, text rows as text."""
+    from ..prompts import render
+    from ..vlm import image_label_logprobs, image_placeholder
+
+    spec, labels = task.spec, list(task.labels)
+    img = image_rows(task)
+    ll = torch.zeros(len(prompts), len(labels), dtype=torch.float64)
+    has = set(img)
+    text = [i for i in range(len(prompts)) if i not in has]
+    if text:
+        ll[text] = score_labels(model, tok, [prompts[i] for i in text], labels, batch_size=batch_size,
+                                progress=progress).double()
+    ptok = getattr(processor, "tokenizer", processor)
+    ph = image_placeholder(processor)
+    ex = [task.examples[i] for i in img]
+    ll[img] = image_label_logprobs(model, processor,
+                                   [render(ptok, e.text, spec.kind, labels, spec.question, image=ph) for e in ex],
+                                   [e.meta["image"] for e in ex], labels, progress=progress)
+    return ll
 
 
 def _generative(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress, wheel,
-                max_new_tokens) -> tuple[dict, list, dict]:
+                max_new_tokens, backend: str | GenerationBackend = "hf") -> tuple[dict, list, dict]:
     spec = task.spec
     examples = task.examples
     if spec.kind == "sentiment":  # MER-UniBench: ground truth 0 is dropped
@@ -102,9 +167,11 @@ def _generative(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress
     else:
         prompts = [open_prompt(tok, e.text, spec.open_question) for e in examples]
     t0 = time.perf_counter()
-    answers = generate_answers(model, tok, prompts, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, progress=progress, seed=seed,
-                               texts=[e.text for e in examples], where=f"task {spec.name}")
+    gen = get_backend(backend, model, tok, batch_size, progress, texts=[e.text for e in examples],
+                      where=f"task {spec.name}")
+    answers = gen.generate(prompts, max_new_tokens, seed)
+    if len(answers) != len(prompts):
+        raise AffectlensError(f"backend {gen.name} returned {len(answers)} answers for {len(prompts)} prompts")
     secs = _seconds(t0)
     rows = []
     for i, (e, a) in enumerate(zip(examples, answers, strict=True)):
@@ -122,10 +189,20 @@ def _generative(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress
 def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec, mode: str = "closed",
              limit: int | None = None, batch_size: int = 16, seed: int = 0, progress: bool = True,
              n_boot: int = 1000, wheel: str | Path | Wheel | None = None,
-             max_new_tokens: int = 48) -> EvalResult:
+             max_new_tokens: int = 48, calibration: str = "none", num_fewshot: int = 0,
+             fewshot_from: str | TaskSpec | None = None, sample: int | None = None,
+             backend: str | GenerationBackend = "hf", processor: Any = None) -> EvalResult:
     """Score ``model`` on ``tasks``; the mean is the plain mean of each task's primary metric.
 
     Perplexity tasks are reported but not averaged (lower is better, other units).
+    Closed mode: ``calibration`` (none, contextual, pmi; see
+    :mod:`affectlens.evaluate.calibration`) and ``num_fewshot`` solved examples
+    from each task's train split (or ``fewshot_from``), drawn with ``seed``.
+    ``limit`` keeps the first N rows, ``sample`` N rows drawn with ``seed``.
+    Generative mode: answers come from ``backend`` (``hf``, ``vllm`` or a
+    :class:`~affectlens.evaluate.backends.GenerationBackend`).
+    ``processor``: a vision-language model's processor; rows with an image
+    are scored through it (closed mode), text rows as text.
     """
     if mode not in MODES:
         raise AffectlensError(f"unknown mode '{mode}'; choose from {', '.join(MODES)}")
@@ -137,6 +214,9 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
         raise AffectlensError(f"--batch-size must be positive, not {batch_size}")
     if tokenizer is None:
         raise AffectlensError("evaluation needs the model's tokenizer; the model has none")
+    check_mode(calibration)
+    if mode != "closed" and (calibration != "none" or num_fewshot):
+        raise AffectlensError("--calibration and --num-fewshot apply to closed mode only")
     if isinstance(tasks, str | TaskSpec):
         tasks = [tasks]
     if not tasks:
@@ -146,7 +226,10 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise AffectlensError(f"task(s) given twice: {', '.join(dup)}")
-    loaded = [load_task(s, limit) for s in specs]  # validate all inputs before any model work
+    loaded = [sample_task(load_task(s, limit), sample, seed) for s in specs]  # before any model work
+    check_image_tasks(loaded, mode, calibration, num_fewshot, processor is not None)
+    shots = {t.spec.name: draw_shots(t, num_fewshot if t.spec.kind != "perplexity" else 0, seed, fewshot_from)
+             for t in loaded}
     if mode == "generative":
         wheel = wheel if isinstance(wheel, Wheel) else load_wheel(wheel)
     was_training = getattr(model, "training", False)
@@ -164,32 +247,48 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
                 rows: list[dict[str, Any]] = []
                 fig: dict[str, Any] | None = None
                 n = m["texts"]
+                info: dict[str, Any] = {}
             elif mode == "closed":
-                m, rows, fig = _closed(model, tokenizer, task, batch_size, seed, n_boot, progress)
+                m, rows, fig, info = _closed(model, tokenizer, task, batch_size, seed, n_boot, progress,
+                                             calibration, shots[spec.name], processor)
                 n = len(rows)
             else:
                 m, rows, fig = _generative(model, tokenizer, task, batch_size, seed, n_boot, progress,
-                                           wheel, max_new_tokens)
-                n = len(rows)
+                                           wheel, max_new_tokens, backend)
+                n, info = len(rows), {}
             pm = primary_metric(spec, mode if spec.kind != "perplexity" else "closed")
             if pm not in m:
                 raise AffectlensError(f"task {spec.name}: primary metric '{pm}' not computed in {mode} mode")
             out_tasks[spec.name] = TaskScore(spec.name, spec.kind, pm, m[pm], m, n, task.dropped,
-                                             _spec_dict(spec))
+                                             _spec_dict(spec), **info)
             predictions.extend(rows)
             if fig is not None:
                 figures[spec.name] = fig
     finally:
         if was_training:
             model.train()
-    averaged = [k for k, v in out_tasks.items() if v.kind != "perplexity"]
-    mean = sum(out_tasks[k].primary for k in averaged) / len(averaged) if averaged else None
+    attach_baselines(out_tasks, predictions)  # yardsticks per task; the mean is of one metric, named
+    mean, mean_metric, averaged = mean_over_tasks(out_tasks)
     what = f"the evaluation of model {model_name(model)}"
     require_finite({"tasks": {k: t.to_dict() for k, t in out_tasks.items()}, "mean": mean}, what)
     require_finite(predictions, f"the predictions of {what}")
     return EvalResult(out_tasks, predictions, mode, mean=mean, mean_over=averaged,
                       weights_sha256=weight_fingerprint(model), seed=seed, limit=limit, batch_size=batch_size,
-                      figures=figures)
+                      figures=figures, mean_metric=mean_metric)
+
+
+def sample_task(task: LoadedTask, n: int | None, seed: int) -> LoadedTask:
+    """``n`` examples drawn with ``seed`` (file order kept); all of them when ``n`` is None."""
+    if n is None:
+        return task
+    if n < 1:
+        raise AffectlensError(f"--sample must be positive, not {n}")
+    if n >= len(task.examples):
+        return task
+    import random
+
+    keep = sorted(random.Random(seed).sample(range(len(task.examples)), n))
+    return replace(task, examples=[task.examples[i] for i in keep])
 
 
 def _int_opt(spec: TaskSpec, key: str) -> int | None:

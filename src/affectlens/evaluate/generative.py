@@ -44,6 +44,7 @@ _LEAD_IN = re.compile(r"emotion|feel|state|mood|sentiment|answer", re.IGNORECASE
 _INCLUDING = re.compile(r"^(?:including|such as|like|mainly|mostly|especially|a mix of|mixture of)\s+",
                         re.IGNORECASE)
 _NEGATION = re.compile(r"\b(?:not|no|never|without|n't)\b", re.IGNORECASE)
+_BULLET = re.compile(r"^\s*(?:[-*+\u2022\u2013]|\d{1,2}[.)])\s+")
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,18 @@ class Wheel:
     source: str
 
     def categories(self, words: Sequence[str]) -> dict[str, list[str]]:
-        """Mapped categories of a parsed answer, per wheel (sorted, unique)."""
-        return {name: sorted(map_words(words, table)) for name, table in self.wheels.items()}
+        """Mapped categories of a parsed answer, per wheel (in answer order, unique)."""
+        return {name: map_ordered(words, table) for name, table in self.wheels.items()}
+
+
+SHIPPED = "emotion_wheels.json"
 
 
 def load_wheel(path: str | Path | None = None) -> Wheel:
     """The shipped table, a JSON file like it, or a CSV/TSV ``word,category`` file (one wheel)."""
     if path is None:
-        text = resources.files("affectlens").joinpath("data/emotion_wheel.json").read_text("utf-8")
-        src = "affectlens/data/emotion_wheel.json"
+        text = resources.files("affectlens").joinpath(f"data/{SHIPPED}").read_text("utf-8")
+        src = f"affectlens/data/{SHIPPED}"
     else:
         p = Path(path)
         if not p.is_file():
@@ -98,10 +102,27 @@ def _default_polarity() -> dict[str, str]:
             "sadness": "negative", "surprise": "neutral", "neutral": "neutral"}
 
 
+def _unbullet(text: str) -> str:
+    """The answer's first paragraph and every list item anywhere, items as clauses.
+
+    "- Anger: he shouts" -> "anger," (the label, not its explanation); prose
+    after the first paragraph is explanation ("Explanation: the subtitle
+    says ..."), a list after it is the answer ("a mix of emotions:\n\n- Anger").
+    """
+    lines = []
+    for k, para in enumerate(re.split(r"\n\s*\n", text)):
+        for line in para.splitlines():
+            if _BULLET.match(line):
+                lines.append(_BULLET.sub("", line).split(":")[0].split(" - ")[0] + ",")
+            elif k == 0:
+                lines.append(line)
+    return "\n".join(lines)
+
+
 def parse_answer(answer: str) -> list[str]:
-    """Open-vocabulary answer -> list of lower-case emotion words/phrases, in order, unique."""
-    text = answer.strip().split("\n\n")[0].lower().replace("’", "'")
-    text = re.sub(r"[\"“”*_`()\[\]]", " ", text)
+    """Open-vocabulary answer (lists after a blank line included) -> lower-case emotion words/phrases, in order."""
+    text = _unbullet(answer.strip().replace("’", "'"))
+    text = re.sub(r"[\"“”*_`()\[\]]", " ", text).lower()
     out: list[str] = []
     for sentence in re.split(r"(?<=[a-z])[.!?](?:\s+|$)", text):
         head, colon, tail = sentence.partition(":")
@@ -121,17 +142,23 @@ def parse_answer(answer: str) -> list[str]:
     return out
 
 
-def map_words(words: Sequence[str], table: dict[str, str]) -> set[str]:
-    """Categories of parsed words: whole phrase first, else each word in it."""
-    cats: set[str] = set()
+def map_ordered(words: Sequence[str], table: dict[str, str]) -> list[str]:
+    """Categories of parsed words in answer order (unique): whole phrase first, else each word in it."""
+    cats: list[str] = []
     for phrase in words:
-        if phrase in table:
-            cats.add(table[phrase])
-            continue
-        for w in phrase.split():
-            if w in table:
-                cats.add(table[w])
+        found = [table[phrase]] if phrase in table else [table[w] for w in phrase.split() if w in table]
+        cats.extend(c for c in found if c not in cats)
     return cats
+
+
+def unmapped(words: Sequence[str], table: dict[str, str]) -> list[str]:
+    """Parsed phrases no word of which the table knows (reported, never silently dropped)."""
+    return [p for p in words if p not in table and not any(w in table for w in p.split())]
+
+
+def map_words(words: Sequence[str], table: dict[str, str]) -> set[str]:
+    """Categories of parsed words (a set; :func:`map_ordered` keeps the answer order)."""
+    return set(map_ordered(words, table))
 
 
 def answer_polarity(words: Sequence[str], wheel: Wheel) -> str:
@@ -221,5 +248,5 @@ def open_prompt(tokenizer, text: str, question: str) -> str:
     return render(tokenizer, text, TaskKind.OPEN, query=question)
 
 
-__all__ = ["Wheel", "load_wheel", "parse_answer", "map_words", "answer_polarity",
+__all__ = ["Wheel", "load_wheel", "parse_answer", "map_words", "map_ordered", "unmapped", "answer_polarity",
            "generate_answers", "open_prompt"]

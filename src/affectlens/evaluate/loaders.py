@@ -9,9 +9,9 @@ change the benchmark.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
+import random
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AffectlensError
-from ..runs import parse_jsonl_lines
+from .labelmaps import load_label_map, mapped_labels
+from .tables import (
+    SKIPPED,
+    Row,
+    data_file,
+    read_rows,
+    read_table,
+    read_text,
+    spec_path,
+    split_filter,
+)
 from .tasks import EMOTIONS, SENTIMENTS2, SENTIMENTS3, TaskSpec
 
 
@@ -47,63 +57,8 @@ class LoadedTask:
     spec: TaskSpec
     examples: list[Example]
     labels: tuple[str, ...]
-    dropped: int = 0  # rows removed by the protocol (sentiment 0, multi-label), not by errors
-
-
-def _read_text(path: Path) -> str:
-    if not path.exists():
-        raise AffectlensError(f"data file {path} does not exist")
-    if path.is_dir():
-        raise AffectlensError(f"{path} is a directory, expected a file")
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise AffectlensError(f"data file {path} is empty")
-    return raw.decode("utf-8-sig", errors="replace")
-
-
-class Row(dict):
-    """One data row; ``where`` says where it sits in its file (``line 3``, ``row 3``)."""
-
-    __slots__ = ("where",)
-
-    def __init__(self, data: dict, where: str) -> None:
-        super().__init__(data)
-        self.where = where
-
-
-def _read_rows(path: Path, delimiter: str | None = None) -> list[Row]:
-    """CSV/TSV (by extension or ``delimiter``) or JSONL rows as dicts, each knowing its line/row."""
-    text = _read_text(path)
-    if path.suffix in (".jsonl", ".json"):
-        return [Row(r, f"line {i}") for i, r in parse_jsonl_lines(text, path)]
-    if delimiter in ("tab", "\\t"):
-        delimiter = "\t"
-    delim = delimiter or ("\t" if path.suffix == ".tsv" else ",")
-    if len(delim) != 1:
-        raise AffectlensError(f"{path}: delimiter must be one character (or 'tab'), not {delim!r}")
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
-    rows: list[Row] = []
-    old_limit = csv.field_size_limit()
-    # A field may be as long as the file (a long transcript); csv's default cap is 128 KiB.
-    csv.field_size_limit(max(old_limit, len(text) + 1))
-    try:
-        if not reader.fieldnames:
-            raise AffectlensError(f"{path} has no header row")
-        reader.fieldnames = [f.strip() for f in reader.fieldnames]
-        for i, row in enumerate(reader, 2):
-            rows.append(Row(row, f"row {i}"))
-    except csv.Error as e:
-        raise AffectlensError(f"{path}: row {len(rows) + 2} (line {reader.line_num}) is not valid "
-                              f"CSV: {e}") from None
-    finally:
-        csv.field_size_limit(old_limit)
-    n = len(reader.fieldnames)
-    for row in rows:
-        if None in row or None in row.values():  # csv's markers for too many / too few fields
-            got = n + len(row.get(None) or ()) - sum(v is None for v in row.values())
-            raise AffectlensError(f"{path}: {row.where} has {got} fields, the header has {n} "
-                                  "(unquoted comma or quote?)")
-    return rows
+    dropped: int = 0  # rows removed by the protocol (sentiment 0, multi-label, labelmap null), not by errors
+    skipped: int = 0  # malformed rows dropped under bad_rows=skip|report
 
 
 def _where(r: dict) -> str:
@@ -150,55 +105,74 @@ def _norm(label: Any) -> str:
     return str(label).strip().lower()
 
 
-def _split_filter(rows: list[Row], spec: TaskSpec, path: Path) -> list[Row]:
-    split = spec.option("split")
-    if split is None:
-        return rows
-    _column(rows, "split", path, "split")
-    return [r for r in rows if str(r["split"]).strip() == split]
-
-
-def _spec_path(spec: TaskSpec) -> str:
-    """The task's data path; a TaskSpec built by hand (not by parse_task) may lack one."""
-    if spec.path is None:
-        raise AffectlensError(f"task {spec.name}: no data path (loader '{spec.loader}' reads a file)")
-    return spec.path
-
-
 def load_bundled(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...] | None, int]:
     try:
         from .. import corpus
     except ImportError:
         raise AffectlensError("the bundled corpus (affectlens.corpus) is not available in this install") from None
-    return load_jsonl_file(Path(corpus.bundled_path(_spec_path(spec))), spec)
+    return load_jsonl_file(Path(corpus.bundled_path(spec_path(spec))), spec)
+
+
+def _image(value: Any, path: Path, where: str, key: str) -> dict[str, Any]:
+    """``{"image": file}`` of a row's image field (relative to the data file's folder); checked now."""
+    if value is None or value == "":
+        return {}  # a text-only row (empty, null or absent): scored as text
+    if not isinstance(value, str):
+        raise AffectlensError(f"{path}: {where}: image '{key}' is {type(value).__name__}, not a path")
+    img = Path(value) if Path(value).is_absolute() else path.parent / value
+    if not img.is_file():
+        raise AffectlensError(f"{path}: {where}: image {img} does not exist")
+    return {"image": str(img)}
+
+
+def _examples(rows: Sequence[dict], spec: TaskSpec, path: Path, text_key: str, label_key: str) -> list[Example]:
+    _column(rows, text_key, path, "text")
+    _column(rows, label_key, path, "label")
+    img = spec.option("image")
+    if img is not None:
+        _column(rows, img, path, "image")
+    return [Example(text=_text(r, text_key, path), label=_label(r, label_key, path),
+                    meta=_image(r.get(img), path, _where(r), img) if img is not None else {}) for r in rows]
 
 
 def load_jsonl_file(path: Path, spec: TaskSpec) -> tuple[list[Example], None, int]:
-    rows = _split_filter(_read_rows(path), spec, path)
-    text_key = spec.option("text", "text")
-    _column(rows, text_key, path, "text")
+    rows = split_filter(read_rows(path), spec, path)
     label_key = spec.option("label") or ("label_text" if rows and "label_text" in rows[0] else "label")
-    _column(rows, label_key, path, "label")
-    out = [Example(text=_text(r, text_key, path), label=_label(r, label_key, path)) for r in rows]
-    return out, None, 0
+    return _examples(rows, spec, path, spec.option("text", "text"), label_key), None, 0
 
 
 def load_csv(spec: TaskSpec) -> tuple[list[Example], None, int]:
-    path = Path(_spec_path(spec))
-    rows = _split_filter(_read_rows(path, spec.option("delimiter")), spec, path)
-    text_key, label_key = spec.option("text", "text"), spec.option("label", "label")
-    _column(rows, text_key, path, "text")
-    _column(rows, label_key, path, "label")
-    return [Example(text=_text(r, text_key, path), label=_label(r, label_key, path)) for r in rows], None, 0
+    path = data_file(spec)
+    rows = split_filter(read_table(spec), spec, path)
+    return _examples(rows, spec, path, spec.option("text", "text"), spec.option("label", "label")), None, 0
+
+
+def load_pairs(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...], int]:
+    """Contrast pairs (the circuits format): each pair is two examples, the emotional side with its
+    emotion and the neutral side with ``neutral``, each with its image when it has one."""
+    from ..circuits.pairs import NEUTRAL, answer_labels
+    from ..circuits.pairs import load_pairs as read_pairs
+
+    path = Path(spec_path(spec))
+    pairs = read_pairs(path, spec.option("split"))
+    if any(p.query for p in pairs):
+        raise AffectlensError(f"{path}: pairs with their own 'query' are not evaluable as a task; "
+                              "drop the field (the task's question is the default one)")
+    out = []
+    for i, p in enumerate(pairs, 1):
+        for text, label, im, side in ((p.emotional, p.label, p.image_emotional, "image_emotional"),
+                                      (p.neutral, NEUTRAL, p.image_neutral, "image_neutral")):
+            out.append(Example(text=text, label=label, meta=_image(im, path, f"pair {i}", side)))
+    return out, tuple(answer_labels(pairs)), 0
 
 
 def load_jsonl(spec: TaskSpec) -> tuple[list[Example], None, int]:
-    return load_jsonl_file(Path(_spec_path(spec)), spec)
+    return load_jsonl_file(data_file(spec), spec)
 
 
 def _meld_rows(spec: TaskSpec) -> tuple[Path, list[Row]]:
-    path = Path(_spec_path(spec))
-    rows = _read_rows(path)
+    path = data_file(spec)
+    rows = split_filter(read_table(spec), spec, path)
     _column(rows, spec.option("text", "Utterance"), path, "text")
     return path, rows
 
@@ -229,20 +203,23 @@ def load_meld_sentiment(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...],
 
 def load_goemotions(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...], int]:
     """``text \\t id[,id...] \\t comment_id`` with ids into ``labels.txt`` beside it."""
-    p = Path(_spec_path(spec))
+    p = Path(spec_path(spec))
     split = spec.option("split", "test")
     tsv = p / f"{split}.tsv" if p.is_dir() else p
-    labels_file = (p if p.is_dir() else p.parent) / "labels.txt"
+    where = p if p.is_dir() else p.parent
+    # labels.txt (monologg's redistribution) or emotions.txt (google-research's release)
+    labels_file = next((where / n for n in ("labels.txt", "emotions.txt") if (where / n).is_file()),
+                       where / "labels.txt")
     if not p.exists():
         raise AffectlensError(f"GoEmotions path {p} does not exist")
     if not labels_file.is_file():
-        raise AffectlensError(f"GoEmotions needs {labels_file} (one label name per line)")
-    names = [ln.strip().lower() for ln in _read_text(labels_file).splitlines() if ln.strip()]
+        raise AffectlensError(f"GoEmotions needs {labels_file} or emotions.txt beside it (one label name per line)")
+    names = [ln.strip().lower() for ln in read_text(labels_file).splitlines() if ln.strip()]
     multi = spec.option("multi", "single")
     if multi not in ("single", "first"):
         raise AffectlensError(f"goemotions option multi must be single or first, not '{multi}'")
     out, dropped = [], 0
-    for i, line in enumerate(_read_text(tsv).splitlines(), 1):
+    for i, line in enumerate(read_text(tsv).splitlines(), 1):
         if not line.strip():
             continue
         cols = line.split("\t")
@@ -265,8 +242,8 @@ def load_goemotions(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...], int
 
 def load_sentiment(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...], int]:
     """Continuous valence -> polarity; ``|score - center| <= margin`` is dropped (MER-UniBench drops 0)."""
-    path = Path(_spec_path(spec))
-    rows = _split_filter(_read_rows(path, spec.option("delimiter")), spec, path)
+    path = data_file(spec)
+    rows = split_filter(read_table(spec), spec, path)
     text_key, score_key = spec.option("text", "text"), spec.option("score", "score")
     _column(rows, text_key, path, "text")
     _column(rows, score_key, path, "score")
@@ -298,7 +275,7 @@ def load_sentiment(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...], int]
 
 def load_text(spec: TaskSpec) -> tuple[list[Example], None, int]:
     """Plain text for perplexity: paragraphs separated by blank lines."""
-    text = _read_text(Path(_spec_path(spec)))
+    text = read_text(Path(spec_path(spec)))
     paras = [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
     return [Example(text=p) for p in paras], None, 0
 
@@ -312,17 +289,33 @@ _LOADERS = {
     "goemotions": load_goemotions,
     "sentiment": load_sentiment,
     "text": load_text,
+    "pairs": load_pairs,
 }
 
 
 def load_task(spec: TaskSpec | str, limit: int | None = None) -> LoadedTask:
-    """Load and validate a task; ``limit`` keeps the first N examples (after validation of all)."""
+    """Load and validate a task; ``limit`` keeps the first N examples (after validation of all).
+
+    Order of work: read (``bad_rows``), split, label map (``labelmap``), label
+    check, class balancing (``balance``/``per_class``, seeded), then ``limit``.
+    """
     from .tasks import parse_task
 
     spec = parse_task(spec)
     if spec.loader not in _LOADERS:
         raise AffectlensError(f"task {spec.name}: unknown loader '{spec.loader}'")
-    examples, file_labels, dropped = _LOADERS[spec.loader](spec)
+    skipped: list[str] = []
+    token = SKIPPED.set(skipped)
+    try:
+        examples, file_labels, dropped = _LOADERS[spec.loader](spec)
+    finally:
+        SKIPPED.reset(token)
+    if skipped and spec.option("bad_rows", "").lower() == "report":
+        shown = ", ".join(skipped[:10]) + (f", ... ({len(skipped) - 10} more)" if len(skipped) > 10 else "")
+        print(f"task {spec.name}: skipped {len(skipped)} malformed row(s): {shown}", file=sys.stderr)
+    if spec.option("labelmap"):
+        examples, file_labels, n = _apply_label_map(spec, examples)
+        dropped += n
     if not examples:
         raise AffectlensError(f"task {spec.name}: no examples in {spec.path}"
                               + (f" ({dropped} dropped by the protocol)" if dropped else ""))
@@ -337,11 +330,49 @@ def load_task(spec: TaskSpec | str, limit: int | None = None) -> LoadedTask:
         for e in examples:
             if e.score is None:
                 e.score = _POLARITY.get(e.gold)
+    examples = balance_examples(examples, spec)
     if limit is not None:
         if limit < 1:
             raise AffectlensError(f"--limit must be positive, not {limit}")
         examples = examples[:limit]
-    return LoadedTask(spec=spec, examples=examples, labels=tuple(labels or ()), dropped=dropped)
+    return LoadedTask(spec=spec, examples=examples, labels=tuple(labels or ()), dropped=dropped,
+                      skipped=len(skipped))
+
+
+def _apply_label_map(spec: TaskSpec, examples: list[Example]) -> tuple[list[Example], tuple[str, ...], int]:
+    table = load_label_map(str(spec.option("labelmap")))
+    unknown = Counter(e.label for e in examples if e.label not in table)
+    if unknown:
+        listed = ", ".join(f"'{k}' ({v}x)" for k, v in unknown.most_common(10))
+        raise AffectlensError(f"task {spec.name}: labelmap {spec.option('labelmap')} does not map {listed}")
+    kept = []
+    for e in examples:
+        target = table[e.gold]
+        if target is not None:
+            e.meta.setdefault("raw_label", e.label)
+            e.label = target
+            kept.append(e)
+    return kept, mapped_labels(table), len(examples) - len(kept)
+
+
+def balance_examples(examples: list[Example], spec: TaskSpec) -> list[Example]:
+    """``balance=true``: every class cut to the rarest class's count; ``per_class=N``: at most N each.
+
+    The kept rows are a seeded random sample per class (``seed=``, default 0),
+    returned in file order so ``--limit`` and batching stay deterministic.
+    """
+    cap = int(spec.option("per_class")) if spec.option("per_class") else None
+    if str(spec.option("balance", "false")).lower() in ("true", "1", "yes"):
+        rarest = min(Counter(e.label for e in examples).values())
+        cap = rarest if cap is None else min(cap, rarest)
+    if cap is None:
+        return examples
+    rng = random.Random(int(spec.option("seed", 0)))
+    by_label: dict[str | None, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_label.setdefault(e.label, []).append(i)
+    keep = sorted(i for idx in by_label.values() for i in (rng.sample(idx, cap) if len(idx) > cap else idx))
+    return [examples[i] for i in keep]
 
 
 def load_examples(spec: TaskSpec | str, limit: int | None = None) -> list[Example]:
@@ -349,4 +380,13 @@ def load_examples(spec: TaskSpec | str, limit: int | None = None) -> list[Exampl
     return load_task(spec, limit).examples
 
 
-__all__ = ["Example", "LoadedTask", "load_examples", "load_task", "SENTIMENTS2", "SENTIMENTS3"]
+def load_rows(spec: TaskSpec | str, limit: int | None = None) -> list[tuple[str, str]]:
+    """``(text, label)`` rows of a labelled task: what training and few-shot prompts read."""
+    task = load_task(spec, limit)
+    if task.spec.kind == "perplexity":
+        raise AffectlensError(f"task {task.spec.name} has no labels (perplexity text)")
+    return [(e.text, e.gold) for e in task.examples]
+
+
+__all__ = ["Example", "LoadedTask", "balance_examples", "load_examples", "load_rows", "load_task", "SENTIMENTS2",
+           "SENTIMENTS3"]

@@ -139,6 +139,69 @@ def binary_sentiment_metrics(scores: Sequence[float], predicted_positive: Sequen
     return out
 
 
+YARDSTICK_METRICS = ("accuracy", "weighted_f1", "macro_f1", "hit")
+
+
+def majority_baseline(gold: Sequence[int], n_labels: int) -> tuple[int, dict[str, float]]:
+    """Always answering the most frequent gold class (ties: the first label): ``(class, scores)``.
+
+    Computed on the evaluated gold labels, so it is exactly the score of the
+    constant answer on this data, not an estimate from a training split.
+    """
+    counts = np.bincount(np.asarray(gold, dtype=np.int64), minlength=n_labels)
+    if counts.sum() == 0:
+        raise AffectlensError("no examples to score")
+    top = int(counts.argmax())
+    cm = np.zeros((n_labels, n_labels))
+    cm[:, top] = counts
+    m = _from_confusion(cm)
+    return top, {k: m[k] for k in CI_METRICS}
+
+
+def chance_baseline(gold: Sequence[int], n_labels: int) -> dict[str, float]:
+    """A uniformly random answer among the ``n_labels``: metrics of the expected confusion matrix.
+
+    Each gold class is spread evenly over the answers (``cm[i, j] = n_i / K``), so
+    accuracy is ``1/K``, class j's precision its gold share ``p_j`` and its recall
+    ``1/K``: F1_j = ``2 p_j / (1 + K p_j)``.
+    """
+    counts = np.bincount(np.asarray(gold, dtype=np.int64), minlength=n_labels).astype(np.float64)
+    if counts.sum() == 0:
+        raise AffectlensError("no examples to score")
+    m = _from_confusion(np.repeat(counts[:, None] / n_labels, n_labels, axis=1))
+    return {k: m[k] for k in CI_METRICS}
+
+
+def yardsticks(gold: Sequence[str], labels: Sequence[str], metrics: Sequence[str],
+               skip: str = "neutral") -> dict[str, dict[str, Any]]:
+    """``{"majority": {"class", metric...}, "chance": {metric...}}`` for the ``metrics`` named.
+
+    Closed-set metrics (accuracy, weighted F1, macro F1) compare the constant
+    answer / a uniform guess over ``labels`` with every gold label; HIT skips
+    gold ``skip`` (MER-UniBench), so its majority class is the most frequent
+    other gold label and a uniform one-label guess hits with probability 1/K.
+    """
+    labels = list(labels)
+    idx = [labels.index(g) for g in gold]
+    want = [m for m in YARDSTICK_METRICS if m in metrics]
+    major: dict[str, Any] = {}
+    chance: dict[str, Any] = {}
+    if any(m in CI_METRICS for m in want):
+        top, m_scores = majority_baseline(idx, len(labels))
+        c_scores = chance_baseline(idx, len(labels))
+        major["class"] = labels[top]
+        major.update({k: m_scores[k] for k in want if k in CI_METRICS})
+        chance.update({k: c_scores[k] for k in want if k in CI_METRICS})
+    if "hit" in want:
+        counted = [g for g in gold if g != skip]
+        top_hit = max(labels, key=lambda lab: (counted.count(lab), -labels.index(lab))) if counted else labels[0]
+        if major.setdefault("class", top_hit) != top_hit:
+            major["hit_class"] = top_hit
+        major["hit"] = counted.count(top_hit) / len(counted) if counted else 0.0
+        chance["hit"] = 1 / len(labels)
+    return {"majority": major, "chance": chance}
+
+
 class NonFiniteResult(AffectlensError):
     """A computed number is NaN/Inf: the run stops instead of reporting it."""
 
@@ -151,5 +214,5 @@ def require_finite(obj: Any, what: str) -> None:
         raise NonFiniteResult(f"non-finite value {value} in {what} ({path}); not a result")
 
 
-__all__ = ["classification_metrics", "classification_ci", "bootstrap_ci", "resample", "confusion", "hit_rate",
+__all__ = ["chance_baseline", "majority_baseline", "yardsticks", "YARDSTICK_METRICS", "classification_metrics", "classification_ci", "bootstrap_ci", "resample", "confusion", "hit_rate",
            "binary_sentiment_metrics", "find_non_finite", "require_finite", "NonFiniteResult"]

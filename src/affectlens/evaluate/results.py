@@ -7,8 +7,13 @@ always had, so runs written before stay readable.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+from .metrics import yardsticks
+
+_SHORT = {"weighted_f1": "WAF", "macro_f1": "macro-F1", "accuracy": "acc", "hit": "HIT", "perplexity": "ppl"}
 
 
 @dataclass
@@ -23,27 +28,93 @@ class TaskScore:
     n: int
     dropped: int = 0
     spec: dict[str, Any] = field(default_factory=dict)
+    # {"majority": {"class", metric...}, "chance": {metric...}}: the yardsticks (see metrics.yardsticks)
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    calibration: str = "none"  # closed-set scoring: none, contextual or pmi
+    calibration_vector: dict[str, float] | None = None  # the per-label prior removed
+    fewshot: dict[str, Any] | None = None  # k, source split, seed and the examples shown
 
     def to_dict(self) -> dict[str, Any]:
         """The task's entry in ``scores.json`` (``tasks.<name>``)."""
-        return {"primary": self.primary, "primary_metric": self.primary_metric, "metrics": self.metrics,
-                "n": self.n, "kind": self.kind, "dropped": self.dropped, "spec": self.spec}
+        out = {"primary": self.primary, "primary_metric": self.primary_metric, "metrics": self.metrics,
+               "n": self.n, "kind": self.kind, "dropped": self.dropped, "spec": self.spec,
+               "calibration": self.calibration}
+        if self.baselines:
+            out["baselines"] = self.baselines
+        if self.calibration_vector is not None:
+            out["calibration_vector"] = self.calibration_vector
+        if self.fewshot is not None:
+            out["fewshot"] = self.fewshot
+        return out
 
     def line(self) -> str:
-        """One human-readable line: name, metric, value (x100 unless perplexity), CI, n."""
+        """One human-readable line: name, metric, value (x100 unless perplexity), CI, macro-F1 beside
+        WAF, the majority-class and chance yardsticks of the primary metric, n."""
         val = self.primary
         shown = f"{val:.2f}" if self.primary_metric == "perplexity" else f"{100 * val:6.2f}"
         ci = self.metrics.get("ci", {}).get(self.primary_metric)
         ci_s = f"  [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else ""
-        return f"{self.task:40s} {self.primary_metric:12s} {shown}{ci_s}  (n={self.n})"
+        extra = ""
+        if self.primary_metric == "weighted_f1" and "macro_f1" in self.metrics:
+            extra += f"  macro-F1 {100 * self.metrics['macro_f1']:.2f}"
+        major, chance = self.baselines.get("majority", {}), self.baselines.get("chance", {})
+        if self.primary_metric in major:
+            cls = major.get("hit_class" if self.primary_metric == "hit" else "class", major.get("class"))
+            extra += f"  | majority ({cls}) {100 * major[self.primary_metric]:.2f}"
+        if self.primary_metric in chance:
+            extra += f", chance {100 * chance[self.primary_metric]:.2f}"
+        how = "".join([f", {self.calibration}" if self.calibration != "none" else "",
+                       f", {self.fewshot['k']}-shot" if self.fewshot else ""])
+        return f"{self.task:40s} {self.primary_metric:12s} {shown}{ci_s}{extra}  (n={self.n}{how})"
+
+
+def attach_baselines(tasks: dict[str, TaskScore], predictions: list[dict[str, Any]]) -> None:
+    """Give every labelled task its yardsticks, from the gold labels of its prediction rows.
+
+    The rows are the evaluated ones (after ``--limit`` and protocol drops), so
+    the majority score is exactly the "always answer X" score of this run.
+    Generative sentiment is scored on the sign of the gold score, so its
+    yardsticks are too.
+    """
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for r in predictions:
+        by_task.setdefault(r["task"], []).append(r)
+    for name, score in tasks.items():
+        rows = by_task.get(name)
+        if not rows or score.kind == "perplexity":
+            continue
+        if "answer" in rows[0] and score.kind == "sentiment":
+            gold = ["positive" if r["gold_score"] > 0 else "negative" for r in rows
+                    if r.get("gold_score") not in (None, 0, 0.0)]
+            labels: list[str] = ["negative", "positive"]
+        else:
+            gold = [r["gold"] for r in rows]
+            labels = list(rows[0].get("labels") or score.metrics.get("labels") or sorted(set(gold)))
+        if gold and set(gold) <= set(labels):
+            score.baselines = yardsticks(gold, labels, list(score.metrics))
+
+
+def mean_over_tasks(tasks: dict[str, TaskScore]) -> tuple[float | None, str | None, list[str]]:
+    """``(mean, metric, tasks)``: one metric averaged, never WAF with accuracy.
+
+    The metric is the most common primary metric (ties: the first task's);
+    the mean runs over every task that computed it (perplexity never).
+    """
+    scored = [t for t in tasks.values() if t.kind != "perplexity"]
+    if not scored:
+        return None, None, []
+    counts = Counter(t.primary_metric for t in scored)
+    metric = max(counts, key=lambda m: (counts[m], -[t.primary_metric for t in scored].index(m)))
+    over = [t.task for t in scored if isinstance(t.metrics.get(metric), int | float)]
+    return sum(float(tasks[k].metrics[metric]) for k in over) / len(over), metric, over
 
 
 @dataclass
 class EvalResult:
     """Per-task scores, every prediction (all tasks), and what the scores were computed on.
 
-    ``mean`` is the plain mean of the primary metrics of ``mean_over`` (every
-    task but perplexity ones); ``figures`` holds each task's confusion data
+    ``mean`` is the plain mean of one metric, ``mean_metric``, over the tasks
+    ``mean_over`` (see :func:`mean_over_tasks`); ``figures`` holds each task's confusion data
     (plain lists, see ``plots.confusion_matrix``).
     """
 
@@ -57,20 +128,25 @@ class EvalResult:
     limit: int | None = None
     batch_size: int = 16
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mean_metric: str | None = None
 
     @property
     def scores(self) -> dict[str, Any]:
         """The ``scores.json`` document."""
         return {"mode": self.mode, "tasks": {k: t.to_dict() for k, t in self.tasks.items()},
                 "mean": self.mean, "mean_over": list(self.mean_over), "weights_sha256": self.weights_sha256,
-                "seed": self.seed, "limit": self.limit, "batch_size": self.batch_size}
+                "seed": self.seed, "limit": self.limit, "batch_size": self.batch_size,
+                "mean_metric": self.mean_metric}
 
     def table(self) -> str:
         """Human-readable per-task lines and the mean (with the tasks it averages)."""
         lines = [t.line() for t in self.tasks.values()]
         if self.mean is not None:
-            lines.append(f"mean over {', '.join(self.mean_over)}: {100 * self.mean:.2f}")
+            what = _SHORT.get(self.mean_metric or "", self.mean_metric or "primary metric")
+            n = len(self.mean_over)
+            lines.append(f"mean {what} over {n} task{'s' if n != 1 else ''} ({', '.join(self.mean_over)}): "
+                         f"{100 * self.mean:.2f}")
         return "\n".join(lines)
 
 
-__all__ = ["EvalResult", "TaskScore"]
+__all__ = ["EvalResult", "TaskScore", "attach_baselines", "mean_over_tasks"]

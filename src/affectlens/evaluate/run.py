@@ -31,6 +31,13 @@ def write_files(run: RunDir, result: EvalResult) -> dict[str, str]:
                                                  name, data.get("title")))
         figs[name] = fname
     run.extra.update(weights_sha256=result.weights_sha256, figures=figs)
+    calib = {k: {"mode": t.calibration, "vector": t.calibration_vector} for k, t in result.tasks.items()
+             if t.calibration != "none"}
+    shots = {k: t.fewshot for k, t in result.tasks.items() if t.fewshot}
+    if calib:
+        run.extra["calibration"] = calib
+    if shots:
+        run.extra["fewshot"] = shots
     return figs
 
 
@@ -56,26 +63,41 @@ def evaluate_run(model: str, out: str | Path, tasks: Sequence[str] | None = None
                  adapter: str | None = None, mode: str = "closed", limit: int | None = None,
                  batch_size: int = 16, dtype: str = "auto", seed: int = 0, n_boot: int = 1000,
                  wheel: str | None = None, max_new_tokens: int = 48, force: bool = False,
-                 allow_pickle: bool = False, device: str = "auto") -> EvalResult:
+                 allow_pickle: bool = False, calibration: str = "none", num_fewshot: int = 0,
+                 fewshot_from: str | None = None, sample: int | None = None,
+                 backend: str = "hf", device: str = "auto") -> EvalResult:
     """Load ``model`` (+ ``adapter``) on ``device`` in ``dtype``, score it on ``tasks``
     (default: emotion) and write ``out``.
 
     Every input is checked (counts, task files, the output) before the model
     is loaded, so a typo costs no loading time.
     """
+    from .. import vlm
     from ..devices import check, ran_on
-    from ..models import load_model
-    from .core import evaluate
+    from ..models import load_model, resolve_model_path
+    from .backends import vllm_missing
+    from .calibration import check_mode
+    from .core import check_image_tasks, evaluate, image_rows
     from .loaders import load_task
     from .tasks import parse_task
 
     check_out_dir(out, force)
     check(device, dtype)
-    _positive(batch_size=(batch_size, 1), max_new_tokens=(max_new_tokens, 1), bootstrap=(n_boot, 0))
+    _positive(batch_size=(batch_size, 1), max_new_tokens=(max_new_tokens, 1), bootstrap=(n_boot, 0),
+              num_fewshot=(num_fewshot, 0), sample=(1 if sample is None else sample, 1))
+    check_mode(calibration)
+    if mode != "closed" and (calibration != "none" or num_fewshot):
+        raise AffectlensError("--calibration and --num-fewshot apply to closed mode only")
+    if backend == "vllm" and (why := vllm_missing()):
+        raise AffectlensError(why)
+    if backend == "vllm" and adapter:
+        raise AffectlensError("the vllm backend serves a model directory, not an adapter on it; "
+                              "merge the adapter into a directory first, or use --backend hf")
     names = list(tasks or ["emotion"])
     specs = [parse_task(t) for t in names]
-    for spec in specs:  # fail on bad data before spending time on the model
-        load_task(spec, limit)
+    loaded = [load_task(spec, limit) for spec in specs]  # fail on bad data before spending time on the model
+    is_vlm = any(image_rows(t) for t in loaded) and vlm.is_vlm_dir(resolve_model_path(model))
+    check_image_tasks(loaded, mode, calibration, num_fewshot, is_vlm)
     inputs: dict[str, Any] = {"model": model}
     if adapter:
         inputs["adapter"] = adapter
@@ -83,13 +105,22 @@ def evaluate_run(model: str, out: str | Path, tasks: Sequence[str] | None = None
         if spec.path and spec.loader != "bundled":
             inputs[f"task:{spec.name}"] = spec.path
     options = {"model": model, "adapter": adapter, "tasks": list(tasks) if tasks else None, "mode": mode,
-               "limit": limit, "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed, "bootstrap": n_boot,
-               "wheel": wheel, "max_new_tokens": max_new_tokens, "allow_pickle": allow_pickle}
+               "limit": limit, "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed,
+               "bootstrap": n_boot, "wheel": wheel, "max_new_tokens": max_new_tokens, "allow_pickle": allow_pickle,
+               "calibration": calibration, "num_fewshot": num_fewshot, "fewshot_from": fewshot_from,
+               "sample": sample, "backend": backend}
     with RunDir(out, command="evaluate", force=force, inputs=inputs, options=options, seed=seed) as run:
-        m, tok = load_model(model, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle, device=device)
+        processor = None
+        if vlm.is_vlm_dir(resolve_model_path(model)):  # the VLM loader: its processor reads images
+            m, tok, processor = vlm.load_vlm(model, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle,
+                                             device=device)
+        else:
+            m, tok = load_model(model, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle, device=device)
         run.extra["ran_on"] = ran_on(m)
         result = evaluate(m, tok, names, mode=mode, limit=limit, batch_size=batch_size, seed=seed,
-                          n_boot=n_boot, wheel=wheel, max_new_tokens=max_new_tokens)
+                          n_boot=n_boot, wheel=wheel, max_new_tokens=max_new_tokens, calibration=calibration,
+                          num_fewshot=num_fewshot, fewshot_from=fewshot_from, sample=sample, backend=backend,
+                          processor=processor)
         write_files(run, result)
     return result
 

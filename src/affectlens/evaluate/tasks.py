@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import AffectlensError
 from ..prompts import OPEN_QUESTION
 from ..vocab import EMOTIONS, EVAL_KINDS, SENTIMENTS2, SENTIMENTS3, TASK_SYNTAX, TaskKind
+from .splits import DATA_EXTS, canonical_split, infer_spec, sibling_file, split_file, split_of_name
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,15 @@ class TaskSpec:
         return dict(self.options).get(key, default)
 
     def with_options(self, **kw: str) -> TaskSpec:
+        """The spec with options set; a parsed spec's name shows them (names key the results)."""
         opts = dict(self.options)
         opts.update({k: str(v) for k, v in kw.items()})
-        return replace(self, options=tuple(sorted(opts.items())))
+        name = self.name
+        if self.path is not None and self.loader in _KIND_OF_LOADER:
+            name = _short(_KIND_OF_LOADER[self.loader], self.path, opts)
+        elif self.loader == "bundled" and self.path is not None:
+            name = self.path + "".join(f",{k}={v}" for k, v in sorted(opts.items()))
+        return replace(self, name=name, options=tuple(sorted(opts.items())))
 
 
 def primary_metric(spec: TaskSpec, mode: str) -> str:
@@ -89,48 +96,106 @@ _SPEC_KINDS: dict[str, tuple[str, TaskKind, tuple[str, ...] | None]] = {
     "csv": ("csv", TaskKind.EMOTION, None),
     "sentiment": ("sentiment", TaskKind.SENTIMENT, SENTIMENTS2),
     "ppl": ("text", TaskKind.PERPLEXITY, None),
+    "pairs": ("pairs", TaskKind.EMOTION, None),
 }
+_KIND_OF_LOADER = {loader: key for key, (loader, _, _) in _SPEC_KINDS.items()}
 _ASKED = (TaskKind.EMOTION, TaskKind.SENTIMENT, TaskKind.CONTROL)  # what kind= may set
 _OPTION_SPLIT = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
+# Every labelled loader: split (a file per split or a 'split' column), label map, balancing/limits.
+_COMMON = {"split", "split_column", "labelmap", "balance", "per_class", "seed"}
+_TABLE = {"delimiter", "quote", "bad_rows"}  # delimiter-separated files
 _KNOWN_OPTIONS = {
-    "meld": {"text", "label", "limit_dialogues"},
-    "meld_sentiment": {"text", "label"},
-    "goemotions": {"split", "multi"},
-    "jsonl": {"text", "label", "labels", "kind", "split"},
-    "csv": {"text", "label", "labels", "kind", "delimiter", "split"},
-    "sentiment": {"text", "score", "center", "margin", "split", "delimiter", "labels3"},
+    "meld": {"text", "label", "limit_dialogues"} | _COMMON | _TABLE,
+    "meld_sentiment": {"text", "label"} | _COMMON | _TABLE,
+    "goemotions": {"multi"} | _COMMON,
+    "jsonl": {"text", "label", "labels", "kind", "image"} | _COMMON,
+    "csv": {"text", "label", "labels", "kind", "image"} | _COMMON | _TABLE,
+    "sentiment": {"text", "score", "center", "margin", "labels3"} | _COMMON | _TABLE,
     "text": {"max_length", "stride"},
+    "pairs": {"split"},
+    "bundled": _COMMON - {"split", "split_column"},
 }
+_CHOICES = {"bad_rows": ("error", "skip", "report"), "balance": ("true", "false", "1", "0", "yes", "no")}
 
 
+def _short(kind_key: str, path: str, opts: dict[str, str]) -> str:
+    short = f"{kind_key}:{Path(path).name}"
+    if opts:
+        short += "," + ",".join(f"{k}={v}" for k, v in sorted(opts.items()))
+    return short
+
+
+def _check_options(name: str, loader: str, opts: dict[str, str]) -> None:
+    unknown = sorted(set(opts) - _KNOWN_OPTIONS[loader])
+    if unknown:
+        raise AffectlensError(f"task '{name}': unknown option(s) {', '.join(unknown)}; "
+                              f"allowed: {', '.join(sorted(_KNOWN_OPTIONS[loader]))}")
+    for key, choices in _CHOICES.items():
+        if key in opts and opts[key].lower() not in choices:
+            raise AffectlensError(f"task '{name}': {key} must be one of {'|'.join(choices[:3])}, not '{opts[key]}'")
+    for key in ("per_class", "seed"):
+        if key in opts and not re.fullmatch(r"\d+", opts[key]):
+            raise AffectlensError(f"task '{name}': {key} must be a non-negative integer, not '{opts[key]}'")
+    if opts.get("per_class") == "0":
+        raise AffectlensError(f"task '{name}': per_class must be positive")
+    if "split" in opts:
+        opts["split"] = canonical_split(opts["split"])
+    if "labelmap" in opts:
+        from .labelmaps import load_label_map
+
+        load_label_map(opts["labelmap"])  # a typo fails here, before any data is read
+
+
+def _bundled(name: str, opts: dict[str, str]) -> TaskSpec | None:
+    """A bundled file by name (``emotion_train``, ``control_train.jsonl``), when no such file exists."""
+    from ..corpus import NAMES
+
+    stem = name[:-6] if name.endswith(".jsonl") else name
+    if stem not in NAMES or Path(name).exists():
+        return None
+    _check_options(name, "bundled", opts)
+    labels = EMOTIONS if stem.startswith("emotion") else None
+    kind = TaskKind.CONTROL if stem.startswith("control") else TaskKind.EMOTION
+    return TaskSpec(name=stem + ("," + ",".join(f"{k}={v}" for k, v in sorted(opts.items())) if opts else ""),
+                    kind=kind, loader="bundled", path=stem, labels=labels, options=tuple(sorted(opts.items())))
 
 
 def parse_task(name: str | TaskSpec) -> TaskSpec:
-    """A registered name, or ``KIND:PATH[,key=value...]`` -> TaskSpec."""
+    """A registered or bundled name, ``KIND:PATH[,key=value...]``, or a bare path -> TaskSpec.
+
+    A bare path (``meld.csv``, ``data.jsonl``, a directory of split files) is
+    read by :func:`affectlens.evaluate.splits.infer_spec` from its extension
+    and header; what it cannot tell is an error naming the explicit spec.
+    """
     if isinstance(name, TaskSpec):
         return name
     name = str(name).strip()
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if ":" not in name:
-        known = ", ".join(registered_tasks())
-        raise AffectlensError(f"unknown task '{name}'; registered: {known}; or use KIND:PATH "
-                              f"with KIND in {', '.join(_SPEC_KINDS)}")
-    kind_key, rest = name.split(":", 1)
-    if kind_key not in _SPEC_KINDS:
-        raise AffectlensError(f"unknown task kind '{kind_key}' in '{name}'; choose from {', '.join(_SPEC_KINDS)}")
-    loader, kind, labels = _SPEC_KINDS[kind_key]
-    parts = _OPTION_SPLIT.split(rest)
-    path, opts = parts[0], {}
-    for p in parts[1:]:
+    head, *tail = _OPTION_SPLIT.split(name)
+    opts = {}
+    for p in tail:
         k, v = p.split("=", 1)
         opts[k.strip()] = v.strip()
+    bundled = _bundled(head, dict(opts))
+    if bundled is not None:
+        return bundled
+    kind_key = head.split(":", 1)[0] if ":" in head else ""
+    if kind_key not in _SPEC_KINDS:
+        looks_kind = re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", kind_key) is not None
+        if Path(head).exists() or not looks_kind and (Path(head).suffix.lower() in DATA_EXTS or "/" in head):
+            inferred = infer_spec(Path(head))
+            return parse_task(inferred + "".join(f",{k}={v}" for k, v in opts.items()))
+        if ":" not in head:
+            known = ", ".join(registered_tasks())
+            raise AffectlensError(f"unknown task '{name}'; registered: {known}; or use KIND:PATH "
+                                  f"with KIND in {', '.join(_SPEC_KINDS)}, or a data file path")
+        raise AffectlensError(f"unknown task kind '{kind_key}' in '{name}'; choose from {', '.join(_SPEC_KINDS)}")
+    loader, kind, labels = _SPEC_KINDS[kind_key]
+    path = head.split(":", 1)[1]
     if not path:
         raise AffectlensError(f"task '{name}' has no path")
-    unknown = sorted(set(opts) - _KNOWN_OPTIONS[loader])
-    if unknown:
-        raise AffectlensError(f"task '{name}': unknown option(s) {', '.join(unknown)}; "
-                              f"allowed: {', '.join(sorted(_KNOWN_OPTIONS[loader]))}")
+    _check_options(name, loader, opts)
     if "labels" in opts:
         labels = tuple(x.strip().lower() for x in opts.pop("labels").split("|") if x.strip())
     if "kind" in opts:
@@ -140,16 +205,73 @@ def parse_task(name: str | TaskSpec) -> TaskSpec:
             raise AffectlensError(f"task '{name}': kind must be emotion, sentiment or control") from None
     if loader == "sentiment" and opts.get("labels3") in ("1", "true", "yes"):
         labels = SENTIMENTS3
-    short = f"{kind_key}:{Path(path).name}"
-    if opts:
-        short += "," + ",".join(f"{k}={v}" for k, v in sorted(opts.items()))
-    return TaskSpec(name=short, kind=kind, loader=loader, path=path, labels=labels,
+    return TaskSpec(name=_short(kind_key, path, opts), kind=kind, loader=loader, path=path, labels=labels,
                     options=tuple(sorted(opts.items())))
 
 
 def get_task(name: str | TaskSpec) -> TaskSpec:
     """Look up a registered task or parse a ``KIND:PATH`` spec."""
     return parse_task(name)
+
+
+def sibling_split(spec: TaskSpec, split: str) -> TaskSpec | None:
+    """The same data set's ``split`` (train/dev/test) as a spec, or None when the data has no such split.
+
+    Few-shot examples and training rows come from here, so they can never be
+    the evaluated split: the sibling of a spec for ``split`` other than its
+    own reads other rows (another file, or other values of a ``split`` column).
+    """
+    split = canonical_split(split)
+    if spec.loader == "bundled":
+        from ..corpus import NAMES
+
+        stem = str(spec.path).rsplit("_", 1)[0]
+        target = f"{stem}_{split}"
+        if target not in NAMES or target == spec.path:
+            return None
+        return replace(spec, name=target + "".join(f",{k}={v}" for k, v in spec.options), path=target)
+    if spec.path is None or spec.loader not in _KIND_OF_LOADER or spec.loader in ("text", "pairs"):
+        return None
+    p = Path(spec.path)
+    own = spec.option("split")
+    opts = dict(spec.options)
+    kind_key = _KIND_OF_LOADER[spec.loader]
+    if p.is_dir():
+        has = (p / f"{split}.tsv").is_file() if spec.loader == "goemotions" else split_file(p, split) is not None
+        if not has or own == split or (own is None and split == "test"):
+            return None  # a directory is read as its test split when none is named
+        opts["split"] = split
+        return replace(spec, name=_short(kind_key, spec.path, opts), options=tuple(sorted(opts.items())))
+    if own is not None and split_of_name(p) is None:  # one file, a 'split' column
+        if own == split or split not in split_values(spec):
+            return None
+        opts["split"] = split
+        return replace(spec, name=_short(kind_key, spec.path, opts), options=tuple(sorted(opts.items())))
+    if split_of_name(p) == split:
+        return None
+    other = sibling_file(p, split)
+    if other is None:
+        return None
+    opts.pop("split", None)
+    return replace(spec, name=_short(kind_key, str(other), opts), path=str(other),
+                   options=tuple(sorted(opts.items())))
+
+
+def split_values(spec: TaskSpec) -> set[str]:
+    """The canonical splits named in a file's split column (empty without one)."""
+    from .tables import read_table
+
+    rows = read_table(spec)
+    col = spec.option("split_column", "split")
+    if not rows or col not in rows[0]:
+        return set()
+    out = set()
+    for r in rows:
+        try:
+            out.add(canonical_split(str(r[col])))
+        except AffectlensError:
+            continue
+    return out
 
 
 register_task(TaskSpec(
@@ -161,4 +283,4 @@ register_task(TaskSpec(
     description="bundled non-affective control task (short answers)",
 ))
 __all__ = ["EMOTIONS", "TaskSpec", "get_task", "parse_task", "register_task", "registered_tasks",
-           "primary_metric", "TASK_SYNTAX"]
+           "primary_metric", "sibling_split", "split_values", "TASK_SYNTAX"]

@@ -1,0 +1,74 @@
+"""The expected wall time of a study, printed before it starts and recorded in its methods.
+
+Costs are per *token x parameter* so one calibration serves every model size:
+training and scoring cost per token and parameter as measured on the embedded
+default (SmolLM2-135M, float32) on 2 CPU cores under a load average of ~11,
+scaled to 2 idle cores. The stage count comes from the config (seeds, modules,
+evaluation limit, circuits options). A GPU is typically 20-100x faster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import StudyConfig
+
+# Measured on SmolLM2-135M (float32) on 2 CPU cores under a load average of ~11 (14.3 s per
+# all-module LoRA step of 4 x ~60 tokens; 4.9 s per scored emotion example), divided by 5: 2 idle cores.
+TRAIN_S_PER_TOKEN_PARAM = 4.05e-10 / 5
+EVAL_S_PER_EXAMPLE_PARAM = 3.3e-8 / 5
+EXAMPLE_TOKENS = 60  # a training example's mean length in the bundled data (prompt + answer)
+TASK_SIZE = 140  # examples of a bundled test set
+
+
+def _config(base_path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((base_path / "config.json").read_text()) if (base_path / "config.json").is_file() else {}
+
+
+def _params(base_path: Path) -> int:
+
+    cfg = _config(base_path)
+    h, f, n = int(cfg.get("hidden_size", 576)), int(cfg.get("intermediate_size", 1536)), \
+        int(cfg.get("num_hidden_layers", 30))
+    v = int(cfg.get("vocab_size", 49152))
+    return n * (4 * h * h + 3 * h * f) + v * h
+
+
+def expected_seconds(cfg: StudyConfig, base_path: Path) -> dict[str, Any]:
+    """Seconds per stage (and ``total``) for the asked stages, from the model size and the budgets."""
+    p = _params(base_path)
+    tokens = cfg.budget.batch_size * min(cfg.budget.max_length, EXAMPLE_TOKENS)
+    step = TRAIN_S_PER_TOKEN_PARAM * tokens * p
+    k = len(cfg.seeds)
+    n_ex = min(cfg.eval["limit"] or TASK_SIZE, TASK_SIZE)
+    cell = EVAL_S_PER_EXAMPLE_PARAM * p * n_ex * len(cfg.tasks)
+    cell_all = EVAL_S_PER_EXAMPLE_PARAM * p * n_ex * (len(cfg.tasks) + len(cfg.control_tasks))
+    single, groups = len(cfg.single), len([g for g in cfg.groups if g not in cfg.single])
+    c = cfg.circuits
+    emos = len(c.get("emotions") or range(7))
+    pairs = int(c.get("max_pairs") or 12)
+    n_layers = int(_config(base_path).get("num_hidden_layers", 30))
+    circ_fwd = emos * pairs * (n_layers // 2 + 20)  # vectors, a batched layer sweep, heads and neurons
+    circ_eval = 8 * int(c.get("limit") or TASK_SIZE) * len(cfg.tasks)
+    est = {
+        "adapters": k * 2 * cfg.budget.steps * step + k * cfg.full_budget.steps * step * 3,
+        "locate": 2.0 + 1e-8 * p * k,
+        "sufficiency": k * (6 + single) * cell,
+        "efficiency": k * ((single + groups) * cfg.budget.steps * step + (2 + single + groups) * cell),
+        "necessity": k * (2 + single) * cell_all,
+        "frontier": 1.0,
+        "circuits": EVAL_S_PER_EXAMPLE_PARAM * p * (circ_fwd + circ_eval),
+    }
+    from .runner import needed
+
+    out: dict[str, Any] = {s: round(est[s], 1) for s in needed(cfg.stages)}
+    out["total"] = round(sum(out.values()), 1)
+    out["basis"] = (f"{p / 1e6:.0f}M parameters; {step:.2f} s per training step, {cell_all:.0f} s per scored "
+                    "model (all tasks) on 2 idle CPU cores, calibrated on SmolLM2-135M")
+    return out
+
+
+__all__ = ["expected_seconds"]

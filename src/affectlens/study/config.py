@@ -1,0 +1,238 @@
+"""A study's YAML as a typed, validated ``StudyConfig``; profiles are overlays on it.
+
+One config names the base model, the affective and the non-affective
+(control) training data and tasks, the budget shared by every LoRA, the
+seeds, and the circuits options. A *profile* (``quick`` or ``default``) is a
+partial config: the built-in defaults, then the file, then the built-in
+quick overlay (one seed, short budgets), then the file's own
+``profiles: {quick: {...}}`` entry, then the command line -- so a file that
+spells out the defaults still runs quick with ``--profile quick``, and a
+config can say what "quick" means for a 7B model. Every problem
+is one clear line naming the field.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import AffectlensError
+from ..tuneconfig import BUDGET_FIELDS, TuneConfig
+
+STAGES = ("adapters", "locate", "sufficiency", "efficiency", "necessity", "frontier", "circuits")
+PROFILES = ("quick", "default")
+TOP_KEYS = frozenset({"name", "description", "model", "data", "control_data", "tasks", "control_tasks", "eval",
+                      "budget", "full_budget", "seeds", "stages", "modules", "circuits", "profiles"})
+CIRCUIT_KEYS = frozenset({"model", "pairs", "emotions", "max_pairs", "min_score", "top_k", "top_neurons",
+                          "beta", "gamma", "limit", "layers", "batch_size"})
+
+# The built-in defaults (the "default" profile): >= 3 seeds, budgets that mean something on a small model.
+DEFAULTS: dict[str, Any] = {
+    "name": "study",
+    "model": "smollm2",
+    "data": "emotion_train",
+    "control_data": "control_train",
+    "tasks": ["emotion"],
+    "control_tasks": ["control"],
+    "eval": {"limit": None, "batch_size": 16},
+    "budget": {"steps": 40, "rank": 8, "alpha": 16, "lr": 1.0e-3, "batch_size": 8, "max_length": 128},
+    "full_budget": {"steps": 40, "lr": 2.0e-5},
+    "seeds": [0, 1, 2],
+    "stages": list(STAGES),
+    "modules": {"single": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                "groups": {"attn": "attn", "mlp": "mlp", "Att.+gate": "attn,gate_proj"}},
+    "circuits": {"model": None, "pairs": None, "emotions": None, "max_pairs": 12, "min_score": 0.5,
+                 "top_k": 10, "top_neurons": 50, "beta": 2.0, "gamma": 2.0, "limit": 70, "layers": None,
+                 "batch_size": 16},
+}
+# What "quick" changes: one seed, short budgets, a subset of modules, tasks' examples and emotions.
+QUICK: dict[str, Any] = {
+    "seeds": [0],
+    "eval": {"limit": 14},
+    "budget": {"steps": 12, "batch_size": 4, "max_length": 96},
+    "full_budget": {"steps": 6},
+    "modules": {"single": ["gate_proj", "up_proj", "down_proj"], "groups": {"attn": "attn"}},
+    "circuits": {"emotions": ["anger", "joy", "sadness"], "max_pairs": 4, "min_score": 0.3, "top_k": 8,
+                 "top_neurons": 20, "limit": 14},
+}
+
+
+REPLACED = frozenset({"groups"})  # a mapping that names a whole set: given, it replaces the default set
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``; mappings merge key by key (except ``REPLACED``),
+    anything else replaces."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        deep = isinstance(v, dict) and isinstance(out.get(k), dict) and k not in REPLACED
+        out[k] = merge(out[k], v) if deep else copy.deepcopy(v)
+    return out
+
+
+def _err(where: str, msg: str) -> AffectlensError:
+    return AffectlensError(f"{where}: {msg}")
+
+
+@dataclass
+class StudyConfig:
+    """The merged, checked config (``raw`` is what every stage fingerprint is cut from)."""
+
+    name: str
+    model: str
+    data: str
+    control_data: str
+    tasks: list[str]
+    control_tasks: list[str]
+    eval: dict[str, Any]
+    budget: TuneConfig
+    full_budget: TuneConfig
+    seeds: list[int]
+    stages: list[str]
+    single: list[str]
+    groups: dict[str, str]
+    circuits: dict[str, Any]
+    profile: str
+    raw: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def circuits_model(self) -> str:
+        return str(self.circuits.get("model") or self.model)
+
+
+def _read(source: str | Path | dict[str, Any] | None) -> tuple[dict[str, Any], str, str]:
+    import yaml
+
+    if source is None:
+        return {}, "study config", ""
+    if isinstance(source, dict):
+        return dict(source), "study config", ""
+    p = Path(source)
+    if not p.is_file():
+        raise AffectlensError(f"study config {p} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise _err(p.name, f"not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise _err(p.name, "must be a mapping (model, data, tasks, budget, seeds, ...)")
+    return raw, p.name, str(p)
+
+
+def _str_list(v: Any, key: str, where: str, allow_empty: bool = False) -> list[str]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or (not v and not allow_empty) or not all(isinstance(x, str) and x for x in v):
+        raise _err(where, f"{key} must be a {'' if allow_empty else 'non-empty '}list of names")
+    return list(v)
+
+
+def _budget(raw: Any, key: str, where: str, base: dict[str, Any] | None = None) -> TuneConfig:
+    if not isinstance(raw, dict):
+        raise _err(where, f"{key} must be a mapping of {', '.join(BUDGET_FIELDS)}")
+    bad = sorted(set(raw) - set(BUDGET_FIELDS))
+    if bad:
+        raise _err(where, f"{key} has unknown field(s) {', '.join(bad)}; allowed: {', '.join(BUDGET_FIELDS)}")
+    return TuneConfig.from_mapping({**(base or {}), **raw}, f"{where}: {key}")
+
+
+def _seeds(v: Any, where: str) -> list[int]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, list) or not v or not all(isinstance(s, int) and not isinstance(s, bool) for s in v):
+        raise _err(where, "seeds must be a non-empty list of integers")
+    if len(set(v)) != len(v):
+        raise _err(where, "seeds has duplicates")
+    return list(v)
+
+
+def parse_stages(spec: str | list[str] | None, where: str = "--stages") -> list[str] | None:
+    """``"locate,frontier"`` -> the stages in run order (a stage's inputs are computed as needed)."""
+    if spec is None:
+        return None
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if str(s).strip()]
+    bad = [s for s in names if s not in STAGES]
+    if bad or not names:
+        raise AffectlensError(f"{where}: unknown stage(s) {', '.join(bad) or '(none given)'}; "
+                              f"choose from {', '.join(STAGES)}")
+    return [s for s in STAGES if s in names]
+
+
+def load_study_config(source: str | Path | dict[str, Any] | None = None, *, profile: str = "default",
+                      model: str | None = None, stages: str | list[str] | None = None,
+                      seeds: int | None = None) -> StudyConfig:
+    """Merge built-in defaults, the profile, the file and the overrides; check every field."""
+    if profile not in PROFILES:
+        raise AffectlensError(f"unknown profile '{profile}'; choose from {', '.join(PROFILES)}")
+    raw, where, path = _read(source)
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise _err(where, f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(TOP_KEYS))}")
+    own_profiles = raw.pop("profiles", None) or {}
+    if not isinstance(own_profiles, dict) or sorted(set(own_profiles) - set(PROFILES)):
+        raise _err(where, f"profiles must map {' / '.join(PROFILES)} to partial configs")
+    merged = merge(DEFAULTS, raw)
+    if profile == "quick":
+        merged = merge(merged, QUICK)
+    over = own_profiles.get(profile) or {}
+    if not isinstance(over, dict) or "profiles" in over:
+        raise _err(where, f"profiles.{profile} must be a mapping of config fields")
+    merged = merge(merged, over)
+    if model:
+        merged["model"] = model
+    if seeds is not None:
+        if seeds < 1:
+            raise AffectlensError("--seeds must be at least 1")
+        merged["seeds"] = list(range(seeds))
+    if stages is not None:
+        merged["stages"] = parse_stages(stages)
+    return _check(merged, where, path, profile)
+
+
+def _check(m: dict[str, Any], where: str, path: str, profile: str) -> StudyConfig:
+    for key in ("model", "data", "control_data"):
+        if not isinstance(m.get(key), str) or not m[key]:
+            raise _err(where, f"{key} must be a model/data name or path")
+    ev = m.get("eval") or {}
+    if not isinstance(ev, dict) or sorted(set(ev) - {"limit", "batch_size"}):
+        raise _err(where, "eval takes limit and batch_size")
+    for k in ("limit", "batch_size"):
+        v = ev.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise _err(where, f"eval.{k} must be a positive integer, not {v!r}")
+    budget = _budget(m.get("budget"), "budget", where)
+    full = _budget(m.get("full_budget") or {}, "full_budget", where, {**budget.budget(), "lr": 2.0e-5})
+    mods = m.get("modules") or {}
+    if not isinstance(mods, dict) or sorted(set(mods) - {"single", "groups"}):
+        raise _err(where, "modules takes single (a list) and groups (name: selection)")
+    single = _str_list(mods.get("single") or [], "modules.single", where)
+    if "gate_proj" not in single:
+        raise _err(where, "modules.single must include gate_proj (the module the study is about)")
+    groups = mods.get("groups") or {}
+    if not isinstance(groups, dict) or not all(isinstance(v, str) and v for v in groups.values()):
+        raise _err(where, "modules.groups must map a name to a module selection such as 'attn,gate_proj'")
+    from ..modules import parse_selection
+
+    for sel in [*single, *groups.values()]:
+        try:
+            parse_selection(sel)
+        except AffectlensError as e:
+            raise _err(where, f"modules: {e}") from None
+    circ = m.get("circuits") or {}
+    if not isinstance(circ, dict) or sorted(set(circ) - CIRCUIT_KEYS):
+        raise _err(where, f"circuits takes {', '.join(sorted(CIRCUIT_KEYS))}")
+    stages = parse_stages(m.get("stages") or list(STAGES), f"{where}: stages") or list(STAGES)
+    return StudyConfig(
+        name=str(m.get("name") or "study"), model=m["model"], data=m["data"], control_data=m["control_data"],
+        tasks=_str_list(m.get("tasks"), "tasks", where),
+        control_tasks=_str_list(m.get("control_tasks") or [], "control_tasks", where, allow_empty=True),
+        eval={"limit": ev.get("limit"), "batch_size": int(ev.get("batch_size") or 16)}, budget=budget,
+        full_budget=full, seeds=_seeds(m.get("seeds"), where), stages=stages, single=single,
+        groups={str(k): str(v) for k, v in groups.items()}, circuits=dict(circ), profile=profile,
+        raw=m, path=path)
+
+
+__all__ = ["DEFAULTS", "PROFILES", "QUICK", "STAGES", "StudyConfig", "load_study_config", "merge", "parse_stages"]

@@ -1,0 +1,171 @@
+"""``run_study``: the stages in order, each from its cache or computed, then study.json and the report.
+
+Resume story: the study dir itself is the cache. ``stages/`` is written as
+stages finish (each result file atomically, with the fingerprint of its
+inputs), so rerunning the same command into the same dir -- after a kill, or
+with a changed config -- recomputes only stages whose fingerprint changed and
+needs no ``--force``. The deliverables (``study.json``, ``report.html``,
+``report.md``, figures, manifest) are then built in a temporary dir, the
+stage cache hard-linked into it, and swapped in whole through ``RunDir``. An
+existing dir that is not a study is refused unless ``force`` (then it is
+replaced); ``force`` on a study dir starts over (the stage cache is dropped).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .budget import expected_seconds
+from .cache import StageStore, check_study_out, fingerprint
+from .config import STAGES, StudyConfig, load_study_config
+from .context import Context
+
+DEPS: dict[str, tuple[str, ...]] = {"adapters": (), "locate": ("adapters",), "sufficiency": ("adapters",),
+                                     "efficiency": ("adapters",), "necessity": ("adapters",),
+                                     "frontier": ("efficiency",), "circuits": ()}
+
+
+def needed(stages: list[str]) -> list[str]:
+    """The asked stages and everything they read, in run order."""
+    want: set[str] = set()
+    todo = list(stages)
+    while todo:
+        s = todo.pop()
+        if s not in want:
+            want.add(s)
+            todo.extend(DEPS[s])
+    return [s for s in STAGES if s in want]
+
+
+def _content_fps(cfg: StudyConfig, base_path: Path) -> dict[str, Any]:
+    from ..grid.inputs import content_id
+    from ..models import resolve_model_path
+    from ..tune import resolve_data
+    from .stages_grid import task_file
+
+    fps: dict[str, Any] = {"base": content_id(base_path), "data": content_id(resolve_data(cfg.data)),
+                           "control_data": content_id(resolve_data(cfg.control_data))}
+    for t in [*cfg.tasks, *cfg.control_tasks]:
+        f = task_file(t)
+        fps[f"task:{t}"] = content_id(f) if f is not None and f.exists() else t
+    if "circuits" in cfg.stages:
+        cm = resolve_model_path(cfg.circuits_model)
+        fps["circuits_model"] = fps["base"] if cm == base_path else content_id(cm)
+        pairs = cfg.circuits.get("pairs")
+        fps["pairs"] = content_id(Path(pairs)) if pairs else "bundled"
+    return fps
+
+
+def stage_fingerprint(ctx: Context, stage: str, dep_fps: dict[str, str]) -> str:
+    """What ``stage``'s result depends on: its config slice, input content, and its inputs' stages."""
+    cfg, f = ctx.cfg, ctx.fps
+    tasks = {t: f.get(f"task:{t}") for t in [*cfg.tasks, *cfg.control_tasks]}
+    scoring = {"tasks": tasks, "affective": cfg.tasks, "eval": cfg.eval}
+    part: dict[str, Any] = {
+        "adapters": {"base": f["base"], "data": f["data"], "control_data": f["control_data"],
+                     "budget": cfg.budget.to_dict(), "seeds": cfg.seeds, "full": ctx.full_ft_supported(),
+                     "full_budget": cfg.full_budget.to_dict() if ctx.full_ft_supported() else None},
+        "locate": {},
+        "sufficiency": {**scoring, "single": cfg.single},
+        "efficiency": {**scoring, "single": cfg.single, "groups": cfg.groups},
+        "necessity": {**scoring, "single": cfg.single},
+        "frontier": {"affective": cfg.tasks, "tasks": tasks, "limit": cfg.eval["limit"]},
+        "circuits": {"model": f.get("circuits_model"), "pairs": f.get("pairs"), "options": cfg.circuits,
+                     "tasks": {t: tasks[t] for t in cfg.tasks}, "seed": cfg.seeds[0], "dtype": ctx.dtype},
+    }[stage]
+    return fingerprint(stage, part, {d: dep_fps[d] for d in DEPS[stage]})
+
+
+def _compute(ctx: Context, stage: str, fp: str) -> dict[str, Any]:
+    from . import stages_circuits, stages_grid, stages_tune
+
+    r = ctx.results
+    if stage == "adapters":
+        return stages_tune.run_adapters(ctx)
+    if stage == "locate":
+        return stages_tune.run_locate(ctx, r["adapters"])
+    if stage == "frontier":
+        return stages_grid.run_frontier(ctx, r["efficiency"])
+    if stage == "circuits":
+        return stages_circuits.run_circuits(ctx, fp)
+    return {"sufficiency": stages_grid.run_sufficiency, "efficiency": stages_grid.run_efficiency,
+            "necessity": stages_grid.run_necessity}[stage](ctx)
+
+
+def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str | Path, *,
+              profile: str = "default", stages: str | list[str] | None = None, model: str | None = None,
+              seeds: int | None = None, force: bool = False, device: str = "auto", dtype: str = "auto",
+              executor: Any = None, tuner: Callable[..., Any] | None = None,
+              evaluator: Callable[..., Any] | None = None, echo: Callable[[str], None] = print,
+              allow_pickle: bool = False) -> dict[str, Any]:
+    """Run (or resume) a study into ``out``; returns ``study.json``'s content.
+
+    ``tuner``/``evaluator`` replace affectlens' ``tune``/``evaluate`` (same call
+    signatures as ``grid.run_grid``'s); ``executor`` is handed to ``run_grid``
+    when it accepts one.
+    """
+    from ..claims import claim_output
+    from ..models import resolve_model_path
+
+    cfg = config if isinstance(config, StudyConfig) else load_study_config(
+        config, profile=profile, model=model, stages=stages, seeds=seeds)
+    out = Path(out)
+    resumed = check_study_out(out, force)
+    if device != "auto":
+        from ..devices import resolve_device
+
+        resolve_device(device)  # an absent device is a one-line error before any work
+    with claim_output(out):
+        base_path = resolve_model_path(cfg.model)
+        store = StageStore(out)
+        if force and resumed:
+            shutil.rmtree(store.stages, ignore_errors=True)
+            resumed = False
+        ctx = Context(cfg, out, store, base_path, {}, tuner, evaluator, echo, dtype, device, executor, allow_pickle)
+        ctx.fps = _content_fps(cfg, base_path)
+        expected = expected_seconds(cfg, base_path)
+        echo(f"study {cfg.name} ({cfg.profile} profile, seeds {cfg.seeds}, stages {', '.join(cfg.stages)}): "
+             f"expected about {expected['total'] / 60:.0f} min on 2 idle CPU cores ({expected['basis'].split(';')[0]}; "
+             "a GPU is much faster, a busy machine slower)"
+             + (" (resuming: finished stages are reused)" if resumed else ""))
+        store.init()
+        t0 = time.perf_counter()
+        fps: dict[str, str] = {}
+        timing: dict[str, dict[str, Any]] = {}
+        failed: dict[str, str] = {}
+        for stage in needed(cfg.stages):
+            if any(d in failed for d in DEPS[stage]):
+                failed[stage] = f"was skipped: it needs the {', '.join(d for d in DEPS[stage] if d in failed)} stage"
+                continue
+            fps[stage] = fp = stage_fingerprint(ctx, stage, fps)
+            cached = store.get(stage, fp)
+            if cached is not None:
+                ctx.results[stage] = cached["result"]
+                timing[stage] = {"seconds": cached.get("seconds"), "cached": True}
+                echo(f"  {stage}: cached ({fp})")
+                continue
+            echo(f"  {stage}: running")
+            s0 = time.perf_counter()
+            try:
+                result = _compute(ctx, stage, fp)
+            except Exception as e:  # a stage's failure is a noted, skipped section; an interrupt still stops
+                why = str(e).splitlines()[0] if str(e) else ""
+                failed[stage] = f"failed ({type(e).__name__}{': ' + why if why else ''})"
+                echo(f"  {stage}: {failed[stage]}; its section is skipped")
+                continue
+            secs = time.perf_counter() - s0
+            store.put(stage, fp, result, secs)
+            ctx.results[stage] = result
+            timing[stage] = {"seconds": secs, "cached": False}
+            echo(f"  {stage}: done in {secs:.0f} s")
+        wall = time.perf_counter() - t0
+        from .assemble import write_study
+
+        return write_study(ctx, out, expected, timing, failed, wall, fps)
+
+
+__all__ = ["DEPS", "needed", "run_study", "stage_fingerprint"]

@@ -1,0 +1,165 @@
+"""Stages that train and measure weights: ``adapters`` (LoRA on both tasks, full FT) and ``locate``.
+
+Every adapter lives in ``stages/adapters/<task>__s<seed>__<hash>`` where the
+hash covers the base's and data's content and the budget, so a resumed study
+reuses each finished adapter and a changed budget trains new ones.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+from ..errors import AffectlensError
+from ..modules import MODULES
+from .cache import fingerprint
+from .context import Context
+from .stats import bootstrap_mean, evidence_dict
+
+METRICS = ("l2", "relative", "rms")
+GATE = "gate_proj"
+
+
+def run_adapters(ctx: Context) -> dict[str, Any]:
+    """All-module LoRA on the affective and the control data (identical budget) and full FT, per seed."""
+    import json
+
+    cfg, tune = ctx.cfg, ctx.tune_fn()
+    d = ctx.store.dir("adapters")
+    out: dict[str, Any] = {"seeds": cfg.seeds, "emotion": {}, "control": {}, "full": {}, "params": {},
+                           "seconds_per_step": {}, "notes": []}
+    full_ok = ctx.full_ft_supported()
+    if not full_ok:
+        out["notes"].append("full fine-tuning skipped: this affectlens' tune() has no method='full' yet, so "
+                            "the LoRA-vs-full-FT comparison (paper Fig. 6) is missing")
+    jobs: list[tuple[str, str, Any, int]] = []
+    for s in cfg.seeds:
+        jobs.append(("emotion", cfg.data, cfg.budget.replace(modules="all", seed=s), s))
+        jobs.append(("control", cfg.control_data, cfg.budget.replace(modules="all", seed=s), s))
+        if full_ok:
+            jobs.append(("full", cfg.data, cfg.full_budget.replace(modules="all", seed=s), s))
+    from ..runs import progress
+
+    for kind, data, budget, s in progress(jobs, "study adapters", total=len(jobs), unit="adapter"):
+        data_fp = ctx.fps["data"] if kind != "control" else ctx.fps["control_data"]
+        h = fingerprint(ctx.fps["base"], data_fp, budget.to_dict(), kind)
+        ad = d / f"{kind}__s{s}__{h}"
+        if not ad.is_dir():
+            ctx.echo(f"  training {kind} adapter seed {s} ({budget.steps} steps)")
+            extra: dict[str, Any] = {"method": "full"} if kind == "full" else {}
+            if ctx.device != "auto" and _accepts(tune, "device"):
+                extra["device"] = ctx.device
+            tune(str(ctx.base_path), data, config=budget, out=ad, force=False, verbose=False,
+                 allow_pickle=ctx.allow_pickle, **extra)
+        rel = str(ad.relative_to(ctx.root))
+        out[kind][str(s)] = rel
+        info_path = ad / "affectlens_tune.json"
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        if kind == "emotion":
+            if info.get("trainable_params"):
+                out["params"][str(s)] = int(info["trainable_params"])
+            if info.get("seconds_per_step"):
+                out["seconds_per_step"][str(s)] = float(info["seconds_per_step"])
+    if not out["params"]:
+        from ..params import count_params
+        from ..weights import open_weights
+
+        with open_weights(ctx.base_path, allow_pickle=ctx.allow_pickle) as store:
+            n = count_params(store.config, "all", cfg.budget.rank).lora_total
+        out["params"] = {str(s): int(n) for s in cfg.seeds}
+    return out
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _module_means(rows: list[Any], label: str, metric: str) -> dict[str, float]:
+    vals: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        if r.model == label and r.param == "weight":
+            vals[r.module].append(float(getattr(r, metric)))
+    return {m: sum(v) / len(v) for m, v in vals.items() if v}
+
+
+def _per_layer(rows: list[Any], label: str, metric: str) -> dict[int, dict[str, float]]:
+    out: dict[int, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        if r.model == label and r.param == "weight":
+            out[int(r.layer)][r.module] = out[int(r.layer)].get(r.module, 0.0) + float(getattr(r, metric))
+    return out
+
+
+def _ranked(d: dict[str, float]) -> list[str]:
+    return sorted(d, key=lambda k: -d[k])
+
+
+def run_locate(ctx: Context, adapters: dict[str, Any]) -> dict[str, Any]:
+    """Module x layer change per adapter; the locus per metric and its stability; the two locate claims."""
+    from ..locate import measure
+
+    models: list[tuple[str, str]] = []
+    for kind in ("emotion", "control", "full"):
+        for s, rel in sorted(adapters.get(kind, {}).items()):
+            models.append((f"{kind}-s{s}", ctx.abs(rel)))
+    if not models:
+        raise AffectlensError("locate needs the adapters stage's models")
+    res = measure(str(ctx.base_path), [p for _, p in models], [lab for lab, _ in models], ctx.allow_pickle,
+                  distribution=False, show_progress=False)
+    rows = res.rows
+    labels = [lab for lab, _ in models]
+    means = {lab: {m: _module_means(rows, lab, m) for m in METRICS} for lab in labels}
+    loci = {lab: {m: max(means[lab][m], key=means[lab][m].__getitem__) for m in METRICS} for lab in labels}
+    stability: dict[str, dict[str, Any]] = {}
+    for kind in ("emotion", "control", "full"):
+        labs = [lab for lab in labels if lab.startswith(kind + "-")]
+        if not labs:
+            continue
+        stability[kind] = {}
+        for m in METRICS:
+            c = Counter(loci[lab][m] for lab in labs)
+            mod, k = c.most_common(1)[0]
+            stability[kind][m] = {"locus": mod, "share_of_seeds": k / len(labs), "n_seeds": len(labs)}
+    # locate.gate-largest: per (emotion seed, layer), gate's Eq. 2 change minus the largest other module's.
+    gate_margin: list[float] = []
+    share_diff: list[float] = []
+    for lab in labels:
+        if not lab.startswith("emotion-"):
+            continue
+        rel = _per_layer(rows, lab, "relative")
+        for _layer, mods in sorted(rel.items()):
+            others = [v for mod, v in mods.items() if mod != GATE]
+            if GATE in mods and others:
+                gate_margin.append(mods[GATE] - max(others))
+        ctrl = lab.replace("emotion-", "control-")
+        if ctrl in labels:
+            e_l2, c_l2 = _per_layer(rows, lab, "l2"), _per_layer(rows, ctrl, "l2")
+            for layer, mods in sorted(e_l2.items()):
+                cm = c_l2.get(layer, {})
+                if GATE in mods and GATE in cm and sum(mods.values()) > 0 and sum(cm.values()) > 0:
+                    share_diff.append(mods[GATE] / sum(mods.values()) - cm[GATE] / sum(cm.values()))
+    evidence: dict[str, Any] = {}
+    if gate_margin:
+        v, ci, n = bootstrap_mean(gate_margin)
+        evidence["locate.gate-largest"] = evidence_dict(
+            v, ci, n, units="emotion seeds x layers", interval="bootstrap_mean",
+            metric="relative change (Eq. 2): gate_proj minus the largest other module, per layer")
+    if share_diff:
+        v, ci, n = bootstrap_mean(share_diff)
+        evidence["locate.emotion-specific"] = evidence_dict(
+            v, ci, n, units="seeds x layers", interval="bootstrap_mean",
+            metric="gate_proj's share of the layer's Eq. 1 change: emotion adapter minus control adapter")
+    layers = sorted({int(r.layer) for r in rows})
+    heat = {lab: {str(la): mods for la, mods in _per_layer(rows, lab, "relative").items()} for lab in labels}
+    ranking = {lab: {m: _ranked(means[lab][m]) for m in METRICS} for lab in labels}
+    return {"labels": labels, "means": means, "loci": loci, "stability": stability, "ranking": ranking,
+            "layers": layers, "modules": [m for m in MODULES if any(m in means[lab]["l2"] for lab in labels)],
+            "heat": heat, "evidence": evidence, "notes": list(adapters.get("notes", []))}
+
+
+__all__ = ["run_adapters", "run_locate"]

@@ -7,8 +7,9 @@ BASE and DONOR, overwrite the selected tensors, ``save_file`` the shards (with
 safetensors >= 0.6 ``load_file`` is mmap-backed, so this baseline is already
 zero-copy on a warm page cache). A second reference is the transformers way:
 ``from_pretrained`` both models, copy the parameters, ``save_pretrained``.
-affectlens streams one tensor at a time and copies untouched tensors' bytes
-in-kernel. Each side runs in its own subprocess (so imports and peak RSS are
+affectlens copies every tensor's bytes in-kernel; in this common case
+(safetensors, full donor, one dtype) it never imports torch (the child reports
+whether it did). Each side runs in its own subprocess (so imports and peak RSS are
 its own; RSS via ``getrusage(RUSAGE_SELF)`` inside the child; the parent stays
 free of torch because a child inherits its parent's RSS high-water mark), ``--repeats`` times,
 alternating, on a warm page cache (inputs read just before) and a cold one (their pages dropped
@@ -40,7 +41,7 @@ from affectlens.transfer import transfer
 t1 = time.perf_counter()
 transfer(sys.argv[1], sys.argv[2], "gate_proj", sys.argv[3], max_shard_size=sys.argv[4], echo=lambda s: None)
 t2 = time.perf_counter()
-print(json.dumps({"import_s": t1 - t0, "work_s": t2 - t1,
+print(json.dumps({"import_s": t1 - t0, "work_s": t2 - t1, "torch": "torch" in sys.modules,
                   "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -206,8 +207,10 @@ def main() -> None:
                     r = run_child(code, [*a, str(out), str(args.shard_bytes)], env)
                     os.sync()  # the output is on disk before the next run (its writeback is this run's)
                     results.setdefault((label, cache), []).append(r)
+                    torch_note = "" if "torch" not in r else f", torch imported: {r['torch']}"
                     print(f"  run {rep + 1} {cache} {label:<10}: wall {r['wall_s']:6.2f} s (work {r['work_s']:6.2f} s, "
-                          f"imports {r['import_s']:.2f} s), peak RSS {r['maxrss_mb']:7.0f} MB")
+                          f"imports {r['import_s']:.2f} s), peak RSS {r['maxrss_mb']:7.0f} MB{torch_note}; "
+                          f"load {os.getloadavg()[0]:.1f}")
         # Same bytes out: every tensor of both outputs identical.
         from safetensors import safe_open
 

@@ -16,23 +16,25 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import AffectlensError
 from .selection import Selection
+from .weights.base import WeightStore
 from .weights.finite import check_finite, tensor_file
-from .weights.lora import LoraAdapter
-from .weights.store import WeightStore
 from .weights.writer import ShardedWriter, parse_size
+
+if TYPE_CHECKING:  # annotations only: the raw-copy transfer writes checkpoints without torch
+    import torch
+
+    from .weights.lora import LoraAdapter
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack")
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 # Our own records and adapter configs describe the source, not the new model: never copied.
 NOT_SIDECARS = ("manifest.json", "compose.json", "adapter_config.json")
 
-NewTensor = Callable[[str], torch.Tensor | None]
+NewTensor = Callable[[str], "torch.Tensor | None"]
 
 
 @dataclass

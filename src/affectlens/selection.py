@@ -16,9 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import AffectlensError
 from .modules import (
@@ -37,8 +35,12 @@ from .modules import (
     parse_selection,
     split_rows,
 )
-from .weights.lora import LoraAdapter
-from .weights.store import WeightStore
+
+if TYPE_CHECKING:  # annotations only: resolving a selection needs no torch
+    import torch
+
+    from .weights.base import WeightStore
+    from .weights.lora import LoraAdapter
 
 Echo = Callable[[str], None]
 Rows = list[tuple[int, int]] | None  # row ranges of a tensor to change; None: the whole tensor

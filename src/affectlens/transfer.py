@@ -14,9 +14,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .checkpoint import (
     ComposeResult,
@@ -30,14 +28,20 @@ from .checkpoint import (
 from .errors import AffectlensError
 from .modules import FUSED
 from .selection import Echo, Rows, Selection, apply_rows, match_adapter, select
-from .weights import LoraAdapter, WeightStore, check_store_finite, open_weights
+from .weights.base import WeightStore
 from .weights.compat import check_architecture
-from .weights.finite import FiniteMemo, check_finite, tensor_file
-from .weights.merged import MergedStore, as_store
-from .weights.safetensors_store import SafetensorsStore
+from .weights.finite import FiniteMemo, check_finite, check_store_finite, tensor_file
+
+if TYPE_CHECKING:  # torch is imported where tensors are decoded: a raw-copy transfer never needs it
+    import torch
+
+    from .runs import RunDir
+    from .weights.lora import LoraAdapter
+    from .weights.merged import MergedStore
+    from .weights.safetensors_store import SafetensorsStore
 
 
-class Transferred(Mapping[str, torch.Tensor]):
+class Transferred(Mapping[str, "torch.Tensor"]):
     """BASE's selected tensors as DONOR has them (only the selected rows of fused ones), by name.
 
     Streaming (``kept`` empty) computes each tensor on access, so a writer
@@ -86,6 +90,9 @@ def transfer_tensors(base: Any, donor: Any, modules: str | Sequence[str],
     whole tensors ``memo`` knows to be finite are then not read again, and
     once one differs from BASE the rest are not compared.
     """
+    from .weights.merged import MergedStore, as_store
+    from .weights.safetensors_store import SafetensorsStore
+
     bstore = as_store(base, allow_pickle=allow_pickle)
     dstore = as_store(donor, base=bstore, allow_pickle=allow_pickle)
     sel = select(bstore, modules, layers, echo, label=label)
@@ -128,6 +135,8 @@ def whole_differs_finite(base: SafetensorsStore, donor: SafetensorsStore, name: 
     ``compare`` nothing is compared (False); reading stops as soon as
     neither is left to do.
     """
+    import torch
+
     what = f"tensor {name} of {tensor_file(donor, name)}"
     shape, dtype = donor.shape(name), donor.dtype(name)
     if not check and not compare:
@@ -164,6 +173,8 @@ def _rows_of(donor: torch.Tensor) -> Callable[[torch.Tensor, slice], torch.Tenso
 
 def differs(new: torch.Tensor, old: torch.Tensor, rows: Rows) -> bool:
     """Does ``new`` change ``old`` in the selected rows (a dtype or shape change counts)?"""
+    import torch
+
     if new.dtype != old.dtype or new.shape != old.shape:
         return True
     if rows is None:
@@ -221,7 +232,9 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
     """
     from .models import resolve_model_path
     from .runs import RunDir
+    from .transfer_fast import raw_transfer
 
+    # Common case (safetensors, full donor, one dtype): ``transfer_fast`` copies bytes and never imports torch.
     options = {"modules": modules, "layers": layers, "merge": merge, "max_shard_size": max_shard_size,
                "allow_pickle": allow_pickle}
     # Claimed first: an existing OUT or a concurrent run is refused before any tensor is read.
@@ -229,47 +242,60 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
         base_path = hf_model_dir(base)
         donor_path = resolve_model_path(donor)
         run.inputs.update(base=base_path, donor=donor_path)
-        bstore = stack.enter_context(open_weights(base_path, allow_pickle=allow_pickle))
-        dstore = as_store(donor_path, base=bstore, allow_pickle=allow_pickle)
-        if not isinstance(dstore, MergedStore):  # a MergedStore closes with its base
-            stack.enter_context(dstore)
-        memo = FiniteMemo()
-        tensors, sel = transfer_tensors(bstore, dstore, modules, layers, echo, stream=True,
-                                        label=f"base {base_path.name}", memo=memo)
-        keep: list[str] = []  # LoRA donor: the adapter modules the output adapter keeps
-        whole: set[str] = set()  # full donor: tensors copied byte for byte
-        if isinstance(dstore, MergedStore):
-            keep = sorted(dstore.only or ())
-            if merge:
-                check_store_finite(bstore)
-            info = {"donor_kind": "lora", "lora_modules": keep, "tensors": sorted(sel.tensors),
-                    "params_transferred": lora_params(dstore.adapter, keep)}
-        else:
-            whole = tensors.whole
-            changed = [n for n in sel.tensors if dstore.dtype(n) != bstore.dtype(n)]
-            if changed:
-                echo(f"note: {len(changed)} selected tensor(s) keep the donor's dtype {dstore.dtype(changed[0])} "
-                     f"(base has {bstore.dtype(changed[0])})")
-            info = {"donor_kind": "full", "tensors": sorted(sel.tensors), "params_transferred": sel.numel(bstore)}
-        if isinstance(dstore, MergedStore):
-            write_adapter(dstore.adapter, keep, run.path, base_path)
-            if merge:
-                merged = run.path / "merged"
-                merged.mkdir()
-                write_checkpoint(bstore, tensors.get, merged, max_shard_size, "merging", label=Path(out) / "merged")
-                copy_sidecars(base_path, merged)
-        else:
-            # The rest of the output comes from BASE: each tensor is checked while the bytes are copied
-            # (on a second thread), unless this version of its file was checked before (``FiniteMemo``);
-            # a NaN aborts the write and RunDir publishes nothing.
-            write_checkpoint(RawFrom(bstore, dstore, whole), new_or_raw(tensors.get, whole), run.path,
-                             max_shard_size, "transferring", label=out,
-                             check_raw=lambda n: None if n in whole else memo.check(bstore, [n]))
-            copy_sidecars(base_path, run.path)
-            memo.commit()
-        result = ComposeResult(run.final, sel, info, "transfer")
+        result = raw_transfer(run, base_path, donor_path, modules, layers, max_shard_size, echo)
+        if result is None:
+            result = _decoding_transfer(run, stack, base_path, donor_path, modules, layers, merge, max_shard_size,
+                                        echo, allow_pickle, out)
         run.json("compose.json", result.record())
     return result
+
+
+def _decoding_transfer(run: RunDir, stack: contextlib.ExitStack, base_path: Path, donor_path: Path,
+                       modules: str | Sequence[str], layers: str | None, merge: bool, max_shard_size: str | int,
+                       echo: Echo, allow_pickle: bool, out: str | os.PathLike) -> ComposeResult:
+    """The general path of ``transfer`` (any format, LoRA donors, dtype changes): tensors through torch."""
+    from .weights.merged import MergedStore, as_store
+    from .weights.store import open_weights
+
+    bstore = stack.enter_context(open_weights(base_path, allow_pickle=allow_pickle))
+    dstore = as_store(donor_path, base=bstore, allow_pickle=allow_pickle)
+    if not isinstance(dstore, MergedStore):  # a MergedStore closes with its base
+        stack.enter_context(dstore)
+    memo = FiniteMemo()
+    tensors, sel = transfer_tensors(bstore, dstore, modules, layers, echo, stream=True,
+                                    label=f"base {base_path.name}", memo=memo)
+    keep: list[str] = []  # LoRA donor: the adapter modules the output adapter keeps
+    whole: set[str] = set()  # full donor: tensors copied byte for byte
+    if isinstance(dstore, MergedStore):
+        keep = sorted(dstore.only or ())
+        if merge:
+            check_store_finite(bstore)
+        info = {"donor_kind": "lora", "lora_modules": keep, "tensors": sorted(sel.tensors),
+                "params_transferred": lora_params(dstore.adapter, keep)}
+    else:
+        whole = tensors.whole
+        changed = [n for n in sel.tensors if dstore.dtype(n) != bstore.dtype(n)]
+        if changed:
+            echo(f"note: {len(changed)} selected tensor(s) keep the donor's dtype {dstore.dtype(changed[0])} "
+                 f"(base has {bstore.dtype(changed[0])})")
+        info = {"donor_kind": "full", "tensors": sorted(sel.tensors), "params_transferred": sel.numel(bstore)}
+    if isinstance(dstore, MergedStore):
+        write_adapter(dstore.adapter, keep, run.path, base_path)
+        if merge:
+            merged = run.path / "merged"
+            merged.mkdir()
+            write_checkpoint(bstore, tensors.get, merged, max_shard_size, "merging", label=Path(out) / "merged")
+            copy_sidecars(base_path, merged)
+    else:
+        # The rest of the output comes from BASE: each tensor is checked while the bytes are copied
+        # (on a second thread), unless this version of its file was checked before (``FiniteMemo``);
+        # a NaN aborts the write and RunDir publishes nothing.
+        write_checkpoint(RawFrom(bstore, dstore, whole), new_or_raw(tensors.get, whole), run.path,
+                         max_shard_size, "transferring", label=out,
+                         check_raw=lambda n: None if n in whole else memo.check(bstore, [n]))
+        copy_sidecars(base_path, run.path)
+        memo.commit()
+    return ComposeResult(run.final, sel, info, "transfer")
 
 
 @contextlib.contextmanager
@@ -278,6 +304,8 @@ def applied(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> Iter
 
     Lets a grid evaluate many variants on one loaded model with no disk writes.
     """
+    import torch
+
     params: dict[str, torch.Tensor] = dict(model.named_parameters())
     params.update(dict(model.named_buffers()))
     missing = [n for n in tensors if n not in params]

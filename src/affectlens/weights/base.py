@@ -12,13 +12,14 @@ import os
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AffectlensError
 from ..modules import Inventory, inventory
 from .finite import check_finite, tensor_file
+
+if TYPE_CHECKING:  # torch is imported by the stores that decode tensors, not by the interface
+    import torch
 
 
 class WeightStore:
@@ -59,6 +60,8 @@ class WeightStore:
         return n
 
     def nbytes(self, name: str) -> int:
+        import torch
+
         return self.numel(name) * torch.empty((), dtype=self.dtype(name)).element_size()
 
     def __contains__(self, name: str) -> bool:

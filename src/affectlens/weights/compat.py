@@ -10,10 +10,13 @@ questions here, so they get one answer and one wording.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from ..errors import AffectlensError
-from .lora import LoraAdapter
-from .store import WeightStore
+
+if TYPE_CHECKING:  # annotations only: the check itself needs no torch
+    from .base import WeightStore
+    from .lora import LoraAdapter
 
 ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size",
              "num_attention_heads", "num_key_value_heads")

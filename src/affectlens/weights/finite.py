@@ -9,23 +9,34 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AffectlensError
+
+if TYPE_CHECKING:  # imported on first check: the memo and the raw-byte fast path need no torch
+    import torch
 
 _CHUNK_ELEMS = 1 << 24  # bounds the temporary mask to 16 MB
 # NaN/Inf have an all-ones exponent: with the sign bit masked off, the bits as an integer reach the
 # exponent mask exactly then. A plain sum first (any NaN/Inf makes it non-finite; 30x+ faster than
 # isfinite); only a non-finite sum, which finite values can also overflow to, runs the exact bit test.
-_BITS = {torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80), torch.float16: (torch.int16, 0x7FFF, 0x7C00),
-         torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
-         torch.float64: (torch.int64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
+_BITS: dict[Any, tuple[Any, int, int]] = {}
+
+
+def _bits() -> dict[Any, tuple[Any, int, int]]:
+    import torch
+
+    if not _BITS:
+        _BITS.update({torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80), torch.float16: (torch.int16, 0x7FFF, 0x7C00),
+                      torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
+                      torch.float64: (torch.int64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)})
+    return _BITS
 
 
 def check_finite(tensor: torch.Tensor, what: str) -> None:
     """Raise ``AffectlensError`` if ``tensor`` holds a NaN or an Inf (integer tensors always pass)."""
+    import torch
+
     t = tensor.detach()
     if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
         return
@@ -33,7 +44,7 @@ def check_finite(tensor: torch.Tensor, what: str) -> None:
     for i in range(0, flat.numel(), _CHUNK_ELEMS):
         part = flat[i : i + _CHUNK_ELEMS]
         try:
-            bits = _BITS.get(part.dtype)
+            bits = _bits().get(part.dtype)
             if bits is None:
                 ok = bool(torch.isfinite(part).all())
             elif math.isfinite(float(part.sum())):  # in the tensor's own dtype: the vectorized kernel
@@ -55,7 +66,17 @@ def tensor_file(store: object, name: str) -> Path | str:
 
 
 def check_store_finite(store: object, names: Iterable[str] | None = None, chunk_elems: int = _CHUNK_ELEMS) -> None:
-    """Every float tensor ``names`` (default: all) of a ``WeightStore`` is finite; row chunks bound memory."""
+    """Every float tensor ``names`` (default: all) of a ``WeightStore`` is finite; row chunks bound memory.
+
+    A store that checks its own bytes (``check_raw``: a raw safetensors header,
+    no torch) is asked to.
+    """
+    raw = getattr(store, "check_raw", None)
+    if callable(raw):
+        raw(names)
+        return
+    import torch
+
     read_rows = getattr(store, "read_rows", None)
     buf: torch.Tensor | None = None
     for name in store.names() if names is None else names:  # type: ignore[attr-defined]

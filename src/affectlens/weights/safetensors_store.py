@@ -8,8 +8,6 @@ long-lived mmap), so peak memory is one chunk, not one model.
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import torch
 
 from ..errors import AffectlensError
 from .base import WeightStore
+from .rawcopy import read_safetensors_header as read_safetensors_header
 
 ST_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -31,79 +30,6 @@ ST_DTYPES = {
 def st_itemsize(dtype: str) -> int | None:
     dt = ST_DTYPES.get(dtype)
     return None if dt is None else torch.empty((), dtype=dt).element_size()
-
-
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """Parse and validate a safetensors header; a truncated, corrupt or lying file is an error.
-
-    The checks are the ones ``safetensors`` itself makes on load (every entry a
-    dict with a known ``dtype``, a ``shape`` and ``data_offsets``; ``end - start
-    == numel * itemsize``; tensors packed back to back from offset 0 to the end
-    of the file), so a header lying about a tensor is refused by every reader
-    instead of being copied into a file that ``safetensors.load_file`` rejects.
-    """
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise ValueError("file shorter than its header length field")
-            (n,) = struct.unpack("<Q", raw)
-            if n > size - 8 or n > 100_000_000:
-                raise ValueError(f"header length {n} exceeds file size {size}")
-            header = json.loads(f.read(n))
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise AffectlensError(f"corrupt safetensors file {path}: {e}") from None
-    except OSError as e:
-        raise AffectlensError(f"cannot read {path}: {e.strerror or e}") from None
-
-    def bad(msg: str) -> AffectlensError:
-        return AffectlensError(f"corrupt safetensors file {path}: {msg}")
-
-    if not isinstance(header, dict):
-        raise bad(f"header is a JSON {type(header).__name__}, not an object")
-    meta = header.get("__metadata__")
-    if meta is not None and not isinstance(meta, dict):
-        raise bad("__metadata__ is not an object")
-    spans: list[tuple[int, int, str]] = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(info, dict):
-            raise bad(f"entry for tensor {name} is not an object")
-        missing = [k for k in ("dtype", "shape", "data_offsets") if k not in info]
-        if missing:
-            raise bad(f"entry for tensor {name} lacks {', '.join(missing)}")
-        dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
-        itemsize = st_itemsize(dtype) if isinstance(dtype, str) else None
-        if itemsize is None:
-            raise bad(f"tensor {name} has unsupported dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise bad(f"tensor {name} has an invalid shape {shape!r}")
-        if (not isinstance(offs, list) or len(offs) != 2 or not all(type(x) is int for x in offs)
-                or not 0 <= offs[0] <= offs[1]):
-            raise bad(f"tensor {name} has invalid data_offsets {offs!r}")
-        numel = 1
-        for d in shape:
-            numel *= d
-        if offs[1] - offs[0] != numel * itemsize:
-            raise bad(f"tensor {name} is {dtype} {shape} ({numel * itemsize} bytes) but its data_offsets "
-                      f"span {offs[1] - offs[0]} bytes")
-        spans.append((offs[0], offs[1], name))
-    data = size - 8 - n
-    pos = 0
-    for start, end, name in sorted(spans):
-        if start != pos:
-            raise bad(f"tensor {name} starts at byte {start} of the data, expected {pos} "
-                      "(overlapping or non-contiguous tensors)")
-        pos = end
-    if pos > data:
-        raise AffectlensError(
-            f"truncated safetensors file {path}: header promises {8 + n + pos} bytes, file has {size}")
-    if pos != data:
-        raise bad(f"{data - pos} bytes after the last tensor's data")
-    header["__header_bytes__"] = 8 + n
-    return header
 
 
 class SafetensorsStore(WeightStore):

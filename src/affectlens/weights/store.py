@@ -12,33 +12,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from ..errors import AffectlensError
 from .base import TensorDictStore, WeightStore
 from .gguf_store import GGUFStore
 from .pickle_store import PickleStore, load_pickle, load_pickle_state_dict, pickle_refusal
+from .rawcopy import read_config
 from .safetensors_store import SafetensorsStore, read_safetensors_header
-
-
-def read_config(directory: Path) -> dict[str, Any]:
-    cfg = directory / "config.json"
-    if not cfg.is_file():
-        return {}
-    try:
-        data = json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AffectlensError(f"corrupt config.json in {directory}: {e}") from None
-    if not isinstance(data, dict):
-        raise AffectlensError(f"corrupt config.json in {directory}: a JSON {type(data).__name__}, not an object")
-    # VLMs nest the language model's config.
-    for key in ("text_config", "language_config", "llm_config"):
-        if isinstance(data.get(key), dict):
-            merged = dict(data[key])
-            merged.setdefault("model_type", data.get("model_type"))
-            merged["wrapper_model_type"] = data.get("model_type")
-            return merged
-    return data
 
 
 def open_weights(path: str | os.PathLike, allow_pickle: bool = False) -> WeightStore:

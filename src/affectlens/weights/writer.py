@@ -21,28 +21,37 @@ import os
 import struct
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AffectlensError
+from .rawcopy import ST_ITEMSIZE
 
-_DTYPE_NAMES: dict[torch.dtype, str] = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-    torch.uint8: "U8", torch.bool: "BOOL",
-}
-for _n, _s in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"), ("uint16", "U16"),
-               ("uint32", "U32"), ("uint64", "U64")):
-    if hasattr(torch, _n):
-        _DTYPE_NAMES[getattr(torch, _n)] = _s
+if TYPE_CHECKING:  # a raw copy (``add_raw``, dtypes as safetensors names) never needs torch
+    import torch
+
+_DTYPE_NAMES: dict[Any, str] = {}
 
 _DEFAULT_RESERVE = 64 * 1024  # header bytes reserved per shard when no plan is given
 _COPY_CHUNK = 64 << 20
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """The safetensors spelling of a torch dtype (``torch.bfloat16`` -> ``BF16``)."""
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """The safetensors spelling of a torch dtype (``torch.bfloat16`` -> ``BF16``); a spelling is kept."""
+    if isinstance(dtype, str):
+        if dtype not in ST_ITEMSIZE:
+            raise AffectlensError(f"dtype {dtype} cannot be stored in safetensors")
+        return dtype
+    if not _DTYPE_NAMES:
+        import torch
+
+        _DTYPE_NAMES.update({
+            torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+            torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+            torch.uint8: "U8", torch.bool: "BOOL"})
+        for n, s in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"), ("uint16", "U16"),
+                     ("uint32", "U32"), ("uint64", "U64")):
+            if hasattr(torch, n):
+                _DTYPE_NAMES[getattr(torch, n)] = s
     try:
         return _DTYPE_NAMES[dtype]
     except KeyError:
@@ -59,8 +68,8 @@ def _round8(n: int) -> int:
     return (n + 7) // 8 * 8
 
 
-def _nbytes(shape: Iterable[int], dtype: torch.dtype) -> int:
-    n = torch.empty((), dtype=dtype).element_size()
+def _nbytes(shape: Iterable[int], dtype: torch.dtype | str) -> int:
+    n = ST_ITEMSIZE[dtype_name(dtype)]
     for d in shape:
         n *= int(d)
     return n
@@ -132,7 +141,7 @@ class ShardedWriter:
     """
 
     def __init__(self, out_dir: str | os.PathLike, max_shard_bytes: int = 5 * 10**9,
-                 plan: Iterable[tuple[str, tuple[int, ...], torch.dtype]] | None = None,
+                 plan: Iterable[tuple[str, tuple[int, ...], torch.dtype | str]] | None = None,
                  metadata: dict[str, str] | None = None, prefix: str = "model") -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +156,7 @@ class ShardedWriter:
         self._closed = False
         self.files: list[Path] = []
 
-    def _plan_reserves(self, plan: Iterable[tuple[str, tuple[int, ...], torch.dtype]]) -> list[int]:
+    def _plan_reserves(self, plan: Iterable[tuple[str, tuple[int, ...], torch.dtype | str]]) -> list[int]:
         """Simulate the greedy sharding on the plan and size each shard's header exactly."""
         reserves: list[int] = []
         entries: dict[str, dict[str, Any]] = {}
@@ -187,6 +196,8 @@ class ShardedWriter:
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         """Append one tensor (written to disk now; nothing is kept)."""
+        import torch
+
         t = tensor.detach()
         if t.device.type != "cpu":
             t = t.cpu()

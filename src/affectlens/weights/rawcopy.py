@@ -154,25 +154,35 @@ def safetensors_files(path: Path) -> list[Path] | None:
     return sorted(path.glob("*.safetensors")) or None
 
 
+def index_headers(files: list[Path]) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+    """Per tensor name: its shard, and its header entry plus ``base`` (where the shard's data starts).
+
+    One reading of the headers for the torch store and the torch-free copier
+    alike; a name in two shards is an error (which one would load is undefined).
+    """
+    where: dict[str, Path] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    for f in files:
+        header = read_safetensors_header(f)
+        base = header.pop("__header_bytes__")
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if name in where:
+                raise AffectlensError(f"tensor {name} appears in both {where[name].name} and {f.name}")
+            where[name] = f
+            meta[name] = dict(info, base=base)
+    return where, meta
+
+
 class RawSafetensors(WeightStore):
     """A safetensors checkpoint's header: names, shapes, dtype names and byte locations, no torch."""
 
     def __init__(self, path: Path, files: list[Path], config: dict[str, Any]) -> None:
         self.path = path
         self._config = config
-        self._where: dict[str, Path] = {}
-        self._meta: dict[str, dict[str, Any]] = {}
+        self._where, self._meta = index_headers(files)
         self._local = threading.local()
-        for f in files:
-            header = read_safetensors_header(f)
-            base = header.pop("__header_bytes__")
-            for name, info in header.items():
-                if name == "__metadata__":
-                    continue
-                if name in self._where:
-                    raise AffectlensError(f"tensor {name} appears in both {self._where[name].name} and {f.name}")
-                self._where[name] = f
-                self._meta[name] = dict(info, base=base)
 
     @classmethod
     def open(cls, path: Path) -> RawSafetensors | None:

@@ -15,6 +15,7 @@ import torch
 
 from ..errors import AffectlensError
 from .base import WeightStore
+from .rawcopy import index_headers
 from .rawcopy import read_safetensors_header as read_safetensors_header
 
 ST_DTYPES = {
@@ -38,19 +39,7 @@ class SafetensorsStore(WeightStore):
     def __init__(self, path: Path, files: list[Path], config: dict[str, Any]) -> None:
         self.path = path
         self._config = config
-        self._where: dict[str, Path] = {}
-        self._meta: dict[str, dict[str, Any]] = {}
-        for f in files:
-            header = read_safetensors_header(f)
-            base = header.pop("__header_bytes__")
-            for name, info in header.items():
-                if name == "__metadata__":
-                    continue
-                info = dict(info, base=base)
-                if name in self._where:
-                    raise AffectlensError(f"tensor {name} appears in both {self._where[name].name} and {f.name}")
-                self._where[name] = f
-                self._meta[name] = info
+        self._where, self._meta = index_headers(files)
 
     def names(self) -> list[str]:
         return list(self._where)

@@ -209,6 +209,12 @@ def test_demo_paragraph_follows_planted_numbers():
         "emotion": _rank({"gate_proj": 0.0102, "up_proj": 0.0100}, {"gate_proj": 1.0, "up_proj": 1.0}),
         "control": _rank({"gate_proj": 0.02, "up_proj": 0.01}, {"gate_proj": 1.0, "up_proj": 1.0})})
     assert "same module" in same and "near tie" in same and "The two loci differ" not in same
+    # loci differ but one lead is a near tie (as on SmolLM2): no claim that the locus goes with the data
+    tied = demo_paragraph({
+        "emotion": _rank({"v_proj": 0.0151, "q_proj": 0.0150}, {"v_proj": 1.0, "q_proj": 1.0}),
+        "control": _rank({"o_proj": 0.03, "v_proj": 0.01}, {"o_proj": 1.0, "v_proj": 1.0})})
+    assert "The two loci differ, but the emotion adapter's lead is a near tie" in tied
+    assert "goes with the emotion data." not in tied and "more seeds" in tied
 
 
 def test_demo_cli_prints_the_paragraph(capfd, monkeypatch, tmp_path):

@@ -235,6 +235,9 @@ def _share(mean: Mapping[str, float], module: str) -> float:
     return mean.get(module, 0.0) / total if total > 0 else 0.0
 
 
+NEAR_TIE = 0.10  # a lead of under 10 % over the runner-up is a near tie (one seed cannot separate them)
+
+
 def demo_paragraph(rankings: Mapping[str, Mapping[str, Any]], emotion: str = "emotion",
                    control: str = "control") -> str:
     """The demo's answer in one paragraph, from locate's per-model ``ranking`` (mean change per module).
@@ -251,13 +254,18 @@ def demo_paragraph(rankings: Mapping[str, Mapping[str, Any]], emotion: str = "em
     def margin(m: float, runner: str) -> str:
         if not math.isfinite(m):
             return f"nothing else changed ({runner})"
-        size = "a near tie" if m < 0.10 else "a clear lead" if m >= 0.25 else "a modest lead"
+        size = "a near tie" if m < NEAR_TIE else "a clear lead" if m >= 0.25 else "a modest lead"
         return f"{100 * m:.0f} % more than the runner-up {runner}, {size}"
 
     s = [f"By the size-fair measure (relative change ||dW||/||W||, which does not favour big matrices), the "
          f"{emotion} adapter changed {et} most ({fmt(ev)}, {margin(em, es)}); the {control} adapter, trained "
          f"with the same budget on a non-emotional task, changed {ct} most ({fmt(cv)}, {margin(cm, cs)})."]
-    if et != ct:
+    tie = [k for k, m in ((emotion, em), (control, cm)) if math.isfinite(m) and m < NEAR_TIE]
+    if et != ct and tie:
+        s.append(f"The two loci differ, but the {' and the '.join(tie)} adapter's lead is a near tie, so "
+                 f"this run cannot tell whether the {emotion} locus goes with the {emotion} data or is noise "
+                 "between nearly equal modules; more seeds would settle it.")
+    elif et != ct:
         s.append(f"The two loci differ: in this run the {emotion} locus ({et}) is not simply where any "
                  f"fine-tuning moves weights, it goes with the {emotion} data.")
     else:

@@ -18,11 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from affectlens import vlm
 from affectlens.prompts import render
-from test_vlm_families import _pairs_file, _tiny
+from test_vlm_families import saved_family
 
-from circuits_helpers import word_tokenizer
 from faults import assert_refused, run_cli
 
 # The family's image placeholder, spelled out here (what its processor expands per image).
@@ -33,16 +31,8 @@ QUESTION_LABELS = ["anger", "joy", "neutral"]
 @pytest.fixture(scope="module", params=sorted(PLACEHOLDER))
 def saved(request, tmp_path_factory):
     family = request.param
-    f = vlm.FAMILIES[family]
-    tok = word_tokenizer()
-    tok.add_special_tokens({"additional_special_tokens": list(f.special_tokens)})
-    torch.manual_seed(0)
-    model, ip, kw, side = _tiny(family, tok)
     root = tmp_path_factory.mktemp(f"eval-{family}")
-    model.save_pretrained(root / "model")
-    proc = vlm.build_processor(f, ip, tok, **kw)
-    proc.save_pretrained(root / "model")
-    pairs = _pairs_file(root, side)
+    model, proc, tok, pairs = saved_family(family, root)
     # a JSONL task: image paths relative to the file, one row without an image (scored as text)
     data = root / "data"
     data.mkdir()

@@ -10,6 +10,9 @@ processor's own image-token id, never from the code under test.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -99,19 +102,27 @@ def _pairs_file(root, side: int):
     return path
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def fam(request, tmp_path_factory):
-    """The family's tiny model saved with its processor, loaded back through ``load_for_pairs``."""
-    family = request.param
+def saved_family(family: str, root: Path) -> tuple[Any, Any, Any, Path]:
+    """``(model, processor, tokenizer, pairs file)``: the tiny model and its processor saved in ``root/model``."""
     f = vlm.FAMILIES[family]
     tok = word_tokenizer()
     tok.add_special_tokens({"additional_special_tokens": list(f.special_tokens)})
     torch.manual_seed(0)
     model, ip, kw, side = _tiny(family, tok)
-    root = tmp_path_factory.mktemp(family)
     model.save_pretrained(root / "model")
-    vlm.build_processor(f, ip, tok, **kw).save_pretrained(root / "model")
-    pairs = load_pairs(_pairs_file(root, side))
+    proc = vlm.build_processor(f, ip, tok, **kw)
+    proc.save_pretrained(root / "model")
+    return model, proc, tok, _pairs_file(root, side)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def fam(request, tmp_path_factory):
+    """The family's tiny model saved with its processor, loaded back through ``load_for_pairs``."""
+    family = request.param
+    f = vlm.FAMILIES[family]
+    root = tmp_path_factory.mktemp(family)
+    model, _, _, pairs_file = saved_family(family, root)
+    pairs = load_pairs(pairs_file)
     loaded, tok2, proc = load_for_pairs(str(root / "model"), pairs, device="cpu", dtype="float32")
     return {"family": f, "built": model.eval(), "model": loaded, "proc": proc, "pairs": pairs,
             "enc": encoder_for(tok2, pairs, proc), "dir": root / "model"}

@@ -21,22 +21,23 @@ from dataclasses import dataclass
 from typing import Any
 
 
-def world_size_from_env() -> int:
-    """Processes in this job as the launcher (torchrun / accelerate launch / MPI) announced them."""
-    for key in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+def _env_int(keys: tuple[str, ...], default: int) -> int:
+    """The first of ``keys`` a launcher set to a number (torchrun / accelerate, then MPI spellings)."""
+    for key in keys:
         value = os.environ.get(key, "")
         if value.isdigit():
             return int(value)
-    return 1
+    return default
+
+
+def world_size_from_env() -> int:
+    """Processes in this job as the launcher (torchrun / accelerate launch / MPI) announced them."""
+    return _env_int(("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"), 1)
 
 
 def rank_from_env() -> int:
     """This process's global rank as the launcher announced it (0 without a launcher)."""
-    for key in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
-        value = os.environ.get(key, "")
-        if value.isdigit():
-            return int(value)
-    return 0
+    return _env_int(("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"), 0)
 
 
 def launched() -> bool:

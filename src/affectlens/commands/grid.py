@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--gpus-per-cell", type=float, default=0.0, metavar="N",
                    help="GPUs each cell reserves (Ray allows fractions, e.g. 0.5: two cells per GPU)")
     e.add_argument("--cpus-per-cell", type=int, default=1, metavar="N",
-                   help="CPU cores each cell reserves (and its torch threads)")
+                   help="CPU cores each cell reserves (and its torch threads, unless AFFECTLENS_THREADS is set)")
     e.add_argument("--slurm-partition", default=None, metavar="NAME", help="Slurm partition of the cell jobs")
     e.add_argument("--timeout-min", type=int, default=240, metavar="MIN", help="Slurm time limit of one cell job, in minutes")
     g.set_defaults(func=_grid)

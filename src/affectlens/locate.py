@@ -26,10 +26,11 @@ import torch
 
 from .errors import AffectlensError
 from .locate_figures import FigureProcess, Job, draw_here
-from .locate_pass import add_contributions, chunk_reader, other_tensors, tensor_job
+from .locate_pass import add_contributions, chunk_reader, other_tensors, segments, tensor_job
 from .locate_stats import (
     BF16_REL_RESOLUTION,
     CSV_HEADER,
+    DIST_SAMPLE,
     EPS_ELEM,
     EPS_NORM,
     EXPERT_HEADER,
@@ -47,6 +48,7 @@ from .locate_stats import (
     layer_module_grid,
     notes,
     pool_rows,
+    sample_strides,
     summarize,
 )
 from .modules import MODULES, ModuleKey
@@ -129,19 +131,27 @@ def locate(
     chunk_elems: int = 1 << 22,
     show_progress: bool = True,
     workers: int | None = None,
+    distribution_sample: int = DIST_SAMPLE,
 ) -> LocateResult:
     """Measure module-wise weight change of each tuned model against ``base``; with ``out``, write a run.
 
     The run dir holds ``weight_change.csv`` (one ``LocateRow`` a line),
     ``weight_change_experts.csv`` (MoE), ``other_tensors.csv``,
     ``summary.json``, ``distribution.npz``, heatmaps, the distribution plot
-    and the manifest. ``out`` is claimed before any tensor is read.
+    and the manifest. ``out`` is claimed before any tensor is read. A module
+    with more than ``distribution_sample`` elements (0: no limit) gets its
+    distribution from a systematic sample; summary.json says how (the norms
+    always read every element).
     """
     labels = _labels(tuned, labels)
+    if distribution_sample < 0:
+        raise AffectlensError(f"--distribution-sample must be >= 0 (0: every element), got {distribution_sample}")
     if out is None:
-        return measure(base, tuned, labels, allow_pickle, distribution, chunk_elems, show_progress, workers)
+        return measure(base, tuned, labels, allow_pickle, distribution, chunk_elems, show_progress, workers,
+                       distribution_sample)
     inputs = {"base": str(base), **{f"tuned:{lab}": str(Path(t)) for t, lab in zip(tuned, labels, strict=True)}}
     options = {"labels": labels, "allow_pickle": allow_pickle, "distribution": distribution,
+               "distribution_sample": distribution_sample,
                "eps_norm": EPS_NORM, "eps_elem": EPS_ELEM,
                "hist": {"lo": HIST_LO, "hi": HIST_HI, "bins": HIST_BINS,
                         "edges": f"2^e*(1+j/{1 << HIST_MANT_BITS}), log10 in distribution.npz"}}
@@ -149,7 +159,8 @@ def locate(
         # matplotlib's import (1-2 s) overlaps a long tensor pass in a child process that draws the figures.
         figures = FigureProcess(sum(_weight_bytes(p) for p in (base, *tuned)))
         try:
-            result = measure(base, tuned, labels, allow_pickle, distribution, chunk_elems, show_progress, workers)
+            result = measure(base, tuned, labels, allow_pickle, distribution, chunk_elems, show_progress, workers,
+                             distribution_sample)
             write_run(run, result, figures)
         finally:
             figures.close()
@@ -169,7 +180,8 @@ def _weight_bytes(path: str | os.PathLike) -> int:
 
 def measure(base: str | os.PathLike, tuned: Sequence[str | os.PathLike], labels: Sequence[str],
             allow_pickle: bool = False, distribution: bool = True, chunk_elems: int = 1 << 22,
-            show_progress: bool = True, workers: int | None = None) -> LocateResult:
+            show_progress: bool = True, workers: int | None = None,
+            distribution_sample: int = DIST_SAMPLE) -> LocateResult:
     """The numbers of ``locate`` (nothing written): stream every module tensor once for all models.
 
     Tensors go to ``workers`` threads (default: the thread policy's count); the
@@ -190,6 +202,8 @@ def measure(base: str | os.PathLike, tuned: Sequence[str | os.PathLike], labels:
         raise AffectlensError(f"no layer projections found in {base}: is it a causal LM checkpoint?")
     module_tensors = {p.name: p for parsed_list in inv.modules.values() for p in parsed_list}
     names = sorted(module_tensors, key=lambda n: (module_tensors[n].key, n))
+    sizes = module_sizes(base_store, module_tensors)
+    strides = sample_strides(sizes, distribution_sample)
 
     accs: dict[tuple[str, ModuleKey], Acc] = {}
     codes: dict[tuple[str, str], torch.Tensor] = {}
@@ -198,7 +212,7 @@ def measure(base: str | os.PathLike, tuned: Sequence[str | os.PathLike], labels:
     jobs = [(n, module_tensors[n]) for n in names]
     with Progress(len(names), "tensors", "tensor", enabled=show_progress) as bar, TensorWorkers(workers) as pool:
         for contribs in pool.map(lambda job, scratch: tensor_job(job[0], job[1], base_store, models, distribution,
-                                                                 chunk_elems, scratch), jobs):
+                                                                 chunk_elems, scratch, strides), jobs):
             add_contributions(contribs, labels, accs, codes, zeros)
             bar.update(1)
         other_rows = other_tensors(base_store, models, inv.others, chunk_elems, pool)
@@ -208,7 +222,13 @@ def measure(base: str | os.PathLike, tuned: Sequence[str | os.PathLike], labels:
         zeros[hk] = zeros.get(hk, 0) + z
 
     rows, expert_rows = pool_rows([m.label for m in models], accs)
-    summary = summarize(models, rows, hists, zeros, inv)
+    summary = summarize(models, rows, hists, zeros, inv, strides, sizes)
+    if distribution:
+        summary["distribution_sample"] = {
+            "per_module": distribution_sample or None,
+            "method": "every element" if all(k == 1 for k in strides.values()) else
+            "systematic: the elements whose flat index in their tensor is a multiple of the module's stride "
+            "(a prime dividing no row length); norms always use every element"}
     for m in models:
         if m.store is None:
             continue
@@ -220,6 +240,20 @@ def measure(base: str | os.PathLike, tuned: Sequence[str | os.PathLike], labels:
                             for mod in MODULES if (m.label, mod) in hists or (m.label, mod) in zeros}
                   for m in models}
     return LocateResult(rows, summary, histograms, other_rows, expert_rows)
+
+
+def module_sizes(store: WeightStore, tensors: dict[str, Any]) -> dict[str, tuple[int, set[int]]]:
+    """Per module: its weight elements over all layers (fused tensors split) and its tensors' row lengths."""
+    out: dict[str, tuple[int, set[int]]] = {}
+    for name, p in tensors.items():
+        if p.key is None or p.key.param != "weight":
+            continue
+        shape = store.shape(name)
+        cols = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        for key, a, b in segments(p, shape[0], store.config):
+            total, colset = out.get(key.module, (0, set()))
+            out[key.module] = (total + (b - a) * cols, colset | {cols})
+    return out
 
 
 def write_run(run: RunDir, result: LocateResult, figures: FigureProcess | None = None) -> None:

@@ -15,7 +15,7 @@ or the number of workers beyond float32 rounding inside one step.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .errors import AffectlensError
-from .locate_stats import CODE_SHIFT, EPS_ELEM, N_CODES, Acc
+from .locate_stats import N_CODES, Acc, ratio_codes, ratio_denominator
 from .modules import FUSED, ModuleKey, ParsedName, split_rows
 from .tensor_pool import Scratch, TensorWorkers
 from .weights.lora import LoraAdapter, LoraModule, lora_delta_norm
@@ -46,41 +46,57 @@ class DeltaStats:
 
 def chunk_stats(base: torch.Tensor, tuned: torch.Tensor, scratch: Scratch, *, is_delta: bool = False,
                 hist: bool = False, base_ssq: bool = True, what_base: str = "the base",
-                what: str = "the tuned model") -> DeltaStats:
+                what: str = "the tuned model", stride: int = 1, phase: int = 0) -> DeltaStats:
     """Σ(W)², Σ(ΔW)² and the relative-change code counts of one chunk, in L2-sized steps.
 
     ``base`` and ``tuned`` are flat tensors of any float dtype (raw file
     views); ``tuned`` is ΔW itself with ``is_delta``. The codes are those of
     ``locate_stats.ratio_codes`` (r = |ΔW|/(|W|+ε) as float32, its bits
-    shifted), counted over ``N_CODES``. A non-finite sum means a NaN/Inf
-    element: refused here, so no separate finiteness pass is needed.
+    shifted), counted over ``N_CODES``: of every element with ``stride`` 1,
+    else of the elements ``phase``, ``phase + stride``, … only (a systematic
+    sample, gathered per step and coded once per chunk). The sums always
+    cover every element. A non-finite sum means a NaN/Inf element: refused
+    here, so no separate finiteness pass is needed.
     """
     n = base.numel()
     out = DeltaStats()
     w_buf, d_buf, den_buf, r_buf = scratch.small(min(n, SUB_ELEMS))
     counts = torch.zeros(N_CODES, dtype=torch.int64) if hist else None
-    sb = sd = 0.0
+    sample = counts is not None and stride > 1
+    if sample:
+        sw, sd = scratch.sample((n - phase + stride - 1) // stride if n > phase else 0)
+    taken = 0
+    sb = sd_sum = 0.0
     for s in range(0, n, SUB_ELEMS):
         e = min(n, s + SUB_ELEMS)
         k = e - s
         w, d, den, r = w_buf[:k], d_buf[:k], den_buf[:k], r_buf[:k]
         w.copy_(base[s:e])
         if base_ssq:
-            sb += float(torch.sum(torch.mul(w, w, out=r)))
+            sb += float(torch.dot(w, w))  # no write pass (BLAS dot): 0.13 vs 0.3 ns/element for mul+sum
         if is_delta:
             d.copy_(tuned[s:e])
         else:
             d.copy_(tuned[s:e]).sub_(w)
-        sd += float(torch.sum(torch.mul(d, d, out=r)))
+        sd_sum += float(torch.dot(d, d))
         if not math.isfinite(sb):  # before any code is counted: a NaN's code may be negative
             raise AffectlensError(f"non-finite values (NaN/Inf) in {what_base}")
-        if not math.isfinite(sd):
+        if not math.isfinite(sd_sum):
             raise AffectlensError(f"non-finite values (NaN/Inf) in {what}")
-        if counts is not None:
-            torch.abs(w, out=den).add_(EPS_ELEM)
-            codes = torch.div(d.abs_(), den, out=r).view(torch.int32).bitwise_right_shift_(CODE_SHIFT)
-            counts += torch.bincount(codes, minlength=N_CODES)
-    out.ssq_base, out.ssq_delta, out.codes = sb, sd, counts
+        if sample:
+            f = (phase - s) % stride
+            if f < k:
+                m = (k - 1 - f) // stride + 1
+                sw[taken:taken + m].copy_(w[f::stride])
+                sd[taken:taken + m].copy_(d[f::stride])
+                taken += m
+        elif counts is not None:
+            counts += ratio_codes(d, ratio_denominator(w, out=den), out=r)
+    if sample and taken:
+        assert counts is not None
+        w_s, d_s = sw[:taken], sd[:taken]
+        counts += ratio_codes(d_s, ratio_denominator(w_s, out=w_s))
+    out.ssq_base, out.ssq_delta, out.codes = sb, sd_sum, counts
     return out
 
 
@@ -106,7 +122,7 @@ def chunk_reader(store: WeightStore, name: str, into: torch.Tensor | None) -> Ca
     return lambda r0, r1: full[r0:r1]
 
 
-def _segments(p: ParsedName, rows: int, config: dict[str, Any]) -> list[tuple[ModuleKey, int, int]]:
+def segments(p: ParsedName, rows: int, config: dict[str, Any]) -> list[tuple[ModuleKey, int, int]]:
     """Canonical (key, row range) cells of one tensor; fused tensors give several."""
     assert p.key is not None
     if not p.fused:
@@ -130,17 +146,24 @@ def _lora_seg_norm(ad: LoraAdapter, mod: LoraModule, r0: int, r1: int) -> float:
 Contribution = tuple[Any, ...]
 
 
+def sampled_count(g0: int, g1: int, stride: int) -> int:
+    """How many flat indices g in [g0, g1) have g % stride == 0: the sampled elements of a range."""
+    return -(-g1 // stride) - -(-g0 // stride)
+
+
 def tensor_job(name: str, p: ParsedName, base_store: WeightStore, models: Sequence[Tuned], distribution: bool,
-               chunk_elems: int, scratch: Scratch) -> list[Contribution]:
+               chunk_elems: int, scratch: Scratch, strides: Mapping[str, int] | None = None) -> list[Contribution]:
     """Read one base tensor (and each model's change of it) chunk by chunk; return its contributions.
 
     Runs in a worker thread: touches no shared state, so the caller adds the
     contributions in tensor order and the sums do not depend on the workers.
+    ``strides[module]`` > 1 samples that module's distribution: the elements
+    whose flat index in the tensor is a multiple of the stride.
     """
     shape = base_store.shape(name)
     rows = shape[0]
     cols = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-    segs = _segments(p, rows, base_store.config)
+    segs = segments(p, rows, base_store.config)
     out: list[Contribution] = []
     lora_mod: dict[str, LoraModule | None] = {}
     sources: dict[str, tuple[WeightStore, str] | None] = {}
@@ -165,6 +188,8 @@ def tensor_job(name: str, p: ParsedName, base_store: WeightStore, models: Sequen
             n = (r1 - r0) * cols
             w_raw = base_rows(r0, r1).reshape(-1)
             hist = distribution and key.param == "weight"
+            stride = (strides or {}).get(key.module, 1) if hist else 1
+            phase = (-r0 * cols) % stride
             ssq_b: float | None = None
             w_full: torch.Tensor | None = None
             deltas: list[Contribution] = []
@@ -173,7 +198,7 @@ def tensor_job(name: str, p: ParsedName, base_store: WeightStore, models: Sequen
                 if m.label in readers:
                     st = chunk_stats(w_raw, readers[m.label](r0, r1).reshape(-1), scratch, hist=hist,
                                      base_ssq=ssq_b is None, what_base=f"{name} of the base",
-                                     what=f"{name} of {m.label}")
+                                     what=f"{name} of {m.label}", stride=stride, phase=phase)
                 elif mod is not None:
                     assert m.adapter is not None
                     if not distribution and not m.adapter.use_dora:
@@ -182,10 +207,11 @@ def tensor_job(name: str, p: ParsedName, base_store: WeightStore, models: Sequen
                         w_full = scratch.get(n)[0].copy_(w_raw)
                     dd = m.adapter.delta_rows(mod, r0, r1, base_rows=w_full.view(r1 - r0, cols)).reshape(-1)
                     st = chunk_stats(w_raw, dd, scratch, is_delta=True, hist=hist, base_ssq=ssq_b is None,
-                                     what_base=f"{name} of the base", what=f"LoRA change of {name} in {m.label}")
+                                     what_base=f"{name} of the base", what=f"LoRA change of {name} in {m.label}",
+                                     stride=stride, phase=phase)
                 else:
                     if hist:
-                        deltas.append(("zeros", m.label, key.module, n))
+                        deltas.append(("zeros", m.label, key.module, sampled_count(r0 * cols, r1 * cols, stride)))
                     continue
                 if ssq_b is None:
                     ssq_b = st.ssq_base
@@ -275,4 +301,4 @@ def other_tensor_row(base: WeightStore, models: Sequence[Tuned], scope: str, nam
 
 
 __all__ = ["SUB_ELEMS", "Contribution", "DeltaStats", "add_contributions", "base_ssq", "chunk_reader",
-           "chunk_stats", "other_tensor_row", "other_tensors", "tensor_job"]
+           "chunk_stats", "other_tensor_row", "other_tensors", "sampled_count", "segments", "tensor_job"]

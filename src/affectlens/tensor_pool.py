@@ -27,11 +27,12 @@ R = TypeVar("R")
 
 
 class Scratch:
-    """One worker's reusable buffers: two raw read buffers, four small (in-cache) and four full float32 chunks."""
+    """One worker's reusable buffers: two raw read buffers, four small (in-cache), two sample and four full chunks."""
 
     def __init__(self) -> None:
-        self.size = self.raw_size = self.small_size = 0
+        self.size = self.raw_size = self.small_size = self.sample_size = 0
         self.bufs: list[torch.Tensor] = []
+        self.samples: list[torch.Tensor] = []
         self.smalls: list[torch.Tensor] = []
         self.raw: list[torch.Tensor] = []
 
@@ -48,6 +49,13 @@ class Scratch:
             self.small_size = n
             self.smalls = [torch.empty(n, dtype=torch.float32) for _ in range(4)]
         return [b[:n] for b in self.smalls]
+
+    def sample(self, n: int) -> list[torch.Tensor]:
+        """Two float32 views of ``n`` elements: a chunk's sampled base and change values."""
+        if n > self.sample_size:
+            self.sample_size = n
+            self.samples = [torch.empty(n, dtype=torch.float32) for _ in range(2)]
+        return [b[:n] for b in self.samples]
 
     def get(self, n: int) -> list[torch.Tensor]:
         """Four float32 views of ``n`` elements (grown when a chunk is larger than any before); raw buffers too."""

@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="comma-separated names for the tuned models (default: their paths)")
     p.add_argument("--no-distribution", action="store_true",
                    help="skip element-wise histograms (LoRA norms then never form BA)")
+    p.add_argument("--distribution-sample", type=int, metavar="N", default=None,
+                   help="elements per module distribution; a larger module is sampled systematically and "
+                        "summary.json gives the sample and its error (default 4194304; 0: every element)")
     o.run_dir(p)
     p.set_defaults(func=run)
 
@@ -28,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from ..locate import locate
 
     labels = o.split_list(args.labels)
+    extra = {} if args.distribution_sample is None else {"distribution_sample": args.distribution_sample}
     result = locate(args.base, args.tuned, labels=labels, out=args.out, force=args.force,
-                    allow_pickle=args.allow_pickle, distribution=not args.no_distribution)
+                    allow_pickle=args.allow_pickle, distribution=not args.no_distribution, **extra)
     print(result.table())
     for line in result.notes():
         print(line)

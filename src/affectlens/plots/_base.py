@@ -25,11 +25,16 @@ def pyplot() -> Any:
 
 
 def save(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Write ``fig`` as PNG to ``path`` and close it."""
+    """Write ``fig`` as PNG to ``path`` and close it.
+
+    A figure with a layout engine (constrained layout) already fits its
+    canvas; a tight bounding box would draw it a second time (~30 % of the
+    cost of a small figure), so only figures without one get it.
+    """
     plt = pyplot()
     p = Path(path)
     try:
-        fig.savefig(p, dpi=dpi, bbox_inches="tight")
+        fig.savefig(p, dpi=dpi, bbox_inches=None if fig.get_layout_engine() is not None else "tight")
     finally:
         plt.close(fig)
     return p

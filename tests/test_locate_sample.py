@@ -157,6 +157,15 @@ def test_cli_flag_and_manifest(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["distribution_sample"]["per_module"] == 100
     assert summary["distribution_sample"]["method"].startswith("systematic")
+    from affectlens.locate import sample_notes
+
+    samples = [d["sample"] for d in summary["models"]["tuned"]["distribution"].values()]
+    assert all(s["stride"] > 1 for s in samples)
+    note = sample_notes(summary)["tuned"]  # the distribution figure's second title line
+    assert f"≥{min(s['elements'] for s in samples):,} per module" in note
+    assert f"±{100 * max(s['max_bin_ci95'] for s in samples):.2f} pp" in note
+    summary["models"]["tuned"]["distribution"] = {"q_proj": {"sample": {**samples[0], "stride": 1}}}
+    assert sample_notes(summary) == {}  # every element: no note
     capsys.readouterr()
     assert main(["locate", str(tmp_path / "base"), str(tmp_path / "tuned"), "--out", str(tmp_path / "o2"),
                  "--distribution-sample", "-3"]) == 2

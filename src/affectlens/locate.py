@@ -256,6 +256,17 @@ def module_sizes(store: WeightStore, tensors: dict[str, Any]) -> dict[str, tuple
     return out
 
 
+def sample_notes(summary: dict[str, Any]) -> dict[str, str]:
+    """Per model, one line for the distribution figure when any module's distribution is a sample."""
+    out = {}
+    for lab, info in summary["models"].items():
+        samples = [d["sample"] for d in info.get("distribution", {}).values() if d["sample"]["stride"] > 1]
+        if samples:
+            out[lab] = (f"sampled: ≥{min(s['elements'] for s in samples):,} per module; "
+                        f"shares ±{100 * max(s['max_bin_ci95'] for s in samples):.2f} pp (95 %)")
+    return out
+
+
 def write_run(run: RunDir, result: LocateResult, figures: FigureProcess | None = None) -> None:
     """The files of a locate run (the manifest is RunDir's); ``figures`` draws the PNGs (default: here)."""
     run.csv("weight_change.csv", [r.as_dict() for r in result.rows], CSV_HEADER)
@@ -275,7 +286,7 @@ def write_run(run: RunDir, result: LocateResult, figures: FigureProcess | None =
         if len(labels) > 1:  # side by side on one colour scale
             jobs.append((str(run.file(f"heatmap_{metric}.png")), "locate_heatmap", (list(panels.values()), metric)))
     jobs.append((str(run.file("distribution.png")), "locate_distribution",
-                 (result.histograms, hist_edges(), BF16_REL_RESOLUTION)))
+                 (result.histograms, hist_edges(), BF16_REL_RESOLUTION, sample_notes(result.summary))))
     if figures is None:
         draw_here(jobs)
     else:

@@ -36,11 +36,13 @@ def locate_heatmap(panels: list[tuple[str, Any, list[str], list[int]]], metric: 
     return fig
 
 
-def locate_distribution(hists: dict[str, dict[str, Any]], edges: Any, bf16_resolution: float) -> Any:
+def locate_distribution(hists: dict[str, dict[str, Any]], edges: Any, bf16_resolution: float,
+                        notes: dict[str, str] | None = None) -> Any:
     """Element-wise relative change per module (paper Fig. 10), with the bf16 caveat drawn in.
 
     ``hists[model][module]``: counts ``[zeros, underflow, bins..., overflow]``
-    over the log10 bin ``edges``.
+    over the log10 bin ``edges``; ``notes[model]``, a second title line
+    (how the distribution was sampled).
     """
     import numpy as np
 
@@ -62,7 +64,7 @@ def locate_distribution(hists: dict[str, dict[str, Any]], edges: Any, bf16_resol
                 fontsize=7, va="top", color="grey")
         ax.set_xlabel("log10 |ΔW| / (|W_base| + ε)")
         ax.set_ylabel("share of elements per decade")
-        ax.set_title(lab)
+        ax.set_title(f"{lab}\n{notes[lab]}" if notes and notes.get(lab) else lab, fontsize=None if not notes else 9)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     return fig

@@ -44,10 +44,12 @@ HERE = Path(__file__).resolve().parent
 # Quick ones first, so a regression there shows before the heavy runs.
 FIRST = ("bench_cli.py",)
 # The rows of issue 13, in its order; a row no script reported is shown as such.
-ROWS = ("locate default", "locate --no-distribution", "locate default vs floor", "transfer, cold cache", "transfer, warm cache",
+ROWS = ("locate default", "locate --no-distribution", "locate default vs floor", "locate pass vs floor",
+        "locate default vs floor, large", "transfer, cold cache", "transfer, warm cache",
         "layer sweep", "affectlens --help", "training tok/s fp32", "training tok/s bf16", "demo first run")
 FULL_ARGS: dict[str, list[str]] = {
     "bench_circuits.py": ["--sweep-only"],  # the table's row; the full circuits run is its own job
+    "bench_locate.py": ["--gb-large", "4"],  # the figures' fixed cost, amortised
 }
 QUICK_ARGS: dict[str, list[str]] = {
     "bench_cli.py": ["--repeat", "3"],
@@ -122,19 +124,19 @@ def table(rows: list[dict[str, Any]], peaks: dict[str, float], load: tuple[float
     for r in rows:
         by_name.setdefault(r["row"], r)
     names = [*ROWS, *(n for n in by_name if n not in ROWS)]
-    head = (f"{'row':<28}{'unit':>6}{'affectlens':>11}{'baseline':>10}{'ratio':>8}{'goal':>12}{'met':>6}"
+    head = (f"{'row':<32}{'unit':>6}{'affectlens':>11}{'baseline':>10}{'ratio':>8}{'goal':>12}{'met':>6}"
             f"{'peak MiB':>10}{'base MiB':>10}  note")
     out = [head, "-" * len(head)]
     for n in names:
         r = by_name.get(n)
         if r is None:
-            out.append(f"{n:<28}{'':>6}{'not reported':>11}")
+            out.append(f"{n:<32}{'':>6}{'not reported':>11}")
             continue
         unit = r.get("unit", "s")
         ratio = r.get("ratio")
         met = r.get("met")
         peak = r.get("peak_mib", peaks.get(r.get("_script", "")))
-        out.append(f"{n:<28}{unit:>6}{fmt(r.get('ours'), unit):>11}{fmt(r.get('baseline'), unit):>10}"
+        out.append(f"{n:<32}{unit:>6}{fmt(r.get('ours'), unit):>11}{fmt(r.get('baseline'), unit):>10}"
                    f"{(f'{ratio:.2f}x' if isinstance(ratio, (int, float)) else '-'):>8}{str(r.get('goal', '-')):>12}"
                    f"{('yes' if met else 'NO' if met is not None else '-'):>6}{fmt(peak):>10}"
                    f"{fmt(r.get('baseline_peak_mib')):>10}  {r.get('note', '')}")

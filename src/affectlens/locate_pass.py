@@ -251,24 +251,53 @@ def add_contributions(contribs: Sequence[Contribution], labels: Sequence[str], a
             acc.exact_l2 = math.sqrt((acc.exact_l2 or 0.0) ** 2 + v**2)
 
 
+OTHER_BLOCK_ELEMS = 1 << 23  # an embedding or head is split into row blocks of this size, spread over the workers
+
+
 def other_tensors(base: WeightStore, models: Sequence[Tuned], others: dict[str, list[str]],
                   chunk_elems: int, pool: TensorWorkers | None = None) -> list[dict[str, Any]]:
-    """Embeddings, norms, heads, routers, encoders: reported with their change, never dropped."""
-    jobs = [(scope, name) for scope, names in sorted(others.items()) for name in names]
-    def row(job: tuple[str, str], scratch: Scratch) -> dict[str, Any]:
-        return other_tensor_row(base, models, job[0], job[1], chunk_elems, scratch)
+    """Embeddings, norms, heads, routers, encoders: reported with their change, never dropped.
+
+    A large tensor (a 32K x 2K embedding is 65M elements) is one job per block
+    of rows, so every worker shares it instead of one worker finishing it
+    alone at the end of the pass; the blocks' sums are added in order.
+    """
+    jobs: list[tuple[str, str, int, int]] = []
+    for scope, names in sorted(others.items()):
+        for name in names:
+            shape = base.shape(name)
+            rows = shape[0] if shape else 1
+            cols = max(1, base.numel(name) // max(rows, 1))
+            block = max(1, OTHER_BLOCK_ELEMS // cols)
+            jobs += [(scope, name, r0, min(rows, r0 + block)) for r0 in range(0, max(rows, 1), block)]
+
+    def part(job: tuple[str, str, int, int], scratch: Scratch) -> dict[str, float | None]:
+        return other_tensor_part(base, models, job[1], job[2], job[3], chunk_elems, scratch)
 
     if pool is not None:
-        return list(pool.map(row, jobs))
-    with TensorWorkers(1) as own:
-        return list(own.map(row, jobs))
+        parts = list(pool.map(part, jobs))
+    else:
+        with TensorWorkers(1) as own:
+            parts = list(own.map(part, jobs))
+    out: dict[str, dict[str, Any]] = {}
+    for (scope, name, _, _), ssq in zip(jobs, parts, strict=True):
+        row = out.setdefault(name, {"tensor": name, "scope": scope, "numel": base.numel(name),
+                                    **{f"l2:{m.label}": 0.0 for m in models}})
+        for lab, v in ssq.items():
+            key = f"l2:{lab}"
+            row[key] = None if v is None or row[key] is None else row[key] + v
+    for row in out.values():
+        for m in models:
+            v = row[f"l2:{m.label}"]
+            row[f"l2:{m.label}"] = None if v is None else math.sqrt(v)
+    return list(out.values())
 
 
-def other_tensor_row(base: WeightStore, models: Sequence[Tuned], scope: str, name: str, chunk_elems: int,
-                     scratch: Scratch) -> dict[str, Any]:
-    """One row of ``other_tensors.csv``: ``tensor, scope, numel, l2:<model>``."""
-    row: dict[str, Any] = {"tensor": name, "scope": scope, "numel": base.numel(name)}
+def other_tensor_part(base: WeightStore, models: Sequence[Tuned], name: str, r0: int, r1: int, chunk_elems: int,
+                      scratch: Scratch) -> dict[str, float | None]:
+    """Σ(ΔW)² of rows [r0, r1) of one tensor of ``other_tensors.csv``, per model (None: no value)."""
     shape = base.shape(name)
+    out: dict[str, float | None] = {}
     for m in models:
         src: tuple[WeightStore, str] | None = None
         rep = m.adapter.replacement_for(name) if m.adapter is not None else None
@@ -279,7 +308,7 @@ def other_tensor_row(base: WeightStore, models: Sequence[Tuned], scope: str, nam
         if src is None:
             # An adapter leaves it unchanged; a full checkpoint lacking it has no value (empty cell,
             # listed under only_in_base in summary.json), never a NaN.
-            row[f"l2:{m.label}"] = 0.0 if m.adapter is not None else None
+            out[m.label] = 0.0 if m.adapter is not None else None
             continue
         if tuple(src[0].shape(src[1])) != shape:
             raise AffectlensError(
@@ -291,14 +320,14 @@ def other_tensor_row(base: WeightStore, models: Sequence[Tuned], scope: str, nam
         b_read, t_read = chunk_reader(base, name, scratch.raw[0]), chunk_reader(*src, scratch.raw[1])
         ssq = 0.0
         what = f"{name} of {m.label} or the base"
-        for r0 in range(0, rows, step):
-            r1 = min(rows, r0 + step)
-            st = chunk_stats(b_read(r0, r1).reshape(-1), t_read(r0, r1).reshape(-1), scratch, base_ssq=False,
+        for a in range(r0, r1, step):
+            b = min(r1, a + step)
+            st = chunk_stats(b_read(a, b).reshape(-1), t_read(a, b).reshape(-1), scratch, base_ssq=False,
                              what=what)
             ssq += st.ssq_delta
-        row[f"l2:{m.label}"] = math.sqrt(ssq)
-    return row
+        out[m.label] = ssq
+    return out
 
 
 __all__ = ["SUB_ELEMS", "Contribution", "DeltaStats", "add_contributions", "base_ssq", "chunk_reader",
-           "chunk_stats", "other_tensor_row", "other_tensors", "sampled_count", "segments", "tensor_job"]
+           "chunk_stats", "other_tensor_part", "other_tensors", "sampled_count", "segments", "tensor_job"]

@@ -27,9 +27,10 @@ def pyplot() -> Any:
 def save(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Write ``fig`` as PNG to ``path`` and close it.
 
-    A figure with a layout engine (constrained layout) already fits its
-    canvas; a tight bounding box would draw it a second time (~30 % of the
-    cost of a small figure), so only figures without one get it.
+    A figure with a layout engine (constrained layout, or a placeholder for
+    a layout made by hand) already fits its canvas; a tight bounding box
+    would draw it a second time (~30 % of the cost of a small figure), so
+    only figures without one get it.
     """
     plt = pyplot()
     p = Path(path)

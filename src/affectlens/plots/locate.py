@@ -16,7 +16,6 @@ def locate_heatmap(panels: list[tuple[str, Any, list[str], list[int]]], metric: 
     module names, layer indices) per model.
     """
     import numpy as np
-
     from matplotlib.layout_engine import PlaceHolderLayoutEngine
 
     plt = pyplot()

@@ -329,6 +329,8 @@ def sweep_probs(model: Any, enc: Encoder, jobs: Mapping[str, Sequence[str]], lab
     reproduces a plain forward on this model (once per model is enough).
     ``base_out`` receives emotion -> the unsteered probabilities ``[n, n_labels]``
     (the shared base runs score the labels too: no separate scoring run).
+    ``batch_size`` full prompts per base forward, twice as many variants per
+    steered forward.
     """
     tok = enc.tokenizer
     pad = padding_id(tok)
@@ -348,7 +350,10 @@ def sweep_probs(model: Any, enc: Encoder, jobs: Mapping[str, Sequence[str]], lab
             return None
         rows = [(la, e, i) for la in sorted(layers) for e, i in keys if bool(vec[(e, la)].any())]
         lp: dict[tuple[int, str, int], torch.Tensor] = {}
-        for chunk in _chunks(rows, batch_size):
+        # A variant row carries the suffix only (the prefix is served from the KV cache), under half the
+        # positions of a full prompt: two variants per batch slot stay within a batch's memory, and the
+        # larger matrix products measured ~8 % faster on CPU (issue 13).
+        for chunk in _chunks(rows, 2 * batch_size):
             res = _logprobs(model, [bases[(e, i)] for _, e, i in chunk], [la for la, _, _ in chunk],
                             [vec[(e, la)] for la, e, _ in chunk], start, rel, pad, len(labels))
             for r, key in enumerate(chunk):

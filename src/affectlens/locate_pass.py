@@ -2,14 +2,16 @@
 
 A chunk of rows is read from each file (large reads: few syscalls), then
 walked in steps of ``SUB_ELEMS`` elements. Each step upcasts the base and
-the tuned rows to float32, forms ΔW, its Σ(ΔW)², Σ(W)², and the bit codes of
-the element-wise relative change with one bincount, all on buffers that stay
-in the core's L2 cache. On 4M-element chunks each of those ~10 torch ops
-streamed 16-48 MB through memory; in L2 they cost a fraction of that, so
-the full pass (norms and distributions) lands close to the cost of merely
-reading and upcasting both files. The sums of each step are added in
-float64, in a fixed order, so the numbers do not depend on the step size
-or the number of workers beyond float32 rounding inside one step.
+the tuned rows to float32 and forms ΔW, Σ(ΔW)² and Σ(W)² (BLAS dot products:
+no write pass), all on buffers that stay in the core's L2 cache; on
+4M-element chunks each torch op streamed 16-48 MB through memory. The
+element-wise relative change is coded from its float32 bits and counted
+with one bincount: over every element, or (a module above the sample
+size) over a systematic sample gathered step by step and coded once per
+chunk, since coding and counting every element cost ~3x the norms. The
+sums of each step are added in float64, in a fixed order, so the numbers do
+not depend on the step size or the number of workers beyond float32
+rounding inside one step.
 """
 
 from __future__ import annotations

@@ -57,11 +57,20 @@ def locate_distribution(hists: dict[str, dict[str, Any]], edges: Any, bf16_resol
     (how the distribution was sampled).
     """
     import numpy as np
+    from matplotlib.layout_engine import PlaceHolderLayoutEngine
 
     plt = pyplot()
     labels = list(hists)
-    fig, axes = plt.subplots(1, max(1, len(labels)), figsize=(5.2 * max(1, len(labels)), 3.6),
-                             squeeze=False, constrained_layout=True)
+    n = max(1, len(labels))
+    # Laid out by hand (as the heatmaps): ticks and the y label left of each panel, the x label below,
+    # one or two title lines above.
+    width, height = 5.2 * n, 3.6
+    left, right, bottom, top, gap = 0.75, 0.15, 0.55, 0.55, 0.8
+    pw = (width - left - right - gap * (n - 1)) / n
+    fig = plt.figure(figsize=(width, height))
+    fig.set_layout_engine(PlaceHolderLayoutEngine(adjust_compatible=True, colorbar_gridspec=False))
+    axes = [[fig.add_axes(((left + i * (pw + gap)) / width, bottom / height, pw / width,
+                           (height - bottom - top) / height)) for i in range(n)]]
     centres = (edges[:-1] + edges[1:]) / 2
     for ax, lab in zip(axes[0], labels, strict=False):
         for mod, counts in hists[lab].items():

@@ -164,15 +164,21 @@ def run(code: str, *args: str) -> tuple[float, int, float]:
     return float(secs), int(rss), float(extra)
 
 
+def warm_pair(root: Path, gb: float) -> tuple[Path, Path, int, int]:
+    """A fresh pair (``make_pair``) read once, so both sides of every row start from a warm page cache;
+    also returns the bytes of one side."""
+    base, tuned, largest = make_pair(root, gb)
+    for f in [*base.glob("*.safetensors"), *tuned.glob("*.safetensors")]:
+        with open(f, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+    return base, tuned, largest, sum(f.stat().st_size for f in base.glob("*.safetensors"))
+
+
 def bench_full(gb: float, repeats: int) -> None:
     root = Path(tempfile.mkdtemp(prefix="affectlens-bench-"))
     try:
-        base, tuned, largest = make_pair(root, gb)
-        total = sum(f.stat().st_size for f in base.glob("*.safetensors"))
-        for f in [*base.glob("*.safetensors"), *tuned.glob("*.safetensors")]:
-            with open(f, "rb") as fh:  # warm the page cache for both sides alike
-                while fh.read(1 << 24):
-                    pass
+        base, tuned, largest, total = warm_pair(root, gb)
         print(f"[full] pair: 2 x {total / 1e9:.2f} GB bf16, largest tensor {largest / 1e6:.0f} MB; "
               f"{repeats} interleaved rounds, medians")
         res: dict[str, list[tuple[float, int, float]]] = {"naive": [], "naive-norms": [], "floor": [], "norms": [],
@@ -232,12 +238,7 @@ def bench_large(gb: float, repeats: int) -> None:
     """The whole default command vs the floor on a larger pair: does the fixed figure cost amortise?"""
     root = Path(tempfile.mkdtemp(prefix="affectlens-bench-"))
     try:
-        base, tuned, _ = make_pair(root, gb)
-        total = sum(f.stat().st_size for f in base.glob("*.safetensors"))
-        for f in [*base.glob("*.safetensors"), *tuned.glob("*.safetensors")]:
-            with open(f, "rb") as fh:
-                while fh.read(1 << 24):
-                    pass
+        base, tuned, _, total = warm_pair(root, gb)
         floor, ours = [], []
         for i in range(repeats):
             floor.append(run(FLOOR, str(base), str(tuned)))

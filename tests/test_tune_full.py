@@ -94,3 +94,31 @@ def test_unknown_method_is_refused(tmp_path, capfd):
     rc, _, err = run_cli(capfd, "tune", TINYSTORIES, "--data", _easy(tmp_path), "--modules", "gate_proj",
                          "--method", "sft", "--out", tmp_path / "o")
     assert rc == 2 and "invalid choice: 'sft'" in err and not (tmp_path / "o").exists()
+
+
+def test_bf16_full_tune_keeps_float32_master_weights(tmp_path, tok):
+    """At a learning rate whose per-step AdamW updates (~lr) are far below a bf16 weight's resolution
+    (~2^-8 of it), pure-bf16 training changes nothing; float32 master weights accumulate the updates and
+    round them into the saved bf16 weights like a float32 run rounded at the end."""
+    data = _easy(tmp_path)
+    kw = dict(layers="0", method="full", steps=12, lr=2e-5, batch_size=4, tokenizer=tok, verbose=False, seed=3)
+    name = "model.layers.0.mlp.gate_proj.weight"
+    ref_model, _ = load_model(TINYSTORIES)  # float32 run: the reference, rounded to bf16 at the end
+    base32 = ref_model.state_dict()[name].clone()
+    tune(ref_model, data, "gate_proj", **kw)
+    ref = ref_model.state_dict()[name].to(torch.bfloat16)
+
+    model, _ = load_model(TINYSTORIES, dtype=torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = tune(model, data, "gate_proj", **kw)
+    after = model.state_dict()
+    assert all(v.dtype == torch.bfloat16 for v in after.values())  # saved and handed back in the model's dtype
+    assert {k for k in before if not torch.equal(before[k], after[k])} == {name}
+    assert res.options["fp32_master_weights"] is True and res.options["precision_used"] == "bf16"
+    moved_ref = ref != base32.to(torch.bfloat16)
+    moved = after[name] != before[name]
+    # Each update is ~2e-5 against a bf16 resolution of ~1e-4 at these weights: a bf16 parameter would
+    # round every one of them away (0 moved); the master weights move about as many elements as float32.
+    assert moved_ref.sum() > 1000
+    assert moved.sum() >= 0.5 * moved_ref.sum()
+    assert (moved & moved_ref).sum() >= 0.5 * moved_ref.sum()

@@ -49,6 +49,33 @@ def freeze_all_but(model: Any, paths: list[str]) -> Callable[[], None]:
     return restore
 
 
+def fp32_master_weights(model: Any, paths: list[str]) -> Callable[[], None] | None:
+    """Train bf16 modules in float32; returns ``finish()``, which rounds them back to bf16 (None: nothing to do).
+
+    A bf16 weight cannot take an AdamW update much below 2^-8 of its size (it
+    rounds away), so pure-bf16 full fine-tuning silently stops learning at
+    small learning rates. The selected modules are upcast to float32 for the
+    run (master weights: the parameters, their gradients and AdamW's moments
+    in float32), the forward runs under bf16 autocast, and ``finish`` casts
+    the trained weights back to the model's dtype for saving. Other dtypes
+    (float32; float16, which would also need loss scaling) are left alone.
+    """
+    import torch
+
+    modules = dict(model.named_modules())
+    chosen = [modules[p] for p in paths if any(q.dtype == torch.bfloat16 for q in modules[p].parameters())]
+    if not chosen:
+        return None
+    for m in chosen:
+        m.float()
+
+    def finish() -> None:
+        for m in chosen:
+            m.to(torch.bfloat16)
+
+    return finish
+
+
 def save_full_model(result: Any, out: str | os.PathLike, force: bool, base_dir: Path | None,
                     state_dict: dict[str, Any] | None = None) -> Path:
     """The fully fine-tuned model as an HF dir, written through ``RunDir`` (safetensors, the
@@ -76,4 +103,4 @@ def save_full_model(result: Any, out: str | os.PathLike, force: bool, base_dir: 
     return Path(out)
 
 
-__all__ = ["freeze_all_but", "save_full_model"]
+__all__ = ["fp32_master_weights", "freeze_all_but", "save_full_model"]

@@ -31,14 +31,14 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .corpus import labelled_rows
 from .errors import AffectlensError
-from .fullft import freeze_all_but, save_full_model
+from .fullft import fp32_master_weights, freeze_all_but, save_full_model
 from .modules import (
     MatchReport,
     format_ranges,
@@ -253,11 +253,19 @@ def tune(
     say(lay.describe())
 
     in_memory = not isinstance(base, str | os.PathLike)
+    finish_master: Callable[[], None] | None = None
+    asked_precision = cfg.precision
     if method == "lora":
         trained, target_modules = wrap_lora(model, paths, cfg)
         undo = trained.unload
     else:
         undo, trained, target_modules = freeze_all_but(model, paths), model, paths
+        if accelerator is None or accelerator.distributed_type.value != "FSDP":  # FSDP: its own mixed precision
+            finish_master = fp32_master_weights(model, paths)
+        if finish_master is not None:  # float32 modules inside a bf16 model: the forward needs autocast
+            cfg = cfg.replace(precision="bf16")
+            say("full fine-tuning a bf16 model: the selected modules train in float32 (master weights) under "
+                "bf16 autocast, and are saved in bf16")
     try:
         per_module = trainable_by_module(trained)
         n_train = sum(per_module.values())
@@ -269,10 +277,14 @@ def tune(
             stats = train(trained, ids, n_prompts, pad_id, cfg, accelerator=accelerator, grad_accum=grad_accum,
                           verbose=verbose)
     except BaseException:
+        if finish_master is not None:
+            finish_master()
         if in_memory:
             undo()  # hand the caller's in-memory model back as it came
         raise
     trained = stats.model
+    if finish_master is not None:
+        finish_master()  # the trained weights back in the model's dtype, before they are saved or returned
 
     losses = stats.losses
     say(f"trained {cfg.steps} steps in {stats.seconds:.1f} s ({stats.seconds_per_step:.2f} s/step, "
@@ -288,7 +300,8 @@ def tune(
         "dropout": cfg.dropout if lora else None, "steps": cfg.steps, "lr": cfg.lr,
         "batch_size": cfg.batch_size, "grad_accum": grad_accum, "processes": stats.layout["processes"],
         "effective_batch": stats.layout["effective_batch"], "max_length": cfg.max_length, "warmup": cfg.warmup,
-        "seed": cfg.seed, "precision": cfg.precision, "precision_used": stats.precision,
+        "seed": cfg.seed, "precision": asked_precision, "precision_used": stats.precision,
+        "fp32_master_weights": finish_master is not None,
         "device": str(next(trained.parameters()).device), "dtype": str(next(trained.parameters()).dtype),
     }
     info = {

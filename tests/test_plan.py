@@ -112,6 +112,20 @@ def test_qwen25_7b_against_published_figures():
     assert gen.parts_gb["KV cache"] * 1024**3 == 2 * 28 * 512 * 16 * 320 * 2
 
 
+def test_full_fine_tune_budgets_the_selected_modules_only():
+    """``tune --method full`` trains the selected modules: Qwen2.5-7B's gate_proj is 28 x 18944 x 3584
+    weights, each with a float32 master copy (2 bytes over bf16), gradient and two moments (4+4+4)."""
+    t = 28 * 18944 * 3584
+    p = plan(QWEN25_7B, task="tune", method="full", modules="gate_proj", batch_size=1, seq_len=512)
+    assert p.trainable == t
+    assert p.parts_gb["trained modules in fp32 + grads + AdamW"] * 1024**3 == pytest.approx(14 * t)
+    assert p.parts_gb["weights"] * 1024**3 == pytest.approx(2 * 7_615_616_512)
+    lora = plan(QWEN25_7B, task="tune", method="lora", modules="gate_proj", batch_size=1, seq_len=512)
+    # one more forward's worth over the trained share of the weights, for their gradients
+    fwd = lora.flops_per_step / 2
+    assert p.flops_per_step == pytest.approx(fwd * (2 + t / 7_615_616_512))
+
+
 def test_cli_json_and_bad_input(tmp_path, capfd):
     rc, out, err = run_cli(capfd, "plan", TINYSTORIES, "--command", "tune", "--gpu-mem", "8", "--json")
     assert rc == 0, err

@@ -117,8 +117,9 @@ def test_bf16_full_tune_keeps_float32_master_weights(tmp_path, tok):
     assert res.options["fp32_master_weights"] is True and res.options["precision_used"] == "bf16"
     moved_ref = ref != base32.to(torch.bfloat16)
     moved = after[name] != before[name]
-    # Each update is ~2e-5 against a bf16 resolution of ~1e-4 at these weights: a bf16 parameter would
-    # round every one of them away (0 moved); the master weights move about as many elements as float32.
+    # Each update is ~2e-5 against a bf16 resolution of ~1e-4 at these weights: a bf16 parameter rounds
+    # most of them away (measured: 603 elements moved against float32's 3710); the master weights move
+    # nearly the same elements as the float32 run (measured: 3678 of them).
     assert moved_ref.sum() > 1000
-    assert moved.sum() >= 0.5 * moved_ref.sum()
-    assert (moved & moved_ref).sum() >= 0.5 * moved_ref.sum()
+    assert moved.sum() >= 0.9 * moved_ref.sum()
+    assert (moved & moved_ref).sum() >= 0.9 * moved_ref.sum()

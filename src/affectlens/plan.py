@@ -8,7 +8,9 @@ an explicit formula, so a reader can check any number by hand:
 - weights: parameters x bytes of the dtype;
 - trainable state: LoRA parameters live in float32 (PEFT upcasts them), plus
   their gradients and AdamW's two moments (16 bytes each); a full fine-tune
-  keeps float32 master weights, gradients and moments for every parameter;
+  (``tune --method full``) trains the selected modules' weights in float32
+  (master weights: the extra 4 - dtype bytes over the model's copy), with
+  float32 gradients and moments (12 more bytes each);
 - activations saved for backward, per layer and token, for a SwiGLU block
   with a fused attention kernel (SDPA: no seq x seq matrix is stored): the
   block input and its norm, q, k, v, the attention output, the residual and
@@ -22,8 +24,9 @@ an explicit formula, so a reader can check any number by hand:
 
 FLOPs per step use the usual ``2 x params x tokens`` for a forward pass (plus
 the causal attention term), twice that for the backward pass through frozen
-weights (LoRA), three times for a full fine-tune, and one more forward with
-gradient checkpointing.
+weights (LoRA), plus the trained share of the weights once more for a full
+fine-tune's weight gradients, and one more forward with gradient
+checkpointing.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ GPUS = {"H200-141GB": 141, "H100-80GB": 80, "A100-80GB": 80, "A100-40GB": 40, "L
         "A6000-48GB": 48, "V100-32GB": 32, "A10-24GB": 24, "RTX4090-24GB": 24, "L4-24GB": 24,
         "T4-16GB": 16}
 GPU_OVERHEAD_GB = 1.0  # CUDA context + caching-allocator slack per GPU
+FULL_STATE = "trained modules in fp32 + grads + AdamW"
 LOCATE_GB = 0.6  # streaming diff: a few 4M-element float32 chunks + runtime, independent of model size
 
 
@@ -113,8 +117,7 @@ def memory_parts(geo: Geometry, task: str, dtype: str, batch_size: int, seq_len:
     parts = {"weights": params * b}
     if task == "tune":
         if method == "full":
-            master = 0 if b == 4 else 4 * params
-            parts["master weights + grads + AdamW"] = master + params * b + 8 * params
+            parts[FULL_STATE] = (4 - b) * trainable + 12 * trainable
         else:
             parts["LoRA weights + grads + AdamW"] = 16 * trainable
         if gradient_checkpointing:
@@ -135,7 +138,7 @@ def memory_parts(geo: Geometry, task: str, dtype: str, batch_size: int, seq_len:
 
 
 def flops_per_step(geo: Geometry, task: str, batch_size: int, seq_len: int, method: str,
-                   gradient_checkpointing: bool) -> float:
+                   gradient_checkpointing: bool, trained_share: float = 1.0) -> float:
     tokens = batch_size * seq_len
     q = geo.heads * geo.head_dim
     fwd = 2.0 * geo.model_params() * tokens + 2.0 * geo.layers * seq_len * q * tokens  # causal attention
@@ -143,7 +146,9 @@ def flops_per_step(geo: Geometry, task: str, batch_size: int, seq_len: int, meth
         return 0.0
     if task == "evaluate":
         return fwd
-    mult = 3.0 if (task == "tune" and method == "full") else 2.0
+    # backward: gradients of the activations (one forward's worth), plus the weight gradients of what trains
+    # (another forward's worth, over the trained share of the weights; LoRA's is negligible)
+    mult = 2.0 + (trained_share if (task == "tune" and method == "full") else 0.0)
     return fwd * (mult + (1.0 if gradient_checkpointing else 0.0))
 
 
@@ -163,7 +168,7 @@ def _gpu_mem(gpu: str | None, gpu_mem_gb: float | None) -> float | None:
 def _per_gpu(parts: dict[str, int], gpus: int, task: str) -> float:
     """Bytes on each of ``gpus`` devices: FSDP shards weights and trainable state (tune), device_map
     splits the layers (evaluate/circuits); activations stay per device either way."""
-    sharded = ("weights", "master weights + grads + AdamW", "LoRA weights + grads + AdamW", "KV cache")
+    sharded = ("weights", FULL_STATE, "LoRA weights + grads + AdamW", "KV cache")
     total = 0.0
     for name, v in parts.items():
         total += v / gpus if (name in sharded and task != "locate") else v
@@ -191,7 +196,7 @@ def plan(config: str | os.PathLike | dict, task: str = "tune", modules: str = "a
     if not geo.vocab:
         raise AffectlensError("config has no 'vocab_size'; cannot size the logits")
     report = count_params(cfg, modules, rank)
-    trainable = 0 if task != "tune" else (report.model_params if method == "full" else report.lora_total)
+    trainable = 0 if task != "tune" else (report.full_total if method == "full" else report.lora_total)
     mem = _gpu_mem(gpu, gpu_mem_gb)
     overhead = GPU_OVERHEAD_GB * GiB if mem is not None else 0.0
 
@@ -221,9 +226,13 @@ def plan(config: str | os.PathLike | dict, task: str = "tune", modules: str = "a
     notes = []
     if task == "tune" and method == "lora":
         notes.append(f"LoRA rank {rank} on {','.join(report.selection)}: {trainable:,} trainable parameters")
+    if task == "tune" and method == "full":
+        notes.append(f"full fine-tune of {','.join(report.selection)}: {trainable:,} trainable parameters "
+                     f"(float32 master weights, gradients and AdamW moments)")
     if dtype in ("fp16", "float16", "bf16", "bfloat16") and task == "tune":
         notes.append("eager attention would add heads x seq^2 per layer; SDPA/flash assumed")
     return Plan(geo.model_type, task, report.model_params, trainable, dtype, int(batch_size), int(seq_len),
                 int(gpus), mem, bool(gradient_checkpointing), {k: v / GiB for k, v in parts.items()},
                 total / GiB, this / GiB, fits, smallest,
-                flops_per_step(geo, task, batch_size, seq_len, method, gradient_checkpointing), notes)
+                flops_per_step(geo, task, batch_size, seq_len, method, gradient_checkpointing,
+                               trainable / max(geo.model_params(), 1)), notes)

@@ -172,3 +172,33 @@ def test_cli_flag_and_manifest(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--distribution-sample" in err[0]
     assert not (tmp_path / "o2").exists()
+
+
+def test_adapter_sample_forms_only_the_sampled_entries(tmp_path):
+    """A plain LoRA's sampled distribution forms s·BA at the sampled entries only: it equals numpy's
+    histogram of s·BA (float64, from the adapter file) at exactly those entries."""
+    from safetensors.torch import load_file
+
+    base_sd, _ = _peft_case(tmp_path, "ad", r=4, lora_alpha=8, target_modules=["q_proj", "gate_proj", "down_proj"])
+    ad = load_file(tmp_path / "ad" / "adapter_model.safetensors")
+    res = locate(tmp_path / "base", [tmp_path / "ad"], labels=["a"], distribution_sample=200, show_progress=False)
+    dist = res.summary["models"]["a"]["distribution"]
+    for mod in ("q_proj", "gate_proj", "down_proj"):
+        k = dist[mod]["sample"]["stride"]
+        assert k > 10
+        deltas, weights = [], []
+        for name, w in base_sd.items():
+            p = parse_name(name)
+            if p.scope != "module" or p.key.module != mod or p.key.param != "weight":
+                continue
+            path = name.removesuffix(".weight")
+            A = ad[f"base_model.model.{path}.lora_A.weight"].double()
+            B = ad[f"base_model.model.{path}.lora_B.weight"].double()
+            deltas.append((2.0 * B @ A).float().numpy().ravel()[::k])  # scale alpha/r = 2
+            weights.append(w.float().numpy().ravel()[::k])
+        want, want_zeros = numpy_reference(np.concatenate(deltas), np.concatenate(weights))
+        got = res.histograms["a"][mod]
+        assert int(got[0]) == want_zeros and int(got.sum()) == sum(len(x) for x in deltas)
+        assert np.abs(got[1:] - want).sum() <= 2, mod  # float32 sums vs float64 at bin edges
+        assert got[2:-1].sum() > 0.5 * got.sum()  # most entries land in the inner bins: the test bites
+    assert int(res.histograms["a"]["up_proj"][0]) == int(res.histograms["a"]["up_proj"].sum())  # untouched

@@ -148,6 +148,30 @@ def _lora_seg_norm(ad: LoraAdapter, mod: LoraModule, r0: int, r1: int) -> float:
 Contribution = tuple[Any, ...]
 
 
+SAMPLE_BLOCK = 1 << 16  # sampled LoRA entries formed at a time: 2 x block x rank floats
+
+
+def lora_sample_codes(adapter: LoraAdapter, mod: LoraModule, w_raw: torch.Tensor, r0: int, cols: int, stride: int,
+                      phase: int) -> torch.Tensor:
+    """Code counts of a chunk's sampled elements for a plain LoRA: only those entries of s·BA are formed.
+
+    Entry (i, j) is s·Σ_k B[i,k]·A[k,j]: n_sampled x rank products instead of
+    the chunk's rows x cols x rank for BA, so a 7B adapter's distribution
+    costs about what its norms cost. Same codes as ``chunk_stats`` on the
+    formed rows, up to float32 rounding of the sum.
+    """
+    A = adapter.store.get(mod.a_name).to(torch.float32)
+    B = adapter.store.get(mod.b_name).to(torch.float32)
+    idx = torch.arange(phase, w_raw.numel(), stride)
+    counts = torch.zeros(N_CODES, dtype=torch.int64)
+    for s in range(0, idx.numel(), SAMPLE_BLOCK):
+        part = idx[s:s + SAMPLE_BLOCK]
+        rows, cols_j = part // cols + r0, part % cols
+        d = torch.einsum("nk,kn->n", B[rows], A[:, cols_j]).mul_(mod.scale)
+        counts += ratio_codes(d, ratio_denominator(w_raw[part].to(torch.float32)))
+    return counts
+
+
 def sampled_count(g0: int, g1: int, stride: int) -> int:
     """How many flat indices g in [g0, g1) have g % stride == 0: the sampled elements of a range."""
     return -(-g1 // stride) - -(-g0 // stride)
@@ -204,6 +228,10 @@ def tensor_job(name: str, p: ParsedName, base_store: WeightStore, models: Sequen
                 elif mod is not None:
                     assert m.adapter is not None
                     if not distribution and not m.adapter.use_dora:
+                        continue
+                    if hist and stride > 1 and not m.adapter.use_dora:  # the norm is exact (Grams): codes only
+                        deltas.append(("delta", m.label, key, 0.0,
+                                       lora_sample_codes(m.adapter, mod, w_raw, r0, cols, stride, phase)))
                         continue
                     if w_full is None:
                         w_full = scratch.get(n)[0].copy_(w_raw)
@@ -332,4 +360,4 @@ def other_tensor_part(base: WeightStore, models: Sequence[Tuned], name: str, r0:
 
 
 __all__ = ["SUB_ELEMS", "Contribution", "DeltaStats", "add_contributions", "base_ssq", "chunk_reader",
-           "chunk_stats", "other_tensor_part", "other_tensors", "sampled_count", "segments", "tensor_job"]
+           "chunk_stats", "lora_sample_codes", "other_tensor_part", "other_tensors", "sampled_count", "segments", "tensor_job"]

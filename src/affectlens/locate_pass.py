@@ -160,15 +160,15 @@ def lora_sample_codes(adapter: LoraAdapter, mod: LoraModule, w_raw: torch.Tensor
     costs about what its norms cost. Same codes as ``chunk_stats`` on the
     formed rows, up to float32 rounding of the sum.
     """
-    A = adapter.store.get(mod.a_name).to(torch.float32)
+    At = adapter.store.get(mod.a_name).to(torch.float32).t().contiguous()  # [cols, rank]: row gathers
     B = adapter.store.get(mod.b_name).to(torch.float32)
     idx = torch.arange(phase, w_raw.numel(), stride)
     counts = torch.zeros(N_CODES, dtype=torch.int64)
     for s in range(0, idx.numel(), SAMPLE_BLOCK):
         part = idx[s:s + SAMPLE_BLOCK]
-        rows, cols_j = part // cols + r0, part % cols
-        d = torch.einsum("nk,kn->n", B[rows], A[:, cols_j]).mul_(mod.scale)
-        counts += ratio_codes(d, ratio_denominator(w_raw[part].to(torch.float32)))
+        rows, cols_j = torch.div(part, cols, rounding_mode="floor").add_(r0), torch.remainder(part, cols)
+        d = torch.index_select(B, 0, rows).mul_(torch.index_select(At, 0, cols_j)).sum(1).mul_(mod.scale)
+        counts += ratio_codes(d, ratio_denominator(torch.index_select(w_raw, 0, part).to(torch.float32)))
     return counts
 
 

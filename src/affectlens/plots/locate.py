@@ -81,8 +81,9 @@ def locate_distribution(hists: dict[str, dict[str, Any]], edges: Any, bf16_resol
             # Per decade: the quarter-octave bins differ in width (0.058-0.097 decades).
             ax.plot(centres, inner / total / np.diff(edges), label=f"{mod.replace('_proj', '')} ({100 * zeros / total:.0f}% =0)")
         ax.axvline(np.log10(bf16_resolution), color="grey", ls="--", lw=1)
-        ax.text(np.log10(bf16_resolution), ax.get_ylim()[1] * 0.95, " bf16: changes < ~0.4 %\n are quantised",
-                fontsize=7, va="top", color="grey")
+        # left of the line, where the curves are the low tail of small changes: the text hides no peak
+        ax.text(np.log10(bf16_resolution), ax.get_ylim()[1] * 0.95, "bf16: changes < ~0.4 % \nare quantised ",
+                fontsize=7, va="top", ha="right", color="grey")
         ax.set_xlabel("log10 |ΔW| / (|W_base| + ε)")
         ax.set_ylabel("share of elements per decade")
         ax.set_title(f"{lab}\n{notes[lab]}" if notes and notes.get(lab) else lab, fontsize=None if not notes else 9)

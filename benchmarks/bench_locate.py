@@ -8,7 +8,7 @@
    tensor pass alone), peak RSS <= 1.5x the largest tensor + 400 MB. Rounds are interleaved and
    medians reported (a shared machine). With --gb-large G, a second, larger pair measures the
    whole default command against the floor again: the figures (matplotlib's import and four PNGs,
-   ~0.6 s) are a fixed cost that a 1 GB pair's 0.6 s floor cannot absorb.
+   ~0.9 CPU-s) are a fixed cost that a 1 GB pair's 0.6 s floor cannot absorb.
 2. LoRA with 7B-shaped modules (r=16): r x r Gram norms vs forming BA.
    Goal: >=100x faster, relative error <= 1e-9.
 

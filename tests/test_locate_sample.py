@@ -146,6 +146,11 @@ def test_adapter_zeros_are_counted_on_the_sample(tmp_path):
 
 
 def test_cli_flag_and_manifest(tmp_path, capsys):
+    from affectlens.locate_stats import DIST_SAMPLE
+
+    with pytest.raises(SystemExit):  # the help (torch-free, so it cannot import the constant) states it
+        main(["locate", "--help"])
+    assert f"default {DIST_SAMPLE}" in " ".join(capsys.readouterr().out.split())
     base = save_tiny(tmp_path / "base", "llama", layers=2)
     plant(base, {"model.layers.0.mlp.gate_proj.weight": 0.1})
     base.save_pretrained(tmp_path / "tuned")

@@ -151,8 +151,14 @@ Contribution = tuple[Any, ...]
 SAMPLE_BLOCK = 1 << 16  # sampled LoRA entries formed at a time: 2 x block x rank floats
 
 
-def lora_sample_codes(adapter: LoraAdapter, mod: LoraModule, w_raw: torch.Tensor, r0: int, cols: int, stride: int,
-                      phase: int) -> torch.Tensor:
+def lora_factors(adapter: LoraAdapter, mod: LoraModule) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(Aᵀ [cols, rank], B [rows, rank], scale) in float32, read once per tensor for ``lora_sample_codes``."""
+    At = adapter.store.get(mod.a_name).to(torch.float32).t().contiguous()  # row gathers, not column gathers
+    return At, adapter.store.get(mod.b_name).to(torch.float32), mod.scale
+
+
+def lora_sample_codes(factors: tuple[torch.Tensor, torch.Tensor, float], w_raw: torch.Tensor, r0: int, cols: int,
+                      stride: int, phase: int) -> torch.Tensor:
     """Code counts of a chunk's sampled elements for a plain LoRA: only those entries of s·BA are formed.
 
     Entry (i, j) is s·Σ_k B[i,k]·A[k,j]: n_sampled x rank products instead of
@@ -160,14 +166,13 @@ def lora_sample_codes(adapter: LoraAdapter, mod: LoraModule, w_raw: torch.Tensor
     costs about what its norms cost. Same codes as ``chunk_stats`` on the
     formed rows, up to float32 rounding of the sum.
     """
-    At = adapter.store.get(mod.a_name).to(torch.float32).t().contiguous()  # [cols, rank]: row gathers
-    B = adapter.store.get(mod.b_name).to(torch.float32)
+    At, B, scale = factors
     idx = torch.arange(phase, w_raw.numel(), stride)
     counts = torch.zeros(N_CODES, dtype=torch.int64)
     for s in range(0, idx.numel(), SAMPLE_BLOCK):
         part = idx[s:s + SAMPLE_BLOCK]
         rows, cols_j = torch.div(part, cols, rounding_mode="floor").add_(r0), torch.remainder(part, cols)
-        d = torch.index_select(B, 0, rows).mul_(torch.index_select(At, 0, cols_j)).sum(1).mul_(mod.scale)
+        d = torch.index_select(B, 0, rows).mul_(torch.index_select(At, 0, cols_j)).sum(1).mul_(scale)
         counts += ratio_codes(d, ratio_denominator(torch.index_select(w_raw, 0, part).to(torch.float32)))
     return counts
 
@@ -192,6 +197,7 @@ def tensor_job(name: str, p: ParsedName, base_store: WeightStore, models: Sequen
     segs = segments(p, rows, base_store.config)
     out: list[Contribution] = []
     lora_mod: dict[str, LoraModule | None] = {}
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}  # a LoRA's A and B, read once per tensor
     sources: dict[str, tuple[WeightStore, str] | None] = {}
     for m in models:
         if m.store is not None:
@@ -230,8 +236,10 @@ def tensor_job(name: str, p: ParsedName, base_store: WeightStore, models: Sequen
                     if not distribution and not m.adapter.use_dora:
                         continue
                     if hist and stride > 1 and not m.adapter.use_dora:  # the norm is exact (Grams): codes only
+                        if m.label not in factors:
+                            factors[m.label] = lora_factors(m.adapter, mod)
                         deltas.append(("delta", m.label, key, 0.0,
-                                       lora_sample_codes(m.adapter, mod, w_raw, r0, cols, stride, phase)))
+                                       lora_sample_codes(factors[m.label], w_raw, r0, cols, stride, phase)))
                         continue
                     if w_full is None:
                         w_full = scratch.get(n)[0].copy_(w_raw)
@@ -360,4 +368,4 @@ def other_tensor_part(base: WeightStore, models: Sequence[Tuned], name: str, r0:
 
 
 __all__ = ["SUB_ELEMS", "Contribution", "DeltaStats", "add_contributions", "base_ssq", "chunk_reader",
-           "chunk_stats", "lora_sample_codes", "other_tensor_part", "other_tensors", "sampled_count", "segments", "tensor_job"]
+           "chunk_stats", "lora_factors", "lora_sample_codes", "other_tensor_part", "other_tensors", "sampled_count", "segments", "tensor_job"]

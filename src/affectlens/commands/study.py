@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from . import options as o
 
@@ -19,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "Each stage is cached in DIR by the fingerprint of its inputs: rerunning the same "
                     "command resumes after a kill, and a changed config recomputes only what it changes. "
                     "Every claim of the two papers gets our number, its 95 %% CI and a verdict computed "
-                    f"from them. Stages: {STAGE_NAMES}.",
+                    f"from them. Stages: {STAGE_NAMES}. Exit status: 0 when every stage ran; 1 when any stage "
+                    "failed (the report is still written, each failure a noted section in it and in "
+                    "study.json, and a rerun retries only those stages); 2 for bad input, refused before "
+                    "any work.",
     )
     g.add_argument("config", nargs="?", default=None,
                    help="study YAML (see examples/study.yaml; default: the bundled tasks on the embedded model)")
@@ -51,5 +55,14 @@ def _study(args: argparse.Namespace) -> int:
                       allow_pickle=args.allow_pickle)
     for c in study["claims"]:
         print(f"{c['id']:<45} {c['verdict']:<13} ours {c['ours']:+.4f} [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]")
+    for c in study.get("not_judged") or []:
+        print(f"{c['id']:<45} {'not judged':<13} {c['reason']}")
+    fails = study.get("failures") or {}
+    if fails.get("failed"):
+        sys.stdout.flush()  # the summary is the last line, after the table
+        names = ", ".join(fails.get("by_stage") or {})
+        print(f"study: {fails['failed']} of {fails['stages']} stages failed ({names}); report written to "
+              f"{args.out}/report.html, report.md and study.json", file=sys.stderr, flush=True)
+        return 1
     print(f"wrote {args.out}/report.html, report.md and study.json")
     return 0

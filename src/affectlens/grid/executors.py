@@ -69,11 +69,34 @@ class ExecutorSpec:
             raise AffectlensError("--gpus-per-cell must be a whole number with --executor slurm "
                                   "(fractions of a GPU are a Ray feature)")
         if self.name in _EXTRA:
-            import importlib.util
+            require_engine(self.name, scheduler=False)
 
-            module, extra = _EXTRA[self.name]
-            if importlib.util.find_spec(module) is None:
-                raise AffectlensError(f"--executor {self.name} needs {module}: pip install 'affectlens[{extra}]'")
+
+def require_engine(name: str, scheduler: bool = True) -> None:
+    """Refuse an engine that cannot run here, in one line, before any work.
+
+    ``scheduler``: also require Slurm's ``sbatch`` on PATH for ``slurm`` -- without it submitit
+    would quietly run the jobs here instead of on the cluster the user asked for (a grid's
+    ``cluster: local`` option opts into that on purpose, so the grid's own check passes False).
+    """
+    import importlib.util
+    import shutil
+
+    if name not in ENGINES:
+        raise AffectlensError(f"unknown --executor '{name}'; choose from {', '.join(ENGINES)}")
+    if name not in _EXTRA:
+        return
+    module, extra = _EXTRA[name]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken install: a module without a spec
+        found = False
+    if not found:
+        raise AffectlensError(f"--executor {name} needs {module}, which is not installed here: "
+                              f"pip install 'affectlens[{extra}]'")
+    if name == "slurm" and scheduler and shutil.which("sbatch") is None:
+        raise AffectlensError("--executor slurm needs Slurm's sbatch on PATH (none found here): run on a "
+                              "Slurm login node, or leave --executor out to run in this process")
 
 
 @dataclass
@@ -280,4 +303,4 @@ def _slurm(spec: ExecutorSpec, job_waves: list[list[Job]], out: Path, echo: Call
         _raise(failed, f"submitit/{ex.cluster}")
 
 
-__all__ = ["ENGINES", "ExecutorSpec", "Job", "adapter_dir", "run_job", "run_waves", "waves"]
+__all__ = ["ENGINES", "ExecutorSpec", "Job", "adapter_dir", "require_engine", "run_job", "run_waves", "waves"]

@@ -8,8 +8,10 @@ result; every verdict from ``verdicts``.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,55 @@ def _circuits(sections: dict[str, Any], r: dict[str, Any], ctx: Context, run: An
         sections[key]["notes"].append(note)
 
 
+def _bad_leaf(obj: Any, where: str) -> tuple[str, str] | None:
+    """The first number in ``obj`` that is NaN, infinite or null (a NaN the cache wrote), as (path, what)."""
+    if obj is None:
+        return where, "missing (null)"
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where, str(obj)
+    if isinstance(obj, Mapping):
+        return next((hit for k, v in obj.items() if (hit := _bad_leaf(v, f"{where}.{k}" if where else str(k)))),
+                    None)
+    if isinstance(obj, list | tuple):
+        return next((hit for i, v in enumerate(obj) if (hit := _bad_leaf(v, f"{where}[{i}]"))), None)
+    return None
+
+
+def evidence_problem(ev: Any) -> str | None:
+    """Why a stage's evidence record cannot give a verdict (not_judged's reason), or None when it can.
+
+    Every number in it must be finite: a NaN -- or the null a cache made of one -- anywhere in the
+    value, the CI or the detail means the statistic was undefined on this run, and a verdict from an
+    undefined statistic would be noise. The same record gives the same answer on a first run and on
+    a rerun that reads it back from the cache.
+    """
+    if not isinstance(ev, Mapping) or not {"value", "ci", "n"} <= set(ev):
+        return "its evidence record is incomplete (value, ci and n are required)"
+    ci = ev["ci"]
+    if not isinstance(ev.get("detail") or {}, Mapping):
+        return "its evidence detail is not a mapping"
+    if not isinstance(ci, list | tuple) or len(ci) != 2:
+        return f"its evidence CI is not (low, high): {ci!r}"
+    for key, x in (("value", ev["value"]), ("ci", ci), ("detail", ev.get("detail") or {})):
+        hit = _bad_leaf(x, key)
+        if hit:
+            return f"non-finite evidence: {hit[0]} is {hit[1]}"
+    for key, x in (("value", ev["value"]), ("ci[0]", ci[0]), ("ci[1]", ci[1]), ("n", ev["n"])):
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            return f"its evidence {key} is not a number: {x!r}"
+    if ci[0] > ci[1]:
+        return f"its evidence CI is reversed ({ci[0]:g} > {ci[1]:g})"
+    if ev["n"] < 1 or ev["n"] != int(ev["n"]):
+        return f"its evidence n is not a positive count: {ev['n']!r}"
+    return None
+
+
+def failure_summary(timing: dict[str, Any], failed: dict[str, str]) -> dict[str, Any]:
+    """How many stages ran and which failed (or were skipped for a failed input): study.json's
+    ``failures``, the report's "Failed stages" section and the command's exit status."""
+    return {"failed": len(failed), "stages": len(timing) + len(failed), "by_stage": dict(failed)}
+
+
 def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[str, Any], failed: dict[str, str],
                 wall: float, fps: dict[str, str]) -> dict[str, Any]:
     """Assemble study.json, the figures and the report into ``out`` (atomically, stage cache kept)."""
@@ -172,6 +223,7 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
             if stage in res and stage in sections:
                 sections[stage]["tables"].append(_score_table(res[stage], title))
                 sections[stage]["numbers"] = _score_numbers(res[stage], stage)
+                sections[stage]["notes"] += res[stage].get("notes", [])
         if "frontier" in res and "frontier" in sections:
             _frontier(sections["frontier"], res["frontier"], run)
             sections["frontier"]["notes"] += res["frontier"].get("notes", [])
@@ -179,15 +231,19 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
             _circuits(sections, res["circuits"], ctx, run)
         evidence = {k: v for key, r in res.items() if "@" not in key  # claims: the first base only
                     for k, v in (r.get("evidence") or {}).items()}
+        unjudged = {k: str(v) for key, r in res.items() if "@" not in key  # a stage's own word on why not
+                    for k, v in (r.get("unjudged") or {}).items()}
         claims, not_judged = [], []
         for cid, claim in CLAIMS.items():
             if claim.stage not in sections:
                 continue
             ev = evidence.get(cid) or next((v for k, v in evidence.items() if cid.startswith(k + ".")), None)
-            if ev is None or not all(x == x for x in (ev["value"], *ev["ci"])):
-                not_judged.append({"id": cid, "stage": claim.stage, "reason": "no finite evidence from this run"})
-                sections[claim.stage]["notes"].append(f"claim {cid} is not judged: this run produced no finite "
-                                                      "evidence for it")
+            src = SOURCE[claim.stage]
+            why = (f"the {src} stage {failed[src]}" if src in failed else
+                   unjudged.get(cid, "this run produced no evidence for it")) if ev is None else evidence_problem(ev)
+            if ev is None or why is not None:
+                not_judged.append({"id": cid, "stage": claim.stage, "reason": why})
+                sections[claim.stage]["notes"].append(f"claim {cid} is not judged: {why}")
                 continue
             claims.append(claim_record(cid, Evidence(float(ev["value"]), (float(ev["ci"][0]), float(ev["ci"][1])),
                                                      int(ev["n"]), dict(ev.get("detail") or {}))))
@@ -195,6 +251,7 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
         sections = nonfinite_to_null(sections)
         study: dict[str, Any] = {
             "version": 1, "name": cfg.name, "claims": claims, "not_judged": not_judged, "sections": sections,
+            "failures": failure_summary(timing, failed),
             "methods": {
                 "profile": cfg.profile, "seeds": cfg.seeds, "stages": cfg.stages,
                 "budgets": {"lora": cfg.budget.to_dict(), "full_fine_tune": cfg.full_budget.to_dict(),
@@ -223,4 +280,4 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
     return study
 
 
-__all__ = ["write_study"]
+__all__ = ["evidence_problem", "failure_summary", "write_study"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,10 @@ class StageStore:
         return d
 
     def get(self, stage: str, fp: str) -> dict[str, Any] | None:
-        """The cached result when its fingerprint is ``fp``; None when missing, stale or unreadable."""
+        """The cached result when its fingerprint is ``fp``; None when missing, stale or unreadable.
+
+        The non-finite numbers ``put`` wrote as null are NaN/Inf again, so a resumed study judges its
+        claims on exactly the numbers the first run had."""
         p = self.stages / stage / "result.json"
         try:
             rec = json.loads(p.read_text(encoding="utf-8"))
@@ -78,13 +82,47 @@ class StageStore:
             return None
         if not isinstance(rec, dict) or rec.get("fingerprint") != fp or not isinstance(rec.get("result"), dict):
             return None
+        if not _restore(rec["result"], rec.get("nonfinite") or []):
+            return None  # a damaged record: recompute rather than guess
         return rec
 
     def put(self, stage: str, fp: str, result: dict[str, Any], seconds: float) -> None:
         from ..runs import write_json
 
-        write_json(self.dir(stage) / "result.json", {"fingerprint": fp, "result": result, "seconds": seconds},
-                   nonfinite="null")
+        write_json(self.dir(stage) / "result.json", {"fingerprint": fp, "result": result, "seconds": seconds,
+                                                     "nonfinite": _nonfinite(result)}, nonfinite="null")
+
+
+def _nonfinite(obj: Any, path: tuple[str | int, ...] = ()) -> list[list[Any]]:
+    """``[[key path], "nan" | "inf" | "-inf"]`` for every non-finite float (strict JSON writes them null)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return [[list(path), "nan" if obj != obj else "inf" if obj > 0 else "-inf"]]
+    if isinstance(obj, dict):
+        return [x for k, v in obj.items() for x in _nonfinite(v, (*path, str(k)))]
+    if isinstance(obj, list | tuple):
+        return [x for i, v in enumerate(obj) for x in _nonfinite(v, (*path, i))]
+    return []
+
+
+def _restore(result: dict[str, Any], marks: Any) -> bool:
+    """Put ``_nonfinite``'s numbers back in place; False when a mark does not fit the result."""
+    if not isinstance(marks, list):
+        return False
+    for mark in marks:
+        if not (isinstance(mark, list) and len(mark) == 2 and isinstance(mark[0], list) and mark[0]
+                and mark[1] in ("nan", "inf", "-inf")):
+            return False
+        *parents, last = mark[0]
+        node: Any = result
+        try:
+            for k in parents:
+                node = node[k]
+            if node[last] is not None:
+                return False
+            node[last] = float(mark[1])
+        except (KeyError, IndexError, TypeError):
+            return False
+    return True
 
 
 __all__ = ["MARKER", "StageStore", "check_study_out", "fingerprint", "is_study_dir"]

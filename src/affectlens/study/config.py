@@ -14,6 +14,7 @@ is one clear line naming the field.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,14 +152,56 @@ def _budget(raw: Any, key: str, where: str, base: dict[str, Any] | None = None) 
     return TuneConfig.from_mapping({**(base or {}), **raw}, f"{where}: {key}")
 
 
+MAX_SEED = 2**32 - 1  # numpy's and torch's seed range: a seed outside it fails only when a stage seeds
+MAX_SEED_COUNT = 1000  # --seeds N: each seed trains three models; a typo's 10**9 must not allocate 10**9 ints
+
+
 def _seeds(v: Any, where: str) -> list[int]:
     if isinstance(v, int) and not isinstance(v, bool):
         v = [v]
     if not isinstance(v, list) or not v or not all(isinstance(s, int) and not isinstance(s, bool) for s in v):
         raise _err(where, "seeds must be a non-empty list of integers")
+    bad = [s for s in v if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise _err(where, f"seeds must be integers from 0 to {MAX_SEED}, not {bad[0]}")
     if len(set(v)) != len(v):
         raise _err(where, "seeds has duplicates")
     return list(v)
+
+
+RESERVED_VARIANTS = frozenset({"base", "all-module"})  # the scored stages' own reference rows
+_POS_INT = ("max_pairs", "top_k", "top_neurons", "limit", "batch_size")
+
+
+def _circuits(circ: Any, where: str) -> dict[str, Any]:
+    """Every circuits option's type and range, so a typo fails here and not after the other stages ran."""
+    if not isinstance(circ, dict) or sorted(set(circ) - CIRCUIT_KEYS):
+        raise _err(where, f"circuits takes {', '.join(sorted(CIRCUIT_KEYS))}")
+    for k in _POS_INT:
+        v = circ.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise _err(where, f"circuits.{k} must be a positive integer, not {v!r}")
+    for k in ("min_score", "beta", "gamma"):
+        v = circ.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
+            raise _err(where, f"circuits.{k} must be a finite number, not {v!r}")
+    ms = circ.get("min_score")
+    if ms is not None and not 0 <= ms <= 1:
+        raise _err(where, f"circuits.min_score is a probability: it must be from 0 to 1, not {ms!r}")
+    for k in ("model", "pairs", "layers"):
+        v = circ.get(k)
+        if v is not None and (not isinstance(v, str) or not v):
+            raise _err(where, f"circuits.{k} must be a {'layer spec such as 0-3,7' if k == 'layers' else 'path'}"
+                              f", not {v!r}")
+    if circ.get("emotions") is not None:
+        _str_list(circ["emotions"], "circuits.emotions", where)
+    from ..circuits.inputs import check_layer_spec
+
+    try:
+        check_layer_spec(circ.get("layers"), "circuits.layers")
+    except AffectlensError as e:
+        raise _err(where, str(e)) from None
+    return dict(circ)
 
 
 def parse_stages(spec: str | list[str] | None, where: str = "--stages") -> list[str] | None:
@@ -198,8 +241,8 @@ def load_study_config(source: str | Path | dict[str, Any] | None = None, *, prof
     if model:
         merged["model"] = model
     if seeds is not None:
-        if seeds < 1:
-            raise AffectlensError("--seeds must be at least 1")
+        if not 1 <= seeds <= MAX_SEED_COUNT:
+            raise AffectlensError(f"--seeds must be from 1 to {MAX_SEED_COUNT}, not {seeds}")
         merged["seeds"] = list(range(seeds))
     if stages is not None:
         merged["stages"] = parse_stages(stages)
@@ -225,9 +268,15 @@ def _check(m: dict[str, Any], where: str, path: str, profile: str) -> StudyConfi
     single = _str_list(mods.get("single") or [], "modules.single", where)
     if "gate_proj" not in single:
         raise _err(where, "modules.single must include gate_proj (the module the study is about)")
+    dup = sorted({m for m in single if single.count(m) > 1})
+    if dup:
+        raise _err(where, f"modules.single lists {', '.join(dup)} twice")
     groups = mods.get("groups") or {}
     if not isinstance(groups, dict) or not all(isinstance(v, str) and v for v in groups.values()):
         raise _err(where, "modules.groups must map a name to a module selection such as 'attn,gate_proj'")
+    clash = sorted(str(g) for g in groups if str(g) in RESERVED_VARIANTS or not str(g).strip())
+    if clash:
+        raise _err(where, f"modules.groups cannot be named {clash[0]!r} (reserved: {', '.join(sorted(RESERVED_VARIANTS))})")
     from ..modules import parse_selection
 
     for sel in [*single, *groups.values()]:
@@ -235,9 +284,7 @@ def _check(m: dict[str, Any], where: str, path: str, profile: str) -> StudyConfi
             parse_selection(sel)
         except AffectlensError as e:
             raise _err(where, f"modules: {e}") from None
-    circ = m.get("circuits") or {}
-    if not isinstance(circ, dict) or sorted(set(circ) - CIRCUIT_KEYS):
-        raise _err(where, f"circuits takes {', '.join(sorted(CIRCUIT_KEYS))}")
+    circ = _circuits(m.get("circuits") or {}, where)
     stages = parse_stages(m.get("stages") or list(STAGES), f"{where}: stages") or list(STAGES)
     from ..vocab import CALIBRATIONS
 
@@ -256,4 +303,4 @@ def _check(m: dict[str, Any], where: str, path: str, profile: str) -> StudyConfi
         raw=m, path=path, calibration=str(cal), bases=bases)
 
 
-__all__ = ["DEFAULTS", "PROFILES", "QUICK", "STAGES", "StudyConfig", "load_study_config", "merge", "parse_stages"]
+__all__ = ["DEFAULTS", "MAX_SEED", "PROFILES", "QUICK", "STAGES", "StudyConfig", "load_study_config", "merge", "parse_stages"]

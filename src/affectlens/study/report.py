@@ -58,8 +58,82 @@ def write_report(run: RunDir, study: dict[str, Any]) -> None:
     run.text("report.html", render_html(doc, run.path))
 
 
+def _kind(x: Any) -> str:
+    return "null" if x is None else type(x).__name__
+
+
+def _want(ok: bool, field: str, what: str, x: Any) -> None:
+    if not ok:
+        raise AffectlensError(f"study.json: {field} must be {what}, not {_kind(x)}")
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _opt(m: Mapping[str, Any], key: str, field: str, kind: type | tuple[type, ...], what: str) -> Any:
+    """``m[key]`` when absent/null or of ``kind``; else a one-line error naming ``field``."""
+    x = m.get(key)
+    _want(x is None or isinstance(x, kind), field, what, x)
+    return x
+
+
+def check_study(study: Any) -> None:
+    """Refuse a study.json whose fields have the wrong types, naming the field (one line).
+
+    The renderer reads every field below; without this a hand-edited or truncated study.json
+    would end in an AttributeError or TypeError deep inside it instead of saying what is wrong."""
+    _want(isinstance(study, Mapping), "the top level", "a mapping", study)
+    v = study.get("version", 1)
+    _want(isinstance(v, int) and not isinstance(v, bool), "version", "an integer", v)
+    claims = _opt(study, "claims", "claims", list, "a list")
+    for i, c in enumerate(claims or []):
+        f = f"claims[{i}]"
+        _want(isinstance(c, Mapping), f, "a mapping", c)
+        _want(isinstance(c.get("id"), str), f"{f}.id", "a claim id", c.get("id"))
+        _want(_is_num(c.get("ours")), f"{f}.ours", "a number", c.get("ours"))
+        ci = c.get("ci")
+        _want(isinstance(ci, list | tuple) and len(ci) == 2 and all(_is_num(x) for x in ci), f"{f}.ci",
+              "a list of two numbers", ci)
+        _want(isinstance(c.get("n"), int) and not isinstance(c.get("n"), bool), f"{f}.n", "an integer",
+              c.get("n"))
+        _opt(c, "stage", f"{f}.stage", str, "a stage name")
+        _opt(c, "verdict", f"{f}.verdict", str, "a verdict")
+        _opt(c, "detail", f"{f}.detail", Mapping, "a mapping")
+    for i, c in enumerate(_opt(study, "not_judged", "not_judged", list, "a list") or []):
+        _want(isinstance(c, Mapping), f"not_judged[{i}]", "a mapping", c)
+        _want(isinstance(c.get("id"), str), f"not_judged[{i}].id", "a claim id", c.get("id"))
+        _opt(c, "reason", f"not_judged[{i}].reason", str, "a sentence")
+    for key, sec in (_opt(study, "sections", "sections", Mapping, "a mapping") or {}).items():
+        f = f"sections.{key}"
+        _want(sec is None or isinstance(sec, Mapping), f, "a mapping", sec)
+        if sec is None:
+            continue
+        _opt(sec, "title", f"{f}.title", str, "a string")
+        _opt(sec, "status", f"{f}.status", str, "a string")
+        _opt(sec, "numbers", f"{f}.numbers", Mapping, "a mapping")
+        _opt(sec, "notes", f"{f}.notes", list, "a list")
+        figs = _opt(sec, "figures", f"{f}.figures", Mapping, "a mapping of name to PNG path") or {}
+        for name, rel in figs.items():
+            _want(isinstance(rel, str), f"{f}.figures.{name}", "a PNG path", rel)
+        for j, t in enumerate(_opt(sec, "tables", f"{f}.tables", list, "a list") or []):
+            _want(isinstance(t, Mapping), f"{f}.tables[{j}]", "a mapping", t)
+            _opt(t, "columns", f"{f}.tables[{j}].columns", list, "a list")
+            for r, row in enumerate(_opt(t, "rows", f"{f}.tables[{j}].rows", list, "a list") or []):
+                _want(isinstance(row, list | tuple | Mapping), f"{f}.tables[{j}].rows[{r}]", "a list or a mapping",
+                      row)
+    _opt(study, "methods", "methods", Mapping, "a mapping")
+    fails = _opt(study, "failures", "failures", Mapping, "a mapping")
+    if fails is not None:
+        for k in ("failed", "stages"):
+            _want(isinstance(fails.get(k, 0), int) and not isinstance(fails.get(k, 0), bool), f"failures.{k}",
+                  "an integer", fails.get(k))
+        _opt(fails, "by_stage", "failures.by_stage", Mapping, "a mapping of stage to what happened")
+
+
 def document(run: RunDir, study: Mapping[str, Any]) -> dict[str, Any]:
     """The report's content, independent of format: verdict rows, sections, methods."""
+    check_study(study)
     if study.get("version", 1) != 1:
         raise AffectlensError(f"study.json version {study.get('version')!r} is not supported (expected 1)")
     hit = find_non_finite(study, "study")
@@ -69,11 +143,13 @@ def document(run: RunDir, study: Mapping[str, Any]) -> dict[str, Any]:
     sections: Mapping[str, Any] = study.get("sections") or {}
     rows = []
     by_id = {c["id"]: c for c in claims}
+    unjudged = {str(c["id"]): str(c.get("reason") or "no verdict") for c in study.get("not_judged") or []}
     for cid, claim in CLAIMS.items():
         rec = by_id.get(cid)
         paper = ("A: " if claim.source == PAPER_A else "B: " if claim.source == PAPER_B else "") + claim.paper
         rows.append({"id": cid, "stage": claim.stage, "source": claim.source, "paper": paper,
-                     "paper_value": claim.paper_value, "quantity": claim.quantity, "record": rec})
+                     "paper_value": claim.paper_value, "quantity": claim.quantity, "record": rec,
+                     "not_judged": None if rec else unjudged.get(cid)})
     figures: dict[str, list[tuple[str, str]]] = {}
     if claims:
         from ..plots import verdict_forest
@@ -109,8 +185,19 @@ def document(run: RunDir, study: Mapping[str, Any]) -> dict[str, Any]:
             "tables": [_table(t) for t in sec.get("tables") or []], "figures": figs,
             "notes": [str(n) for n in sec.get("notes") or []]
             + [f"figure {g}: not available in this run" for g in gone]})
+    fails = study.get("failures") or {}
+    failed = [(str(k), str(v)) for k, v in (fails.get("by_stage") or {}).items()]
     return {"rows": rows, "figures": figures, "sections": out_sections,
-            "methods": dict(study.get("methods") or {})}
+            "methods": dict(study.get("methods") or {}),
+            "failures": {"failed": int(fails.get("failed") or len(failed)),
+                         "stages": int(fails.get("stages") or 0), "rows": failed}}
+
+
+def _failure_lead(f: Mapping[str, Any]) -> str:
+    of = f" of {f['stages']}" if f.get("stages") else ""
+    return (f"{f['failed']}{of} stages failed or were skipped for a failed input: their sections and claims are "
+            "missing from this report. Rerunning the same command retries only these stages (finished ones "
+            "are reused from the cache).")
 
 
 def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
@@ -144,9 +231,9 @@ def _table(t: Mapping[str, Any]) -> dict[str, Any]:
     return {"title": str(t.get("title") or ""), "columns": cols, "rows": rows}
 
 
-def _ours(rec: Mapping[str, Any] | None) -> str:
+def _ours(rec: Mapping[str, Any] | None, not_judged: str | None = None) -> str:
     if rec is None:
-        return "not tested (stage not run)"
+        return f"not judged: {not_judged}" if not_judged else "not tested (stage not run)"
     return f"{fmt(float(rec['ours']))} [{fmt(float(rec['ci'][0]))}, {fmt(float(rec['ci'][1]))}] (n = {rec['n']})"
 
 
@@ -214,14 +301,18 @@ def render_html(doc: Mapping[str, Any], root: Path) -> str:
          "is computed, not written: <em>supported</em> when the whole CI lies on the claim's side of its "
          "threshold, <em>contradicted</em> when it lies wholly on the other side, <em>inconclusive</em> when it "
          f"straddles it. Paper A: {_e(PAPER_A)}; paper B: {_e(PAPER_B)}.</p>",
+         *(['<h2 id="failures">Failed stages</h2>', f'<p class="missing">{_e(_failure_lead(doc["failures"]))}</p>',
+            _html_table(["stage", "what happened"], [list(x) for x in doc["failures"]["rows"]])]
+           if doc.get("failures", {}).get("rows") else []),
          '<h2 id="verdicts">Verdicts</h2>', "<table><thead><tr><th>claim</th><th>paper's statement</th>"
          "<th>paper's number</th><th>what we measure</th><th>ours [95 % CI]</th><th>verdict</th></tr></thead><tbody>"]
     for r in doc["rows"]:
         rec = r["record"]
         v = rec["verdict"] if rec else "untested"
+        word = v if rec else "not judged" if r.get("not_judged") else "not tested"
         h.append(f"<tr><td><code>{_e(r['id'])}</code></td><td>{_e(r['paper'])}</td>"
                  f"<td>{_e(_paper_value(r['paper_value']))}</td><td>{_e(r['quantity'])}</td>"
-                 f"<td>{_e(_ours(rec))}</td><td class=\"{_e(v)}\">{_e(v if rec else 'not tested')}</td></tr>")
+                 f"<td>{_e(_ours(rec, r.get('not_judged')))}</td><td class=\"{_e(v)}\">{_e(word)}</td></tr>")
     h.append("</tbody></table>")
     for name, rel in doc["figures"].get("_verdicts", []):
         h.append(_html_figure(root, name, rel))
@@ -269,10 +360,15 @@ def render_md(doc: Mapping[str, Any]) -> str:
     md = ["# affectlens study report", "",
           "Each claim of the two papers beside our estimate with its 95 % CI; the verdict is computed from the "
           "CI against the claim's threshold (inconclusive when the CI straddles it). "
-          f"Paper A: {_m(PAPER_A)}; paper B: {_m(PAPER_B)}.", "", "## Verdicts", ""]
+          f"Paper A: {_m(PAPER_A)}; paper B: {_m(PAPER_B)}.", ""]
+    if doc.get("failures", {}).get("rows"):
+        md += ["## Failed stages", "", _m(_failure_lead(doc["failures"])), ""]
+        md += _md_table(["stage", "what happened"], [list(x) for x in doc["failures"]["rows"]])
+    md += ["## Verdicts", ""]
     md += _md_table(["claim", "paper's statement", "paper's number", "ours [95 % CI]", "verdict"],
-                    [[r["id"], r["paper"], _paper_value(r["paper_value"]), _ours(r["record"]),
-                      r["record"]["verdict"] if r["record"] else "not tested"] for r in doc["rows"]])
+                    [[r["id"], r["paper"], _paper_value(r["paper_value"]), _ours(r["record"], r.get("not_judged")),
+                      r["record"]["verdict"] if r["record"] else "not judged" if r.get("not_judged")
+                      else "not tested"] for r in doc["rows"]])
     for name, rel in doc["figures"].get("_verdicts", []):
         md += [f"![{_m(name)}]({rel})", ""]
     for s in doc["sections"]:

@@ -14,11 +14,13 @@ replaced); ``force`` on a study dir starts over (the stage cache is dropped).
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import AffectlensError
 from .budget import expected_seconds
 from .cache import StageStore, check_study_out, fingerprint
 from .config import STAGES, StudyConfig, load_study_config
@@ -125,17 +127,64 @@ def _compute(ctx: Context, stage: str, fp: str) -> dict[str, Any]:
             "necessity": stages_grid.run_necessity}[stage](ctx)
 
 
+def check_executor(executor: Any) -> None:
+    """An executor the scoring stages can use here: a known engine, installed, with its scheduler."""
+    if executor in (None, "serial"):
+        return
+    from ..grid.executors import ExecutorSpec, require_engine
+
+    if isinstance(executor, ExecutorSpec):
+        executor.check()
+        require_engine(executor.name, scheduler=executor.options.get("cluster") in (None, "slurm"))
+    elif isinstance(executor, str):
+        ExecutorSpec(executor).check()
+        require_engine(executor)
+    else:
+        raise AffectlensError(f"executor must be serial, ray, slurm or a grid ExecutorSpec, not {executor!r}")
+
+
+def preflight(cfg: StudyConfig, device: str, dtype: str, executor: Any, allow_pickle: bool) -> None:
+    """Everything a stage would otherwise find out after the stages before it ran: one line each.
+
+    The dtype and the executor (with its engine), the device, every task, and every base's weights
+    under the pickle policy (opened lazily: headers only)."""
+    from ..devices import dtype_name, resolve_device
+    from ..evaluate.tasks import get_task
+    from ..models import resolve_model_path
+    from ..weights import open_weights
+
+    dtype_name(dtype)
+    check_executor(executor)
+    if device != "auto":
+        resolve_device(device)
+    for t in [*cfg.tasks, *cfg.control_tasks]:
+        get_task(t)
+    models = [*cfg.bases, *([cfg.circuits_model] if "circuits" in cfg.stages else [])]
+    for m in dict.fromkeys(models):
+        with open_weights(resolve_model_path(m), allow_pickle=allow_pickle):
+            pass
+    pairs = cfg.circuits.get("pairs")
+    if "circuits" in cfg.stages and pairs and not Path(pairs).is_file():
+        raise AffectlensError(f"circuits.pairs {pairs} does not exist")
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str | Path, *,
               profile: str = "default", stages: str | list[str] | None = None, model: str | None = None,
               seeds: int | None = None, force: bool = False, device: str = "auto", dtype: str = "auto",
               executor: Any = None, tuner: Callable[..., Any] | None = None,
               evaluator: Callable[..., Any] | None = None, echo: Callable[[str], None] = print,
-              allow_pickle: bool = False) -> dict[str, Any]:
+              allow_pickle: bool = False, warn: Callable[[str], None] = _stderr) -> dict[str, Any]:
     """Run (or resume) a study into ``out``; returns ``study.json``'s content.
 
     ``tuner``/``evaluator`` replace affectlens' ``tune``/``evaluate`` (same call
     signatures as ``grid.run_grid``'s); ``executor`` is handed to ``run_grid``
-    when it accepts one.
+    when it accepts one. Progress goes to ``echo``, a stage's failure to ``warn``
+    (stderr); the result's ``failures`` counts them. Bad input -- config, dtype,
+    executor, device, tasks, an unreadable base -- is refused before any work.
     """
     from ..claims import claim_output
     from ..models import resolve_model_path
@@ -143,11 +192,8 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
     cfg = config if isinstance(config, StudyConfig) else load_study_config(
         config, profile=profile, model=model, stages=stages, seeds=seeds)
     out = Path(out)
+    preflight(cfg, device, dtype, executor, allow_pickle)
     resumed = check_study_out(out, force)
-    if device != "auto":
-        from ..devices import resolve_device
-
-        resolve_device(device)  # an absent device is a one-line error before any work
     with claim_output(out):
         base_path = resolve_model_path(cfg.model)
         store = StageStore(out)
@@ -174,6 +220,7 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
             key, deps = stage + at, [d + at for d in DEPS[stage]]
             if any(d in failed for d in deps):
                 failed[key] = f"was skipped: it needs the {', '.join(d for d in deps if d in failed)} stage"
+                warn(f"  {key}: {failed[key]}")
                 return
             fps[key] = fp = stage_fingerprint(c, stage, {d: fps[d + at] for d in DEPS[stage]})
             cached = store.get(key, fp)
@@ -189,7 +236,7 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
             except Exception as e:  # a stage's failure is a noted, skipped section; an interrupt still stops
                 why = str(e).splitlines()[0] if str(e) else ""
                 failed[key] = f"failed ({type(e).__name__}{': ' + why if why else ''})"
-                echo(f"  {key}: {failed[key]}; its section is skipped")
+                warn(f"  {key}: {failed[key]}; its section is skipped")
                 return
             secs = time.perf_counter() - s0
             store.put(key, fp, result, secs)
@@ -207,4 +254,5 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
         return write_study(ctx, out, expected, timing, failed, wall, fps)
 
 
-__all__ = ["DEPS", "PER_BASE", "base_context", "base_labels", "needed", "run_study", "stage_fingerprint"]
+__all__ = ["DEPS", "PER_BASE", "base_context", "base_labels", "check_executor", "needed", "preflight", "run_study",
+           "stage_fingerprint"]

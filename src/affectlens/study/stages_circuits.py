@@ -120,8 +120,9 @@ def run_circuits(ctx: Context, fp: str) -> dict[str, Any]:
         if rho == rho:
             res["evidence"]["circuits-heads.general-deeper"] = evidence_dict(
                 rho, ci, n, interval="bootstrap over layers", units="layers with top heads")
-        else:
-            notes.append("fewer than 3 layers hold top heads: the depth-overlap correlation is not judged")
+        else:  # the report notes it with the claim
+            res["unjudged"] = {"circuits-heads.general-deeper": f"only {n} layer(s) hold top heads, and the "
+                               "depth-overlap correlation needs at least 3"}
     neurons = _step(d, "neurons", notes, lambda o: api.neurons_run(model, o, top_k=int(c.get("top_neurons", 50)),
                                                                    **sel, **common))
     res["interventions"] = _interventions(ctx, d, model, heads, neurons, notes, c, common, seed)

@@ -10,6 +10,7 @@ rescore only the cells it had not finished.
 from __future__ import annotations
 
 import inspect
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -91,6 +92,10 @@ def control(res: dict[str, Any], variant: str) -> list[float] | None:
     return [sum(xs) / len(xs) for xs in zip(*per_task, strict=True)]
 
 
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
 def _n(res: dict[str, Any]) -> int | None:
     ns = [res["n"][t] for t in res["tasks"] if t in res["n"]]
     return min(ns) if ns else None
@@ -149,10 +154,15 @@ def run_efficiency(ctx: Context) -> dict[str, Any]:
         return vs
 
     res = _run(ctx, "efficiency", variants)
+    others = [m for m in cfg.single if m != "gate_proj"]
+    if not others:  # the claim compares gate_proj with the other single modules: none were asked for
+        why = "modules.single lists gate_proj alone, so there is no other single module to compare it with"
+        res["evidence"], res["unjudged"] = {}, {"efficiency.gate-lora": why}  # the report notes it
+        return res
 
     def evidence(r: dict[str, Any]) -> dict[str, Any]:
         gate = affective(r, "gate_proj")
-        best = [max(xs) for xs in zip(*[affective(r, m) for m in cfg.single if m != "gate_proj"], strict=True)]
+        best = [max(xs) for xs in zip(*[affective(r, m) for m in others], strict=True)]
         v, ci, n = score_difference(gate, best, _n(r))
         return {"efficiency.gate-lora": evidence_dict(
             v, ci, n, interval="score_difference", units="seeds x examples", gate=sum(gate) / len(gate),
@@ -232,8 +242,11 @@ def run_frontier(ctx: Context, eff: dict[str, Any]) -> dict[str, Any]:
     for p in points:
         xs = affective(raw, p["variant"])
         p["uncalibrated_mean"] = sum(xs) / len(xs)
-    ref = next(p for p in points if p["variant"] == ALL)
-    get = next(p for p in points if p["variant"] == "gate_proj")
+    by_name = {p["variant"]: p for p in points}
+    if ALL not in by_name or "gate_proj" not in by_name:
+        raise AffectlensError("the frontier needs the trainable-parameter counts of the all-module and the "
+                              "gate_proj LoRA, and the efficiency stage recorded none")
+    ref, get = by_name[ALL], by_name["gate_proj"]
     raw_share = get["mean"] / ref["mean"] if ref["mean"] > 0 else None
     v, ci, n = share_of_gain(affective(eff, "gate_proj"), affective(eff, ALL), y, _n(eff))
     base_raw = affective(raw, "base")
@@ -248,14 +261,27 @@ def run_frontier(ctx: Context, eff: dict[str, Any]) -> dict[str, Any]:
                            "calibration": cal, "base_uncalibrated": sum(base_raw) / len(base_raw),
                            "evidence": {}}
     if v == v:  # the all-module LoRA gained over the yardstick: the share is defined
-        extra: dict[str, Any] = {"uncalibrated": {"value": rv, "ci": list(rci)}} if cal != "none" else {}
+        extra: dict[str, Any] = {}
+        if cal != "none" and all(math.isfinite(x) for x in (rv, *rci)):
+            extra["uncalibrated"] = {"value": rv, "ci": list(rci)}
+        elif cal != "none":
+            # The raw share is undefined: say so in words. As a NaN it was a number that is not one -- it
+            # broke the claim on a first run and became null in the cache, so a rerun read it differently.
+            raw_all = _mean(affective(raw, ALL))
+            why = (f"uncalibrated, the all-module LoRA ({raw_all:.4f}) did not beat max(base, majority class) "
+                   f"({y_raw:.4f}), so GET's raw share of its gain is undefined" if rv != rv else
+                   "uncalibrated, GET's share of the gain has no bootstrap interval (the resampled gains "
+                   "were never positive)")
+            extra["uncalibrated"] = {"undefined": why}
+            res["notes"] = [f"{why}; the claim reads the calibrated scores, where the share is defined"]
         res["evidence"]["frontier.get-share"] = evidence_dict(
             v, ci, n, interval="share_of_gain", yardstick=y, raw_share=raw_share,
             param_share=get["params"] / ref["params"],
             scores=f"calibrated ({cal})" if cal != "none" else "raw", **extra)
     else:
-        res["notes"] = ["the all-module LoRA did not beat max(base, majority-class) on the affective tasks, so "
-                        "GET's share of its gain is undefined; the frontier claim is not judged"]
+        why = ("the all-module LoRA did not beat max(base, majority class) on the affective tasks, so GET's "
+               "share of its gain is undefined")
+        res["unjudged"] = {"frontier.get-share": why}  # the report notes it with the claim
     return res
 
 

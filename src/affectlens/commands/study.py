@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(efficiency), delta reset (necessity), the GET frontier and the circuits pipeline. "
                     "Each stage is cached in DIR by the fingerprint of its inputs: rerunning the same "
                     "command resumes after a kill, and a changed config recomputes only what it changes. "
-                    "Every claim of the two papers gets our number, its 95 %% CI and a verdict computed "
+                    "Every claim of the two papers gets our number, its 95 % CI and a verdict computed "
                     f"from them. Stages: {STAGE_NAMES}. Exit status: 0 when every stage ran; 1 when any stage "
                     "failed (the report is still written, each failure a noted section in it and in "
                     "study.json, and a rerun retries only those stages); 2 for bad input, refused before "

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -157,17 +156,37 @@ def test_killed_run_leftovers_are_reported_and_cleaned(tmp_path, capfd, pair):
     assert leftovers(out) == [] and (out / "summary.json").is_file()
 
 
+_KILLED_REPLACE = """
+import pathlib, sys, time
+from affectlens.runs import RunDir
+real = pathlib.Path.rename
+def rename(self, target):
+    if self.name.startswith(".run.tmp-") and pathlib.Path(target).name == "run":
+        print("ready", flush=True)  # between --force's two renames: the old result is aside
+        time.sleep(120)
+    return real(self, target)
+pathlib.Path.rename = rename
+with RunDir(sys.argv[1], command="unit", force=True) as run:
+    run.json("a.json", {"v": 2})
+"""
+
+
 def test_replace_killed_between_renames_gets_the_old_result_back(tmp_path, capfd, pair):
     out = tmp_path / "run"
     assert _locate(capfd, pair, out)[0] == 0
     before = tree_digest(out)
-    # What a kill between --force's two renames leaves: the old result aside, a finished temp.
-    out.rename(tmp_path / ".run.old-999999")
-    shutil.copytree(tmp_path / ".run.old-999999", tmp_path / ".run.tmp-k1ll3d")
+    victim = subprocess.Popen([sys.executable, "-c", _KILLED_REPLACE, str(out)], stdout=subprocess.PIPE,
+                              text=True, env=_env())
+    assert victim.stdout.readline().strip() == "ready"
+    _kill(victim)
+    left = leftovers(out)
+    assert not out.exists() and ".run.claim" in left
+    assert any(x.startswith(".run.old-") for x in left) and any(x.startswith(".run.tmp-") for x in left)
 
     rc, _, err = _locate(capfd, pair, tmp_path / "next")  # any next run in the folder
     assert rc == 0, err
-    assert "restored" in err and ".run.old-999999" in err
+    old = next(x for x in left if x.startswith(".run.old-"))
+    assert f"restored {out} from {old}" in err
     assert tree_digest(out) == before
     assert leftovers(out) == [] and leftovers(tmp_path / "next") == []
 
@@ -471,19 +490,37 @@ def test_grid_config_is_validated_before_the_first_cell(tmp_path, capfd, monkeyp
     assert ev.calls == 0
 
 
+_KILLED_CELL_WRITE = """
+import pathlib, sys, time
+from affectlens.runs import claim_output, write_json
+def replace(self, target):  # the cell's temp file is written, not yet renamed: killed here
+    print("ready", flush=True)
+    time.sleep(120)
+pathlib.Path.replace = replace
+out = pathlib.Path(sys.argv[1])
+with claim_output(out):
+    write_json(out / "cells" / "base__s0.json", {"variant": "base", "hash": "stale"})
+"""
+
+
 def test_grid_resumes_after_a_claim_is_released(tmp_path, capfd, monkeypatch):
-    """A grid dir is resumable: the claim is released at the end and the next run reuses the cells."""
+    """A grid dir is resumable: the claim is released at the end and the next run reuses the cells;
+    a cell write killed midway leaves a temp file that the next run removes."""
     ev = _stub(monkeypatch)
     out = tmp_path / "grid"
     assert run_cli(capfd, "grid", _fixed_grid(tmp_path), "--out", out)[0] == 0
-    half = out / "cells" / ".base__s0.json.tmp-4242"  # a cell write killed midway
-    half.write_text('{"variant": "ba')
-    t0 = time.perf_counter()
+    victim = subprocess.Popen([sys.executable, "-c", _KILLED_CELL_WRITE, str(out)], stdout=subprocess.PIPE,
+                              text=True, env=_env())
+    assert victim.stdout.readline().strip() == "ready"
+    _kill(victim)
+    [half] = (out / "cells").glob(".base__s0.json.tmp-*")
+    assert leftovers(out) == [".grid.claim"]
     rc, stdout, err = run_cli(capfd, "grid", _fixed_grid(tmp_path), "--out", out)
     assert rc == 0, err
     assert "0 cell(s) computed, 2 reused" in stdout and ev.calls == 2
-    assert not half.exists() and "half-written file of a killed grid run" in err
-    assert time.perf_counter() - t0 < 30 and leftovers(out) == []
+    assert f"took over the claim on {out} left by a killed run (pid {victim.pid})" in err
+    assert not half.exists() and f"removed grid/cells/{half.name}, a half-written file of a killed run" in err
+    assert leftovers(out) == []
 
 
 def test_python_api_checks_the_out_before_training(tmp_path):

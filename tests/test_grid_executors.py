@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from affectlens.claims import temp_file
 from affectlens.errors import AffectlensError
 from affectlens.grid import TIMING_COLUMNS, ExecutorSpec, load_config, run_grid
 from affectlens.grid.executors import Job, waves
@@ -42,7 +43,7 @@ class PidStub:
                 pass
             else:
                 cells = Path(self.kill_once).parent / "run" / "cells"
-                (cells / f".half.json.tmp-{os.getpid()}").write_text('{"variant": ')
+                temp_file(cells / "half.json").write_text('{"variant": ')  # as write_json makes it
                 os.kill(os.getpid(), signal.SIGKILL)
         with torch.no_grad():
             lg = model(IDS).logits.double()
@@ -179,7 +180,7 @@ def test_waves_put_adapter_producers_first(tmp_path):
     (["--executor", "serial", "--address", "auto"], "need --executor ray or slurm"),
     (["--executor", "slurm", "--address", "auto"], "--address names a Ray cluster"),
     (["--executor", "slurm", "--gpus-per-cell", "0.5"], "whole number"),
-    (["--executor", "ray", "--cpus-per-cell", "0"], "--cpus-per-cell must be >= 1"),
+    (["--executor", "ray", "--cpus-per-cell", "0"], "--cpus-per-cell must be positive"),
     (["--slurm-partition", "gpu"], "--slurm-partition needs --executor slurm"),
     (["--device", "cuda:7"], "--device cuda:7"),
 ])

@@ -14,7 +14,10 @@ Before a command runs, ``main``
   never precedes our error line, unless the user set ``TRANSFORMERS_VERBOSITY``.
 
 A closed stdout (``affectlens params ... | head -1``) ends the command quietly,
-as Unix tools do, with exit code 141 (128 + SIGPIPE).
+as Unix tools do, with exit code 141 (128 + SIGPIPE). SIGTERM (``kill``, a
+scheduler's time limit) unwinds like Ctrl-C, so every temp dir and claim is
+removed on the way out; it exits 143 (128 + SIGTERM), Ctrl-C 130. A full disk
+is one line naming the path (and the bytes needed, where known), exit code 2.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ import argparse
 import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from .commands.options import REQUIRED_ALIAS
-from .errors import AffectlensError
+from .errors import AffectlensError, DiskFullError, is_disk_full
 from .threads import apply_thread_policy
 
 # One entry per command module; each registers one or more subcommands.
@@ -45,6 +51,13 @@ COMMAND_MODULES = (
 )
 
 EXIT_SIGPIPE = 141
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so it unwinds exactly as Ctrl-C does (every
+    ``finally`` and ``except BaseException`` cleanup runs)."""
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -167,6 +180,34 @@ def _stdout_gone() -> None:
         os.close(devnull)
 
 
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While the command runs, SIGTERM raises :class:`Terminated` (once: a second one during the
+    cleanup is ignored, so the cleanup finishes). Only where Python's default is in place (the main
+    thread, no handler of the embedding program's), and the previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _disk_full_line(e: BaseException, args: argparse.Namespace) -> str:
+    """A full disk met outside a run dir (grid, study, a cache): the file if known, else the output."""
+    name = e.filename if isinstance(e, OSError) and isinstance(e.filename, str | bytes) else None
+    where = os.fsdecode(name) if name is not None else str(getattr(args, "out", None) or os.getcwd())
+    return str(DiskFullError(where))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -175,19 +216,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quiet_transformers()
     try:
-        apply_thread_policy()  # before any torch import: no oversubscribed cores on a busy machine
-        with _claim(args):
-            rc = args.func(args)
-        sys.stdout.flush()
+        with _sigterm_unwinds():
+            apply_thread_policy()  # before any torch import: no oversubscribed cores on a busy machine
+            with _claim(args):
+                rc = args.func(args)
+            sys.stdout.flush()
     except AffectlensError as e:
         print(f"affectlens: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("affectlens: terminated", file=sys.stderr)
+        return EXIT_SIGTERM
     except KeyboardInterrupt:
         print("affectlens: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_SIGINT
     except BrokenPipeError:
         _stdout_gone()
         return EXIT_SIGPIPE
+    except Exception as e:
+        if not is_disk_full(e):
+            raise  # a bug: keeps its traceback
+        print(f"affectlens: error: {_disk_full_line(e, args)}", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 

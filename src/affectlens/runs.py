@@ -29,6 +29,7 @@ from .claims import claim_output as claim_output
 from .claims import holds_claim as holds_claim
 from .claims import note as note
 from .claims import sweep as sweep
+from .claims import temp_file as temp_file
 from .errors import AffectlensError
 
 try:  # POSIX: the claim is an flock, released by the kernel when its owner dies
@@ -142,6 +143,8 @@ class RunDir:
 def write_json(path: str | os.PathLike, obj: Any, *, nonfinite: str = "error") -> None:
     """Write JSON atomically (temp file + rename) so readers never see half a file.
 
+    The temp file is ``claims.temp_file``'s: a kill leaves one a claim vouches for (swept).
+
     JSON has no NaN/Infinity, and a bare ``NaN`` is never written. With
     ``nonfinite="error"`` (the default) a non-finite number is a one-line
     ``AffectlensError`` naming the file and the key (``variants.GET.mean``),
@@ -151,7 +154,7 @@ def write_json(path: str | os.PathLike, obj: Any, *, nonfinite: str = "error") -
     """
     path = Path(path)
     text = to_json(obj, path, nonfinite=nonfinite, indent=2)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_file(path)  # made exclusively, named with the claim's run id: never someone else's file
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text + "\n")

@@ -11,11 +11,11 @@ import contextlib
 import csv
 import io
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..claims import temp_file
 from ..errors import AffectlensError
 from .config import GridConfig
 from .results import Cell
@@ -93,8 +93,8 @@ def report(cfg: GridConfig, out: Path, echo: Callable[[str], None] = print) -> t
 
 
 def write_text(path: Path, text: str) -> None:
-    """Temp file + rename: a report file is whole or absent."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Temp file + rename: a report file is whole or absent (the temp is ``claims.temp_file``'s: never a user's)."""
+    tmp = temp_file(path)
     try:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             f.write(text)
@@ -109,7 +109,7 @@ def save_figure(fig: Any, path: Path) -> None:
     """plots.save to a temp PNG, then rename: the figure is whole or absent too."""
     from ..plots import save
 
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    tmp = temp_file(path, path.suffix)  # the suffix stays last: it picks the image format
     try:
         save(fig, tmp)
         tmp.replace(path)

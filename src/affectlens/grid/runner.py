@@ -103,7 +103,7 @@ def read_marker(out: Path) -> dict[str, Any] | None:
 
 def _prepare(cfg: GridConfig, out: Path, force: bool, allow_pickle: bool) -> Path:
     """Check the dir and the config, key the cells by content, and clear the stale report."""
-    from ..runs import note, write_json
+    from ..runs import write_json
 
     if out.exists():
         old = read_marker(out)
@@ -115,12 +115,8 @@ def _prepare(cfg: GridConfig, out: Path, force: bool, allow_pickle: bool) -> Pat
     for name in REPORT_FILES:
         with contextlib.suppress(FileNotFoundError):
             (out / name).unlink()
-    # Half-written files of a killed run (this run holds the dir's claim, so no one else writes here).
-    for d in (out, out / "cells"):
-        for f in sorted(d.glob(".*.tmp-*")) if d.is_dir() else []:
-            if f.is_file():
-                f.unlink()
-                note(f"removed {f.relative_to(out.parent)}, a half-written file of a killed grid run")
+    # Half-written files of a killed run are swept when its claim is taken over (claims.sweep):
+    # only the ones whose names carry a run id that the claim names, never a user's look-alike.
     out.mkdir(exist_ok=True)
     write_json(out / MARKER, {"kind": MARKER_KIND, "config": cfg.raw, "config_path": cfg.path})
     (out / "cells").mkdir(exist_ok=True)

@@ -11,6 +11,9 @@ a shard whose header outgrows it is rewritten once.
 Raw byte ranges of another safetensors file can be copied in-kernel
 (``add_raw``, ``os.copy_file_range``): a transfer never decodes a tensor it
 only passes through.
+
+A full disk is a ``DiskFullError`` naming the folder and the bytes the whole
+checkpoint needs (known with a ``plan``), not an ``OSError`` traceback.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ import contextlib
 import json
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AffectlensError
+from ..errors import AffectlensError, DiskFullError, is_disk_full
 from .rawcopy import ST_ITEMSIZE
 
 if TYPE_CHECKING:  # a raw copy (``add_raw``, dtypes as safetensors names) never needs torch
@@ -152,17 +155,29 @@ class ShardedWriter:
         self.prefix = prefix
         self._shards: list[_Shard] = []
         self._names: set[str] = set()
+        self._planned: int | None = None  # bytes of all shards, when the plan says
         self._reserves = self._plan_reserves(plan) if plan is not None else []
         self._closed = False
         self.files: list[Path] = []
+
+    @contextlib.contextmanager
+    def _space(self) -> Iterator[None]:
+        """A full disk while writing: one line naming the folder and what the checkpoint needs."""
+        try:
+            yield
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskFullError(self.out_dir, self._planned) from None
+            raise
 
     def _plan_reserves(self, plan: Iterable[tuple[str, tuple[int, ...], torch.dtype | str]]) -> list[int]:
         """Simulate the greedy sharding on the plan and size each shard's header exactly."""
         reserves: list[int] = []
         entries: dict[str, dict[str, Any]] = {}
-        size = 0
+        size = total = 0
         for name, shape, dtype in plan:
             nb = _nbytes(shape, dtype)
+            total += nb
             if entries and size + nb > self.max_shard_bytes:
                 reserves.append(len(_header_bytes(entries, self.metadata)))
                 entries, size = {}, 0
@@ -171,6 +186,7 @@ class ShardedWriter:
             size += nb
         if entries:
             reserves.append(len(_header_bytes(entries, self.metadata)))
+        self._planned = sum(8 + _round8(r) for r in reserves) + total
         return reserves
 
     def _shard_for(self, nbytes: int) -> _Shard:
@@ -178,7 +194,8 @@ class ShardedWriter:
         if cur is None or (cur.entries and cur.size + nbytes > self.max_shard_bytes):
             i = len(self._shards)
             reserve = self._reserves[i] if i < len(self._reserves) else _DEFAULT_RESERVE
-            cur = _Shard(self.out_dir / f".{self.prefix}-{i + 1:05d}.safetensors.part", reserve)
+            with self._space():
+                cur = _Shard(self.out_dir / f".{self.prefix}-{i + 1:05d}.safetensors.part", reserve)
             self._shards.append(cur)
         return cur
 
@@ -207,8 +224,9 @@ class ShardedWriter:
         if nbytes:
             view = t.reshape(-1).view(torch.uint8).numpy().data  # a memoryview of the bytes, no copy
             done = 0
-            while done < nbytes:
-                done += os.pwrite(shard.fd, view[done:], pos + done)
+            with self._space():
+                while done < nbytes:
+                    done += os.pwrite(shard.fd, view[done:], pos + done)
 
     def add_raw(self, name: str, dtype: torch.dtype | str, shape: tuple[int, ...],
                 src: str | os.PathLike, offset: int, nbytes: int) -> None:
@@ -217,7 +235,8 @@ class ShardedWriter:
         shard, pos = self._register(name, dname, tuple(shape), nbytes)
         fd = os.open(src, os.O_RDONLY)
         try:
-            _copy_range(fd, shard.fd, offset, pos, nbytes)
+            with self._space():
+                _copy_range(fd, shard.fd, offset, pos, nbytes)
         finally:
             os.close(fd)
 
@@ -226,8 +245,9 @@ class ShardedWriter:
         if self._closed:
             return self.files
         self._closed = True
-        for s in self._shards:
-            s.finish(self.metadata)
+        with self._space():
+            for s in self._shards:
+                s.finish(self.metadata)
         n = len(self._shards)
         if n == 0:
             raise AffectlensError("no tensors were written")
@@ -246,7 +266,8 @@ class ShardedWriter:
                 weight_map[name] = final.name
                 total += e["data_offsets"][1] - e["data_offsets"][0]
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        with open(self.out_dir / f"{self.prefix}.safetensors.index.json", "w", encoding="utf-8") as f:
+        with self._space(), open(self.out_dir / f"{self.prefix}.safetensors.index.json", "w",
+                                 encoding="utf-8") as f:
             json.dump(index, f, indent=2)
             f.write("\n")
         return self.files

@@ -136,9 +136,9 @@ def test_intervene_through_evaluation(setup):
 @pytest.mark.parametrize("argv, msg", [
     (["vectors", "{model}", "--pairs", "{root}/missing.jsonl"], "does not exist"),
     (["vectors", "{model}", "--pairs", "{root}/bad.jsonl"], "missing field"),
-    (["vectors", "{model}", "--pairs", "{pairs}", "--min-score", "1.5"], "above 1"),
+    (["vectors", "{model}", "--pairs", "{pairs}", "--min-score", "1.5"], "--min-score must be a finite number in [0, 1]"),
     (["vectors", "{model}", "--pairs", "{pairs}", "--min-score", "1", "--min-pairs", "0"], "no usable pair for anger"),
-    (["vectors", "{model}", "--pairs", "{pairs}", "--min-pairs", "-1"], "--min-pairs must be >= 0"),
+    (["vectors", "{model}", "--pairs", "{pairs}", "--min-pairs", "-1"], "--min-pairs must be 0 or more"),
     (["layers", "{model}", "--pairs", "{pairs}", "--vectors", "{vec}", "--layers", "9"], "out of range"),
     (["heads", "{model}", "--pairs", "{pairs}", "--vectors", "{vec}", "--target-layer", "7"], "out of range"),
     (["intervene", "{model}", "--task", "jsonl:{task}"], "nothing to do"),

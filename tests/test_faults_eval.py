@@ -199,12 +199,12 @@ def test_circuits_non_finite_vectors_file(assets, tmp_path, capfd, kind):
         f = tmp_path / "bad_lm_eval.pt"
         torch.save({f"layers.{la}": {"action": "add", "steering_coefficient": 1.0, "steering_vector": bad[la],
                                      "bias": None} for la in range(bad.shape[0])}, f)
-        extra = ["--vectors-label", "anger"]
+        extra = ["--vectors-label", "anger", "--allow-pickle"]
     else:
         f = tmp_path / "bad_sv.pt"
         torch.save({"layer_activations": {la: bad[la] for la in range(bad.shape[0])},
                     "layer_type": "decoder_block"}, f)
-        extra = ["--vectors-label", "anger"]
+        extra = ["--vectors-label", "anger", "--allow-pickle"]
     out = tmp_path / "layers"
     line = assert_refused(run_cli(capfd, "circuits", "layers", assets["planted"], "--pairs", assets["pairs"],
                                   "--vectors", f, *extra, "--out", out), out=out, contains="non-finite")
@@ -304,9 +304,9 @@ def test_circuits_pt_vectors_never_run_code(assets, tmp_path, capfd, content):
         torch.save({"layers.1": {"action": "add", "steering_vector": "0.1 0.2"}}, f)
     out = tmp_path / "layers"
     assert_refused(run_cli(capfd, "circuits", "layers", assets["planted"], "--pairs", assets["pairs"],
-                           "--vectors", f, "--vectors-label", "anger", "--out", out),
+                           "--vectors", f, "--vectors-label", "anger", "--allow-pickle", "--out", out),
                    out=out, contains="steer.pt")
-    assert not marker.exists()
+    assert not marker.exists()  # even allowed, a pickle is read weights_only: no code runs
 
 
 # ----------------------------------------------------------------------------- task files

@@ -132,7 +132,7 @@ def test_cli_json_and_bad_input(tmp_path, capfd):
     obj = json.loads(out)
     assert obj["fits"] is True and obj["total_gb"] > 0 and obj["params"] == _meta_count_dir(TINYSTORIES)
     assert_refused(run_cli(capfd, "plan", TINYSTORIES, "--gpu", "Z9000"), contains="unknown GPU")
-    assert_refused(run_cli(capfd, "plan", TINYSTORIES, "--batch-size", "0"), contains="batch size")
+    assert_refused(run_cli(capfd, "plan", TINYSTORIES, "--batch-size", "0"), contains="--batch-size must be positive")
     assert_refused(run_cli(capfd, "plan", tmp_path / "nope"), contains="nope")
 
 

@@ -7,13 +7,20 @@ together, plus the base's content fingerprint (``affectlens_tune.json``,
 ``base_fingerprint``). Loading an adapter dir as a model resolves the base back
 and refuses a base whose content differs -- another model stored under the same
 name or path -- because the adapter would run, silently, as a different model.
+
+One rule for what an adapter must target (:func:`check_adapter_targets`):
+evaluate's load (PEFT) refuses an adapter whose ``target_modules`` match no
+module of the base, or that lacks tensors for a module they match; locate,
+which never builds the model, asks the same question with PEFT's own matcher.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from . import models
 from .errors import AffectlensError
@@ -86,6 +93,39 @@ def resolve_adapter_base(adapter: str | os.PathLike) -> Path:
     return base
 
 
+def check_adapter_targets(config: Mapping[str, Any], base_tensors: Iterable[str], adapted: Collection[str],
+                          what: str, base: str | os.PathLike) -> None:
+    """Refuse an adapter that fits no module of its base, or lacks tensors for a module it targets.
+
+    ``config`` is the adapter_config.json, ``base_tensors`` the base's tensor names and ``adapted``
+    the module paths the adapter holds LoRA tensors for. The modules are matched as PEFT matches
+    them when evaluate loads the adapter (``check_target_module_exists``: names, regex,
+    ``layers_to_transform``, ``exclude_modules``, ``modules_to_save``), so both commands take and
+    refuse the same adapters. ``all-linear`` (expanded by PEFT against live modules) is not checked.
+    """
+    from types import SimpleNamespace
+
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    targets = config.get("target_modules")
+    if targets is None or (isinstance(targets, str) and targets.lower() == "all-linear"):
+        return
+    peft_cfg = SimpleNamespace(**{k: config.get(k) for k in (
+        "exclude_modules", "modules_to_save", "target_parameters", "layers_to_transform", "layers_pattern")},
+        target_modules=targets if isinstance(targets, str) else list(targets))
+    modules = sorted({n.removesuffix(".weight") for n in base_tensors if n.endswith(".weight")})
+    hit = [m for m in modules if check_target_module_exists(peft_cfg, m)]
+    if not hit:
+        shown = targets if isinstance(targets, str) else ", ".join(map(str, targets))
+        raise AffectlensError(f"{what} targets modules {shown}, which match no module of base {base}: "
+                              "an adapter for another base?")
+    missing = [m for m in hit if m not in adapted]
+    if missing:
+        more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise AffectlensError(f"{what} lacks tensors for modules its config targets: "
+                              f"{', '.join(missing[:3])}{more}")
+
+
 def _recorded_fingerprint(adapter: Path) -> str | None:
     info = adapter / BASE_INFO
     if not info.is_file():
@@ -97,4 +137,4 @@ def _recorded_fingerprint(adapter: Path) -> str | None:
     return fp if isinstance(fp, str) else None
 
 
-__all__ = ["BASE_INFO", "base_fingerprint", "base_reference", "resolve_adapter_base"]
+__all__ = ["BASE_INFO", "base_fingerprint", "base_reference", "check_adapter_targets", "resolve_adapter_base"]

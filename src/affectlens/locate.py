@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .adapters import check_adapter_targets
 from .errors import AffectlensError
 from .locate_figures import FigureProcess, Job, draw_here
 from .locate_pass import add_contributions, chunk_reader, other_tensors, segments, tensor_job
@@ -192,7 +193,9 @@ def measure(base: str | os.PathLike, tuned: Sequence[str | os.PathLike], labels:
     only_in_tuned: dict[str, list[str]] = {}
     for m in models:
         if m.adapter is not None:
-            check_adapter_fits(base_store, m.adapter, what=f"adapter {m.label} ({m.path})")
+            what = f"adapter {m.label} ({m.path})"
+            check_adapter_fits(base_store, m.adapter, what=what)
+            check_adapter_targets(m.adapter.config, base_store.names(), m.adapter.modules, what, base)
         else:
             assert m.store is not None
             only_in_tuned[m.label] = check_architecture(base_store, m.store, f"{m.label} ({m.path})")

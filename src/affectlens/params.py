@@ -15,6 +15,7 @@ gate_proj is exactly 25.0 %.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,11 @@ from .tuneconfig import DEFAULT
 
 # Model families whose layer layout we know exactly (for the whole-model total).
 _KNOWN = {"llama", "mistral", "qwen2", "qwen3", "gemma"}
+# The largest size a config may state: products of a few such sizes (parameters, FLOPs) stay finite floats.
+MAX_SIZE = 2**31 - 1
+# Layers and heads are enumerated (one entry each), so a config may state fewer of them.
+MAX_COUNTED = 2**16
+_COUNTED = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads")
 
 
 def load_config(spec: str | os.PathLike | dict) -> dict[str, Any]:
@@ -86,9 +92,11 @@ class Geometry:
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> Geometry:
         def size(key: str, value: Any) -> int:
-            if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) \
-                    or int(value) < 1:
-                raise AffectlensError(f"config '{key}' must be a positive integer, got {value!r}")
+            # JSON's Infinity, NaN and 1e400 (read as inf) are floats too: checked before int() sees them.
+            most = MAX_COUNTED if key in _COUNTED else MAX_SIZE
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                    or value != int(value) or not 1 <= value <= most:
+                raise AffectlensError(f"config '{key}' must be a positive integer (at most {most}), got {value!r}")
             return int(value)
 
         def need(key: str) -> int:
@@ -229,8 +237,7 @@ def count_params(config: str | os.PathLike | dict, modules: str | Sequence[str] 
 
     ``rank`` defaults to ``TuneConfig``'s, so the count is what ``tune`` trains by default.
     """
-    if int(rank) < 1:
-        raise AffectlensError(f"rank must be >= 1, got {rank}")
+    checked_count("rank", rank)
     geo = Geometry.from_config(load_config(config))
     sel, ref = parse_selection(modules), parse_selection(reference)
     lay = (parse_layers(layers, geo.layers) if layers is None or isinstance(layers, str)
@@ -243,6 +250,14 @@ def count_params(config: str | os.PathLike | dict, modules: str | Sequence[str] 
         reference=ref, reference_lora_total=sum(m.lora for m in refs),
         reference_full_total=sum(m.full for m in refs), model_params=geo.model_params(),
         model_params_exact=geo.model_type in _KNOWN)
+
+
+def checked_count(name: str, value: Any, lo: int = 1) -> int:
+    """A count argument as an int in ``lo .. MAX_SIZE`` (NaN, 2.5 and 10**400 are one-line errors)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value != int(value) or not lo <= value <= MAX_SIZE:
+        raise AffectlensError(f"{name} must be an integer from {lo} to {MAX_SIZE}, got {value!r}")
+    return int(value)
 
 
 def lora_params(config: str | os.PathLike | dict, modules: str | Sequence[str], rank: int,

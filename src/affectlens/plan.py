@@ -31,12 +31,13 @@ checkpointing.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import AffectlensError
-from .params import Geometry, count_params, load_config
+from .params import Geometry, checked_count, count_params, load_config
 
 GiB = 1024**3
 BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
@@ -154,8 +155,9 @@ def flops_per_step(geo: Geometry, task: str, batch_size: int, seq_len: int, meth
 
 def _gpu_mem(gpu: str | None, gpu_mem_gb: float | None) -> float | None:
     if gpu_mem_gb is not None:
-        if gpu_mem_gb <= 0:
-            raise AffectlensError(f"--gpu-mem must be positive, got {gpu_mem_gb}")
+        if isinstance(gpu_mem_gb, bool) or not isinstance(gpu_mem_gb, int | float) \
+                or not math.isfinite(gpu_mem_gb) or gpu_mem_gb <= 0:
+            raise AffectlensError(f"--gpu-mem must be a finite number > 0, got {gpu_mem_gb}")
         return float(gpu_mem_gb)
     if gpu is None:
         return None
@@ -186,11 +188,9 @@ def plan(config: str | os.PathLike | dict, task: str = "tune", modules: str = "a
         raise AffectlensError(f"unknown dtype '{dtype}'; choose from {', '.join(sorted(BYTES))}")
     if method not in ("lora", "full"):
         raise AffectlensError(f"method must be lora or full, not '{method}'")
-    for name, v in (("batch size", batch_size), ("sequence length", seq_len), ("rank", rank), ("gpus", gpus)):
-        if int(v) < 1:
-            raise AffectlensError(f"{name} must be >= 1, got {v}")
-    if max_new_tokens < 0:
-        raise AffectlensError(f"max new tokens must be >= 0, got {max_new_tokens}")
+    batch_size, seq_len, rank, gpus = (checked_count(name, v) for name, v in (
+        ("batch size", batch_size), ("sequence length", seq_len), ("rank", rank), ("gpus", gpus)))
+    max_new_tokens = checked_count("max new tokens", max_new_tokens, lo=0)
     cfg = load_config(config)
     geo = Geometry.from_config(cfg)
     if not geo.vocab:

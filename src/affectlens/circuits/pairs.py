@@ -65,6 +65,10 @@ def load_pairs(path: str | os.PathLike | None = None, split: str | None = None) 
                 raise AffectlensError(f"{p}:{i}: field '{k}' is {type(v).__name__}, not a string")
         if not row["label"].strip():
             raise AffectlensError(f"{p}:{i}: field 'label' is empty")
+        for side in ("emotional", "neutral"):  # a side's stimulus is its text, or its image
+            if not row[side].strip() and not (row.get(f"image_{side}") or "").strip():
+                raise AffectlensError(f"{p}:{i}: field '{side}' is empty (a pair needs a text or an "
+                                      f"image_{side} on each side)")
         if split is not None and row.get("split", split) != split:
             continue
         pairs.append(Pair(row["emotional"], row["neutral"], row["label"].strip().lower(),

@@ -5,7 +5,10 @@
 misread inputs would be a direction of something else. Saved as safetensors
 (one ``[num_layers, hidden]`` tensor per emotion, named by label) and
 convertible to the steering-vectors library's and lm-eval's steered-model
-files, which are plain ``torch.save`` dicts.
+files, which are plain ``torch.save`` dicts (those tools read nothing else).
+Such a ``.pt`` file is a pickle: it is read back only behind ``--allow-pickle``
+(:func:`check_vectors_file`), like a pickle checkpoint, and then with
+``torch.load(weights_only=True)`` through the one pickle loader.
 """
 
 from __future__ import annotations
@@ -55,11 +58,17 @@ class SteeringVectors:
     def save(self, path: str | os.PathLike) -> None:
         from safetensors.torch import save_file
 
+        def js(obj: Any) -> str:  # NaN/Infinity is no JSON: refused, never written
+            try:
+                return json.dumps(obj, default=str, allow_nan=False)
+            except ValueError:
+                raise AffectlensError(f"steering vectors for {path}: non-finite metadata {obj!r}") from None
+
         meta = {"format": FORMAT, "num_layers": str(self.num_layers),
                 "hidden_size": str(next(iter(self.vectors.values())).shape[1]),
-                "labels": json.dumps(self.labels), "counts": json.dumps(self.counts),
-                "totals": json.dumps(self.totals), "options": json.dumps(self.options, default=str),
-                "resid_norm": json.dumps(self.resid_norm),
+                "labels": js(self.labels), "counts": js(self.counts),
+                "totals": js(self.totals), "options": js(self.options),
+                "resid_norm": js(self.resid_norm),
                 "layers": "residual stream after decoder block l (row l), last prompt token"}
         save_file({k: v.contiguous().float() for k, v in self.vectors.items()}, str(path), metadata=meta)
 
@@ -396,10 +405,30 @@ def import_lm_eval(path: str | os.PathLike, label: str, num_layers: int) -> Stee
     return sv
 
 
+def is_pickle_vectors(path: str | os.PathLike) -> bool:
+    """A vectors file read with ``torch.load`` (a steering-vectors / lm-eval ``.pt``), not our safetensors."""
+    p = Path(path)
+    return p.is_file() and p.suffix != ".safetensors"
+
+
+def check_vectors_file(path: str | os.PathLike, allow_pickle: bool) -> None:
+    """``--vectors`` exists, and a pickle file only with ``--allow-pickle`` (checked before a model loads).
+
+    The same gate and message as pickle checkpoints: a ``.pt`` is a pickle whoever wrote it.
+    """
+    from ..weights.pickle_store import pickle_refusal
+
+    p = Path(path)
+    if not p.exists():
+        raise AffectlensError(f"no steering vectors at {p}")
+    if is_pickle_vectors(p) and not allow_pickle:
+        raise pickle_refusal(p)
+
+
 def torch_load(path: str | os.PathLike) -> Any:
+    """A ``.pt`` vectors file through the one pickle loader (``weights_only=True``)."""
+    from ..weights.pickle_store import load_pickle
+
     if not Path(path).is_file():
         raise AffectlensError(f"{path} does not exist")
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise AffectlensError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    return load_pickle(path)

@@ -31,16 +31,16 @@ def _vector_opts(p: argparse.ArgumentParser, reuse: bool = True) -> None:
                             "lm-eval .pt file (default: computed from the pairs)")
         p.add_argument("--vectors-label", default=None,
                        help="emotion name for a single-vector .pt file (default: from the file)")
-    p.add_argument("--min-score", type=float, default=0.5,
-                   help="keep pairs whose emotional side scores p(label) >= this (0 keeps all)")
+    o.add_number(p, "--min-score", o.number(0, 1), default=0.5,
+                 help="keep pairs whose emotional side scores p(label) >= this (0 keeps all)")
     p.add_argument("--position", choices=["last", "mean"], default="last",
                    help="last prompt token, or mean from --from-token")
-    p.add_argument("--from-token", type=int, default=0, help="first token of the --position mean")
+    o.add_number(p, "--from-token", o.integer(0), default=0, help="first token of the --position mean")
     p.add_argument("--centring", choices=["pair", "group", "global"], default="pair",
                    help="subtract the neutral side per pair, per emotion group, or over all pairs")
-    p.add_argument("--denoise", type=float, default=None,
-                   help="project out neutral principal components explaining this variance share "
-                        "(default: off)")
+    o.add_number(p, "--denoise", o.number(0, 1, lo_open=True, hi_open=True), default=None,
+                 help="project out neutral principal components explaining this variance share "
+                      "(default: off)")
 
 
 def _vec_kwargs(a: argparse.Namespace) -> dict:
@@ -63,12 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = cs.add_parser("vectors", help="S_l^e = mean(h+ - h-) per emotion and layer -> vectors.safetensors")
     _common(v)
     _vector_opts(v, reuse=False)
-    v.add_argument("--min-pairs", type=int, default=5,
-                   help="fewer pairs than this pass --min-score for an emotion: use its best-scoring "
-                        "pairs above chance instead, noted in the output (0: no fallback)")
+    o.add_number(v, "--min-pairs", o.integer(0), default=5,
+                 help="fewer pairs than this pass --min-score for an emotion: use its best-scoring "
+                      "pairs above chance instead, noted in the output (0: no fallback)")
     v.add_argument("--export", default="", help="also write lm-eval,steering-vectors .pt files (default: none)")
     v.add_argument("--export-layers", default=None, help="layers for exported files, e.g. 8-12 (default: all)")
-    v.add_argument("--coefficient", type=float, default=1.0, help="lm-eval steering_coefficient")
+    o.add_number(v, "--coefficient", o.number(), default=1.0, help="lm-eval steering_coefficient")
     v.set_defaults(func=_vectors)
 
     la = cs.add_parser("layers", help="layer profile: inject α·S_l into neutral runs, relative change of p(e)",
@@ -78,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "cached emotions are reused (they are the same numbers).")
     _common(la)
     _vector_opts(la)
-    la.add_argument("--alpha", type=float, default=1.0, help="injection strength α")
+    o.add_number(la, "--alpha", o.number(), default=1.0, help="injection strength α")
     la.add_argument("--scale", choices=SCALES, default="raw",
                     help="raw α·S; unit α·Ŝ·mean‖h_l‖; rms α·Ŝ·‖h‖ per position")
     o.layers(la, help="layers to sweep, e.g. 0-11 (default: all)")
@@ -92,8 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         h = cs.add_parser(name, help=helptext)
         _common(h)
         _vector_opts(h)
-        h.add_argument("--target-layer", type=int, default=None,
-                       help="layer l* whose projection ⟨h, Ŝ⟩ is the metric (default: last layer)")
+        o.add_number(h, "--target-layer", o.integer(None), default=None,
+                     help="layer l* whose projection ⟨h, Ŝ⟩ is the metric (default: last layer)")
         h.add_argument("--metric", choices=["proj", "score"], default="proj",
                        help="projection onto Ŝ at l*, or the label score p(e)")
         o.top_k(h, 10 if name == "heads" else 50, help=f"{name} kept per emotion")
@@ -117,24 +117,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--scale", choices=SCALES, default="raw", help="as in `circuits layers`")
     i.add_argument("--amplify-heads", default=None,
                    help="L.H,L.H… or a heads.csv from `circuits heads` (its top --top-k)")
-    i.add_argument("--beta", type=float, default=2.0, help="attention factor (0 = knockout)")
+    o.add_number(i, "--beta", o.number(0), default=2.0, help="attention factor (0 = knockout)")
     i.add_argument("--attn-mode", choices=["after", "before"], default="after",
                    help="after softmax + renormalise, or scale pre-softmax scores")
-    i.add_argument("--split-layer", type=int, default=None,
-                   help="heads up to this layer act on query positions, deeper ones on the last "
-                        "position (default: half depth)")
+    o.add_number(i, "--split-layer", o.integer(None), default=None,
+                 help="heads up to this layer act on query positions, deeper ones on the last "
+                      "position (default: half depth)")
     i.add_argument("--amplify-neurons", default=None,
                    help="L.N,L.N… or a neurons.csv from `circuits neurons` (its top --top-k)")
-    i.add_argument("--gamma", type=float, default=2.0, help="neuron activation factor")
+    o.add_number(i, "--gamma", o.number(), default=2.0, help="neuron activation factor")
     o.renamed(i, "--top", o.top_k(i, 10, help="units taken from a heads/neurons CSV"))
     o.renamed(i, "--emotion", o.emotions(i, help="rank CSV units of this emotion only (one name; "
                                                  "default: all emotions)"))
     o.limit(i)
     o.batch_size(i, 16)
-    i.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (0: none)")
+    o.bootstrap(i)
     i.add_argument("--ppl-texts", default=None, help="plain-text file (paragraphs) for the perplexity guard "
                                                     "(default: neutral sides of the bundled pairs)")
     i.set_defaults(func=_intervene)
+
+
+def _check_vectors(a: argparse.Namespace) -> None:
+    """``--vectors``: a .pt file is a pickle, so it needs --allow-pickle (before the model loads)."""
+    if getattr(a, "vectors", None):
+        from ..circuits.vectors import check_vectors_file
+
+        check_vectors_file(a.vectors, a.allow_pickle)
 
 
 def _emotions(value: str | None) -> list[str] | None:
@@ -177,6 +185,7 @@ def _vectors(a: argparse.Namespace) -> int:
 def _layers(a: argparse.Namespace) -> int:
     from ..circuits.api import layers_run
 
+    _check_vectors(a)
     prof = layers_run(a.model, a.out, a.pairs, alpha=a.alpha, scale=a.scale, layers=a.layers,
                       emotions=_emotions(a.emotions), max_pairs=a.limit, batch_size=a.batch_size,
                       **_base(a), **_vec_kwargs(a))
@@ -191,6 +200,7 @@ def _layers(a: argparse.Namespace) -> int:
 def _heads(a: argparse.Namespace) -> int:
     from ..circuits.api import heads_run
 
+    _check_vectors(a)
     rk = heads_run(a.model, a.out, a.pairs, target_layer=a.target_layer, metric=a.metric, top_k=a.top_k,
                    emotions=_emotions(a.emotions), max_pairs=a.limit, **_base(a), **_vec_kwargs(a))
     for e, s in rk.tops.items():
@@ -202,6 +212,7 @@ def _heads(a: argparse.Namespace) -> int:
 def _neurons(a: argparse.Namespace) -> int:
     from ..circuits.api import neurons_run
 
+    _check_vectors(a)
     res = neurons_run(a.model, a.out, a.pairs, target_layer=a.target_layer, metric=a.metric,
                       top_k=a.top_k, emotions=_emotions(a.emotions), max_pairs=a.limit,
                       **_base(a), **_vec_kwargs(a))
@@ -212,6 +223,7 @@ def _neurons(a: argparse.Namespace) -> int:
 def _intervene(a: argparse.Namespace) -> int:
     from ..circuits.api import intervene_run
 
+    _check_vectors(a)
     res = intervene_run(a.model, a.out, a.tasks or ["emotion"], vectors=a.vectors,
                         vectors_label=a.vectors_label, steer=a.steer, scale=a.scale,
                         amplify_heads=a.amplify_heads, beta=a.beta, attn_mode=a.attn_mode,

@@ -23,9 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
           required=False)
     o.force(p)
     p.add_argument("--retrain", action="store_true", help="ignore cached adapters and train again")
-    p.add_argument("--steps", type=int, default=BUDGET.steps,
-                   help="training steps per adapter (default: %(default)s; the rest of the budget is fixed: "
-                   f"rank {BUDGET.rank}, alpha {BUDGET.alpha:g}, lr {BUDGET.lr:g}, batch {BUDGET.batch_size})")
+    o.add_number(p, "--steps", o.integer(1), default=BUDGET.steps,
+                 help="training steps per adapter (default: %(default)s; the rest of the budget is fixed: "
+                 f"rank {BUDGET.rank}, alpha {BUDGET.alpha:g}, lr {BUDGET.lr:g}, batch {BUDGET.batch_size})")
     p.set_defaults(func=run)
 
 

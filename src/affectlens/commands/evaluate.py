@@ -27,12 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--mode", choices=EVAL_MODES, default="closed",
                    help="closed: log-likelihood of each label; generative: answer, then map it to labels")
     o.limit(e)
-    e.add_argument("--sample", type=int, default=None, metavar="N", help="N rows drawn with --seed (file order kept)")
+    o.add_number(e, "--sample", o.integer(1), default=None, metavar="N",
+                 help="N rows drawn with --seed (file order kept)")
     e.add_argument("--calibration", choices=CALIBRATIONS, default="none",
                    help="closed mode: remove the label prior (contextual: content-free inputs; pmi: the "
                         "prompt without its input)")
-    e.add_argument("--num-fewshot", type=int, default=0, metavar="K",
-                   help="closed mode: K solved examples from the task's train split, balanced by label")
+    o.add_number(e, "--num-fewshot", o.integer(0), default=0, metavar="K",
+                 help="closed mode: K solved examples from the task's train split, balanced by label")
     e.add_argument("--fewshot-from", default=None, metavar="SPEC",
                    help="task spec to draw few-shot examples from (default: the task's train split)")
     e.add_argument("--backend", choices=GEN_BACKENDS, default="hf",
@@ -41,9 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.device(e)
     o.dtype(e)
     o.seed(e, help="bootstrap / generation seed")
-    e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (0: none)")
+    o.bootstrap(e)
     e.add_argument("--wheel", default=None, help="emotion-wheel mapping file (generative; default: shipped)")
-    e.add_argument("--max-new-tokens", type=int, default=48, help="generative answer length in tokens")
+    o.add_number(e, "--max-new-tokens", o.integer(1), default=48, help="generative answer length in tokens")
     o.run_dir(e)
     e.set_defaults(func=_evaluate)
 

@@ -39,12 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--address", default=None, metavar="ADDR",
                    help="an existing Ray cluster ('auto' = the one `ray start --head` made here, or "
                    "HOST:PORT); default: a local Ray runtime on this machine's cores")
-    e.add_argument("--gpus-per-cell", type=float, default=0.0, metavar="N",
-                   help="GPUs each cell reserves (Ray allows fractions, e.g. 0.5: two cells per GPU)")
-    e.add_argument("--cpus-per-cell", type=int, default=1, metavar="N",
-                   help="CPU cores each cell reserves (and its torch threads, unless AFFECTLENS_THREADS is set)")
+    o.add_number(e, "--gpus-per-cell", o.number(0), default=0.0, metavar="N",
+                 help="GPUs each cell reserves (Ray allows fractions, e.g. 0.5: two cells per GPU)")
+    o.add_number(e, "--cpus-per-cell", o.integer(1), default=1, metavar="N",
+                 help="CPU cores each cell reserves (and its torch threads, unless AFFECTLENS_THREADS is set)")
     e.add_argument("--slurm-partition", default=None, metavar="NAME", help="Slurm partition of the cell jobs")
-    e.add_argument("--timeout-min", type=int, default=240, metavar="MIN", help="Slurm time limit of one cell job, in minutes")
+    o.add_number(e, "--timeout-min", o.integer(1), default=240, metavar="MIN",
+                 help="Slurm time limit of one cell job, in minutes")
     g.set_defaults(func=_grid)
 
 

@@ -20,9 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", help="comma-separated names for the tuned models (default: their paths)")
     p.add_argument("--no-distribution", action="store_true",
                    help="skip element-wise histograms (LoRA norms then never form BA)")
-    p.add_argument("--distribution-sample", type=int, metavar="N", default=None,
-                   help="elements per module distribution; a larger module is sampled systematically and "
-                        "summary.json gives the sample and its error (default 4194304; 0: every element)")
+    o.add_number(p, "--distribution-sample", o.integer(0), metavar="N", default=None,
+                 help="elements per module distribution; a larger module is sampled systematically and "
+                      "summary.json gives the sample and its error (default 4194304; 0: every element)")
     o.run_dir(p)
     p.set_defaults(func=run)
 

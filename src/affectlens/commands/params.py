@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..tuneconfig import TuneConfig
 from . import options as o
@@ -32,5 +31,5 @@ def run(args: argparse.Namespace) -> int:
 
     report = count_params(args.model, args.modules, rank=args.rank, reference=args.reference,
                           layers=args.layers)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    print(o.json_text(report.to_dict()) if args.json else report.table())
     return 0

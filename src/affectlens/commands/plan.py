@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..tuneconfig import TuneConfig
 from . import options as o
@@ -30,14 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.rank(p, TuneConfig().rank)
     p.add_argument("--method", default="lora", choices=("lora", "full"), help="LoRA, or a full fine-tune of the selected modules (affectlens tune --method full)")
     o.batch_size(p, TuneConfig().batch_size, help="examples per step (per process)")
-    length = p.add_argument("--max-length", type=int, default=512, help="tokens per example")
+    length = o.add_number(p, "--max-length", o.integer(1), default=512, help="tokens per example")
     o.renamed(p, "--seq-len", length)
-    p.add_argument("--max-new-tokens", type=int, default=0, help="evaluate: generated tokens (KV cache)")
+    o.add_number(p, "--max-new-tokens", o.integer(0), default=0, help="evaluate: generated tokens (KV cache)")
     p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES), help="weights/activations")
     p.add_argument("--gradient-checkpointing", action="store_true", help="keep only layer inputs")
     p.add_argument("--gpu", help="a GPU by name, e.g. H100-80GB, A100-40GB, A10-24GB (default: none)")
-    p.add_argument("--gpu-mem", type=float, help="memory per GPU in GB, instead of --gpu (default: none)")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs to shard over (FSDP for tune, device_map else)")
+    o.add_number(p, "--gpu-mem", o.number(0, lo_open=True),
+                 help="memory per GPU in GB, instead of --gpu (default: none)")
+    o.add_number(p, "--gpus", o.integer(1), default=1, help="GPUs to shard over (FSDP for tune, device_map else)")
     p.add_argument("--json", action="store_true", help="print one JSON object (fits, total_gb, parts...)")
     p.set_defaults(func=run)
 
@@ -50,5 +50,5 @@ def run(args: argparse.Namespace) -> int:
                gpus=args.gpus,
                method=args.method, gradient_checkpointing=args.gradient_checkpointing,
                max_new_tokens=args.max_new_tokens)
-    print(json.dumps(res.to_dict(), indent=2) if args.json else res.table())
+    print(o.json_text(res.to_dict()) if args.json else res.table())
     return 0

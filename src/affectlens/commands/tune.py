@@ -9,6 +9,7 @@ from ..tuneconfig import PRECISIONS, TuneConfig
 from ..vocab import TASK_SYNTAX
 from . import options as o
 
+MIN_MAX_LENGTH = 8  # = TuneConfig's floor for max_length
 METHODS = ("lora", "full")  # = tune.METHODS (not imported: the parser must not import torch)
 
 
@@ -42,20 +43,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                                "(default: inferred from the labels)")
     o.renamed(p, "--task", kind)
     d = TuneConfig()
-    p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank r")
-    p.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha; scale = alpha/r")
-    p.add_argument("--dropout", type=float, default=d.dropout, help="LoRA dropout")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
-    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
-    p.add_argument("--warmup", type=float, default=d.warmup, help="linear warm-up, as a fraction of the steps")
+    o.add_number(p, "--rank", o.integer(1), default=d.rank, help="LoRA rank r")
+    o.add_number(p, "--alpha", o.number(0, lo_open=True), default=d.alpha, help="LoRA alpha; scale = alpha/r")
+    o.add_number(p, "--dropout", o.number(0, 1, hi_open=True), default=d.dropout, help="LoRA dropout")
+    o.add_number(p, "--steps", o.integer(1), default=d.steps, help="optimizer steps")
+    o.add_number(p, "--lr", o.number(0, lo_open=True), default=d.lr, help="AdamW learning rate")
+    o.add_number(p, "--warmup", o.number(0, 1, hi_open=True), default=d.warmup,
+                 help="linear warm-up, as a fraction of the steps")
     p.add_argument("--method", choices=METHODS, default="lora",
                    help="lora: a LoRA adapter on the modules; full: train their whole weights (an HF model dir)")
     o.batch_size(p, d.batch_size, help="examples per forward pass and process; a step takes "
                  "batch size x processes x --grad-accum")
-    p.add_argument("--grad-accum", type=int, default=1,
-                   help="gradient accumulation rounds per optimizer step")
-    p.add_argument("--max-length", type=int, default=d.max_length,
-                   help="tokens per example; longer prompts are cut from the left")
+    o.add_number(p, "--grad-accum", o.integer(1), default=1,
+                 help="gradient accumulation rounds per optimizer step")
+    o.add_number(p, "--max-length", o.integer(MIN_MAX_LENGTH), default=d.max_length,
+                 help="tokens per example; longer prompts are cut from the left")
     o.seed(p, d.seed, help="seeds LoRA init, data order and dropout")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="forward-pass precision: bf16 autocast, fp32, or auto = bf16 where the CPU/GPU has "

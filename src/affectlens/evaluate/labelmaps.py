@@ -19,7 +19,8 @@ small tables written here, each with the source of its label set named:
   (xxx) have no basic emotion and are dropped (counted).
 
 A JSON file maps raw labels (case-insensitive) to a target label, or to
-``null`` to drop rows with that label (counted as dropped, never silent).
+``null`` to drop rows with that label (counted as dropped, never silent); an
+empty target is refused, as empty labels in data are.
 """
 
 from __future__ import annotations
@@ -64,7 +65,12 @@ def load_label_map(name: str) -> dict[str, str | None]:
         raise AffectlensError(f"labelmap {p} is not JSON: {e}") from None
     if not isinstance(raw, dict) or not all(isinstance(v, str | None) for v in raw.values()):
         raise AffectlensError(f"labelmap {p} must map label strings to label strings (or null: drop)")
-    return {str(k).strip().lower(): (None if v is None else v.strip().lower()) for k, v in raw.items()}
+    table = {str(k).strip().lower(): (None if v is None else v.strip().lower()) for k, v in raw.items()}
+    empty = next((k for k, v in table.items() if v == ""), None)
+    if empty is not None:  # "" would become a class of its own, a label no row can honestly have
+        raise AffectlensError(f"labelmap {p} maps '{empty}' to an empty label; map it to a label, "
+                              "or to null to drop its rows")
+    return table
 
 
 def mapped_labels(table: dict[str, str | None]) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import AffectlensError
 from .labelmaps import load_label_map, mapped_labels
 from .tables import (
+    FIELD_LIMIT,
     SKIPPED,
     Row,
     data_file,
@@ -66,13 +67,18 @@ def _where(r: dict) -> str:
 
 
 def _text(r: dict, key: str, path: Path) -> str:
-    """The text field of a row: a string (numbers are read as text); null is refused."""
+    """The text field of a row: a string (numbers are read as text); null is refused, and so is a text
+    over ``FIELD_LIMIT`` (a JSONL row gets the limit a CSV field gets while it is read)."""
     v = r[key]
     if v is None:
         raise AffectlensError(f"{path}: {_where(r)}: text '{key}' is null")
     if isinstance(v, dict | list | bool):
         raise AffectlensError(f"{path}: {_where(r)}: text '{key}' is {type(v).__name__}, not a string")
-    return str(v)
+    text = str(v)
+    if len(text) > FIELD_LIMIT:
+        raise AffectlensError(f"{path}: {_where(r)}: text '{key}' has {len(text):,} characters, over the limit "
+                              f"of {FIELD_LIMIT:,} for one field")
+    return text
 
 
 def _label(r: dict, key: str, path: Path) -> str:

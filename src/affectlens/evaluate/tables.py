@@ -8,6 +8,11 @@ caught here: a row with the wrong number of fields is an error naming the
 file and row (``bad_rows=skip|report`` drops such rows instead, counted), and
 a quoted field that swallows lines which look like rows of their own is an
 error that says to pass ``quote=none``.
+
+One field holds at most ``FIELD_LIMIT`` characters, enforced by the csv
+reader as it reads (a quote that never closes, or a binary file, stops there
+instead of handing a 50 MB "text" to the tokenizer). csv's own default,
+128 KiB, is too small for a long transcript.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from ..runs import parse_jsonl_lines
 from .splits import canonical_split, split_file, split_of_name
 from .tasks import TaskSpec
 
+# Characters in one field: far beyond any model's context (~2M tokens), far below a runaway quote's file.
+FIELD_LIMIT = 8 * 2**20
 # Rows dropped under bad_rows=skip|report while one task loads (set by loaders.load_task).
 SKIPPED: ContextVar[list[str] | None] = ContextVar("affectlens_skipped_rows", default=None)
 
@@ -42,7 +49,7 @@ def read_text(path: Path) -> str:
     if path.is_dir():
         raise AffectlensError(f"{path} is a directory, expected a file")
     raw = path.read_bytes()
-    if not raw.strip():
+    if not raw or raw.isspace():  # (not strip(): no copy of a large file)
         raise AffectlensError(f"data file {path} is empty")
     return raw.decode("utf-8-sig", errors="replace")
 
@@ -102,8 +109,7 @@ def read_rows(path: Path, delimiter: str | None = None, quote: str | None = None
     rows: list[Row] = []
     spans: list[tuple[int, int]] = []
     old_limit = csv.field_size_limit()
-    # A field may be as long as the file (a long transcript); csv's default cap is 128 KiB.
-    csv.field_size_limit(max(old_limit, len(text) + 1))
+    csv.field_size_limit(FIELD_LIMIT)  # the reader stops at the limit, not after the field
     try:
         if not reader.fieldnames:
             raise AffectlensError(f"{path} has no header row")
@@ -114,6 +120,9 @@ def read_rows(path: Path, delimiter: str | None = None, quote: str | None = None
             spans.append((prev + 1, reader.line_num))
             prev = reader.line_num
     except csv.Error as e:
+        if "field limit" in str(e):
+            raise AffectlensError(f"{path}: row {len(rows) + 2} has a field over the limit of {FIELD_LIMIT:,} "
+                                  "characters (a quote that never closes? quote=none reads quotes as text)") from None
         raise AffectlensError(f"{path}: row {len(rows) + 2} (line {reader.line_num}) is not valid "
                               f"CSV: {e}") from None
     finally:
@@ -181,4 +190,4 @@ def split_filter(rows: list[Row], spec: TaskSpec, path: Path) -> list[Row]:
     return out
 
 
-__all__ = ["SKIPPED", "Row", "data_file", "read_rows", "read_table", "read_text", "spec_path", "split_filter"]
+__all__ = ["FIELD_LIMIT", "SKIPPED", "Row", "data_file", "read_rows", "read_table", "read_text", "spec_path", "split_filter"]

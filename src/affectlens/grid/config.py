@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..commands.options import SEED_MAX
 from ..errors import AffectlensError
+from ..runs import slug
 from ..tuneconfig import BUDGET_FIELDS, TuneConfig
 from .variants import KINDS, Variant, config_error
 
@@ -125,6 +127,9 @@ def _seeds(budget: dict[str, Any], where: str) -> list[int]:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                            for s in seeds):
         raise config_error(where, "budget.seeds must be a non-empty list of integers")
+    bad = next((s for s in seeds if not 0 <= s <= SEED_MAX), None)
+    if bad is not None:  # numpy's seeders refuse the rest, mid-run
+        raise config_error(where, f"budget.seeds must be integers from 0 to {SEED_MAX}, not {bad}")
     if len(set(seeds)) != len(seeds):
         raise config_error(where, "budget.seeds has duplicates")
     return list(seeds)
@@ -145,6 +150,12 @@ def _budget(raw: dict[str, Any], tuning: bool, where: str) -> tuple[TuneConfig, 
     return TuneConfig.from_mapping(budget, f"{where}: budget"), seeds
 
 
+def _file_key(name: str) -> str:
+    """What a variant's cell and adapter files are named by (case-folded: a grid dir may move to a
+    case-insensitive file system)."""
+    return slug(name, "variant").casefold()
+
+
 def _variants(raw: Any, where: str) -> list[Variant]:
     if not isinstance(raw, list):
         raise config_error(where, "variants must be a list")
@@ -157,6 +168,10 @@ def _variants(raw: Any, where: str) -> list[Variant]:
             raise config_error(where, f"variant #{i + 1} is missing field 'name'")
         if any(v.name == name for v in variants):
             raise config_error(where, f"variant name '{name}' is used twice")
+        clash = next((v.name for v in variants if _file_key(v.name) == _file_key(name)), None)
+        if clash is not None:  # cells/<slug>__s<seed>.json: two such variants would share one result
+            raise config_error(where, f"variant names '{clash}' and '{name}' map to one file name "
+                                      f"'{slug(name, 'variant')}'; rename one")
         kind = vs.get("kind")
         if kind not in KINDS:
             raise config_error(where, f"variant '{name}': kind must be one of {', '.join(KINDS)}"

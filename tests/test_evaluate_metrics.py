@@ -38,7 +38,10 @@ def test_classification_metrics_match_sklearn(seed, n, k):
     m = classification_metrics(gold.tolist(), pred.tolist(), labels, n_boot=0)
     assert m["accuracy"] == pytest.approx(accuracy_score(gold, pred), abs=1e-12)
     assert m["weighted_f1"] == pytest.approx(f1_score(gold, pred, average="weighted", zero_division=0), abs=1e-12)
-    assert m["macro_f1"] == pytest.approx(f1_score(gold, pred, average="macro", zero_division=0), abs=1e-12)
+    every = list(range(k))  # macro F1 over the whole label set, the never-gold class included
+    assert m["macro_f1"] == pytest.approx(f1_score(gold, pred, labels=every, average="macro", zero_division=0),
+                                          abs=1e-12)
+    assert m["macro_f1_over"] == f"all {k} task labels"
     p, r, f, s = precision_recall_fscore_support(gold, pred, labels=list(range(k)), zero_division=0)
     for i, lab in enumerate(labels):
         assert m["per_class"][lab]["precision"] == pytest.approx(p[i], abs=1e-12)

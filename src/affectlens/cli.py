@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "tune",
     "demo",
     "evaluate",
+    "rescore",
     "circuits",
     "compose",
     "params",

@@ -47,7 +47,7 @@ class TaskArrays:
 def write_scores(path: str | os.PathLike, arrays: dict[str, dict[str, Any]], n_boot: int | None,
                  seed: int) -> dict[str, Any]:
     """Write ``arrays`` (``EvalResult.arrays``) to ``path``; returns the manifest's record of the file."""
-    data: dict[str, np.ndarray] = {}
+    data: dict[str, Any] = {}  # arrays by name (Any: numpy types savez_compressed's **kwds loosely)
     tasks = []
     for i, (name, a) in enumerate(arrays.items()):
         key, labels = f"t{i}", list(a["labels"])
@@ -61,7 +61,7 @@ def write_scores(path: str | os.PathLike, arrays: dict[str, dict[str, Any]], n_b
     meta = {"format": FORMAT, "n_boot": n_boot, "seed": seed, "tasks": tasks}
     data["meta"] = np.array(json.dumps(meta))
     with open(path, "wb") as f:
-        np.savez_compressed(f, **data)  # type: ignore[arg-type]  # numpy's stub types **kwds loosely
+        np.savez_compressed(f, **data)
     return {"file": Path(path).name, "format": FORMAT, "sha256": sha256_file(path),
             "tasks": {t["task"]: {k: t[k] for k in ("n", "labels", "reference_texts")} for t in tasks}}
 

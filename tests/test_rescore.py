@@ -215,3 +215,19 @@ def test_a_task_without_references_is_rescored_uncalibrated_only():
     assert dec.pred == [0, 2] and dec.vector is None and dec.metrics["accuracy"] == 1.0
     with pytest.raises(AffectlensError, match="task img: no content-free reference scores"):
         closed_decision(ll, None, [0, 2], ["a", "b", "c"], "pmi", 0, 0, "img")
+
+
+def test_perplexity_tasks_are_carried_over(tmp_path, capfd):
+    """A closed run with a perplexity task: the labelled task is re-decided, the perplexity copied as it was."""
+    ppl = tmp_path / "held_out.txt"
+    ppl.write_text("Tom had a dog. The dog liked to run.\n\nLily saw a big red ball in the park.\n")
+    src = tmp_path / "src"
+    evaluate_run(str(TINYSTORIES), src, ["emotion", f"ppl:{ppl}"], limit=6, n_boot=0)
+    out = tmp_path / "out"
+    rc, stdout, err = run_cli(capfd, "rescore", src, "--calibration", "contextual", "--out", out)
+    assert rc == 0, err
+    before = json.loads((src / "scores.json").read_text())
+    after = json.loads((out / "scores.json").read_text())
+    assert after["tasks"]["ppl:held_out.txt"] == before["tasks"]["ppl:held_out.txt"]
+    assert after["tasks"]["emotion"]["calibration"] == "contextual" and after["mean_over"] == ["emotion"]
+    assert after["mean"] == after["tasks"]["emotion"]["primary"] and "contextual" in stdout

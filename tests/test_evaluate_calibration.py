@@ -81,7 +81,9 @@ def test_calibration_removes_a_planted_label_prior(model_tok, task, mode):
     assert entry["calibration"] == mode and set(entry["calibration_vector"]) == set(LABELS)
     assert "fewshot" not in entry  # zero-shot records none
     raw_metrics = raw_res.scores["tasks"][next(iter(raw_res.tasks))]["metrics"]
-    assert entry["metrics"]["uncalibrated"] == {k: raw_metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")}
+    # the raw decision beside the calibrated one is scored exactly as an uncalibrated run scores it
+    assert entry["metrics"]["uncalibrated"] == {k: v for k, v in raw_metrics.items()
+                                                if k not in ("seconds", "examples_per_s")}
 
 
 def _reference(model, tok, mode: str) -> torch.Tensor:
@@ -133,11 +135,13 @@ def test_fewshot_balanced_seeded_and_never_from_the_evaluated_split(model_tok, t
     assert shots["k"] == 10 and shots["seed"] == 3
     assert sorted(e["label"] for e in shots["examples"]) == sorted(LABELS * 2)  # balanced
     assert all(e["text"] in TRAIN for e in shots["examples"])  # train split, duplicates of test excluded
-    assert len(seen) == len(TEXTS)
-    for prompt, own in zip(seen, TEXTS, strict=True):
+    assert len(seen) == len(TEXTS) + 3  # the examples, then the 3 content-free references (kept for rescore)
+    for prompt, own in zip(seen, TEXTS, strict=False):
         shown = [t for t in TEXTS if f"Text: {t}\n" in prompt]
         assert shown == [own]  # no other evaluated text, in any prompt
+    for prompt in seen:
         assert all(e["text"] in prompt for e in shots["examples"])
+    assert not any(t in p for p in seen[len(TEXTS):] for t in TEXTS)
     again, _, _ = run(model, tok, task, num_fewshot=10, seed=3)
     assert again.scores["tasks"][next(iter(again.tasks))]["fewshot"] == shots  # deterministic per seed
     other = [run(model, tok, task, num_fewshot=3, seed=s)[0] for s in range(4)]

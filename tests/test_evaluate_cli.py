@@ -47,8 +47,8 @@ def test_cli_closed_run_dir(tmp_path, capsys):
             "--limit", "10", "--batch-size", "4", "--bootstrap", "50", "--out", str(out)]
     assert main(["evaluate", *argv]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "confusion_emotion.png", "confusion_meld_meld.csv.png", "manifest.json", "predictions.jsonl",
-        "scores.json"]
+        "confusion.csv", "confusion_emotion.png", "confusion_meld_meld.csv.png", "manifest.json", "per_class.csv",
+        "predictions.jsonl", "scores.json", "scores.npz"]
     scores = json.loads((out / "scores.json").read_text())
     preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert set(scores["tasks"]) == {"emotion", "meld:meld.csv", "ppl:held_out.txt"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -38,7 +39,10 @@ def test_classification_metrics_match_sklearn(seed, n, k):
     m = classification_metrics(gold.tolist(), pred.tolist(), labels, n_boot=0)
     assert m["accuracy"] == pytest.approx(accuracy_score(gold, pred), abs=1e-12)
     assert m["weighted_f1"] == pytest.approx(f1_score(gold, pred, average="weighted", zero_division=0), abs=1e-12)
-    assert m["macro_f1"] == pytest.approx(f1_score(gold, pred, average="macro", zero_division=0), abs=1e-12)
+    every = list(range(k))  # macro F1 over the whole label set, the never-gold class included
+    assert m["macro_f1"] == pytest.approx(f1_score(gold, pred, labels=every, average="macro", zero_division=0),
+                                          abs=1e-12)
+    assert m["macro_f1_over"] == f"all {k} task labels"
     p, r, f, s = precision_recall_fscore_support(gold, pred, labels=list(range(k)), zero_division=0)
     for i, lab in enumerate(labels):
         assert m["per_class"][lab]["precision"] == pytest.approx(p[i], abs=1e-12)
@@ -224,3 +228,177 @@ def test_baselines_and_the_named_mean_in_results():
     assert (metric, over) == ("hit", ["e", "e2"]) and mean == pytest.approx(0.4)
     line = tasks["s"].line()
     assert "| majority (positive) 53.33, chance" in line
+
+
+# ----------------------------------------------------------------------------- every metric, raw and calibrated
+
+
+def _brute_macro_ci(gold, pred, labels, n_boot, seed):
+    """Percentile CI of macro F1 over every label, one scikit-learn call per resample."""
+    g, p = np.asarray(gold), np.asarray(pred)
+    idx = np.random.default_rng(seed).integers(0, len(g), size=(n_boot, len(g)))
+    vals = [f1_score(g[i], p[i], labels=labels, average="macro", zero_division=0) for i in idx]
+    return [np.percentile(vals, 2.5), np.percentile(vals, 97.5)]
+
+
+def test_macro_f1_averages_every_task_label():
+    """6 of 7 labels occur: macro F1 is the mean over all 7 (the 7th counts 0), CIs included."""
+    rng = np.random.default_rng(4)
+    gold = rng.integers(0, 6, 90)
+    pred = np.where(rng.random(90) < 0.6, gold, rng.integers(0, 6, 90))
+    labels = [f"c{i}" for i in range(7)]
+    m = classification_metrics(gold.tolist(), pred.tolist(), labels, n_boot=150, seed=2)
+    every = f1_score(gold, pred, labels=list(range(7)), average="macro", zero_division=0)
+    present = f1_score(gold, pred, average="macro", zero_division=0)  # sklearn's default: the labels seen
+    assert m["macro_f1"] == pytest.approx(every, abs=1e-12) and every == pytest.approx(present * 6 / 7)
+    assert m["macro_f1_over"] == "all 7 task labels"
+    assert m["ci"]["macro_f1"] == pytest.approx(_brute_macro_ci(gold, pred, list(range(7)), 150, 2), abs=1e-12)
+
+
+def test_control_answers_average_macro_f1_over_the_task_labels():
+    """A generative control answer outside the label set is '(other)': a miss, never a class of its own."""
+    rows = [{"task": "c", "gold": g, "answer": a} for g, a in
+            [("yes", "Yes."), ("no", "maybe"), ("no", "no"), ("yes", "no"), ("yes", "perhaps so")]]
+    m, _ = score_generative_rows(rows, "control", ["yes", "no"], load_wheel(), n_boot=0)
+    gold, pred = [r["gold"] for r in rows], [r["pred"] for r in rows]
+    assert pred == ["yes", "(other)", "no", "no", "(other)"]
+    assert m["macro_f1"] == pytest.approx(f1_score(gold, pred, labels=["yes", "no"], average="macro",
+                                                   zero_division=0), abs=1e-12)
+    assert m["macro_f1_over"] == "the 2 task labels ((other) not counted)"
+
+
+@pytest.mark.parametrize("mode", ["contextual", "pmi"])
+def test_raw_and_calibrated_decisions_are_scored_alike(mode):
+    """closed_decision: calibrated scores by the formulas (torch, independently), and for the raw and the
+    calibrated argmax alike every metric against scikit-learn and every CI against brute force."""
+    import torch
+
+    from affectlens.evaluate.decisions import closed_decision
+
+    rng = np.random.default_rng(9)
+    labels = ["anger", "fear", "joy", "neutral", "sadness"]
+    ll = rng.normal(-6, 2, (60, 5)) + np.array([3.0, 0, 0, -2, 0])  # a planted prior on 'anger'
+    refs = rng.normal(-6, 2, (3, 5)) + np.array([3.0, 0, 0, -2, 0])
+    gold = rng.integers(0, 4, 60).tolist()  # 'sadness' is never gold
+    dec = closed_decision(ll, refs, gold, labels, mode, n_boot=120, seed=5)
+    t_ll, t_ref = torch.tensor(ll), torch.tensor(refs)
+    if mode == "contextual":
+        vec = t_ref.log_softmax(-1).mean(0).log_softmax(-1)
+        want = t_ll.log_softmax(-1) - vec
+    else:
+        vec = t_ref[1]  # the empty input: PMI's frame
+        want = t_ll - vec
+    assert np.allclose(dec.vector, vec.numpy(), atol=1e-12) and np.allclose(dec.scores, want.numpy(), atol=1e-12)
+    every = list(range(5))
+    for m, pred in ((dec.metrics, want.argmax(-1).numpy()), (dec.metrics["uncalibrated"], ll.argmax(-1))):
+        assert m["accuracy"] == pytest.approx(accuracy_score(gold, pred), abs=1e-12)
+        assert m["weighted_f1"] == pytest.approx(f1_score(gold, pred, labels=every, average="weighted",
+                                                          zero_division=0), abs=1e-12)
+        assert m["macro_f1"] == pytest.approx(f1_score(gold, pred, labels=every, average="macro",
+                                                       zero_division=0), abs=1e-12)
+        assert m["confusion"] == confusion_matrix(gold, pred, labels=every).tolist()
+        p, r, f, s = precision_recall_fscore_support(gold, pred, labels=every, zero_division=0)
+        assert [m["per_class"][lab]["f1"] for lab in labels] == pytest.approx(f, abs=1e-12)
+        assert [m["per_class"][lab]["precision"] for lab in labels] == pytest.approx(p, abs=1e-12)
+        assert [m["per_class"][lab]["recall"] for lab in labels] == pytest.approx(r, abs=1e-12)
+        assert m["ci"]["macro_f1"] == pytest.approx(_brute_macro_ci(gold, pred, every, 120, 5), abs=1e-12)
+        assert m["n_boot"] == 120 and m["macro_f1_over"] == "all 5 task labels"
+    assert dec.metrics["confusion"] != dec.metrics["uncalibrated"]["confusion"]  # the prior was removed
+    titles = [t for t, _ in dec.figure["panels"]]
+    assert titles[0].startswith("raw") and titles[1].startswith(mode)
+
+
+def test_confusion_panels_share_one_colour_scale():
+    from affectlens import plots
+
+    fig = plots.confusion_panels([("raw", [[5, 0], [3, 1]]), ("pmi", [[2, 3], [0, 40]])], ["a", "b"], title="t")
+    images = [im for ax in fig.axes for im in ax.get_images()]
+    assert len(images) == 2 and {im.get_clim() for im in images} == {(0.0, 1.0)}
+    assert np.allclose(images[1].get_array(), [[0.4, 0.6], [0.0, 1.0]])  # row shares, not counts
+    assert len(fig.axes) == 3  # two panels and one colour bar
+    plots.save(fig, "/dev/null")
+
+
+def _isear_csv(path, n: int = 30, bad=(5, 20)):
+    """``text,label`` rows over 4 of 5 declared labels; rows ``bad`` have a third field (malformed)."""
+    emos = ["joy", "fear", "anger", "sadness"]
+    lines = ["text,label\n"]
+    lines += [f"situation {i}{', with a comma' if i in bad else ''},{emos[i % 4]}\n" for i in range(n)]
+    path.write_text("".join(lines))
+    return path
+
+
+def test_run_reports_dropped_rows_notes_and_both_decisions(tmp_path, capfd):
+    """bad_rows=report: counted in scores.json and the manifest, listed once; --sample above the task
+    size: noted; confusion.csv / per_class.csv equal scikit-learn on predictions.jsonl, raw and pmi."""
+    from conftest import TINYSTORIES
+    from faults import run_cli
+
+    labels = ["joy", "fear", "anger", "sadness", "disgust"]
+    p = _isear_csv(tmp_path / "isear.csv")
+    out = tmp_path / "run"
+    rc, _, err = run_cli(capfd, "evaluate", TINYSTORIES, "--task", f"csv:{p},bad_rows=report,labels={'|'.join(labels)}",
+                         "--calibration", "pmi", "--sample", "100", "--bootstrap", "100", "--out", out)
+    assert rc == 0, err
+    lines = err.splitlines()
+    assert sum("skipped 2 malformed row(s)" in ln for ln in lines) == 1, err
+    assert sum("--sample 100 keeps all 28" in ln for ln in lines) == 1, err
+    scores = json.loads((out / "scores.json").read_text())
+    ((name, t),) = scores["tasks"].items()
+    assert t["n"] == 28 and t["dropped"] == 2 and t["dropped_by"] == {"malformed": 2}
+    assert t["notes"] == [f"task {name} has 28 rows: --sample 100 keeps all 28"]
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["dropped"] == {name: {"total": 2, "malformed": 2}}
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    gold = [r["gold"] for r in rows]
+    decided = {"raw": [max(r["loglik"], key=r["loglik"].get) for r in rows], "pmi": [r["pred"] for r in rows]}
+    conf = list(csv.DictReader((out / "confusion.csv").open()))
+    per = list(csv.DictReader((out / "per_class.csv").open()))
+    for scoring, pred in decided.items():
+        m = t["metrics"] if scoring == "pmi" else t["metrics"]["uncalibrated"]
+        want = confusion_matrix(gold, pred, labels=labels)
+        got = np.zeros((5, 5), dtype=int)
+        for c in conf:
+            if c["scoring"] == scoring:
+                got[labels.index(c["gold"]), labels.index(c["predicted"])] = int(c["count"])
+        assert (got == want).all() and m["confusion"] == want.tolist()
+        pr, rc_, f, s = precision_recall_fscore_support(gold, pred, labels=labels, zero_division=0)
+        table = {c["label"]: c for c in per if c["scoring"] == scoring}
+        assert [float(table[lab]["f1"]) for lab in labels] == pytest.approx(f, abs=1e-12)
+        assert [float(table[lab]["precision"]) for lab in labels] == pytest.approx(pr, abs=1e-12)
+        assert [int(table[lab]["support"]) for lab in labels] == s.tolist()
+        assert m["macro_f1"] == pytest.approx(f1_score(gold, pred, labels=labels, average="macro", zero_division=0),
+                                              abs=1e-12)
+        assert m["macro_f1_over"] == "all 5 task labels" and set(m["ci"]) == {"accuracy", "weighted_f1", "macro_f1"}
+        hits = (np.array(gold) == np.array(pred)).astype(float)
+        assert m["ci"]["accuracy"] == pytest.approx(list(bootstrap_ci(hits, 100, 0)[1:]), abs=1e-12)
+
+
+def test_generative_n_is_what_the_metric_counts(tmp_path, capfd):
+    """HIT skips neutral gold: n is the rows it counts, the rest are said to be skipped; generative
+    sentiment drops gold 0 and counts it; --limit above the task size is noted."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from affectlens.evaluate import evaluate
+    from test_evaluate_loaders import write_meld
+
+    from conftest import TINYSTORIES
+
+    model = AutoModelForCausalLM.from_pretrained(str(TINYSTORIES)).eval()
+    tok = AutoTokenizer.from_pretrained(str(TINYSTORIES))
+    golds = ["joy", "neutral", "anger", "neutral", "fear", "sadness"]
+    p = tmp_path / "e.jsonl"
+    p.write_text("".join(json.dumps({"text": f"Tom saw a dog {i}.", "label": g}) + "\n" for i, g in enumerate(golds)))
+    meld = tmp_path / "meld.csv"
+    write_meld(meld)  # polarities positive, neutral, negative, negative
+    capfd.readouterr()
+    res = evaluate(model, tok, [f"jsonl:{p}", f"meld-sentiment:{meld}"], mode="generative", limit=50, n_boot=0,
+                   max_new_tokens=3, progress=False)
+    err = capfd.readouterr().err
+    emo, sent = res.tasks.values()
+    assert emo.n == emo.metrics["n_counted"] == 4 and emo.skipped == {"neutral_gold": 2}
+    assert emo.to_dict()["skipped"] == {"neutral_gold": 2} and "(n=4, 2 neutral gold not counted" in emo.line()
+    assert sent.n == 3 and sent.dropped_by == {"zero_sentiment": 1} and sent.dropped == 1
+    assert "(n=3, 1 dropped" in sent.line()
+    assert emo.notes == [f"task {emo.task} has 6 rows: --limit 50 keeps all 6"]
+    assert err.count("--limit 50 keeps all") == 2  # one note per task

@@ -42,6 +42,7 @@ COMMAND_MODULES = (
     "tune",
     "demo",
     "evaluate",
+    "rescore",
     "circuits",
     "compose",
     "params",

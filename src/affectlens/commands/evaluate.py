@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "sentiment polarity -> WAF/accuracy). Each task is printed beside its yardsticks "
                     "(majority class, uniform chance); the mean is of one named metric (the most common "
                     "primary metric; perplexity excluded). Writes scores.json, predictions.jsonl, "
-                    "confusion_<task>.png, manifest.json.",
+                    "confusion.csv, per_class.csv, confusion_<task>.png, scores.npz (what `affectlens "
+                    "rescore` re-decides from), manifest.json.",
         epilog=TASK_SYNTAX,
     )
     o.model(e)

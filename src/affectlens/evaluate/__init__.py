@@ -5,6 +5,7 @@
     res.mean, res.tasks["emotion"].primary, res.predictions[0]
     evaluate_run("smollm2", "runs/eval", ["emotion"])   # load, score, write the run dir
     evaluate(model, tokenizer, "emotion", calibration="pmi", num_fewshot=4)  # calibrated, 4-shot
+    rescore_run("runs/eval", "contextual", "runs/eval-ctx")  # the saved run re-decided, no model
 
 ``score_labels`` is the scorer on its own (any prompts, any labels, any
 model with hooks attached); ``perplexity`` is the fluency check.
@@ -20,6 +21,7 @@ from .generative import Wheel, load_wheel, parse_answer
 from .loaders import Example, LoadedTask, load_examples, load_task
 from .metrics import binary_sentiment_metrics, bootstrap_ci, classification_metrics, hit_rate
 from .perplexity import perplexity
+from .rescoring import rescore_run
 from .results import EvalResult, TaskScore
 from .run import evaluate_run, write_run
 from .scorer import score_labels
@@ -57,6 +59,7 @@ __all__ = [
     "register_task",
     "registered_tasks",
     "rescore",
+    "rescore_run",
     "score_generative_rows",
     "score_labels",
     "weight_fingerprint",

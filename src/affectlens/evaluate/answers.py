@@ -53,8 +53,9 @@ def score_generative_rows(rows: list[dict], kind: str, labels: Sequence[str], wh
         m = re.search(r"\S+", r["answer"])
         word = m.group(0).strip(".,:;!?\"'").lower() if m else ""
         r["pred"] = word if word in labels else "(other)"
-    metrics = classification_metrics([labs.index(r["gold"]) for r in rows],
-                                     [labs.index(r["pred"]) for r in rows], labs, n_boot, seed)
+    metrics = classification_metrics([labs.index(r["gold"]) for r in rows],  # '(other)' is no task label
+                                     [labs.index(r["pred"]) for r in rows], labs, n_boot, seed,
+                                     macro_over=labels)
     return metrics, {"labels": labs, "pred_labels": labs, "confusion": metrics["confusion"]}
 
 

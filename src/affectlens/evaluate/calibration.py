@@ -20,13 +20,19 @@ frame with an empty input)``, unnormalised log-likelihoods of the whole label.
 
 Both return per-label score vectors; the raw log-likelihoods stay in the
 predictions beside them.
+
+``evaluate`` scores the three content-free prompts of every text task in one
+batch whatever the calibration (the empty input among them is PMI's frame) and
+keeps them in ``scores.npz``, so ``rescore`` derives either vector later with
+this same float64 numpy arithmetic, without torch or the model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
-import torch
+import numpy as np
 
 from ..errors import AffectlensError
 from ..vocab import CALIBRATIONS
@@ -47,45 +53,62 @@ def reference_texts(mode: str) -> tuple[str, ...]:
     return {"none": (), "contextual": CONTENT_FREE, "pmi": ("",)}[mode]
 
 
-def calibration_vector(ref_ll: torch.Tensor, mode: str) -> torch.Tensor:
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    """log-softmax over the last axis, shifted by the max (float64 in, float64 out)."""
+    z = x - x.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def calibration_vector(ref_ll: Any, mode: str) -> np.ndarray:
     """The per-label prior [n_labels] from the reference prompts' log-likelihoods [k, n_labels].
 
     contextual: log of the normalised geometric mean of the label distributions;
     pmi: the label log-likelihoods under the input-free prompt frame.
     """
     check_mode(mode)
-    ref = ref_ll.to(torch.float64)
+    ref = np.asarray(ref_ll, dtype=np.float64)
     if mode == "contextual":
-        return ref.log_softmax(-1).mean(0).log_softmax(-1)
+        return _log_softmax(_log_softmax(ref).mean(0))
     if mode == "pmi":
         return ref[0]
     raise AffectlensError("calibration 'none' has no calibration vector")
 
 
-def apply_calibration(ll: torch.Tensor, vector: torch.Tensor | None, mode: str) -> torch.Tensor:
-    """Calibrated scores [n, n_labels]: the argmax is the prediction."""
+def vector_from_references(refs: Any, mode: str) -> np.ndarray:
+    """The ``mode`` vector from the scores of all :data:`CONTENT_FREE` prompts [3, n_labels] (finite)."""
+    rows = [CONTENT_FREE.index(t) for t in reference_texts(mode)]
+    return _finite(calibration_vector(np.asarray(refs, dtype=np.float64)[rows], mode), mode)
+
+
+def _finite(vec: np.ndarray, mode: str) -> np.ndarray:
+    if not bool(np.isfinite(vec).all()):
+        raise AffectlensError(f"the {mode} calibration vector is not finite ({vec.tolist()}); not a result")
+    return vec
+
+
+def apply_calibration(ll: Any, vector: np.ndarray | None, mode: str) -> np.ndarray:
+    """Calibrated scores [n, n_labels] (float64): the argmax is the prediction."""
     check_mode(mode)
+    x = np.asarray(ll, dtype=np.float64)
     if mode == "none" or vector is None:
-        return ll
+        return x
     if mode == "contextual":
-        return ll.to(torch.float64).log_softmax(-1) - vector
-    return ll.to(torch.float64) - vector
+        return _log_softmax(x) - vector
+    return x - vector
 
 
-def calibrate(ll: torch.Tensor, mode: str, render: Callable[[str], str],
-              score: Callable[[Sequence[str]], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def calibrate(ll: Any, mode: str, render: Callable[[str], str],
+              score: Callable[[Sequence[str]], Any]) -> tuple[np.ndarray, np.ndarray | None]:
     """Calibrated scores and the vector: ``render(text)`` makes a task prompt, ``score`` scores prompts.
 
     The reference prompts are scored once, in one batch, for the whole task.
     """
     texts = reference_texts(mode)
     if not texts:
-        return ll, None
-    vec = calibration_vector(score([render(t) for t in texts]), mode)
-    if not bool(torch.isfinite(vec).all()):
-        raise AffectlensError(f"the {mode} calibration vector is not finite ({vec.tolist()}); not a result")
+        return np.asarray(ll, dtype=np.float64), None
+    vec = _finite(calibration_vector(score([render(t) for t in texts]), mode), mode)
     return apply_calibration(ll, vec, mode), vec
 
 
 __all__ = ["CONTENT_FREE", "apply_calibration", "calibrate", "calibration_vector", "check_mode",
-           "reference_texts"]
+           "reference_texts", "vector_from_references"]

@@ -16,17 +16,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import AffectlensError
+from ..runs import note
 from ..vocab import EVAL_MODES
 from .answers import score_generative_rows
 from .backends import GenerationBackend, get_backend
-from .calibration import calibrate, check_mode
+from .calibration import CONTENT_FREE, check_mode
+from .decisions import closed_decision, closed_row
 from .fewshot import Shots, draw_shots
 from .generative import Wheel, load_wheel, open_prompt
 from .loaders import LoadedTask, load_task
-from .metrics import classification_metrics, require_finite
+from .metrics import require_finite
 from .perplexity import perplexity
 from .results import EvalResult, TaskScore, attach_baselines, mean_over_tasks
 from .scorer import model_name, non_finite_error, score_labels, text_start
@@ -60,7 +63,7 @@ def _seconds(t0: float) -> float:
 
 
 def _closed(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress, calibration: str = "none",
-            shots: Shots | None = None, processor: Any = None) -> tuple[dict, list, dict, dict]:
+            shots: Shots | None = None, processor: Any = None) -> tuple[dict, list, dict, dict, dict]:
     spec, labels = task.spec, list(task.labels)
     solved = shots.pairs() if shots else []
 
@@ -78,35 +81,32 @@ def _closed(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress, ca
         i, j = (int(x) for x in bad[0])
         raise non_finite_error(model, f"task {spec.name}", f"example {i} ({text_start(task.examples[i].text)}) "
                                f"has log-likelihood {float(ll[i, j])} for label '{labels[j]}'")
-    scores, vec = calibrate(ll, calibration, prompt,  # reference prompts: once per task
-                            lambda ps: score_labels(model, tok, ps, labels, batch_size=batch_size))
+    refs = None  # every content-free prompt, once per task and whatever --calibration: kept for rescore
+    if not image_rows(task):
+        refs = score_labels(model, tok, [prompt(t) for t in CONTENT_FREE], labels, batch_size=batch_size).numpy()
     secs = _seconds(t0)
-    pred = scores.argmax(-1).tolist()
+    raw = ll.double().numpy()
     gold = [labels.index(e.gold) for e in task.examples]
-    metrics = classification_metrics(gold, pred, labels, n_boot=n_boot, seed=seed)
-    if vec is not None:  # the raw decision from the same forward passes, side by side
-        raw = classification_metrics(gold, ll.argmax(-1).tolist(), labels, n_boot=0)
-        metrics["uncalibrated"] = {k: raw[k] for k in ("accuracy", "weighted_f1", "macro_f1")}
+    dec = closed_decision(raw, refs, gold, labels, calibration, n_boot, seed, spec.name)
+    metrics = dec.metrics
     metrics["seconds"] = secs
     metrics["examples_per_s"] = round(len(prompts) / max(secs, 1e-9), 2)
     rows = []
     for i, e in enumerate(task.examples):
-        row = {"task": spec.name, "index": i, "text": e.text, "gold": e.label, "pred": labels[pred[i]],
-               "loglik": {lab: float(ll[i, j]) for j, lab in enumerate(labels)}}
-        if vec is not None:
-            row["calibrated"] = {lab: float(scores[i, j]) for j, lab in enumerate(labels)}
+        extra: dict[str, Any] = {}
         if e.score is not None:
-            row["gold_score"] = e.score
+            extra["gold_score"] = e.score
         if e.meta.get("image"):
-            row["image"] = e.meta["image"]
-        rows.append(row)
-    fig = {"labels": labels, "pred_labels": labels, "confusion": metrics["confusion"]}
+            extra["image"] = e.meta["image"]
+        rows.append(closed_row(spec.name, i, e.text, e.gold, labels, dec, raw, extra))
     info: dict[str, Any] = {"calibration": calibration}
-    if vec is not None:
-        info["calibration_vector"] = {lab: float(vec[j]) for j, lab in enumerate(labels)}
+    if dec.vector is not None:
+        info["calibration_vector"] = {lab: float(dec.vector[j]) for j, lab in enumerate(labels)}
     if shots:
         info["fewshot"] = shots.record()
-    return metrics, rows, fig, info
+    kept = refs if refs is not None and bool(np.isfinite(refs).all()) else None
+    arrays = {"labels": labels, "loglik": raw, "gold": np.asarray(gold, dtype=np.int64), "reference": kept}
+    return metrics, rows, dec.figure, info, arrays
 
 
 def image_rows(task: LoadedTask) -> list[int]:
@@ -186,7 +186,8 @@ def _generative(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress
     return metrics, rows, fig
 
 
-def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec, mode: str = "closed",
+def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec | LoadedTask] | str | TaskSpec | LoadedTask,
+             mode: str = "closed",
              limit: int | None = None, batch_size: int = 16, seed: int = 0, progress: bool = True,
              n_boot: int = 1000, wheel: str | Path | Wheel | None = None,
              max_new_tokens: int = 48, calibration: str = "none", num_fewshot: int = 0,
@@ -198,7 +199,9 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
     Closed mode: ``calibration`` (none, contextual, pmi; see
     :mod:`affectlens.evaluate.calibration`) and ``num_fewshot`` solved examples
     from each task's train split (or ``fewshot_from``), drawn with ``seed``.
-    ``limit`` keeps the first N rows, ``sample`` N rows drawn with ``seed``.
+    ``limit`` keeps the first N rows, ``sample`` N rows drawn with ``seed``
+    (a task already loaded, a :class:`LoadedTask`, is taken as it is: its rows
+    are not read again, nor its malformed rows listed twice).
     Generative mode: answers come from ``backend`` (``hf``, ``vllm`` or a
     :class:`~affectlens.evaluate.backends.GenerationBackend`).
     ``processor``: a vision-language model's processor; rows with an image
@@ -217,16 +220,19 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
     check_mode(calibration)
     if mode != "closed" and (calibration != "none" or num_fewshot):
         raise AffectlensError("--calibration and --num-fewshot apply to closed mode only")
-    if isinstance(tasks, str | TaskSpec):
+    if isinstance(tasks, str | TaskSpec | LoadedTask):
         tasks = [tasks]
     if not tasks:
         raise AffectlensError("no tasks given")
-    specs = [parse_task(t) for t in tasks]
+    specs = [t.spec if isinstance(t, LoadedTask) else parse_task(t) for t in tasks]
     names = [s.name for s in specs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise AffectlensError(f"task(s) given twice: {', '.join(dup)}")
-    loaded = [sample_task(load_task(s, limit), sample, seed) for s in specs]  # before any model work
+    loaded = [t if isinstance(t, LoadedTask) else load_task(s, limit)  # before any model work
+              for t, s in zip(tasks, specs, strict=True)]
+    notes = {t.spec.name: size_notes(t, limit, sample) for t in loaded}
+    loaded = [sample_task(t, sample, seed) for t in loaded]
     check_image_tasks(loaded, mode, calibration, num_fewshot, processor is not None)
     shots = {t.spec.name: draw_shots(t, num_fewshot if t.spec.kind != "perplexity" else 0, seed, fewshot_from)
              for t in loaded}
@@ -237,6 +243,7 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
     out_tasks: dict[str, TaskScore] = {}
     predictions: list[dict[str, Any]] = []
     figures: dict[str, dict[str, Any]] = {}
+    arrays: dict[str, dict[str, Any]] = {}
     try:
         for task in loaded:
             spec = task.spec
@@ -249,18 +256,25 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
                 n = m["texts"]
                 info: dict[str, Any] = {}
             elif mode == "closed":
-                m, rows, fig, info = _closed(model, tokenizer, task, batch_size, seed, n_boot, progress,
-                                             calibration, shots[spec.name], processor)
+                m, rows, fig, info, arrays[spec.name] = _closed(model, tokenizer, task, batch_size, seed, n_boot,
+                                                                progress, calibration, shots[spec.name], processor)
                 n = len(rows)
             else:
                 m, rows, fig = _generative(model, tokenizer, task, batch_size, seed, n_boot, progress,
                                            wheel, max_new_tokens, backend)
                 n, info = len(rows), {}
+                if "n_counted" in m:  # HIT counts the non-neutral gold rows only: n is what it used
+                    n = m["n_counted"]
+                    info["skipped"] = {"neutral_gold": m["neutral_skipped"]} if m["neutral_skipped"] else {}
+                if len(rows) < len(task.examples):  # generative sentiment: gold 0 dropped (MER-UniBench)
+                    info["dropped_by"] = {"zero_sentiment": len(task.examples) - len(rows)}
             pm = primary_metric(spec, mode if spec.kind != "perplexity" else "closed")
             if pm not in m:
                 raise AffectlensError(f"task {spec.name}: primary metric '{pm}' not computed in {mode} mode")
-            out_tasks[spec.name] = TaskScore(spec.name, spec.kind, pm, m[pm], m, n, task.dropped,
-                                             _spec_dict(spec), **info)
+            by = {k: v for k, v in (("malformed", task.skipped), ("protocol", task.dropped)) if v}
+            by.update(info.pop("dropped_by", {}))
+            out_tasks[spec.name] = TaskScore(spec.name, spec.kind, pm, m[pm], m, n, sum(by.values()),
+                                             _spec_dict(spec), **info, dropped_by=by, notes=notes[spec.name])
             predictions.extend(rows)
             if fig is not None:
                 figures[spec.name] = fig
@@ -274,7 +288,17 @@ def evaluate(model, tokenizer, tasks: Sequence[str | TaskSpec] | str | TaskSpec,
     require_finite(predictions, f"the predictions of {what}")
     return EvalResult(out_tasks, predictions, mode, mean=mean, mean_over=averaged,
                       weights_sha256=weight_fingerprint(model), seed=seed, limit=limit, batch_size=batch_size,
-                      figures=figures, mean_metric=mean_metric)
+                      figures=figures, mean_metric=mean_metric, arrays=arrays, n_boot=n_boot)
+
+
+def size_notes(task: LoadedTask, limit: int | None, sample: int | None) -> list[str]:
+    """A note (stderr, and kept for scores.json) for each of --limit / --sample that exceeds the task."""
+    size, out = len(task.examples), []
+    for flag, n in (("--limit", limit), ("--sample", sample)):
+        if n is not None and n > size:
+            out.append(f"task {task.spec.name} has {size} rows: {flag} {n} keeps all {size}")
+            note(out[-1])
+    return out
 
 
 def sample_task(task: LoadedTask, n: int | None, seed: int) -> LoadedTask:

@@ -29,8 +29,12 @@ def confusion(gold: Sequence[int], pred: Sequence[int], n: int) -> np.ndarray:
     return np.bincount(g * n + p, minlength=n * n).reshape(n, n)
 
 
-def _from_confusion(cm: np.ndarray) -> dict[str, Any]:
-    """Accuracy / WAF / macro F1 / per-class P, R, F1 with sklearn's zero_division=0 convention."""
+def _from_confusion(cm: np.ndarray, macro_mask: np.ndarray | None = None) -> dict[str, Any]:
+    """Accuracy / WAF / macro F1 / per-class P, R, F1 with sklearn's zero_division=0 convention.
+
+    Macro F1 averages the labels in ``macro_mask`` (default: every label), so a
+    label the data never holds counts as 0 instead of leaving the average.
+    """
     cm = cm.astype(np.float64)
     tp = np.diag(cm)
     support = cm.sum(1)
@@ -40,11 +44,11 @@ def _from_confusion(cm: np.ndarray) -> dict[str, Any]:
         precision = np.where(predicted > 0, tp / predicted, 0.0)
         recall = np.where(support > 0, tp / support, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    present = (support > 0) | (predicted > 0)  # sklearn: labels in y_true or y_pred
+    over = np.ones(len(f1), dtype=bool) if macro_mask is None else macro_mask
     return {
         "accuracy": float(tp.sum() / total) if total else 0.0,
         "weighted_f1": float((f1 * support).sum() / support.sum()) if support.sum() else 0.0,
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "macro_f1": float(f1[over].mean()) if over.any() else 0.0,
         "precision": precision,
         "recall": recall,
         "f1": f1,
@@ -53,20 +57,29 @@ def _from_confusion(cm: np.ndarray) -> dict[str, Any]:
 
 
 def classification_metrics(gold: Sequence[int], pred: Sequence[int], labels: Sequence[str],
-                           n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
+                           n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
+                           macro_over: Sequence[str] | None = None) -> dict[str, Any]:
     """Accuracy, weighted F1 (WAF), macro F1, per-class P/R/F1, confusion, bootstrap CIs.
 
-    Macro F1 averages over labels present in gold or predictions (as
-    scikit-learn does when ``labels`` is not given).
+    Macro F1 averages over every task label (scikit-learn's ``labels=labels``),
+    not only those that occur in this sample: a label never gold nor predicted
+    scores 0, so macro F1 does not rise when a class is missing. ``macro_over``
+    narrows it to those labels (e.g. without a catch-all '(other)' answer);
+    ``macro_f1_over`` says which were averaged.
     """
     n = len(labels)
     if len(gold) != len(pred):
         raise AffectlensError("gold and predictions differ in length")
     if len(gold) == 0:
         raise AffectlensError("no examples to score")
+    keep = set(labels if macro_over is None else macro_over)
+    mask = np.array([lab in keep for lab in labels])
     cm = confusion(gold, pred, n)
-    m = _from_confusion(cm)
+    m = _from_confusion(cm, mask)
     out: dict[str, Any] = {k: m[k] for k in CI_METRICS}
+    left = [lab for lab in labels if lab not in keep]
+    out["macro_f1_over"] = (f"all {n} task labels" if not left else
+                            f"the {n - len(left)} task labels ({', '.join(left)} not counted)")
     out["per_class"] = {
         lab: {"precision": float(m["precision"][i]), "recall": float(m["recall"][i]),
               "f1": float(m["f1"][i]), "support": int(m["support"][i])}
@@ -75,7 +88,7 @@ def classification_metrics(gold: Sequence[int], pred: Sequence[int], labels: Seq
     out["confusion"] = cm.tolist()
     out["labels"] = list(labels)
     if n_boot > 0:
-        out["ci"] = classification_ci(gold, pred, n, n_boot, seed, ci)
+        out["ci"] = classification_ci(gold, pred, n, n_boot, seed, ci, mask)
         out["ci_level"] = ci
         out["n_boot"] = n_boot
     return out
@@ -99,14 +112,15 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, n_boot: int = 1000, seed:
 
 
 def classification_ci(gold: Sequence[int], pred: Sequence[int], n_labels: int, n_boot: int = 1000,
-                      seed: int = 0, ci: float = 0.95) -> dict[str, list[float]]:
+                      seed: int = 0, ci: float = 0.95, macro_mask: np.ndarray | None = None
+                      ) -> dict[str, list[float]]:
     """Percentile bootstrap over examples (seeded), for accuracy / WAF / macro F1 at once."""
     g, p = np.asarray(gold, dtype=np.int64), np.asarray(pred, dtype=np.int64)
     codes = (g * n_labels + p)[resample(len(g), n_boot, seed)]
     stats = {k: np.empty(n_boot) for k in CI_METRICS}
     for b in range(n_boot):
         cm = np.bincount(codes[b], minlength=n_labels * n_labels).reshape(n_labels, n_labels)
-        m = _from_confusion(cm)
+        m = _from_confusion(cm, macro_mask)
         for k in CI_METRICS:
             stats[k][b] = m[k]
     lo, hi = (1 - ci) / 2 * 100, (1 + ci) / 2 * 100

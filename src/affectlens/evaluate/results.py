@@ -33,6 +33,9 @@ class TaskScore:
     calibration: str = "none"  # closed-set scoring: none, contextual or pmi
     calibration_vector: dict[str, float] | None = None  # the per-label prior removed
     fewshot: dict[str, Any] | None = None  # k, source split, seed and the examples shown
+    dropped_by: dict[str, int] = field(default_factory=dict)  # why rows never reached scoring: malformed, ...
+    skipped: dict[str, int] = field(default_factory=dict)  # scored rows the metric does not count (HIT: neutral)
+    notes: list[str] = field(default_factory=list)  # e.g. --limit/--sample larger than the task
 
     def to_dict(self) -> dict[str, Any]:
         """The task's entry in ``scores.json`` (``tasks.<name>``)."""
@@ -45,7 +48,18 @@ class TaskScore:
             out["calibration_vector"] = self.calibration_vector
         if self.fewshot is not None:
             out["fewshot"] = self.fewshot
+        for key in ("dropped_by", "skipped", "notes"):  # only when there is something to say
+            if getattr(self, key):
+                out[key] = getattr(self, key)
         return out
+
+    @classmethod
+    def from_dict(cls, name: str, entry: dict[str, Any]) -> TaskScore:
+        """The inverse of :meth:`to_dict` (a task of a saved ``scores.json``)."""
+        return cls(name, entry["kind"], entry["primary_metric"], entry["primary"], entry["metrics"], entry["n"],
+                   entry.get("dropped", 0), entry.get("spec", {}), entry.get("baselines", {}),
+                   entry.get("calibration", "none"), entry.get("calibration_vector"), entry.get("fewshot"),
+                   entry.get("dropped_by", {}), entry.get("skipped", {}), entry.get("notes", []))
 
     def line(self) -> str:
         """One human-readable line: name, metric, value (x100 unless perplexity), CI, macro-F1 beside
@@ -65,7 +79,9 @@ class TaskScore:
             extra += f", chance {100 * chance[self.primary_metric]:.2f}"
         how = "".join([f", {self.calibration}" if self.calibration != "none" else "",
                        f", {self.fewshot['k']}-shot" if self.fewshot else ""])
-        return f"{self.task:40s} {self.primary_metric:12s} {shown}{ci_s}{extra}  (n={self.n}{how})"
+        counts = "".join(f", {v} {k.replace('_', ' ')} not counted" for k, v in self.skipped.items())
+        counts += f", {self.dropped} dropped" if self.dropped else ""
+        return f"{self.task:40s} {self.primary_metric:12s} {shown}{ci_s}{extra}  (n={self.n}{counts}{how})"
 
 
 def attach_baselines(tasks: dict[str, TaskScore], predictions: list[dict[str, Any]]) -> None:
@@ -129,6 +145,9 @@ class EvalResult:
     batch_size: int = 16
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)
     mean_metric: str | None = None
+    # closed-set tasks: {"labels", "loglik" [n, L], "gold" [n], "reference" [3, L] or None}, for scores.npz
+    arrays: dict[str, dict[str, Any]] = field(default_factory=dict)
+    n_boot: int | None = None  # bootstrap resamples behind the CIs (rescore repeats them)
 
     @property
     def scores(self) -> dict[str, Any]:

@@ -1,9 +1,12 @@
 """``affectlens evaluate`` as a library call: ``evaluate_run`` (load, score, write) and ``write_run``.
 
 A run directory holds ``scores.json`` (the ``EvalResult.scores`` document),
-``predictions.jsonl`` (one row per example, all tasks),
-``confusion_<task>.png`` and ``manifest.json``; it is written through
-``runs.RunDir``, so it appears whole or not at all and never holds a NaN.
+``predictions.jsonl`` (one row per example, all tasks), ``confusion.csv`` and
+``per_class.csv`` (every confusion matrix and per-class P/R/F1, raw and
+calibrated), ``confusion_<task>.png``, ``scores.npz`` (closed-set tasks: the
+log-likelihoods ``rescore`` re-decides from, see ``evaluate.scorefile``) and
+``manifest.json``; it is written through ``runs.RunDir``, so it appears whole
+or not at all and never holds a NaN.
 """
 
 from __future__ import annotations
@@ -15,7 +18,39 @@ from typing import Any
 from ..errors import AffectlensError
 from ..runs import RunDir, check_out_dir, slug
 from .metrics import require_finite
-from .results import EvalResult
+from .results import EvalResult, TaskScore
+from .scorefile import NAME, write_scores
+
+CONFUSION_COLUMNS = ("task", "scoring", "gold", "predicted", "count")
+PER_CLASS_COLUMNS = ("task", "scoring", "label", "precision", "recall", "f1", "support")
+
+
+def scorings(task: TaskScore, mode: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(scoring, metrics)`` of each decision of ``task`` that has a confusion matrix.
+
+    Closed mode: ``raw`` and, when calibrated, the calibration's name;
+    generative mode: ``answers`` (HIT tasks have no confusion matrix here).
+    """
+    m = task.metrics
+    if "confusion" not in m or "labels" not in m:
+        return []
+    if mode != "closed":
+        return [("answers", m)]
+    if task.calibration == "none":
+        return [("raw", m)]
+    return [("raw", m["uncalibrated"]), (task.calibration, m)]
+
+
+def metric_tables(result: EvalResult) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows of ``confusion.csv`` (long form: one per gold/predicted pair) and of ``per_class.csv``."""
+    conf, per = [], []
+    for name, t in result.tasks.items():
+        for scoring, m in scorings(t, result.mode):
+            labels, cm = m["labels"], m["confusion"]
+            conf += [{"task": name, "scoring": scoring, "gold": g, "predicted": p, "count": cm[i][j]}
+                     for i, g in enumerate(labels) for j, p in enumerate(labels)]
+            per += [{"task": name, "scoring": scoring, "label": lab, **m["per_class"][lab]} for lab in labels]
+    return conf, per
 
 
 def write_files(run: RunDir, result: EvalResult) -> dict[str, str]:
@@ -24,13 +59,24 @@ def write_files(run: RunDir, result: EvalResult) -> dict[str, str]:
 
     run.json("scores.json", result.scores)
     run.jsonl("predictions.jsonl", result.predictions)
+    conf, per = metric_tables(result)
+    if conf:
+        run.csv("confusion.csv", conf, CONFUSION_COLUMNS)
+        run.csv("per_class.csv", per, PER_CLASS_COLUMNS)
+    if result.arrays:
+        run.extra["scores_npz"] = write_scores(run.file(NAME), result.arrays, result.n_boot, result.seed)
     figs = {}
     for name, data in result.figures.items():
         fname = f"confusion_{slug(name, 'task')}.png"
-        run.figure(fname, plots.confusion_matrix(data["confusion"], data["labels"], data["pred_labels"],
-                                                 name, data.get("title")))
+        if data.get("panels"):  # raw | calibrated, on one colour scale
+            fig = plots.confusion_panels(data["panels"], data["labels"], data["pred_labels"], name)
+        else:
+            fig = plots.confusion_matrix(data["confusion"], data["labels"], data["pred_labels"], name,
+                                         data.get("title"))
+        run.figure(fname, fig)
         figs[name] = fname
     run.extra.update(weights_sha256=result.weights_sha256, figures=figs)
+    run.extra["dropped"] = {k: {"total": t.dropped, **t.dropped_by} for k, t in result.tasks.items()}
     calib = {k: {"mode": t.calibration, "vector": t.calibration_vector} for k, t in result.tasks.items()
              if t.calibration != "none"}
     shots = {k: t.fewshot for k, t in result.tasks.items() if t.fewshot}
@@ -117,7 +163,7 @@ def evaluate_run(model: str, out: str | Path, tasks: Sequence[str] | None = None
         else:
             m, tok = load_model(model, adapter=adapter, dtype=dtype, allow_pickle=allow_pickle, device=device)
         run.extra["ran_on"] = ran_on(m)
-        result = evaluate(m, tok, names, mode=mode, limit=limit, batch_size=batch_size, seed=seed,
+        result = evaluate(m, tok, loaded, mode=mode, limit=limit, batch_size=batch_size, seed=seed,
                           n_boot=n_boot, wheel=wheel, max_new_tokens=max_new_tokens, calibration=calibration,
                           num_fewshot=num_fewshot, fewshot_from=fewshot_from, sample=sample, backend=backend,
                           processor=processor)

@@ -18,7 +18,7 @@ from .circuits import (
     neuron_layers,
     vector_norms,
 )
-from .evaluate import confusion_matrix
+from .evaluate import confusion_matrix, confusion_panels
 from .grid import frontier
 from .locate import LOCATE_METRIC_TITLES, locate_distribution, locate_heatmap
 from .study import image_limits, locus_stability, verdict_forest
@@ -26,7 +26,7 @@ from .tune import loss_curve
 
 __all__ = [
     "LOCATE_METRIC_TITLES", "confusion_matrix", "frontier", "head_overlap", "head_scores", "image_limits",
-    "intervention_changes",
+    "confusion_panels", "intervention_changes",
     "layer_profile", "locate_distribution", "locate_heatmap", "locus_stability", "loss_curve", "neuron_layers",
     "pyplot", "save", "vector_norms", "verdict_forest",
 ]

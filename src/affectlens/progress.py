@@ -182,11 +182,11 @@ class Progress:
         return cost
 
     def update(self, n: int = 1, cost: float | None = None) -> None:
-        """``n`` more items done, together costing ``cost`` (default: their weights, or ``n``)."""
+        """``n`` more items done, together costing ``cost`` (default: their weights; unweighted: ``n``)."""
         if not self.active:
             return
         with self._lock:
-            c = self._planned(n) if cost is None else float(cost)
+            c = self._planned(n) if cost is None or not self.weighted else float(cost)
             self.done += n
             self.done_cost += c
             if self.bar is not None:
@@ -201,7 +201,7 @@ class Progress:
         if not self.active:
             return
         with self._lock:
-            c = self._planned(n) if cost is None else float(cost)
+            c = self._planned(n) if cost is None or not self.weighted else float(cost)
             self.done += n
             if self.total_cost is not None:
                 self.total_cost = max(self.done_cost, self.total_cost - c)

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to ../shared assets and tiny in-process models."""
+"""Shared fixtures: paths to ../shared assets (deselected where missing) and tiny in-process models."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+import shared_assets
 
 os.environ.setdefault("AFFECTLENS_NO_PROGRESS", "1")
 os.environ.setdefault("AFFECTLENS_THREADS", "1")  # cli.main applies the thread policy
@@ -23,18 +25,46 @@ transformers.utils.logging.disable_progress_bar()
 torch.set_num_threads(int(os.environ.get("AFFECTLENS_TEST_THREADS", "1")))
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# AFFECTLENS_SHARED moves the assets (an empty path simulates a bare clone).
+SHARED = Path(os.environ.get("AFFECTLENS_SHARED") or ROOT.parent / "shared").absolute()
 TINYSTORIES = SHARED / "models" / "tinystories-656k"
 STORIES260K = SHARED / "models" / "stories260k"
 DATA = SHARED / "data"
+WHAT = (f"{SHARED} (../shared beside the project root: the tiny models tinystories-656k and "
+        "stories260k in shared/models, the data sets in shared/data)")
 
 
 def pytest_configure(config):
-    if not (TINYSTORIES / "config.json").is_file():
-        raise pytest.UsageError(
-            f"the shared test assets are missing: expected {SHARED} beside the project root "
-            "(tiny models in shared/models, data sets in shared/data)"
-        )
+    if not shared_assets.present(SHARED) and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        raise pytest.UsageError(f"the shared test assets are missing (CI requires them): expected {WHAT}")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests that reach ../shared; on a clone without it, deselect them (CI refuses instead)."""
+    shared_assets.mark(items, SHARED, ROOT / "tests")
+    if shared_assets.present(SHARED):
+        return
+    kept = [i for i in items if i.get_closest_marker("shared_assets") is None]
+    dropped = [i for i in items if i.get_closest_marker("shared_assets") is not None]
+    config.stash[shared_assets.DESELECTED] = len(dropped)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def pytest_unconfigure(config):
+    n = config.stash.get(shared_assets.DESELECTED, 0)
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if n and tr is not None:
+        tr.write_line(f"{n} tests need the shared test assets, which are missing: {WHAT}; they were "
+                      "deselected (CI=true requires them)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a bare clone, a failure that touched ../shared names the missing marker (it must not pass quietly)."""
+    outcome = yield
+    shared_assets.explain(outcome.get_result(), SHARED)
 
 
 @pytest.fixture(scope="session")

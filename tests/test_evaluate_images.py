@@ -21,6 +21,7 @@ from PIL import Image
 from affectlens.prompts import render
 from test_vlm_families import saved_family
 
+from conftest import STORIES260K
 from faults import assert_refused, run_cli
 
 # The family's image placeholder, spelled out here (what its processor expands per image).
@@ -125,7 +126,7 @@ def test_missing_image_is_refused_naming_the_row(saved, tmp_path, capfd):
 def test_image_tasks_need_a_vlm_and_closed_mode(saved, tmp_path, capfd):
     out = tmp_path / "run"
     task = f"jsonl:{saved['jsonl']},image=image"
-    assert_refused(run_cli(capfd, "evaluate", "../shared/models/stories260k", "--task", task, "--out", out),
+    assert_refused(run_cli(capfd, "evaluate", str(STORIES260K), "--task", task, "--out", out),
                    out=out, contains="vision-language model")
     assert_refused(run_cli(capfd, "evaluate", saved["dir"], "--task", task, "--mode", "generative",
                            "--out", out), out=out, contains="closed mode only")

@@ -38,6 +38,7 @@ from .tuneconfig import TuneConfig
 
 # Same budget for both adapters (all-module LoRA ~1.5 s/step, batch 8 x ~50 tokens).
 EXPECTED_TIME = "about 7 min the first time on 2 idle CPU cores, a few seconds when cached"
+STEP_S = 1.5  # one all-module LoRA step on 2 idle CPU cores: each stage's announced estimate
 BUDGET = TuneConfig(modules="all", steps=120, lr=2e-3, dropout=0.0, max_length=128)
 TASKS = {"emotion": "emotion_train", "control": "control_train"}
 
@@ -100,6 +101,7 @@ def run_demo(out: str | os.PathLike | None = None, force: bool = False, retrain:
     from .runs import RunDir
 
     say = print if verbose else (lambda *a, **k: None)
+    say(f"demo: {EXPECTED_TIME}")
     config = budget or BUDGET
     if steps is not None:
         config = config.replace(steps=int(steps))
@@ -115,6 +117,7 @@ def run_demo(out: str | os.PathLike | None = None, force: bool = False, retrain:
 def _train(config: TuneConfig, retrain: bool, say: Any, verbose: bool) -> tuple[Path, str, dict[str, Path], bool]:
     """The two adapters, trained now or found in the cache: (base dir, cache key, adapters, cached)."""
     from .models import DEFAULT_MODEL, cache_dir, default_model_dir, load_model
+    from .progress import step
     from .tune import tune
 
     base_dir = default_model_dir()
@@ -134,8 +137,9 @@ def _train(config: TuneConfig, retrain: bool, say: Any, verbose: bool) -> tuple[
             say(f"[{label}] cached in {adapters[label]}")
             continue
         say(f"[{label}] tuning on bundled {data}")
-        res = tune(model, data, config=config, out=adapters[label], force=True, tokenizer=tok,
-                   base_path=DEFAULT_MODEL, verbose=verbose)
+        with step(f"demo: tuning the {label} adapter ({config.steps} steps)", config.steps * STEP_S, enabled=verbose):
+            res = tune(model, data, config=config, out=adapters[label], force=True, tokenizer=tok,
+                       base_path=DEFAULT_MODEL, verbose=verbose)
         model = res.model.unload()  # the untouched base again, for the next adapter
     return base_dir, key, adapters, cached
 

@@ -26,6 +26,7 @@ from .hfcompat import quiet_peft
 
 DEFAULT_MODEL = "smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONVERT_S = 60  # the first-use conversion, measured on 2 CPU cores (63 s)
 
 
 def cache_dir() -> Path:
@@ -57,6 +58,15 @@ def default_model_dir() -> Path:
     out = cache_dir() / "models" / "smollm2-135m-instruct"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
+    from .progress import step
+
+    with step(f"converting the embedded SmolLM2 GGUF into {out} (first use only)", estimate_s=CONVERT_S):
+        _convert(gguf_path, out)
+    return out
+
+
+def _convert(gguf_path: Path, out: Path) -> None:
+    """Dequantise the GGUF and save it as an HF dir at ``out`` (built aside, renamed into place)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
@@ -78,7 +88,6 @@ def default_model_dir() -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def resolve_model_path(spec: str | os.PathLike) -> Path:

@@ -1,4 +1,4 @@
-"""Run directories: one writer (``RunDir``), manifests, fingerprints, strict JSON, progress.
+"""Run directories: one writer (``RunDir``), manifests, fingerprints, strict JSON.
 
 Every command writes one directory through ``RunDir``: the output is claimed
 (see ``affectlens.claims``: no two runs write one output, leftovers of killed
@@ -17,10 +17,10 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from .claims import atomic_dir as atomic_dir
 from .claims import check_out_dir as check_out_dir
@@ -31,13 +31,13 @@ from .claims import note as note
 from .claims import sweep as sweep
 from .claims import temp_file as temp_file
 from .errors import AffectlensError
+from .progress import Progress as Progress
+from .progress import progress as progress
 
 try:  # POSIX: the claim is an flock, released by the kernel when its owner dies
     import fcntl
 except ImportError:  # pragma: no cover - Windows: O_EXCL placeholder + pid liveness
     fcntl = None  # type: ignore[assignment]
-
-T = TypeVar("T")
 
 _VERSIONED = ("affectlens", "torch", "transformers", "safetensors", "peft", "numpy", "gguf")
 
@@ -330,61 +330,6 @@ def write_manifest(
         manifest.update(extra)
     write_json(Path(run_dir) / "manifest.json", manifest)
     return manifest
-
-
-def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterable[T]:
-    """A progress bar over ``iterable`` (see :class:`Progress` for when it shows)."""
-    bar = Progress(total if total is not None else _len(iterable), desc, unit)
-    if bar.bar is None:
-        return iterable
-    return _ticking(iterable, bar)
-
-
-def _len(iterable: Iterable[Any]) -> int | None:
-    try:
-        return len(iterable)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-
-
-def _ticking(iterable: Iterable[T], bar: Progress) -> Iterator[T]:
-    try:
-        for item in iterable:
-            yield item
-            bar.update(1)
-    finally:
-        bar.close()
-
-
-class Progress:
-    """The one progress bar: tqdm on stderr with rate and ETA.
-
-    Shown only when stderr is a terminal and AFFECTLENS_NO_PROGRESS is unset,
-    so logs and captured output get no bar fragments before an error line.
-    ``enabled=False`` silences it for library callers that ask for quiet.
-    """
-
-    def __init__(self, total: int | None, desc: str, unit: str = "it", enabled: bool = True) -> None:
-        self.bar = None
-        if enabled and not os.environ.get("AFFECTLENS_NO_PROGRESS") and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr)
-
-    def update(self, n: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def slug(name: str, default: str = "item") -> str:

@@ -276,9 +276,8 @@ def train(peft_model: Any, ids: list[list[int]], n_prompts: list[int], pad_id: i
                 stats.losses.append(value)
                 stats.step_seconds.append(time.perf_counter() - ts)
                 stats.step_cpu_seconds.append(time.process_time() - cs)
+                bar.set_postfix(loss=f"{value:.4f}")
                 bar.update(1)
-                if bar.bar is not None:
-                    bar.bar.set_postfix(loss=f"{value:.4f}")
         stats.seconds = time.perf_counter() - t0
     if accelerator is not None:
         stats.tokens = int(accelerator.reduce(torch.tensor(stats.tokens, device=device), "sum"))

@@ -273,19 +273,27 @@ def run_interventions(model: Any, tokenizer: Any, tasks: Sequence[str], ivs: dic
     """
     from ..evaluate import evaluate, load_task, parse_task
     from ..evaluate.core import closed_prompt
+    from ..progress import Progress
     from .hooks import layout_for
 
     out: dict[str, dict[str, Any]] = {k: {"intervention": iv.describe(), "tasks": {}} for k, iv in ivs.items()}
-    for t in tasks:
-        spec = parse_task(t)
-        labels = list(load_task(spec, limit).labels)
+    loaded = [load_task(parse_task(t), limit) for t in tasks]
+    # One evaluation before and one under each intervention, per task (then perplexity): each weighs its examples.
+    runs = [len(lt.examples) for lt in loaded for _ in range(1 + len(ivs))]
+    runs += [len(ppl_texts or ())] * (1 + len(ivs)) if ppl_texts else []
+    bar = Progress(len(runs), "circuits intervene", unit="evaluation", weights=runs)
+    for lt in loaded:
+        spec = lt.spec
+        labels = list(lt.labels)
         layout = layout_for(tokenizer, partial(closed_prompt, tokenizer, spec, labels))
         before = evaluate(model, tokenizer, [spec], "closed", limit, batch_size, seed, progress=False, n_boot=n_boot)
+        bar.update()
         b = before.tasks[spec.name]
         for key, iv in ivs.items():
             with intervened(model, layout, iv), _under(iv):
                 after = evaluate(model, tokenizer, [spec], "closed", limit, batch_size, seed, progress=False,
                                  n_boot=n_boot)
+            bar.update()
             a = after.tasks[spec.name]
             row = compare(before.predictions, after.predictions, n_boot, seed)
             row["primary_metric"] = b.primary_metric
@@ -294,8 +302,11 @@ def run_interventions(model: Any, tokenizer: Any, tasks: Sequence[str], ivs: dic
             out[key]["tasks"][spec.name] = row
     if ppl_texts:
         pb = guarded_perplexity(model, tokenizer, ppl_texts)
+        bar.update()
         for key, iv in ivs.items():
             with _under(iv):
                 pa = guarded_perplexity(model, tokenizer, ppl_texts, iv)
+            bar.update()
             out[key]["perplexity"] = {"before": pb, "after": pa, "ratio": pa / pb}
+    bar.close()
     return out

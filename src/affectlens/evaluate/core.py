@@ -75,7 +75,8 @@ def _closed(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress, ca
     if image_rows(task):
         ll = _with_images(model, tok, processor, task, prompts, batch_size, progress)
     else:
-        ll = score_labels(model, tok, prompts, labels, batch_size=batch_size, progress=progress)
+        ll = score_labels(model, tok, prompts, labels, batch_size=batch_size, progress=progress,
+                          desc=f"evaluate {spec.name}")
     bad = (~torch.isfinite(ll)).nonzero()
     if len(bad):  # argmax over NaN is a confident-looking label: never a prediction
         i, j = (int(x) for x in bad[0])

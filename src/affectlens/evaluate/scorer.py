@@ -216,7 +216,7 @@ def _continue(model, cache, rows: list[int], items: list[_Item], mask: torch.Ten
 
 def score_labels(model, tokenizer, prompts: Sequence[str], labels: Sequence[str],
                  batch_size: int = 16, delimiter: str | None = None,
-                 progress: bool = False) -> torch.Tensor:
+                 progress: bool = False, desc: str = "scoring") -> torch.Tensor:
     """Log-likelihood of each label continuation after each prompt: tensor [n, n_labels].
 
     ``delimiter`` goes between prompt and label (default: a space unless the
@@ -229,7 +229,7 @@ def score_labels(model, tokenizer, prompts: Sequence[str], labels: Sequence[str]
     if not prompts:
         return torch.zeros(0, len(labels), dtype=torch.float64)
     items = tokenize_pairs(tokenizer, prompts, labels, delimiter, max_positions(model))
-    return score_items(model, items, len(labels), padding_id(tokenizer), batch_size, progress)
+    return score_items(model, items, len(labels), padding_id(tokenizer), batch_size, progress, desc)
 
 
 __all__ = ["score_labels", "tokenize_pairs", "score_items", "max_positions", "model_device", "model_name",

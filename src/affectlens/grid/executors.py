@@ -117,6 +117,7 @@ class Job:
     allow_pickle: bool = False
     evaluator: Callable[..., Any] | None = None
     tuner: Callable[..., Any] | None = None
+    cost: float = 1.0  # expected work (``grid.eta``), so the driver's ETA weights the jobs
 
     @property
     def label(self) -> str:
@@ -202,7 +203,7 @@ def run_waves(spec: ExecutorSpec, job_waves: list[list[Job]], out: Path, echo: C
     n = sum(len(w) for w in job_waves)
     echo(f"  {n} job(s) in {len(job_waves)} wave(s) on {spec.name} "
          f"({spec.cpus_per_cell} CPU, {spec.gpus_per_cell:g} GPU per cell)")
-    bar = Progress(n, "grid cells", unit="cell")
+    bar = Progress(n, "grid cells", unit="cell", weights=[j.cost for w in job_waves for j in w])
     try:
         engine = _ray if spec.name == "ray" else _slurm
         engine(spec, job_waves, out, echo, bar)
@@ -211,7 +212,7 @@ def run_waves(spec: ExecutorSpec, job_waves: list[list[Job]], out: Path, echo: C
 
 
 def _report(job: Job, error: str | None, failed: list[str], echo: Callable[[str], None], bar: Any) -> None:
-    bar.update(1)
+    bar.update(1, cost=job.cost)  # jobs finish in any order: each brings its own cost
     if error is None:
         echo(f"  done {job.label}")
     else:

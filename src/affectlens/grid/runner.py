@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import AffectlensError
 from .config import GridConfig, assign_keys, load_config
+from .eta import cell_costs, job_cost
 from .executors import ExecutorSpec, Job, adapter_dir, run_waves, waves
 from .inputs import fingerprint_inputs, validate_config
 from .report import REPORT_FILES, cell_path, report
@@ -151,7 +152,7 @@ def _run(cfg: GridConfig, out: Path, force: bool, evaluator: Evaluator | None, t
                        out=str(out.resolve()), base_path=str(base_path.resolve()), cwd=os.getcwd(), variant=v.name,
                        seed=seed, adapter_only=adapter_only, device=where.device, dtype=where.dtype,
                        threads=where.executor.cpus_per_cell, allow_pickle=allow_pickle, evaluator=evaluator,
-                       tuner=tuner)
+                       tuner=tuner, cost=job_cost(cfg, out, v, seed, adapter_only))
 
         run_waves(where.executor, waves(cfg, out, todo, make), out, echo)
         missing = [f"'{v.name}' seed {s}" for v, s in todo if not cell_done(out, v, s)]
@@ -175,7 +176,7 @@ def _serial(cfg: GridConfig, out: Path, todo: list[tuple[Variant, int]], evaluat
 
     bench = Workbench(cfg, out, tuner, echo, base_path, allow_pickle, device=where.device, dtype=where.dtype)
     try:
-        for v, seed in progress(todo, "grid cells", total=len(todo), unit="cell"):
+        for v, seed in progress(todo, "grid cells", total=len(todo), unit="cell", weights=cell_costs(cfg, out, todo)):
             cell = bench.run_cell(v, seed, evaluator)
             echo(f"  {v.name} seed {seed}: mean {cell.mean:.4f} ({cell.cell_seconds:.1f} s)")
     finally:

@@ -210,6 +210,11 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
              "a GPU is much faster, a busy machine slower)"
              + (" (resuming: finished stages are reused)" if resumed else ""))
         store.init()
+        from ..progress import Progress
+
+        plan = [(s, lab) for s in needed(cfg.stages) for lab in ["", *(others if s in PER_BASE else ())]]
+        bar = Progress(len(plan), "study stages", unit="stage", weights=[  # ETA by expected seconds
+            expected[s] if not lab else expected[f"{s}@other bases"] / len(others) for s, lab in plan])
         t0 = time.perf_counter()
         fps: dict[str, str] = {}
         timing: dict[str, dict[str, Any]] = {}
@@ -221,6 +226,7 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
             if any(d in failed for d in deps):
                 failed[key] = f"was skipped: it needs the {', '.join(d for d in deps if d in failed)} stage"
                 warn(f"  {key}: {failed[key]}")
+                bar.skip()
                 return
             fps[key] = fp = stage_fingerprint(c, stage, {d: fps[d + at] for d in DEPS[stage]})
             cached = store.get(key, fp)
@@ -228,6 +234,7 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
                 c.results[stage] = ctx.results[key] = cached["result"]
                 timing[key] = {"seconds": cached.get("seconds"), "cached": True}
                 echo(f"  {key}: cached ({fp})")
+                bar.skip()
                 return
             echo(f"  {key}: running")
             s0 = time.perf_counter()
@@ -237,17 +244,20 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
                 why = str(e).splitlines()[0] if str(e) else ""
                 failed[key] = f"failed ({type(e).__name__}{': ' + why if why else ''})"
                 warn(f"  {key}: {failed[key]}; its section is skipped")
+                bar.update()
                 return
             secs = time.perf_counter() - s0
             store.put(key, fp, result, secs)
             c.results[stage] = ctx.results[key] = result
             timing[key] = {"seconds": secs, "cached": False}
             echo(f"  {key}: done in {secs:.0f} s")
+            bar.update()
 
         for stage in needed(cfg.stages):
             one(ctx, stage)
             for lab, c in others.items() if stage in PER_BASE else ():
                 one(c, stage, f"@{lab}")
+        bar.close()
         wall = time.perf_counter() - t0
         from .assemble import write_study
 

@@ -40,10 +40,11 @@ def run_adapters(ctx: Context) -> dict[str, Any]:
             jobs.append(("full", cfg.data, cfg.full_budget.replace(modules="all", seed=s), s))
     from ..runs import progress
 
-    for kind, data, budget, s in progress(jobs, "study adapters", total=len(jobs), unit="adapter"):
-        data_fp = ctx.fps["data"] if kind != "control" else ctx.fps["control_data"]
-        h = fingerprint(ctx.fps["base"], data_fp, budget.to_dict(), kind)
-        ad = d / f"{kind}__s{s}__{h}"
+    # The ETA weights each adapter by its steps x batch (a full-FT step ~3 LoRA steps); a cached one is free.
+    costs = [0.0 if _adapter_dir(ctx, d, k, b, s).is_dir() else b.steps * b.batch_size * (3 if k == "full" else 1)
+             for k, _, b, s in jobs]
+    for kind, data, budget, s in progress(jobs, "study adapters", total=len(jobs), unit="adapter", weights=costs):
+        ad = _adapter_dir(ctx, d, kind, budget, s)
         if not ad.is_dir():
             ctx.echo(f"  training {kind} adapter seed {s} ({budget.steps} steps)")
             extra: dict[str, Any] = {"method": "full"} if kind == "full" else {}
@@ -68,6 +69,12 @@ def run_adapters(ctx: Context) -> dict[str, Any]:
             n = count_params(store.config, "all", cfg.budget.rank).lora_total
         out["params"] = {str(s): int(n) for s in cfg.seeds}
     return out
+
+
+def _adapter_dir(ctx: Context, d: Any, kind: str, budget: Any, s: int) -> Any:
+    """Where the ``kind`` adapter of seed ``s`` lives: its hash covers base, data and budget."""
+    data_fp = ctx.fps["data"] if kind != "control" else ctx.fps["control_data"]
+    return d / f"{kind}__s{s}__{fingerprint(ctx.fps['base'], data_fp, budget.to_dict(), kind)}"
 
 
 def _accepts(fn: Any, name: str) -> bool:

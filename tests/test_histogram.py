@@ -17,6 +17,7 @@ from affectlens.locate_stats import (
     hist_edges,
     quantiles,
 )
+from affectlens.weights.reduce import float64_ref_tol
 
 
 def numpy_reference(delta: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, int]:
@@ -127,5 +128,6 @@ def test_fused_pass_equals_numpy_bin_for_bin_across_step_boundaries(dtype):
     ref, ref_zeros = numpy_reference(delta32, base.float().numpy())
     assert zeros == ref_zeros and got.tolist() == ref.tolist()
     assert got[1:-1].sum() > 0.3 * n
-    assert st.ssq_base == pytest.approx(float((b64**2).sum()), rel=1e-6)
-    assert st.ssq_delta == pytest.approx(float(((t64 - b64) ** 2).sum()), rel=1e-6)
+    # the stated bound of the blocked float32 sums (issue 18), not what one BLAS happens to give
+    assert st.ssq_base == pytest.approx(float((b64**2).sum()), rel=float64_ref_tol(n), abs=0)
+    assert st.ssq_delta == pytest.approx(float(((t64 - b64) ** 2).sum()), rel=float64_ref_tol(n, delta=True), abs=0)

@@ -162,18 +162,26 @@ class LoraAdapter:
 
     def delta_rows(self, module: LoraModule, r0: int, r1: int, base_rows: torch.Tensor | None = None
                    ) -> torch.Tensor:
-        """ΔW rows [r0, r1) in float32 (plain LoRA: s·B[r0:r1]·A; DoRA needs ``base_rows``)."""
-        A = self.store.get(module.a_name).to(torch.float32)
-        B = self.store.get(module.b_name)[r0:r1].to(torch.float32)
-        d = module.scale * (B @ A)
+        """ΔW rows [r0, r1) in float32 (plain LoRA: s·B[r0:r1]·A; DoRA needs ``base_rows``).
+
+        A plain LoRA's entries sum ``rank`` float32 products: an error bound that does not grow with
+        the tensor (its norm comes from the Grams anyway). DoRA's ΔW = m/‖W+sBA‖·(W+sBA) − W is formed
+        in float64 and rounded once to float32, as a − b of two checkpoints is: a float32 row norm
+        (in_features terms) and a float32 W+sBA would carry errors relative to W, not to ΔW, into
+        Σ(ΔW)²; this way ``reduce.ssq_rel_bound(n, delta=True)`` holds for DoRA too, up to float64
+        rounding relative to W (~(in_features + rank)·2⁻⁵³·‖W‖/‖ΔW‖).
+        """
+        A = self.store.get(module.a_name)
+        B = self.store.get(module.b_name)[r0:r1]
         if not self.use_dora:
-            return d
+            return module.scale * (B.to(torch.float32) @ A.to(torch.float32))
         if base_rows is None:
             raise AffectlensError("DoRA adapters need the base weights to compute the change")
         assert module.magnitude_name is not None  # refused at load for a DoRA adapter
-        m = self.store.get(module.magnitude_name)[r0:r1].to(torch.float32)
-        v = base_rows.to(torch.float32) + d
-        return (m / torch.linalg.vector_norm(v, dim=1)).unsqueeze(1) * v - base_rows.to(torch.float32)
+        m = self.store.get(module.magnitude_name)[r0:r1].to(torch.float64)
+        w = base_rows.to(torch.float64)
+        v = (B.to(torch.float64) @ A.to(torch.float64)).mul_(module.scale).add_(w)
+        return v.mul_((m / torch.linalg.vector_norm(v, dim=1)).unsqueeze(1)).sub_(w).to(torch.float32)
 
     def fused_b_rows(self, module: LoraModule) -> int:
         return self.store.shape(module.b_name)[0]

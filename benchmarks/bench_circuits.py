@@ -65,8 +65,8 @@ def main() -> int:
     from affectlens.circuits.neurons import neuron_attribution
     from affectlens.circuits.pairs import encoder_for, load_pairs
     from affectlens.circuits.vectors import compute_vectors
-    from affectlens.corpus import bundled_path
-    from affectlens.models import load_model
+    from affectlens.models.loading import load_model
+    from affectlens.tasks.corpus import bundled_path
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -246,7 +246,7 @@ def sweep_child(args: argparse.Namespace) -> int:
     from affectlens.circuits.pairs import answer_labels, emotion_probs, encoder_for, load_pairs
     from affectlens.circuits.sweep import sweep_probs
     from affectlens.circuits.vectors import SteeringVectors
-    from affectlens.models import load_model
+    from affectlens.models.loading import load_model
 
     mode, vec_path = args.sweep_child
     model, tok = load_model("smollm2")

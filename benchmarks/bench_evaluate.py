@@ -34,7 +34,7 @@ import torch
 
 from affectlens.evaluate import evaluate, export_task, load_task, score_labels
 from affectlens.evaluate.core import closed_prompt
-from affectlens.models import load_model
+from affectlens.models.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -52,8 +52,8 @@ FLOOR = r"""
 import os, sys, time
 import torch
 from affectlens.locate import chunk_reader
-from affectlens.locate_pass import SUB_ELEMS as SUB
-from affectlens.tensor_pool import TensorWorkers
+from affectlens.locate.tensor_pass import SUB_ELEMS as SUB
+from affectlens.weights.pool import TensorWorkers
 from affectlens.weights.store import open_weights
 t = time.perf_counter()  # after the imports, as for the other rows
 stores = [open_weights(p) for p in sys.argv[1:3]]

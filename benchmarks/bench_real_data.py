@@ -6,7 +6,7 @@
 Each SPEC is anything ``evaluate --task`` / ``tune --data`` take (``meld:DIR``,
 ``csv:isear.csv,delimiter=|,...``, a bare path). The evaluated split is the
 spec's own (a directory: its test split); training and few-shot rows come
-from the same data set's train split (``evaluate.tasks.sibling_split``), never
+from the same data set's train split (``tasks.tables.sibling_split``), never
 from the evaluated one, drawn balanced (``per_class``, seeded). Without SPECs
 the shared data sets beside the project are used (dair-ai emotion, GoEmotions
 Ekman, EmoBank valence), with small limits.
@@ -62,9 +62,10 @@ class _Lines(list):
 
 def bench_one(spec_text: str, model, tok, args) -> list[str]:
     from affectlens.evaluate import evaluate, load_task
-    from affectlens.evaluate.loaders import load_rows
-    from affectlens.evaluate.tasks import parse_task, sibling_split
-    from affectlens.tune import Dataset, tune
+    from affectlens.tasks.loaders import load_rows
+    from affectlens.tasks.spec import parse_task
+    from affectlens.tasks.tables import sibling_split
+    from affectlens.tune.run import Dataset, tune
     from affectlens.tuneconfig import TuneConfig
     from affectlens.vocab import TaskKind
 
@@ -135,7 +136,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    from affectlens.models import load_model
+    from affectlens.models.loading import load_model
 
     t0 = time.perf_counter()
     kwargs = {"device": args.device} if "device" in inspect.signature(load_model).parameters else {}

@@ -37,7 +37,7 @@ from pathlib import Path
 CHILD_OURS = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
-from affectlens.transfer import transfer
+from affectlens.interventions.transfer import transfer
 t1 = time.perf_counter()
 transfer(sys.argv[1], sys.argv[2], "gate_proj", sys.argv[3], max_shard_size=sys.argv[4], echo=lambda s: None)
 t2 = time.perf_counter()

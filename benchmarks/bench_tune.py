@@ -87,9 +87,9 @@ def worker(args: argparse.Namespace) -> None:
     """One measured run; prints a JSON line."""
     import torch
 
-    from affectlens.demo import BUDGET
-    from affectlens.models import load_model
-    from affectlens.tune import encode, load_dataset, tune
+    from affectlens.models.loading import load_model
+    from affectlens.study.demo import BUDGET
+    from affectlens.tune.run import encode, load_dataset, tune
 
     torch.set_num_threads(args.threads)
     cfg = BUDGET.replace(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
@@ -121,9 +121,9 @@ def run_one(args: argparse.Namespace, impl: str, precision: str) -> dict:
 
 
 def main() -> None:
-    from affectlens.demo import BUDGET
-    from affectlens.precision import resolve_precision
+    from affectlens.study.demo import BUDGET
     from affectlens.threads import available_cores, busy_cores, choose_threads
+    from affectlens.tune.precision import resolve_precision
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5, help="training steps per run (default: %(default)s)")

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from affectlens.ablate import ablate_tensors
 from affectlens.cli import main
 from affectlens.errors import AffectlensError
-from affectlens.transfer import applied, transfer_tensors
+from affectlens.interventions.ablate import ablate_tensors
+from affectlens.interventions.transfer import applied, transfer_tensors
 
 from tiny import plant_projections, save_tiny, tiny_model
 
@@ -393,8 +393,8 @@ def test_streamed_transfer_equals_in_memory_and_the_donor(pair):
 
 
 def test_ablation_modes_are_one_enum(tmp_path, capsys):
-    from affectlens.ablate import MODES, AblationMode
     from affectlens.errors import AffectlensError
+    from affectlens.interventions.ablate import MODES, AblationMode
 
     assert MODES == ("reset", "zero-delta", "zero", "mean", "noise")
     assert [m for m in AblationMode if m.needs_base] == ["reset", "zero-delta", "noise"]
@@ -407,8 +407,8 @@ def test_ablation_modes_are_one_enum(tmp_path, capsys):
 
 def test_run_dir_record_and_line_are_the_result(pair, planted, tmp_path, capsys):
     """compose.json and the printed line come from the returned ComposeResult; the manifest from RunDir."""
-    from affectlens.ablate import ablate
-    from affectlens.transfer import transfer
+    from affectlens.interventions.ablate import ablate
+    from affectlens.interventions.transfer import transfer
 
     res = transfer(pair / "base_single", pair / "donor_single", "gate_proj", tmp_path / "t", layers="1")
     assert res.out == tmp_path / "t" and res.kind == "transfer"

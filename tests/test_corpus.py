@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from affectlens import corpus
 from affectlens.cli import main
 from affectlens.errors import AffectlensError
+from affectlens.tasks import corpus
 
 FILES = ("emotion_train.jsonl", "emotion_test.jsonl", "control_train.jsonl", "control_test.jsonl",
          "pairs.jsonl", "README.md")
@@ -103,7 +103,7 @@ def test_bundled_path_names_and_errors():
 
 def test_readme_states_licence_and_generation():
     text = (corpus.DATA_DIR / "README.md").read_text()
-    assert "Apache-2.0" in text and "python -m affectlens.corpus" in text
+    assert "Apache-2.0" in text and "python -m affectlens.tasks.corpus" in text
 
 
 def test_bad_data_via_cli_is_one_line(tmp_path, capsys):

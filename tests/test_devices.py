@@ -12,7 +12,8 @@ import json
 import pytest
 import torch
 
-from affectlens.devices import (
+from affectlens.errors import AffectlensError
+from affectlens.models.devices import (
     HEADROOM,
     accum_dtype,
     check,
@@ -23,8 +24,7 @@ from affectlens.devices import (
     resolve_device,
     resolve_dtype,
 )
-from affectlens.errors import AffectlensError
-from affectlens.models import load_model, placement
+from affectlens.models.loading import load_model, placement
 
 from conftest import STORIES260K
 from faults import assert_refused, run_cli
@@ -272,7 +272,7 @@ def test_parameter_count_from_config_matches_meta_model(meta_model):
 
 
 def test_module_matching_and_lora_targets_on_meta(meta_model):
-    from affectlens.training import lora_targets, wrap_lora
+    from affectlens.tune.training import lora_targets, wrap_lora
     from affectlens.tuneconfig import TuneConfig
 
     cfg = meta_model.config

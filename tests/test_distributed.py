@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from affectlens.distributed import Layout
 from affectlens.errors import AffectlensError
-from affectlens.tune import tune
+from affectlens.tune.distributed import Layout
+from affectlens.tune.run import tune
 
 from conftest import ROOT, TINYSTORIES
 

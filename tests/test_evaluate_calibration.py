@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from affectlens.evaluate import core, evaluate, evaluate_run
-from affectlens.prompts import render
+from affectlens.tasks.prompts import render
 from test_evaluate_scorer import TEXTS, brute
 
 from conftest import TINYSTORIES

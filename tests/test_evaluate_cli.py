@@ -12,9 +12,9 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from affectlens.cli import main
-from affectlens.corpus import bundled_path
 from affectlens.evaluate import evaluate, perplexity, weight_fingerprint
 from affectlens.evaluate.generative import open_prompt
+from affectlens.tasks.corpus import bundled_path
 from test_evaluate_loaders import write_meld
 
 from conftest import TINYSTORIES

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from affectlens.evaluate import evaluate, load_wheel, parse_answer, score_generative_rows
 from affectlens.evaluate.backends import HFBackend, get_backend
 from affectlens.evaluate.generative import open_prompt
-from affectlens.prompts import OPEN_QUESTION
+from affectlens.tasks.prompts import OPEN_QUESTION
 
 from conftest import TINYSTORIES
 from faults import assert_refused, run_cli

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from affectlens.prompts import render
+from affectlens.tasks.prompts import render
 from test_vlm_families import saved_family
 
 from conftest import STORIES260K

@@ -113,8 +113,8 @@ def test_bad_specs(tmp_path, spec, match):
 
 
 def test_hand_built_spec_without_path_is_a_user_error():
-    from affectlens.evaluate.loaders import Example
-    from affectlens.evaluate.tasks import TaskSpec
+    from affectlens.tasks.loaders import Example
+    from affectlens.tasks.spec import TaskSpec
 
     with pytest.raises(AffectlensError, match="no data path"):
         load_task(TaskSpec(name="mine", kind="emotion", loader="csv"))

@@ -40,7 +40,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory, data) -> Path:
     """A real gate_proj adapter of tinystories (2 layers), trained in two steps."""
-    from affectlens.tune import tune
+    from affectlens.tune.run import tune
 
     out = tmp_path_factory.mktemp("adapters") / "gate"
     tune(str(TINYSTORIES), data, "gate_proj", steps=2, lr=1e-2, batch_size=2, out=out, verbose=False)
@@ -367,8 +367,8 @@ def test_fused_module_message_names_exactly_the_other_modules(tmp_path, capfd, d
 
 def test_demo_retrains_a_cached_adapter_whose_training_was_not_finite(tmp_path, capfd, monkeypatch):
     """A cached adapter recorded with a NaN loss (trained before the finite checks) is not reused."""
-    import affectlens.demo as demo
-    import affectlens.models as models
+    import affectlens.models.resolve as models
+    import affectlens.study.demo as demo
 
     monkeypatch.setattr(models, "default_model_dir", lambda: TINYSTORIES)
     monkeypatch.setattr(demo, "BUDGET", demo.BUDGET.replace(batch_size=2))

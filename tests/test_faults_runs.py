@@ -416,7 +416,7 @@ def _copy_rows(src: Path, dst: Path, n: int, relabel: bool = False) -> Path:
 
 @pytest.mark.parametrize("changed,recomputed", [("data", 1), ("task", 2), ("base", 2)])
 def test_grid_cells_follow_the_content_of_their_inputs(tmp_path, capfd, monkeypatch, changed, recomputed):
-    from affectlens.corpus import bundled_path
+    from affectlens.tasks.corpus import bundled_path
 
     _stub(monkeypatch)
     base = tmp_path / "base"
@@ -524,7 +524,7 @@ def test_grid_resumes_after_a_claim_is_released(tmp_path, capfd, monkeypatch):
 
 
 def test_python_api_checks_the_out_before_training(tmp_path):
-    from affectlens.tune import tune
+    from affectlens.tune.run import tune
 
     blocker = tmp_path / "notes.txt"
     blocker.write_text("mine\n")

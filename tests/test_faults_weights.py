@@ -132,7 +132,7 @@ def test_non_finite_inputs_are_refused_before_writing(m, tmp_path, capfd, case, 
 
 def test_noise_and_mean_never_spread_a_nan_in_memory(m):
     """The in-memory API (used by grid) refuses too: one NaN never becomes a NaN tensor."""
-    from affectlens.ablate import ablate_tensors
+    from affectlens.interventions.ablate import ablate_tensors
 
     p = plant(m, "tuned", "ablate-noise-nan", GATE1, NAN)
     for mode, base in (("noise", m / "base"), ("mean", None)):
@@ -192,7 +192,7 @@ def test_check_finite_unit():
 
 
 def test_write_checkpoint_checks_what_it_writes(m, tmp_path):
-    from affectlens.checkpoint import write_checkpoint
+    from affectlens.interventions.checkpoint import write_checkpoint
     from affectlens.weights import open_weights
 
     bad = torch.full((4,), float("inf"))

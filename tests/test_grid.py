@@ -13,7 +13,7 @@ import yaml
 from affectlens.cli import main
 from affectlens.errors import AffectlensError
 from affectlens.grid import load_config, mean_ci, run_grid, validate_config
-from affectlens.tune import tune as real_tune
+from affectlens.tune.run import tune as real_tune
 
 from conftest import TINYSTORIES
 

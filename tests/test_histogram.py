@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from affectlens.locate_stats import (
+from affectlens.locate.stats import (
     HIST_BINS,
     HIST_EXP_HI,
     HIST_EXP_LO,
@@ -112,9 +112,9 @@ def test_quantiles_read_lower_edges():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_pass_equals_numpy_bin_for_bin_across_step_boundaries(dtype):
     """locate's in-cache pass (several L2 steps, raw file dtypes) gives numpy's histogram and float64 sums."""
-    from affectlens.locate_pass import SUB_ELEMS, chunk_stats
-    from affectlens.locate_stats import fold_codes
-    from affectlens.tensor_pool import Scratch
+    from affectlens.locate.stats import fold_codes
+    from affectlens.locate.tensor_pass import SUB_ELEMS, chunk_stats
+    from affectlens.weights.pool import Scratch
 
     n = 2 * SUB_ELEMS + 12_345  # three steps, the last one partial
     d, w = random_pair(n, 7)

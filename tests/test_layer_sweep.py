@@ -96,7 +96,7 @@ def test_base_probabilities_and_a_declining_check(planted, monkeypatch):
 def tinystories():
     from transformers import AutoModelForCausalLM
 
-    from affectlens.models import load_tokenizer
+    from affectlens.models.loading import load_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(TINYSTORIES), dtype=torch.float32).eval()
     tok = load_tokenizer(TINYSTORIES)

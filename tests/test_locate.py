@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from affectlens.cli import main
-from affectlens.locate import CSV_HEADER, locate
+from affectlens.locate.weight_change import CSV_HEADER, locate
 from affectlens.modules import parse_name
 from affectlens.weights.reduce import U32, float64_ref_tol
 
@@ -325,7 +325,7 @@ def test_existing_out_needs_force_and_pickle_needs_flag(tmp_path, capsys, pair):
 def test_distribution_histogram_matches_numpy(tmp_path):
     import numpy as np
 
-    from affectlens.locate_stats import hist_edges
+    from affectlens.locate.stats import hist_edges
 
     base = save_tiny(tmp_path / "base", "llama", layers=2)
     bsd = {k: v.clone() for k, v in base.state_dict().items()}
@@ -392,7 +392,7 @@ def test_csv_is_the_locate_rows(tmp_path, pair):
     """weight_change.csv is LocateRow, field for field, with floats that round-trip exactly."""
     import dataclasses
 
-    from affectlens.locate import LocateRow
+    from affectlens.locate.weight_change import LocateRow
 
     res = locate(tmp_path / "base", [tmp_path / "tuned"], labels=["t"], out=tmp_path / "o")
     assert [f.name for f in dataclasses.fields(LocateRow)] == CSV_HEADER
@@ -409,7 +409,7 @@ def test_csv_is_the_locate_rows(tmp_path, pair):
 def test_ranking_and_quantiles_by_hand():
     import numpy as np
 
-    from affectlens.locate_stats import HIST_BINS, LocateRow, hist_edge_values, quantiles, ranking
+    from affectlens.locate.stats import HIST_BINS, LocateRow, hist_edge_values, quantiles, ranking
 
     def row(layer, module, l2):
         return LocateRow("m", layer, module, "weight", 4, l2, l2 / 10, l2 / 2)
@@ -477,7 +477,7 @@ def test_figures_are_drawn_by_a_child_process_or_here_when_it_cannot_start(tmp_p
 
     import numpy as np
 
-    from affectlens.locate_figures import MIN_PASS_BYTES, FigureProcess
+    from affectlens.locate.figures import MIN_PASS_BYTES, FigureProcess
     from affectlens.modules import MODULES
 
     def jobs(name: str):

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from affectlens.cli import main
-from affectlens.locate import locate
-from affectlens.locate_stats import sample_strides
+from affectlens.locate.stats import sample_strides
+from affectlens.locate.weight_change import locate
 from affectlens.modules import parse_name
 from test_histogram import numpy_reference, random_pair
 from test_locate import _peft_case, plant
@@ -69,7 +69,7 @@ def test_sampled_histogram_is_numpys_of_exactly_the_strided_elements(tmp_path, m
     """Real tinystories-656k, changes in every module; small in-cache steps so samples cross step/chunk edges."""
     from transformers import AutoModelForCausalLM
 
-    import affectlens.locate_pass as lp
+    import affectlens.locate.tensor_pass as lp
 
     monkeypatch.setattr(lp, "SUB_ELEMS", 1000)  # 1000 is no multiple of any stride: phases shift step to step
     model = AutoModelForCausalLM.from_pretrained(TINYSTORIES)
@@ -146,7 +146,7 @@ def test_adapter_zeros_are_counted_on_the_sample(tmp_path):
 
 
 def test_cli_flag_and_manifest(tmp_path, capsys):
-    from affectlens.locate_stats import DIST_SAMPLE
+    from affectlens.locate.stats import DIST_SAMPLE
 
     with pytest.raises(SystemExit):  # the help (torch-free, so it cannot import the constant) states it
         main(["locate", "--help"])
@@ -162,7 +162,7 @@ def test_cli_flag_and_manifest(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["distribution_sample"]["per_module"] == 100
     assert summary["distribution_sample"]["method"].startswith("systematic")
-    from affectlens.locate import sample_notes
+    from affectlens.locate.weight_change import sample_notes
 
     samples = [d["sample"] for d in summary["models"]["tuned"]["distribution"].values()]
     assert all(s["stride"] > 1 for s in samples)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from affectlens.errors import AffectlensError
-from affectlens.models import load_model
-from affectlens.precision import cpu_has_native_bf16, resolve_precision
-from affectlens.training import training_attention
-from affectlens.tune import encode, load_dataset, tune
+from affectlens.models.loading import load_model
+from affectlens.tune.precision import cpu_has_native_bf16, resolve_precision
+from affectlens.tune.run import encode, load_dataset, tune
+from affectlens.tune.training import training_attention
 from affectlens.tuneconfig import TuneConfig
 
 from conftest import TINYSTORIES

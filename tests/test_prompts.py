@@ -22,7 +22,7 @@ from affectlens.evaluate import get_task
 from affectlens.evaluate.core import closed_prompt
 from affectlens.evaluate.generative import generate_answers, open_prompt
 from affectlens.evaluate.scorer import tokenize_pairs
-from affectlens.prompts import (
+from affectlens.tasks.prompts import (
     adds_special_tokens,
     encode,
     encode_prompts,
@@ -30,8 +30,8 @@ from affectlens.prompts import (
     render,
     target_delimiter,
 )
-from affectlens.tune import encode as tune_encode
-from affectlens.tune import load_dataset
+from affectlens.tune.run import encode as tune_encode
+from affectlens.tune.run import load_dataset
 from affectlens.vocab import EMOTIONS, TaskKind, closed_labels, infer_kind
 
 from conftest import TINYSTORIES
@@ -57,7 +57,7 @@ def _with_template(tok, template):
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from affectlens.models import load_tokenizer
+    from affectlens.models.loading import load_tokenizer
 
     return load_tokenizer("smollm2")
 
@@ -240,8 +240,9 @@ def test_task_kinds():
 
 def test_one_vocabulary():
     """Corpus, evaluation tasks and prompts share the label tuples (no second copy)."""
-    from affectlens import corpus, vocab
-    from affectlens.evaluate import tasks
+    from affectlens import vocab
+    from affectlens.tasks import corpus
+    from affectlens.tasks import spec as tasks
 
     assert corpus.EMOTIONS is vocab.EMOTIONS is tasks.EMOTIONS
     assert tasks.SENTIMENTS3 is vocab.SENTIMENTS3 and tasks.SENTIMENTS2 is vocab.SENTIMENTS2

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from affectlens.locate_pass import SUB_ELEMS, base_ssq, chunk_stats
-from affectlens.tensor_pool import Scratch
+from affectlens.locate.tensor_pass import SUB_ELEMS, base_ssq, chunk_stats
 from affectlens.weights import reduce
+from affectlens.weights.pool import Scratch
 from affectlens.weights.reduce import (
     BLOCK,
     U32,

@@ -19,7 +19,7 @@ from affectlens.evaluate import evaluate_run
 from affectlens.evaluate.calibration import CONTENT_FREE
 from affectlens.evaluate.decisions import closed_decision
 from affectlens.evaluate.scorefile import read_scores
-from affectlens.prompts import render
+from affectlens.tasks.prompts import render
 from affectlens.vocab import CALIBRATIONS
 from test_evaluate_scorer import brute
 
@@ -129,13 +129,13 @@ def test_saved_scores_are_the_scorers_numbers(runs):
 
 def test_rescore_needs_no_model(runs, tmp_path, capfd, monkeypatch):
     import affectlens.models
-    import affectlens.vlm
+    import affectlens.models.vlm
 
     def refuse(*a, **k):
         raise AssertionError("rescore loaded a model")
 
     for mod, name in ((affectlens.models, "load_model"), (affectlens.models, "load_tokenizer"),
-                      (affectlens.vlm, "load_vlm")):
+                      (affectlens.models.vlm, "load_vlm")):
         monkeypatch.setattr(mod, name, refuse)
     monkeypatch.setattr(torch.nn.Module, "__call__", refuse)
     rc, _, err = run_cli(capfd, "rescore", runs["none"], "--calibration", "pmi", "--out", tmp_path / "r")

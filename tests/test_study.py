@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from affectlens.study import load_study_config, run_study
-from affectlens.tune import tune as real_tune
+from affectlens.tune.run import tune as real_tune
 
 from circuits_helpers import PAIRS, save_planted, write_pairs
 from conftest import STORIES260K, TINYSTORIES
@@ -343,7 +343,7 @@ def test_calibrated_study_score_is_evaluates_own(study, tmp_path):
     """The real evaluator through the study's grid: the calibrated and raw columns are exactly what
     ``evaluate(..., calibration=...)`` and ``evaluate(...)`` give for the same model."""
     from affectlens.evaluate import evaluate
-    from affectlens.models import load_model
+    from affectlens.models.loading import load_model
 
     src_tmp, cfg, _, _ = study
     out = tmp_path / "out"

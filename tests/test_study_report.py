@@ -219,7 +219,7 @@ def test_demo_paragraph_follows_planted_numbers():
 
 def test_demo_cli_prints_the_paragraph(capfd, monkeypatch, tmp_path):
     """`affectlens demo` prints the paragraph made from locate's numbers (planted here; no training)."""
-    import affectlens.demo as demo
+    import affectlens.study.demo as demo
 
     models = {"emotion": {"locus": {"relative": "gate_proj", "l2": "gate_proj", "rms": "q_proj"},
                           "ranking": _rank({"gate_proj": 0.03, "up_proj": 0.01}, {"gate_proj": 2.0, "up_proj": 2.0})},

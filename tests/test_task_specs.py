@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from affectlens.errors import AffectlensError
-from affectlens.evaluate.loaders import load_rows, load_task
-from affectlens.evaluate.tasks import parse_task, sibling_split
-from affectlens.tune import load_dataset, resolve_data
+from affectlens.tasks.loaders import load_rows, load_task
+from affectlens.tasks.spec import parse_task
+from affectlens.tasks.tables import sibling_split
+from affectlens.tune.run import load_dataset, resolve_data
 
 from conftest import DATA
 from faults import assert_refused, run_cli

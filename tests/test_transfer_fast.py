@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import affectlens.transfer as transfer_mod
-import affectlens.transfer_fast as fast
+import affectlens.interventions.transfer as transfer_mod
+import affectlens.interventions.transfer_fast as fast
 from affectlens.errors import AffectlensError
-from affectlens.transfer import transfer
+from affectlens.interventions.transfer import transfer
 
 from tiny import tiny_model
 

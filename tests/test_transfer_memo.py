@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import affectlens.weights.finite as finite
 from affectlens.errors import AffectlensError
-from affectlens.transfer import transfer
+from affectlens.interventions.transfer import transfer
 
 from tiny import save_tiny
 

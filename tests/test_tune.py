@@ -11,13 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from affectlens.adapters import base_fingerprint, resolve_adapter_base
 from affectlens.cli import main
 from affectlens.errors import AffectlensError
-from affectlens.models import load_model, load_tokenizer
+from affectlens.models.adapters import base_fingerprint, resolve_adapter_base
+from affectlens.models.loading import load_model, load_tokenizer
 from affectlens.params import count_params
-from affectlens.prompts import render
-from affectlens.tune import IGNORE, collate, encode, label_loss, load_dataset, tune
+from affectlens.tasks.prompts import render
+from affectlens.tune.run import IGNORE, collate, encode, label_loss, load_dataset, tune
 
 from conftest import TINYSTORIES
 from tiny import tiny_model
@@ -212,8 +212,8 @@ def test_existing_out_needs_force(tmp_path, capsys):
 
 def test_demo_trains_caches_and_locates(tmp_path, monkeypatch, capsys):
     """The demo pipeline on tinystories (SmolLM2 is benchmark-only): train, cache, locate, reuse."""
-    import affectlens.demo as demo
-    import affectlens.models as models
+    import affectlens.models.resolve as models
+    import affectlens.study.demo as demo
 
     monkeypatch.setenv("AFFECTLENS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(models, "default_model_dir", lambda: TINYSTORIES)
@@ -297,7 +297,7 @@ def test_adapter_moves_with_its_base_and_detects_another_base(tmp_path):
 
 
 def test_smollm2_base_is_recorded_by_name(tmp_path, tok, monkeypatch):
-    import affectlens.models as models
+    import affectlens.models.resolve as models
 
     monkeypatch.setattr(models, "default_model_dir", lambda: TINYSTORIES)
     model, _ = load_model(TINYSTORIES)

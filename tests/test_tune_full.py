@@ -10,9 +10,9 @@ import torch
 
 from affectlens.cli import main
 from affectlens.errors import AffectlensError
-from affectlens.locate import locate
-from affectlens.models import load_model, load_tokenizer
-from affectlens.tune import tune
+from affectlens.locate.weight_change import locate
+from affectlens.models.loading import load_model, load_tokenizer
+from affectlens.tune.run import tune
 
 from conftest import TINYSTORIES
 from faults import run_cli

@@ -18,7 +18,6 @@ import pytest
 import torch
 from PIL import Image
 
-from affectlens import vlm
 from affectlens.circuits import hooks as H
 from affectlens.circuits.heads import exact_patch, head_attribution, make_metric
 from affectlens.circuits.inputs import load_for_pairs
@@ -27,8 +26,9 @@ from affectlens.circuits.layers import layer_profile
 from affectlens.circuits.neurons import neuron_attribution
 from affectlens.circuits.pairs import emotion_probs, encoder_for, load_pairs
 from affectlens.circuits.vectors import compute_vectors
+from affectlens.models import vlm
 from affectlens.modules import MODULES, inventory
-from affectlens.training import lora_targets
+from affectlens.tune.training import lora_targets
 
 from circuits_helpers import word_tokenizer
 
@@ -285,7 +285,7 @@ def test_text_families_load_and_match(family, tmp_path):
     """Llama / Qwen2.5 (model_type qwen2) / Qwen3 through ``models.load_model``; vectors on text pairs."""
     import transformers as T
 
-    from affectlens.models import load_model
+    from affectlens.models.loading import load_model
 
     from circuits_helpers import write_pairs
 
@@ -376,7 +376,7 @@ def test_circuits_intervene_cli_on_a_vlm_checkpoint(fam, tmp_path, capfd):
     after = [json.loads(x) for x in next(out.glob("predictions_*_after.jsonl")).read_text().splitlines()]
     from affectlens.evaluate import load_task, parse_task
     from affectlens.evaluate.core import closed_prompt
-    from affectlens.prompts import encode, encode_targets
+    from affectlens.tasks.prompts import encode, encode_targets
 
     spec = parse_task(f"jsonl:{task}")
     labels = list(load_task(spec, None).labels)

@@ -19,7 +19,7 @@ def test_gguf_matches_transformers_dequantisation():
     """Our GGUF reader (names, q/k un-permutation, dequantisation) equals transformers' loader."""
     from safetensors.torch import load_file
 
-    from affectlens.models import default_gguf_path, default_model_dir
+    from affectlens.models.resolve import default_gguf_path, default_model_dir
 
     hf = load_file(default_model_dir() / "model.safetensors")
     store = open_weights(default_gguf_path())
@@ -63,7 +63,7 @@ def test_real_bf16_roundtrip_and_single_file(tmp_path):
 
 def test_test_cache_is_isolated(session_cache):
     """The suite never writes into the user's real cache."""
-    from affectlens.models import cache_dir
+    from affectlens.models.resolve import cache_dir
 
     assert cache_dir() == session_cache
     assert not str(cache_dir()).startswith(os.path.expanduser("~/.cache"))

@@ -8,13 +8,13 @@ from .modules import ModuleKey, parse_layers, parse_name, parse_selection
 
 __version__ = "0.1.0"
 
-_LAZY = {"bundled_path": "corpus", "count_params": "params", "TuneResult": "tune",
+_LAZY = {"bundled_path": "tasks.corpus", "count_params": "params", "TuneResult": "tune",
          "default_model_dir": "models", "load_model": "models", "load_tokenizer": "models"}
 
 
 def __getattr__(name: str):
     # Imported on first use: `import affectlens` (and so the CLI's --help and argument
-    # errors) must not import torch, and `python -m affectlens.corpus` runs without
+    # errors) must not import torch, and `python -m affectlens.tasks.corpus` runs without
     # runpy's "found in sys.modules" warning.
     if name in _LAZY:
         import importlib

@@ -164,7 +164,7 @@ def _claim(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     out = getattr(args, "out", None)
     if not isinstance(out, str | os.PathLike) or not str(out):
         return contextlib.nullcontext()
-    from .distributed import launched, rank_from_env
+    from .tune.distributed import launched, rank_from_env
 
     if launched() and rank_from_env() > 0:  # one of several processes: the main one (rank 0) writes --out
         return contextlib.nullcontext()

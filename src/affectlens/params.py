@@ -43,7 +43,7 @@ def load_config(spec: str | os.PathLike | dict) -> dict[str, Any]:
         s = str(spec)
         p = Path(s)
         if s in ("smollm2", "default") and not p.exists():
-            from .models import default_model_dir
+            from .models.resolve import default_model_dir
 
             p = default_model_dir()
         if p.is_dir():
@@ -61,7 +61,7 @@ def load_config(spec: str | os.PathLike | dict) -> dict[str, Any]:
             with open_weights(p) as store:
                 cfg = dict(store.config)
         else:
-            from .models import read_json_object
+            from .models.resolve import read_json_object
 
             cfg = read_json_object(p)
     # Vision-language wrappers keep the language model's config inside.

@@ -9,7 +9,7 @@ deviates does so with :meth:`TuneConfig.replace`, in one visible place.
 Defaults: rank 8 / alpha 16 (PEFT's usual scaling 2), dropout 0.05, 100 steps at
 lr 5e-4 with 5 % linear warm-up, batch 8, 256 tokens per example, seed 0,
 precision ``auto`` (bf16 autocast where the hardware runs bf16 natively, else
-fp32; see :mod:`affectlens.precision`).
+fp32; see :mod:`affectlens.tune.precision`).
 ``affectlens params --rank`` defaults to the same rank (AffectGPT's r=16 is
 ``--rank 16``).
 """
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import AffectlensError
+
+SEED_MAX = 2**32 - 1  # numpy's seeders take 0 .. 2^32-1 and refuse the rest (mid-run, as a traceback)
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -55,6 +57,8 @@ class TuneConfig:
                 raise AffectlensError(f"{name.replace('_', ' ')} must be an integer >= {lo}, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise AffectlensError(f"seed must be an integer, got {self.seed!r}")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise AffectlensError(f"seed must be from 0 to {SEED_MAX}, not {self.seed}")
         for name in ("alpha", "lr", "dropout", "warmup"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from .. import plots
-from ..devices import check, ran_on
 from ..errors import AffectlensError
+from ..models.devices import check, ran_on
 from ..runs import RunDir, check_out_dir, slug
 from .heads import HeadResult
 from .inputs import (

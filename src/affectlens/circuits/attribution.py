@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from ..devices import accum_dtype
 from ..errors import AffectlensError
+from ..models.devices import accum_dtype
 from ..runs import progress
 from .hooks import capture, decoder_layers, hooks, to_model
 from .pairs import Encoder, Pair
@@ -39,7 +39,7 @@ SITES = ("o_in", "down_in")  # head writes (o_proj input), MLP neurons (down_pro
 
 
 def _label_first_tokens(enc: Encoder, labels: Sequence[str]) -> list[int]:
-    from ..prompts import encode_targets
+    from ..tasks.prompts import encode_targets
 
     ids = [t[0] for t in encode_targets(enc.tokenizer, enc.prompt("x"), labels)]
     if len(set(ids)) != len(ids):

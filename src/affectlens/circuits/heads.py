@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from ..devices import accum_dtype
 from ..errors import AffectlensError
+from ..models.devices import accum_dtype
 from .attribution import Metric, make_metric, pairs_of, patching_sums, target_layer_of
 from .hooks import (
     capture,

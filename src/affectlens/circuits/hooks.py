@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import AffectlensError
-from ..hfcompat import cached_length
+from ..models.hfcompat import cached_length
 from .spans import Layout, RowSpan, SpanTracker, layout_for
 
 # ----------------------------------------------------------------------------- model anatomy

@@ -22,13 +22,14 @@ def load_for_pairs(model_path: str, pairs: Sequence[Pair], adapter: str | None =
                    device_map: str | None = None) -> tuple[Any, Any, Any]:
     """``(model, tokenizer, processor)``; a vision-language model when the pairs carry images.
 
-    A checkpoint of a known vision-language family (``affectlens.vlm``) loads
+    A checkpoint of a known vision-language family (``affectlens.models.vlm``) loads
     through the VLM loader also for text-only pairs (its config names no
     causal-LM class); the processor is then None, as text prompts need none.
     Both loaders place the model on ``device`` in ``dtype`` (``models.placement``).
     """
-    from ..models import load_model, resolve_model_path
-    from ..vlm import is_vlm_dir, load_vlm
+    from ..models.loading import load_model
+    from ..models.resolve import resolve_model_path
+    from ..models.vlm import is_vlm_dir, load_vlm
 
     images = any(p.image_emotional or p.image_neutral for p in pairs)
     if not images and not is_vlm_dir(resolve_model_path(model_path)):
@@ -45,7 +46,7 @@ def load_lm(model_path: str, adapter: str | None = None, dtype: str = "auto", al
 
     Text tasks (``circuits intervene``'s evaluation) run on the VLM's language
     side with plain ids; its config names no causal-LM class, so it loads
-    through ``affectlens.vlm``.
+    through ``affectlens.models.vlm``.
     """
     model, tok, _ = load_for_pairs(model_path, (), adapter, dtype, allow_pickle, device, device_map)
     return model, tok

@@ -223,7 +223,7 @@ def guarded_perplexity(model: Any, tokenizer: Any, texts: Sequence[str],
 
 def eval_layout(tokenizer: Any, task_kind: str = "emotion") -> Layout:
     """Stimulus layout of the evaluation harness's prompts."""
-    from ..prompts import render
+    from ..tasks.prompts import render
     from .hooks import layout_for
 
     return layout_for(tokenizer, lambda t: render(tokenizer, t, task_kind))

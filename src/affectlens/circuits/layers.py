@@ -199,7 +199,7 @@ def _save(folder: str | os.PathLike | None, e: str, key: str, rows: list[dict[st
 
 def sweep_cache_dir() -> Path:
     """Where ``circuits layers`` keeps finished emotions of a sweep (``models.cache_dir()/layer_sweeps``)."""
-    from ..models import cache_dir
+    from ..models.resolve import cache_dir
 
     return cache_dir() / "layer_sweeps"
 

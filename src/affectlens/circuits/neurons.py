@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..devices import accum_dtype
+from ..models.devices import accum_dtype
 from .attribution import make_metric, pairs_of, patching_sums, target_layer_of
 from .hooks import decoder_layers, down_proj
 from .pairs import Encoder, Pair, labels_of

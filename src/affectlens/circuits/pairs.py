@@ -1,4 +1,4 @@
-"""Contrast pairs, the prompts built from them, and closed-set emotion scores.
+"""The prompts built from contrast pairs, and closed-set emotion scores (pair files: ``tasks.pairs``).
 
 A pair shares the question and differs only in the stimulus (utterance, or
 image for vision-language models). Prompts are the evaluation harness's
@@ -10,84 +10,22 @@ aligns the two runs.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import AffectlensError
-from ..prompts import encode, render
-from ..runs import parse_jsonl_lines
+from ..tasks.pairs import NEUTRAL as NEUTRAL
+from ..tasks.pairs import Pair as Pair
+from ..tasks.pairs import answer_labels as answer_labels
+from ..tasks.pairs import default_pairs_path as default_pairs_path
+from ..tasks.pairs import labels_of as labels_of
+from ..tasks.pairs import load_pairs as load_pairs
+from ..tasks.prompts import encode, render
 from ..vocab import TaskKind, infer_kind
 from .spans import Layout, layout_for
-
-NEUTRAL = "neutral"
-
-
-@dataclass(frozen=True)
-class Pair:
-    emotional: str
-    neutral: str
-    label: str
-    query: str | None = None
-    image_emotional: str | None = None
-    image_neutral: str | None = None
-
-
-def default_pairs_path() -> Path:
-    """The bundled contrast pairs (written by ``affectlens.corpus``)."""
-    try:
-        from ..corpus import bundled_path
-    except ImportError:
-        raise AffectlensError("no bundled contrast pairs in this install; pass --pairs FILE") from None
-    return Path(bundled_path("pairs"))
-
-
-def load_pairs(path: str | os.PathLike | None = None, split: str | None = None) -> list[Pair]:
-    """Read a pairs JSONL; every problem is one clear error naming the line."""
-    p = Path(path) if path is not None else default_pairs_path()
-    if not p.is_file():
-        raise AffectlensError(f"pairs file {p} does not exist")
-    pairs: list[Pair] = []
-    text = p.read_bytes().decode("utf-8-sig", errors="replace")
-    for i, row in parse_jsonl_lines(text, p):
-        missing = [k for k in ("emotional", "neutral", "label") if k not in row]
-        if missing:
-            raise AffectlensError(f"{p}:{i}: missing field(s) {', '.join(missing)}")
-        for k in ("emotional", "neutral", "label", "query", "image_emotional", "image_neutral"):
-            v = row.get(k)
-            if v is None and k in ("emotional", "neutral", "label"):
-                raise AffectlensError(f"{p}:{i}: field '{k}' is null")
-            if v is not None and not isinstance(v, str):
-                raise AffectlensError(f"{p}:{i}: field '{k}' is {type(v).__name__}, not a string")
-        if not row["label"].strip():
-            raise AffectlensError(f"{p}:{i}: field 'label' is empty")
-        for side in ("emotional", "neutral"):  # a side's stimulus is its text, or its image
-            if not row[side].strip() and not (row.get(f"image_{side}") or "").strip():
-                raise AffectlensError(f"{p}:{i}: field '{side}' is empty (a pair needs a text or an "
-                                      f"image_{side} on each side)")
-        if split is not None and row.get("split", split) != split:
-            continue
-        pairs.append(Pair(row["emotional"], row["neutral"], row["label"].strip().lower(),
-                          row.get("query"), row.get("image_emotional"), row.get("image_neutral")))
-    if not pairs:
-        raise AffectlensError(f"{p} holds no pairs" + (f" in split '{split}'" if split else ""))
-    for pr in pairs:
-        if pr.label == NEUTRAL:
-            raise AffectlensError(f"{p}: label 'neutral' is the contrast side, not an emotion")
-    return pairs
-
-
-def labels_of(pairs: Sequence[Pair]) -> list[str]:
-    return sorted({p.label for p in pairs})
-
-
-def answer_labels(pairs: Sequence[Pair]) -> list[str]:
-    """The closed label set a prompt offers: the pairs' emotions plus neutral."""
-    return [*labels_of(pairs), NEUTRAL]
 
 
 @dataclass
@@ -125,7 +63,7 @@ class Encoder:
     def __call__(self, stimulus: str, image: str | None = None) -> dict[str, torch.Tensor]:
         text = self.prompt(stimulus, image)
         if self.processor is not None and image is not None:
-            from ..vlm import image_inputs
+            from ..models.vlm import image_inputs
 
             return image_inputs(self.processor, text, image)
         ids, _ = encode(self.tokenizer, text)
@@ -144,7 +82,7 @@ def _image_token_id(processor: Any) -> int:
 
 
 def _image_placeholder(processor: Any) -> str:
-    from ..vlm import image_placeholder
+    from ..models.vlm import image_placeholder
 
     return image_placeholder(processor)
 
@@ -191,7 +129,7 @@ def emotion_probs(model: Any, enc: Encoder, stimuli: Sequence[str], labels: Sequ
 def _image_label_probs(model: Any, enc: Encoder, stimuli: Sequence[str],
                        images: Sequence[str | None], labels: Sequence[str]) -> torch.Tensor:
     """Image prompts: scored by :func:`affectlens.vlm.image_label_logprobs` (the harness scores text only)."""
-    from ..vlm import image_label_logprobs
+    from ..models.vlm import image_label_logprobs
 
     prompts = [enc.prompt(s, im) for s, im in zip(stimuli, images, strict=True)]
     encoded = [enc(s, im) for s, im in zip(stimuli, images, strict=True)]

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..prompts import encode
+from ..tasks.prompts import encode
 
 
 @dataclass

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from ..evaluate.scorer import max_positions, model_device, padding_id, tokenize_pairs
-from ..hfcompat import cache_kwarg, output_cache
+from ..models.hfcompat import cache_kwarg, output_cache
 from .hooks import HookSet, decoder_layers, hooks, text_config
 from .intervene import steering_vector
 from .pairs import Encoder

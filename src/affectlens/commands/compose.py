@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _transfer(args: argparse.Namespace) -> int:
-    from ..transfer import transfer
+    from ..interventions.transfer import transfer
 
     res = transfer(args.base, args.donor, args.modules, args.out, layers=args.layers, merge=args.merge,
                    force=args.force, max_shard_size=args.max_shard_size, allow_pickle=args.allow_pickle)
@@ -58,7 +58,7 @@ def _transfer(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from ..ablate import ablate
+    from ..interventions.ablate import ablate
 
     res = ablate(args.model, args.modules, args.ablation, args.out, base=args.base, layers=args.layers,
                  seed=args.seed, control=args.control, force=args.force,

@@ -9,7 +9,7 @@ from . import options as o
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..demo import BUDGET, EXPECTED_TIME
+    from ..study.demo import BUDGET, EXPECTED_TIME
 
     p = sub.add_parser(
         "demo",
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from ..study.demo import run_demo
 
     result = run_demo(out=args.out, force=args.force, retrain=args.retrain, steps=args.steps)
     print(result.locate.table())

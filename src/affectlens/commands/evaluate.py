@@ -81,7 +81,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from ..evaluate import export_task
-    from ..models import load_tokenizer
+    from ..models.loading import load_tokenizer
 
     tok = load_tokenizer(args.model) if args.model else None
     paths = export_task(args.task, args.out, tokenizer=tok, limit=args.limit, force=args.force,

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..locate import locate
+    from ..locate.weight_change import locate
 
     labels = o.split_list(args.labels)
     extra = {} if args.distribution_sample is None else {"distribution_sample": args.distribution_sample}

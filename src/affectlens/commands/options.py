@@ -12,7 +12,8 @@ traceback or a ``NaN`` in its JSON. A bad number turns the parsed command into
 its refusal (:class:`_Refusal`), so it is one line on stderr and exit code 2,
 like every other bad input, before anything loads.
 
-This module is imported while the parser is built: stdlib only, so that
+This module is imported while the parser is built: stdlib and the torch-free
+``tuneconfig`` only, so that
 ``affectlens --help`` answers without importing torch.
 """
 
@@ -23,9 +24,10 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..tuneconfig import SEED_MAX
+
 REQUIRED_ALIAS = "required_alias"  # attribute of a required option that also has an old spelling
 MODEL_HELP = "HF model dir, .gguf file, PEFT adapter dir, or 'smollm2' (the embedded SmolLM2-135M-Instruct)"
-SEED_MAX = 2**32 - 1  # numpy's seeders take 0 .. 2^32-1 and refuse the rest (mid-run, as a traceback)
 COUNT_MAX = 2**31 - 1  # examples, tokens, steps, ranks: larger is no count a machine holds, and overflows floats
 
 Check = Callable[[str], Any]  # option text -> value; ValueError(requirement) when the text is not one
@@ -237,14 +239,14 @@ def bootstrap(p: argparse.ArgumentParser, default: int = 1000) -> None:
 
 def dtype(p: argparse.ArgumentParser) -> None:
     """``--dtype``: resolved with the device by ``devices.resolve_dtype`` (``auto``: bf16 on GPU, fp32 on CPU)."""
-    from ..devices import DTYPE_HELP
+    from ..models.devices import DTYPE_HELP
 
     p.add_argument("--dtype", default="auto", help=DTYPE_HELP)
 
 
 def device(p: argparse.ArgumentParser) -> None:
     """``--device``: resolved by ``devices.resolve_device`` when the model loads (exit 2 if absent)."""
-    from ..devices import DEVICE_HELP
+    from ..models.devices import DEVICE_HELP
 
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
 

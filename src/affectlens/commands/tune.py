@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tune import tune
+    from ..tune.run import tune
 
     config = TuneConfig(modules=args.modules, layers=args.layers, rank=args.rank, alpha=args.alpha,
                         dropout=args.dropout, steps=args.steps, lr=args.lr, batch_size=args.batch_size,

@@ -11,6 +11,15 @@
 model with hooks attached); ``perplexity`` is the fluency check.
 """
 
+from ..tasks.loaders import Example, LoadedTask, load_examples, load_task
+from ..tasks.spec import (
+    TASK_SYNTAX,
+    TaskSpec,
+    get_task,
+    parse_task,
+    register_task,
+    registered_tasks,
+)
 from .answers import rescore, score_generative_rows
 from .backends import GenerationBackend, HFBackend, VLLMBackend, get_backend
 from .calibration import calibrate
@@ -18,14 +27,12 @@ from .core import evaluate, weight_fingerprint
 from .export import export_task
 from .fewshot import Shots, draw_shots
 from .generative import Wheel, load_wheel, parse_answer
-from .loaders import Example, LoadedTask, load_examples, load_task
 from .metrics import binary_sentiment_metrics, bootstrap_ci, classification_metrics, hit_rate
 from .perplexity import perplexity
 from .rescoring import rescore_run
 from .results import EvalResult, TaskScore
 from .run import evaluate_run, write_run
 from .scorer import score_labels
-from .tasks import TASK_SYNTAX, TaskSpec, get_task, parse_task, register_task, registered_tasks
 
 __all__ = [
     "EvalResult",

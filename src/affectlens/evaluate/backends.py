@@ -76,7 +76,7 @@ class VLLMBackend:
     def generate(self, prompts: Sequence[str], max_new_tokens: int, seed: int) -> list[str]:
         from vllm import SamplingParams
 
-        from ..prompts import encode_prompts
+        from ..tasks.prompts import encode_prompts
 
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, seed=seed,
                                 skip_special_tokens=True)

@@ -21,6 +21,8 @@ import torch
 
 from ..errors import AffectlensError
 from ..runs import note
+from ..tasks.loaders import LoadedTask, load_task
+from ..tasks.spec import TaskSpec, parse_task, primary_metric
 from ..vocab import EVAL_MODES
 from .answers import score_generative_rows
 from .backends import GenerationBackend, get_backend
@@ -28,12 +30,10 @@ from .calibration import CONTENT_FREE, check_mode
 from .decisions import closed_decision, closed_row
 from .fewshot import Shots, draw_shots
 from .generative import Wheel, load_wheel, open_prompt
-from .loaders import LoadedTask, load_task
 from .metrics import require_finite
 from .perplexity import perplexity
 from .results import EvalResult, TaskScore, attach_baselines, mean_over_tasks
 from .scorer import model_name, non_finite_error, score_labels, text_start
-from .tasks import TaskSpec, parse_task, primary_metric
 
 MODES = EVAL_MODES  # named in vocab so the CLI offers them without importing torch
 
@@ -53,7 +53,7 @@ def weight_fingerprint(model) -> str:
 def closed_prompt(tokenizer, spec: TaskSpec, labels: Sequence[str], text: str,
                   shots: Sequence[tuple[str, str]] = ()) -> str:
     """A task's closed-set prompt: :func:`affectlens.prompts.render` with the spec's kind and wording."""
-    from ..prompts import render
+    from ..tasks.prompts import render
 
     return render(tokenizer, text, spec.kind, labels, query=spec.question, shots=shots)
 
@@ -135,8 +135,8 @@ def check_image_tasks(loaded: Sequence[LoadedTask], mode: str, calibration: str,
 def _with_images(model, tok, processor, task: LoadedTask, prompts: list[str], batch_size: int,
                  progress: bool) -> torch.Tensor:
     """Label log-likelihoods [n, labels]: image rows through the processor, text rows as text."""
-    from ..prompts import render
-    from ..vlm import image_label_logprobs, image_placeholder
+    from ..models.vlm import image_label_logprobs, image_placeholder
+    from ..tasks.prompts import render
 
     spec, labels = task.spec, list(task.labels)
     img = image_rows(task)

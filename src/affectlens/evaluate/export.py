@@ -24,11 +24,11 @@ from typing import Any
 import yaml
 
 from ..errors import AffectlensError
-from ..prompts import target_delimiter
 from ..runs import RunDir, slug
+from ..tasks.loaders import load_task
+from ..tasks.prompts import target_delimiter
+from ..tasks.spec import TaskSpec, parse_task
 from .core import closed_prompt
-from .loaders import load_task
-from .tasks import TaskSpec, parse_task
 
 
 def export_task(task: str | TaskSpec, out: str | Path, tokenizer: Any = None, limit: int | None = None,

@@ -15,8 +15,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from ..errors import AffectlensError
-from .loaders import Example, LoadedTask, load_task
-from .tasks import TaskSpec, parse_task, sibling_split
+from ..tasks.loaders import Example, LoadedTask, load_task
+from ..tasks.spec import TaskSpec, parse_task
+from ..tasks.tables import sibling_split
 
 
 @dataclass(frozen=True)

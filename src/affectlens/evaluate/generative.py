@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from ..errors import AffectlensError
-from ..prompts import encode_prompts, render
 from ..runs import Progress
+from ..tasks.prompts import encode_prompts, render
 from ..vocab import TaskKind
 from .scorer import model_device, non_finite_error, padding_id, text_start
 

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from ..errors import AffectlensError
-from ..prompts import encode_text
 from ..runs import Progress
+from ..tasks.prompts import encode_text
 from .scorer import max_positions, model_device, non_finite_error, padding_id, text_start
 
 

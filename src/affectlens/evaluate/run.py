@@ -118,14 +118,15 @@ def evaluate_run(model: str, out: str | Path, tasks: Sequence[str] | None = None
     Every input is checked (counts, task files, the output) before the model
     is loaded, so a typo costs no loading time.
     """
-    from .. import vlm
-    from ..devices import check, ran_on
-    from ..models import load_model, resolve_model_path
+    from ..models import vlm
+    from ..models.devices import check, ran_on
+    from ..models.loading import load_model
+    from ..models.resolve import resolve_model_path
+    from ..tasks.loaders import load_task
+    from ..tasks.spec import parse_task
     from .backends import vllm_missing
     from .calibration import check_mode
     from .core import check_image_tasks, evaluate, image_rows
-    from .loaders import load_task
-    from .tasks import parse_task
 
     check_out_dir(out, force)
     check(device, dtype)

@@ -8,7 +8,7 @@ the newline after a chat template) are folded into that forward; labels with
 more tokens continue from the prompt's KV cache, so the prompt is never
 recomputed.
 
-Tokenisation: prompts and labels are encoded by ``affectlens.prompts``
+Tokenisation: prompts and labels are encoded by ``affectlens.tasks.prompts``
 (:func:`~affectlens.prompts.encode_prompts`, :func:`~affectlens.prompts.encode_targets`),
 the encoder training uses, so prompt + label ids here are exactly the ids a
 tuned adapter was trained on. With BPE tokenisers that never merge across
@@ -30,9 +30,9 @@ from typing import Any
 import torch
 
 from ..errors import AffectlensError
-from ..hfcompat import cache_kwarg, output_cache
-from ..prompts import encode_prompts, encode_targets, target_delimiter
+from ..models.hfcompat import cache_kwarg, output_cache
 from ..runs import Progress
+from ..tasks.prompts import encode_prompts, encode_targets, target_delimiter
 from .metrics import NonFiniteResult
 
 

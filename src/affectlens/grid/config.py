@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..commands.options import SEED_MAX
 from ..errors import AffectlensError
 from ..runs import slug
-from ..tuneconfig import BUDGET_FIELDS, TuneConfig
+from ..tuneconfig import BUDGET_FIELDS, SEED_MAX, TuneConfig
 from .variants import KINDS, Variant, config_error
 
 TOP_KEYS = frozenset({"name", "base", "data", "tasks", "control_tasks", "eval", "budget", "reference", "variants",

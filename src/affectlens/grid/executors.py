@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AffectlensError
+from .workbench import adapter_dir
 
 ENGINES = ("serial", "ray", "slurm")
 _EXTRA = {"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")}
@@ -139,13 +140,6 @@ def waves(cfg: Any, out: Path, todo: list[tuple[Any, int]], make: Callable[..., 
     return [w for w in (first, second) if w]
 
 
-def adapter_dir(out: Path, v: Any, seed: int) -> Path:
-    """Where a tuned variant's adapter for ``seed`` lives in the grid dir."""
-    from ..runs import slug
-
-    return out / "adapters" / f"{slug(v.name, 'variant')}__s{seed}__{v.hash}"
-
-
 # --- the worker side: runs in a Ray worker or a submitit job ------------------------------------
 
 _BENCH: dict[str, Any] = {}
@@ -159,7 +153,7 @@ def run_job(job: Job) -> str | None:
     import torch
 
     from .config import load_config
-    from .runner import Workbench, cell_done
+    from .workbench import Workbench, cell_done
 
     if os.path.isdir(job.cwd):
         os.chdir(job.cwd)
@@ -180,7 +174,7 @@ def run_job(job: Job) -> str | None:
             _BENCH.clear()
             bench = _BENCH[key] = Workbench(cfg, out, job.tuner, print, Path(job.base_path), job.allow_pickle,
                                             device=job.device, dtype=job.dtype)
-        from ..tune import tune
+        from ..tune.run import tune
 
         bench.tuner = job.tuner or tune
         if job.adapter_only:

@@ -34,11 +34,11 @@ def content_id(path: Path) -> str:
 
 
 def _task_file(task: str) -> Path | None:
-    from ..evaluate.tasks import get_task
+    from ..tasks.spec import get_task
 
     spec = get_task(task)
     if spec.loader == "bundled":
-        from ..corpus import bundled_path
+        from ..tasks.corpus import bundled_path
 
         return bundled_path(str(spec.path))
     return Path(str(spec.path)) if spec.path else None
@@ -46,14 +46,14 @@ def _task_file(task: str) -> Path | None:
 
 def fingerprint_inputs(cfg: GridConfig, base_path: Path) -> dict[str, Any]:
     """Content fingerprints of the base, the data file, every task file and path references."""
-    from ..models import resolve_model_path
+    from ..models.resolve import resolve_model_path
 
     fp: dict[str, Any] = {"base": content_id(base_path), "tasks": []}
     for t in cfg.tasks:
         f = _task_file(t)
         fp["tasks"].append(content_id(f) if f is not None and f.exists() else None)
     if cfg.data:
-        from ..tune import resolve_data
+        from ..tune.run import resolve_data
 
         fp["data"] = content_id(resolve_data(cfg.data))
     names = {v.name for v in cfg.variants}
@@ -64,8 +64,8 @@ def fingerprint_inputs(cfg: GridConfig, base_path: Path) -> dict[str, Any]:
 
 def validate_config(cfg: GridConfig, allow_pickle: bool = False) -> Path:
     """Everything a cell will need, checked before the first cell; returns the base model's path."""
-    from ..evaluate.loaders import load_task
-    from ..models import resolve_model_path
+    from ..models.resolve import resolve_model_path
+    from ..tasks.loaders import load_task
     from ..weights import open_weights
 
     base_path = resolve_model_path(cfg.base)
@@ -75,7 +75,7 @@ def validate_config(cfg: GridConfig, allow_pickle: bool = False) -> Path:
         for v in cfg.variants:
             v.validate(checks)
     if any(v.tuned for v in cfg.variants):
-        from ..tune import load_dataset
+        from ..tune.run import load_dataset
 
         load_dataset(str(cfg.data))
     for t in cfg.tasks:

@@ -36,7 +36,7 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float, int]:
 
 def task_kind(name: str) -> str | None:
     try:
-        from ..evaluate.tasks import get_task
+        from ..tasks.spec import get_task
 
         return get_task(name).kind
     except Exception:  # an unknown task name is the evaluator's business, not the report's

@@ -182,8 +182,9 @@ class TunedMixin:
                                                 "tuning of a single module needs unfused projections")
 
     def build_tuned(self: Any, bench: Bench, seed: int) -> Built:
+        from ..models.merged import MergedStore
         from ..params import count_params
-        from ..weights import LoraAdapter, MergedStore
+        from ..weights import LoraAdapter
 
         ad, info = bench.adapter(self, seed)
         tensors = bench.all_of(MergedStore(bench.base_store, LoraAdapter(ad)))
@@ -275,8 +276,8 @@ class TransferVariant(Variant):
             raise config_error(c.where, f"variant '{self.name}': donor '{donor.name}' does not train {what}")
 
     def build(self, bench: Bench, seed: int) -> Built:
-        from ..transfer import transfer_tensors
-        from ..weights import MergedStore
+        from ..interventions.transfer import transfer_tensors
+        from ..models.merged import MergedStore
 
         donor = bench.source(str(self.ref), seed)
         tensors, sel = transfer_tensors(bench.base_store, donor, str(self.modules), self.layers, echo=_quiet)
@@ -302,14 +303,14 @@ class AblateVariant(Variant):
         return self.spec.get("mode") == "noise"
 
     def check_own(self, where: str) -> None:
-        from ..ablate import MODES
+        from ..interventions.ablate import MODES
 
         if self.spec["mode"] not in MODES:
             raise config_error(where, f"variant '{self.name}': unknown mode '{self.spec['mode']}'; choose from "
                                       f"{', '.join(MODES)}")
 
     def build(self, bench: Bench, seed: int) -> Built:
-        from ..ablate import ablate_tensors
+        from ..interventions.ablate import ablate_tensors
 
         src = bench.source(str(self.ref), seed)
         abl, info = ablate_tensors(src, str(self.modules), self.spec["mode"], base=bench.base_store,

@@ -19,15 +19,15 @@ from typing import Any
 
 import torch
 
+from ..errors import AffectlensError
+from ..models.merged import MergedStore, adapter_base, as_store
+from ..selection import Echo, apply_rows, control_selection, match_adapter, quiet, select
+from ..vocab import ABLATION_MODES as MODES
+from ..vocab import AblationMode as AblationMode
+from ..weights import LoraAdapter, WeightStore, check_finite, check_store_finite, open_weights
+from ..weights.compat import check_architecture
+from ..weights.finite import tensor_file
 from .checkpoint import ComposeResult, copy_sidecars, hf_model_dir, write_checkpoint
-from .errors import AffectlensError
-from .selection import Echo, apply_rows, control_selection, match_adapter, quiet, select
-from .vocab import ABLATION_MODES as MODES
-from .vocab import AblationMode as AblationMode
-from .weights import LoraAdapter, WeightStore, check_finite, check_store_finite, open_weights
-from .weights.compat import check_architecture
-from .weights.finite import tensor_file
-from .weights.merged import MergedStore, adapter_base, as_store
 
 
 def noise_like(t: torch.Tensor, name: str, seed: int) -> torch.Tensor:
@@ -130,8 +130,8 @@ def ablate(model: str | os.PathLike, modules: str | Sequence[str], mode: str | A
 
     A LoRA MODEL is merged into its base first (every other module keeps its LoRA).
     """
-    from .models import is_adapter_dir, resolve_model_path
-    from .runs import RunDir
+    from ..models.resolve import is_adapter_dir, resolve_model_path
+    from ..runs import RunDir
 
     mode = AblationMode.parse(mode)
     options = {"modules": modules, "mode": mode.value, "layers": layers, "control": control,

@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import AffectlensError
-from .selection import Selection
-from .weights.base import WeightStore
-from .weights.finite import check_finite, tensor_file
-from .weights.writer import ShardedWriter, parse_size
+from ..errors import AffectlensError
+from ..selection import Selection
+from ..weights.base import WeightStore
+from ..weights.finite import check_finite, tensor_file
+from ..weights.writer import ShardedWriter, parse_size
 
 if TYPE_CHECKING:  # annotations only: the raw-copy transfer writes checkpoints without torch
     import torch
 
-    from .weights.lora import LoraAdapter
+    from ..weights.lora import LoraAdapter
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack")
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -121,7 +121,7 @@ def write_checkpoint(base: WeightStore, new: Mapping[str, torch.Tensor] | NewTen
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from .runs import progress
+    from ..runs import progress
 
     getter = new.get if isinstance(new, Mapping) else new
     names = base.names()
@@ -167,7 +167,7 @@ def copy_sidecars(src: Path, dst: Path) -> list[str]:
 
 def hf_model_dir(spec: Any) -> Path:
     """The checkpoint an output is built from; it needs a config.json so the output loads as an HF model."""
-    from .models import resolve_model_path
+    from ..models.resolve import resolve_model_path
 
     p = resolve_model_path(spec)
     d = p if p.is_dir() else p.parent
@@ -198,7 +198,7 @@ def write_adapter(adapter: LoraAdapter, keep: Sequence[str], out: Path, base_pat
     cfg["modules_to_save"] = None
     cfg["layers_to_transform"] = None
     cfg["layers_pattern"] = None
-    from .adapters import base_reference
+    from ..models.adapters import base_reference
 
     # By name or relative path, so the adapter moves with its base (to another folder, a cluster).
     cfg["base_model_name_or_path"] = base_reference(base_path, out)

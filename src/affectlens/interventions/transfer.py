@@ -16,6 +16,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import AffectlensError
+from ..modules import FUSED
+from ..selection import Echo, Rows, Selection, apply_rows, match_adapter, select
+from ..weights.base import WeightStore
+from ..weights.compat import check_architecture
+from ..weights.finite import FiniteMemo, check_finite, check_store_finite, tensor_file
 from .checkpoint import (
     ComposeResult,
     RawFrom,
@@ -25,20 +31,14 @@ from .checkpoint import (
     write_adapter,
     write_checkpoint,
 )
-from .errors import AffectlensError
-from .modules import FUSED
-from .selection import Echo, Rows, Selection, apply_rows, match_adapter, select
-from .weights.base import WeightStore
-from .weights.compat import check_architecture
-from .weights.finite import FiniteMemo, check_finite, check_store_finite, tensor_file
 
 if TYPE_CHECKING:  # torch is imported where tensors are decoded: a raw-copy transfer never needs it
     import torch
 
-    from .runs import RunDir
-    from .weights.lora import LoraAdapter
-    from .weights.merged import MergedStore
-    from .weights.safetensors_store import SafetensorsStore
+    from ..models.merged import MergedStore
+    from ..runs import RunDir
+    from ..weights.lora import LoraAdapter
+    from ..weights.safetensors_store import SafetensorsStore
 
 
 class Transferred(Mapping[str, "torch.Tensor"]):
@@ -90,8 +90,8 @@ def transfer_tensors(base: Any, donor: Any, modules: str | Sequence[str],
     whole tensors ``memo`` knows to be finite are then not read again, and
     once one differs from BASE the rest are not compared.
     """
-    from .weights.merged import MergedStore, as_store
-    from .weights.safetensors_store import SafetensorsStore
+    from ..models.merged import MergedStore, as_store
+    from ..weights.safetensors_store import SafetensorsStore
 
     bstore = as_store(base, allow_pickle=allow_pickle)
     dstore = as_store(donor, base=bstore, allow_pickle=allow_pickle)
@@ -230,8 +230,8 @@ def transfer(base: str | os.PathLike, donor: str | os.PathLike, modules: str | S
     file version checked by an earlier run are remembered, ``FiniteMemo``); a
     donor equal to BASE in the whole selection is an error.
     """
-    from .models import resolve_model_path
-    from .runs import RunDir
+    from ..models.resolve import resolve_model_path
+    from ..runs import RunDir
     from .transfer_fast import raw_transfer
 
     # Common case (safetensors, full donor, one dtype): ``transfer_fast`` copies bytes and never imports torch.
@@ -254,8 +254,8 @@ def _decoding_transfer(run: RunDir, stack: contextlib.ExitStack, base_path: Path
                        modules: str | Sequence[str], layers: str | None, merge: bool, max_shard_size: str | int,
                        echo: Echo, allow_pickle: bool, out: str | os.PathLike) -> ComposeResult:
     """The general path of ``transfer`` (any format, LoRA donors, dtype changes): tensors through torch."""
-    from .weights.merged import MergedStore, as_store
-    from .weights.store import open_weights
+    from ..models.merged import MergedStore, as_store
+    from ..weights.store import open_weights
 
     bstore = stack.enter_context(open_weights(base_path, allow_pickle=allow_pickle))
     dstore = as_store(donor_path, base=bstore, allow_pickle=allow_pickle)

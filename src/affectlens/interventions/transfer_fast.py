@@ -18,15 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..selection import Echo, Selection, select
+from ..weights.compat import check_architecture
+from ..weights.finite import FiniteMemo
+from ..weights.rawcopy import RAW_DTYPES, ByteReader, RawSafetensors
+from ..weights.writer import ShardedWriter, parse_size
 from .checkpoint import ComposeResult, copy_sidecars
-from .selection import Echo, Selection, select
-from .weights.compat import check_architecture
-from .weights.finite import FiniteMemo
-from .weights.rawcopy import RAW_DTYPES, ByteReader, RawSafetensors
-from .weights.writer import ShardedWriter, parse_size
 
 if TYPE_CHECKING:
-    from .runs import RunDir
+    from ..runs import RunDir
 
 
 def fits(base: RawSafetensors, donor: RawSafetensors, sel: Selection) -> bool:
@@ -82,7 +82,7 @@ def raw_transfer(run: RunDir, base_path: Path, donor_path: Path, modules: str | 
 def write(base: RawSafetensors, donor: RawSafetensors, whole: set[str], out: Path,
           max_shard_size: str | int, memo: FiniteMemo) -> list[Path]:
     """BASE's tensors in BASE's order, ``whole`` ones from DONOR, all copied in-kernel; BASE's checked meanwhile."""
-    from .runs import progress
+    from ..runs import progress
 
     names = base.names()
     plan = [(n, base.shape(n), base.st_dtype(n)) for n in names]

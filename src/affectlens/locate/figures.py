@@ -3,7 +3,7 @@
 matplotlib's import (1-2 CPU-seconds) and PNG rendering are Python that
 holds the GIL: on a thread beside the tensor workers they delayed every
 torch op's return of the GIL (the tensor pass measured 1.6x slower). A
-child ``python -m affectlens.locate_figures`` imports matplotlib at once, in
+child ``python -m affectlens.locate.figures`` imports matplotlib at once, in
 parallel with the pass, then reads the figure jobs (pickled, on its stdin),
 draws and saves them, and exits. ``subprocess`` rather than
 ``multiprocessing``: a user's script without a ``__main__`` guard is never
@@ -27,7 +27,7 @@ MIN_PASS_BYTES = 256 << 20  # below this the pass is shorter than matplotlib's i
 
 def draw_here(jobs: list[Job]) -> None:
     """Draw and save the figures in this process."""
-    from . import plots
+    from .. import plots
 
     for path, fn, args in jobs:
         plots.save(getattr(plots, fn)(*args), path)
@@ -40,10 +40,10 @@ class FigureProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         if pass_bytes < MIN_PASS_BYTES or "matplotlib.pyplot" in sys.modules:
             return  # already imported here, or too little to overlap: drawing here is cheaper
-        root = str(Path(__file__).resolve().parents[1])  # the child imports this very copy of affectlens
+        root = str(Path(__file__).resolve().parents[2])  # the child imports this very copy of affectlens
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "affectlens.locate_figures"], stdin=subprocess.PIPE,
+            self.proc = subprocess.Popen([sys.executable, "-m", "affectlens.locate.figures"], stdin=subprocess.PIPE,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         except OSError:
             self.proc = None
@@ -70,7 +70,7 @@ class FigureProcess:
 
 
 def main() -> int:
-    from . import plots
+    from .. import plots
 
     plots.pyplot()  # the import is the point: done while the parent streams tensors
     data = sys.stdin.buffer.read()

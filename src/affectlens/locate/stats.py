@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 import torch
 
-from .modules import MODULES, ModuleKey
+from ..modules import MODULES, ModuleKey
 
 if TYPE_CHECKING:
-    from .locate import Tuned
+    from .tuned import Tuned
 
 METRICS = ("l2", "relative", "rms")
 CSV_HEADER = ["model", "layer", "module", "param", "numel", "l2", "relative", "rms"]

@@ -28,16 +28,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .errors import AffectlensError
-from .locate_stats import N_CODES, Acc, ratio_codes, ratio_denominator
-from .modules import FUSED, ModuleKey, ParsedName, split_rows
-from .tensor_pool import Scratch, TensorWorkers
-from .weights.lora import LoraAdapter, LoraModule, lora_delta_norm
-from .weights.reduce import BlockSums
-from .weights.store import SafetensorsStore, WeightStore
+from ..errors import AffectlensError
+from ..modules import FUSED, ModuleKey, ParsedName, split_rows
+from ..weights.lora import LoraAdapter, LoraModule, lora_delta_norm
+from ..weights.pool import Scratch, TensorWorkers
+from ..weights.reduce import BlockSums
+from ..weights.store import SafetensorsStore, WeightStore
+from .stats import N_CODES, Acc, ratio_codes, ratio_denominator
 
 if TYPE_CHECKING:
-    from .locate import Tuned
+    from .tuned import Tuned
 
 SUB_ELEMS = 1 << 16  # float32 elements per in-cache step: 256 KB a buffer, four buffers well inside L2
 

@@ -24,11 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .adapters import check_adapter_targets
-from .errors import AffectlensError
-from .locate_figures import FigureProcess, Job, draw_here
-from .locate_pass import add_contributions, chunk_reader, other_tensors, segments, tensor_job
-from .locate_stats import (
+from ..errors import AffectlensError
+from ..models.adapters import check_adapter_targets
+from ..modules import MODULES, ModuleKey
+from ..runs import Progress, RunDir
+from ..weights.compat import check_adapter_fits, check_architecture
+from ..weights.lora import LoraAdapter
+from ..weights.pool import TensorWorkers
+from ..weights.store import WeightStore, open_weights
+from .figures import FigureProcess, Job, draw_here
+from .stats import (
     BF16_REL_RESOLUTION,
     CSV_HEADER,
     DIST_SAMPLE,
@@ -52,26 +57,8 @@ from .locate_stats import (
     sample_strides,
     summarize,
 )
-from .modules import MODULES, ModuleKey
-from .runs import Progress, RunDir
-from .tensor_pool import TensorWorkers
-from .weights.compat import check_adapter_fits, check_architecture
-from .weights.lora import LoraAdapter
-from .weights.store import WeightStore, open_weights
-
-
-@dataclass
-class Tuned:
-    """One tuned model to compare with the base: a full checkpoint or a PEFT adapter."""
-
-    label: str
-    path: Path
-    store: WeightStore | None = None
-    adapter: LoraAdapter | None = None
-
-    @property
-    def kind(self) -> str:
-        return "adapter" if self.adapter is not None else "full"
+from .tensor_pass import add_contributions, chunk_reader, other_tensors, segments, tensor_job
+from .tuned import Tuned
 
 
 @dataclass

@@ -22,8 +22,8 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import models
-from .errors import AffectlensError
+from ..errors import AffectlensError
+from . import resolve as models
 
 BASE_INFO = "affectlens_tune.json"  # where tune records the base's fingerprint (key "base_fingerprint")
 _VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path")
@@ -38,7 +38,7 @@ def base_fingerprint(path: str | os.PathLike) -> str:
     """
     import hashlib
 
-    from .runs import sha256_file
+    from ..runs import sha256_file
 
     p = Path(path)
     h = hashlib.sha256()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .errors import AffectlensError
+from ..errors import AffectlensError
 
 DEVICE_HELP = "where the model runs: auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps"
 DTYPE_HELP = "weights and activations: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16, float16"

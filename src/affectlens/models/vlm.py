@@ -33,7 +33,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, cast
 
-from .errors import AffectlensError
+from ..errors import AffectlensError
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def load_processor(path: Path) -> Any:
     """
     from transformers import AutoImageProcessor, AutoProcessor
 
-    from .models import load_tokenizer
+    from .loading import load_tokenizer
 
     try:
         return AutoProcessor.from_pretrained(str(path))
@@ -269,8 +269,8 @@ def image_label_logprobs(model: Any, processor: Any, prompts: Sequence[str], ima
     """
     import torch
 
-    from .prompts import encode_targets
-    from .runs import Progress
+    from ..runs import Progress
+    from ..tasks.prompts import encode_targets
 
     bar = Progress(len(prompts), "scoring images", unit="ex", enabled=progress)
     tok = getattr(processor, "tokenizer", processor)
@@ -305,7 +305,7 @@ def load_vlm(path: str | Any, adapter: str | None = None, dtype: str = "auto", a
     """
     from transformers import AutoModelForImageTextToText
 
-    from .models import (
+    from .loading import (
         checked_model,
         placement,
         quiet_transformers,

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .config import base_labels
 from .context import Context
-from .runner import base_labels
 
 
 def _first_seed(r: dict[str, Any]) -> list[str]:

@@ -64,7 +64,7 @@ def expected_seconds(cfg: StudyConfig, base_path: Path, other_bases: Sequence[Pa
         "frontier": 1.0,
         "circuits": EVAL_S_PER_EXAMPLE_PARAM * p * (circ_fwd + circ_eval),
     }
-    from .runner import needed
+    from .config import needed
 
     out: dict[str, Any] = {s: round(est[s], 1) for s in needed(cfg.stages)}
     for s in ("adapters", "locate"):

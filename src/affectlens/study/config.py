@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AffectlensError
-from ..tuneconfig import BUDGET_FIELDS, TuneConfig
+from ..tuneconfig import BUDGET_FIELDS, SEED_MAX, TuneConfig
 
 STAGES = ("adapters", "locate", "sufficiency", "efficiency", "necessity", "frontier", "circuits")
 PROFILES = ("quick", "default")
@@ -152,7 +152,7 @@ def _budget(raw: Any, key: str, where: str, base: dict[str, Any] | None = None) 
     return TuneConfig.from_mapping({**(base or {}), **raw}, f"{where}: {key}")
 
 
-MAX_SEED = 2**32 - 1  # numpy's and torch's seed range: a seed outside it fails only when a stage seeds
+MAX_SEED = SEED_MAX  # numpy's and torch's seed range: a seed outside it fails only when a stage seeds
 MAX_SEED_COUNT = 1000  # --seeds N: each seed trains three models; a typo's 10**9 must not allocate 10**9 ints
 
 
@@ -303,4 +303,37 @@ def _check(m: dict[str, Any], where: str, path: str, profile: str) -> StudyConfi
         raw=m, path=path, calibration=str(cal), bases=bases)
 
 
-__all__ = ["DEFAULTS", "MAX_SEED", "PROFILES", "QUICK", "STAGES", "StudyConfig", "load_study_config", "merge", "parse_stages"]
+DEPS: dict[str, tuple[str, ...]] = {"adapters": (), "locate": ("adapters",), "sufficiency": ("adapters",),
+                                     "efficiency": ("adapters",), "necessity": ("adapters",),
+                                     "frontier": ("efficiency",), "circuits": ()}
+
+
+def needed(stages: list[str]) -> list[str]:
+    """The asked stages and everything they read, in run order."""
+    want: set[str] = set()
+    todo = list(stages)
+    while todo:
+        s = todo.pop()
+        if s not in want:
+            want.add(s)
+            todo.extend(DEPS[s])
+    return [s for s in STAGES if s in want]
+
+
+def base_labels(cfg: StudyConfig) -> dict[str, str]:
+    """A short, unique, stable label per base (its dir or hub name); the first base's stages keep their
+    plain keys, another base's are ``<stage>@<label>`` (so adding a base leaves the others' caches alone)."""
+    from ..runs import slug
+
+    out: dict[str, str] = {}
+    for b in cfg.bases:
+        lab = slug(Path(b).name or b, "base")
+        k = 2
+        while lab in out.values():
+            lab, k = f"{slug(Path(b).name or b, 'base')}-{k}", k + 1
+        out[b] = lab
+    return out
+
+
+__all__ = ["DEFAULTS", "DEPS", "MAX_SEED", "PROFILES", "QUICK", "STAGES", "StudyConfig", "base_labels", "load_study_config", "merge",
+           "needed", "parse_stages"]

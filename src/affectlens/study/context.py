@@ -33,7 +33,7 @@ class Context:
     def tune_fn(self) -> Callable[..., Any]:
         if self.tuner is not None:
             return self.tuner
-        from ..tune import tune
+        from ..tune.run import tune
 
         return tune
 

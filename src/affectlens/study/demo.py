@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .corpus import bundled_path
-from .runs import fingerprint_path, sha256_file
-from .tuneconfig import TuneConfig
+from ..runs import fingerprint_path, sha256_file
+from ..tasks.corpus import bundled_path
+from ..tuneconfig import TuneConfig
 
 # Same budget for both adapters (all-module LoRA ~1.5 s/step, batch 8 x ~50 tokens).
 EXPECTED_TIME = "about 7 min the first time on 2 idle CPU cores, a few seconds when cached"
@@ -53,7 +53,7 @@ class DemoResult:
 
     def paragraph(self) -> str:
         """The answer in one plain paragraph: size-fair locus, emotion vs control, margins, what it shows."""
-        from .study.explain import demo_paragraph
+        from .explain import demo_paragraph
 
         models = self.locate.summary["models"]
         return demo_paragraph({label: models[label]["ranking"] for label in TASKS})
@@ -70,7 +70,7 @@ class DemoResult:
 
 def cache_key(base_dir: Path, options: dict[str, Any]) -> str:
     """Hash of what determines the adapters: options, base checkpoint, data, package version."""
-    from . import __version__
+    from .. import __version__
 
     base_fp = fingerprint_path(base_dir)
     base_fp.pop("path", None)
@@ -98,7 +98,7 @@ def run_demo(out: str | os.PathLike | None = None, force: bool = False, retrain:
 
     ``budget`` defaults to ``BUDGET``; ``steps`` replaces its steps (the CLI's ``--steps``).
     """
-    from .runs import RunDir
+    from ..runs import RunDir
 
     say = print if verbose else (lambda *a, **k: None)
     say(f"demo: {EXPECTED_TIME}")
@@ -116,9 +116,10 @@ def run_demo(out: str | os.PathLike | None = None, force: bool = False, retrain:
 
 def _train(config: TuneConfig, retrain: bool, say: Any, verbose: bool) -> tuple[Path, str, dict[str, Path], bool]:
     """The two adapters, trained now or found in the cache: (base dir, cache key, adapters, cached)."""
-    from .models import DEFAULT_MODEL, cache_dir, default_model_dir, load_model
-    from .progress import step
-    from .tune import tune
+    from ..models.loading import load_model
+    from ..models.resolve import DEFAULT_MODEL, cache_dir, default_model_dir
+    from ..progress import step
+    from ..tune.run import tune
 
     base_dir = default_model_dir()
     options = config.to_dict()
@@ -145,7 +146,7 @@ def _train(config: TuneConfig, retrain: bool, say: Any, verbose: bool) -> tuple[
 
 
 def _run_demo(run: Any, config: TuneConfig, retrain: bool, say: Any, verbose: bool) -> DemoResult:
-    from .locate import locate
+    from ..locate.weight_change import locate
 
     t0 = time.perf_counter()
     base_dir, key, adapters, cached = _train(config, retrain, say, verbose)

@@ -23,30 +23,14 @@ from typing import Any
 from ..errors import AffectlensError
 from .budget import expected_seconds
 from .cache import StageStore, check_study_out, fingerprint
-from .config import STAGES, StudyConfig, load_study_config
+from .config import DEPS, StudyConfig, base_labels, load_study_config, needed
 from .context import Context
-
-DEPS: dict[str, tuple[str, ...]] = {"adapters": (), "locate": ("adapters",), "sufficiency": ("adapters",),
-                                     "efficiency": ("adapters",), "necessity": ("adapters",),
-                                     "frontier": ("efficiency",), "circuits": ()}
-
-
-def needed(stages: list[str]) -> list[str]:
-    """The asked stages and everything they read, in run order."""
-    want: set[str] = set()
-    todo = list(stages)
-    while todo:
-        s = todo.pop()
-        if s not in want:
-            want.add(s)
-            todo.extend(DEPS[s])
-    return [s for s in STAGES if s in want]
 
 
 def _content_fps(cfg: StudyConfig, base_path: Path) -> dict[str, Any]:
     from ..grid.inputs import content_id
-    from ..models import resolve_model_path
-    from ..tune import resolve_data
+    from ..models.resolve import resolve_model_path
+    from ..tune.run import resolve_data
     from .stages_grid import task_file
 
     fps: dict[str, Any] = {"base": content_id(base_path), "data": content_id(resolve_data(cfg.data)),
@@ -85,27 +69,12 @@ def stage_fingerprint(ctx: Context, stage: str, dep_fps: dict[str, str]) -> str:
 PER_BASE = ("adapters", "locate")  # the stages every base of ``models:`` gets; the rest run on the first
 
 
-def base_labels(cfg: StudyConfig) -> dict[str, str]:
-    """A short, unique, stable label per base (its dir or hub name); the first base's stages keep their
-    plain keys, another base's are ``<stage>@<label>`` (so adding a base leaves the others' caches alone)."""
-    from ..runs import slug
-
-    out: dict[str, str] = {}
-    for b in cfg.bases:
-        lab = slug(Path(b).name or b, "base")
-        k = 2
-        while lab in out.values():
-            lab, k = f"{slug(Path(b).name or b, 'base')}-{k}", k + 1
-        out[b] = lab
-    return out
-
-
 def base_context(ctx: Context, spec: str) -> Context:
     """The same study on another base: its own path, content fingerprint and results."""
     import dataclasses
 
     from ..grid.inputs import content_id
-    from ..models import resolve_model_path
+    from ..models.resolve import resolve_model_path
 
     path = resolve_model_path(spec)
     return dataclasses.replace(ctx, base_path=path, fps={**ctx.fps, "base": content_id(path)}, results={})
@@ -148,9 +117,9 @@ def preflight(cfg: StudyConfig, device: str, dtype: str, executor: Any, allow_pi
 
     The dtype and the executor (with its engine), the device, every task, and every base's weights
     under the pickle policy (opened lazily: headers only)."""
-    from ..devices import dtype_name, resolve_device
-    from ..evaluate.tasks import get_task
-    from ..models import resolve_model_path
+    from ..models.devices import dtype_name, resolve_device
+    from ..models.resolve import resolve_model_path
+    from ..tasks.spec import get_task
     from ..weights import open_weights
 
     dtype_name(dtype)
@@ -187,7 +156,7 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
     executor, device, tasks, an unreadable base -- is refused before any work.
     """
     from ..claims import claim_output
-    from ..models import resolve_model_path
+    from ..models.resolve import resolve_model_path
 
     cfg = config if isinstance(config, StudyConfig) else load_study_config(
         config, profile=profile, model=model, stages=stages, seeds=seeds)

@@ -72,7 +72,7 @@ def run_circuits(ctx: Context, fp: str) -> dict[str, Any]:
     """All circuits steps and the three circuits claims' evidence."""
     from ..circuits import api
     from ..circuits.hallucination import correct_flags, hallucination_flags
-    from ..models import resolve_model_path
+    from ..models.resolve import resolve_model_path
 
     c, seed = ctx.cfg.circuits, ctx.cfg.seeds[0]
     model = str(resolve_model_path(ctx.cfg.circuits_model))

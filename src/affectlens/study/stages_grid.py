@@ -214,7 +214,7 @@ def task_file(task: str) -> Any:
 def majority_yardstick(task: str, limit: int | None = None) -> float:
     """The primary score of always answering the most frequent label of the scored examples."""
     from ..evaluate import classification_metrics, get_task, load_task
-    from ..evaluate.tasks import primary_metric
+    from ..tasks.spec import primary_metric
 
     loaded = load_task(get_task(task), limit)
     labels = list(loaded.labels)

@@ -108,7 +108,7 @@ def _ranked(d: dict[str, float]) -> list[str]:
 
 def run_locate(ctx: Context, adapters: dict[str, Any]) -> dict[str, Any]:
     """Module x layer change per adapter; the locus per metric and its stability; the two locate claims."""
-    from ..locate import measure
+    from ..locate.weight_change import measure
 
     models: list[tuple[str, str]] = []
     for kind in ("emotion", "control", "full"):

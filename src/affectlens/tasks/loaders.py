@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import AffectlensError
 from .labelmaps import load_label_map, mapped_labels
+from .spec import EMOTIONS, SENTIMENTS2, SENTIMENTS3, TaskSpec
 from .tables import (
     FIELD_LIMIT,
     SKIPPED,
@@ -31,7 +32,6 @@ from .tables import (
     spec_path,
     split_filter,
 )
-from .tasks import EMOTIONS, SENTIMENTS2, SENTIMENTS3, TaskSpec
 
 
 @dataclass
@@ -113,9 +113,9 @@ def _norm(label: Any) -> str:
 
 def load_bundled(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...] | None, int]:
     try:
-        from .. import corpus
+        from . import corpus
     except ImportError:
-        raise AffectlensError("the bundled corpus (affectlens.corpus) is not available in this install") from None
+        raise AffectlensError("the bundled corpus (affectlens.tasks.corpus) is not available in this install") from None
     return load_jsonl_file(Path(corpus.bundled_path(spec_path(spec))), spec)
 
 
@@ -156,8 +156,8 @@ def load_csv(spec: TaskSpec) -> tuple[list[Example], None, int]:
 def load_pairs(spec: TaskSpec) -> tuple[list[Example], tuple[str, ...], int]:
     """Contrast pairs (the circuits format): each pair is two examples, the emotional side with its
     emotion and the neutral side with ``neutral``, each with its image when it has one."""
-    from ..circuits.pairs import NEUTRAL, answer_labels
-    from ..circuits.pairs import load_pairs as read_pairs
+    from .pairs import NEUTRAL, answer_labels
+    from .pairs import load_pairs as read_pairs
 
     path = Path(spec_path(spec))
     pairs = read_pairs(path, spec.option("split"))
@@ -305,7 +305,7 @@ def load_task(spec: TaskSpec | str, limit: int | None = None) -> LoadedTask:
     Order of work: read (``bad_rows``), split, label map (``labelmap``), label
     check, class balancing (``balance``/``per_class``, seeded), then ``limit``.
     """
-    from .tasks import parse_task
+    from .spec import parse_task
 
     spec = parse_task(spec)
     if spec.loader not in _LOADERS:

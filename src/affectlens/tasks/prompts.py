@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import AffectlensError
-from .vocab import EMOTIONS, SENTIMENTS3, TaskKind, closed_labels
+from ..errors import AffectlensError
+from ..vocab import EMOTIONS, SENTIMENTS3, TaskKind, closed_labels
 
 # kind -> (instruction, answer field of plain prompts)
 INSTRUCTIONS: dict[TaskKind, tuple[str, str]] = {

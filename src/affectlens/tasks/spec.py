@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AffectlensError
-from ..prompts import OPEN_QUESTION
 from ..vocab import EMOTIONS, EVAL_KINDS, SENTIMENTS2, SENTIMENTS3, TASK_SYNTAX, TaskKind
-from .splits import DATA_EXTS, canonical_split, infer_spec, sibling_file, split_file, split_of_name
+from .prompts import OPEN_QUESTION
+from .splits import DATA_EXTS, canonical_split, infer_spec
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     """One evaluation task, as data.
 
-    ``loader`` picks a function in :mod:`affectlens.evaluate.loaders`; ``options``
+    ``loader`` picks a function in :mod:`affectlens.tasks.loaders`; ``options``
     are that loader's keyword options (column names, split, thresholds).
     ``labels`` is the closed label set (None: taken from the whole file).
     ``question`` overrides the closed-set question (``{labels}`` and ``{text}`` are
@@ -148,7 +148,7 @@ def _check_options(name: str, loader: str, opts: dict[str, str]) -> None:
 
 def _bundled(name: str, opts: dict[str, str]) -> TaskSpec | None:
     """A bundled file by name (``emotion_train``, ``control_train.jsonl``), when no such file exists."""
-    from ..corpus import NAMES
+    from .corpus import NAMES
 
     stem = name[:-6] if name.endswith(".jsonl") else name
     if stem not in NAMES or Path(name).exists():
@@ -214,66 +214,6 @@ def get_task(name: str | TaskSpec) -> TaskSpec:
     return parse_task(name)
 
 
-def sibling_split(spec: TaskSpec, split: str) -> TaskSpec | None:
-    """The same data set's ``split`` (train/dev/test) as a spec, or None when the data has no such split.
-
-    Few-shot examples and training rows come from here, so they can never be
-    the evaluated split: the sibling of a spec for ``split`` other than its
-    own reads other rows (another file, or other values of a ``split`` column).
-    """
-    split = canonical_split(split)
-    if spec.loader == "bundled":
-        from ..corpus import NAMES
-
-        stem = str(spec.path).rsplit("_", 1)[0]
-        target = f"{stem}_{split}"
-        if target not in NAMES or target == spec.path:
-            return None
-        return replace(spec, name=target + "".join(f",{k}={v}" for k, v in spec.options), path=target)
-    if spec.path is None or spec.loader not in _KIND_OF_LOADER or spec.loader in ("text", "pairs"):
-        return None
-    p = Path(spec.path)
-    own = spec.option("split")
-    opts = dict(spec.options)
-    kind_key = _KIND_OF_LOADER[spec.loader]
-    if p.is_dir():
-        has = (p / f"{split}.tsv").is_file() if spec.loader == "goemotions" else split_file(p, split) is not None
-        if not has or own == split or (own is None and split == "test"):
-            return None  # a directory is read as its test split when none is named
-        opts["split"] = split
-        return replace(spec, name=_short(kind_key, spec.path, opts), options=tuple(sorted(opts.items())))
-    if own is not None and split_of_name(p) is None:  # one file, a 'split' column
-        if own == split or split not in split_values(spec):
-            return None
-        opts["split"] = split
-        return replace(spec, name=_short(kind_key, spec.path, opts), options=tuple(sorted(opts.items())))
-    if split_of_name(p) == split:
-        return None
-    other = sibling_file(p, split)
-    if other is None:
-        return None
-    opts.pop("split", None)
-    return replace(spec, name=_short(kind_key, str(other), opts), path=str(other),
-                   options=tuple(sorted(opts.items())))
-
-
-def split_values(spec: TaskSpec) -> set[str]:
-    """The canonical splits named in a file's split column (empty without one)."""
-    from .tables import read_table
-
-    rows = read_table(spec)
-    col = spec.option("split_column", "split")
-    if not rows or col not in rows[0]:
-        return set()
-    out = set()
-    for r in rows:
-        try:
-            out.add(canonical_split(str(r[col])))
-        except AffectlensError:
-            continue
-    return out
-
-
 register_task(TaskSpec(
     name="emotion", kind=TaskKind.EMOTION, loader="bundled", path="emotion_test", labels=EMOTIONS,
     description="bundled emotion test set (7 basic emotions)",
@@ -283,4 +223,4 @@ register_task(TaskSpec(
     description="bundled non-affective control task (short answers)",
 ))
 __all__ = ["EMOTIONS", "TaskSpec", "get_task", "parse_task", "register_task", "registered_tasks",
-           "primary_metric", "sibling_split", "split_values", "TASK_SYNTAX"]
+           "primary_metric", "TASK_SYNTAX"]

@@ -20,12 +20,13 @@ from __future__ import annotations
 import csv
 import io
 from contextvars import ContextVar
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import AffectlensError
 from ..runs import parse_jsonl_lines
-from .splits import canonical_split, split_file, split_of_name
-from .tasks import TaskSpec
+from .spec import _KIND_OF_LOADER, TaskSpec, _short
+from .splits import canonical_split, sibling_file, split_file, split_of_name
 
 # Characters in one field: far beyond any model's context (~2M tokens), far below a runaway quote's file.
 FIELD_LIMIT = 8 * 2**20
@@ -65,7 +66,7 @@ def data_file(spec: TaskSpec, exts: tuple[str, ...] = (".csv", ".tsv", ".jsonl",
     """The file a spec reads: its path, or in a directory the file named after ``split`` (default test)."""
     p = Path(spec_path(spec))
     if spec.loader == "bundled":
-        from ..corpus import bundled_path
+        from .corpus import bundled_path
 
         return bundled_path(str(spec.path))
     if not p.is_dir():
@@ -190,4 +191,62 @@ def split_filter(rows: list[Row], spec: TaskSpec, path: Path) -> list[Row]:
     return out
 
 
-__all__ = ["FIELD_LIMIT", "SKIPPED", "Row", "data_file", "read_rows", "read_table", "read_text", "spec_path", "split_filter"]
+def sibling_split(spec: TaskSpec, split: str) -> TaskSpec | None:
+    """The same data set's ``split`` (train/dev/test) as a spec, or None when the data has no such split.
+
+    Few-shot examples and training rows come from here, so they can never be
+    the evaluated split: the sibling of a spec for ``split`` other than its
+    own reads other rows (another file, or other values of a ``split`` column).
+    """
+    split = canonical_split(split)
+    if spec.loader == "bundled":
+        from .corpus import NAMES
+
+        stem = str(spec.path).rsplit("_", 1)[0]
+        target = f"{stem}_{split}"
+        if target not in NAMES or target == spec.path:
+            return None
+        return replace(spec, name=target + "".join(f",{k}={v}" for k, v in spec.options), path=target)
+    if spec.path is None or spec.loader not in _KIND_OF_LOADER or spec.loader in ("text", "pairs"):
+        return None
+    p = Path(spec.path)
+    own = spec.option("split")
+    opts = dict(spec.options)
+    kind_key = _KIND_OF_LOADER[spec.loader]
+    if p.is_dir():
+        has = (p / f"{split}.tsv").is_file() if spec.loader == "goemotions" else split_file(p, split) is not None
+        if not has or own == split or (own is None and split == "test"):
+            return None  # a directory is read as its test split when none is named
+        opts["split"] = split
+        return replace(spec, name=_short(kind_key, spec.path, opts), options=tuple(sorted(opts.items())))
+    if own is not None and split_of_name(p) is None:  # one file, a 'split' column
+        if own == split or split not in split_values(spec):
+            return None
+        opts["split"] = split
+        return replace(spec, name=_short(kind_key, spec.path, opts), options=tuple(sorted(opts.items())))
+    if split_of_name(p) == split:
+        return None
+    other = sibling_file(p, split)
+    if other is None:
+        return None
+    opts.pop("split", None)
+    return replace(spec, name=_short(kind_key, str(other), opts), path=str(other),
+                   options=tuple(sorted(opts.items())))
+
+
+def split_values(spec: TaskSpec) -> set[str]:
+    """The canonical splits named in a file's split column (empty without one)."""
+    rows = read_table(spec)
+    col = spec.option("split_column", "split")
+    if not rows or col not in rows[0]:
+        return set()
+    out = set()
+    for r in rows:
+        try:
+            out.add(canonical_split(str(r[col])))
+        except AffectlensError:
+            continue
+    return out
+
+
+__all__ = ["FIELD_LIMIT", "SKIPPED", "Row", "data_file", "read_rows", "read_table", "read_text", "spec_path", "sibling_split", "split_filter", "split_values"]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import AffectlensError
+from ..errors import AffectlensError
 
 
 def freeze_all_but(model: Any, paths: list[str]) -> Callable[[], None]:
@@ -81,10 +81,10 @@ def save_full_model(result: Any, out: str | os.PathLike, force: bool, base_dir: 
     """The fully fine-tuned model as an HF dir, written through ``RunDir`` (safetensors, the
     tokenizer, ``affectlens_tune.json``, ``loss_curve.png``, ``manifest.json``). ``state_dict``
     is the gathered full state under FSDP (the model's own parameters are shards there)."""
-    from .adapters import base_fingerprint
-    from .plots import loss_curve
-    from .runs import RunDir
-    from .weights.finite import check_finite
+    from ..models.adapters import base_fingerprint
+    from ..plots import loss_curve
+    from ..runs import RunDir
+    from ..weights.finite import check_finite
 
     inputs: dict[str, Any] = {"data": result.options["data"]}
     if base_dir is not None:

@@ -21,7 +21,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from .tuneconfig import PRECISIONS
+from ..tuneconfig import PRECISIONS
 
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # x86; Arm reports "bf16" under Features
 

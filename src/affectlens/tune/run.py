@@ -2,7 +2,7 @@
 
 The efficiency step of the gate_proj study compares adapters that differ only
 in *where* they are placed, so everything else is held fixed and recorded:
-the same prompts (``affectlens.prompts``), the same seeded data order and LoRA
+the same prompts (``affectlens.tasks.prompts``), the same seeded data order and LoRA
 initialisation, the same steps, rank, alpha and learning rate. The loss sees
 only the label tokens (prompt positions are ``-100``), so the adapter learns
 to answer, not to reproduce prompts.
@@ -20,9 +20,9 @@ loss curve, trainable parameters per module, timing, the base's content
 fingerprint), a loss-curve PNG and ``manifest.json``.
 
 ``method="full"`` trains the selected modules' whole weights instead (the
-paper's SFT arm; :mod:`affectlens.fullft`) and writes an HF model dir. Under
+paper's SFT arm; :mod:`affectlens.tune.full`) and writes an HF model dir. Under
 ``accelerate launch`` the same call runs on every process
-(:mod:`affectlens.distributed`): the effective batch is per-process batch x
+(:mod:`affectlens.tune.distributed`): the effective batch is per-process batch x
 processes x ``grad_accum``, and only the main process writes.
 """
 
@@ -36,16 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .corpus import labelled_rows
-from .errors import AffectlensError
-from .fullft import fp32_master_weights, freeze_all_but, save_full_model
-from .modules import (
-    MatchReport,
-    format_ranges,
-    parse_selection,
-)
-from .prompts import encode as encode_prompt
-from .prompts import render
+from ..errors import AffectlensError
+from ..modules import MatchReport, format_ranges, parse_selection
+from ..tasks.corpus import labelled_rows
+from ..tasks.prompts import encode as encode_prompt
+from ..tasks.prompts import render
+from ..tuneconfig import TuneConfig
+from ..vocab import CLOSED_KINDS, TaskKind, closed_labels, infer_kind
+from .full import fp32_master_weights, freeze_all_but, save_full_model
 from .training import (
     IGNORE,
     collate,
@@ -55,13 +53,11 @@ from .training import (
     trainable_by_module,
     wrap_lora,
 )
-from .tuneconfig import TuneConfig
-from .vocab import CLOSED_KINDS, TaskKind, closed_labels, infer_kind
 
 METHODS = ("lora", "full")  # tune's methods: a LoRA on the modules, or their full weights
 
 if TYPE_CHECKING:
-    from .evaluate.tasks import TaskSpec
+    from ..tasks.spec import TaskSpec
 
 
 @dataclass
@@ -96,7 +92,8 @@ class TuneResult:
 def _training_spec(data: str | os.PathLike | TaskSpec) -> TaskSpec:
     """The task spec training reads, in ``evaluate --task`` syntax. A directory of split files is
     read at its train split unless the spec names one (evaluation reads a directory's test split)."""
-    from .evaluate.tasks import TaskSpec, parse_task, sibling_split
+    from ..tasks.spec import TaskSpec, parse_task
+    from ..tasks.tables import sibling_split
 
     spec = parse_task(data if isinstance(data, TaskSpec) else str(data))
     if spec.option("split") is None and spec.loader != "bundled" and Path(str(spec.path)).is_dir():
@@ -110,7 +107,7 @@ def _training_spec(data: str | os.PathLike | TaskSpec) -> TaskSpec:
 
 def resolve_data(data: str | os.PathLike | TaskSpec) -> Path:
     """The file a training spec reads (a bundled name, a path, ``KIND:PATH,opt=...``): what grid fingerprints."""
-    from .evaluate.tables import data_file
+    from ..tasks.tables import data_file
 
     return data_file(_training_spec(data))
 
@@ -124,7 +121,7 @@ def load_dataset(data: str | os.PathLike | TaskSpec, task: str | None = None) ->
     map), else inferred from the labels present. Plain JSONL rows are checked
     field by field first (a null or empty text is an error, not a prompt).
     """
-    from .evaluate.loaders import load_task
+    from ..tasks.loaders import load_task
 
     spec = _training_spec(data)
     path = resolve_data(data)
@@ -151,7 +148,7 @@ def load_dataset(data: str | os.PathLike | TaskSpec, task: str | None = None) ->
 
 
 def encode(tokenizer: Any, ds: Dataset, max_length: int = 256) -> tuple[list[list[int]], list[int], int]:
-    """Token ids (prompt, label, EOS) and prompt lengths of every row, by :mod:`affectlens.prompts`
+    """Token ids (prompt, label, EOS) and prompt lengths of every row, by :mod:`affectlens.tasks.prompts`
     as evaluation and circuits encode them; over-long prompts lose tokens from the left."""
     ids_all, n_prompts, truncated = [], [], 0
     for r in ds.rows:
@@ -199,13 +196,13 @@ def tune(
     ``result.model.unload()`` removes them again.
 
     ``method="full"`` trains every parameter of the selected modules instead of
-    a LoRA on them (all else frozen; :mod:`affectlens.fullft`); ``result.model``
+    a LoRA on them (all else frozen; :mod:`affectlens.tune.full`); ``result.model``
     is then the fine-tuned model itself (an in-memory base is trained in place)
     and ``out`` becomes an HF model dir.
 
     ``grad_accum`` splits each step into that many rounds of ``batch_size``
     examples; under ``accelerate launch`` each of the N processes trains its
-    share (:mod:`affectlens.distributed`), so a step sees ``batch_size x N x
+    share (:mod:`affectlens.tune.distributed`), so a step sees ``batch_size x N x
     grad_accum`` examples, and only the main process writes ``out``.
     ``device`` (default: where an in-memory base is; ``auto`` for a path) and
     ``dtype`` (default ``auto``: bf16 on a GPU, fp32 on the CPU; for a base
@@ -220,8 +217,8 @@ def tune(
     ``AFFECTLENS_THREADS`` or ``OMP_NUM_THREADS`` win); the process's previous
     thread count is restored afterwards.
     """
+    from ..runs import check_out_dir
     from .distributed import layout, make_accelerator
-    from .runs import check_out_dir
 
     cfg = (config or TuneConfig()).replace(**({} if modules is None else {"modules": modules}), **budget)
     if method not in METHODS:
@@ -334,7 +331,7 @@ def training_threads(threads: int | None) -> Iterator[int]:
     count used and restores the previous one after (tune must not change its caller's process)."""
     import torch
 
-    from .threads import apply_thread_policy
+    from ..threads import apply_thread_policy
 
     before = torch.get_num_threads()
     try:
@@ -355,8 +352,8 @@ def _base_model(base: Any, tokenizer: Any, base_path: str | os.PathLike | None, 
     """(model, tokenizer, how the base is named, its dir on disk or None) for a path or an in-memory model,
     on ``device`` (a path's default: ``auto``; an in-memory model's: where it is); ``dtype``'s ``auto``
     is resolved for ``dtype_device`` (default: ``device``)."""
-    from .devices import resolve_device, resolve_dtype
-    from .models import (
+    from ..models.devices import resolve_device, resolve_dtype
+    from ..models.loading import (
         DEFAULT_MODEL,
         adapter_base,
         check_finite_model,
@@ -415,10 +412,10 @@ def save_adapter(result: TuneResult, out: str | os.PathLike, force: bool, base_s
     """The adapter dir, written through ``RunDir``: PEFT files with a portable base reference
     (name or path relative to ``out``), ``affectlens_tune.json`` with the base's fingerprint,
     the loss curve and ``manifest.json``. ``state_dict``: the gathered full state under FSDP."""
-    from .adapters import base_fingerprint, base_reference
-    from .models import read_json_object
-    from .plots import loss_curve
-    from .runs import RunDir
+    from ..models.adapters import base_fingerprint, base_reference
+    from ..models.resolve import read_json_object
+    from ..plots import loss_curve
+    from ..runs import RunDir
 
     inputs: dict[str, Any] = {"data": result.options["data"]}
     if base_dir is not None:

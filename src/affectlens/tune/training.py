@@ -3,7 +3,7 @@
 Kept apart from ``tune`` (data in, adapter dir out) so the loop reads on its
 own: seeded LoRA init and data order, loss on label tokens only (prompt and
 padding are ``-100``), AdamW with linear warm-up, the forward pass under the
-budget's precision (bf16 autocast or fp32, :mod:`affectlens.precision`), and a
+budget's precision (bf16 autocast or fp32, :mod:`affectlens.tune.precision`), and a
 stop at the first non-finite number.
 """
 
@@ -16,11 +16,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import AffectlensError
-from .hfcompat import quiet_peft
-from .modules import MODULES, MatchReport, parse_name, parse_selection
+from ..errors import AffectlensError
+from ..models.hfcompat import quiet_peft
+from ..modules import MODULES, MatchReport, parse_name, parse_selection
+from ..tuneconfig import TuneConfig
 from .precision import autocast, resolve_precision
-from .tuneconfig import TuneConfig
 
 IGNORE = -100  # label value that torch's cross-entropy (and HF models) skip
 # Eager attention's saved B x H x L x L probabilities grow with L^2: up to this many tokens per
@@ -109,7 +109,7 @@ def lora_targets(model: Any, modules: str | Sequence[str], layers: str | Sequenc
     Returns the paths of the ``nn.Linear`` modules (``model.layers.3.mlp.gate_proj``)
     so PEFT wraps exactly what was matched.
     """
-    from .selection import module_paths
+    from ..selection import module_paths
 
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     return module_paths([n for n, _ in model.named_parameters()], modules, layers,
@@ -209,9 +209,9 @@ def train(peft_model: Any, ids: list[list[int]], n_prompts: list[int], pad_id: i
     import torch
     from transformers import get_linear_schedule_with_warmup
 
+    from ..runs import Progress
+    from ..weights.finite import check_finite
     from .distributed import finish, layout, prepare
-    from .runs import Progress
-    from .weights.finite import check_finite
 
     if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1:
         raise AffectlensError(f"grad accum must be an integer >= 1, got {grad_accum!r}")

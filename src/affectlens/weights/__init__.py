@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     from .compat import check_adapter_fits, check_architecture
     from .finite import check_finite, check_store_finite
     from .lora import LoraAdapter, lora_delta_norm, lora_inner, open_adapter
-    from .merged import MergedStore, as_store
     from .store import (
         GGUFStore,
         PickleStore,
@@ -30,7 +29,6 @@ _WHERE = {
     "check_adapter_fits": "compat", "check_architecture": "compat",
     "check_finite": "finite", "check_store_finite": "finite",
     "LoraAdapter": "lora", "lora_delta_norm": "lora", "lora_inner": "lora", "open_adapter": "lora",
-    "MergedStore": "merged", "as_store": "merged",
     **{n: "store" for n in ("GGUFStore", "PickleStore", "SafetensorsStore", "TensorDictStore", "WeightStore",
                             "load_pickle", "load_pickle_state_dict", "open_weights", "pickle_refusal")},
 }
@@ -47,12 +45,10 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "GGUFStore",
     "LoraAdapter",
-    "MergedStore",
     "PickleStore",
     "SafetensorsStore",
     "TensorDictStore",
     "WeightStore",
-    "as_store",
     "check_adapter_fits",
     "check_architecture",
     "check_finite",

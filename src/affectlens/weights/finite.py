@@ -135,7 +135,7 @@ class FiniteMemo:
 
     @staticmethod
     def _record(path: Path) -> Path:
-        from ..models import cache_dir
+        from ..paths import cache_dir
 
         return cache_dir() / "finite" / (hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32] + ".json")
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .threads import apply_thread_policy
+from ..threads import apply_thread_policy
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -10,6 +10,7 @@ and raw bytes, with numpy bit masks for the finite check.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -175,6 +176,21 @@ def index_headers(files: list[Path]) -> tuple[dict[str, Path], dict[str, dict[st
     return where, meta
 
 
+
+@functools.cache
+def st_dtypes() -> dict[str, Any]:
+    """safetensors dtype names to torch dtypes (torch imported here, on first use, not by this module)."""
+    import torch
+
+    return {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+        "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
+        "F8_E5M2": getattr(torch, "float8_e5m2", None),
+        "U16": getattr(torch, "uint16", None), "U32": getattr(torch, "uint32", None),
+        "U64": getattr(torch, "uint64", None),
+    }
+
 class RawSafetensors(WeightStore):
     """A safetensors checkpoint's header: names, shapes, dtype names and byte locations, no torch."""
 
@@ -221,9 +237,7 @@ class RawSafetensors(WeightStore):
         return str(self._info(name)["dtype"])
 
     def dtype(self, name: str) -> torch.dtype:
-        from .safetensors_store import ST_DTYPES
-
-        dt = ST_DTYPES.get(self.st_dtype(name))
+        dt = st_dtypes().get(self.st_dtype(name))
         if dt is None:
             raise AffectlensError(f"unsupported dtype {self.st_dtype(name)} for {name}")
         return dt

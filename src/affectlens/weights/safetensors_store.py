@@ -15,17 +15,10 @@ import torch
 
 from ..errors import AffectlensError
 from .base import WeightStore
-from .rawcopy import index_headers
+from .rawcopy import index_headers, st_dtypes
 from .rawcopy import read_safetensors_header as read_safetensors_header
 
-ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
-    "F8_E5M2": getattr(torch, "float8_e5m2", None),
-    "U16": getattr(torch, "uint16", None), "U32": getattr(torch, "uint32", None),
-    "U64": getattr(torch, "uint64", None),
-}
+ST_DTYPES = st_dtypes()
 
 
 def st_itemsize(dtype: str) -> int | None:

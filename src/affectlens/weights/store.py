@@ -25,7 +25,7 @@ def open_weights(path: str | os.PathLike, allow_pickle: bool = False) -> WeightS
     """Open a checkpoint lazily: HF dir (sharded or not), ``.safetensors``, ``.gguf``, ``.bin``."""
     p = Path(path)
     if str(path) in ("smollm2", "default"):
-        from ..models import default_gguf_path
+        from ..paths import default_gguf_path
 
         p = default_gguf_path()
     if not p.exists():

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 _SUBMODULES = ('figures', 'stats', 'tensor_pass', 'tuned', 'weight_change')
 
 

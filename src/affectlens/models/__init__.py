@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 _SUBMODULES = ('adapters', 'devices', 'hfcompat', 'loading', 'merged', 'resolve', 'vlm')
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 _SUBMODULES = ('distributed', 'full', 'precision', 'run', 'training')
 
 

@@ -123,7 +123,7 @@ def _lib_failed(out: Path) -> None:
                          ids=["claim_output", "atomic_dir", "RunDir", "RunDir-force", "RunDir-failed"])
 def test_lookalikes_survive_the_library_paths(tmp_path, capfd, monkeypatch, path, linked):
     if not linked:  # a filesystem without O_TMPFILE links: claim files are created, then written
-        monkeypatch.setattr(claims, "_create_linked", lambda cp, content: False)
+        monkeypatch.setattr(claims.lock, "_create_linked", lambda cp, content: False)
     plant_lookalikes(tmp_path)
     before = snapshot(tmp_path)
     path(tmp_path / "out")
@@ -247,7 +247,7 @@ def test_a_stale_claim_names_every_run_that_held_it(tmp_path, capfd):
     _kill(first)
     # The second run keeps the first's leftovers for its own cleanup, then is killed before it.
     second = _python("import sys, time\nfrom affectlens import claims\n"
-                     "claims.sweep = lambda *a, **k: []\n"
+                     "claims.atomic.sweep = lambda *a, **k: []\n"
                      "with claims.atomic_dir(sys.argv[1]):\n    print('ready', flush=True)\n    time.sleep(120)\n",
                      str(out))
     _kill(second)

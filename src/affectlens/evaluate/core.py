@@ -22,7 +22,7 @@ from ..errors import AffectlensError
 from ..vocab import EVAL_MODES
 from .answers import score_generative_rows
 from .backends import GenerationBackend, get_backend
-from .calibration import calibrate, check_mode
+from .calibration import calibrate, check_mode, reference_texts
 from .fewshot import Shots, draw_shots
 from .generative import Wheel, load_wheel, open_prompt
 from .loaders import LoadedTask, load_task
@@ -78,8 +78,13 @@ def _closed(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress, ca
         i, j = (int(x) for x in bad[0])
         raise non_finite_error(model, f"task {spec.name}", f"example {i} ({text_start(task.examples[i].text)}) "
                                f"has log-likelihood {float(ll[i, j])} for label '{labels[j]}'")
-    scores, vec = calibrate(ll, calibration, prompt,  # reference prompts: once per task
-                            lambda ps: score_labels(model, tok, ps, labels, batch_size=batch_size))
+    refs: list[torch.Tensor] = []
+
+    def ref_score(ps: Sequence[str]) -> torch.Tensor:  # kept: any calibration can be re-derived from them
+        refs.append(score_labels(model, tok, ps, labels, batch_size=batch_size))
+        return refs[-1]
+
+    scores, vec = calibrate(ll, calibration, prompt, ref_score)  # reference prompts: once per task
     secs = _seconds(t0)
     pred = scores.argmax(-1).tolist()
     gold = [labels.index(e.gold) for e in task.examples]
@@ -104,6 +109,8 @@ def _closed(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress, ca
     info: dict[str, Any] = {"calibration": calibration}
     if vec is not None:
         info["calibration_vector"] = {lab: float(vec[j]) for j, lab in enumerate(labels)}
+        info["reference_loglik"] = {text: {lab: float(refs[0][k, j]) for j, lab in enumerate(labels)}
+                                    for k, text in enumerate(reference_texts(calibration))}
     if shots:
         info["fewshot"] = shots.record()
     return metrics, rows, fig, info

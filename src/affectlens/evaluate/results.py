@@ -33,6 +33,8 @@ class TaskScore:
     calibration: str = "none"  # closed-set scoring: none, contextual or pmi
     calibration_vector: dict[str, float] | None = None  # the per-label prior removed
     fewshot: dict[str, Any] | None = None  # k, source split, seed and the examples shown
+    # {reference text: {label: raw log-likelihood}} of the calibration's content-free prompts
+    reference_loglik: dict[str, dict[str, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The task's entry in ``scores.json`` (``tasks.<name>``)."""
@@ -45,6 +47,8 @@ class TaskScore:
             out["calibration_vector"] = self.calibration_vector
         if self.fewshot is not None:
             out["fewshot"] = self.fewshot
+        if self.reference_loglik is not None:
+            out["reference_loglik"] = self.reference_loglik
         return out
 
     def line(self) -> str:

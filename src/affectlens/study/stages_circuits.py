@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .context import Context
-from .stats import bootstrap_mean, evidence_dict, paired_bootstrap, spearman_bootstrap
+from .stats import mean_evidence, spearman_evidence
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -106,27 +106,25 @@ def run_circuits(ctx: Context, fp: str) -> dict[str, Any]:
         res["layers"] = {"critical": crit, "n_layers": n_layers}
         per = {e: int(la) / max(int(n_layers or 1) - 1, 1) for e, la in crit.items() if e != "mean"}
         if per:
-            v, ci, n = bootstrap_mean(list(per.values()), seed)
-            res["evidence"]["circuits-layers.middle-peak"] = evidence_dict(
-                v, ci, n, interval="bootstrap_mean", units="emotions", relative_depth=per,
-                n_layers=n_layers)
+            res["evidence"]["circuits-layers.middle-peak"] = mean_evidence(
+                list(per.values()), "emotions", seed, relative_depth=per, n_layers=n_layers)
     heads = _step(d, "heads", notes, lambda o: api.heads_run(model, o, top_k=int(c.get("top_k", 10)),
                                                              **sel, **common))
     if heads is not None:
         ov = [r for r in _rows(heads / "overlap.csv") if r.get("jaccard_pairwise") not in (None, "")]
         res["heads"] = {"overlap": [{"layer": int(r["layer"]), "jaccard": float(r["jaccard_pairwise"])} for r in ov]}
         xs, ys = [float(r["layer"]) for r in ov], [float(r["jaccard_pairwise"]) for r in ov]
-        rho, ci, n = spearman_bootstrap(xs, ys, seed)
-        if rho == rho:
-            res["evidence"]["circuits-heads.general-deeper"] = evidence_dict(
-                rho, ci, n, interval="bootstrap over layers", units="layers with top heads")
+        ev = spearman_evidence(xs, ys, "layers with top heads", seed, n_layers=n_layers)
+        if "undefined" not in ev:
+            res["evidence"]["circuits-heads.general-deeper"] = ev
         else:  # the report notes it with the claim
-            res["unjudged"] = {"circuits-heads.general-deeper": f"only {n} layer(s) hold top heads, and the "
-                               "depth-overlap correlation needs at least 3"}
+            res.setdefault("unjudged", {})["circuits-heads.general-deeper"] = (
+                f"{len(ov)} layer(s) hold top heads: {ev['undefined']}")
     neurons = _step(d, "neurons", notes, lambda o: api.neurons_run(model, o, top_k=int(c.get("top_neurons", 50)),
                                                                    **sel, **common))
     res["interventions"] = _interventions(ctx, d, model, heads, neurons, notes, c, common, seed)
     acc_t: list[float] = []
+    acc_b: list[float] = []
     acc_r: list[float] = []
     hal_b: list[float] = []
     hal_a: list[float] = []
@@ -136,17 +134,25 @@ def run_circuits(ctx: Context, fp: str) -> dict[str, Any]:
             continue
         top, rnd = Path(ctx.abs(runs["top"])), Path(ctx.abs(runs["random"]))
         acc_t += list(correct_flags(_predictions(top, "after")))
+        acc_b += list(correct_flags(_predictions(top, "before")))
         acc_r += list(correct_flags(_predictions(rnd, "after")))
         hal_b += list(hallucination_flags(_predictions(top, "before")))
         hal_a += list(hallucination_flags(_predictions(top, "after")))
-    if acc_t and len(acc_t) == len(acc_r):
-        v, ci, n = paired_bootstrap(acc_t, acc_r, seed)
-        res["evidence"]["circuits-intervention.targeted-beats-random"] = evidence_dict(
-            v, ci, n, interval="paired bootstrap over examples", units="examples x {heads, neurons}")
-        v, ci, n = paired_bootstrap(hal_a, hal_b, seed)
-        res["evidence"]["circuits-intervention.less-hallucination"] = evidence_dict(
-            v, ci, n, interval="paired bootstrap over examples", units="examples x {heads, neurons}",
-            before=sum(hal_b) / len(hal_b), after=sum(hal_a) / len(hal_a))
+    if acc_t and len(acc_t) == len(acc_r) == len(acc_b) == len(hal_a) == len(hal_b):
+        unit = "examples x {heads, neurons}"
+        checks: list[tuple[str, list[float], dict[str, Any]]] = [
+                ("circuits-intervention.improves", [a - b for a, b in zip(acc_t, acc_b, strict=True)],
+                 {"before": sum(acc_b) / len(acc_b), "after": sum(acc_t) / len(acc_t)}),
+                ("circuits-intervention.targeted-beats-random", [a - r for a, r in zip(acc_t, acc_r, strict=True)],
+                 {}),
+                ("circuits-intervention.less-hallucination", [a - b for a, b in zip(hal_a, hal_b, strict=True)],
+                 {"before": sum(hal_b) / len(hal_b), "after": sum(hal_a) / len(hal_a)})]
+        for cid, diffs, extra in checks:
+            ev = mean_evidence(diffs, unit, seed, **extra)
+            if "undefined" in ev:
+                res.setdefault("unjudged", {})[cid] = ev["undefined"]
+            else:
+                res["evidence"][cid] = ev
     return res
 
 

@@ -119,9 +119,8 @@ def _circuits(sections: dict[str, Any], r: dict[str, Any], ctx: Context, run: An
         nums = sections["circuits-layers"]["numbers"]
         nums.update({f"critical layer ({e})": la for e, la in r["layers"]["critical"].items()})
         nums["layers"] = r["layers"]["n_layers"]
-        ev = r.get("evidence", {}).get("circuits-layers.middle-peak")
-        if ev:
-            nums["peak_depth"] = ev["detail"]["relative_depth"]
+        if r["layers"].get("relative_depth"):
+            nums["peak_depth"] = r["layers"]["relative_depth"]
     if "heads" in r:
         sections["circuits-heads"]["tables"].append({"title": "top-head overlap by layer (mean pairwise Jaccard)",
                                                      "columns": ["layer", "jaccard"],
@@ -209,7 +208,7 @@ def facts(ctx: Context, res: dict[str, Any]) -> dict[str, Any]:
             "n_layers": n_layers, "power_before": power_before(cfg)["claims"],
             "available": {"examples": ex, "layers": n_layers["base"], "layers with top heads": n_layers["circuits"],
                           "emotions": len(vec.get("counts") or {}) or None,
-                          "examples x {heads, neurons}": 2 * ex if ex else None}}
+                          "intervention examples": 2 * ex if ex else None}}
 
 
 def power_before(cfg: Any) -> dict[str, Any]:

@@ -94,6 +94,12 @@ def summarise(stat: Statistic, k: int, n_units: Sequence[int], b: int = N_BOOT, 
         why = ("the statistic is undefined on the data" if not np.isfinite(value) else
                f"the statistic is undefined in {100 * undefined:.0f} % of the bootstrap resamples")
         return {"undefined": why}
+    n_total = k * int(sum(n_units))
+    design = {"seeds": k, "units": [int(n) for n in n_units], "unit": unit, "B": int(b),
+              "resampling": "seeds, then " + unit + (" (shared by the drawn seeds)" if shared else
+                                                     " (drawn afresh per seed)")}
+    if float(np.ptp(ok)) == 0.0:
+        return _no_spread(value, int(sum(n_units)), n_total, unit, design, detail)
     comps = {}
     for name, kw in (("seeds", {"units": False}), ("units", {"seeds": False})):
         if name == "seeds" and k < 2:
@@ -103,14 +109,22 @@ def summarise(stat: Statistic, k: int, n_units: Sequence[int], b: int = N_BOOT, 
         r = r[np.isfinite(r)]
         comps[name] = float(r.var(ddof=1)) if r.size > 1 else 0.0
     lo, hi = np.quantile(ok, [0.025, 0.975])
-    n_total = k * int(sum(n_units))
     return {"value": value, "ci": [float(lo), float(hi)], "n": max(n_total, 1),
             "replicates": [round(float(x), 7) for x in ok], "undefined_share": round(undefined, 4),
-            "components": comps,
-            "design": {"seeds": k, "units": [int(n) for n in n_units], "unit": unit, "B": int(b),
-                       "resampling": "seeds, then " + unit + (" (shared by the drawn seeds)" if shared else
-                                                              " (drawn afresh per seed)")},
-            "detail": dict(detail)}
+            "components": comps, "design": design, "detail": dict(detail)}
+
+
+def _no_spread(value: float, n: int, n_total: int, unit: str, design: dict[str, Any],
+               detail: dict[str, Any]) -> dict[str, Any]:
+    """Every resample gave the same number (no example changed, say): the bootstrap has no spread, which is
+    not certainty. Over examples, the rule of three bounds a rate of change never seen in ``n`` examples by
+    3 / n (95 %), so the interval is value +/- 3 / n; over other units no interval is claimed."""
+    if "example" not in unit:
+        return {"undefined": f"the statistic is the same on every resample of the {n} {unit}: no interval"}
+    h = 3.0 / max(n, 1)
+    return {"value": value, "ci": [value - h, value + h], "n": max(n_total, 1), "replicates": None,
+            "components": {"seeds": 0.0, "units": (h / 1.959964) ** 2}, "design": design,
+            "detail": {**detail, "interval": f"rule of three: no resample moved the statistic, so +/- 3/{n}"}}
 
 
 # --- closed-set metrics on many resamples at once ---------------------------------------------------------

@@ -85,12 +85,12 @@ def judge_claims(ctx: Context, sections: Mapping[str, Any], failed: Mapping[str,
         why = (f"the {src} stage {failed[src]}" if src in failed else
                unjudged.get(cid, "this run produced no evidence for it")) if ev is None else evidence_problem(ev)
         kind = None
-        if ev is not None and why is None:
-            model = "circuits" if claim.stage.startswith("circuits") else "base"
-            hit = design_problem(claim, ev, int(facts["seeds"]), bool(facts["text_only"][model]),
-                                 facts["n_layers"].get(model))
-            if hit is not None:
-                kind, why = hit
+        model = "circuits" if claim.stage.startswith("circuits") else "base"
+        # The design first (seeds, images, depth: what no amount of this data fixes), then the evidence's own.
+        hit = design_problem(claim, ev if ev is not None and why is None else {}, int(facts["seeds"]),
+                             bool(facts["text_only"][model]), facts["n_layers"].get(model))
+        if hit is not None:
+            kind, why = hit[0], hit[1] + (f"; also, {why}" if why and hit[0] != "units" else "")
         if ev is None or why is not None:
             row: dict[str, Any] = {"id": cid, "stage": claim.stage, "reason": why}
             if kind is not None:

@@ -149,7 +149,7 @@ def powered(seeds: int, rows: list[dict[str, Any]], not_judged: list[dict[str, A
     if not rows:
         why.append("no claim was judged")
     for r in rows:
-        p = r.get("power") or {}
+        p = (r.get("power") or {}).get("after") or {}
         if p.get("detects_paper_effect") is False:
             why.append(f"{r['id']}: the minimum detectable effect ({p['mde']:.3g}) exceeds the paper's effect "
                        f"({p['paper_effect']:.3g})")

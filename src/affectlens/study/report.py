@@ -197,7 +197,7 @@ def _ours(rec: Mapping[str, Any] | None, not_judged: str | None = None) -> str:
 
 
 def _paper_value(v: float | None, note: str = "") -> str:
-    return "-" if v is None else f"{fmt(v)}" + (f" ({note})" if note else "")
+    return "-" if v is None else f"{v:.4g}" + (f" ({note})" if note else "")
 
 
 def _margin(rec: Mapping[str, Any] | None, claim: Any) -> str:

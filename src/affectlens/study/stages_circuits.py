@@ -105,9 +105,13 @@ def run_circuits(ctx: Context, fp: str) -> dict[str, Any]:
         crit = json.loads((lay / "summary.json").read_text())["critical_layer"]
         res["layers"] = {"critical": crit, "n_layers": n_layers}
         per = {e: int(la) / max(int(n_layers or 1) - 1, 1) for e, la in crit.items() if e != "mean"}
+        res["layers"]["relative_depth"] = per
         if per:
-            res["evidence"]["circuits-layers.middle-peak"] = mean_evidence(
-                list(per.values()), "emotions", seed, relative_depth=per, n_layers=n_layers)
+            ev = mean_evidence(list(per.values()), "emotions", seed, relative_depth=per, n_layers=n_layers)
+            if "undefined" in ev:
+                res.setdefault("unjudged", {})["circuits-layers.middle-peak"] = ev["undefined"]
+            else:
+                res["evidence"]["circuits-layers.middle-peak"] = ev
     heads = _step(d, "heads", notes, lambda o: api.heads_run(model, o, top_k=int(c.get("top_k", 10)),
                                                              **sel, **common))
     if heads is not None:
@@ -139,7 +143,7 @@ def run_circuits(ctx: Context, fp: str) -> dict[str, Any]:
         hal_b += list(hallucination_flags(_predictions(top, "before")))
         hal_a += list(hallucination_flags(_predictions(top, "after")))
     if acc_t and len(acc_t) == len(acc_r) == len(acc_b) == len(hal_a) == len(hal_b):
-        unit = "examples x {heads, neurons}"
+        unit = "intervention examples"
         checks: list[tuple[str, list[float], dict[str, Any]]] = [
                 ("circuits-intervention.improves", [a - b for a, b in zip(acc_t, acc_b, strict=True)],
                  {"before": sum(acc_b) / len(acc_b), "after": sum(acc_t) / len(acc_t)}),

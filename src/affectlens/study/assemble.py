@@ -208,7 +208,7 @@ def facts(ctx: Context, res: dict[str, Any]) -> dict[str, Any]:
             "n_layers": n_layers, "power_before": power_before(cfg)["claims"],
             "available": {"examples": ex, "layers": n_layers["base"], "layers with top heads": n_layers["circuits"],
                           "emotions": len(vec.get("counts") or {}) or None,
-                          "intervention examples": 2 * ex if ex else None}}
+                          "intervention examples": ex}}
 
 
 def power_before(cfg: Any) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def judge_claims(ctx: Context, sections: Mapping[str, Any], failed: Mapping[str,
         if hit is not None:
             kind, why = hit[0], hit[1] + (f"; also, {why}" if why and hit[0] != "units" else "")
         if ev is None or why is not None:
-            row: dict[str, Any] = {"id": cid, "stage": claim.stage, "reason": why}
+            row: dict[str, Any] = {"id": cid, "stage": claim.stage, "reason": why, "paper_value": claim.paper_value}
             if kind is not None:
                 row["design"] = kind
             if facts["power_before"].get(cid):

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .context import Context
 from .stats import mean_evidence, spearman_evidence
 
@@ -71,7 +73,6 @@ def _predictions(run: Path, side: str) -> list[dict[str, Any]]:
 def run_circuits(ctx: Context, fp: str) -> dict[str, Any]:
     """All circuits steps and the three circuits claims' evidence."""
     from ..circuits import api
-    from ..circuits.hallucination import correct_flags, hallucination_flags
     from ..models import resolve_model_path
 
     c, seed = ctx.cfg.circuits, ctx.cfg.seeds[0]
@@ -127,37 +128,47 @@ def run_circuits(ctx: Context, fp: str) -> dict[str, Any]:
     neurons = _step(d, "neurons", notes, lambda o: api.neurons_run(model, o, top_k=int(c.get("top_neurons", 50)),
                                                                    **sel, **common))
     res["interventions"] = _interventions(ctx, d, model, heads, neurons, notes, c, common, seed)
-    acc_t: list[float] = []
-    acc_b: list[float] = []
-    acc_r: list[float] = []
-    hal_b: list[float] = []
-    hal_a: list[float] = []
+    res["evidence"].update(_intervention_evidence(ctx, res, seed))
+    for cid, why in res.pop("_unjudged", {}).items():
+        res.setdefault("unjudged", {})[cid] = why
+    return res
+
+
+def _intervention_evidence(ctx: Context, res: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The three intervention claims, paired per example: a change is after minus before (or targeted minus
+    random); with both heads and neurons amplified, an example's value is the mean of its two changes, so
+    the bootstrap resamples examples, not rows."""
+    from ..circuits.hallucination import correct_flags, hallucination_flags
+
+    per: dict[str, list[np.ndarray]] = defaultdict(list)
     for unit in ("heads", "neurons"):
         runs = res["interventions"].get(unit)
         if not runs:
             continue
         top, rnd = Path(ctx.abs(runs["top"])), Path(ctx.abs(runs["random"]))
-        acc_t += list(correct_flags(_predictions(top, "after")))
-        acc_b += list(correct_flags(_predictions(top, "before")))
-        acc_r += list(correct_flags(_predictions(rnd, "after")))
-        hal_b += list(hallucination_flags(_predictions(top, "before")))
-        hal_a += list(hallucination_flags(_predictions(top, "after")))
-    if acc_t and len(acc_t) == len(acc_r) == len(acc_b) == len(hal_a) == len(hal_b):
-        unit = "intervention examples"
-        checks: list[tuple[str, list[float], dict[str, Any]]] = [
-                ("circuits-intervention.improves", [a - b for a, b in zip(acc_t, acc_b, strict=True)],
-                 {"before": sum(acc_b) / len(acc_b), "after": sum(acc_t) / len(acc_t)}),
-                ("circuits-intervention.targeted-beats-random", [a - r for a, r in zip(acc_t, acc_r, strict=True)],
-                 {}),
-                ("circuits-intervention.less-hallucination", [a - b for a, b in zip(hal_a, hal_b, strict=True)],
-                 {"before": sum(hal_b) / len(hal_b), "after": sum(hal_a) / len(hal_a)})]
-        for cid, diffs, extra in checks:
-            ev = mean_evidence(diffs, unit, seed, **extra)
-            if "undefined" in ev:
-                res.setdefault("unjudged", {})[cid] = ev["undefined"]
-            else:
-                res["evidence"][cid] = ev
-    return res
+        acc_a, acc_b = correct_flags(_predictions(top, "after")), correct_flags(_predictions(top, "before"))
+        acc_r = correct_flags(_predictions(rnd, "after"))
+        hal_a, hal_b = hallucination_flags(_predictions(top, "after")), hallucination_flags(_predictions(top, "before"))
+        if not acc_a.size or len({x.size for x in (acc_a, acc_b, acc_r, hal_a, hal_b)}) != 1:
+            continue
+        for key, x in (("acc_a", acc_a), ("acc_b", acc_b), ("acc_r", acc_r), ("hal_a", hal_a), ("hal_b", hal_b)):
+            per[key].append(np.asarray(x, dtype=float))
+    if not per or len({x.size for xs in per.values() for x in xs}) != 1:
+        return {}
+    m = {k: np.mean(xs, axis=0) for k, xs in per.items()}  # per example, averaged over heads/neurons
+    out: dict[str, Any] = {}
+    checks: tuple[tuple[str, np.ndarray, dict[str, Any]], ...] = (("circuits-intervention.improves", m["acc_a"] - m["acc_b"],
+               {"before": float(m["acc_b"].mean()), "after": float(m["acc_a"].mean())}),
+              ("circuits-intervention.targeted-beats-random", m["acc_a"] - m["acc_r"], {}),
+              ("circuits-intervention.less-hallucination", m["hal_a"] - m["hal_b"],
+               {"before": float(m["hal_b"].mean()), "after": float(m["hal_a"].mean())}))
+    for cid, diffs, extra in checks:
+        ev = mean_evidence(list(diffs), "intervention examples", seed, units_amplified=len(per["acc_a"]), **extra)
+        if "undefined" in ev:
+            res.setdefault("_unjudged", {})[cid] = ev["undefined"]
+        else:
+            out[cid] = ev
+    return out
 
 
 def _intervene(model: str, tasks: list[str], kw: dict[str, Any]) -> Callable[[str], Any]:

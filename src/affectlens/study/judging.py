@@ -87,8 +87,9 @@ def judge_claims(ctx: Context, sections: Mapping[str, Any], failed: Mapping[str,
         kind = None
         model = "circuits" if claim.stage.startswith("circuits") else "base"
         # The design first (seeds, images, depth: what no amount of this data fixes), then the evidence's own.
-        hit = design_problem(claim, ev if ev is not None and why is None else {}, int(facts["seeds"]),
-                             bool(facts["text_only"][model]), facts["n_layers"].get(model))
+        hit = None if src in failed else design_problem(  # a failed stage is this run's own, first reason
+            claim, ev if ev is not None and why is None else {}, int(facts["seeds"]),
+            bool(facts["text_only"][model]), facts["n_layers"].get(model))
         if hit is not None:
             kind, why = hit[0], hit[1] + (f"; also, {why}" if why and hit[0] != "units" else "")
         if ev is None or why is not None:
@@ -103,7 +104,8 @@ def judge_claims(ctx: Context, sections: Mapping[str, Any], failed: Mapping[str,
         judged[cid] = ev
     main = {cid: _ev(ev) for cid, ev in judged.items()}
     raw = {cid: _ev({**ev, **ev["raw"]}) for cid, ev in judged.items() if isinstance(ev.get("raw"), Mapping)}
-    rows = claim_records(main, raw)
+    gone = {cid: str(ev["raw_undefined"]) for cid, ev in judged.items() if ev.get("raw_undefined")}
+    rows = claim_records(main, raw, raw_undefined=gone)
     m_tests = sum(1 for r in rows for k in TESTED if k in r["p"])
     for r in rows:
         claim, ev = CLAIMS[r["id"]], judged[r["id"]]

@@ -195,15 +195,19 @@ def claim_row(claim_id: str) -> dict[str, Any]:
 
 
 def claim_records(evidence: Mapping[str, Evidence], raw: Mapping[str, Evidence] | None = None,
-                  alpha: float = ALPHA) -> list[dict[str, Any]]:
+                  alpha: float = ALPHA, raw_undefined: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """study.json rows: the verdict family (``evidence``) and the uncalibrated family (``raw``, default: the
-    same evidence, for claims no calibration touches) judged separately, each Holm-adjusted."""
-    raw = {cid: (raw or {}).get(cid, ev) for cid, ev in evidence.items()}
+    same evidence, for claims no calibration touches) judged separately, each Holm-adjusted. A claim in
+    ``raw_undefined`` (its statistic has no value on raw scores) gets raw verdict ``not_judged`` and the why."""
+    gone = dict(raw_undefined or {})
+    raw = {cid: (raw or {}).get(cid, ev) for cid, ev in evidence.items() if cid not in gone}
     main, unc = judge(evidence, alpha), judge(raw, alpha)
     rows = []
     for cid in [c for c in CLAIMS if c in evidence]:
-        r = {**claim_row(cid), **main[cid], "alpha": alpha, "raw_verdict": unc[cid]["verdict"],
-             "raw": {k: unc[cid][k] for k in ("ours", "ci", "p", "p_holm", "verdict")},
+        u = unc.get(cid)
+        r = {**claim_row(cid), **main[cid], "alpha": alpha,
+             "raw_verdict": u["verdict"] if u else "not_judged",
+             "raw": {k: u[k] for k in ("ours", "ci", "p", "p_holm", "verdict")} if u else {"undefined": gone[cid]},
              "detail": dict(evidence[cid].detail)}
         r["verdicts_differ"] = r["verdict"] != r["raw_verdict"]
         rows.append(r)
@@ -229,7 +233,7 @@ def get_claim(claim_id: str) -> PaperClaim:
         raise AffectlensError(f"unknown claim {claim_id!r}; known: {', '.join(CLAIMS)}") from None
 
 
-def _family_check(records: Sequence[Mapping[str, Any]], key: str | None) -> list[Verdict]:
+def _family_check(records: Sequence[Mapping[str, Any]], key: str | None) -> list[str]:
     """Re-run Holm over the stored p-values of ``records`` (``key``: the sub-record, e.g. ``raw``) and
     re-derive each verdict; refuse a stored adjusted p-value or verdict that does not follow."""
     subs: list[Mapping[str, Any]] = []
@@ -242,7 +246,7 @@ def _family_check(records: Sequence[Mapping[str, Any]], key: str | None) -> list
         subs.append(sub)
         fam[str(r["id"])] = {k: float(v) for k, v in sub["p"].items()}
     adj = adjust(fam)
-    out: list[Verdict] = []
+    out: list[str] = []
     for r, s in zip(records, subs, strict=True):
         cid = str(r["id"])
         stored = s.get("p_holm") or {}
@@ -258,11 +262,15 @@ def _family_check(records: Sequence[Mapping[str, Any]], key: str | None) -> list
     return out
 
 
-def checked_verdicts(records: Sequence[Mapping[str, Any]]) -> list[tuple[Verdict, Verdict]]:
-    """(verdict, raw verdict) of every row, re-derived from the stored p-values and Holm over the whole family."""
+def checked_verdicts(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(verdict, raw verdict) of every row, re-derived from the stored p-values and Holm over each family
+    (the raw family: the rows whose raw statistic is defined; the others' raw verdict is ``not_judged``)."""
     main = _family_check(records, None)
-    raw = _family_check(records, "raw") if all(isinstance(r.get("raw"), Mapping) for r in records) else main
-    return list(zip(main, raw, strict=True))
+    if not all(isinstance(r.get("raw"), Mapping) for r in records):
+        return list(zip(main, main, strict=True))
+    keep = [i for i, r in enumerate(records) if "undefined" not in r["raw"]]
+    got = dict(zip(keep, _family_check([records[i] for i in keep], "raw"), strict=True))
+    return [(v, got.get(i, "not_judged")) for i, v in enumerate(main)]
 
 
 __all__ = ["ALPHA", "CLAIMS", "Evidence", "PAPER_A", "PAPER_B", "STAGES", "VERDICTS", "PaperClaim", "adjust",

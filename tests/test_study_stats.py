@@ -452,3 +452,104 @@ def test_one_seed_quick_tiny_study_is_an_honest_smoke_test(tmp_path, capfd):
     md = (out / "report.md").read_text()
     assert md.index("SMOKE TEST") < md.index("## Verdicts") and "raw verdict" in md
     assert "SMOKE TEST, not a result" in stdout
+
+
+# --- locate: seeds x layers; cross-architecture pooling; degenerate designs -------------------------------------
+
+
+def _layers(gate: float, other: float, n_layers: int, rng: np.random.Generator) -> dict[int, dict[str, float]]:
+    mods = ("q_proj", "k_proj", "o_proj", "gate_proj", "up_proj")
+    return {la: {m: (gate if m == "gate_proj" else other) * float(rng.uniform(0.8, 1.2)) for m in mods}
+            for la in range(n_layers)}
+
+
+def test_locate_lead_is_gates_margin_over_the_runner_up_per_seed():
+    """gate_proj planted at 1.5x the other modules on 6 layers x 3 seeds: the lead (gate / runner-up - 1,
+    module means over layers, mean over seeds) equals the hand computation and clears the 10 % margin;
+    a planted tie comes out equivalent to no lead."""
+    from affectlens.study.stages_tune import lead_evidence
+
+    rng = np.random.default_rng(0)
+    seeds = [_layers(1.5, 1.0, 6, rng) for _ in range(3)]
+    ev = lead_evidence(seeds)
+    by_hand = []
+    for d in seeds:
+        means = {m: sum(d[la][m] for la in d) / len(d) for m in d[0]}
+        by_hand.append(means["gate_proj"] / max(v for m, v in means.items() if m != "gate_proj") - 1)
+    assert ev["value"] == pytest.approx(sum(by_hand) / 3)
+    assert ev["design"] == {**ev["design"], "seeds": 3, "units": [6], "unit": "layers"}
+    row = V.claim_record("locate.gate-largest", V.Evidence(ev["value"], tuple(ev["ci"]), ev["n"], {},
+                                                           tuple(ev["replicates"])))
+    assert row["verdict"] == "supported"
+    tie = lead_evidence([{la: {m: 1.0 + 0.001 * ((la + len(m)) % 3) for m in ("gate_proj", "up_proj", "o_proj")}
+                          for la in range(8)} for _ in range(3)])
+    row = V.claim_record("locate.gate-largest", V.Evidence(tie["value"], tuple(tie["ci"]), tie["n"], {},
+                                                           tuple(tie["replicates"])))
+    assert row["verdict"] == "equivalent"
+
+
+def test_cross_architecture_pools_the_bases():
+    from affectlens.study.judging import pool
+    from affectlens.study.stages_tune import lead_evidence
+
+    rng = np.random.default_rng(1)
+    a = lead_evidence([_layers(2.0, 1.0, 5, rng) for _ in range(3)])
+    b = lead_evidence([_layers(1.4, 1.0, 7, rng) for _ in range(3)], seed=1)
+    got = pool([a, b])
+    assert got["value"] == pytest.approx((a["value"] + b["value"]) / 2)
+    m = min(len(a["replicates"]), len(b["replicates"]))
+    assert got["replicates"][:5] == pytest.approx([(x + y) / 2 for x, y in zip(a["replicates"][:m],
+                                                                                b["replicates"][:m], strict=True)][:5])
+    assert got["design"]["units"] == [5] and got["detail"]["bases"] == 2
+
+
+@pytest.mark.parametrize("cid,ev,seeds,text_only,n_layers,kind", [
+    ("locate.gate-largest", {}, 1, False, 30, "seeds"),
+    ("circuits-layers.middle-peak", {}, 3, True, 30, "images"),
+    ("circuits-layers.middle-peak", {"detail": {"n_layers": 2}}, 3, False, 2, "layers"),
+    ("circuits-intervention.improves", {"design": {"units": [4], "unit": "intervention examples"}}, 1, True, 2,
+     "units"),
+    ("locate.gate-largest", {"design": {"units": [2], "unit": "layers"}}, 3, False, 2, "units"),
+])
+def test_degenerate_designs_are_not_judged(cid, ev, seeds, text_only, n_layers, kind):
+    from affectlens.study.honesty import design_problem
+
+    hit = design_problem(CLAIMS[cid], ev, seeds, text_only, n_layers)
+    assert hit is not None and hit[0] == kind and hit[1]
+    assert design_problem(CLAIMS[cid], {"design": {"units": [40], "unit": "x"}}, 3, False, 30) is None
+
+
+def test_grid_cell_keeps_per_example_records():
+    """The grid's additive field: a cell's per-example record survives its JSON round trip, and a generative
+    evaluator's rows (no log-likelihoods) leave it None."""
+    from affectlens.grid.results import Cell, TaskResult, per_example
+
+    rows = [{"task": "t", "gold": "b", "loglik": {"a": -1.0, "b": -0.5}},
+            {"task": "t", "gold": "a", "loglik": {"a": -0.2, "b": -0.9}}, {"task": "u", "gold": "a"}]
+    entry = {"primary": 1.0, "primary_metric": "accuracy",
+             "reference_loglik": {"": {"a": -1.0, "b": -2.0}}}
+    ex = per_example(rows, "t", entry)
+    assert ex == {"labels": ["a", "b"], "gold": [1, 0], "loglik": [[-1.0, -0.5], [-0.2, -0.9]], "metric": "accuracy",
+                  "reference": {"": [-1.0, -2.0]}}
+    assert per_example(rows, "u", entry) is None
+    cell = Cell("v", "tune", 0, "h", None, {"t": TaskResult(1.0, {}, 2, "emotion", "t", ex)}, 1.0)
+    assert Cell.from_json(json.loads(json.dumps(cell.to_json()))).tasks["t"].examples == ex
+    old = cell.to_json()
+    del old["tasks"]["t"]["examples"]  # a cell written before the field
+    assert Cell.from_json(old).tasks["t"].examples is None
+
+
+def test_report_banner_names_every_smoke_test_reason(tmp_path):
+    from affectlens.runs import RunDir
+    from affectlens.study.report import write_report
+
+    study = {"claims": [], "sections": {}, "smoke_test": True, "powered": False,
+             "smoke_test_reasons": ["one seed", "task emotion: 14 test examples (< 500 per task) <b>"],
+             "powered_reasons": ["1 seed: training-dependent claims need >= 3"]}
+    with RunDir(tmp_path / "r", command="study") as run:
+        write_report(run, study)
+    page, md = (tmp_path / "r" / "report.html").read_text(), (tmp_path / "r" / "report.md").read_text()
+    banner = page[page.index('id="smoke-test"'):page.index('id="verdicts"')]
+    assert "SMOKE TEST" in banner and "<li>one seed</li>" in banner and "&lt;b&gt;" in banner
+    assert "Not powered" in banner and "need &gt;= 3" in banner
+    assert md.startswith("# affectlens study report\n\n> **SMOKE TEST") and "> - one seed" in md

@@ -332,7 +332,7 @@ def test_n_to_settle_names_its_units_and_is_capped_by_the_data():
     z = z_sum(2)
     # all variance from examples: more examples settle it -- unless the task has no more
     need = n_to_settle(claim, 0.05, {"seeds": 0.0, "units": (0.05 / z) ** 2 * 4}, design, 5000, 2)
-    assert need["examples"] == pytest.approx(560, abs=2) and "examples" in need["text"]
+    assert need["units"] == pytest.approx(560, abs=2) and need["unit"] == "examples" and "560 examples" in need["text"]
     capped = n_to_settle(claim, 0.05, {"seeds": 0.0, "units": (0.05 / z) ** 2 * 4}, design, 200, 2)
     assert capped["text"].startswith("cannot be settled with this data") and "200" in capped["text"]
     # all variance from seeds: more seeds, whatever the examples
@@ -553,3 +553,14 @@ def test_report_banner_names_every_smoke_test_reason(tmp_path):
     assert "SMOKE TEST" in banner and "<li>one seed</li>" in banner and "&lt;b&gt;" in banner
     assert "Not powered" in banner and "need &gt;= 3" in banner
     assert md.startswith("# affectlens study report\n\n> **SMOKE TEST") and "> - one seed" in md
+
+
+def test_cells_from_before_per_example_records_are_rescored(tmp_path):
+    from affectlens.study.stages_grid import _drop_cells_without_examples
+
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    (cells / "old.json").write_text(json.dumps({"tasks": {"emotion": {"primary": 0.5}}}))
+    (cells / "none.json").write_text(json.dumps({"tasks": {"emotion": {"primary": 0.5, "examples": None}}}))
+    _drop_cells_without_examples(tmp_path)
+    assert sorted(f.name for f in cells.iterdir()) == ["none.json"]

@@ -101,7 +101,7 @@ def n_to_settle(claim: PaperClaim, value: float, components: Mapping[str, float]
     vs, vu = float(components.get("seeds", 0.0)), float(components.get("units", 0.0))
     cap = n if available is None else max(int(available), n)
     opts: list[str] = []
-    out: dict[str, Any] = {"boundary": what, "target_se": math.sqrt(target)}
+    out: dict[str, Any] = {"boundary": what, "target_se": math.sqrt(target), "unit": unit}
     if claim.training and vu < target and vs > 0:
         kk = max(k + 1, math.ceil(k * vs / (target - vu)))
         opts.append(f"about {kk} seeds (at these {n} {unit})")
@@ -110,17 +110,17 @@ def n_to_settle(claim: PaperClaim, value: float, components: Mapping[str, float]
         nn = max(n + 1, math.ceil(n * vu / (target - vs)))
         if nn <= cap:
             opts.append(f"about {nn} {unit}" + (f" (at these {k} seeds)" if claim.training else ""))
-            out[unit] = nn
+            out["units"] = nn
         else:
-            out[f"{unit}_needed_beyond_data"] = nn
+            out["units_beyond_data"] = nn
     if not opts and claim.training and cap > n and vs > 0:
         vu_cap = vu * n / cap
         if vu_cap < target:
             kk = max(k + 1, math.ceil(k * vs / (target - vu_cap)))
             opts.append(f"about {kk} seeds with all {cap} {unit}")
-            out["seeds"], out[unit] = kk, cap
+            out["seeds"], out["units"] = kk, cap
     if not opts:
-        beyond = out.get(f"{unit}_needed_beyond_data")
+        beyond = out.get("units_beyond_data")
         out["text"] = ("cannot be settled with this data" + (f": it would take about {beyond} {unit} and there are "
                                                             f"{cap}" if beyond else ""))
     else:

@@ -71,6 +71,7 @@ def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False)
     for s in cfg.seeds:
         adapter = ctx.abs(ctx.results["adapters"]["emotion"][str(s)])
         gdir = ctx.store.dir(stage) / f"grid-s{s}"
+        _drop_cells_without_examples(gdir)
         gcfg = {**_grid_base(ctx, f"{stage}-s{s}", s, with_control, list(dev.values()), gcal),
                 "variants": variants_of(adapter)}
         res = run_grid(gcfg, gdir, force=True, evaluator=ctx.evaluator, tuner=ctx.tuner, echo=lambda line: None,
@@ -107,6 +108,20 @@ def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False)
         for v in block["preds"]:
             out["scores"][v][t], out["raw_scores"][v][t] = seed_scores(tp, v), seed_scores(tr, v)
     return out
+
+
+def _drop_cells_without_examples(gdir: Any) -> None:
+    """Cells a study wrote before cells kept per-example records (no ``examples`` key at all) are rescored:
+    the grid would otherwise reuse them, their variant keys being unchanged."""
+    import json
+
+    for f in sorted(gdir.glob("cells/*.json")):
+        try:
+            tasks = json.loads(f.read_text(encoding="utf-8")).get("tasks") or {}
+        except (OSError, ValueError):
+            continue  # the grid decides what an unreadable cell is
+        if any(isinstance(e, dict) and "examples" not in e for e in tasks.values()):
+            f.unlink()
 
 
 def raw_view(res: dict[str, Any]) -> dict[str, Any]:

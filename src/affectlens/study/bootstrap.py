@@ -15,6 +15,11 @@ per seed (``shared=False``, nested) would average it away over the seeds and
 make the interval too narrow. Both are here because a brute-force check
 tests both.
 
+With few seeds the seed level is coarse -- 3 seeds give 10 distinct draws,
+and the bootstrap's between-seed variance is low by a factor (k - 1) / k --
+which is why 3 seeds are the floor for a training-dependent claim, not the
+target.
+
 The statistic gets a :class:`Draws` and returns one number per replicate;
 the point estimate is the statistic on the identity draw (every seed, every
 unit, once). :func:`summarise` adds the two variance components -- seeds

@@ -14,6 +14,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,18 +106,42 @@ def test_pickle_base_is_refused_before_any_work(tmp_path, capfd):
 # --- 2. a claim whose evidence is non-finite is not judged, first run and rerun alike ---------------------
 
 
-def _efficiency(raw_all: float = 0.0) -> dict:
-    """An efficiency stage result like the tiny quick study's: calibrated scores where the all-module LoRA
-    gains over the yardstick, raw scores all zero (so the raw share of the gain is undefined)."""
-    cal = {"base": 0.155, "all-module": 0.238, "gate_proj": 0.155, "up_proj": 0.155}
-    return {"scores": {v: {"emotion": [x]} for v, x in cal.items()},
-            "raw_scores": {v: {"emotion": [raw_all if v == "all-module" else 0.0]} for v in cal},
-            "params": {"base": None, "all-module": 38912, "gate_proj": 8192, "up_proj": 8192},
-            "n": {"emotion": 14}, "tasks": ["emotion"], "control_tasks": [], "calibration": "contextual"}
+def _efficiency(raw_all_gains: bool = False) -> dict:
+    """An efficiency stage result like the tiny quick study's, with per-example predictions for 3 seeds: the
+    all-module LoRA gains over the yardstick on the chosen (calibrated) scores, while on the raw ones it
+    answers the majority class like the base (so the raw share of its gain is undefined), unless
+    ``raw_all_gains``."""
+    from affectlens.study.scored import seed_scores, task_preds
+
+    gold = np.arange(14) % 7
+    rng = np.random.default_rng(0)
+
+    def right(n_ok: int) -> list[list[int]]:
+        out = []
+        for _ in range(3):
+            p = (gold + 1) % 7
+            ok = rng.choice(14, n_ok, replace=False)
+            p[ok] = gold[ok]
+            out.append(p.tolist())
+        return out
+
+    zeros = [[0] * 14 for _ in range(3)]
+    chosen = {"base": zeros, "all-module": right(12), "gate_proj": right(11), "up_proj": right(5)}
+    raw = {**chosen, "all-module": right(9) if raw_all_gains else zeros, "base": zeros}
+    res = {"per_example": {"tasks": {"emotion": {"labels": [f"l{i}" for i in range(7)], "gold": gold.tolist(),
+                                                 "metric": "weighted_f1"}},
+                           "preds": {v: {"emotion": {"chosen": chosen[v], "raw": raw[v]}} for v in chosen},
+                           "choice": {v: {str(s): "contextual" for s in range(3)} for v in chosen}},
+           "tasks": ["emotion"], "control_tasks": [], "calibration": "contextual",
+           "params": {"base": None, "all-module": 38912, "gate_proj": 8192, "up_proj": 8192}, "n": {"emotion": 14}}
+    tc, tr = task_preds(res, "chosen"), task_preds(res, "raw")
+    res["scores"] = {v: {"emotion": seed_scores(tc, v)} for v in chosen}
+    res["raw_scores"] = {v: {"emotion": seed_scores(tr, v)} for v in chosen}
+    return res
 
 
 def _ctx(tmp: Path, stages: list[str], **cfg: object) -> Context:
-    conf = load_study_config({"model": str(TINYSTORIES), "stages": stages, "seeds": [0],
+    conf = load_study_config({"model": str(TINYSTORIES), "stages": stages, "seeds": [0, 1, 2],
                               "eval": {"limit": 14, "batch_size": 8}, **cfg})
     store = StageStore(tmp / "out")
     store.init()
@@ -131,8 +156,8 @@ def _write(ctx: Context, results: dict) -> dict:
 
 def test_frontier_raw_share_undefined_is_words_not_nan(tmp_path):
     """The tiny quick study died with 'non-finite number nan at detail.uncalibrated.value': the raw share of
-    the gain is undefined when the raw all-module LoRA does not beat the yardstick. It is now said in words,
-    and the claim is judged on the calibrated share it reads."""
+    the gain is undefined when the raw all-module LoRA does not beat the yardstick. It is now said in words:
+    the claim is judged on the chosen scores and its raw verdict is not_judged, with the reason."""
     from affectlens.runs import find_non_finite
     from affectlens.study.stages_grid import run_frontier
 
@@ -140,13 +165,17 @@ def test_frontier_raw_share_undefined_is_words_not_nan(tmp_path):
     res = run_frontier(ctx, _efficiency())
     ev = res["evidence"]["frontier.get-share"]
     assert find_non_finite(ev) is None
-    assert "did not beat" in ev["detail"]["uncalibrated"]["undefined"]
+    assert "undefined" in ev["raw_undefined"]
     assert any("raw share of its gain is undefined" in n for n in res["notes"])
     study = _write(ctx, {"frontier": res})
-    assert [c["id"] for c in study["claims"]] == ["frontier.get-share"]
-    # where the raw share is defined it is a number beside the claim's
-    res = run_frontier(ctx, _efficiency(raw_all=0.3))
-    assert math.isfinite(res["evidence"]["frontier.get-share"]["detail"]["uncalibrated"]["value"])
+    by_id = {c["id"]: c for c in study["claims"]}
+    assert set(by_id) == {"frontier.get-share", "frontier.get-ratio"}
+    assert by_id["frontier.get-share"]["raw_verdict"] == "not_judged"
+    assert "undefined" in by_id["frontier.get-share"]["raw"]["undefined"]
+    assert "not_judged" in (ctx.root / "report.md").read_text()
+    # where the raw share is defined it is judged beside the claim's
+    res = run_frontier(ctx, _efficiency(raw_all_gains=True))
+    assert math.isfinite(res["evidence"]["frontier.get-share"]["raw"]["value"])
 
 
 def test_nan_evidence_is_not_judged_on_first_run_and_rerun(tmp_path):
@@ -155,20 +184,21 @@ def test_nan_evidence_is_not_judged_on_first_run_and_rerun(tmp_path):
     from affectlens.study.stages_grid import run_frontier
 
     ctx = _ctx(tmp_path, ["frontier"])
-    res = run_frontier(ctx, _efficiency(raw_all=0.3))
-    res["evidence"]["frontier.get-share"]["detail"]["uncalibrated"]["value"] = math.nan
-    reason = "non-finite evidence: detail.uncalibrated.value is nan"
+    res = run_frontier(ctx, _efficiency(raw_all_gains=True))
+    res["evidence"]["frontier.get-share"]["detail"]["yardstick"] = math.nan
+    reason = "non-finite evidence: detail.yardstick is nan"
     first = _write(ctx, {"frontier": res})
-    assert first["claims"] == []
-    assert first["not_judged"] == [{"id": "frontier.get-share", "stage": "frontier", "reason": reason}]
+    assert [c["id"] for c in first["claims"]] == ["frontier.get-ratio"]
+    assert [{k: r[k] for k in ("id", "stage", "reason")} for r in first["not_judged"]] == [
+        {"id": "frontier.get-share", "stage": "frontier", "reason": reason}]
     assert any(reason in n for n in first["sections"]["frontier"]["notes"])
     assert reason in (ctx.root / "report.md").read_text()
     ctx.store.put("frontier", "fp", res, 1.0)
     cached = ctx.store.get("frontier", "fp")
     assert cached is not None
-    assert math.isnan(cached["result"]["evidence"]["frontier.get-share"]["detail"]["uncalibrated"]["value"])
+    assert math.isnan(cached["result"]["evidence"]["frontier.get-share"]["detail"]["yardstick"])
     again = _write(ctx, {"frontier": cached["result"]})
-    assert again["claims"] == [] and again["not_judged"] == first["not_judged"]
+    assert [c["id"] for c in again["claims"]] == ["frontier.get-ratio"] and again["not_judged"] == first["not_judged"]
 
 
 @pytest.mark.parametrize("ev,why", [
@@ -196,16 +226,18 @@ def test_single_gate_proj_alone_runs_efficiency(tmp_path, monkeypatch):
     ctx = _ctx(tmp_path, ["efficiency", "frontier"], modules={"single": ["gate_proj"], "groups": {}})
     assert ctx.cfg.single == ["gate_proj"]
     eff = _efficiency()
-    eff["scores"].pop("up_proj")
-    eff["raw_scores"].pop("up_proj")
+    for key in ("scores", "raw_scores", "params"):
+        eff[key].pop("up_proj")
+    eff["per_example"]["preds"].pop("up_proj")
     monkeypatch.setattr(stages_grid, "_run", lambda *a, **k: eff)
     res = stages_grid.run_efficiency(ctx)
     assert res["evidence"] == {} and "gate_proj alone" in res["unjudged"]["efficiency.gate-lora"]
     study = _write(ctx, {"efficiency": res, "frontier": stages_grid.run_frontier(ctx, res)})
-    assert {c["id"] for c in study["claims"]} == {"frontier.get-share"}
-    assert study["not_judged"] == [{"id": "efficiency.gate-lora", "stage": "efficiency", "reason":
-                                    "modules.single lists gate_proj alone, so there is no other single module to "
-                                    "compare it with"}]
+    assert {c["id"] for c in study["claims"]} == {"frontier.get-share", "frontier.get-ratio"}
+    nj = {r["id"]: r for r in study["not_judged"]}
+    assert nj["efficiency.gate-lora"]["reason"] == ("modules.single lists gate_proj alone, so there is no other "
+                                                   "single module to compare it with")
+    assert "modules.groups has no group tuning attn" in nj["efficiency.down-negative"]["reason"]
     assert any("gate_proj alone" in n for n in study["sections"]["efficiency"]["notes"])
 
 

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from affectlens.study import load_study_config, run_study
+from affectlens.study.papers import CLAIMS
+from affectlens.study.verdicts import checked_verdicts
 from affectlens.tune.run import tune as real_tune
 
 from circuits_helpers import PAIRS, save_planted, write_pairs
@@ -24,8 +26,15 @@ class Killed(KeyboardInterrupt):
     """A simulated kill (an interrupt is never turned into a 'failed stage' note)."""
 
 
+LABELS = {"emotion": ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"],
+          "control": ["a", "b", "c", "d"]}
+REFS = ("N/A", "", "[MASK]")
+
+
 class StubEvaluator:
-    """Fast stand-in for evaluate(): a fixed function of the logits (so planted deltas move it)."""
+    """Fast stand-in for evaluate(): per-example label log-likelihoods that are a fixed function of the
+    logits (so planted deltas move them), scored closed-set with evaluate()'s own calibration formulas; it
+    returns per-example prediction rows and the reference log-likelihoods as evaluate() does."""
 
     def __init__(self, fail_after: int | None = None) -> None:
         self.calls = 0
@@ -33,21 +42,40 @@ class StubEvaluator:
 
     def __call__(self, model, tokenizer, tasks, mode="closed", limit=None, batch_size=16, seed=0,
                  calibration="none"):
+        from affectlens.evaluate import classification_metrics
+        from affectlens.evaluate.calibration import apply_calibration, calibration_vector
+
         if self.fail_after is not None and self.calls >= self.fail_after:
             raise Killed("simulated kill")
         self.calls += 1
         with torch.no_grad():
-            lg = model(IDS).logits.double()
-        out = {t: {"primary": float(torch.sigmoid(lg[0, i].mean() * 10)), "primary_metric": "accuracy",
-                   "metrics": {}, "n": 20} for i, t in enumerate(tasks)}
-        if calibration != "none":  # the raw score of the "same passes": a second fixed function
-            for t in tasks:
-                out[t]["metrics"]["uncalibrated"] = {"accuracy": raw_of(out[t]["primary"])}
-        return type("R", (), {"scores": {"tasks": out}})
-
-
-def raw_of(calibrated: float) -> float:
-    return calibrated / 2
+            lg = model(IDS).logits.double()[0]
+        n, vocab = limit or 8, lg.shape[-1]
+        out, rows = {}, []
+        for t in tasks:
+            labels = LABELS["control" if "control" in t else "emotion"]
+            ll = torch.stack([torch.stack([lg[i % lg.shape[0], (5 + 11 * i + 17 * j) % vocab] * 10
+                                           for j in range(len(labels))]) for i in range(n)])
+            ref = torch.stack([torch.stack([lg[0, (3 + 19 * k + 17 * j) % vocab] * 10 for j in range(len(labels))])
+                               for k in range(len(REFS))])
+            vec = None if calibration == "none" else calibration_vector(ref if calibration == "contextual" else ref[1:2],
+                                                                         calibration)
+            scores = apply_calibration(ll, vec, calibration)
+            gold = [(3 * i) % len(labels) for i in range(n)]
+            pred = scores.argmax(-1).tolist()
+            metric = "accuracy" if "control" in t else "weighted_f1"
+            m = classification_metrics(gold, pred, labels, n_boot=0)
+            out[t] = {"primary": m[metric], "primary_metric": metric, "metrics": {"accuracy": m["accuracy"]}, "n": n}
+            if calibration != "none":
+                raw = classification_metrics(gold, ll.argmax(-1).tolist(), labels, n_boot=0)
+                out[t]["metrics"]["uncalibrated"] = {metric: raw[metric]}
+                refs = REFS if calibration == "contextual" else ("",)
+                rr = ref if calibration == "contextual" else ref[1:2]
+                out[t]["reference_loglik"] = {r: {lab: float(rr[k, j]) for j, lab in enumerate(labels)}
+                                              for k, r in enumerate(refs)}
+            rows += [{"task": t, "index": i, "gold": labels[gold[i]], "pred": labels[pred[i]],
+                      "loglik": {lab: float(ll[i, j]) for j, lab in enumerate(labels)}} for i in range(n)]
+        return type("R", (), {"scores": {"tasks": out}, "predictions": rows})
 
 
 class PlantingTuner:
@@ -70,8 +98,8 @@ class PlantingTuner:
             g = torch.Generator().manual_seed(config.seed)
             with torch.no_grad():
                 for name, p in model.named_parameters():
-                    if "gate_proj" in name:
-                        p.add_(0.05 * torch.randn(p.shape, generator=g))
+                    if "layers." in name and name.endswith("proj.weight"):
+                        p.add_((0.05 if "gate_proj" in name else 0.0005) * torch.randn(p.shape, generator=g))
             model.save_pretrained(out, safe_serialization=True)
             return None
         res = real_tune(base, data, config=config, out=out, **kw)
@@ -94,8 +122,8 @@ def study_cfg(tmp: Path) -> dict:
         save_planted(planted)
         write_pairs(tmp / "pairs.jsonl", PAIRS)
     return {
-        "name": "tiny", "model": str(TINYSTORIES), "tasks": ["emotion"], "control_tasks": ["control"],
-        "eval": {"limit": 8, "batch_size": 8}, "seeds": [0, 1],
+        "name": "tiny", "model": str(STORIES260K), "tasks": ["emotion"], "control_tasks": ["control"],
+        "eval": {"limit": 8, "batch_size": 8}, "seeds": [0, 1, 2], "calibration": "contextual",
         "budget": {"steps": 2, "rank": 2, "alpha": 4, "lr": 1.0e-2, "batch_size": 2, "max_length": 48},
         "modules": {"single": ["gate_proj", "up_proj", "down_proj"], "groups": {"mlp": "mlp"}},
         "circuits": {"model": str(planted), "pairs": str(tmp / "pairs.jsonl"), "emotions": ["anger", "joy"],
@@ -117,16 +145,6 @@ def study(tmp_path_factory):
     return tmp, cfg, result, echoed
 
 
-def expected_verdict(rec: dict) -> str:
-    """The rule, written independently: the whole CI on the claim's side (or inside its band)."""
-    lo, hi, t, up = rec["ci"][0], rec["ci"][1], rec["threshold"], rec.get("upper")
-    if up is not None:
-        return "supported" if t < lo and hi < up else "contradicted" if hi < t or lo > up else "inconclusive"
-    if rec["direction"] == ">":
-        return "supported" if lo > t else "contradicted" if hi < t else "inconclusive"
-    return "supported" if hi < t else "contradicted" if lo > t else "inconclusive"
-
-
 def test_study_writes_every_section_and_derived_verdicts(study):
     tmp, _, result, echoed = study
     out = tmp / "out"
@@ -141,14 +159,23 @@ def test_study_writes_every_section_and_derived_verdicts(study):
             assert (out / rel).is_file() and (out / rel).read_bytes()[:4] == b"\x89PNG"
     assert on_disk["sections"]["locate"]["figures"] and on_disk["sections"]["frontier"]["figures"]
     ids = {c["id"] for c in on_disk["claims"]}
-    assert {"locate.gate-largest", "locate.emotion-specific", "sufficiency.gate-transfer",
-            "efficiency.gate-lora", "necessity.gate-reset"} <= ids
-    for rec in on_disk["claims"]:
+    assert {"locate.gate-largest", "locate.emotion-specific", "locate.sft-same-locus", "sufficiency.gate-transfer",
+            "sufficiency.gate-over-attention", "sufficiency.fluency-kept", "efficiency.gate-lora",
+            "necessity.gate-reset"} <= ids
+    assert {r["id"] for r in on_disk["not_judged"]} | ids == set(CLAIMS)
+    checked = checked_verdicts(on_disk["claims"])  # Holm re-run over the stored p-values
+    for rec, (v, rv) in zip(on_disk["claims"], checked, strict=True):
         assert rec["ci"][0] <= rec["ours"] <= rec["ci"][1] or rec["ci"][0] == rec["ci"][1]
-        assert rec["verdict"] == expected_verdict(rec), rec["id"]
+        assert (rec["verdict"], rec["raw_verdict"]) == (v, rv), rec["id"]
+        assert rec["design"]["seeds"] == 3 or not CLAIMS[rec["id"]].training
+        assert set(rec["power"]["after"]) >= {"se", "mde"}
+        if v == "inconclusive":
+            assert rec["n_to_settle"]["text"]
+    assert on_disk["family"]["method"] == "Holm" and on_disk["family"]["tests"] >= len(ids)
     m = on_disk["methods"]
     assert "expected about" in echoed[0] and " min" in echoed[0]  # said before the first stage runs
-    assert m["seeds"] == [0, 1] and m["expected_time_s"] > 0 and m["packages"]["torch"]
+    assert m["seeds"] == [0, 1, 2] and m["expected_time_s"] > 0 and m["packages"]["torch"]
+    assert on_disk["smoke_test"] and on_disk["smoke_test_reasons"] and "SMOKE TEST" in html_head(out)
     assert (out / "manifest.json").is_file() and (out / "stages" / "adapters" / "result.json").is_file()
     html = (out / "report.html").read_text()
     figures = [rel for sec in on_disk["sections"].values() for rel in sec["figures"].values()]
@@ -159,16 +186,24 @@ def test_study_writes_every_section_and_derived_verdicts(study):
     assert (out / "report.md").is_file()
 
 
+def html_head(out: Path) -> str:
+    page = (out / "report.html").read_text()
+    return page[:page.index('id="verdicts"')]
+
+
 def test_planted_gate_is_recovered_as_the_locus(study):
     tmp, _, result, _ = study
     loc = json.loads((tmp / "out" / "stages" / "locate" / "result.json").read_text())["result"]
     for metric in ("l2", "relative", "rms"):
-        assert loc["stability"]["emotion"][metric] == {"locus": "gate_proj", "share_of_seeds": 1.0, "n_seeds": 2}
+        assert loc["stability"]["emotion"][metric] == {"locus": "gate_proj", "share_of_seeds": 1.0, "n_seeds": 3}
         assert loc["stability"]["control"][metric]["locus"] == "up_proj"
         assert loc["stability"]["full"][metric]["locus"] == "gate_proj"
     by_id = {c["id"]: c for c in result["claims"]}
-    assert by_id["locate.gate-largest"]["verdict"] == "supported"
-    assert by_id["locate.emotion-specific"]["verdict"] == "supported"
+    for cid in ("locate.gate-largest", "locate.emotion-specific", "locate.sft-same-locus"):
+        assert by_id[cid]["verdict"] == "supported", cid
+        assert by_id[cid]["design"] == {**by_id[cid]["design"], "seeds": 3, "units": [5], "unit": "layers"}
+    # the planted B factor is 250x the others': gate_proj leads the runner-up many times over
+    assert by_id["locate.gate-largest"]["ours"] > 10
     # gate_proj carries ~all of the emotion adapter's change and ~none of the control adapter's (up_proj).
     assert 0.9 < by_id["locate.emotion-specific"]["ours"] <= 1.0
 
@@ -198,7 +233,7 @@ def test_resume_after_kill_recomputes_only_the_missing_stage(study, tmp_path):
     ev = StubEvaluator()
     run_study(cfg, out, tuner=tuner, evaluator=ev, echo=echoed.append)
     assert lines_of(echoed, "running") == {"sufficiency"}
-    assert ev.calls == 2 * 9 - 3  # 9 variants x 2 seeds, 3 cells were finished before the kill
+    assert ev.calls == 3 * 10 - 3  # 10 variants x 3 seeds, 3 cells were finished before the kill
 
 
 def test_config_change_invalidates_only_dependent_stages(study, tmp_path):
@@ -253,31 +288,9 @@ def test_failed_stage_is_a_noted_skipped_section(study, tmp_path):
     assert any("failed (ValueError: boom)" in n for n in result["sections"]["sufficiency"]["notes"])
     assert result["sections"]["locate"]["tables"]
     assert {c["stage"] for c in result["claims"]} == {"locate"}
-    assert {x["id"] for x in result["not_judged"]} == {"sufficiency.gate-transfer"}
+    failed = {x["id"] for x in result["not_judged"] if "sufficiency stage failed" in x["reason"]}
+    assert failed == {c for c in CLAIMS if c.startswith("sufficiency.")}
     assert (out / "report.html").is_file()
-
-
-def test_evidence_intervals_match_hand_formulas():
-    import math
-
-    import numpy as np
-
-    from affectlens.study.stats import bootstrap_mean, score_difference, share_of_gain
-
-    a, b, n = [0.6, 0.7], [0.4, 0.45], 200
-    d = [0.2, 0.25]
-    between = ((0.2 - 0.225) ** 2 + (0.25 - 0.225) ** 2) / 1 / 2
-    within = sum(p * (1 - p) for p in a + b) / n / 4
-    v, (lo, hi), _ = score_difference(a, b, n)
-    assert v == pytest.approx(sum(d) / 2)
-    assert hi - v == pytest.approx(1.96 * math.sqrt(between + within))
-    xs = np.random.default_rng(5).normal(3.0, 2.0, 400)
-    m, (blo, bhi), k = bootstrap_mean(list(xs))
-    half = 1.96 * xs.std(ddof=1) / math.sqrt(len(xs))
-    assert k == 400 and m == pytest.approx(xs.mean())
-    assert (bhi - blo) / 2 == pytest.approx(half, rel=0.1)
-    s, (slo, shi), _ = share_of_gain([0.5], [0.8], 0.2, 100_000)
-    assert s == pytest.approx(0.5) and slo < 0.5 < shi and shi - slo < 0.02
 
 
 def test_circuits_retry_all_pairs_when_tau_leaves_none(tmp_path):
@@ -287,36 +300,51 @@ def test_circuits_retry_all_pairs_when_tau_leaves_none(tmp_path):
     # No pair reaches tau = 1: the vectors fall back (the library's best-pairs fallback, else the study's
     # all-pairs retry, each noted) and the circuits sections still get their numbers and figures.
     assert result["sections"]["circuits-layers"]["figures"]
-    assert "circuits-layers.middle-peak" in {c["id"] for c in result["claims"]}
+    assert result["sections"]["circuits-layers"]["numbers"]["peak_depth"]
+    # a claim about image information flow is not judged on this text-only model, whatever its numbers
+    why = {r["id"]: r for r in result["not_judged"]}["circuits-layers.middle-peak"]
+    assert why["design"] == "images" and "text-only" in why["reason"]
 
 
 # --- raw and calibrated side by side -----------------------------------------------------------------------
 
 
 def test_scored_stages_show_raw_beside_calibrated(study):
+    """The tables' calibrated and raw columns are the evaluator's own primary and uncalibrated primary of
+    every cell (the study re-derives them from the per-example log-likelihoods it keeps), and every claim
+    carries the same statistic on raw scores with its own verdict."""
     tmp, _, result, _ = study
     secs = result["sections"]
     for stage in ("sufficiency", "efficiency", "necessity"):
         table = secs[stage]["tables"][0]
         cols = table["columns"]
         cal, raw = cols.index("affective mean (contextual)"), cols.index("affective mean (raw)")
-        assert table["rows"]
-        for row in table["rows"]:  # the stub's raw score is half its calibrated one
-            assert row[raw] == pytest.approx(raw_of(row[cal]), abs=1e-4)
+        cells: dict[str, list[dict]] = {}
+        for f in sorted((tmp / "out" / "stages" / stage).glob("grid-s*/cells/*.json")):
+            c = json.loads(f.read_text())
+            cells.setdefault(c["variant"], []).append(c["tasks"]["emotion"])
+        assert table["rows"] and len(cells) == len(table["rows"])
+        for row in table["rows"]:
+            got = cells[row[0]]
+            assert len(got) == 3
+            assert row[cal] == pytest.approx(sum(e["primary"] for e in got) / 3, abs=1e-4), (stage, row[0])
+            assert row[raw] == pytest.approx(sum(e["metrics"]["uncalibrated_primary"] for e in got) / 3, abs=1e-4)
     assert "control mean (raw)" in secs["necessity"]["tables"][0]["columns"]
     assert "mean (raw)" in secs["frontier"]["tables"][0]["columns"]
-    assert result["methods"]["scoring"] == {"calibration": "contextual", "claims_use": "calibrated (contextual)",
-                                            "tables": "calibrated beside raw"}
+    scoring = result["methods"]["scoring"]
+    assert scoring["calibration"] == "contextual" and "as the config names it" in scoring["rule"]
+    assert scoring["efficiency"]["scores"] == "contextual"
     by_id = {c["id"]: c for c in result["claims"]}
-    detail = by_id["efficiency.gate-lora"]["detail"]
-    assert detail["scores"] == "calibrated (contextual)"
-    # The claim reads the calibrated scores; the raw statistic beside it is the same difference halved.
-    assert detail["uncalibrated"]["value"] == pytest.approx(by_id["efficiency.gate-lora"]["ours"] / 2)
-    header = (tmp / "out" / "stages" / "efficiency" / "grid-s0" / "grid.csv").read_text().splitlines()[0]
-    assert "uncalibrated_primary" in header.split(",")
+    table = {r[0]: r for r in secs["efficiency"]["tables"][0]["rows"]}
+    cols = secs["efficiency"]["tables"][0]["columns"]
+    raw = cols.index("affective mean (raw)")
+    want = table["gate_proj"][raw] - max(table["up_proj"][raw], table["down_proj"][raw])
+    assert by_id["efficiency.gate-lora"]["raw"]["ours"] == pytest.approx(want, abs=1e-3)
+    assert by_id["efficiency.gate-lora"]["calibration"].startswith("contextual")
+    assert all(c["raw_verdict"] in ("supported", "contradicted", "equivalent", "inconclusive", "not_judged")
+               for c in result["claims"])
     md = (tmp / "out" / "report.md").read_text()
-    assert "claims_use" in md and "calibrated (contextual)" in md  # the methods say which scores claims use
-    assert "Uncalibrated, the same models score" in md  # the "what this means" paragraph reads both
+    assert "raw verdict" in md and "Uncalibrated, the same models score" in md
 
 
 def test_grid_calibration_key_is_opt_in():
@@ -356,7 +384,7 @@ def test_calibrated_study_score_is_evaluates_own(study, tmp_path):
     kw = {"limit": 8, "batch_size": 8, "progress": False, "n_boot": 0}
     adapter = out / json.loads((out / "stages" / "adapters" / "result.json").read_text())["result"]["emotion"]["0"]
     for variant, model_dir in (("base", None), ("all-module", adapter)):
-        model, tok = load_model(TINYSTORIES, adapter=model_dir)
+        model, tok = load_model(Path(cfg["model"]), adapter=model_dir)
         direct_cal = evaluate(model, tok, ["emotion"], calibration="pmi", **kw).scores["tasks"]["emotion"]
         direct_raw = evaluate(model, tok, ["emotion"], **kw).scores["tasks"]["emotion"]
         assert direct_cal["calibration"] == "pmi"
@@ -364,16 +392,16 @@ def test_calibrated_study_score_is_evaluates_own(study, tmp_path):
             assert direct_cal["primary"] != pytest.approx(direct_raw["primary"], abs=1e-3)
         assert rows[variant][cal] == pytest.approx(direct_cal["primary"], abs=1e-4), variant
         assert rows[variant][raw] == pytest.approx(direct_raw["primary"], abs=1e-4), variant
-    assert result["methods"]["scoring"]["claims_use"] == "calibrated (pmi)"
+    assert result["methods"]["scoring"]["sufficiency"]["scores"] == "pmi"
 
 
 def test_study_config_calibration_and_models_keys():
     cfg = load_study_config({"models": [str(TINYSTORIES), str(STORIES260K)]})
     assert (cfg.model, cfg.bases, cfg.calibration) == (str(TINYSTORIES), [str(TINYSTORIES), str(STORIES260K)],
-                                                       "contextual")
+                                                       "auto")
     cfg = load_study_config({"model": "a", "models": ["b", "a"], "calibration": "none"}, model="c")
     assert (cfg.model, cfg.bases, cfg.other_bases, cfg.calibration) == ("c", ["c", "b", "a"], ["b", "a"], "none")
-    with pytest.raises(Exception, match="calibration must be one of none, contextual, pmi"):
+    with pytest.raises(Exception, match="calibration must be one of auto, none, contextual, pmi"):
         load_study_config({"calibration": "platt"})
 
 
@@ -432,8 +460,12 @@ def test_several_bases_each_locus_one_scale_and_cached_per_base(tmp_path):
     assert any("first base, tinystories-656k, only" in n for n in sec["notes"])
     md = (out / "report.md").read_text()
     assert "tinystories-656k gate_proj, stories260k down_proj" in md
-    # The claims read the first base (gate_proj planted), not the second (down_proj).
-    assert {c["id"]: c["verdict"] for c in result["claims"]}["locate.gate-largest"] == "supported"
+    # One seed: no locate claim is judged; the first base's evidence (gate_proj planted) leads with gate_proj,
+    # the second base's (down_proj planted) does not, and the claims would read the first.
+    assert {r["id"] for r in result["not_judged"]} >= {"locate.gate-largest", "locate.cross-architecture"}
+    first, second = (json.loads((out / "stages" / k / "result.json").read_text())["result"]["evidence"]
+                     for k in ("locate", "locate@stories260k"))
+    assert first["locate.gate-largest"]["value"] > 0 > second["locate.gate-largest"]["value"]
     # A third base: only its own adapters and locate run.
     third = tmp_path / "third"
     shutil.copytree(STORIES260K, third, copy_function=shutil.copyfile)

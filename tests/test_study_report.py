@@ -64,7 +64,7 @@ def test_band_and_edges():
     lt = V.CLAIMS["circuits-intervention.less-hallucination"]
     assert V.verdict(lt, V.Evidence(-0.1, (-0.2, -0.05), 3)) == "supported"
     assert V.verdict(lt, V.Evidence(0.1, (0.05, 0.2), 3)) == "contradicted"
-    assert V.CLAIMS["frontier.get-share"].paper_value == 0.966 and "24.5 %" in V.CLAIMS["frontier.get-share"].paper
+    assert V.CLAIMS["frontier.get-ratio"].paper_value == 0.966 and "24.5 %" in V.CLAIMS["frontier.get-ratio"].paper
 
 
 @pytest.mark.parametrize("ev", [
@@ -83,18 +83,33 @@ def test_unknown_claim_refused():
         V.claim_record("locate.nope", V.Evidence(0.1, (0.0, 0.2), 3))
 
 
-def test_explain_says_inconclusive_and_the_n_needed():
-    # value 0.01, half-width 0.02, distance 0.01 -> n' = 3 * (0.02 / 0.01)^2 = 12
-    rec = V.claim_record("locate.gate-largest", V.Evidence(0.01, (-0.01, 0.03), 3))
+def test_explain_says_inconclusive_equivalent_and_what_would_settle_it():
+    rec = V.claim_record("efficiency.gate-lora", V.Evidence(0.02, (-0.01, 0.05), 3))
+    rec["n_to_settle"] = {"text": "about 9 seeds (at these 140 examples) would settle it (a difference), if the "
+                                 "estimate held"}
     s = claim_sentence(rec)
-    assert "inconclusive at this n" in s and "n = 12" in s and "approximate" in s
-    rec = V.claim_record("locate.gate-largest", V.Evidence(0.05, (0.01, 0.09), 3))
+    assert rec["verdict"] == "inconclusive" and "inconclusive at this n" in s and "about 9 seeds" in s
+    eq = V.claim_record("efficiency.gate-lora", V.Evidence(0.001, (-0.004, 0.006), 3))
+    assert eq["verdict"] == "equivalent" and "0 +/- 0.01" in claim_sentence(eq) and "1 point" in claim_sentence(eq)
+    rec = V.claim_record("locate.gate-largest", V.Evidence(0.5, (0.3, 0.7), 3))
     assert "supported" in claim_sentence(rec) and "inconclusive" not in claim_sentence(rec)
     para = explain_section("locate", {"numbers": {"locus_by_seed": {
         "emotion": ["gate_proj", "gate_proj", "up_proj"], "control": ["up_proj"] * 3}}}, [rec])
     assert "gate_proj changed most in 2 of 3 seeds of the emotion adapter" in para
     assert "in the control adapter it was up_proj (3 of 3)" in para
     assert "not run" in explain_section("necessity", None, [rec])
+
+
+def test_verdict_and_raw_verdict_disagreement_is_said_and_flagged(tmp_path):
+    ev, raw = V.Evidence(0.2, (0.1, 0.3), 6), V.Evidence(-0.2, (-0.3, -0.1), 6)
+    rows = V.claim_records({"necessity.gate-reset": ev}, {"necessity.gate-reset": raw})
+    assert (rows[0]["verdict"], rows[0]["raw_verdict"], rows[0]["verdicts_differ"]) == ("supported", "contradicted",
+                                                                                        True)
+    assert "Judged on uncalibrated scores instead, it would be contradicted" in claim_sentence(rows[0])
+    with RunDir(tmp_path / "d", command="study") as run:
+        write_report(run, {"claims": rows, "sections": {}})
+    page = (tmp_path / "d" / "report.html").read_text()
+    assert 'class="contradicted differ">contradicted (differs)</td>' in page
 
 
 def _png(run: RunDir, name: str) -> str:
@@ -107,7 +122,7 @@ def _png(run: RunDir, name: str) -> str:
 
 def _study(run: RunDir, flip: bool = False) -> dict:
     """Every claim on its supported side (or, flipped, its other side); circuits-heads not run."""
-    claims = [V.claim_record(cid, _ev(c, "other" if flip else "claim")) for cid, c in V.CLAIMS.items()]
+    claims = V.claim_records({cid: _ev(c, "other" if flip else "claim") for cid, c in V.CLAIMS.items()})
     sections = {}
     for stage in V.STAGES:
         if stage == "circuits-heads":
@@ -158,14 +173,14 @@ def test_report_is_complete_self_contained_and_escaped(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;script&gt;" in md and "<script" not in md
     # verdict table up front, coloured by class, one row per claim
     head = page[:page.index('id="locate"')]
-    assert head.count('<td class="supported">supported</td>') == len(V.CLAIMS)
+    assert head.count('<td class="supported">supported</td>') == 2 * len(V.CLAIMS)  # verdict and raw verdict
     assert "96.6 %" in head and "0.966" in head
     assert "expected 1200 s (20.0 min), actual 1100 s (18.3 min)" in page and "budgets.steps" in page
 
 
 def test_flipped_numbers_flip_the_report(tmp_path):
     page, md, study, _ = _report(tmp_path, "f", flip=True)
-    assert page.count('<td class="contradicted">contradicted</td>') == len(V.CLAIMS)
+    assert page.count('<td class="contradicted">contradicted</td>') == 2 * len(V.CLAIMS)  # verdict and raw
     assert "supported</td>" not in page and "| supported |" not in md
 
 
@@ -247,7 +262,7 @@ def test_explain_reads_the_section_numbers():
                            [rec])
     assert "Scores: tuned 0.6, reset gate 0.4 (best: tuned)." in para
     assert "scores 0.35" in para and "gate_proj 0.01, up_proj 0.02" in para
-    para = explain_section("frontier", {"numbers": {"raw_share": 0.73, "param_share": 0.25}}, [])
+    para = explain_section("frontier", {"numbers": {"score_ratio": 0.73, "param_share": 0.25}}, [])
     assert "73.0 % of the all-module score with 25.0 % of its trainable parameters" in para
 
 

@@ -20,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "Each stage is cached in DIR by the fingerprint of its inputs: rerunning the same "
                     "command resumes after a kill, and a changed config recomputes only what it changes. "
                     "Every claim of the two papers gets our number, its 95 % CI and a verdict computed "
-                    f"from them. Stages: {STAGE_NAMES}. Exit status: 0 when every stage ran; 1 when any stage "
+                    "from bootstrap p-values with Holm's adjustment (supported, contradicted, equivalent inside "
+                    "the claim's margin, inconclusive, or not judged when the design cannot decide it), judged "
+                    "again on uncalibrated scores (raw verdict); a smoke test says so, and study.json says "
+                    f"whether the run was powered. Stages: {STAGE_NAMES}. Exit status: 0 when every stage ran; 1 when any stage "
                     "failed (the report is still written, each failure a noted section in it and in "
                     "study.json, and a rerun retries only those stages); 2 for bad input, refused before "
                     "any work.",
@@ -54,9 +57,15 @@ def _study(args: argparse.Namespace) -> int:
                       executor=args.executor,
                       allow_pickle=args.allow_pickle)
     for c in study["claims"]:
-        print(f"{c['id']:<45} {c['verdict']:<13} ours {c['ours']:+.4f} [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]")
+        flag = " (raw differs)" if c.get("raw_verdict") != c["verdict"] else ""
+        print(f"{c['id']:<45} {c['verdict']:<13} raw {c.get('raw_verdict', '-'):<13} ours {c['ours']:+.4f} "
+              f"[{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]{flag}")
     for c in study.get("not_judged") or []:
         print(f"{c['id']:<45} {'not judged':<13} {c['reason']}")
+    if study.get("smoke_test_reasons"):
+        print(f"SMOKE TEST, not a result ({len(study['smoke_test_reasons'])} reasons: see the report's banner)")
+    if study.get("powered") is False:
+        print("not powered: " + "; ".join(study.get("powered_reasons") or []))
     fails = study.get("failures") or {}
     if fails.get("failed"):
         sys.stdout.flush()  # the summary is the last line, after the table

@@ -103,6 +103,9 @@ def _closed(model, tok, task: LoadedTask, batch_size, seed, n_boot, progress, ca
     info: dict[str, Any] = {"calibration": calibration}
     if dec.vector is not None:
         info["calibration_vector"] = {lab: float(dec.vector[j]) for j, lab in enumerate(labels)}
+    if refs is not None:  # every content-free prompt's label log-likelihoods: any calibration re-derives
+        info["reference_loglik"] = {text: {lab: float(refs[k, j]) for j, lab in enumerate(labels)}
+                                    for k, text in enumerate(CONTENT_FREE)}
     if shots:
         info["fewshot"] = shots.record()
     kept = refs if refs is not None and bool(np.isfinite(refs).all()) else None

@@ -36,6 +36,8 @@ class TaskScore:
     dropped_by: dict[str, int] = field(default_factory=dict)  # why rows never reached scoring: malformed, ...
     skipped: dict[str, int] = field(default_factory=dict)  # scored rows the metric does not count (HIT: neutral)
     notes: list[str] = field(default_factory=list)  # e.g. --limit/--sample larger than the task
+    # {reference text: {label: raw log-likelihood}} of the calibration's content-free prompts
+    reference_loglik: dict[str, dict[str, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The task's entry in ``scores.json`` (``tasks.<name>``)."""
@@ -51,6 +53,8 @@ class TaskScore:
         for key in ("dropped_by", "skipped", "notes"):  # only when there is something to say
             if getattr(self, key):
                 out[key] = getattr(self, key)
+        if self.reference_loglik is not None:
+            out["reference_loglik"] = self.reference_loglik
         return out
 
     @classmethod
@@ -59,7 +63,8 @@ class TaskScore:
         return cls(name, entry["kind"], entry["primary_metric"], entry["primary"], entry["metrics"], entry["n"],
                    entry.get("dropped", 0), entry.get("spec", {}), entry.get("baselines", {}),
                    entry.get("calibration", "none"), entry.get("calibration_vector"), entry.get("fewshot"),
-                   entry.get("dropped_by", {}), entry.get("skipped", {}), entry.get("notes", []))
+                   entry.get("dropped_by", {}), entry.get("skipped", {}), entry.get("notes", []),
+                   entry.get("reference_loglik"))
 
     def line(self) -> str:
         """One human-readable line: name, metric, value (x100 unless perplexity), CI, macro-F1 beside

@@ -25,6 +25,11 @@ class TaskResult:
     n: int | None = None
     kind: str | None = None
     name: str = ""
+    # Per example (closed-set scoring only): {"labels", "gold" (label indices), "loglik" ([example][label],
+    # raw), "metric" (the primary's name), "reference" ({content-free text: [label loglik]}) when the
+    # evaluator calibrated}. The study pairs examples across variants and re-derives any calibration from
+    # it; None when the evaluator gave no per-example rows (the scalar scores above still stand).
+    examples: dict[str, Any] | None = None
 
     @classmethod
     def from_evaluator(cls, entry: Any, name: str) -> TaskResult:
@@ -51,6 +56,24 @@ class TaskResult:
             if not math.isfinite(val):
                 return key, val
         return None
+
+
+def per_example(rows: Any, name: str, entry: Any) -> dict[str, Any] | None:
+    """One task's per-example record (see ``TaskResult.examples``) from the evaluator's prediction rows:
+    the closed-set rows of task ``name`` with their label log-likelihoods; None when there are none."""
+    mine = [r for r in rows if isinstance(r, dict) and r.get("task") == name and isinstance(r.get("loglik"), dict)]
+    if not mine or not isinstance(entry, dict):
+        return None
+    labels = list(mine[0]["loglik"])
+    if any(list(r["loglik"]) != labels or r.get("gold") not in labels for r in mine):
+        return None
+    out: dict[str, Any] = {"labels": labels, "gold": [labels.index(r["gold"]) for r in mine],
+                           "loglik": [[float(r["loglik"][lab]) for lab in labels] for r in mine],
+                           "metric": entry.get("primary_metric")}
+    ref = entry.get("reference_loglik")
+    if isinstance(ref, dict) and all(isinstance(v, dict) and list(v) == labels for v in ref.values()):
+        out["reference"] = {str(k): [float(v[lab]) for lab in labels] for k, v in ref.items()}
+    return out
 
 
 @dataclass
@@ -89,7 +112,7 @@ class Cell:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Cell:
         cost = Cost(**{f.name: d.get(f.name, f.default) for f in dataclasses.fields(Cost)})
-        tasks = {t: TaskResult(**{k: e.get(k) for k in ("primary", "metrics", "n", "kind", "name")})
+        tasks = {t: TaskResult(**{k: e.get(k) for k in ("primary", "metrics", "n", "kind", "name", "examples")})
                  for t, e in d["tasks"].items()}
         return cls(variant=d["variant"], kind=d["kind"], seed=int(d["seed"]), hash=d["hash"],
                    modules=d.get("modules"), tasks=tasks, mean=float(d["mean"]), cost=cost,
@@ -98,4 +121,4 @@ class Cell:
                    cell_seconds=float(d.get("cell_seconds") or 0.0))
 
 
-__all__ = ["Cell", "Cost", "TaskResult"]
+__all__ = ["Cell", "Cost", "TaskResult", "per_example"]

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import AffectlensError
 from .config import GridConfig
 from .report import cell_path
-from .results import Cell, TaskResult
+from .results import Cell, TaskResult, per_example
 from .stats import affective_mean
 from .variants import Variant
 
@@ -48,7 +48,12 @@ def task_results(res: Any, tasks: list[str]) -> dict[str, TaskResult]:
     got = scores["tasks"]
     if len(got) != len(tasks):
         raise AffectlensError(f"the evaluator scored {len(got)} task(s), the grid asked for {len(tasks)}")
-    return {t: TaskResult.from_evaluator(e, name) for t, (name, e) in zip(tasks, got.items(), strict=True)}
+    out = {t: TaskResult.from_evaluator(e, name) for t, (name, e) in zip(tasks, got.items(), strict=True)}
+    rows = getattr(res, "predictions", None)
+    if isinstance(rows, list):  # per-example records, for paired statistics across variants
+        for t, (name, e) in zip(tasks, got.items(), strict=True):
+            out[t].examples = per_example(rows, name, e)
+    return out
 
 
 class Workbench:

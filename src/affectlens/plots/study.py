@@ -7,7 +7,8 @@ from typing import Any
 
 from ._base import pyplot
 
-VERDICT_COLORS = {"supported": "#1a7f37", "contradicted": "#c62828", "inconclusive": "#b7791f"}
+VERDICT_COLORS = {"supported": "#1a7f37", "contradicted": "#c62828", "inconclusive": "#b7791f",
+                  "equivalent": "#1f5fa8"}
 
 
 def verdict_forest(rows: Sequence[Mapping[str, Any]]) -> Any:

@@ -1,4 +1,4 @@
-"""study.json from the stage results: claims (via ``verdicts.claim_record``), sections, figures, methods.
+"""study.json from the stage results: claims (via ``judging``), sections, figures, methods, the banner.
 
 Built in a temporary run dir (``runs.RunDir``) with the stage cache hard-linked
 into it, then swapped in whole; ``report.write_report`` renders report.html
@@ -8,15 +8,15 @@ result; every verdict from ``verdicts``.
 
 from __future__ import annotations
 
-import math
+import json
 import os
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .context import Context
 from .stages_grid import ALL, affective, control, raw_view
+from .verdicts import evidence_problem
 
 TITLES = {
     "locate": "Where did fine-tuning change the model? (Figs. 4-6, 10)",
@@ -66,7 +66,7 @@ def _score_numbers(res: dict[str, Any], stage: str) -> dict[str, Any]:
     scores = {v: sum(affective(res, v)) / len(res["scores"][v][res["tasks"][0]]) for v in res["scores"]}
     nums: dict[str, Any] = {"scores": scores}
     if res.get("calibration", "none") != "none":
-        nums["raw_scores"] = {v: _mean(affective(raw_view(res), v)) for v in res["scores"]}
+        nums["uncalibrated_scores"] = {v: _mean(affective(raw_view(res), v)) for v in res["scores"]}
     ref = control(res, ALL) if ALL in res["scores"] else None
     if stage == "necessity" and ref is not None:
         drops = {}
@@ -81,13 +81,14 @@ def _score_numbers(res: dict[str, Any], stage: str) -> dict[str, Any]:
 def _frontier(sec: dict[str, Any], r: dict[str, Any], run: Any) -> None:
     from .. import plots
 
-    nums = {"raw_share": r["raw_share"], "param_share": r["param_share"], "yardstick": r["yardstick"],
-            "base": r["base"], "majority_class": r["majority"]}
+    nums = {"score_ratio": r.get("score_ratio"), "score_ratio_uncalibrated": r.get("score_ratio_uncalibrated"),
+            "param_share": r["param_share"], "yardstick": r["yardstick"], "base": r["base"],
+            "majority_class": r["majority"]}
     sec["numbers"] = {k: v for k, v in nums.items() if v is not None and v == v}  # undefined: left out
     sec["notes"].append(r["line"])
     cal = r.get("calibration", "none")
     if cal != "none":
-        sec["tables"].append({"title": "score vs trainable parameters (calibrated beside raw)",
+        sec["tables"].append({"title": "score vs trainable parameters (the claims' scores beside raw)",
                               "columns": ["variant", "params", f"mean ({cal})", "mean (raw)"],
                               "rows": [[p["variant"], p["params"], round(p["mean"], 4),
                                         round(p["uncalibrated_mean"], 4)] for p in r["points"]]})
@@ -117,9 +118,8 @@ def _circuits(sections: dict[str, Any], r: dict[str, Any], ctx: Context, run: An
         nums = sections["circuits-layers"]["numbers"]
         nums.update({f"critical layer ({e})": la for e, la in r["layers"]["critical"].items()})
         nums["layers"] = r["layers"]["n_layers"]
-        ev = r.get("evidence", {}).get("circuits-layers.middle-peak")
-        if ev:
-            nums["peak_depth"] = ev["detail"]["relative_depth"]
+        if r["layers"].get("relative_depth"):
+            nums["peak_depth"] = r["layers"]["relative_depth"]
     if "heads" in r:
         sections["circuits-heads"]["tables"].append({"title": "top-head overlap by layer (mean pairwise Jaccard)",
                                                      "columns": ["layer", "jaccard"],
@@ -144,47 +144,56 @@ def _circuits(sections: dict[str, Any], r: dict[str, Any], ctx: Context, run: An
         sections[key]["notes"].append(note)
 
 
-def _bad_leaf(obj: Any, where: str) -> tuple[str, str] | None:
-    """The first number in ``obj`` that is NaN, infinite or null (a NaN the cache wrote), as (path, what)."""
-    if obj is None:
-        return where, "missing (null)"
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return where, str(obj)
-    if isinstance(obj, Mapping):
-        return next((hit for k, v in obj.items() if (hit := _bad_leaf(v, f"{where}.{k}" if where else str(k)))),
-                    None)
-    if isinstance(obj, list | tuple):
-        return next((hit for i, v in enumerate(obj) if (hit := _bad_leaf(v, f"{where}[{i}]"))), None)
-    return None
+def facts(ctx: Context, res: dict[str, Any]) -> dict[str, Any]:
+    """What the design checks and the power calculation need to know about this run."""
+    from ..models.resolve import resolve_model_path
+    from .honesty import is_vlm, task_size
+
+    cfg = ctx.cfg
+    circ = resolve_model_path(cfg.circuits_model) if "circuits" in cfg.stages else ctx.base_path
+
+    def layers(path: Path) -> int | None:
+        f = path / "config.json"
+        return int(json.loads(f.read_text()).get("num_hidden_layers", 0)) or None if f.is_file() else None
+
+    sizes = [task_size(t) for t in cfg.tasks]
+    vec = (res.get("circuits") or {}).get("vectors") or {}
+    n_layers = {"base": layers(ctx.base_path), "circuits": layers(circ)}
+    ex = sum(s for s in sizes if s) if all(sizes) else None
+    return {"seeds": len(cfg.seeds), "text_only": {"base": not is_vlm(ctx.base_path), "circuits": not is_vlm(circ)},
+            "n_layers": n_layers, "power_before": power_before(cfg)["claims"],
+            "available": {"examples": ex, "layers": n_layers["base"], "layers with top heads": n_layers["circuits"],
+                          "emotions": len(vec.get("counts") or {}) or None,
+                          "intervention examples": ex}}
 
 
-def evidence_problem(ev: Any) -> str | None:
-    """Why a stage's evidence record cannot give a verdict (not_judged's reason), or None when it can.
+def power_before(cfg: Any) -> dict[str, Any]:
+    """The planning MDEs of this design (before any data), per claim; see :mod:`.power`."""
+    from .honesty import task_size
+    from .papers import CLAIMS
+    from .power import before
 
-    Every number in it must be finite: a NaN -- or the null a cache made of one -- anywhere in the
-    value, the CI or the detail means the statistic was undefined on this run, and a verdict from an
-    undefined statistic would be noise. The same record gives the same answer on a first run and on
-    a rerun that reads it back from the cache.
-    """
-    if not isinstance(ev, Mapping) or not {"value", "ci", "n"} <= set(ev):
-        return "its evidence record is incomplete (value, ci and n are required)"
-    ci = ev["ci"]
-    if not isinstance(ev.get("detail") or {}, Mapping):
-        return "its evidence detail is not a mapping"
-    if not isinstance(ci, list | tuple) or len(ci) != 2:
-        return f"its evidence CI is not (low, high): {ci!r}"
-    for key, x in (("value", ev["value"]), ("ci", ci), ("detail", ev.get("detail") or {})):
-        hit = _bad_leaf(x, key)
-        if hit:
-            return f"non-finite evidence: {hit[0]} is {hit[1]}"
-    for key, x in (("value", ev["value"]), ("ci[0]", ci[0]), ("ci[1]", ci[1]), ("n", ev["n"])):
-        if isinstance(x, bool) or not isinstance(x, int | float):
-            return f"its evidence {key} is not a number: {x!r}"
-    if ci[0] > ci[1]:
-        return f"its evidence CI is reversed ({ci[0]:g} > {ci[1]:g})"
-    if ev["n"] < 1 or ev["n"] != int(ev["n"]):
-        return f"its evidence n is not a positive count: {ev['n']!r}"
-    return None
+    sizes = [task_size(t, cfg.eval["limit"]) or 0 for t in cfg.tasks]
+    n = min(sizes) if sizes else 0
+    circ = min(int(cfg.circuits.get("limit") or 0), n or int(cfg.circuits.get("limit") or 0)) * len(cfg.tasks) * 2
+    m = sum(2 if c.margin is not None or c.upper is not None else 1 for c in CLAIMS.values())
+    return {"examples_per_task": n, "tasks": len(cfg.tasks), "tests_if_all_judged": m,
+            "claims": before(CLAIMS, n, len(cfg.tasks), circ, m)}
+
+
+def scoring(cfg: Any, res: dict[str, Any]) -> dict[str, Any]:
+    """How the scored stages' claims were scored: the calibration asked for, and what each stage chose."""
+    out: dict[str, Any] = {"calibration": cfg.calibration,
+                           "rule": "auto: chosen per model on the affective tasks' dev split, applied on test; "
+                                   "none where no dev split exists" if cfg.calibration == "auto" else
+                                   f"{cfg.calibration}, as the config names it",
+                           "raw_verdict": "every claim is judged a second time on uncalibrated scores"}
+    for stage in ("sufficiency", "efficiency", "necessity"):
+        r = res.get(stage) or {}
+        if "per_example" in r:
+            out[stage] = {"scores": r.get("calibration"), "why": r.get("calibration_why"),
+                          "choice": r["per_example"].get("choice")}
+    return out
 
 
 def failure_summary(timing: dict[str, Any], failed: dict[str, str]) -> dict[str, Any]:
@@ -196,8 +205,11 @@ def failure_summary(timing: dict[str, Any], failed: dict[str, str]) -> dict[str,
 def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[str, Any], failed: dict[str, str],
                 wall: float, fps: dict[str, str]) -> dict[str, Any]:
     """Assemble study.json, the figures and the report into ``out`` (atomically, stage cache kept)."""
+    from ..models.resolve import resolve_model_path
     from ..runs import RunDir, nonfinite_to_null, versions
-    from .verdicts import CLAIMS, Evidence, claim_record
+    from .honesty import smoke_test_reasons
+    from .judging import judge_claims
+    from .verdicts import ALPHA, TESTED
 
     cfg, res = ctx.cfg, ctx.results
     with RunDir(out, command="study", force=True, inputs={"config": cfg.path or "<built-in>",
@@ -229,37 +241,29 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
             sections["frontier"]["notes"] += res["frontier"].get("notes", [])
         if "circuits" in res and "circuits-layers" in sections:
             _circuits(sections, res["circuits"], ctx, run)
-        evidence = {k: v for key, r in res.items() if "@" not in key  # claims: the first base only
-                    for k, v in (r.get("evidence") or {}).items()}
-        unjudged = {k: str(v) for key, r in res.items() if "@" not in key  # a stage's own word on why not
-                    for k, v in (r.get("unjudged") or {}).items()}
-        claims, not_judged = [], []
-        for cid, claim in CLAIMS.items():
-            if claim.stage not in sections:
-                continue
-            ev = evidence.get(cid) or next((v for k, v in evidence.items() if cid.startswith(k + ".")), None)
-            src = SOURCE[claim.stage]
-            why = (f"the {src} stage {failed[src]}" if src in failed else
-                   unjudged.get(cid, "this run produced no evidence for it")) if ev is None else evidence_problem(ev)
-            if ev is None or why is not None:
-                not_judged.append({"id": cid, "stage": claim.stage, "reason": why})
-                sections[claim.stage]["notes"].append(f"claim {cid} is not judged: {why}")
-                continue
-            claims.append(claim_record(cid, Evidence(float(ev["value"]), (float(ev["ci"][0]), float(ev["ci"][1])),
-                                                     int(ev["n"]), dict(ev.get("detail") or {}))))
+        claims, not_judged = judge_claims(ctx, sections, failed, SOURCE, facts(ctx, res))
+        from .power import powered as is_powered
+
+        power_ok, power_why = is_powered(len(cfg.seeds), claims, not_judged)
+        smoke = smoke_test_reasons(cfg, ctx.base_path, resolve_model_path(cfg.circuits_model)
+                                   if "circuits" in cfg.stages else None, bool(res.get("adapters", {}).get("full")))
+        m_tests = sum(1 for r in claims for k in TESTED if k in r["p"])
         # A number a stage could not define (a share of a zero score) is "no value", never NaN in the report.
         sections = nonfinite_to_null(sections)
         study: dict[str, Any] = {
-            "version": 1, "name": cfg.name, "claims": claims, "not_judged": not_judged, "sections": sections,
-            "failures": failure_summary(timing, failed),
+            "version": 1, "name": cfg.name, "smoke_test": bool(smoke), "smoke_test_reasons": smoke,
+            "powered": power_ok, "powered_reasons": power_why, "claims": claims, "not_judged": not_judged,
+            "sections": sections, "failures": failure_summary(timing, failed),
+            "family": {"method": "Holm", "alpha": ALPHA, "tests": m_tests, "claims_judged": len(claims),
+                       "what": "every difference/equivalence (or band inside/outside) test of every judged claim "
+                               "is one family; the uncalibrated analysis (raw_verdict) is a second family"},
             "methods": {
                 "profile": cfg.profile, "seeds": cfg.seeds, "stages": cfg.stages,
                 "budgets": {"lora": cfg.budget.to_dict(), "full_fine_tune": cfg.full_budget.to_dict(),
                             "eval": cfg.eval, "circuits": cfg.circuits,
                             "modules": {"single": cfg.single, "groups": cfg.groups}},
-                "scoring": {"calibration": cfg.calibration,
-                            "claims_use": f"calibrated ({cfg.calibration})" if cfg.calibration != "none" else "raw",
-                            "tables": "calibrated beside raw" if cfg.calibration != "none" else "raw"},
+                "scoring": scoring(cfg, res),
+                "power_before": power_before(cfg),
                 "models": {"base": str(ctx.base_path), "base_spec": cfg.model, "bases": cfg.bases,
                            "circuits": cfg.circuits_model,
                            "full_fine_tune": bool(res.get("adapters", {}).get("full"))},

@@ -58,7 +58,7 @@ def expected_seconds(cfg: StudyConfig, base_path: Path, other_bases: Sequence[Pa
     est = {
         "adapters": k * 2 * cfg.budget.steps * step + k * cfg.full_budget.steps * step * 3,
         "locate": 2.0 + 1e-8 * p * k,
-        "sufficiency": k * (6 + single) * cell,
+        "sufficiency": k * (7 + single) * cell_all,
         "efficiency": k * ((single + groups) * cfg.budget.steps * step + (2 + single + groups) * cell),
         "necessity": k * (2 + single) * cell_all,
         "frontier": 1.0,

@@ -38,17 +38,18 @@ DEFAULTS: dict[str, Any] = {
     "tasks": ["emotion"],
     "control_tasks": ["control"],
     "eval": {"limit": None, "batch_size": 16},
-    # Closed-set scoring of the scored stages: every score is kept raw *and* calibrated (the same forward
-    # passes), and the claims read the calibrated one. contextual by default: it removes exactly a
-    # per-label constant prior (the surface-form bias that makes raw zero-shot and transferred models
-    # never answer some labels), averaged over three content-free inputs, for 3 extra passes per task.
-    "calibration": "contextual",
+    # Closed-set scoring of the scored stages. auto: each model's calibration (none / contextual / pmi) is
+    # chosen on the affective tasks' dev split and applied on test; none where no dev split exists (a prior
+    # fitted on nothing would remove what a model trained on the label distribution learned). A named mode
+    # is used as given. Either way every claim is judged a second time on the raw scores (raw_verdict).
+    "calibration": "auto",
     "budget": {"steps": 40, "rank": 8, "alpha": 16, "lr": 1.0e-3, "batch_size": 8, "max_length": 128},
     "full_budget": {"steps": 40, "lr": 2.0e-5},
     "seeds": [0, 1, 2],
     "stages": list(STAGES),
     "modules": {"single": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                "groups": {"attn": "attn", "mlp": "mlp", "Att.+gate": "attn,gate_proj"}},
+                "groups": {"attn": "attn", "mlp": "mlp", "Att.+gate": "attn,gate_proj", "Att.+up": "attn,up_proj",
+                           "Att.+down": "attn,down_proj", "o+gate": "o_proj,gate_proj"}},
     "circuits": {"model": None, "pairs": None, "emotions": None, "max_pairs": 12, "min_score": 0.5,
                  "top_k": 10, "top_neurons": 50, "beta": 2.0, "gamma": 2.0, "limit": 70, "layers": None,
                  "batch_size": 16},
@@ -103,7 +104,7 @@ class StudyConfig:
     profile: str
     raw: dict[str, Any] = field(default_factory=dict)
     path: str = ""
-    calibration: str = "contextual"
+    calibration: str = "auto"
     bases: list[str] = field(default_factory=list)  # every base: ``model`` first, then ``models``' others
 
     @property
@@ -288,9 +289,9 @@ def _check(m: dict[str, Any], where: str, path: str, profile: str) -> StudyConfi
     stages = parse_stages(m.get("stages") or list(STAGES), f"{where}: stages") or list(STAGES)
     from ..vocab import CALIBRATIONS
 
-    cal = m.get("calibration", "contextual")
-    if cal not in CALIBRATIONS:
-        raise _err(where, f"calibration must be one of {', '.join(CALIBRATIONS)}, not {cal!r}")
+    cal = m.get("calibration", "auto")
+    if cal not in ("auto", *CALIBRATIONS):
+        raise _err(where, f"calibration must be one of auto, {', '.join(CALIBRATIONS)}, not {cal!r}")
     others = _str_list(m.get("models") or [], "models", where, allow_empty=True)
     bases = list(dict.fromkeys([m["model"], *others]))
     return StudyConfig(

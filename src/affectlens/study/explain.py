@@ -1,21 +1,20 @@
 """Plain-language "what this means" paragraphs, generated from the numbers and the verdicts.
 
 Nothing here is hand-written per run: every sentence is filled from a claim
-row (value, CI, n, verdict) or from a section's numbers, so a paragraph
-cannot drift from the table above it. When a CI straddles its threshold the
-paragraph says "inconclusive at this n" and estimates the n that would
-settle it, assuming the estimate stays put and the CI half-width shrinks as
-1/sqrt(n) (a rough power-style extrapolation; it says so).
+row (value, CI, n, verdict, margin, power) or from a section's numbers, so a
+paragraph cannot drift from the table above it. An inconclusive claim says
+what would settle it in named units (seeds, examples, layers, emotions), from
+the row's ``n_to_settle`` (see :mod:`.power`), or that this data cannot.
 
 Section numbers read when present (all optional; a section without them is
 explained from its claims alone):
 
 - ``locate``: ``locus_by_seed`` {adapter label: [size-fair locus per seed]}, or
   ``loci`` {"<kind>-s<seed>": {"relative": module, ...}} from which it is built;
-- any stage: ``scores`` {variant: score} (the table's headline scores) and
-  ``yardstick`` (max of the base and the majority-class score);
-- ``frontier``: ``raw_share`` and ``param_share`` (fractions: the paper's raw
-  score ratio and GET's share of the all-module trainable parameters);
+- any stage: ``scores`` {variant: score} (the table's headline scores),
+  ``uncalibrated_scores`` and ``yardstick`` (max of the base and the majority-class score);
+- ``frontier``: ``score_ratio`` and ``param_share`` (fractions: GET's score over the
+  all-module LoRA's, and GET's share of its trainable parameters);
 - ``necessity``: ``control_task_drop`` {module: drop on the non-affective task};
 - ``circuits-layers``: ``peak_depth`` {emotion: relative depth of its peak}.
 """
@@ -67,7 +66,45 @@ MEANING: dict[str, tuple[str, str]] = {
     "circuits-intervention.less-hallucination": (
         "the intervention lowers the emotional-hallucination rate",
         "the intervention raises the emotional-hallucination rate"),
+    "locate.sft-same-locus": (
+        "full fine-tuning, too, changes gate_proj most (size-fair), as LoRA does",
+        "under full fine-tuning another module changes more than gate_proj"),
+    "locate.cross-architecture": (
+        "on the other base models too, gate_proj changes most (size-fair)",
+        "on the other base models another module changes more than gate_proj"),
+    "sufficiency.gate-over-attention": (
+        "adding gate_proj to the transferred attention raises the affective score (Table 1's headline)",
+        "adding gate_proj to the transferred attention lowers the affective score: Table 1's headline comes out "
+        "reversed"),
+    "sufficiency.single-gate-load": (
+        "transferring gate_proj alone recovers more than transferring any other single module",
+        "another single module transferred alone recovers more than gate_proj"),
+    "sufficiency.down-negative": (
+        "adding down_proj to attention + gate_proj lowers the transferred score (negative transfer)",
+        "adding down_proj to attention + gate_proj raises the transferred score (no negative transfer)"),
+    "sufficiency.fluency-kept": (
+        "the transfer costs at most 1 point on the non-affective control task (fluency kept)",
+        "the transfer costs more than 1 point on the non-affective control task"),
+    "efficiency.gate-over-attention": (
+        "tuning attention + gate_proj scores better than tuning attention alone",
+        "tuning attention alone scores better than attention + gate_proj"),
+    "efficiency.att-gate-lora": (
+        "among attention + one MLP module, attention + gate_proj tunes best",
+        "attention + up_proj or + down_proj tunes better than attention + gate_proj"),
+    "efficiency.down-negative": (
+        "adding down_proj to attention lowers the tuned score (negative transfer)",
+        "adding down_proj to attention raises the tuned score"),
+    "efficiency.o-gate-synergy": (
+        "{o_proj, gate_proj} tunes better than {q,k,v,o,gate}",
+        "{q,k,v,o,gate} tunes better than {o_proj, gate_proj}"),
+    "frontier.get-ratio": (
+        "GET reaches over 90 % of the all-module adapter's score",
+        "GET reaches less than 90 % of the all-module adapter's score"),
+    "circuits-intervention.improves": (
+        "amplifying the identified heads/neurons raises accuracy",
+        "amplifying the identified heads/neurons lowers accuracy"),
 }
+EQUIVALENT = "the difference lies inside the practical-equivalence margin: no effect worth the name either way"
 
 # The claim in a few words, for sentences ("The test of <short>: ours ...").
 SHORT: dict[str, str] = {
@@ -81,6 +118,18 @@ SHORT: dict[str, str] = {
     "circuits-heads.general-deeper": "emotion-general heads sit deeper",
     "circuits-intervention.targeted-beats-random": "targeted amplification beats random",
     "circuits-intervention.less-hallucination": "the intervention reduces hallucination",
+    "locate.sft-same-locus": "full fine-tuning has the same locus",
+    "locate.cross-architecture": "the locus holds on other bases",
+    "sufficiency.gate-over-attention": "Att. -> Att.+gate (Table 1's headline, +14.02)",
+    "sufficiency.single-gate-load": "gate_proj is the best single module to load (Fig. 7)",
+    "sufficiency.down-negative": "down_proj transfers negatively",
+    "sufficiency.fluency-kept": "transfer keeps fluency",
+    "efficiency.gate-over-attention": "tuning Att.+gate beats Att.",
+    "efficiency.att-gate-lora": "Att.+gate tunes best of Att.+one module",
+    "efficiency.down-negative": "tuning Att.+down drops (negative transfer)",
+    "efficiency.o-gate-synergy": "{o, gate} beats {q,k,v,o,gate}",
+    "frontier.get-ratio": "GET keeps over 90 % of the score",
+    "circuits-intervention.improves": "amplification improves accuracy",
 }
 
 CAVEAT = {
@@ -98,21 +147,6 @@ def fmt(x: float) -> str:
     return f"{x:.3g}" if 1e-3 <= abs(x) < 1e4 else f"{x:.2e}"
 
 
-def needed_n(claim: PaperClaim, value: float, ci: Sequence[float], n: int) -> int | None:
-    """Approximate n at which the CI would clear the nearest boundary of the claim, if the estimate held.
-
-    The half-width h shrinks as 1/sqrt(n), so it falls below the distance d
-    from the estimate to the nearest boundary once n' = n (h/d)^2. None when
-    the estimate sits on a boundary (no n separates it).
-    """
-    bounds = [claim.threshold] + ([claim.upper] if claim.upper is not None else [])
-    d = min(abs(value - b) for b in bounds)
-    h = (ci[1] - ci[0]) / 2
-    if d <= 0 or not math.isfinite(d):
-        return None
-    return max(n + 1, math.ceil(n * (h / d) ** 2))
-
-
 def _side(claim: PaperClaim, other: bool = False) -> str:
     """Where the CI must lie for the claim ("above 0"), or with ``other`` where it lies when contradicted."""
     if claim.upper is not None:
@@ -122,7 +156,7 @@ def _side(claim: PaperClaim, other: bool = False) -> str:
 
 
 def claim_sentence(record: Mapping[str, Any]) -> str:
-    """One claim row in words: ours with its CI, the verdict, and what it means (or what n would settle it)."""
+    """One claim row in words: ours with its CI, the verdict, what it means, and what would settle it."""
     claim = CLAIMS.get(str(record.get("id")))
     value, (lo, hi), n, v = float(record["ours"]), record["ci"], int(record["n"]), str(record["verdict"])
     name = SHORT.get(str(record.get("id")), str(record.get("id")))
@@ -130,16 +164,20 @@ def claim_sentence(record: Mapping[str, Any]) -> str:
     if claim is None:
         return f"{head}: {v}."
     yes, no = MEANING.get(claim.id, ("the claim holds", "the claim fails"))
+    raw = record.get("raw_verdict")
+    tail = (f" Judged on uncalibrated scores instead, it would be {raw}." if raw not in (None, v) else "")
     if v == "supported":
-        return f"{head} lies wholly {_side(claim)}: supported, i.e. {yes}."
+        return f"{head} lies {_side(claim)} after Holm's adjustment: supported, i.e. {yes}.{tail}"
     if v == "contradicted":
-        return (f"{head} lies wholly {_side(claim, other=True)} (the claim needs {_side(claim)}): "
-                f"contradicted, i.e. {no}.")
-    need = needed_n(claim, value, (lo, hi), n)
-    more = (f"; if the estimate held, roughly n = {need} would settle it (approximate: CI half-width "
-            f"taken to shrink as 1/sqrt(n))" if need is not None else
-            "; the estimate sits on the threshold, so more data alone may not settle it")
-    return f"{head} straddles the threshold ({_side(claim)}): inconclusive at this n{more}."
+        return (f"{head} lies {_side(claim, other=True)} after Holm's adjustment (the claim needs "
+                f"{_side(claim)}): contradicted, i.e. {no}.{tail}")
+    if v == "equivalent":
+        m = claim.margin or 0.0
+        return (f"{head} lies inside {fmt(claim.threshold)} +/- {fmt(m)} (the margin: {claim.margin_reason}): "
+                f"equivalent, i.e. {EQUIVALENT}.{tail}")
+    settle = (record.get("n_to_settle") or {}).get("text")
+    more = f"; {settle}" if settle else ""
+    return f"{head} neither clears the threshold ({_side(claim)}) nor its margin: inconclusive at this n{more}.{tail}"
 
 
 def locus_sentence(loci: Mapping[str, Sequence[str]], metric: str = "the size-fair measure") -> str:
@@ -180,17 +218,17 @@ def _lead(stage: str, numbers: Mapping[str, Any]) -> list[str]:
         if named:
             out.append("Across base models, the affective adapter's size-fair locus is: " + ", ".join(named)
                        + "; the same module everywhere is a cross-architecture result, different ones are not.")
-    if stage == "frontier" and {"raw_share", "param_share"} <= set(numbers):
-        out.append(f"GET reached {100 * float(numbers['raw_share']):.1f} % of the all-module score with "
-                   f"{100 * float(numbers['param_share']):.1f} % of its trainable parameters (the paper's raw "
-                   "ratio: 96.6 % at 24.5 %); the verdict uses the share of the gain over the trivial "
-                   "yardstick instead, because a raw ratio flatters a method that lands on the majority class.")
+    if stage == "frontier" and {"score_ratio", "param_share"} <= set(numbers):
+        out.append(f"GET reached {100 * float(numbers['score_ratio']):.1f} % of the all-module score with "
+                   f"{100 * float(numbers['param_share']):.1f} % of its trainable parameters (the paper: "
+                   "96.6 % at 24.5 %); the share of the gain over the trivial yardstick is judged beside it, "
+                   "because a score ratio flatters a method that lands on the majority class.")
     scores = numbers.get("scores")
     if isinstance(scores, Mapping) and scores:
         best = max(scores, key=lambda k: float(scores[k]))
         out.append("Scores: " + ", ".join(f"{k} {fmt(float(v))}" for k, v in scores.items())
                    + f" (best: {best}).")
-    raw = numbers.get("raw_scores")
+    raw = numbers.get("uncalibrated_scores")
     if isinstance(raw, Mapping) and raw:
         out.append("Uncalibrated, the same models score " + ", ".join(
             f"{k} {fmt(float(v))}" for k, v in raw.items() if isinstance(v, int | float)) + ".")

@@ -5,8 +5,9 @@ The HTML is one self-contained file (inline CSS, figures as base64
 or opened offline in any browser. The Markdown links the PNGs under
 ``figures/``. Both are built from one document model (:func:`document`), so
 they cannot disagree. Every verdict is re-derived from its numbers
-(:func:`verdicts.checked_verdict`): a study.json whose stored verdict does
-not follow from its CI is refused, never reported. All text from study.json
+(:func:`verdicts.checked_verdicts`: Holm re-run over the stored p-values):
+a study.json whose stored verdict does not follow from its numbers is
+refused, never reported. A smoke test says so in a banner above everything. All text from study.json
 is escaped, so a note containing markup renders as text. A stage that was
 not run, or failed with a note, is shown as such.
 """
@@ -22,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import AffectlensError
 from ..runs import find_non_finite
 from .explain import explain_section, fmt, locus_by_seed
-from .verdicts import CLAIMS, PAPER_A, PAPER_B, STAGES, checked_verdict
+from .schema import check_study
+from .verdicts import CLAIMS, PAPER_A, PAPER_B, STAGES, checked_verdicts
 
 if TYPE_CHECKING:
     from ..runs import RunDir
@@ -45,6 +47,8 @@ table{border-collapse:collapse;margin:.8em 0;font-size:.9em}th,td{border:1px sol
 vertical-align:top;text-align:left}th{background:#f3f3f3}
 .supported{background:#dcf5e3;color:#1a7f37;font-weight:600}.contradicted{background:#fde2e1;color:#c62828;
 font-weight:600}.inconclusive{background:#fdf1d6;color:#8a5a00;font-weight:600}.untested{color:#777}
+.equivalent{background:#dde8f6;color:#1f5fa8;font-weight:600}.differ{outline:2px solid #c62828}
+.banner{background:#fde2e1;border:2px solid #c62828;padding:.6em 1em;margin:1em 0}
 .missing{color:#777;font-style:italic}.meaning{background:#f6f8fa;border-left:4px solid #888;padding:.6em 1em}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.85em;color:#555}
 code{background:#f3f3f3;padding:0 .2em}
@@ -58,79 +62,6 @@ def write_report(run: RunDir, study: dict[str, Any]) -> None:
     run.text("report.html", render_html(doc, run.path))
 
 
-def _kind(x: Any) -> str:
-    return "null" if x is None else type(x).__name__
-
-
-def _want(ok: bool, field: str, what: str, x: Any) -> None:
-    if not ok:
-        raise AffectlensError(f"study.json: {field} must be {what}, not {_kind(x)}")
-
-
-def _is_num(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
-
-
-def _opt(m: Mapping[str, Any], key: str, field: str, kind: type | tuple[type, ...], what: str) -> Any:
-    """``m[key]`` when absent/null or of ``kind``; else a one-line error naming ``field``."""
-    x = m.get(key)
-    _want(x is None or isinstance(x, kind), field, what, x)
-    return x
-
-
-def check_study(study: Any) -> None:
-    """Refuse a study.json whose fields have the wrong types, naming the field (one line).
-
-    The renderer reads every field below; without this a hand-edited or truncated study.json
-    would end in an AttributeError or TypeError deep inside it instead of saying what is wrong."""
-    _want(isinstance(study, Mapping), "the top level", "a mapping", study)
-    v = study.get("version", 1)
-    _want(isinstance(v, int) and not isinstance(v, bool), "version", "an integer", v)
-    claims = _opt(study, "claims", "claims", list, "a list")
-    for i, c in enumerate(claims or []):
-        f = f"claims[{i}]"
-        _want(isinstance(c, Mapping), f, "a mapping", c)
-        _want(isinstance(c.get("id"), str), f"{f}.id", "a claim id", c.get("id"))
-        _want(_is_num(c.get("ours")), f"{f}.ours", "a number", c.get("ours"))
-        ci = c.get("ci")
-        _want(isinstance(ci, list | tuple) and len(ci) == 2 and all(_is_num(x) for x in ci), f"{f}.ci",
-              "a list of two numbers", ci)
-        _want(isinstance(c.get("n"), int) and not isinstance(c.get("n"), bool), f"{f}.n", "an integer",
-              c.get("n"))
-        _opt(c, "stage", f"{f}.stage", str, "a stage name")
-        _opt(c, "verdict", f"{f}.verdict", str, "a verdict")
-        _opt(c, "detail", f"{f}.detail", Mapping, "a mapping")
-    for i, c in enumerate(_opt(study, "not_judged", "not_judged", list, "a list") or []):
-        _want(isinstance(c, Mapping), f"not_judged[{i}]", "a mapping", c)
-        _want(isinstance(c.get("id"), str), f"not_judged[{i}].id", "a claim id", c.get("id"))
-        _opt(c, "reason", f"not_judged[{i}].reason", str, "a sentence")
-    for key, sec in (_opt(study, "sections", "sections", Mapping, "a mapping") or {}).items():
-        f = f"sections.{key}"
-        _want(sec is None or isinstance(sec, Mapping), f, "a mapping", sec)
-        if sec is None:
-            continue
-        _opt(sec, "title", f"{f}.title", str, "a string")
-        _opt(sec, "status", f"{f}.status", str, "a string")
-        _opt(sec, "numbers", f"{f}.numbers", Mapping, "a mapping")
-        _opt(sec, "notes", f"{f}.notes", list, "a list")
-        figs = _opt(sec, "figures", f"{f}.figures", Mapping, "a mapping of name to PNG path") or {}
-        for name, rel in figs.items():
-            _want(isinstance(rel, str), f"{f}.figures.{name}", "a PNG path", rel)
-        for j, t in enumerate(_opt(sec, "tables", f"{f}.tables", list, "a list") or []):
-            _want(isinstance(t, Mapping), f"{f}.tables[{j}]", "a mapping", t)
-            _opt(t, "columns", f"{f}.tables[{j}].columns", list, "a list")
-            for r, row in enumerate(_opt(t, "rows", f"{f}.tables[{j}].rows", list, "a list") or []):
-                _want(isinstance(row, list | tuple | Mapping), f"{f}.tables[{j}].rows[{r}]", "a list or a mapping",
-                      row)
-    _opt(study, "methods", "methods", Mapping, "a mapping")
-    fails = _opt(study, "failures", "failures", Mapping, "a mapping")
-    if fails is not None:
-        for k in ("failed", "stages"):
-            _want(isinstance(fails.get(k, 0), int) and not isinstance(fails.get(k, 0), bool), f"failures.{k}",
-                  "an integer", fails.get(k))
-        _opt(fails, "by_stage", "failures.by_stage", Mapping, "a mapping of stage to what happened")
-
-
 def document(run: RunDir, study: Mapping[str, Any]) -> dict[str, Any]:
     """The report's content, independent of format: verdict rows, sections, methods."""
     check_study(study)
@@ -139,7 +70,9 @@ def document(run: RunDir, study: Mapping[str, Any]) -> dict[str, Any]:
     hit = find_non_finite(study, "study")
     if hit:
         raise AffectlensError(f"study results hold a non-finite number ({hit[1]} at {hit[0]}); refusing to report")
-    claims = [dict(c, verdict=checked_verdict(c)) for c in study.get("claims") or []]
+    claims = [dict(c) for c in study.get("claims") or []]
+    for c, (v, rv) in zip(claims, checked_verdicts(claims), strict=True):
+        c["verdict"], c["raw_verdict"] = v, rv
     sections: Mapping[str, Any] = study.get("sections") or {}
     rows = []
     by_id = {c["id"]: c for c in claims}
@@ -148,7 +81,8 @@ def document(run: RunDir, study: Mapping[str, Any]) -> dict[str, Any]:
         rec = by_id.get(cid)
         paper = ("A: " if claim.source == PAPER_A else "B: " if claim.source == PAPER_B else "") + claim.paper
         rows.append({"id": cid, "stage": claim.stage, "source": claim.source, "paper": paper,
-                     "paper_value": claim.paper_value, "quantity": claim.quantity, "record": rec,
+                     "paper_value": _paper_value(claim.paper_value, claim.paper_note), "quantity": claim.quantity,
+                     "record": rec, "margin": _margin(rec, claim), "raw": _raw(rec),
                      "not_judged": None if rec else unjudged.get(cid)})
     figures: dict[str, list[tuple[str, str]]] = {}
     if claims:
@@ -187,10 +121,31 @@ def document(run: RunDir, study: Mapping[str, Any]) -> dict[str, Any]:
             + [f"figure {g}: not available in this run" for g in gone]})
     fails = study.get("failures") or {}
     failed = [(str(k), str(v)) for k, v in (fails.get("by_stage") or {}).items()]
-    return {"rows": rows, "figures": figures, "sections": out_sections,
-            "methods": dict(study.get("methods") or {}),
+    return {"rows": rows, "figures": figures, "sections": out_sections, "banner": _banner(study),
+            "family": dict(study.get("family") or {}), "methods": dict(study.get("methods") or {}),
             "failures": {"failed": int(fails.get("failed") or len(failed)),
                          "stages": int(fails.get("stages") or 0), "rows": failed}}
+
+
+def _banner(study: Mapping[str, Any]) -> dict[str, Any]:
+    """The smoke-test reasons and whether the run was powered, for the top of the report."""
+    smoke = [str(x) for x in study.get("smoke_test_reasons") or []]
+    why = [str(x) for x in study.get("powered_reasons") or []]
+    return {"smoke": smoke, "powered": study.get("powered"), "powered_reasons": why}
+
+
+def _lead(family: Mapping[str, Any]) -> str:
+    a = family.get("alpha", 0.05)
+    return ("Each claim of the two papers beside our estimate. The verdict is computed from bootstrap p-values "
+            "(replicate: the seed for anything trained, paired over test examples, layers or emotions within "
+            f"it) with Holm's adjustment over all {family.get('tests', 'the')} tests of the "
+            f"{family.get('claims_judged', '')} judged claims at alpha {a}: "
+            "supported / contradicted when the difference from the claim's threshold is significant in the "
+            "claim's / the other direction, equivalent when the CI lies inside the claim's practical-equivalence "
+            "margin (its reason is given), inconclusive otherwise; not judged when the design cannot decide it "
+            "(fewer than 3 seeds for a trained claim, fewer than 5 layers or units, a text-only model for an "
+            "image claim). The raw verdict repeats the judgement on uncalibrated scores; a disagreement is "
+            "flagged.")
 
 
 def _failure_lead(f: Mapping[str, Any]) -> str:
@@ -234,11 +189,29 @@ def _table(t: Mapping[str, Any]) -> dict[str, Any]:
 def _ours(rec: Mapping[str, Any] | None, not_judged: str | None = None) -> str:
     if rec is None:
         return f"not judged: {not_judged}" if not_judged else "not tested (stage not run)"
-    return f"{fmt(float(rec['ours']))} [{fmt(float(rec['ci'][0]))}, {fmt(float(rec['ci'][1]))}] (n = {rec['n']})"
+    out = f"{fmt(float(rec['ours']))} [{fmt(float(rec['ci'][0]))}, {fmt(float(rec['ci'][1]))}]"
+    h = rec.get("ci_holm")
+    if isinstance(h, list | tuple) and len(h) == 2:
+        out += f"; Holm {100 * float(rec.get('ci_holm_level') or 0):.2f} %: [{fmt(float(h[0]))}, {fmt(float(h[1]))}]"
+    return out + f" (n = {rec['n']})"
 
 
-def _paper_value(v: float | None) -> str:
-    return "-" if v is None else f"{fmt(v)}"
+def _paper_value(v: float | None, note: str = "") -> str:
+    return "-" if v is None else f"{v:.4g}" + (f" ({note})" if note else "")
+
+
+def _margin(rec: Mapping[str, Any] | None, claim: Any) -> str:
+    m = claim.margin
+    if claim.upper is not None:
+        return f"band ({fmt(claim.threshold)}, {fmt(claim.upper)})"
+    return "-" if m is None else f"+/- {fmt(m)}: {claim.margin_reason}"
+
+
+def _raw(rec: Mapping[str, Any] | None) -> str:
+    if rec is None:
+        return "-"
+    rv = str(rec.get("raw_verdict") or "-")
+    return rv + (" (differs)" if rv != rec.get("verdict") else "")
 
 
 def _methods_rows(methods: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -297,22 +270,24 @@ def render_html(doc: Mapping[str, Any], root: Path) -> str:
     h = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
          "<title>affectlens study report</title>", f"<style>{CSS}</style></head><body>",
          "<h1>affectlens study report</h1>",
-         "<p>Each claim of the two papers beside our estimate with its 95 % confidence interval. The verdict "
-         "is computed, not written: <em>supported</em> when the whole CI lies on the claim's side of its "
-         "threshold, <em>contradicted</em> when it lies wholly on the other side, <em>inconclusive</em> when it "
-         f"straddles it. Paper A: {_e(PAPER_A)}; paper B: {_e(PAPER_B)}.</p>",
+         *_html_banner(doc.get("banner") or {}),
+         f"<p>{_e(_lead(doc.get('family') or {}))} Paper A: {_e(PAPER_A)}; paper B: {_e(PAPER_B)}.</p>",
          *(['<h2 id="failures">Failed stages</h2>', f'<p class="missing">{_e(_failure_lead(doc["failures"]))}</p>',
             _html_table(["stage", "what happened"], [list(x) for x in doc["failures"]["rows"]])]
            if doc.get("failures", {}).get("rows") else []),
          '<h2 id="verdicts">Verdicts</h2>', "<table><thead><tr><th>claim</th><th>paper's statement</th>"
-         "<th>paper's number</th><th>what we measure</th><th>ours [95 % CI]</th><th>verdict</th></tr></thead><tbody>"]
+         "<th>paper's number</th><th>what we measure</th><th>ours [95 % CI; Holm CI]</th><th>margin</th>"
+         "<th>verdict</th><th>raw verdict</th></tr></thead><tbody>"]
     for r in doc["rows"]:
         rec = r["record"]
         v = rec["verdict"] if rec else "untested"
         word = v if rec else "not judged" if r.get("not_judged") else "not tested"
+        differ = ' differ' if rec and rec.get("raw_verdict") != v else ""
         h.append(f"<tr><td><code>{_e(r['id'])}</code></td><td>{_e(r['paper'])}</td>"
-                 f"<td>{_e(_paper_value(r['paper_value']))}</td><td>{_e(r['quantity'])}</td>"
-                 f"<td>{_e(_ours(rec, r.get('not_judged')))}</td><td class=\"{_e(v)}\">{_e(word)}</td></tr>")
+                 f"<td>{_e(r['paper_value'])}</td><td>{_e(r['quantity'])}</td>"
+                 f"<td>{_e(_ours(rec, r.get('not_judged')))}</td><td>{_e(r['margin'])}</td>"
+                 f"<td class=\"{_e(v)}\">{_e(word)}</td><td class=\"{_e(rec['raw_verdict'] if rec else '')}{differ}\">"
+                 f"{_e(r['raw'])}</td></tr>")
     h.append("</tbody></table>")
     for name, rel in doc["figures"].get("_verdicts", []):
         h.append(_html_figure(root, name, rel))
@@ -341,6 +316,18 @@ def render_html(doc: Mapping[str, Any], root: Path) -> str:
     return "\n".join(h) + "\n"
 
 
+def _html_banner(b: Mapping[str, Any]) -> list[str]:
+    out = []
+    if b.get("smoke"):
+        out.append('<div class="banner" id="smoke-test"><strong>SMOKE TEST &mdash; not a result.</strong> This run '
+                   "checks that the pipeline works; it is not evidence for or against either paper, because:<ul>"
+                   + "".join(f"<li>{_e(x)}</li>" for x in b["smoke"]) + "</ul></div>")
+    if b.get("powered") is False:
+        out.append('<div class="banner" id="underpowered"><strong>Not powered.</strong><ul>'
+                   + "".join(f"<li>{_e(x)}</li>" for x in b.get("powered_reasons") or []) + "</ul></div>")
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Markdown
 
@@ -357,18 +344,23 @@ def _md_table(cols: list[str], rows: list[list[str]]) -> list[str]:
 
 def render_md(doc: Mapping[str, Any]) -> str:
     """The Markdown report; figures are relative links to ``figures/*.png``."""
-    md = ["# affectlens study report", "",
-          "Each claim of the two papers beside our estimate with its 95 % CI; the verdict is computed from the "
-          "CI against the claim's threshold (inconclusive when the CI straddles it). "
-          f"Paper A: {_m(PAPER_A)}; paper B: {_m(PAPER_B)}.", ""]
+    md = ["# affectlens study report", ""]
+    b = doc.get("banner") or {}
+    if b.get("smoke"):
+        md += ["> **SMOKE TEST — not a result.** This run checks that the pipeline works; it is not evidence for "
+               "or against either paper, because:", ">"] + [f"> - {_m(x)}" for x in b["smoke"]] + [""]
+    if b.get("powered") is False:
+        md += ["> **Not powered.**", ">"] + [f"> - {_m(x)}" for x in b.get("powered_reasons") or []] + [""]
+    md += [f"{_m(_lead(doc.get('family') or {}))} Paper A: {_m(PAPER_A)}; paper B: {_m(PAPER_B)}.", ""]
     if doc.get("failures", {}).get("rows"):
         md += ["## Failed stages", "", _m(_failure_lead(doc["failures"])), ""]
         md += _md_table(["stage", "what happened"], [list(x) for x in doc["failures"]["rows"]])
     md += ["## Verdicts", ""]
-    md += _md_table(["claim", "paper's statement", "paper's number", "ours [95 % CI]", "verdict"],
-                    [[r["id"], r["paper"], _paper_value(r["paper_value"]), _ours(r["record"], r.get("not_judged")),
+    md += _md_table(["claim", "paper's statement", "paper's number", "ours [95 % CI; Holm CI]", "margin", "verdict",
+                     "raw verdict"],
+                    [[r["id"], r["paper"], r["paper_value"], _ours(r["record"], r.get("not_judged")), r["margin"],
                       r["record"]["verdict"] if r["record"] else "not judged" if r.get("not_judged")
-                      else "not tested"] for r in doc["rows"]])
+                      else "not tested", r["raw"]] for r in doc["rows"]])
     for name, rel in doc["figures"].get("_verdicts", []):
         md += [f"![{_m(name)}]({rel})", ""]
     for s in doc["sections"]:

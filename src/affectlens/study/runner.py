@@ -63,9 +63,12 @@ def stage_fingerprint(ctx: Context, stage: str, dep_fps: dict[str, str]) -> str:
         "circuits": {"model": f.get("circuits_model"), "pairs": f.get("pairs"), "options": cfg.circuits,
                      "tasks": {t: tasks[t] for t in cfg.tasks}, "seed": cfg.seeds[0], "dtype": ctx.dtype},
     }[stage]
-    return fingerprint(stage, part, {d: dep_fps[d] for d in DEPS[stage]})
+    return fingerprint(stage, part, {d: dep_fps[d] for d in DEPS[stage]}, RESULT_FORMAT)
 
 
+# Bumped when a stage's result changes shape (2: per-example predictions, bootstrap replicates), so an
+# older cache is recomputed rather than read as "no evidence".
+RESULT_FORMAT = 2
 PER_BASE = ("adapters", "locate")  # the stages every base of ``models:`` gets; the rest run on the first
 
 
@@ -141,6 +144,25 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _honesty_lines(cfg: StudyConfig, ctx: Context, echo: Callable[[str], None]) -> None:
+    """Before any work: why this run is a smoke test, and what it can detect (power before the run)."""
+    from ..models.resolve import resolve_model_path
+    from .assemble import power_before
+    from .honesty import smoke_test_reasons
+
+    circ = resolve_model_path(cfg.circuits_model) if "circuits" in cfg.stages else None
+    smoke = smoke_test_reasons(cfg, ctx.base_path, circ, ctx.full_ft_supported())
+    if smoke:
+        echo("SMOKE TEST, not a result: " + "; ".join(smoke))
+    pb = power_before(cfg)
+    mde = [r["mde"] for r in pb["claims"].values() if r["mde"] is not None]
+    if mde:
+        echo(f"power before the run: with {pb['examples_per_task']} test examples per task, a score difference "
+             f"under about {min(mde):.3f} (fraction of 1) goes undetected at 80 % power after Holm over "
+             f"{pb['tests_if_all_judged']} tests; training-dependent claims need >= 3 seeds (this run: "
+             f"{len(cfg.seeds)})")
+
+
 def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str | Path, *,
               profile: str = "default", stages: str | list[str] | None = None, model: str | None = None,
               seeds: int | None = None, force: bool = False, device: str = "auto", dtype: str = "auto",
@@ -178,6 +200,7 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
              f"expected about {expected['total'] / 60:.0f} min on 2 idle CPU cores ({expected['basis'].split(';')[0]}; "
              "a GPU is much faster, a busy machine slower)"
              + (" (resuming: finished stages are reused)" if resumed else ""))
+        _honesty_lines(cfg, ctx, echo)
         store.init()
         from ..progress import Progress
 

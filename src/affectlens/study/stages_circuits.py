@@ -18,8 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .context import Context
-from .stats import bootstrap_mean, evidence_dict, paired_bootstrap, spearman_bootstrap
+from .stats import mean_evidence, spearman_evidence
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -71,7 +73,6 @@ def _predictions(run: Path, side: str) -> list[dict[str, Any]]:
 def run_circuits(ctx: Context, fp: str) -> dict[str, Any]:
     """All circuits steps and the three circuits claims' evidence."""
     from ..circuits import api
-    from ..circuits.hallucination import correct_flags, hallucination_flags
     from ..models.resolve import resolve_model_path
 
     c, seed = ctx.cfg.circuits, ctx.cfg.seeds[0]
@@ -105,49 +106,69 @@ def run_circuits(ctx: Context, fp: str) -> dict[str, Any]:
         crit = json.loads((lay / "summary.json").read_text())["critical_layer"]
         res["layers"] = {"critical": crit, "n_layers": n_layers}
         per = {e: int(la) / max(int(n_layers or 1) - 1, 1) for e, la in crit.items() if e != "mean"}
+        res["layers"]["relative_depth"] = per
         if per:
-            v, ci, n = bootstrap_mean(list(per.values()), seed)
-            res["evidence"]["circuits-layers.middle-peak"] = evidence_dict(
-                v, ci, n, interval="bootstrap_mean", units="emotions", relative_depth=per,
-                n_layers=n_layers)
+            ev = mean_evidence(list(per.values()), "emotions", seed, relative_depth=per, n_layers=n_layers)
+            if "undefined" in ev:
+                res.setdefault("unjudged", {})["circuits-layers.middle-peak"] = ev["undefined"]
+            else:
+                res["evidence"]["circuits-layers.middle-peak"] = ev
     heads = _step(d, "heads", notes, lambda o: api.heads_run(model, o, top_k=int(c.get("top_k", 10)),
                                                              **sel, **common))
     if heads is not None:
         ov = [r for r in _rows(heads / "overlap.csv") if r.get("jaccard_pairwise") not in (None, "")]
         res["heads"] = {"overlap": [{"layer": int(r["layer"]), "jaccard": float(r["jaccard_pairwise"])} for r in ov]}
         xs, ys = [float(r["layer"]) for r in ov], [float(r["jaccard_pairwise"]) for r in ov]
-        rho, ci, n = spearman_bootstrap(xs, ys, seed)
-        if rho == rho:
-            res["evidence"]["circuits-heads.general-deeper"] = evidence_dict(
-                rho, ci, n, interval="bootstrap over layers", units="layers with top heads")
+        ev = spearman_evidence(xs, ys, "layers with top heads", seed, n_layers=n_layers)
+        if "undefined" not in ev:
+            res["evidence"]["circuits-heads.general-deeper"] = ev
         else:  # the report notes it with the claim
-            res["unjudged"] = {"circuits-heads.general-deeper": f"only {n} layer(s) hold top heads, and the "
-                               "depth-overlap correlation needs at least 3"}
+            res.setdefault("unjudged", {})["circuits-heads.general-deeper"] = (
+                f"{len(ov)} layer(s) hold top heads: {ev['undefined']}")
     neurons = _step(d, "neurons", notes, lambda o: api.neurons_run(model, o, top_k=int(c.get("top_neurons", 50)),
                                                                    **sel, **common))
     res["interventions"] = _interventions(ctx, d, model, heads, neurons, notes, c, common, seed)
-    acc_t: list[float] = []
-    acc_r: list[float] = []
-    hal_b: list[float] = []
-    hal_a: list[float] = []
+    res["evidence"].update(_intervention_evidence(ctx, res, seed))
+    for cid, why in res.pop("_unjudged", {}).items():
+        res.setdefault("unjudged", {})[cid] = why
+    return res
+
+
+def _intervention_evidence(ctx: Context, res: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The three intervention claims, paired per example: a change is after minus before (or targeted minus
+    random); with both heads and neurons amplified, an example's value is the mean of its two changes, so
+    the bootstrap resamples examples, not rows."""
+    from ..circuits.hallucination import correct_flags, hallucination_flags
+
+    per: dict[str, list[np.ndarray]] = defaultdict(list)
     for unit in ("heads", "neurons"):
         runs = res["interventions"].get(unit)
         if not runs:
             continue
         top, rnd = Path(ctx.abs(runs["top"])), Path(ctx.abs(runs["random"]))
-        acc_t += list(correct_flags(_predictions(top, "after")))
-        acc_r += list(correct_flags(_predictions(rnd, "after")))
-        hal_b += list(hallucination_flags(_predictions(top, "before")))
-        hal_a += list(hallucination_flags(_predictions(top, "after")))
-    if acc_t and len(acc_t) == len(acc_r):
-        v, ci, n = paired_bootstrap(acc_t, acc_r, seed)
-        res["evidence"]["circuits-intervention.targeted-beats-random"] = evidence_dict(
-            v, ci, n, interval="paired bootstrap over examples", units="examples x {heads, neurons}")
-        v, ci, n = paired_bootstrap(hal_a, hal_b, seed)
-        res["evidence"]["circuits-intervention.less-hallucination"] = evidence_dict(
-            v, ci, n, interval="paired bootstrap over examples", units="examples x {heads, neurons}",
-            before=sum(hal_b) / len(hal_b), after=sum(hal_a) / len(hal_a))
-    return res
+        acc_a, acc_b = correct_flags(_predictions(top, "after")), correct_flags(_predictions(top, "before"))
+        acc_r = correct_flags(_predictions(rnd, "after"))
+        hal_a, hal_b = hallucination_flags(_predictions(top, "after")), hallucination_flags(_predictions(top, "before"))
+        if not acc_a.size or len({x.size for x in (acc_a, acc_b, acc_r, hal_a, hal_b)}) != 1:
+            continue
+        for key, x in (("acc_a", acc_a), ("acc_b", acc_b), ("acc_r", acc_r), ("hal_a", hal_a), ("hal_b", hal_b)):
+            per[key].append(np.asarray(x, dtype=float))
+    if not per or len({x.size for xs in per.values() for x in xs}) != 1:
+        return {}
+    m = {k: np.mean(xs, axis=0) for k, xs in per.items()}  # per example, averaged over heads/neurons
+    out: dict[str, Any] = {}
+    checks: tuple[tuple[str, np.ndarray, dict[str, Any]], ...] = (("circuits-intervention.improves", m["acc_a"] - m["acc_b"],
+               {"before": float(m["acc_b"].mean()), "after": float(m["acc_a"].mean())}),
+              ("circuits-intervention.targeted-beats-random", m["acc_a"] - m["acc_r"], {}),
+              ("circuits-intervention.less-hallucination", m["hal_a"] - m["hal_b"],
+               {"before": float(m["hal_b"].mean()), "after": float(m["hal_a"].mean())}))
+    for cid, diffs, extra in checks:
+        ev = mean_evidence(list(diffs), "intervention examples", seed, units_amplified=len(per["acc_a"]), **extra)
+        if "undefined" in ev:
+            res.setdefault("_unjudged", {})[cid] = ev["undefined"]
+        else:
+            out[cid] = ev
+    return out
 
 
 def _intervene(model: str, tasks: list[str], kw: dict[str, Any]) -> Callable[[str], Any]:

@@ -10,33 +10,44 @@ rescore only the cells it had not finished.
 from __future__ import annotations
 
 import inspect
-import math
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
+
 from ..errors import AffectlensError
 from .context import Context
-from .stats import evidence_dict, score_difference, share_of_gain
+from .scored import (
+    cells_of,
+    collect,
+    dev_task,
+    grid_calibration,
+    point,
+    score_evidence,
+    seed_scores,
+    task_preds,
+)
 
 ALL = "all-module"
 
 
-def _grid_base(ctx: Context, name: str, seed: int, with_control: bool) -> dict[str, Any]:
+def _grid_base(ctx: Context, name: str, seed: int, with_control: bool, dev: list[str], cal: str) -> dict[str, Any]:
     cfg = ctx.cfg
     ctrl = list(cfg.control_tasks) if with_control else []
     return {"name": name, "base": str(ctx.base_path), "data": cfg.data,
-            "tasks": [*cfg.tasks, *ctrl], "control_tasks": ctrl,
+            "tasks": [*cfg.tasks, *ctrl, *dev], "control_tasks": ctrl,
             "eval": {"mode": "closed", "batch_size": cfg.eval["batch_size"],
                      **({"limit": cfg.eval["limit"]} if cfg.eval["limit"] else {}),
-                     **({"calibration": cfg.calibration} if cfg.calibration != "none" else {})},
+                     **({"calibration": cal} if cal != "none" else {})},
             "budget": {**cfg.budget.budget(), "seeds": [seed]}}
 
 
 def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False) -> dict[str, Any]:
-    """Run one grid per seed; collect per-variant, per-task primary scores over seeds, params and n.
+    """Run one grid per seed; collect per-variant, per-task scores over seeds, params, n, and the paired
+    per-example predictions (calibration chosen on dev, see :mod:`.scored`) the claims are judged on.
 
-    Only necessity scores the non-affective control tasks (the only stage whose claim reads them),
-    which keeps the quick profile inside its time budget."""
+    Sufficiency and necessity score the non-affective control tasks too (the fluency claim and the
+    control-task drop read them); efficiency does not."""
     from ..grid import run_grid
 
     kw: dict[str, Any] = {}
@@ -49,29 +60,68 @@ def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False)
     for key, val in (("device", ctx.device), ("dtype", ctx.dtype)):
         if val != "auto" and key in accepted:
             kw[key] = val
+    cfg = ctx.cfg
+    dev = {t: d for t in cfg.tasks if (d := dev_task(t)) is not None} if cfg.calibration == "auto" else {}
+    gcal = grid_calibration(cfg.calibration, list(dev.values()))
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     raw: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     params: dict[str, int | None] = {}
     n: dict[str, int] = {}
-    for s in ctx.cfg.seeds:
+    per_seed: dict[int, dict[str, Any]] = {}
+    for s in cfg.seeds:
         adapter = ctx.abs(ctx.results["adapters"]["emotion"][str(s)])
-        gcfg = {**_grid_base(ctx, f"{stage}-s{s}", s, with_control), "variants": variants_of(adapter)}
-        res = run_grid(gcfg, ctx.store.dir(stage) / f"grid-s{s}", force=True, evaluator=ctx.evaluator,
-                       tuner=ctx.tuner, echo=lambda line: None, allow_pickle=ctx.allow_pickle, **kw)
+        gdir = ctx.store.dir(stage) / f"grid-s{s}"
+        _drop_cells_without_examples(gdir)
+        gcfg = {**_grid_base(ctx, f"{stage}-s{s}", s, with_control, list(dev.values()), gcal),
+                "variants": variants_of(adapter)}
+        res = run_grid(gcfg, gdir, force=True, evaluator=ctx.evaluator, tuner=ctx.tuner, echo=lambda line: None,
+                       allow_pickle=ctx.allow_pickle, **kw)
         for r in res.rows:
+            if r["task"] in dev.values():
+                continue
             scores[r["variant"]][r["task"]].append(float(r["primary"]))
-            # The uncalibrated decision of the same forward passes (a task calibration leaves alone: itself).
             u = r.get("uncalibrated_primary")
             raw[r["variant"]][r["task"]].append(float(r["primary"] if u is None else u))
             if r.get("n"):
                 n[r["task"]] = int(r["n"])
             params.setdefault(r["variant"], r.get("trainable_params"))
+        per_seed[s] = cells_of(gdir)
     p_all = ctx.results["adapters"].get("params") or {}
     if p_all and params.get(ALL) is None:
         params[ALL] = int(sum(p_all.values()) / len(p_all))
-    return {"scores": {v: dict(t) for v, t in scores.items()}, "raw_scores": {v: dict(t) for v, t in raw.items()},
-            "calibration": ctx.cfg.calibration, "params": params, "n": n,
-            "tasks": list(ctx.cfg.tasks), "control_tasks": list(ctx.cfg.control_tasks) if with_control else []}
+    ctrl = list(cfg.control_tasks) if with_control else []
+    out: dict[str, Any] = {"scores": {v: dict(t) for v, t in scores.items()},
+                           "raw_scores": {v: dict(t) for v, t in raw.items()}, "calibration": gcal,
+                           "params": params, "n": n, "tasks": list(cfg.tasks), "control_tasks": ctrl,
+                           "dev_tasks": dev, "notes": []}
+    block = collect(per_seed, [*cfg.tasks, *ctrl], dev, cfg.calibration)
+    if block is None:
+        out["notes"].append("the evaluator gave no per-example predictions, so examples cannot be paired across "
+                            "variants: this stage's claims are not judged")
+        return out
+    out["per_example"] = block
+    chosen = {m for per in block["choice"].values() for m in per.values()}
+    out["calibration"] = chosen.pop() if len(chosen) == 1 else "chosen per model"
+    out["calibration_why"] = block.get("why", "")
+    for t in [*cfg.tasks, *ctrl]:  # the table's scores: exactly the predictions the claims are judged on
+        tp, tr = task_preds(out, "chosen", [t]), task_preds(out, "raw", [t])
+        for v in block["preds"]:
+            out["scores"][v][t], out["raw_scores"][v][t] = seed_scores(tp, v), seed_scores(tr, v)
+    return out
+
+
+def _drop_cells_without_examples(gdir: Any) -> None:
+    """Cells a study wrote before cells kept per-example records (no ``examples`` key at all) are rescored:
+    the grid would otherwise reuse them, their variant keys being unchanged."""
+    import json
+
+    for f in sorted(gdir.glob("cells/*.json")):
+        try:
+            tasks = json.loads(f.read_text(encoding="utf-8")).get("tasks") or {}
+        except (OSError, ValueError):
+            continue  # the grid decides what an unreadable cell is
+        if any(isinstance(e, dict) and "examples" not in e for e in tasks.values()):
+            f.unlink()
 
 
 def raw_view(res: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +130,7 @@ def raw_view(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def affective(res: dict[str, Any], variant: str) -> list[float]:
-    """Per seed, the mean primary score over the affective tasks (the calibrated one when calibrated)."""
+    """Per seed, the mean primary score over the affective tasks (the chosen calibration's)."""
     per_task = [res["scores"][variant][t] for t in res["tasks"]]
     return [sum(xs) / len(xs) for xs in zip(*per_task, strict=True)]
 
@@ -96,23 +146,46 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
-def _n(res: dict[str, Any]) -> int | None:
-    ns = [res["n"][t] for t in res["tasks"] if t in res["n"]]
-    return min(ns) if ns else None
+def _judge(res: dict[str, Any], specs: dict[str, tuple[list[str], Any] | str], src: dict[str, Any] | None = None,
+           **kw: Any) -> None:
+    """Fill ``res["evidence"]``/``res["unjudged"]`` from {claim: (variants, combine) or the reason it cannot be};
+    the predictions are ``src``'s (default ``res``'s); ``kw`` maps a claim to ``score_evidence`` options."""
+    src = res if src is None else src
+    res.setdefault("evidence", {})
+    res.setdefault("unjudged", {})
+    for cid, spec in specs.items():
+        if isinstance(spec, str):
+            res["unjudged"][cid] = spec
+            continue
+        if "per_example" not in src:
+            res["unjudged"][cid] = ("the evaluator gave no per-example predictions, so the paired bootstrap over "
+                                    "examples cannot be run")
+            continue
+        variants, combine = spec
+        missing = [v for v in variants if v not in src["per_example"]["preds"] and v != "majority"]
+        if missing:
+            res["unjudged"][cid] = f"the stage scored no {', '.join(missing)} variant"
+            continue
+        ev = score_evidence(src, variants, combine, majority="majority" in variants, **kw.get(cid, {}))
+        if "undefined" in ev:
+            res["unjudged"][cid] = ev["undefined"]
+        else:
+            res["evidence"][cid] = ev
 
 
-def with_raw(res: dict[str, Any], evidence: Any) -> dict[str, Any]:
-    """``evidence(res)`` on the scores the claims use, with the same statistic on the raw scores in
-    each record's ``detail.uncalibrated`` (so the report can show what calibration changed)."""
-    ev = evidence(res)
-    cal = res.get("calibration", "none")
-    for rec in ev.values():
-        rec["detail"]["scores"] = f"calibrated ({cal})" if cal != "none" else "raw"
-    if cal != "none":
-        for k, e in evidence(raw_view(res)).items():
-            if k in ev:
-                ev[k]["detail"]["uncalibrated"] = {"value": e["value"], "ci": e["ci"]}
-    return ev
+def _best(s: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
+    return np.max(np.stack([s[m] for m in names]), axis=0)
+
+
+def _group(cfg: Any, selection: str) -> str | None:
+    """The efficiency group tuning exactly ``selection`` (by module set, whatever the config named it)."""
+    from ..modules import parse_selection
+
+    want = parse_selection(selection)
+    return next((g for g, sel in cfg.groups.items() if parse_selection(sel) == want and g not in cfg.single), None)
+
+
+GATE_DOWN = "Att.+{gate,down}"
 
 
 def run_sufficiency(ctx: Context) -> dict[str, Any]:
@@ -125,20 +198,22 @@ def run_sufficiency(ctx: Context) -> dict[str, Any]:
                                     {"name": "Att.", "kind": "transfer", "donor": adapter, "modules": "attn"}]
         vs += [{"name": f"Att.+{m.split('_')[0]}", "kind": "transfer", "donor": adapter,
                 "modules": f"attn,{m}"} for m in ("gate_proj", "up_proj", "down_proj")]
+        vs.append({"name": GATE_DOWN, "kind": "transfer", "donor": adapter, "modules": "attn,gate_proj,down_proj"})
         vs += [{"name": m, "kind": "transfer", "donor": adapter, "modules": m} for m in single]
         return vs
 
-    res = _run(ctx, "sufficiency", variants)
-
-    def evidence(r: dict[str, Any]) -> dict[str, Any]:
-        gate = affective(r, "Att.+gate")
-        best_other = [max(u, d) for u, d in zip(affective(r, "Att.+up"), affective(r, "Att.+down"), strict=True)]
-        v, ci, n = score_difference(gate, best_other, _n(r))
-        return {"sufficiency.gate-transfer": evidence_dict(
-            v, ci, n, interval="score_difference", units="seeds x examples",
-            att_gate=sum(gate) / len(gate), best_of_up_down=sum(best_other) / len(best_other))}
-
-    res["evidence"] = with_raw(res, evidence)
+    res = _run(ctx, "sufficiency", variants, with_control=True)
+    others = [m for m in single if m != "gate_proj"]
+    _judge(res, {
+        "sufficiency.gate-over-attention": (["Att.+gate", "Att."], lambda s: s["Att.+gate"] - s["Att."]),
+        "sufficiency.gate-transfer": (["Att.+gate", "Att.+up", "Att.+down"],
+                                      lambda s: s["Att.+gate"] - np.maximum(s["Att.+up"], s["Att.+down"])),
+        "sufficiency.single-gate-load": (["gate_proj", *others], lambda s: s["gate_proj"] - _best(s, others))
+        if others else "modules.single lists gate_proj alone, so no other single module is transferred",
+        "sufficiency.down-negative": ([GATE_DOWN, "Att.+gate"], lambda s: s[GATE_DOWN] - s["Att.+gate"]),
+        "sufficiency.fluency-kept": (["Att.+gate", "base"], lambda s: s["Att.+gate"] - s["base"])
+        if res["control_tasks"] else "the config names no control_tasks to measure fluency on",
+    }, **{"sufficiency.fluency-kept": {"tasks": res["control_tasks"]}})
     return res
 
 
@@ -155,52 +230,51 @@ def run_efficiency(ctx: Context) -> dict[str, Any]:
 
     res = _run(ctx, "efficiency", variants)
     others = [m for m in cfg.single if m != "gate_proj"]
-    if not others:  # the claim compares gate_proj with the other single modules: none were asked for
-        why = "modules.single lists gate_proj alone, so there is no other single module to compare it with"
-        res["evidence"], res["unjudged"] = {}, {"efficiency.gate-lora": why}  # the report notes it
-        return res
+    g = {sel: _group(cfg, sel) for sel in ("attn", "attn,gate_proj", "attn,up_proj", "attn,down_proj",
+                                             "o_proj,gate_proj")}
 
-    def evidence(r: dict[str, Any]) -> dict[str, Any]:
-        gate = affective(r, "gate_proj")
-        best = [max(xs) for xs in zip(*[affective(r, m) for m in others], strict=True)]
-        v, ci, n = score_difference(gate, best, _n(r))
-        return {"efficiency.gate-lora": evidence_dict(
-            v, ci, n, interval="score_difference", units="seeds x examples", gate=sum(gate) / len(gate),
-            best_other=sum(best) / len(best))}
+    def need(*sels: str) -> str | None:
+        gone = [s for s in sels if g[s] is None]
+        return (f"modules.groups has no group tuning {' / '.join(gone)} (add e.g. "
+                f"\"{gone[0]}\": \"{gone[0]}\")") if gone else None
 
-    res["evidence"] = with_raw(res, evidence)
+    att, ag, au, ad, og = (g[s] or s for s in ("attn", "attn,gate_proj", "attn,up_proj", "attn,down_proj",
+                                              "o_proj,gate_proj"))
+    _judge(res, {
+        "efficiency.gate-lora": (["gate_proj", *others], lambda s: s["gate_proj"] - _best(s, others)) if others
+        else "modules.single lists gate_proj alone, so there is no other single module to compare it with",
+        "efficiency.gate-over-attention": need("attn,gate_proj", "attn") or ([ag, att], lambda s: s[ag] - s[att]),
+        "efficiency.att-gate-lora": need("attn,gate_proj", "attn,up_proj", "attn,down_proj")
+        or ([ag, au, ad], lambda s: s[ag] - np.maximum(s[au], s[ad])),
+        "efficiency.down-negative": need("attn,down_proj", "attn") or ([ad, att], lambda s: s[ad] - s[att]),
+        "efficiency.o-gate-synergy": need("o_proj,gate_proj", "attn,gate_proj") or ([og, ag], lambda s: s[og] - s[ag]),
+    })
     return res
 
 
 def run_necessity(ctx: Context) -> dict[str, Any]:
     """Each module's delta reset inside the tuned model, the equal-parameter control, the control task."""
     cfg = ctx.cfg
+    ctl = "reset control (equal params)"
 
     def variants(adapter: str) -> list[dict[str, Any]]:
         vs: list[dict[str, Any]] = [{"name": ALL, "kind": "reference", "model": adapter}]
         vs += [{"name": f"reset {m}", "kind": "ablate", "model": adapter, "modules": m, "mode": "zero-delta"}
                for m in cfg.single]
-        vs.append({"name": "reset control (equal params)", "kind": "ablate", "model": adapter,
+        vs.append({"name": ctl, "kind": "ablate", "model": adapter,
                    "modules": "gate_proj", "mode": "zero-delta", "control": True})
         return vs
 
     res = _run(ctx, "necessity", variants, with_control=True)
-
-    def evidence(r: dict[str, Any]) -> dict[str, Any]:
-        tuned = affective(r, ALL)
-        gate, ctrl = affective(r, "reset gate_proj"), affective(r, "reset control (equal params)")
-        drop_gate = [t - g for t, g in zip(tuned, gate, strict=True)]
-        drop_ctrl = [t - c for t, c in zip(tuned, ctrl, strict=True)]
-        v, ci, n = score_difference(gate, ctrl, _n(r))  # drop_gate - drop_ctrl = ctrl - gate
-        detail: dict[str, Any] = {"interval": "score_difference", "units": "seeds x examples",
-                                  "drop_gate": sum(drop_gate) / len(drop_gate),
-                                  "drop_control_module": sum(drop_ctrl) / len(drop_ctrl)}
-        ct, cg = control(r, ALL), control(r, "reset gate_proj")
+    # drop_gate - drop_control = (tuned - reset gate) - (tuned - reset control) = reset control - reset gate
+    _judge(res, {"necessity.gate-reset": ([ctl, "reset gate_proj"], lambda s: s[ctl] - s["reset gate_proj"])})
+    ev = res["evidence"].get("necessity.gate-reset")
+    if ev is not None:
+        tuned, gate, cm = (_mean(affective(res, v)) for v in (ALL, "reset gate_proj", ctl))
+        ev["detail"].update({"drop_gate": tuned - gate, "drop_control_module": tuned - cm})
+        ct, cg = control(res, ALL), control(res, "reset gate_proj")
         if ct is not None and cg is not None:
-            detail["drop_gate_on_control_task"] = sum(a - b for a, b in zip(ct, cg, strict=True)) / len(ct)
-        return {"necessity.gate-reset": evidence_dict(-v, (-ci[1], -ci[0]), n, **detail)}
-
-    res["evidence"] = with_raw(res, evidence)
+            ev["detail"]["drop_gate_on_control_task"] = _mean(ct) - _mean(cg)
     return res
 
 
@@ -225,65 +299,66 @@ def majority_yardstick(task: str, limit: int | None = None) -> float:
 
 
 def run_frontier(ctx: Context, eff: dict[str, Any]) -> dict[str, Any]:
-    """Fig. 9: score vs trainable parameters; GET's share of the all-module gain over max(base, majority)."""
+    """Fig. 9: score vs trainable parameters; GET's score ratio (the paper's measure) and its share of the
+    all-module gain over max(base, majority class), both judged by the paired bootstrap on efficiency's
+    predictions."""
     cfg = ctx.cfg
-    yard = {t: majority_yardstick(t, cfg.eval["limit"]) for t in cfg.tasks}
-    majority = sum(yard.values()) / len(yard)
-    base = affective(eff, "base")
-    y = max(sum(base) / len(base), majority)
+    raw = raw_view(eff)
     points = []
     for name in eff["scores"]:
         if name == "base" or not eff["params"].get(name):
             continue
-        xs = affective(eff, name)
-        points.append({"variant": name, "params": int(eff["params"][name]), "mean": sum(xs) / len(xs),
+        points.append({"variant": name, "params": int(eff["params"][name]), "mean": _mean(affective(eff, name)),
+                       "uncalibrated_mean": _mean(affective(raw, name)),
                        "kind": "reference" if name == ALL else "tune"})
-    raw = raw_view(eff)
-    for p in points:
-        xs = affective(raw, p["variant"])
-        p["uncalibrated_mean"] = sum(xs) / len(xs)
     by_name = {p["variant"]: p for p in points}
     if ALL not in by_name or "gate_proj" not in by_name:
         raise AffectlensError("the frontier needs the trainable-parameter counts of the all-module and the "
                               "gate_proj LoRA, and the efficiency stage recorded none")
     ref, get = by_name[ALL], by_name["gate_proj"]
-    raw_share = get["mean"] / ref["mean"] if ref["mean"] > 0 else None
-    v, ci, n = share_of_gain(affective(eff, "gate_proj"), affective(eff, ALL), y, _n(eff))
-    base_raw = affective(raw, "base")
-    y_raw = max(sum(base_raw) / len(base_raw), majority)
-    rv, rci, _ = share_of_gain(affective(raw, "gate_proj"), affective(raw, ALL), y_raw, _n(eff))
-    cal = eff.get("calibration", "none")
-    line = (f"GET: {100 * raw_share:.1f} % of the all-module LoRA's mean score at "
-            f"{100 * get['params'] / ref['params']:.1f} % of its parameters" if raw_share is not None else
-            "GET's raw score share is undefined: the all-module LoRA scored 0")
-    res: dict[str, Any] = {"points": points, "majority": yard, "yardstick": y, "base": sum(base) / len(base),
-                           "raw_share": raw_share, "param_share": get["params"] / ref["params"], "line": line,
-                           "calibration": cal, "base_uncalibrated": sum(base_raw) / len(base_raw),
-                           "evidence": {}}
-    if v == v:  # the all-module LoRA gained over the yardstick: the share is defined
-        extra: dict[str, Any] = {}
-        if cal != "none" and all(math.isfinite(x) for x in (rv, *rci)):
-            extra["uncalibrated"] = {"value": rv, "ci": list(rci)}
-        elif cal != "none":
-            # The raw share is undefined: say so in words. As a NaN it was a number that is not one -- it
-            # broke the claim on a first run and became null in the cache, so a rerun read it differently.
-            raw_all = _mean(affective(raw, ALL))
-            why = (f"uncalibrated, the all-module LoRA ({raw_all:.4f}) did not beat max(base, majority class) "
-                   f"({y_raw:.4f}), so GET's raw share of its gain is undefined" if rv != rv else
-                   "uncalibrated, GET's share of the gain has no bootstrap interval (the resampled gains "
-                   "were never positive)")
-            extra["uncalibrated"] = {"undefined": why}
-            res["notes"] = [f"{why}; the claim reads the calibrated scores, where the share is defined"]
-        res["evidence"]["frontier.get-share"] = evidence_dict(
-            v, ci, n, interval="share_of_gain", yardstick=y, raw_share=raw_share,
-            param_share=get["params"] / ref["params"],
-            scores=f"calibrated ({cal})" if cal != "none" else "raw", **extra)
+    if "per_example" in eff:
+        yard = {t: point(eff, ["majority"], tasks=[t], majority=True)["majority"] for t in eff["tasks"]}
+        yard_raw = yard  # always answering one label needs no calibration
     else:
-        why = ("the all-module LoRA did not beat max(base, majority class) on the affective tasks, so GET's "
-               "share of its gain is undefined")
-        res["unjudged"] = {"frontier.get-share": why}  # the report notes it with the claim
+        yard = yard_raw = {t: majority_yardstick(t, cfg.eval["limit"]) for t in cfg.tasks}
+    majority = sum(yard.values()) / len(yard)
+    base, base_raw = _mean(affective(eff, "base")), _mean(affective(raw, "base"))
+    y, y_raw = max(base, majority), max(base_raw, sum(yard_raw.values()) / len(yard_raw))
+    ratio = get["mean"] / ref["mean"] if ref["mean"] > 0 else None
+    ratio_raw = get["uncalibrated_mean"] / ref["uncalibrated_mean"] if ref["uncalibrated_mean"] > 0 else None
+    cal = eff.get("calibration", "none")
+    line = (f"GET: {100 * ratio:.1f} % of the all-module LoRA's mean score at "
+            f"{100 * get['params'] / ref['params']:.1f} % of its parameters" if ratio is not None else
+            "GET's score ratio is undefined: the all-module LoRA scored 0")
+    res: dict[str, Any] = {"points": points, "majority": yard, "yardstick": y, "base": base,
+                           "score_ratio": ratio, "score_ratio_uncalibrated": ratio_raw,
+                           "param_share": get["params"] / ref["params"], "line": line, "calibration": cal,
+                           "base_uncalibrated": base_raw, "yardstick_uncalibrated": y_raw, "notes": []}
+
+    def share(s: dict[str, np.ndarray]) -> np.ndarray:
+        yy = np.maximum(s["base"], s["majority"])
+        gain = s[ALL] - yy
+        return np.where(gain > 1e-9, (s["gate_proj"] - yy) / np.where(gain > 1e-9, gain, 1.0), np.nan)
+
+    def rat(s: dict[str, np.ndarray]) -> np.ndarray:
+        return np.where(s[ALL] > 1e-9, s["gate_proj"] / np.where(s[ALL] > 1e-9, s[ALL], 1.0), np.nan)
+
+    no_gain = ref["mean"] <= y
+    _judge(res, {
+        "frontier.get-ratio": (["gate_proj", ALL], rat) if ref["mean"] > 0 else
+        "the all-module LoRA scored 0, so GET's score ratio is undefined",
+        "frontier.get-share": (["gate_proj", ALL, "base", "majority"], share) if not no_gain else
+        "the all-module LoRA did not beat max(base, majority class) on the affective tasks, so GET's share of "
+        "its gain is undefined",
+    }, src=eff)
+    if not no_gain and ref["uncalibrated_mean"] <= y_raw and cal != "none":
+        res["notes"].append(f"uncalibrated, the all-module LoRA ({ref['uncalibrated_mean']:.4f}) did not beat "
+                            f"max(base, majority class) ({y_raw:.4f}), so GET's raw share of its gain is undefined; "
+                            "raw_verdict then reads the calibrated share's numbers")
+    for ev in res["evidence"].values():
+        ev["detail"].update({"yardstick": y, "score_ratio": ratio, "param_share": res["param_share"]})
     return res
 
 
-__all__ = ["affective", "control", "raw_view", "with_raw", "majority_yardstick", "task_file", "run_efficiency", "run_frontier", "run_necessity",
-           "run_sufficiency"]
+__all__ = ["affective", "control", "raw_view", "majority_yardstick", "task_file", "run_efficiency", "run_frontier",
+           "run_necessity", "run_sufficiency"]

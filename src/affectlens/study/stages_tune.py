@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
+import numpy as np
+
 from ..errors import AffectlensError
 from ..modules import MODULES
+from .bootstrap import Draws, summarise
 from .cache import fingerprint
 from .context import Context
-from .stats import bootstrap_mean, evidence_dict
 
 METRICS = ("l2", "relative", "rms")
 GATE = "gate_proj"
@@ -132,41 +134,83 @@ def run_locate(ctx: Context, adapters: dict[str, Any]) -> dict[str, Any]:
             c = Counter(loci[lab][m] for lab in labs)
             mod, k = c.most_common(1)[0]
             stability[kind][m] = {"locus": mod, "share_of_seeds": k / len(labs), "n_seeds": len(labs)}
-    # locate.gate-largest: per (emotion seed, layer), gate's Eq. 2 change minus the largest other module's.
-    gate_margin: list[float] = []
-    share_diff: list[float] = []
-    for lab in labels:
-        if not lab.startswith("emotion-"):
-            continue
-        rel = _per_layer(rows, lab, "relative")
-        for _layer, mods in sorted(rel.items()):
-            others = [v for mod, v in mods.items() if mod != GATE]
-            if GATE in mods and others:
-                gate_margin.append(mods[GATE] - max(others))
-        ctrl = lab.replace("emotion-", "control-")
-        if ctrl in labels:
-            e_l2, c_l2 = _per_layer(rows, lab, "l2"), _per_layer(rows, ctrl, "l2")
-            for layer, mods in sorted(e_l2.items()):
-                cm = c_l2.get(layer, {})
-                if GATE in mods and GATE in cm and sum(mods.values()) > 0 and sum(cm.values()) > 0:
-                    share_diff.append(mods[GATE] / sum(mods.values()) - cm[GATE] / sum(cm.values()))
+    # The replicate is the seed (a training run); layers are the units within it, paired across modules
+    # (and across the emotion and control adapters of one seed): bootstrap over seeds x layers.
+    rel = {lab: _per_layer(rows, lab, "relative") for lab in labels}
+    l2 = {lab: _per_layer(rows, lab, "l2") for lab in labels}
+    emo = [lab for lab in labels if lab.startswith("emotion-")]
     evidence: dict[str, Any] = {}
-    if gate_margin:
-        v, ci, n = bootstrap_mean(gate_margin)
-        evidence["locate.gate-largest"] = evidence_dict(
-            v, ci, n, units="emotion seeds x layers", interval="bootstrap_mean",
-            metric="relative change (Eq. 2): gate_proj minus the largest other module, per layer")
-    if share_diff:
-        v, ci, n = bootstrap_mean(share_diff)
-        evidence["locate.emotion-specific"] = evidence_dict(
-            v, ci, n, units="seeds x layers", interval="bootstrap_mean",
-            metric="gate_proj's share of the layer's Eq. 1 change: emotion adapter minus control adapter")
+    for cid, kind in (("locate.gate-largest", "emotion"), ("locate.sft-same-locus", "full")):
+        labs = [lab for lab in labels if lab.startswith(kind + "-")]
+        if labs:
+            evidence[cid] = lead_evidence([rel[lab] for lab in labs], kind)
+    pairs = [(lab, lab.replace("emotion-", "control-")) for lab in emo if lab.replace("emotion-", "control-") in labels]
+    if pairs:
+        evidence["locate.emotion-specific"] = share_evidence([l2[e] for e, _ in pairs], [l2[c] for _, c in pairs])
+    unjudged = {cid: ev.pop("undefined") for cid, ev in list(evidence.items()) if "undefined" in ev}
+    for cid in unjudged:
+        evidence.pop(cid)
+    if not any(lab.startswith("full-") for lab in labels):
+        unjudged["locate.sft-same-locus"] = ("no full fine-tune was trained (this tune() has no method='full'), "
+                                             "so LoRA and SFT cannot be compared")
     layers = sorted({int(r.layer) for r in rows})
     heat = {lab: {str(la): mods for la, mods in _per_layer(rows, lab, "relative").items()} for lab in labels}
     ranking = {lab: {m: _ranked(means[lab][m]) for m in METRICS} for lab in labels}
     return {"labels": labels, "means": means, "loci": loci, "stability": stability, "ranking": ranking,
             "layers": layers, "modules": [m for m in MODULES if any(m in means[lab]["l2"] for lab in labels)],
-            "heat": heat, "evidence": evidence, "notes": list(adapters.get("notes", []))}
+            "heat": heat, "evidence": evidence, "unjudged": unjudged, "notes": list(adapters.get("notes", []))}
 
 
-__all__ = ["run_adapters", "run_locate"]
+def _cube(per_seed: list[dict[int, dict[str, float]]]) -> tuple[np.ndarray, list[int], list[str]]:
+    """[seeds, layers, modules] from per-seed {layer: {module: value}} (the layers and modules all share)."""
+    layers = sorted(set.intersection(*(set(d) for d in per_seed)))
+    mods = [m for m in MODULES if all(m in d[la] for d in per_seed for la in layers)]
+    arr = np.array([[[d[la][m] for m in mods] for la in layers] for d in per_seed], dtype=np.float64)
+    return arr, layers, mods
+
+
+def lead_evidence(per_seed: list[dict[int, dict[str, float]]], kind: str = "emotion", seed: int = 0) -> dict[str, Any]:
+    """gate_proj's lead over the runner-up module (module means over layers: gate / runner-up - 1), mean over
+    seeds; bootstrap over seeds x layers."""
+    arr, layers, mods = _cube(per_seed)
+    if GATE not in mods or len(mods) < 2 or not layers:
+        return {"undefined": f"the {kind} adapters changed no gate_proj and another module in the same layers"}
+    gi = mods.index(GATE)
+
+    def stat(d: Draws) -> np.ndarray:
+        out = []
+        for j in range(d.seeds.shape[1]):
+            means = arr[d.seeds[:, j][:, None], d.units[j][0]].mean(1)  # [B, modules]
+            runner = np.delete(means, gi, axis=1).max(1)
+            out.append(np.where(runner > 0, means[:, gi] / np.where(runner > 0, runner, 1.0) - 1.0, np.nan))
+        return np.mean(out, axis=0)
+
+    return summarise(stat, arr.shape[0], [len(layers)], seed=seed, unit="layers", adapters=kind,
+                     n_layers=len(layers), metric="relative change (Eq. 2): gate_proj / runner-up - 1")
+
+
+def share_evidence(emotion: list[dict[int, dict[str, float]]], control: list[dict[int, dict[str, float]]],
+                   seed: int = 0) -> dict[str, Any]:
+    """gate_proj's share of the total Eq.-1 change, emotion minus control adapter of the same seed; bootstrap
+    over seeds x layers (the same drawn layers for both adapters)."""
+    e, layers, mods = _cube(emotion)
+    c, layers_c, mods_c = _cube(control)
+    if GATE not in mods or (layers, mods) != (layers_c, mods_c):
+        return {"undefined": "the emotion and control adapters do not change the same modules and layers"}
+    gi = mods.index(GATE)
+
+    def stat(d: Draws) -> np.ndarray:
+        out = []
+        for j in range(d.seeds.shape[1]):
+            idx = (d.seeds[:, j][:, None], d.units[j][0])
+            se, sc = e[idx].sum(1), c[idx].sum(1)  # [B, modules]
+            te, tc = se.sum(1), sc.sum(1)
+            ok = (te > 0) & (tc > 0)
+            out.append(np.where(ok, se[:, gi] / np.where(ok, te, 1.0) - sc[:, gi] / np.where(ok, tc, 1.0), np.nan))
+        return np.mean(out, axis=0)
+
+    return summarise(stat, e.shape[0], [len(layers)], seed=seed, unit="layers", n_layers=len(layers),
+                     metric="gate_proj's share of the Eq. 1 change: emotion adapter minus control adapter")
+
+
+__all__ = ["lead_evidence", "run_adapters", "run_locate", "share_evidence"]

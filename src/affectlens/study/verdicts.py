@@ -1,141 +1,60 @@
-"""The two papers' claims, and the one rule that turns our numbers into a verdict.
+"""The rule that turns our numbers into a verdict, with the family-wise error held by Holm.
 
-A verdict is never written by hand: :func:`verdict` derives it from our
-estimate's 95 % confidence interval and the claim's threshold, so a reader
-can check every row of the report against its numbers. The rule is the
-plain confidence-interval test: *supported* when the whole CI lies on the
-claim's side of the threshold, *contradicted* when the whole CI lies on the
-other side, *inconclusive* (at this n) when the CI straddles it. A CI that
-touches the threshold counts as straddling.
+A verdict is never written by hand: it follows from each claim's bootstrap
+replicates (or, for evidence without replicates, from its 95 % CI read as a
+normal interval), the claim's threshold and its practical-equivalence margin,
+and Holm's step-down adjustment over every test of every judged claim.
 
-Some claims name a band, not a side ("emotion is aggregated in the *middle*
-layers"): such a claim has an ``upper`` bound and ``direction`` ``">"``; it
-is supported when the CI lies inside ``(threshold, upper)``, contradicted
-when the CI lies wholly outside the band (all below ``threshold`` or all
-above ``upper``), otherwise inconclusive. One claim with a band reads better
-in the report than two one-sided halves that would each be half the story.
+Per claim, up to two tests (bootstrap p-values, ``(1 + #beyond) / (B + 1)``):
 
-Papers: A = Zhang, Zeng, Zhao, Hu 2026, "Opening the Black Box: Preliminary
-Insights into Affective Modeling in Multimodal Foundation Models"
-(arXiv 2601.15906); B = Zhang, Sun, Xie, Tian, ICML 2026, "Interpreting and
-Enhancing Emotional Circuits in Large Vision-Language Models via Cross-Modal
-Information Flow" (arXiv 2605.21980), which reports no single headline number
-for these claims (``paper_value`` None).
+- *difference*, H0: theta = threshold, two-sided: ``2 min(P*(theta <= t), P*(theta >= t))``;
+- *equivalence* (claims with a margin m), TOST, H0: |theta - t| >= m:
+  ``max(P*(theta <= t - m), P*(theta >= t + m))``;
+- a band claim (t, upper) has *inside* (TOST on the band) and *outside*
+  (theta below t or above upper) instead.
+
+Holm: all these p-values of all judged claims form one family; each is
+multiplied by (m - rank + 1) and made monotone. Verdict, at alpha = 0.05 on the
+adjusted p-values: *equivalent* when the equivalence test rejects (a
+difference too small to matter, even if it is "significant"); else
+*supported* / *contradicted* when the difference test rejects, by the side
+the replicates lie on; else *inconclusive*. A band claim is supported when
+*inside* rejects, contradicted when *outside* does. Each claim also shows a
+Holm-compatible interval: the percentile interval at level 1 - alpha * p / p_adj of its
+difference (or inside) test, which excludes the threshold exactly when the
+adjusted test rejects (up to the replicates' granularity).
+
+The uncalibrated scores are a second analysis of the same claims: they get
+their own family and their own ``raw_verdict``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any, Literal
 
 from ..errors import AffectlensError
 from ..runs import find_non_finite
+from .papers import CLAIMS, PAPER_A, PAPER_B, STAGES, PaperClaim
 
-Verdict = Literal["supported", "contradicted", "inconclusive"]
-VERDICTS: tuple[Verdict, ...] = ("supported", "contradicted", "inconclusive")
-STAGES = ("locate", "sufficiency", "efficiency", "necessity", "frontier",
-          "circuits-layers", "circuits-heads", "circuits-intervention")
-PAPER_A = "Zhang et al. 2026, arXiv 2601.15906 (gate_proj)"
-PAPER_B = "Zhang et al., ICML 2026, arXiv 2605.21980 (emotional circuits)"
-
-
-@dataclass(frozen=True)
-class PaperClaim:
-    """One claim of a paper, and the number of ours that tests it.
-
-    ``paper`` is the claim as the paper states it, with its number where it
-    gives one; ``quantity`` says in words what our ``Evidence.value``
-    measures and in which unit; ``threshold``/``direction`` (and ``upper``
-    for a band) say which values support it.
-    """
-
-    id: str
-    stage: str
-    paper: str
-    paper_value: float | None
-    quantity: str
-    threshold: float
-    direction: Literal[">", "<"]
-    upper: float | None = None
-    source: str = PAPER_A
+Verdict = Literal["supported", "contradicted", "equivalent", "inconclusive"]
+VERDICTS: tuple[Verdict, ...] = ("supported", "contradicted", "equivalent", "inconclusive")
+ALPHA = 0.05
+Z95 = NormalDist().inv_cdf(0.975)
 
 
 @dataclass(frozen=True)
 class Evidence:
-    """Our estimate: ``value`` with its 95 % CI over ``n`` units (seeds, examples, emotions, layers)."""
+    """Our estimate: ``value`` with its 95 % CI over ``n`` units; ``replicates`` its bootstrap distribution."""
 
     value: float
     ci: tuple[float, float]
     n: int
     detail: dict[str, Any] = field(default_factory=dict)
-
-
-_C = [
-    PaperClaim(
-        "locate.gate-largest", "locate",
-        "Affective adaptation does not primarily focus on the attention module but localizes to the "
-        "feed-forward gating projection: gate_proj changes most under emotion tuning (Figs. 4-6).",
-        None, "gate_proj's size-fair change (relative change ||dW||/||W||, Eq. 2, mean over layers) minus "
-        "the largest other module's, in units of relative change; CI over seeds x layers", 0.0, ">"),
-    PaperClaim(
-        "locate.emotion-specific", "locate",
-        "The locus is task-specific: with the same base and budget, emotion tuning peaks in gate_proj "
-        "while a non-affective task (GSM8K math) peaks in up_proj (Fig. 5).",
-        None, "gate_proj's share of the total Eq.-1 change in the emotion adapter minus its share in the "
-        "control-task adapter (same budget), as a fraction of 1", 0.0, ">"),
-    PaperClaim(
-        "sufficiency.gate-transfer", "sufficiency",
-        "gate_proj is sufficient: transferring attention + gate_proj from the tuned model onto the base "
-        "recovers more affective performance than attention + up_proj or attention + down_proj (Table 1).",
-        None, "score(Att.+gate transferred onto the base) minus max(score(Att.+up), score(Att.+down)), "
-        "in score points; paired bootstrap over examples x seeds", 0.0, ">"),
-    PaperClaim(
-        "efficiency.gate-lora", "efficiency",
-        "gate_proj is efficient: LoRA on gate_proj alone outperforms LoRA on any other single module at "
-        "an identical budget (Table 2, Fig. 8).",
-        None, "score(gate_proj-only LoRA) minus the best other single-module LoRA at the identical budget, "
-        "in score points", 0.0, ">"),
-    PaperClaim(
-        "frontier.get-share", "frontier",
-        "GET (LoRA on gate_proj only) achieves 96.6 % of AffectGPT's average performance across eight "
-        "affective tasks while tuning about 24.5 % of its parameters (Fig. 9).",
-        0.966, "GET's share of the all-module LoRA's gain over max(base, majority-class yardstick), as a "
-        "fraction of 1 (stricter than the paper's raw score ratio, which flatters a method that lands on "
-        "the majority class); supported above 0.9", 0.9, ">"),
-    PaperClaim(
-        "necessity.gate-reset", "necessity",
-        "gate_proj is necessary: destructive ablation of gate_proj in the tuned model degrades affective "
-        "understanding and generation.",
-        None, "drop in affective score when gate_proj's delta is reset to base inside the tuned model, minus "
-        "the drop from resetting an equal-parameter control module (up_proj), in score points", 0.0, ">"),
-    PaperClaim(
-        "circuits-layers.middle-peak", "circuits-layers",
-        "Adapt-Aggregate-Execute: emotional cues are aggregated in the middle layers, where steering with "
-        "an emotion vector has its largest effect.",
-        None, "relative depth layer/(L-1) of the layer with the largest steering effect, per emotion "
-        "(0 = first, 1 = last); supported when the CI lies inside the middle band (0.2, 0.8)",
-        0.2, ">", upper=0.8, source=PAPER_B),
-    PaperClaim(
-        "circuits-heads.general-deeper", "circuits-heads",
-        "Sentiment-specific attention heads aggregate cues in the middle layers; emotion-general pathways "
-        "in the deep layers turn them into the narrative (head overlap across emotions rises with depth).",
-        None, "Spearman correlation between layer depth and the cross-emotion head overlap (Jaccard of "
-        "top heads), from -1 to 1; CI over layers", 0.0, ">", source=PAPER_B),
-    PaperClaim(
-        "circuits-intervention.targeted-beats-random", "circuits-intervention",
-        "Amplifying the identified emotional heads and neurons at inference improves emotional reasoning, "
-        "beyond random heads/neurons of the same count.",
-        None, "change in accuracy from amplifying the top emotional heads/neurons minus the change from "
-        "random heads/neurons of the same count, in accuracy points (fraction of 1); paired bootstrap "
-        "over examples", 0.0, ">", source=PAPER_B),
-    PaperClaim(
-        "circuits-intervention.less-hallucination", "circuits-intervention",
-        "The inference-time interventions reduce emotional hallucination.",
-        None, "change in the emotional-hallucination rate under the intervention (fraction of 1; negative "
-        "= fewer hallucinations)", 0.0, "<", source=PAPER_B),
-]
-CLAIMS: dict[str, PaperClaim] = {c.id: c for c in _C}
+    replicates: tuple[float, ...] | None = None
 
 
 def _check(claim_id: str, ev: Evidence) -> tuple[float, float, float]:
@@ -153,27 +72,157 @@ def _check(claim_id: str, ev: Evidence) -> tuple[float, float, float]:
         raise AffectlensError(f"claim {claim_id}: CI low {lo:g} is above CI high {hi:g}")
     if isinstance(ev.n, bool) or not isinstance(ev.n, int) or ev.n < 1:
         raise AffectlensError(f"claim {claim_id}: n must be a positive integer, got {ev.n!r}")
-    hit = find_non_finite(ev.detail, "detail")
+    hit = find_non_finite(ev.detail, "detail") or find_non_finite(list(ev.replicates or []), "replicates")
     if hit:
         raise AffectlensError(f"claim {claim_id}: non-finite number {hit[1]} at {hit[0]}")
     return value, lo, hi
 
 
-def verdict(claim: PaperClaim, ev: Evidence) -> Verdict:
-    """supported / contradicted / inconclusive from the CI against the threshold (see the module doc)."""
-    _, lo, hi = _check(claim.id, ev)
-    t = claim.threshold
+class _Dist:
+    """P*(theta <= x), P*(theta >= x) and quantiles: from the replicates, else a normal read off the CI."""
+
+    def __init__(self, claim_id: str, ev: Evidence) -> None:
+        self.value, lo, hi = _check(claim_id, ev)
+        self.reps = sorted(float(x) for x in ev.replicates) if ev.replicates else None
+        self.se = (hi - lo) / (2 * Z95)
+
+    def le(self, x: float) -> float:
+        if self.reps is not None:
+            import bisect
+
+            return (1 + bisect.bisect_right(self.reps, x)) / (len(self.reps) + 1)
+        if self.se <= 0:
+            return 1.0 if self.value <= x else 0.0
+        return NormalDist(self.value, self.se).cdf(x)
+
+    def ge(self, x: float) -> float:
+        if self.reps is not None:
+            import bisect
+
+            return (1 + len(self.reps) - bisect.bisect_left(self.reps, x)) / (len(self.reps) + 1)
+        if self.se <= 0:
+            return 1.0 if self.value >= x else 0.0
+        return 1.0 - NormalDist(self.value, self.se).cdf(x)
+
+    def quantile(self, q: float) -> float:
+        if self.reps is not None:
+            import numpy as np
+
+            return float(np.quantile(self.reps, q))
+        return self.value if self.se <= 0 else NormalDist(self.value, self.se).inv_cdf(min(max(q, 1e-12), 1 - 1e-12))
+
+
+def p_values(claim: PaperClaim, ev: Evidence) -> dict[str, float]:
+    """The claim's tests (see the module doc); ``above``/``below`` are the one-sided halves of *difference*."""
+    d, t = _Dist(claim.id, ev), claim.threshold
     if claim.upper is not None:
         if claim.direction != ">" or claim.upper <= t:
             raise AffectlensError(f"claim {claim.id}: a band needs direction '>' and upper > threshold")
-        if t < lo and hi < claim.upper:
-            return "supported"
-        if hi < t or lo > claim.upper:
-            return "contradicted"
-        return "inconclusive"
-    if claim.direction == ">":
-        return "supported" if lo > t else "contradicted" if hi < t else "inconclusive"
-    return "supported" if hi < t else "contradicted" if lo > t else "inconclusive"
+        return {"inside": max(d.le(t), d.ge(claim.upper)), "outside": min(1.0, 2 * min(d.ge(t), d.le(claim.upper)))}
+    out = {"difference": min(1.0, 2 * min(d.le(t), d.ge(t))), "above": d.le(t), "below": d.ge(t)}
+    if claim.margin is not None:
+        out["equivalence"] = max(d.le(t - claim.margin), d.ge(t + claim.margin))
+    return out
+
+
+TESTED = ("difference", "equivalence", "inside", "outside")  # what Holm adjusts (above/below are halves)
+
+
+def holm(ps: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order."""
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: ps[i])
+    out = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
+def adjust(family: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """Holm over every tested p-value of every claim in ``family`` ({claim: {test: p}})."""
+    keys = [(c, k) for c, ps in family.items() for k in TESTED if k in ps]
+    adj = holm([family[c][k] for c, k in keys])
+    out: dict[str, dict[str, float]] = {c: {} for c in family}
+    for (c, k), p in zip(keys, adj, strict=True):
+        out[c][k] = p
+    return out
+
+
+def decide(claim: PaperClaim, p: Mapping[str, float], p_adj: Mapping[str, float], alpha: float = ALPHA) -> Verdict:
+    """The verdict from the claim's adjusted p-values (see the module doc)."""
+    if claim.upper is not None:
+        return "supported" if p_adj["inside"] < alpha else "contradicted" if p_adj["outside"] < alpha \
+            else "inconclusive"
+    if "equivalence" in p_adj and p_adj["equivalence"] < alpha:
+        return "equivalent"
+    if p_adj["difference"] < alpha:
+        above = p["above"] < p["below"]
+        return "supported" if above == (claim.direction == ">") else "contradicted"
+    return "inconclusive"
+
+
+def _holm_ci(claim: PaperClaim, ev: Evidence, p: Mapping[str, float], p_adj: Mapping[str, float],
+             alpha: float) -> tuple[list[float], float]:
+    key = "inside" if claim.upper is not None else "difference"
+    a = alpha * (p[key] / p_adj[key]) if p_adj[key] > 0 else alpha
+    d = _Dist(claim.id, ev)
+    return [d.quantile(a / 2), d.quantile(1 - a / 2)], 1 - a
+
+
+def judge(evidence: Mapping[str, Evidence], alpha: float = ALPHA) -> dict[str, dict[str, Any]]:
+    """One family: {claim id: the numbers, p-values, Holm-adjusted p-values, Holm interval and verdict}."""
+    ps = {cid: p_values(get_claim(cid), ev) for cid, ev in evidence.items()}
+    adj = adjust(ps)
+    out = {}
+    for cid, ev in evidence.items():
+        claim = get_claim(cid)
+        value, lo, hi = _check(cid, ev)
+        ci_holm, level = _holm_ci(claim, ev, ps[cid], adj[cid], alpha)
+        out[cid] = {"ours": value, "ci": [lo, hi], "ci_level": 0.95, "ci_holm": ci_holm,
+                    "ci_holm_level": round(level, 6), "n": ev.n, "p": ps[cid], "p_holm": adj[cid],
+                    "verdict": decide(claim, ps[cid], adj[cid], alpha)}
+    return out
+
+
+def claim_row(claim_id: str) -> dict[str, Any]:
+    """The paper's side of a study.json claim row."""
+    c = get_claim(claim_id)
+    return {"id": c.id, "stage": c.stage, "paper": c.paper, "paper_value": c.paper_value,
+            "paper_note": c.paper_note, "source": c.source, "quantity": c.quantity, "threshold": c.threshold,
+            "direction": c.direction, "upper": c.upper, "margin": c.margin, "margin_reason": c.margin_reason}
+
+
+def claim_records(evidence: Mapping[str, Evidence], raw: Mapping[str, Evidence] | None = None,
+                  alpha: float = ALPHA, raw_undefined: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """study.json rows: the verdict family (``evidence``) and the uncalibrated family (``raw``, default: the
+    same evidence, for claims no calibration touches) judged separately, each Holm-adjusted. A claim in
+    ``raw_undefined`` (its statistic has no value on raw scores) gets raw verdict ``not_judged`` and the why."""
+    gone = dict(raw_undefined or {})
+    raw = {cid: (raw or {}).get(cid, ev) for cid, ev in evidence.items() if cid not in gone}
+    main, unc = judge(evidence, alpha), judge(raw, alpha)
+    rows = []
+    for cid in [c for c in CLAIMS if c in evidence]:
+        u = unc.get(cid)
+        r = {**claim_row(cid), **main[cid], "alpha": alpha,
+             "raw_verdict": u["verdict"] if u else "not_judged",
+             "raw": {k: u[k] for k in ("ours", "ci", "p", "p_holm", "verdict")} if u else {"undefined": gone[cid]},
+             "detail": dict(evidence[cid].detail)}
+        r["verdicts_differ"] = r["verdict"] != r["raw_verdict"]
+        rows.append(r)
+    return rows
+
+
+def claim_record(claim_id: str, ev: Evidence) -> dict[str, Any]:
+    """One claim judged alone (a family of one: no multiplicity adjustment)."""
+    return claim_records({claim_id: ev})[0]
+
+
+def verdict(claim: PaperClaim, ev: Evidence) -> Verdict:
+    """The verdict of one claim judged alone."""
+    p = p_values(claim, ev)
+    return decide(claim, p, adjust({claim.id: p})[claim.id])
 
 
 def get_claim(claim_id: str) -> PaperClaim:
@@ -184,30 +233,89 @@ def get_claim(claim_id: str) -> PaperClaim:
         raise AffectlensError(f"unknown claim {claim_id!r}; known: {', '.join(CLAIMS)}") from None
 
 
-def claim_record(claim_id: str, ev: Evidence) -> dict[str, Any]:
-    """The study.json row for one claim: the paper's side, ours with its CI, and the derived verdict."""
-    claim = get_claim(claim_id)
-    value, lo, hi = _check(claim_id, ev)
-    return {"id": claim.id, "stage": claim.stage, "paper": claim.paper, "paper_value": claim.paper_value,
-            "source": claim.source, "quantity": claim.quantity, "threshold": claim.threshold,
-            "direction": claim.direction, "upper": claim.upper, "ours": value, "ci": [lo, hi], "n": ev.n,
-            "verdict": verdict(claim, ev), "detail": dict(ev.detail)}
+def _family_check(records: Sequence[Mapping[str, Any]], key: str | None) -> list[str]:
+    """Re-run Holm over the stored p-values of ``records`` (``key``: the sub-record, e.g. ``raw``) and
+    re-derive each verdict; refuse a stored adjusted p-value or verdict that does not follow."""
+    subs: list[Mapping[str, Any]] = []
+    fam: dict[str, dict[str, float]] = {}
+    for r in records:
+        sub = r if key is None else r.get(key)
+        if not isinstance(sub, Mapping) or not isinstance(sub.get("p"), Mapping):
+            raise AffectlensError(f"claim {r.get('id', '?')}: {key + '.' if key else ''}p is missing; no verdict "
+                                  "can be checked without its p-values")
+        subs.append(sub)
+        fam[str(r["id"])] = {k: float(v) for k, v in sub["p"].items()}
+    adj = adjust(fam)
+    out: list[str] = []
+    for r, s in zip(records, subs, strict=True):
+        cid = str(r["id"])
+        stored = s.get("p_holm") or {}
+        for k, p in adj[cid].items():
+            if not math.isclose(float(stored.get(k, math.nan)), p, rel_tol=1e-6, abs_tol=1e-12):
+                raise AffectlensError(f"claim {cid}: stored Holm-adjusted p ({k}) {stored.get(k)!r} does not follow "
+                                      f"from the family's p-values (they give {p:.6g})")
+        v = decide(get_claim(cid), fam[cid], adj[cid], float(r.get("alpha", ALPHA)))
+        if s.get("verdict") not in (None, v):
+            raise AffectlensError(f"claim {cid}: stored {key + ' ' if key else ''}verdict {s.get('verdict')!r} does "
+                                  f"not follow from its numbers (they give {v!r})")
+        out.append(v)
+    return out
 
 
-def evidence_of(record: dict[str, Any]) -> Evidence:
-    """The Evidence a study.json claim row was made from (for re-deriving its verdict)."""
-    try:
-        ci = record["ci"]
-        return Evidence(record["ours"], (ci[0], ci[1]), record["n"], dict(record.get("detail") or {}))
-    except (KeyError, TypeError, IndexError) as e:
-        raise AffectlensError(f"claim row {record.get('id', '?')!r} lacks ours/ci/n ({e})") from None
+def checked_verdicts(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(verdict, raw verdict) of every row, re-derived from the stored p-values and Holm over each family
+    (the raw family: the rows whose raw statistic is defined; the others' raw verdict is ``not_judged``)."""
+    main = _family_check(records, None)
+    if not all(isinstance(r.get("raw"), Mapping) for r in records):
+        return list(zip(main, main, strict=True))
+    keep = [i for i, r in enumerate(records) if "undefined" not in r["raw"]]
+    got = dict(zip(keep, _family_check([records[i] for i in keep], "raw"), strict=True))
+    return [(v, got.get(i, "not_judged")) for i, v in enumerate(main)]
 
 
-def checked_verdict(record: dict[str, Any]) -> Verdict:
-    """Re-derive a claim row's verdict from its numbers; refuse a row whose stored verdict disagrees."""
-    claim = get_claim(str(record.get("id")))
-    v = verdict(claim, evidence_of(record))
-    if record.get("verdict") not in (None, v):
-        raise AffectlensError(f"claim {claim.id}: stored verdict {record.get('verdict')!r} does not follow "
-                              f"from its numbers (they give {v!r})")
-    return v
+def _bad_leaf(obj: Any, where: str) -> tuple[str, str] | None:
+    """The first number in ``obj`` that is NaN, infinite or null (a NaN the cache wrote), as (path, what)."""
+    if obj is None:
+        return where, "missing (null)"
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where, str(obj)
+    if isinstance(obj, Mapping):
+        return next((hit for k, v in obj.items() if (hit := _bad_leaf(v, f"{where}.{k}" if where else str(k)))),
+                    None)
+    if isinstance(obj, list | tuple):
+        return next((hit for i, v in enumerate(obj) if (hit := _bad_leaf(v, f"{where}[{i}]"))), None)
+    return None
+
+
+def evidence_problem(ev: Any) -> str | None:
+    """Why a stage's evidence record cannot give a verdict (not_judged's reason), or None when it can.
+
+    Every number in it must be finite: a NaN -- or the null a cache made of one -- anywhere in the
+    value, the CI or the detail means the statistic was undefined on this run, and a verdict from an
+    undefined statistic would be noise. The same record gives the same answer on a first run and on
+    a rerun that reads it back from the cache.
+    """
+    if not isinstance(ev, Mapping) or not {"value", "ci", "n"} <= set(ev):
+        return "its evidence record is incomplete (value, ci and n are required)"
+    ci = ev["ci"]
+    if not isinstance(ev.get("detail") or {}, Mapping):
+        return "its evidence detail is not a mapping"
+    if not isinstance(ci, list | tuple) or len(ci) != 2:
+        return f"its evidence CI is not (low, high): {ci!r}"
+    for key, x in (("value", ev["value"]), ("ci", ci), ("detail", ev.get("detail") or {})):
+        hit = _bad_leaf(x, key)
+        if hit:
+            return f"non-finite evidence: {hit[0]} is {hit[1]}"
+    for key, x in (("value", ev["value"]), ("ci[0]", ci[0]), ("ci[1]", ci[1]), ("n", ev["n"])):
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            return f"its evidence {key} is not a number: {x!r}"
+    if ci[0] > ci[1]:
+        return f"its evidence CI is reversed ({ci[0]:g} > {ci[1]:g})"
+    if ev["n"] < 1 or ev["n"] != int(ev["n"]):
+        return f"its evidence n is not a positive count: {ev['n']!r}"
+    return None
+
+
+__all__ = ["ALPHA", "CLAIMS", "Evidence", "PAPER_A", "PAPER_B", "STAGES", "VERDICTS", "PaperClaim", "adjust",
+           "checked_verdicts", "claim_record", "claim_records", "decide", "get_claim", "holm", "judge",
+           "evidence_problem", "p_values", "verdict"]

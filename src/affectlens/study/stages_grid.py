@@ -28,7 +28,8 @@ def _grid_base(ctx: Context, name: str, seed: int, with_control: bool) -> dict[s
             "tasks": [*cfg.tasks, *ctrl], "control_tasks": ctrl,
             "eval": {"mode": "closed", "batch_size": cfg.eval["batch_size"],
                      **({"limit": cfg.eval["limit"]} if cfg.eval["limit"] else {}),
-                     **({"calibration": cfg.calibration} if cfg.calibration != "none" else {})},
+                     **({"calibration": cfg.calibration} if cfg.calibration != "none" else {}),
+                     **({"allow_train_overlap": True} if cfg.allow_train_overlap else {})},
             "budget": {**cfg.budget.budget(), "seeds": [seed]}}
 
 

@@ -3,6 +3,7 @@ record the rows they were trained on, and evaluate / grid / study refuse to scor
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shlex
@@ -14,7 +15,13 @@ import yaml
 from affectlens.grid import load_config, run_grid, validate_config
 from affectlens.tasks.loaders import load_rows
 from affectlens.tasks.spec import parse_task
-from affectlens.tasks.trained import DIGEST_BYTES, TrainRows, read_train_rows, row_digest, training_spec
+from affectlens.tasks.trained import (
+    DIGEST_BYTES,
+    TrainRows,
+    read_train_rows,
+    row_digest,
+    training_spec,
+)
 from affectlens.tune.run import load_dataset, resolve_data
 
 from conftest import ROOT, TINYSTORIES
@@ -76,8 +83,6 @@ def test_row_digests_ignore_case_width_and_spacing_and_round_trip():
     rec = TrainRows.of(["b", "a", "A", "c"], "x")
     doc = rec.to_json()
     assert (doc["rows"], doc["unique"]) == (4, 3)
-    import base64
-
     blob = base64.b64decode(doc["hashes"])
     assert len(blob) == 3 * DIGEST_BYTES
     parts = [blob[i:i + DIGEST_BYTES] for i in range(0, len(blob), DIGEST_BYTES)]

@@ -140,7 +140,8 @@ class TrainRows:
         if len(blob) % DIGEST_BYTES:
             raise bad
         digests = frozenset(blob[i:i + DIGEST_BYTES] for i in range(0, len(blob), DIGEST_BYTES))
-        return cls(str(rec.get("data", "")), int(rec.get("rows", len(digests))), digests, source)
+        rows = rec.get("rows")
+        return cls(str(rec.get("data", "")), rows if isinstance(rows, int) else len(digests), digests, source)
 
     def count(self, texts: Iterable[str]) -> int:
         """How many of ``texts`` (each row counted) were trained on."""

@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="task spec to draw few-shot examples from (default: the task's train split)")
     e.add_argument("--backend", choices=GEN_BACKENDS, default="hf",
                    help="generative mode: hf (transformers) or vllm (pip install 'affectlens[vllm]')")
+    e.add_argument("--allow-train-overlap", action="store_true",
+                   help="score rows the model or adapter was trained on (refused by default; tune records them)")
     o.batch_size(e, 16)
     o.device(e)
     o.dtype(e)
@@ -73,7 +75,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                        wheel=args.wheel, max_new_tokens=args.max_new_tokens, force=args.force,
                        allow_pickle=args.allow_pickle, calibration=args.calibration,
                        num_fewshot=args.num_fewshot, fewshot_from=args.fewshot_from, sample=args.sample,
-                       backend=args.backend, device=args.device)
+                       backend=args.backend, device=args.device, allow_train_overlap=args.allow_train_overlap)
     print(res.table())
     print(f"-> {args.out}")
     return 0

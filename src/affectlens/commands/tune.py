@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("base", help="base model: HF dir, .gguf, or 'smollm2'")
     p.add_argument("--data", required=True,
                    help="training data: any task spec evaluate --task reads (see below): a bundled name "
-                        "(emotion_train, control_train), KIND:PATH,opt=..., or a bare path")
+                        "(emotion_train, control_train), KIND:PATH,opt=..., or a bare path; a task name "
+                        "(emotion), a split directory or a file with a split column trains at its train split")
     o.modules(p)
     o.layers(p)
     kind = p.add_argument("--task-kind", default=None,

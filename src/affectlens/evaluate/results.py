@@ -153,6 +153,8 @@ class EvalResult:
     # closed-set tasks: {"labels", "loglik" [n, L], "gold" [n], "reference" [3, L] or None}, for scores.npz
     arrays: dict[str, dict[str, Any]] = field(default_factory=dict)
     n_boot: int | None = None  # bootstrap resamples behind the CIs (rescore repeats them)
+    # scored rows a tuned model was trained on, per task (evaluate.run.train_overlap); None: nothing to check
+    train_overlap: dict[str, Any] | None = None
 
     @property
     def scores(self) -> dict[str, Any]:
@@ -160,7 +162,8 @@ class EvalResult:
         return {"mode": self.mode, "tasks": {k: t.to_dict() for k, t in self.tasks.items()},
                 "mean": self.mean, "mean_over": list(self.mean_over), "weights_sha256": self.weights_sha256,
                 "seed": self.seed, "limit": self.limit, "batch_size": self.batch_size,
-                "mean_metric": self.mean_metric}
+                "mean_metric": self.mean_metric,
+                **({} if self.train_overlap is None else {"train_overlap": self.train_overlap})}
 
     def table(self) -> str:
         """Human-readable per-task lines and the mean (with the tasks it averages)."""

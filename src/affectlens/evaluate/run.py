@@ -105,18 +105,48 @@ def _positive(**counts: tuple[int, int]) -> None:
                                   f"not {v}")
 
 
+def train_overlap(model: str, adapter: str | None, loaded: Sequence[Any], allow: bool) -> dict[str, Any] | None:
+    """How many scored rows of each task the model (a dir tune wrote) or adapter was trained on: refused
+    in one line unless ``allow``; None when neither carries affectlens' record of its training rows."""
+    from ..claims import note
+    from ..models.resolve import resolve_model_path
+    from ..tasks.trained import count_overlap, records_of, refuse_overlap, split_hint
+
+    model_dir = Path(model) if Path(model).is_dir() else resolve_model_path(model)
+    records, unchecked = records_of([model_dir, *([adapter] if adapter else [])])
+    for d in unchecked:
+        note(f"{d} was tuned before affectlens recorded training rows: its overlap with the scored rows is "
+             "not checked")
+    if not records and not unchecked:
+        return None
+    ov = count_overlap(records, [(t.spec.name, [e.text for e in t.examples]) for t in loaded], unchecked)
+    ov.allowed = allow
+    hit = ov.first()
+    spec = next((t.spec for t in loaded if hit and t.spec.name == hit[0]), None)
+    owner = "the adapter's" if adapter or (model_dir / "adapter_config.json").is_file() else "the model's"
+    refuse_overlap(ov, "evaluate", owner, "pass --allow-train-overlap",
+                   split_hint(spec) if spec is not None and not allow else None)
+    if hit:
+        note(f"scoring {hit[2]} of {hit[1]} rows of task '{hit[0]}' that the model was trained on "
+             "(--allow-train-overlap)")
+    return ov.to_json()
+
+
 def evaluate_run(model: str, out: str | Path, tasks: Sequence[str] | None = None, *,
                  adapter: str | None = None, mode: str = "closed", limit: int | None = None,
                  batch_size: int = 16, dtype: str = "auto", seed: int = 0, n_boot: int = 1000,
                  wheel: str | None = None, max_new_tokens: int = 48, force: bool = False,
                  allow_pickle: bool = False, calibration: str = "none", num_fewshot: int = 0,
                  fewshot_from: str | None = None, sample: int | None = None,
-                 backend: str = "hf", device: str = "auto") -> EvalResult:
+                 backend: str = "hf", device: str = "auto", allow_train_overlap: bool = False) -> EvalResult:
     """Load ``model`` (+ ``adapter``) on ``device`` in ``dtype``, score it on ``tasks``
     (default: emotion) and write ``out``.
 
     Every input is checked (counts, task files, the output) before the model
-    is loaded, so a typo costs no loading time.
+    is loaded, so a typo costs no loading time. A model or adapter that ``tune``
+    wrote is not scored on rows it was trained on (compared by text digest, see
+    :mod:`affectlens.tasks.trained`) unless ``allow_train_overlap``; the counts are
+    kept in ``scores.json`` and the manifest (``train_overlap``).
     """
     from ..models import vlm
     from ..models.devices import check, ran_on
@@ -145,6 +175,7 @@ def evaluate_run(model: str, out: str | Path, tasks: Sequence[str] | None = None
     loaded = [load_task(spec, limit) for spec in specs]  # fail on bad data before spending time on the model
     is_vlm = any(image_rows(t) for t in loaded) and vlm.is_vlm_dir(resolve_model_path(model))
     check_image_tasks(loaded, mode, calibration, num_fewshot, is_vlm)
+    overlap = train_overlap(model, adapter, loaded, allow_train_overlap)
     inputs: dict[str, Any] = {"model": model}
     if adapter:
         inputs["adapter"] = adapter
@@ -155,7 +186,7 @@ def evaluate_run(model: str, out: str | Path, tasks: Sequence[str] | None = None
                "limit": limit, "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed,
                "bootstrap": n_boot, "wheel": wheel, "max_new_tokens": max_new_tokens, "allow_pickle": allow_pickle,
                "calibration": calibration, "num_fewshot": num_fewshot, "fewshot_from": fewshot_from,
-               "sample": sample, "backend": backend}
+               "sample": sample, "backend": backend, "allow_train_overlap": allow_train_overlap}
     with RunDir(out, command="evaluate", force=force, inputs=inputs, options=options, seed=seed) as run:
         processor = None
         if vlm.is_vlm_dir(resolve_model_path(model)):  # the VLM loader: its processor reads images
@@ -168,6 +199,9 @@ def evaluate_run(model: str, out: str | Path, tasks: Sequence[str] | None = None
                           n_boot=n_boot, wheel=wheel, max_new_tokens=max_new_tokens, calibration=calibration,
                           num_fewshot=num_fewshot, fewshot_from=fewshot_from, sample=sample, backend=backend,
                           processor=processor)
+        result.train_overlap = overlap
+        if overlap is not None:
+            run.extra["train_overlap"] = overlap
         write_files(run, result)
     return result
 

@@ -30,19 +30,21 @@ REQUIRED_FOR_TUNING = ("steps", "rank", "lr")  # a study states its budget; it n
 
 @dataclass(frozen=True)
 class EvalSpec:
-    """How every cell is scored (``evaluate``'s mode, limit, batch size and closed-set calibration)."""
+    """How every cell is scored (``evaluate``'s mode, limit, batch size and closed-set calibration);
+    ``allow_train_overlap`` scores rows the cells were trained on (refused by default; not in the key)."""
 
     mode: str = "closed"
     limit: int | None = None
     batch_size: int = 16
     calibration: str = "none"
+    allow_train_overlap: bool = False
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any], where: str) -> EvalSpec:
         from ..evaluate.core import MODES
         from ..vocab import CALIBRATIONS
 
-        allowed = ("mode", "limit", "batch_size", "calibration")
+        allowed = ("mode", "limit", "batch_size", "calibration", "allow_train_overlap")
         bad = sorted(set(raw) - set(allowed))
         if bad:
             raise config_error(where, f"eval has unknown field(s) {', '.join(bad)}; allowed: {', '.join(sorted(allowed))}")
@@ -57,7 +59,10 @@ class EvalSpec:
         if cal not in CALIBRATIONS or (cal != "none" and mode != "closed"):
             raise config_error(where, f"eval.calibration must be one of {', '.join(CALIBRATIONS)} "
                                       f"(closed mode only), not {cal!r}")
-        return cls(mode, raw.get("limit"), int(raw.get("batch_size", 16)), cal)
+        allow = raw.get("allow_train_overlap", False)
+        if not isinstance(allow, bool):
+            raise config_error(where, f"eval.allow_train_overlap must be true or false, not {allow!r}")
+        return cls(mode, raw.get("limit"), int(raw.get("batch_size", 16)), cal, allow)
 
     def to_dict(self) -> dict[str, Any]:
         """The cell key's eval part; ``calibration`` only when asked, so existing grids keep their keys."""
@@ -81,6 +86,7 @@ class GridConfig:
     variants: list[Variant]
     raw: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+    train_overlap: dict[str, Any] | None = None  # scored rows trained on, per task (grid.inputs.validate_config)
 
     @property
     def where(self) -> str:

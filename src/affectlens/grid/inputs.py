@@ -10,6 +10,7 @@ the content of the base, data, task files and path references for the cell keys.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,38 @@ def fingerprint_inputs(cfg: GridConfig, base_path: Path) -> dict[str, Any]:
     return fp
 
 
-def validate_config(cfg: GridConfig, allow_pickle: bool = False) -> Path:
-    """Everything a cell will need, checked before the first cell; returns the base model's path."""
-    from ..models.resolve import resolve_model_path
+def check_train_overlap(data: str | None, tasks: Sequence[str], limit: int | None, models: Sequence[str | Path],
+                        allow: bool, where: str) -> dict[str, Any]:
+    """Load ``data`` (what the run trains; None: nothing) and ``tasks``, and count the scored rows that it,
+    or a model among ``models`` that ``tune`` wrote, was trained on (by text digest); refused in one
+    line naming the config (``where``) unless ``allow``. Returns the counts, for the manifest."""
+    import dataclasses
+
+    from ..claims import note
     from ..tasks.loaders import load_task
+    from ..tasks.trained import TrainRows, count_overlap, records_of, refuse_overlap
+
+    records, unchecked = records_of(models)
+    for d in unchecked:
+        note(f"{d} was tuned before affectlens recorded training rows: its overlap with the scored rows is "
+             "not checked")
+    if data is not None:
+        from ..tune.run import load_dataset
+
+        ds = load_dataset(str(data))
+        rec = TrainRows.of((r["text"] for r in ds.rows), ds.source)
+        records.insert(0, dataclasses.replace(rec, source=str(data)))
+    loaded = [(t, [e.text for e in load_task(t, limit=limit).examples]) for t in tasks]
+    ov = count_overlap(records, loaded, unchecked)
+    ov.allowed = allow
+    refuse_overlap(ov, where, "the", "set eval: {allow_train_overlap: true} in the config")
+    return ov.to_json()
+
+
+def validate_config(cfg: GridConfig, allow_pickle: bool = False) -> Path:
+    """Everything a cell will need, checked before the first cell; returns the base model's path.
+    The tasks' rows that a cell was trained on are refused (``cfg.train_overlap`` keeps the counts)."""
+    from ..models.resolve import resolve_model_path
     from ..weights import open_weights
 
     base_path = resolve_model_path(cfg.base)
@@ -74,13 +103,13 @@ def validate_config(cfg: GridConfig, allow_pickle: bool = False) -> Path:
         checks = Checks(store, f"base {base_path.name}", by_name, cfg.where)
         for v in cfg.variants:
             v.validate(checks)
-    if any(v.tuned for v in cfg.variants):
-        from ..tune.run import load_dataset
-
-        load_dataset(str(cfg.data))
-    for t in cfg.tasks:
-        load_task(t, limit=cfg.eval.limit)
+    names = {v.name for v in cfg.variants}
+    models = [base_path, *dict.fromkeys(resolve_model_path(str(v.ref)) for v in cfg.variants
+                                        if v.ref is not None and v.ref != "base" and v.ref not in names)]
+    data = str(cfg.data) if any(v.tuned for v in cfg.variants) else None
+    cfg.train_overlap = check_train_overlap(data, cfg.tasks, cfg.eval.limit, models, cfg.eval.allow_train_overlap,
+                                            cfg.where)
     return base_path
 
 
-__all__ = ["content_id", "fingerprint_inputs", "validate_config"]
+__all__ = ["check_train_overlap", "content_id", "fingerprint_inputs", "validate_config"]

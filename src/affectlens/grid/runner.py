@@ -150,7 +150,8 @@ def _run(cfg: GridConfig, out: Path, force: bool, evaluator: Evaluator | None, t
     rows, summary = report(cfg, out, echo)
     write_manifest(out, "grid", {"config": cfg.path or "<dict>", "base": str(base_path)},
                    {"config": cfg.raw, "executor": where.executor.name, "device": where.device,
-                    "dtype": where.dtype}, seed=cfg.seeds[0], extra={"seeds": cfg.seeds})
+                    "dtype": where.dtype}, seed=cfg.seeds[0],
+                   extra={"seeds": cfg.seeds, "train_overlap": cfg.train_overlap})
     return GridResult(out, rows, summary, len(todo), reused)
 
 

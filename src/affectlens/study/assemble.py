@@ -272,6 +272,7 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
                 "expected_time_by_stage_s": {k: v for k, v in expected.items() if k not in ("total", "basis")},
                 "expected_time_basis": expected["basis"], "stage_times_s": timing,
                 "failed_stages": failed, "device": ctx.device, "dtype": ctx.dtype,
+                "train_overlap": ctx.train_overlap,
             },
         }
         run.json("study.json", study, nonfinite="null")

@@ -106,6 +106,9 @@ class StudyConfig:
     path: str = ""
     calibration: str = "auto"
     bases: list[str] = field(default_factory=list)  # every base: ``model`` first, then ``models``' others
+    # eval.allow_train_overlap: score task rows the adapters were trained on (kept out of ``eval``, which
+    # every scored stage's fingerprint holds: the counts do not change a score)
+    allow_train_overlap: bool = False
 
     @property
     def other_bases(self) -> list[str]:
@@ -255,8 +258,10 @@ def _check(m: dict[str, Any], where: str, path: str, profile: str) -> StudyConfi
         if not isinstance(m.get(key), str) or not m[key]:
             raise _err(where, f"{key} must be a model/data name or path")
     ev = m.get("eval") or {}
-    if not isinstance(ev, dict) or sorted(set(ev) - {"limit", "batch_size"}):
-        raise _err(where, "eval takes limit and batch_size")
+    if not isinstance(ev, dict) or sorted(set(ev) - {"limit", "batch_size", "allow_train_overlap"}):
+        raise _err(where, "eval takes limit, batch_size and allow_train_overlap")
+    if not isinstance(ev.get("allow_train_overlap", False), bool):
+        raise _err(where, f"eval.allow_train_overlap must be true or false, not {ev['allow_train_overlap']!r}")
     for k in ("limit", "batch_size"):
         v = ev.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -301,7 +306,8 @@ def _check(m: dict[str, Any], where: str, path: str, profile: str) -> StudyConfi
         eval={"limit": ev.get("limit"), "batch_size": int(ev.get("batch_size") or 16)}, budget=budget,
         full_budget=full, seeds=_seeds(m.get("seeds"), where), stages=stages, single=single,
         groups={str(k): str(v) for k, v in groups.items()}, circuits=dict(circ), profile=profile,
-        raw=m, path=path, calibration=str(cal), bases=bases)
+        raw=m, path=path, calibration=str(cal), bases=bases,
+        allow_train_overlap=bool(ev.get("allow_train_overlap", False)))
 
 
 DEPS: dict[str, tuple[str, ...]] = {"adapters": (), "locate": ("adapters",), "sufficiency": ("adapters",),

@@ -29,6 +29,7 @@ class Context:
     executor: Any = None
     allow_pickle: bool = False
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> result (this run)
+    train_overlap: dict[str, Any] | None = None  # scored task rows in the training data (preflight's count)
 
     def tune_fn(self) -> Callable[..., Any]:
         if self.tuner is not None:

@@ -70,6 +70,7 @@ def stage_fingerprint(ctx: Context, stage: str, dep_fps: dict[str, str]) -> str:
 # older cache is recomputed rather than read as "no evidence".
 RESULT_FORMAT = 2
 PER_BASE = ("adapters", "locate")  # the stages every base of ``models:`` gets; the rest run on the first
+SCORED = ("sufficiency", "efficiency", "necessity")  # the stages that score the adapters (through grid)
 
 
 def base_context(ctx: Context, spec: str) -> Context:
@@ -115,11 +116,13 @@ def check_executor(executor: Any) -> None:
         raise AffectlensError(f"executor must be serial, ray, slurm or a grid ExecutorSpec, not {executor!r}")
 
 
-def preflight(cfg: StudyConfig, device: str, dtype: str, executor: Any, allow_pickle: bool) -> None:
+def preflight(cfg: StudyConfig, device: str, dtype: str, executor: Any, allow_pickle: bool) -> dict[str, Any] | None:
     """Everything a stage would otherwise find out after the stages before it ran: one line each.
 
-    The dtype and the executor (with its engine), the device, every task, and every base's weights
-    under the pickle policy (opened lazily: headers only)."""
+    The dtype and the executor (with its engine), the device, every task, every base's weights
+    under the pickle policy (opened lazily: headers only), and, when a stage scores the adapters, that
+    none of the scored rows is in the training data (unless ``eval.allow_train_overlap``): the counts
+    are returned (None: no stage scores an adapter)."""
     from ..models.devices import dtype_name, resolve_device
     from ..models.resolve import resolve_model_path
     from ..tasks.spec import get_task
@@ -138,6 +141,13 @@ def preflight(cfg: StudyConfig, device: str, dtype: str, executor: Any, allow_pi
     pairs = cfg.circuits.get("pairs")
     if "circuits" in cfg.stages and pairs and not Path(pairs).is_file():
         raise AffectlensError(f"circuits.pairs {pairs} does not exist")
+    if not set(needed(cfg.stages)) & set(SCORED):
+        return None
+    from ..grid.inputs import check_train_overlap
+
+    return check_train_overlap(cfg.data, [*cfg.tasks, *cfg.control_tasks], cfg.eval["limit"],
+                               [resolve_model_path(cfg.model)], cfg.allow_train_overlap,
+                               Path(cfg.path).name if cfg.path else "study config")
 
 
 def _stderr(line: str) -> None:
@@ -183,7 +193,7 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
     cfg = config if isinstance(config, StudyConfig) else load_study_config(
         config, profile=profile, model=model, stages=stages, seeds=seeds)
     out = Path(out)
-    preflight(cfg, device, dtype, executor, allow_pickle)
+    overlap = preflight(cfg, device, dtype, executor, allow_pickle)
     resumed = check_study_out(out, force)
     with claim_output(out):
         base_path = resolve_model_path(cfg.model)
@@ -191,7 +201,8 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
         if force and resumed:
             shutil.rmtree(store.stages, ignore_errors=True)
             resumed = False
-        ctx = Context(cfg, out, store, base_path, {}, tuner, evaluator, echo, dtype, device, executor, allow_pickle)
+        ctx = Context(cfg, out, store, base_path, {}, tuner, evaluator, echo, dtype, device, executor, allow_pickle,
+                      train_overlap=overlap)
         ctx.fps = _content_fps(cfg, base_path)
         others = {lab: base_context(ctx, b) for b, lab in base_labels(cfg).items() if b in cfg.other_bases}
         ctx.fps.update({f"base@{lab}": c.fps["base"] for lab, c in others.items()})  # for the methods

@@ -38,7 +38,8 @@ def _grid_base(ctx: Context, name: str, seed: int, with_control: bool, dev: list
             "tasks": [*cfg.tasks, *ctrl, *dev], "control_tasks": ctrl,
             "eval": {"mode": "closed", "batch_size": cfg.eval["batch_size"],
                      **({"limit": cfg.eval["limit"]} if cfg.eval["limit"] else {}),
-                     **({"calibration": cal} if cal != "none" else {})},
+                     **({"calibration": cal} if cal != "none" else {}),
+                     **({"allow_train_overlap": True} if cfg.allow_train_overlap else {})},
             "budget": {**cfg.budget.budget(), "seeds": [seed]}}
 
 

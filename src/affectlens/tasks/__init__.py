@@ -8,6 +8,7 @@
 - ``corpus``    the bundled emotion corpus, control task and contrast pairs (and their writer)
 - ``prompts``   the prompt renderer shared by training and scoring
 - ``pairs``     contrast-pair files (the circuits format)
+- ``trained``   which split trains and which scores; the record of trained rows that keeps them apart
 
 May import the ground floor only (``errors``, ``vocab``, ``runs``).
 """

@@ -99,6 +99,8 @@ def save_full_model(result: Any, out: str | os.PathLike, force: bool, base_dir: 
                                      **({} if state_dict is None else {"state_dict": state_dict}))
         result.tokenizer.save_pretrained(str(run.path))
         run.json("affectlens_tune.json", result.info)
+        if "train_rows" in result.info:  # the manifest names what was trained on; the digests stay in the json
+            run.extra["train_rows"] = {k: v for k, v in result.info["train_rows"].items() if k != "hashes"}
         run.figure("loss_curve.png", loss_curve(result.loss_curve, f"full fine-tune {','.join(opts['modules'])}"))
     return Path(out)
 

@@ -41,6 +41,7 @@ from ..modules import MatchReport, format_ranges, parse_selection
 from ..tasks.corpus import labelled_rows
 from ..tasks.prompts import encode as encode_prompt
 from ..tasks.prompts import render
+from ..tasks.trained import RECORD_KEY, TrainRows
 from ..tuneconfig import TuneConfig
 from ..vocab import CLOSED_KINDS, TaskKind, closed_labels, infer_kind
 from .full import fp32_master_weights, freeze_all_but, save_full_model
@@ -89,31 +90,19 @@ class TuneResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _training_spec(data: str | os.PathLike | TaskSpec) -> TaskSpec:
-    """The task spec training reads, in ``evaluate --task`` syntax. A directory of split files is
-    read at its train split unless the spec names one (evaluation reads a directory's test split)."""
-    from ..tasks.spec import TaskSpec, parse_task
-    from ..tasks.tables import sibling_split
-
-    spec = parse_task(data if isinstance(data, TaskSpec) else str(data))
-    if spec.option("split") is None and spec.loader != "bundled" and Path(str(spec.path)).is_dir():
-        train = sibling_split(spec, "train")
-        if train is None:
-            raise AffectlensError(f"{spec.path} has no train split; name the split to train on "
-                                  f"({spec.name},split=dev|test) or a file")
-        return train
-    return spec
-
-
 def resolve_data(data: str | os.PathLike | TaskSpec) -> Path:
-    """The file a training spec reads (a bundled name, a path, ``KIND:PATH,opt=...``): what grid fingerprints."""
+    """The file training reads for a spec (a bundled name, a path, ``KIND:PATH,opt=...``), at its train
+    split when it has one (:func:`affectlens.tasks.trained.training_spec`): what grid fingerprints."""
+    from ..tasks.spec import TaskSpec
     from ..tasks.tables import data_file
+    from ..tasks.trained import training_spec
 
-    return data_file(_training_spec(data))
+    return data_file(training_spec(data if isinstance(data, TaskSpec) else str(data))[0])
 
 
 def load_dataset(data: str | os.PathLike | TaskSpec, task: str | None = None) -> Dataset:
-    """Rows of any task spec ``evaluate`` reads (:func:`affectlens.evaluate.loaders.load_rows`).
+    """Rows of any task spec ``evaluate`` reads (:func:`affectlens.evaluate.loaders.load_rows`), at its
+    train split when it has one (a task name, a split directory, a split column).
 
     ``task`` (emotion, sentiment, control/arithmetic, label) fixes the prompt
     and, for closed tasks, the allowed labels; by default it is the spec's
@@ -121,10 +110,17 @@ def load_dataset(data: str | os.PathLike | TaskSpec, task: str | None = None) ->
     map), else inferred from the labels present. Plain JSONL rows are checked
     field by field first (a null or empty text is an error, not a prompt).
     """
+    from ..claims import note as say_note
     from ..tasks.loaders import load_task
+    from ..tasks.spec import TaskSpec
+    from ..tasks.tables import data_file
+    from ..tasks.trained import recorded_as, training_spec
 
-    spec = _training_spec(data)
-    path = resolve_data(data)
+    given = data if isinstance(data, TaskSpec) else str(data)
+    spec, note = training_spec(given)
+    if note:
+        say_note(note)
+    path = data_file(spec)
     if spec.loader in ("jsonl", "bundled") and not {"text", "label"} & {k for k, _ in spec.options}:
         labelled_rows(path)
     loaded = load_task(spec)
@@ -143,8 +139,7 @@ def load_dataset(data: str | os.PathLike | TaskSpec, task: str | None = None) ->
             raise AffectlensError(f"{path} has label(s) {', '.join(bad)} unknown to the {kind} task "
                                   f"(allowed: {', '.join(allowed)})")
     labels = tuple(allowed) if allowed is not None else tuple(found)
-    plain = spec.loader in ("jsonl", "bundled") and not spec.options
-    return Dataset(rows, kind, labels, str(path) if plain else str(data))
+    return Dataset(rows, kind, labels, recorded_as(given, spec, path))
 
 
 def encode(tokenizer: Any, ds: Dataset, max_length: int = 256) -> tuple[list[list[int]], list[int], int]:
@@ -232,6 +227,7 @@ def tune(
     if out is not None and main:
         check_out_dir(out, force)  # fail before the expensive part
     ds = data if isinstance(data, Dataset) else load_dataset(data, task)
+    say(f"training data: {ds.source} ({len(ds.rows)} rows)")
     where: dict[str, Any] = {"device": device}
     if accelerator is not None:  # FSDP shards from the CPU copy; DDP loads straight onto the rank's device
         fsdp = accelerator.distributed_type.value == "FSDP"
@@ -308,7 +304,7 @@ def tune(
         "precision": stats.precision, "attention": stats.attention, "threads": n_threads,
         "examples": len(ids), "truncated_examples": truncated, "trainable_params": n_train,
         "trainable_params_per_module": per_module, "model_params": n_total, "matched_modules": len(paths),
-        "layout": stats.layout,
+        "layout": stats.layout, RECORD_KEY: TrainRows.of((r["text"] for r in ds.rows), ds.source).to_json(),
     }
     result = TuneResult(None, trained, tokenizer, n_train, per_module, losses, stats.seconds_per_step,
                         options, report, info)
@@ -432,6 +428,8 @@ def save_adapter(result: TuneResult, out: str | os.PathLike, force: bool, base_s
         adapter_cfg["base_model_name_or_path"] = ref
         run.json("adapter_config.json", adapter_cfg)
         run.json("affectlens_tune.json", result.info)
+        if RECORD_KEY in result.info:  # the manifest names what was trained on; the digests stay in the json
+            run.extra[RECORD_KEY] = {k: v for k, v in result.info[RECORD_KEY].items() if k != "hashes"}
         run.figure("loss_curve.png", loss_curve(result.loss_curve, f"LoRA {','.join(result.options['modules'])} "
                                                                    f"r={cfg.rank}"))
     return Path(out)

@@ -363,10 +363,10 @@ def test_csv_field_over_128k_is_read(tmp_path, capfd):
 
 def test_csv_malformed_is_one_line_with_row(tmp_path, capfd):
     f = tmp_path / "bad.csv"
-    f.write_text('text,label\nfine,joy\n"unterminated,anger\nmore,joy\n')
+    f.write_text('text,label\nfine,joy\n"unterminated,anger,extra\nmore,joy\n')  # the quote is text; 3 fields
     out = tmp_path / "run"
     line = assert_refused(run_cli(capfd, "evaluate", TINYSTORIES, "--task", f"csv:{f}", "--out", out), out=out)
-    assert "bad.csv" in line
+    assert "bad.csv" in line and "row 3 has 3 fields" in line
 
 
 @pytest.mark.parametrize("argv", [

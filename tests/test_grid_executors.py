@@ -209,3 +209,97 @@ def test_unpicklable_evaluator_is_one_line(ray_runtime, tmp_path):
         run_grid(grid_yaml(tmp_path), tmp_path / "run", evaluator=ev, echo=lambda s: None,
                  executor=ExecutorSpec("ray"))
     assert "\n" not in str(e.value) and not list((tmp_path / "run" / "cells").iterdir())
+
+
+# --- engines fail loudly: no quiet fallback to this machine, no more cells here than its cores hold ---------
+
+
+def test_slurm_without_sbatch_is_one_line_never_a_local_run(tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch: submitit would pick its local executor
+    cfg = grid_yaml(tmp_path)
+    rc, out, err = run_cli(capfd, "grid", cfg, "--out", tmp_path / "out", "--executor", "slurm", "--gpus-per-cell", "1")
+    assert rc == 2 and err.count("\n") == 1 and "needs Slurm's sbatch on PATH" in err, err
+    assert "submitit cluster" not in out and not (tmp_path / "out").exists()
+    ExecutorSpec("slurm", options={"cluster": "local"}).check()  # asked for by name, it runs here
+    with pytest.raises(AffectlensError, match="unknown submitit cluster 'auto'"):
+        ExecutorSpec("slurm", options={"cluster": "auto"}).check()
+
+
+def test_gpus_per_cell_must_fit_this_machine_when_cells_run_here(tmp_path, capfd, monkeypatch):
+    from affectlens.grid import executors
+
+    monkeypatch.setattr(executors, "local_gpus", lambda: 0)
+    rc, _, err = run_cli(capfd, "grid", grid_yaml(tmp_path), "--out", tmp_path / "out", "--executor", "ray",
+                         "--gpus-per-cell", "0.5")
+    assert rc == 2 and err.count("\n") == 1 and "this machine (a local Ray runtime), which has 0 GPU(s)" in err, err
+    with pytest.raises(AffectlensError, match="submitit's local executor\\), which has 0 GPU"):
+        ExecutorSpec("slurm", gpus_per_cell=1, options={"cluster": "local"}).check()
+    ExecutorSpec("ray", address="auto", gpus_per_cell=1).check()  # a cluster's GPUs are not this machine's
+    monkeypatch.setattr(executors, "local_gpus", lambda: 1)
+    ExecutorSpec("ray", gpus_per_cell=0.5).check()
+
+
+class FakeSubmitit:
+    """submitit's AutoExecutor as far as the driver uses it: jobs finish after a few polls; counts the peak."""
+
+    def __init__(self) -> None:
+        self.running = self.peak = 0
+        self.clusters: list[str | None] = []
+        fake = self
+
+        class Auto:
+            def __init__(self, folder, cluster=None):
+                self.cluster = cluster
+                fake.clusters.append(cluster)
+
+            def update_parameters(self, **kw):
+                pass
+
+            def submit(self, fn, job):
+                return fake.start()
+
+            def map_array(self, fn, jobs):
+                return [fake.start() for _ in jobs]
+
+        self.AutoExecutor = Auto
+
+    def start(self):
+        fake = self
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+
+        class Handle:
+            polls, finished = 0, False
+
+            def done(self, force_check=False):
+                self.polls += 1
+                if self.polls >= 3:
+                    self.result()
+                return self.finished
+
+            def result(self):
+                if not self.finished:
+                    self.finished = True
+                    fake.running -= 1
+
+        return Handle()
+
+
+def test_local_submitit_runs_no_more_jobs_than_the_cores_hold(tmp_path, monkeypatch):
+    import sys
+
+    from affectlens import threads
+    from affectlens.grid.executors import run_waves
+
+    fake = FakeSubmitit()
+    monkeypatch.setitem(sys.modules, "submitit", fake)
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    jobs = [Job({}, {}, str(tmp_path), "", "", "GET", s) for s in range(8)]
+    lines: list[str] = []
+    run_waves(ExecutorSpec("slurm", cpus_per_cell=2, options={"cluster": "local"}), [jobs], tmp_path, lines.append)
+    assert fake.peak == 2 and fake.running == 0 and sum(x.startswith("  done") for x in lines) == 8
+    assert "submitit cluster: local, 2 job(s) at a time" in "\n".join(lines)
+    run_waves(ExecutorSpec("slurm", cpus_per_cell=8, options={"cluster": "local"}), [jobs[:3]], tmp_path, print)
+    assert fake.peak == 2  # more cores per cell than the machine has: one at a time, not none
+    run_waves(ExecutorSpec("slurm"), [jobs], tmp_path, print)  # on Slurm, its scheduler places the jobs
+    assert fake.clusters == ["local", "local", "slurm"] and fake.peak == 8

@@ -267,14 +267,52 @@ def test_bad_rows_skip_and_report_drop_only_the_bad_rows(tmp_path, capfd):
 
 
 def test_a_quote_opening_a_field_no_longer_stops_the_file_silently(tmp_path):
-    # csv reads from an opening quote to the next one: the rest of the file became one field of row 199
+    # csv read from an opening quote to the next one: the rest of the file became one field of row 199
     p = _isear(tmp_path / "isear.csv", n=300, pipe_rows=(), quote_row=197)
-    with pytest.raises(AffectlensError, match="row 199: a quote opening field 'SIT'.*pass quote=none"):
-        load_task(f"csv:{p},delimiter=|,text=SIT,label=EMOT")
+    t = load_task(f"csv:{p},delimiter=|,text=SIT,label=EMOT")  # the quote never closes: it is text
+    assert len(t.examples) == 300 and t.examples[197].text == '"When I said it 197'
+    assert t.examples[198].text == "situation 198" and t.examples[-1].text == "situation 299"
     t = load_task(f"csv:{p},delimiter=|,text=SIT,label=EMOT,quote=none")
     assert len(t.examples) == 300 and t.examples[197].text == '"When I said it 197'
     with pytest.raises(AffectlensError, match=r"columns ID, EMOT, SIT, STATE \(separated by '\|'\).*delimiter=\|"):
         parse_task(str(p))  # a bare path: the delimiter is sniffed and named in the spec to use
+
+
+SURVEY = {  # id -> (the line's text field as written, the text it holds)
+    1: ("plain text", "plain text"),
+    2: ('"quoted | with a bar and ""inner"" quotes"', 'quoted | with a bar and "inner" quotes'),
+    3: ('He said "no way', 'He said "no way'),
+    4: ('I "love" it', 'I "love" it'),
+    5: ('"abc" def', '"abc" def'),
+    6: ('"never closed on its line', '"never closed on its line'),
+    7: ('later "x', 'later "x'),
+    8: ('said no"', 'said no"'),
+    9: ('"two\nlines"', "two\nlines"),
+    10: ('""', ""),
+    11: ('"ends ""quoted"""', 'ends "quoted"'),
+    12: ('"a stray opener', '"a stray opener'),
+    13: ('that closes"', 'that closes"'),
+}
+
+
+def test_survey_file_with_quotes_in_text_loads_every_row(tmp_path):
+    """``|`` fields, properly quoted texts beside stray quotes: every row loads with its own text."""
+    p = tmp_path / "survey.csv"
+    p.write_text("id|text|score\n" + "".join(f"{i}|{raw}|{i / 2}\n" for i, (raw, _) in SURVEY.items()))
+    rows = load_rows(f"csv:{p},delimiter=|,text=text,label=id")
+    assert rows == [(text, str(i)) for i, (_, text) in SURVEY.items()]
+    assert [e.text for e in load_task(f"csv:{p},delimiter=|,text=text,label=score").examples][-2:] == [
+        '"a stray opener', 'that closes"']  # a lone quote that closes right before '|' merges no rows
+
+
+@pytest.mark.parametrize(("body", "texts"), [
+    ('"Hi\nthere",joy\n"open,joy\nsaid no",anger\nok,joy\n', ["Hi\nthere", '"open', 'said no"', "ok"]),
+    ('1,"Hi\r\nthere"\r\n2,"open\r\n3,z"\r\n', ["Hi\r\nthere", '"open', 'z"']),
+])
+def test_a_quoted_field_spans_lines_only_when_no_two_rows_merge(tmp_path, body, texts):
+    p = tmp_path / "t.csv"
+    p.write_bytes((("text,label\n" if body[0] == '"' else "label,text\r\n") + body).encode())
+    assert [t for t, _ in load_rows(f"csv:{p}")] == texts
 
 
 # ----------------------------------------------------------------------------- the shared real data sets

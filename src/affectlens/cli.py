@@ -18,6 +18,11 @@ as Unix tools do, with exit code 141 (128 + SIGPIPE). SIGTERM (``kill``, a
 scheduler's time limit) unwinds like Ctrl-C, so every temp dir and claim is
 removed on the way out; it exits 143 (128 + SIGTERM), Ctrl-C 130. A full disk
 is one line naming the path (and the bytes needed, where known), exit code 2.
+
+Under a launcher (``accelerate launch``, ``torchrun``: ``WORLD_SIZE`` > 1) every
+process meets the same error; only the main one (rank 0) says it, so the user
+reads one line, not one per process. The others exit with the same code in
+silence (a bug met by them alone is one line naming the rank, no traceback).
 """
 
 from __future__ import annotations
@@ -100,6 +105,11 @@ class _Parser(argparse.ArgumentParser):
         kwargs["formatter_class"] = _HelpFormatter
         super().__init__(*args, **kwargs)
 
+    def error(self, message: str) -> Any:
+        if _side_rank():
+            sys.exit(2)  # rank 0 prints the usage error for the job
+        return super().error(message)
+
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[Any, list[str]]:
         ns, rest = super().parse_known_args(args, namespace)
         # A required option with a deprecated spelling (commands.options.renamed) is checked here,
@@ -160,13 +170,18 @@ def quiet_transformers() -> None:
             sys.modules["huggingface_hub.utils"].disable_progress_bars()
 
 
+def _side_rank() -> int:
+    """This process's rank when it is one of several launched processes other than the main one, else 0."""
+    from .tune.distributed import launched, rank_from_env
+
+    return rank_from_env() if launched() else 0
+
+
 def _claim(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     out = getattr(args, "out", None)
     if not isinstance(out, str | os.PathLike) or not str(out):
         return contextlib.nullcontext()
-    from .tune.distributed import launched, rank_from_env
-
-    if launched() and rank_from_env() > 0:  # one of several processes: the main one (rank 0) writes --out
+    if _side_rank():  # one of several processes: the main one (rank 0) writes --out
         return contextlib.nullcontext()
     from .runs import claim_output
 
@@ -216,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     quiet_transformers()
+    side = _side_rank()
     try:
         with _sigterm_unwinds():
             apply_thread_policy()  # before any torch import: no oversubscribed cores on a busy machine
@@ -223,23 +239,33 @@ def main(argv: list[str] | None = None) -> int:
                 rc = args.func(args)
             sys.stdout.flush()
     except AffectlensError as e:
-        print(f"affectlens: error: {e}", file=sys.stderr)
+        _say(f"affectlens: error: {e}", side)
         return 2
-    except Terminated:
-        print("affectlens: terminated", file=sys.stderr)
+    except Terminated:  # a launcher stops the other processes when one fails: no line from them
+        _say("affectlens: terminated", side)
         return EXIT_SIGTERM
     except KeyboardInterrupt:
-        print("affectlens: interrupted", file=sys.stderr)
+        _say("affectlens: interrupted", side)
         return EXIT_SIGINT
     except BrokenPipeError:
         _stdout_gone()
         return EXIT_SIGPIPE
     except Exception as e:
-        if not is_disk_full(e):
-            raise  # a bug: keeps its traceback
-        print(f"affectlens: error: {_disk_full_line(e, args)}", file=sys.stderr)
-        return 2
+        if is_disk_full(e):
+            _say(f"affectlens: error: {_disk_full_line(e, args)}", side)
+            return 2
+        if not side:
+            raise  # a bug: keeps its traceback (rank 0 shows it for the job)
+        first = next((x.strip() for x in str(e).splitlines() if x.strip()), "")
+        print(f"affectlens: rank {side} failed: {type(e).__name__}: {first}", file=sys.stderr)
+        return 1
     return int(rc or 0)
+
+
+def _say(line: str, side: int) -> None:
+    """An error line, on rank 0 only (or without a launcher)."""
+    if not side:
+        print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

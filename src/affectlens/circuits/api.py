@@ -38,7 +38,7 @@ from .inputs import (
 from .layers import LayerProfile
 from .neurons import NeuronResult
 from .pairs import encoder_for
-from .vectors import SteeringVectors
+from .vectors import SteeringVectors, check_vectors_file
 
 EXPORTS = ("lm-eval", "steering-vectors")
 
@@ -53,6 +53,12 @@ def _run_inputs(model_path: str, pairs_path: str | None, adapter: str | None,
 
 
 # ----------------------------------------------------------------------------- vectors
+
+
+def _check_vectors(vectors: str | None, allow_pickle: bool) -> None:
+    """Given vectors exist, and a pickle (``.pt``) only with ``allow_pickle``: before any model loads."""
+    if vectors:
+        check_vectors_file(vectors, allow_pickle)
 
 
 def vector_rows(sv: SteeringVectors) -> list[dict[str, Any]]:
@@ -159,6 +165,7 @@ def layers_run(model_path: str, out: str, pairs_path: str | None = None, force: 
     check_layer_spec(layers, "--layers")
     finite_options(alpha=alpha, min_score=vec_opts.get("min_score"))
     positive(limit=max_pairs, batch_size=batch_size)
+    _check_vectors(vec_opts.get("vectors"), allow_pickle)
     torch.manual_seed(seed)
     options = {"alpha": alpha, "scale": scale, "layers": layers, "emotions": emotions, "max_pairs": max_pairs,
                "batch_size": batch_size, "dtype": dtype, "device": device, **_vec_options(vec_opts)}
@@ -169,7 +176,7 @@ def layers_run(model_path: str, out: str, pairs_path: str | None = None, force: 
         sel = select_layers(layers, len(decoder_layers(model)), "--layers")
         run.options["layers"] = list(sel)
         enc = encoder_for(tok, pairs, proc)
-        sv = vectors_for(model, enc, pairs, vec_opts)
+        sv = vectors_for(model, enc, pairs, vec_opts, allow_pickle)
         # finished emotions survive an interruption here (keyed by weights, prompts, vector, options)
         resume = sweep_cache_dir() / hashlib.sha256(repr((model_path, adapter, ran_on(model))).encode()).hexdigest()[:16]
         prof = layer_profile(model, enc, pairs, sv, alpha, scale, sel, emotions, max_pairs, batch_size, resume)
@@ -250,6 +257,7 @@ def _attribution_run(command: str, model_path: str, out: str, pairs_path: str | 
     check(device, dtype)
     positive(top_k=top_k, limit=max_pairs)
     finite_options(min_score=vec_opts.get("min_score"))
+    _check_vectors(vec_opts.get("vectors"), allow_pickle)
     torch.manual_seed(seed)
     options = {"target_layer": target_layer, "metric": metric, "top_k": top_k, "emotions": emotions,
                "max_pairs": max_pairs, "dtype": dtype, "device": device, **_vec_options(vec_opts)}
@@ -258,7 +266,7 @@ def _attribution_run(command: str, model_path: str, out: str, pairs_path: str | 
         model, tok, proc, pairs = setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle, device)
         run.extra["ran_on"] = ran_on(model)
         enc = encoder_for(tok, pairs, proc)
-        yield run, model, enc, pairs, vectors_for(model, enc, pairs, vec_opts)
+        yield run, model, enc, pairs, vectors_for(model, enc, pairs, vec_opts, allow_pickle)
 
 
 def heads_run(model_path: str, out: str, pairs_path: str | None = None, force: bool = False,
@@ -360,6 +368,7 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
     positive(top_k=top, limit=limit, batch_size=batch_size)
     if not (steer or amplify_heads or amplify_neurons):
         raise AffectlensError("nothing to do: give --steer, --amplify-heads and/or --amplify-neurons")
+    _check_vectors(vectors, allow_pickle)
     for t in tasks:  # bad task specs fail before the model loads
         load_task(parse_task(t), limit)
     texts = ppl_texts_of(ppl_texts, pairs_path)
@@ -374,7 +383,7 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
         model, tok = load_lm(model_path, adapter, dtype, allow_pickle, device)  # also a VLM's language side
         run.extra["ran_on"] = ran_on(model)
         n_layers = len(decoder_layers(model))
-        sv = load_vectors(vectors, n_layers, vectors_label, hidden_size(model)) if vectors else None
+        sv = load_vectors(vectors, n_layers, vectors_label, hidden_size(model), allow_pickle) if vectors else None
         iv = Intervention(steer=parse_steer(steer), scale=scale, vectors=sv,
                           heads=units_of(amplify_heads, "head", top, emotion), beta=beta, attn_mode=attn_mode,
                           split_layer=split_layer, neurons=units_of(amplify_neurons, "neuron", top, emotion),

@@ -53,17 +53,17 @@ def load_lm(model_path: str, adapter: str | None = None, dtype: str = "auto", al
 
 
 def load_vectors(path: str | os.PathLike, num_layers: int, label: str | None = None,
-                 hidden: int | None = None) -> SteeringVectors:
+                 hidden: int | None = None, allow_pickle: bool = False) -> SteeringVectors:
     """Our safetensors (dir or file), or a steering-vectors / lm-eval ``.pt`` (needs ``label``).
 
-    ``.pt`` files are read with ``torch.load(weights_only=True)``; every
+    A ``.pt`` is a pickle: read only with ``allow_pickle`` (the CLI's ``--allow-pickle``; the
+    rule is the library's, not only the command's), with ``torch.load(weights_only=True)``. Every
     vector is checked: shape, layer count, hidden size (when given), finite.
     """
-    from .vectors import torch_load
+    from .vectors import check_vectors_file, torch_load
 
     p = Path(path)
-    if not p.exists():
-        raise AffectlensError(f"no steering vectors at {p}")
+    check_vectors_file(p, allow_pickle)
     if p.is_dir() or p.suffix == ".safetensors":
         sv = SteeringVectors.load(p)
     else:
@@ -165,14 +165,16 @@ def setup(model_path: str, pairs_path: str | None, adapter: str | None, dtype: s
     return model, tok, proc, pairs
 
 
-def vectors_for(model: Any, enc: Any, pairs: list[Pair], opts: dict[str, Any]) -> SteeringVectors:
-    """``opts["vectors"]`` loaded and checked against the model, else computed from the pairs."""
+def vectors_for(model: Any, enc: Any, pairs: list[Pair], opts: dict[str, Any],
+                allow_pickle: bool = False) -> SteeringVectors:
+    """``opts["vectors"]`` loaded and checked against the model (a ``.pt`` only with ``allow_pickle``),
+    else computed from the pairs."""
     from .hooks import decoder_layers
     from .vectors import compute_vectors
 
     if opts.get("vectors"):
         return load_vectors(opts["vectors"], len(decoder_layers(model)), opts.get("vectors_label"),
-                            hidden_size(model))
+                            hidden_size(model), allow_pickle)
     return compute_vectors(model, enc, pairs, min_score=opts.get("min_score", 0.5),
                            position=opts.get("position", "last"), from_token=opts.get("from_token", 0),
                            centring=opts.get("centring", "pair"), denoise=opts.get("denoise"))

@@ -8,6 +8,7 @@ of ``e``: ``(mean p_steered − mean p_base) / mean p_base``. The profile over
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..claims import temp_file
 from ..errors import AffectlensError
 from ..runs import Progress, slug
 from .hooks import decoder_layers
@@ -192,9 +194,14 @@ def _save(folder: str | os.PathLike | None, e: str, key: str, rows: list[dict[st
         return
     path = Path(folder) / f"{slug(e)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "rows": rows}))
-    os.replace(tmp, path)
+    tmp = temp_file(path)  # a new file: an emotion slugged to a user's "x.tmp" never overwrites it
+    try:
+        tmp.write_text(json.dumps({"key": key, "rows": rows}))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def sweep_cache_dir() -> Path:

@@ -17,15 +17,23 @@ cell keys, paths, device/dtype); a worker keeps one loaded base per process
 (Ray reuses worker processes), so a cell does not reload the base it already
 holds. The engines are imported only when chosen; a missing one is a
 one-line error naming the extra to install.
+
+An engine never falls back quietly: ``slurm`` needs Slurm's ``sbatch`` (submitit
+would otherwise run every job here at once); its local executor runs only when
+asked for by name (``options={"cluster": "local"}``). Where cells do run on this
+machine (a private Ray runtime, submitit's local executor) at most
+``cores // cpus_per_cell`` run at once, and ``gpus_per_cell`` must fit the GPUs here.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +43,7 @@ from .workbench import adapter_dir
 
 ENGINES = ("serial", "ray", "slurm")
 _EXTRA = {"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")}
+LOCAL_CLUSTERS = ("local", "debug")  # submitit's clusters on this machine: only when named
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,8 @@ class ExecutorSpec:
     without it a local Ray runtime with this machine's cores is started and
     stopped again. ``options`` go to submitit's ``update_parameters`` (for
     example ``slurm_partition``, ``timeout_min``) and may hold ``cluster``
-    (``local`` runs the jobs as local subprocesses, the same path minus sbatch).
+    (``local`` runs the jobs as local subprocesses, the same path minus sbatch;
+    without it the jobs go to Slurm, whose ``sbatch`` must be on PATH).
     """
 
     name: str = "serial"
@@ -69,16 +79,53 @@ class ExecutorSpec:
         if self.name == "slurm" and self.gpus_per_cell != int(self.gpus_per_cell):
             raise AffectlensError("--gpus-per-cell must be a whole number with --executor slurm "
                                   "(fractions of a GPU are a Ray feature)")
+        cluster = self.options.get("cluster")
+        if self.name == "slurm" and cluster not in (None, "slurm", *LOCAL_CLUSTERS):
+            raise AffectlensError(f"unknown submitit cluster {cluster!r}; choose from slurm, "
+                                  f"{', '.join(LOCAL_CLUSTERS)}")
         if self.name in _EXTRA:
-            require_engine(self.name, scheduler=False)
+            require_engine(self.name, scheduler=not self.local)
+        if self.local and self.gpus_per_cell:
+            have = local_gpus()
+            if have < math.ceil(self.gpus_per_cell):
+                raise AffectlensError(f"--gpus-per-cell {self.gpus_per_cell:g}: the cells run on this machine "
+                                      f"({self.where}), which has {have} GPU(s); leave --gpus-per-cell out "
+                                      "or run on a cluster")
+
+    @property
+    def local(self) -> bool:
+        """Whether the cells run on this machine (a private Ray runtime, submitit's local executor)."""
+        if self.name == "ray":
+            return not self.address
+        return self.name == "serial" or self.options.get("cluster") in LOCAL_CLUSTERS
+
+    @property
+    def where(self) -> str:
+        return "a local Ray runtime" if self.name == "ray" else f"submitit's {self.options.get('cluster')} executor"
+
+    def slots(self) -> int:
+        """Cells at once on this machine: what its cores (and GPUs) hold, at least one."""
+        from ..threads import available_cores
+
+        n = available_cores() // self.cpus_per_cell
+        if self.gpus_per_cell:
+            n = min(n, int(local_gpus() // self.gpus_per_cell))
+        return max(1, n)
+
+
+def local_gpus() -> int:
+    """CUDA devices this process sees (0 without torch's CUDA)."""
+    import torch
+
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 
 def require_engine(name: str, scheduler: bool = True) -> None:
     """Refuse an engine that cannot run here, in one line, before any work.
 
     ``scheduler``: also require Slurm's ``sbatch`` on PATH for ``slurm`` -- without it submitit
-    would quietly run the jobs here instead of on the cluster the user asked for (a grid's
-    ``cluster: local`` option opts into that on purpose, so the grid's own check passes False).
+    would quietly run the jobs here instead of on the cluster the user asked for (an executor's
+    ``cluster: local`` option opts into that on purpose, so its check passes False).
     """
     import importlib.util
     import shutil
@@ -273,7 +320,8 @@ def _slurm(spec: ExecutorSpec, job_waves: list[list[Job]], out: Path, echo: Call
     import submitit
 
     opts = dict(spec.options)
-    ex = submitit.AutoExecutor(folder=out / "slurm" / "%j", cluster=opts.pop("cluster", None))
+    # Named, never detected: submitit's detection picks "local" wherever sbatch is missing.
+    ex = submitit.AutoExecutor(folder=out / "slurm" / "%j", cluster=opts.pop("cluster", None) or "slurm")
     params: dict[str, Any] = {"cpus_per_task": spec.cpus_per_cell, "timeout_min": 240, "name": "affectlens-grid"}
     if spec.gpus_per_cell:
         params["gpus_per_node"] = int(spec.gpus_per_cell)
@@ -282,20 +330,38 @@ def _slurm(spec: ExecutorSpec, job_waves: list[list[Job]], out: Path, echo: Call
         ex.update_parameters(**params)
     except (ValueError, TypeError) as e:
         raise AffectlensError(f"submitit refused the job parameters: {_first_line(e)}") from None
-    echo(f"  submitit cluster: {ex.cluster} (logs in {out / 'slurm'})")
+    slots = spec.slots() if spec.local else None
+    echo(f"  submitit cluster: {ex.cluster}{f', {slots} job(s) at a time' if slots else ''} "
+         f"(logs in {out / 'slurm'})")
     for wave in job_waves:
         failed: list[str] = []
         try:
-            jobs = ex.map_array(run_job, wave)
+            done = _window(ex, wave, slots) if slots else zip(wave, ex.map_array(run_job, wave), strict=True)
+            for job, handle in done:
+                try:
+                    error = handle.result()
+                except Exception as e:  # submitit raises its own failure types for a dead or failed job
+                    error = f"the job failed ({_first_line(e)})"
+                _report(job, error, failed, echo, bar)
         except (TypeError, pickle.PicklingError) as e:
             raise _unpicklable(e) from None
-        for job, handle in zip(wave, jobs, strict=True):
-            try:
-                error = handle.result()
-            except Exception as e:  # submitit raises its own failure types for a dead or failed job
-                error = f"the job failed ({_first_line(e)})"
-            _report(job, error, failed, echo, bar)
         _raise(failed, f"submitit/{ex.cluster}")
+
+
+def _window(ex: Any, wave: list[Job], slots: int) -> Iterator[tuple[Job, Any]]:
+    """Each job with its finished handle, never more than ``slots`` submitted and unfinished at once
+    (submitit's local executor starts every job of an array together)."""
+    pending = list(wave)
+    running: dict[Any, Job] = {}
+    while pending or running:
+        while pending and len(running) < slots:
+            job = pending.pop(0)
+            running[ex.submit(run_job, job)] = job
+        finished = [h for h in running if h.done()]
+        if not finished:
+            time.sleep(0.2)
+        for h in finished:
+            yield running.pop(h), h
 
 
 __all__ = ["ENGINES", "ExecutorSpec", "Job", "adapter_dir", "require_engine", "run_job", "run_waves", "waves"]

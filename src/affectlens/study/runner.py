@@ -104,14 +104,12 @@ def check_executor(executor: Any) -> None:
     """An executor the scoring stages can use here: a known engine, installed, with its scheduler."""
     if executor in (None, "serial"):
         return
-    from ..grid.executors import ExecutorSpec, require_engine
+    from ..grid.executors import ExecutorSpec
 
     if isinstance(executor, ExecutorSpec):
-        executor.check()
-        require_engine(executor.name, scheduler=executor.options.get("cluster") in (None, "slurm"))
+        executor.check()  # the engine, and Slurm's sbatch unless a local cluster is named
     elif isinstance(executor, str):
         ExecutorSpec(executor).check()
-        require_engine(executor)
     else:
         raise AffectlensError(f"executor must be serial, ray, slurm or a grid ExecutorSpec, not {executor!r}")
 

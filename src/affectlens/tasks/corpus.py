@@ -20,11 +20,13 @@ which keeps the package Apache-2.0 clean.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..claims import temp_file
 from ..errors import AffectlensError
 from ..runs import parse_jsonl_lines
 from ..vocab import EMOTIONS
@@ -353,9 +355,14 @@ def write(out_dir: str | Path = DATA_DIR) -> list[Path]:
     paths = []
     for name, text in render().items():
         p = out / name
-        tmp = p.with_name(f".{name}.tmp")
-        tmp.write_text(text, encoding="utf-8", newline="\n")
-        tmp.replace(p)
+        tmp = temp_file(p)  # a new file: a user's look-alike of the temp name is never truncated
+        try:
+            tmp.write_text(text, encoding="utf-8", newline="\n")
+            tmp.replace(p)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         paths.append(p)
     return paths
 

@@ -1,24 +1,28 @@
 """Reading delimiter-separated and JSONL data files into rows, strictly but recoverably.
 
 Real files are messy: ISEAR's ``|``-separated file has ``|`` inside its
-free-text field on some rows, and a field that *starts* with a quote makes
-the csv module read everything up to the next quote -- often the rest of the
-file -- as one field, so a file silently "stops" at that row. Both are
-caught here: a row with the wrong number of fields is an error naming the
-file and row (``bad_rows=skip|report`` drops such rows instead, counted), and
-a quoted field that swallows lines which look like rows of their own is an
-error that says to pass ``quote=none``.
+free-text field on some rows (a row with the wrong number of fields is an
+error naming the file and row; ``bad_rows=skip|report`` drops such rows
+instead, counted), and survey exports put quotes in free text both ways: as
+properly quoted fields (``"a | b"``, ``""`` for a quote) and as stray quotes
+(``He said "no way``, ``I "love" it``). csv's reader reads from a stray
+opening quote to the next quote -- often many rows later -- as one field, so
+rows with quotes were lost or merged. The reading here is tolerant instead:
+a field is quoted only when it *starts* with the quote and a lone quote
+closes it right before a delimiter or the line's end; every other quote is
+text. A quoted field may span lines (standard CSV), but never merges two
+lines that would each be a complete row: then its opening quote is text too.
 
-One field holds at most ``FIELD_LIMIT`` characters, enforced by the csv
-reader as it reads (a quote that never closes, or a binary file, stops there
-instead of handing a 50 MB "text" to the tokenizer). csv's own default,
-128 KiB, is too small for a long transcript.
+One field holds at most ``FIELD_LIMIT`` characters (a binary file, or a
+quoted field that would run on past it, stops there instead of handing a
+50 MB "text" to the tokenizer). csv's own default, 128 KiB, is too small for
+a long transcript.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import re
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
@@ -102,62 +106,136 @@ def read_rows(path: Path, delimiter: str | None = None, quote: str | None = None
     delim = _delimiter(path, delimiter)
     if quote is not None and quote.lower() != "none" and len(quote) != 1:
         raise AffectlensError(f"{path}: quote must be one character or 'none', not {quote!r}")
-    stream = io.StringIO(text, newline="")
-    if quote is not None and quote.lower() == "none":
-        reader = csv.DictReader(stream, delimiter=delim, quoting=csv.QUOTE_NONE)
-    else:
-        reader = csv.DictReader(stream, delimiter=delim, quotechar=quote or '"')
-    rows: list[Row] = []
-    spans: list[tuple[int, int]] = []
-    old_limit = csv.field_size_limit()
-    csv.field_size_limit(FIELD_LIMIT)  # the reader stops at the limit, not after the field
-    try:
-        if not reader.fieldnames:
-            raise AffectlensError(f"{path} has no header row")
-        reader.fieldnames = [f.strip() for f in reader.fieldnames]
-        prev = reader.line_num
-        for i, row in enumerate(reader, 2):
-            rows.append(Row(row, f"row {i}"))
-            spans.append((prev + 1, reader.line_num))
-            prev = reader.line_num
-    except csv.Error as e:
-        if "field limit" in str(e):
-            raise AffectlensError(f"{path}: row {len(rows) + 2} has a field over the limit of {FIELD_LIMIT:,} "
-                                  "characters (a quote that never closes? quote=none reads quotes as text)") from None
-        raise AffectlensError(f"{path}: row {len(rows) + 2} (line {reader.line_num}) is not valid "
-                              f"CSV: {e}") from None
-    finally:
-        csv.field_size_limit(old_limit)
-    n = len(reader.fieldnames)
-    _runaway_quote(path, rows, spans, delim, n)
+    q = None if quote is not None and quote.lower() == "none" else quote or '"'
+    if q == delim:
+        raise AffectlensError(f"{path}: the quote and the delimiter are both {q!r}")
+    records = _Records(text, delim, q)
+    header = records.header()
+    if header is None:
+        raise AffectlensError(f"{path} has no header row")
+    names = [f.strip() for f in header]
+    n = len(names)
     kept: list[Row] = []
-    for row in rows:
-        if None in row or None in row.values():  # csv's markers for too many / too few fields
-            got = n + len(row.get(None) or ()) - sum(v is None for v in row.values())
-            if bad_rows == "error":
-                raise AffectlensError(f"{path}: {row.where} has {got} fields, the header has {n} (a "
-                                      f"delimiter or quote inside a field? bad_rows=skip|report drops such rows)")
-            skipped = SKIPPED.get()
-            if skipped is not None:
-                skipped.append(f"{path.name} {row.where} ({got} fields)")
+    for i, fields in enumerate(records.rows(n), 2):
+        if any(len(f) > FIELD_LIMIT for f in fields):
+            raise AffectlensError(f"{path}: row {i} has a field over the limit of {FIELD_LIMIT:,} characters "
+                                  "(is it a text file?)")
+        if len(fields) == n:
+            kept.append(Row(dict(zip(names, fields, strict=True)), f"row {i}"))
             continue
-        kept.append(row)
+        if bad_rows == "error":
+            raise AffectlensError(f"{path}: row {i} has {len(fields)} fields, the header has {n} (a "
+                                  f"delimiter or quote inside a field? bad_rows=skip|report drops such rows)")
+        skipped = SKIPPED.get()
+        if skipped is not None:
+            skipped.append(f"{path.name} row {i} ({len(fields)} fields)")
     return kept
 
 
-def _runaway_quote(path: Path, rows: list[Row], spans: list[tuple[int, int]], delim: str, n: int) -> None:
-    """A quoted field spanning lines that hold ``n - 1`` delimiters each has eaten rows: refuse it."""
-    for row, (first, last) in zip(rows, spans, strict=True):
-        if last <= first:
-            continue
-        for key, value in row.items():
-            if isinstance(value, str) and "\n" in value:
-                eaten = [ln for ln in value.split("\n")[1:] if ln.count(delim) >= max(n - 1, 1)]
-                if eaten:
-                    raise AffectlensError(
-                        f"{path}: {row.where}: a quote opening field '{key}' on line {first} runs to line {last}, "
-                        f"swallowing {len(eaten)} line(s) that look like rows; if quotes are plain text in "
-                        "this file pass quote=none")
+_EOL = re.compile(r"(\r\n|\r|\n)")
+
+
+class _Records:
+    """The records of a delimited text, read with tolerant quoting (see the module's docstring)."""
+
+    def __init__(self, text: str, delim: str, q: str | None) -> None:
+        pieces = _EOL.split(text)
+        self.lines, self.seps = pieces[0::2], pieces[1::2]  # each line's own terminator, kept in fields
+        self.delim, self.q = delim, q
+        self.at = 0
+
+    def header(self) -> list[str] | None:
+        while self.at < len(self.lines) and not self.lines[self.at]:
+            self.at += 1
+        if self.at == len(self.lines):
+            return None
+        self.at += 1
+        return self.fields(self.lines[self.at - 1], 0, literal_open=True)[0]
+
+    def rows(self, n: int) -> Iterator[list[str]]:
+        """Each non-blank record after the header."""
+        while self.at < len(self.lines):
+            if not self.lines[self.at]:
+                self.at += 1
+                continue
+            fields, self.at = self.record(self.at, n)
+            yield fields
+
+    def fields(self, line: str, start: int, literal_open: bool) -> tuple[list[str], int | None]:
+        """The fields of ``line`` from ``start``, and where a quoted field still open at the line's end
+        opens (None when none is, or when ``literal_open`` makes such a quote text)."""
+        q, delim = self.q, self.delim
+        if q is None or line.find(q, start) < 0:
+            return line[start:].split(delim), None
+        out: list[str] = []
+        i = start
+        while True:
+            if line.startswith(q, i):
+                j = i + 1
+                while (j := line.find(q, j)) >= 0 and line.startswith(q, j + 1):
+                    j += 2  # "" inside a quoted field
+                if j < 0 and not literal_open:
+                    return out, i
+                if j >= 0 and (j + 1 == len(line) or line[j + 1] == delim):
+                    out.append(line[i + 1:j].replace(q + q, q))
+                    if j + 1 == len(line):
+                        return out, None
+                    i = j + 2
+                    continue
+            e = line.find(delim, i)  # unquoted, or a quote that does not close where a field ends: text
+            if e < 0:
+                out.append(line[i:])
+                return out, None
+            out.append(line[i:e])
+            i = e + 1
+
+    def record(self, first: int, n: int) -> tuple[list[str], int]:
+        """The fields of the record starting at line ``first``, and the line after it."""
+        line = self.lines[first]
+        fields, at = self.fields(line, 0, literal_open=False)
+        k = first
+        while at is not None:
+            closed = self.close(k, at)
+            if closed is None:
+                break
+            value, k, after = closed
+            fields.append(value)
+            at = None
+            if after < len(self.lines[k]):  # the closing quote is followed by a delimiter
+                more, at = self.fields(self.lines[k], after + 1, literal_open=False)
+                fields += more
+        if at is None and (k == first or (len(fields) == n and self.whole_rows(first, k, n) < 2)):
+            return fields, k + 1
+        return self.fields(line, 0, literal_open=True)[0], first + 1
+
+    def close(self, k: int, at: int) -> tuple[str, int, int] | None:
+        """A quoted field opened at ``lines[k][at]`` and open at that line's end, closed on a later line:
+        its value, that line and the offset after its closing quote; None when a quote that does not
+        close a field comes first, or no quote within ``FIELD_LIMIT`` characters."""
+        q = self.q
+        assert q is not None
+        parts = [self.lines[k][at + 1:]]
+        size = len(parts[0])
+        for m in range(k + 1, len(self.lines)):
+            parts.append(self.seps[m - 1])
+            line = self.lines[m]
+            j = 0
+            while (j := line.find(q, j)) >= 0 and line.startswith(q, j + 1):
+                j += 2
+            if j >= 0:
+                if j + 1 < len(line) and line[j + 1] != self.delim:
+                    return None
+                parts.append(line[:j])
+                return "".join(parts).replace(q + q, q), m, j + 1
+            parts.append(line)
+            size += len(line) + 1
+            if size > FIELD_LIMIT:
+                return None
+        return None
+
+    def whole_rows(self, first: int, last: int, n: int) -> int:
+        """How many of lines ``first..last`` would each be a complete row of ``n`` fields on their own."""
+        return sum(len(self.fields(self.lines[m], 0, literal_open=True)[0]) == n for m in range(first, last + 1))
 
 
 def read_table(spec: TaskSpec) -> list[Row]:

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import AffectlensError
+
 
 def _env_int(keys: tuple[str, ...], default: int) -> int:
     """The first of ``keys`` a launcher set to a number (torchrun / accelerate, then MPI spellings)."""
@@ -59,7 +61,12 @@ def make_accelerator(device: str | None = None) -> Any:
     from accelerate import Accelerator
 
     cpu = str(device or "auto").lower() == "cpu" or not torch.cuda.is_available()
-    return Accelerator(cpu=cpu)
+    try:
+        return Accelerator(cpu=cpu)
+    except ValueError as e:  # an incomplete launch environment (WORLD_SIZE set by hand, no MASTER_ADDR)
+        first = next((x.strip() for x in str(e).splitlines() if x.strip()), "")
+        raise AffectlensError(f"cannot join the {world_size_from_env()} processes WORLD_SIZE announces "
+                              f"({first}); start them with accelerate launch or torchrun") from None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -11,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..claims import temp_file
 from ..errors import AffectlensError
 
 if TYPE_CHECKING:  # imported on first check: the memo and the raw-byte fast path need no torch
@@ -183,11 +185,18 @@ class FiniteMemo:
             rec = self._record(path)
             try:
                 rec.parent.mkdir(parents=True, exist_ok=True)
-                tmp = rec.with_name(f".{rec.name}.{os.getpid()}.tmp")
+                tmp = temp_file(rec)  # a new file, never one already there
+            except (OSError, AffectlensError):
+                continue
+            try:
                 tmp.write_text(json.dumps({"version": version, "names": sorted(known | names)}), encoding="utf-8")
                 tmp.replace(rec)
-            except OSError:
-                continue
+            except BaseException as e:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                if isinstance(e, OSError):
+                    continue
+                raise
             known |= names
         self._new.clear()
 

@@ -79,8 +79,6 @@ def _score_numbers(res: dict[str, Any], stage: str) -> dict[str, Any]:
 
 
 def _frontier(sec: dict[str, Any], r: dict[str, Any], run: Any) -> None:
-    from .. import plots
-
     nums = {"raw_share": r["raw_share"], "param_share": r["param_share"], "yardstick": r["yardstick"],
             "base": r["base"], "majority_class": r["majority"]}
     sec["numbers"] = {k: v for k, v in nums.items() if v is not None and v == v}  # undefined: left out
@@ -95,19 +93,12 @@ def _frontier(sec: dict[str, Any], r: dict[str, Any], run: Any) -> None:
     else:
         sec["tables"].append({"title": "score vs trainable parameters", "columns": ["variant", "params", "mean"],
                               "rows": [[p["variant"], p["params"], round(p["mean"], 4)] for p in r["points"]]})
-    pts = [{**p, "ci95": None} for p in r["points"]]
-    pareto = [p["variant"] for p in pts if not any(q["params"] <= p["params"] and q["mean"] > p["mean"]
-                                                    for q in pts if q is not p)]
-    run.figure("figures/frontier.png", plots.frontier(pts, pareto, {"base": r["base"], "majority": r["yardstick"]},
-                                                      ALL, "GET frontier"))
-    sec["figures"]["frontier"] = "figures/frontier.png"
 
 
 def _circuits(sections: dict[str, Any], r: dict[str, Any], ctx: Context, run: Any) -> None:
     d = ctx.root / r["dir"]
     for key, sub, png in (("circuits-layers", "layers", "layer_profile.png"),
-                          ("circuits-heads", "heads", "overlap.png"),
-                          ("circuits-intervention", "intervene-heads-top", "changes.png")):
+                          ("circuits-heads", "heads", "overlap.png")):
         sec = sections[key]
         src = d / sub / png
         if src.is_file():
@@ -229,6 +220,9 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
             sections["frontier"]["notes"] += res["frontier"].get("notes", [])
         if "circuits" in res and "circuits-layers" in sections:
             _circuits(sections, res["circuits"], ctx, run)
+        from .figures import add_figures
+
+        add_figures(sections, ctx, run)  # frontier with CIs, every intervention run, the adapters' losses
         evidence = {k: v for key, r in res.items() if "@" not in key  # claims: the first base only
                     for k, v in (r.get("evidence") or {}).items()}
         unjudged = {k: str(v) for key, r in res.items() if "@" not in key  # a stage's own word on why not
@@ -268,6 +262,7 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
                 "expected_time_by_stage_s": {k: v for k, v in expected.items() if k not in ("total", "basis")},
                 "expected_time_basis": expected["basis"], "stage_times_s": timing,
                 "failed_stages": failed, "device": ctx.device, "dtype": ctx.dtype,
+                **ctx.provenance,  # the data, the resolved device/dtype, cached vs run-now time (runner)
             },
         }
         run.json("study.json", study, nonfinite="null")

@@ -29,6 +29,7 @@ class Context:
     executor: Any = None
     allow_pickle: bool = False
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> result (this run)
+    provenance: dict[str, Any] = field(default_factory=dict)  # data, resolved device/dtype, time split: methods
 
     def tune_fn(self) -> Callable[..., Any]:
         if self.tuner is not None:

@@ -55,12 +55,13 @@ def stage_fingerprint(ctx: Context, stage: str, dep_fps: dict[str, str]) -> str:
         "adapters": {"base": f["base"], "data": f["data"], "control_data": f["control_data"],
                      "budget": cfg.budget.to_dict(), "seeds": cfg.seeds, "full": ctx.full_ft_supported(),
                      "full_budget": cfg.full_budget.to_dict() if ctx.full_ft_supported() else None},
-        "locate": {},
+        "locate": {"heatmaps": ["l2", "relative"]},  # a result without the Eq. 1 heatmap data is recomputed
         "sufficiency": {**scoring, "single": cfg.single},
         "efficiency": {**scoring, "single": cfg.single, "groups": cfg.groups},
         "necessity": {**scoring, "single": cfg.single},
         "frontier": {"affective": cfg.tasks, "tasks": tasks, "limit": cfg.eval["limit"]},
         "circuits": {"model": f.get("circuits_model"), "pairs": f.get("pairs"), "options": cfg.circuits,
+                     "neurons_amplified": "top_neurons",  # was top_k: a cache that amplified another count is redone
                      "tasks": {t: tasks[t] for t in cfg.tasks}, "seed": cfg.seeds[0], "dtype": ctx.dtype},
     }[stage]
     return fingerprint(stage, part, {d: dep_fps[d] for d in DEPS[stage]})
@@ -157,11 +158,13 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
     """
     from ..claims import claim_output
     from ..models.resolve import resolve_model_path
+    from .provenance import describe_data, device_dtype, time_parts, training_ran_on
 
     cfg = config if isinstance(config, StudyConfig) else load_study_config(
         config, profile=profile, model=model, stages=stages, seeds=seeds)
     out = Path(out)
     preflight(cfg, device, dtype, executor, allow_pickle)
+    data = describe_data(cfg)  # every data spec loaded as its stage will: a bad one fails here, not hours in
     resumed = check_study_out(out, force)
     with claim_output(out):
         base_path = resolve_model_path(cfg.model)
@@ -171,6 +174,7 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
             resumed = False
         ctx = Context(cfg, out, store, base_path, {}, tuner, evaluator, echo, dtype, device, executor, allow_pickle)
         ctx.fps = _content_fps(cfg, base_path)
+        ctx.provenance = {"data": data, **device_dtype(device, dtype)}
         others = {lab: base_context(ctx, b) for b, lab in base_labels(cfg).items() if b in cfg.other_bases}
         ctx.fps.update({f"base@{lab}": c.fps["base"] for lab, c in others.items()})  # for the methods
         expected = expected_seconds(cfg, base_path, [c.base_path for c in others.values()])
@@ -227,7 +231,10 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
             for lab, c in others.items() if stage in PER_BASE else ():
                 one(c, stage, f"@{lab}")
         bar.close()
-        wall = time.perf_counter() - t0
+        wall, parts = time_parts(timing, time.perf_counter() - t0)  # cached stages at their original seconds
+        ctx.provenance.update(parts)
+        if ctx.results.get("adapters", {}).get("ran_on"):
+            ctx.provenance["training_ran_on"] = training_ran_on(ctx.results["adapters"])
         from .assemble import write_study
 
         return write_study(ctx, out, expected, timing, failed, wall, fps)

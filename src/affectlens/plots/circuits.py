@@ -124,8 +124,8 @@ def intervention_runs(rows: list[dict[str, Any]], title: str = "") -> Any:
     metrics = list(dict.fromkeys(r["metric"] for r in rows)) or ["accuracy"]
     groups = list(dict.fromkeys((r["run"], r["task"]) for r in rows))
     several_tasks = len({t for _, t in groups}) > 1
-    width = max(6.0, 0.9 * len(groups) + 1.5)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics) / 1.3, 4.2), squeeze=False,
+    pw = max(4.0, 1.2 * len(groups) + 1.0)  # one panel: the y label and ticks, then ~1.2 in per pair
+    fig, axes = plt.subplots(1, len(metrics), figsize=(pw * len(metrics), 4.2), squeeze=False,
                              layout="constrained")
     fs = 8 if len(groups) <= 6 else 7
     for ax, metric in zip(axes[0], metrics, strict=True):
@@ -142,9 +142,9 @@ def intervention_runs(rows: list[dict[str, Any]], title: str = "") -> Any:
             top = max(r["before_ci"][1], r["after_ci"][1])
             ax.annotate(f"{r['after'] - r['before']:+.3f}", (i, top), textcoords="offset points", xytext=(0, 3),
                         ha="center", fontsize=fs - 1)
-        span = width / max(len(groups), 1)
-        ax.set_xticks(range(len(groups)), [wrap(f"{run}{f' · {task}' if several_tasks else ''}", span, fs)
-                                           for run, task in groups], fontsize=fs)
+        span = 0.85 * (pw - 1.0) / max(len(groups), 1)  # a tick label's share of the panel, with a gap
+        ax.set_xticks(range(len(groups)), [wrap(f"{run}{f', {task}' if several_tasks else ''}", span, fs,
+                                                (", ", " ")) for run, task in groups], fontsize=fs)
         ax.set_ylim(0, 1.12)
         ax.set_ylabel(f"{metric} (95 % CI)")
         ax.set_title(metric, fontsize=10)

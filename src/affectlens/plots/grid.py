@@ -43,8 +43,9 @@ def frontier(points: list[dict[str, Any]], pareto: list[str], fixed: dict[str, A
         ax.errorbar(p["params"], 100 * p["mean"], yerr=err, fmt=markers.get(p["kind"], "o"), capsize=3,
                     color="C3" if ref else "C0", label=None if what in shown else what)
         shown.add(what)
+        last = p["params"] >= max(q["params"] for q in points)  # its label goes left, inside the axes
         labels.append(ax.annotate(p["variant"], (p["params"], 100 * p["mean"]), textcoords="offset points",
-                                  xytext=(6, 4), fontsize=8))
+                                  xytext=(-6, 4) if last else (6, 4), ha="right" if last else "left", fontsize=8))
     front = sorted((p for p in points if p["variant"] in pareto), key=lambda p: p["params"])
     if len(front) > 1:
         ax.plot([p["params"] for p in front], [100 * p["mean"] for p in front], "--", color="gray", lw=1,

@@ -70,9 +70,14 @@ def _training(field: str, spec: str, cfg: StudyConfig) -> dict[str, Any]:
 
 
 def _task(field: str, spec: str, limits: Mapping[str, int | None]) -> dict[str, Any]:
+    import re
+
     from ..tasks.loaders import load_task
     from ..tasks.tables import data_file
 
+    if re.fullmatch(r"[A-Za-z_]\w*=.*", spec):
+        raise AffectlensError(f"{field} {spec!r} is an option without its task: a YAML list [a,b] splits at "
+                              f"every comma, so quote the spec (\"jsonl:DIR,{spec}\")")
     try:
         loaded = load_task(spec)
         if _kind(loaded.spec.kind) == "perplexity":

@@ -35,14 +35,21 @@ def real_cfg(**over) -> dict:
     return {"name": "real", "model": str(TINYSTORIES), "data": f"jsonl:{DAIR}", "control_data": "control_train",
             "tasks": [f"jsonl:{DAIR},split=test"], "control_tasks": ["control"],
             "eval": {"limit": 8, "batch_size": 8}, "seeds": [0], "budget": BUDGET, "full_budget": {"steps": 2},
-            "stages": ["locate"], **over}
+            "modules": {"single": ["gate_proj"], "groups": {}}, "stages": ["locate", "necessity"], **over}
+
+
+def stub_evaluator(model, tokenizer, tasks, mode="closed", limit=None, batch_size=16, seed=0, calibration="none"):
+    """A fixed score per task (the scoring stages' numbers are not what these tests read)."""
+    out = {t: {"primary": 0.5, "primary_metric": "accuracy", "metrics": {"uncalibrated": {"accuracy": 0.4}},
+               "n": limit or 8} for t in tasks}
+    return type("R", (), {"scores": {"tasks": out}})
 
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
-    """A locate-only study trained on dair-ai emotion (the adapters and locate stages, real tune)."""
+    """A study trained on dair-ai emotion (adapters and locate with the real tune; necessity scored by a stub)."""
     out = tmp_path_factory.mktemp("real") / "out"
-    first = run_study(real_cfg(), out, echo=lambda s: None)
+    first = run_study(real_cfg(), out, evaluator=stub_evaluator, echo=lambda s: None)
     return out, first
 
 
@@ -136,7 +143,7 @@ def test_bad_data_is_refused_before_any_work(tmp_path, field, value, says):
         value = str(value)
     tuner, out = CountingTuner(), tmp_path / "out"
     with pytest.raises(AffectlensError) as e:
-        run_study(real_cfg(**{field: value}), out, tuner=tuner, echo=lambda s: None)
+        run_study(real_cfg(**{field: value}), out, tuner=tuner, evaluator=stub_evaluator, echo=lambda s: None)
     assert says in str(e.value) and "\n" not in str(e.value)
     assert tuner.calls == 0 and not out.exists()
 
@@ -165,6 +172,7 @@ def test_methods_record_the_resolved_device_and_dtype(real):
     assert m["dtype"] == ("bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32")
     assert m["device_dtype_asked"] == "auto / auto" and "auto" not in (m["device"], m["dtype"])
     assert m["training_ran_on"] and all(x.startswith(m["device"]) for x in m["training_ran_on"])  # as tune recorded
+    assert "circuits_dtype" not in m  # no circuits stage in this study
 
 
 def test_a_resumed_study_keeps_the_cached_stages_seconds(real, tmp_path):
@@ -174,17 +182,17 @@ def test_a_resumed_study_keeps_the_cached_stages_seconds(real, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(src, out)
     echoed: list[str] = []
-    again = run_study(real_cfg(), out, echo=echoed.append)
-    assert {ln.split(":")[0].strip() for ln in echoed if ln.strip().startswith(("adapters", "locate"))} == {
-        "adapters", "locate"} and all("cached" in ln for ln in echoed[1:])
-    recorded = sum(json.loads((out / "stages" / s / "result.json").read_text())["seconds"]
-                   for s in ("adapters", "locate"))
+    again = run_study(real_cfg(), out, evaluator=stub_evaluator, echo=echoed.append)
+    stages = ("adapters", "locate", "necessity")
+    assert {ln.split(":")[0].strip() for ln in echoed[1:]} == set(stages)
+    assert all("cached" in ln for ln in echoed[1:])
+    recorded = sum(json.loads((out / "stages" / s / "result.json").read_text())["seconds"] for s in stages)
     m = again["methods"]
     assert m["wall_time_cached_s"] == pytest.approx(recorded, abs=0.05)
     assert m["wall_time_s"] >= recorded - 0.05 and recorded > 0.5  # three adapters trained: not "actual 0 s"
     assert m["wall_time_s"] == pytest.approx(m["wall_time_cached_s"] + m["wall_time_run_now_s"], abs=0.1)
     assert m["wall_time_s"] >= 0.5 * first["methods"]["wall_time_s"]
-    assert "from 2 cached stage(s)" in m["wall_time_parts"]
+    assert "from 3 cached stage(s)" in m["wall_time_parts"]
     assert first["methods"]["wall_time_parts"].startswith("nothing cached")
 
 
@@ -240,6 +248,15 @@ def test_the_neurons_amplified_are_the_top_neurons_counted(circuits):
     assert run["intervention"].startswith("5 neurons")
     notes = result["sections"]["circuits-intervention"]["notes"]
     assert any("amplified the top 5 neurons (circuits.top_neurons = 5)" in n for n in notes)
+
+
+def test_a_circuits_only_study_names_the_data_it_read(circuits):
+    _, result, _ = circuits
+    data = result["methods"]["data"]
+    assert "training" not in data  # no adapters were trained: their data was not used
+    assert result["methods"]["circuits_dtype"] == "float32"  # asked auto; the circuits stage runs in float32
+    (task,) = data["tasks"]["affective"]
+    assert task["spec"] == "emotion" and task["scored_by_interventions"] == 6 and "scored" not in task
 
 
 def test_intervention_section_has_one_figure_of_every_run(circuits):

@@ -99,28 +99,40 @@ def _task(field: str, spec: str, limits: Mapping[str, int | None]) -> dict[str, 
 
 
 def describe_data(cfg: StudyConfig) -> dict[str, Any]:
-    """Load every data spec of the config as its stage will (refusing a bad one, naming its field) and
-    describe it: spec, file, kind, row counts (how many are scored), labels, licence."""
-    limits: dict[str, int | None] = {"scored": cfg.eval["limit"]}
-    if "circuits" in cfg.stages:
+    """Load every data spec the asked stages read, as they will (refusing a bad one, naming its field),
+    and describe it: spec, file, kind, row counts (how many are scored), labels, licence. A spec no asked
+    stage reads (the training data of a circuits-only study) is left out: it was not used."""
+    from .config import needed
+
+    run = set(needed(cfg.stages))
+    limits: dict[str, int | None] = {}
+    if run & {"sufficiency", "efficiency", "necessity", "frontier"}:
+        limits["scored"] = cfg.eval["limit"]
+    if "circuits" in run:
         limits["scored_by_interventions"] = cfg.circuits.get("limit")
-    return {
-        "training": {"affective": _training("data", cfg.data, cfg),
-                     "control": _training("control_data", cfg.control_data, cfg)},
-        "tasks": {"affective": [_task("tasks", t, limits) for t in cfg.tasks],
-                  "control": [_task("control_tasks", t, {"scored": cfg.eval["limit"]}) for t in cfg.control_tasks]},
-    }
+    out: dict[str, Any] = {}
+    if "adapters" in run:
+        out["training"] = {"affective": _training("data", cfg.data, cfg),
+                           "control": _training("control_data", cfg.control_data, cfg)}
+    if limits:
+        out["tasks"] = {"affective": [_task("tasks", t, limits) for t in cfg.tasks]}
+    if "necessity" in run:  # the one stage that scores the control tasks
+        out.setdefault("tasks", {})["control"] = [_task("control_tasks", t, {"scored": cfg.eval["limit"]})
+                                                  for t in cfg.control_tasks]
+    return out
 
 
-def device_dtype(device: str, dtype: str) -> dict[str, Any]:
+def device_dtype(device: str, dtype: str, circuits: bool = False) -> dict[str, Any]:
     """The device and dtype "auto" resolves to here (what the scored stages load models in), and what
-    was asked; the circuits stage's own dtype (float32 unless one is asked)."""
+    was asked; with ``circuits``, that stage's own dtype (float32 unless one is asked)."""
     from ..models.devices import resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     dt = str(resolve_dtype(dtype, dev)).removeprefix("torch.")
-    return {"device": str(dev), "dtype": dt, "device_dtype_asked": f"{device} / {dtype}",
-            "circuits_dtype": dtype if dtype != "auto" else "float32"}
+    out = {"device": str(dev), "dtype": dt, "device_dtype_asked": f"{device} / {dtype}"}
+    if circuits:
+        out["circuits_dtype"] = dtype if dtype != "auto" else "float32"
+    return out
 
 
 def training_ran_on(adapters: Mapping[str, Any]) -> list[str]:

@@ -174,7 +174,7 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
             resumed = False
         ctx = Context(cfg, out, store, base_path, {}, tuner, evaluator, echo, dtype, device, executor, allow_pickle)
         ctx.fps = _content_fps(cfg, base_path)
-        ctx.provenance = {"data": data, **device_dtype(device, dtype)}
+        ctx.provenance = {"data": data, **device_dtype(device, dtype, "circuits" in cfg.stages)}
         others = {lab: base_context(ctx, b) for b, lab in base_labels(cfg).items() if b in cfg.other_bases}
         ctx.fps.update({f"base@{lab}": c.fps["base"] for lab, c in others.items()})  # for the methods
         expected = expected_seconds(cfg, base_path, [c.base_path for c in others.values()])

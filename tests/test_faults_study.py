@@ -43,12 +43,17 @@ def _last_line(err: str) -> str:
 # --- 1. exit codes tell the truth -------------------------------------------------------------------------
 
 
-def test_broken_data_file_exits_1_with_report_and_failures_on_stderr(tmp_path, capfd):
-    """A study whose data file is broken: every stage fails or is skipped, yet it used to exit 0 with the
-    failure on stdout. Now: exit 1, the failures on stderr, the last line counts them, the report has them."""
-    broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"text": "fine", "label": "joy"}\n{this is not json\n', encoding="utf-8")
-    cfg = _yaml(tmp_path, "study.yaml", {"model": str(TINYSTORIES), "data": str(broken), "stages": ["locate"],
+def test_failing_stages_exit_1_with_report_and_failures_on_stderr(tmp_path, capfd, monkeypatch):
+    """A study whose training fails: every stage fails or is skipped, yet it used to exit 0 with the
+    failure on stdout. Now: exit 1, the failures on stderr, the last line counts them, the report has them.
+    (A broken data file no longer gets this far: it is refused before any work, see test_study_data.py.)"""
+    import affectlens.tune.run
+
+    def diverges(*a, **kw):
+        raise AffectlensError("training diverged")
+
+    monkeypatch.setattr(affectlens.tune.run, "tune", diverges)
+    cfg = _yaml(tmp_path, "study.yaml", {"model": str(TINYSTORIES), "stages": ["locate"],
                                           "seeds": [0], "budget": {"steps": 1, "rank": 2, "batch_size": 2}})
     out = tmp_path / "out"
     rc, stdout, err = run_cli(capfd, "study", cfg, "--out", out)

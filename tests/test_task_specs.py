@@ -330,3 +330,18 @@ def test_shared_data_sets_by_bare_path_and_their_train_splits():
                                                                   "surprise"), 3)
     assert parse_task(str(DATA / "goemotions" / "ekman")).name == "goemotions:ekman"
     assert parse_task(str(DATA / "emobank" / "emobank.csv")).name == "sentiment:emobank.csv,center=3,score=V"
+
+
+@pytest.mark.parametrize("text", ["emotion", "emotion_test", "jsonl:{dair},split=dev",
+                                  "csv:{emobank},text=text,label=V"])
+def test_spec_text_parses_back_to_the_same_spec(text):
+    """A spec's display name keeps only a path's last part; spec_text must name the same data everywhere."""
+    from affectlens.study.scored import dev_task
+    from affectlens.tasks.spec import spec_text
+
+    spec = parse_task(text.format(dair=DATA / "dair-emotion", emobank=DATA / "emobank" / "emobank.csv",
+                                  goemotions=DATA / "goemotions"))
+    again = parse_task(spec_text(spec))
+    assert again == spec and again.path == spec.path
+    if spec.option("split") == "dev":  # the study scores a task's dev split by this text, from any folder
+        assert parse_task(dev_task(spec_text(spec.with_options(split="test")))).path == spec.path

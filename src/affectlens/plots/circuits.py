@@ -108,3 +108,48 @@ def intervention_changes(rows: list[dict[str, Any]], title: str, ppl_ratio: floa
     ax.set_title(title if ppl_ratio is None else f"{title}\nperplexity ×{ppl_ratio:.3f}", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def intervention_runs(rows: list[dict[str, Any]], title: str = "") -> Any:
+    """Every intervention run before and after amplification, with 95 % CIs: one panel per metric.
+
+    ``rows``: ``{"run", "task", "metric", "before", "after", "before_ci", "after_ci"}`` (the CIs as
+    (low, high)); a run is e.g. "heads, top 8" or "neurons, random 20". Each run x task is a pair
+    of bars, so a null run and a real effect sit side by side on one scale per metric; the change
+    is written above each pair.
+    """
+    from .layout import wrap
+
+    plt = pyplot()
+    metrics = list(dict.fromkeys(r["metric"] for r in rows)) or ["accuracy"]
+    groups = list(dict.fromkeys((r["run"], r["task"]) for r in rows))
+    several_tasks = len({t for _, t in groups}) > 1
+    pw = max(4.0, 1.2 * len(groups) + 1.0)  # one panel: the y label and ticks, then ~1.2 in per pair
+    fig, axes = plt.subplots(1, len(metrics), figsize=(pw * len(metrics), 4.2), squeeze=False,
+                             layout="constrained")
+    fs = 8 if len(groups) <= 6 else 7
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        by = {(r["run"], r["task"]): r for r in rows if r["metric"] == metric}
+        xs = [i for i, g in enumerate(groups) if g in by]
+        for off, side, color in ((-0.2, "before", "0.65"), (0.2, "after", "tab:blue")):
+            vals = [by[groups[i]][side] for i in xs]
+            cis = [by[groups[i]][f"{side}_ci"] for i in xs]
+            err = [[v - lo for v, (lo, _) in zip(vals, cis, strict=True)],
+                   [hi - v for v, (_, hi) in zip(vals, cis, strict=True)]]
+            ax.bar([x + off for x in xs], vals, width=0.4, yerr=err, capsize=3, color=color, label=side)
+        for i in xs:
+            r = by[groups[i]]
+            top = max(r["before_ci"][1], r["after_ci"][1])
+            ax.annotate(f"{r['after'] - r['before']:+.3f}", (i, top), textcoords="offset points", xytext=(0, 3),
+                        ha="center", fontsize=fs - 1)
+        span = 0.85 * (pw - 1.0) / max(len(groups), 1)  # a tick label's share of the panel, with a gap
+        ax.set_xticks(range(len(groups)), [wrap(f"{run}{f', {task}' if several_tasks else ''}", span, fs,
+                                                (", ", " ")) for run, task in groups], fontsize=fs)
+        ax.set_ylim(0, 1.12)
+        ax.set_ylabel(f"{metric} (95 % CI)")
+        ax.set_title(metric, fontsize=10)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, [f"{n} amplification" for n in names], loc="outside lower center", ncol=2, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

@@ -9,42 +9,72 @@ from ._base import pyplot
 LOCATE_METRIC_TITLES = {"l2": "‖ΔW‖_F (Eq. 1)", "relative": "‖ΔW‖_F / ‖W‖_F (Eq. 2)", "rms": "‖ΔW‖_F / √n"}
 
 
-def locate_heatmap(panels: list[tuple[str, Any, list[str], list[int]]], metric: str) -> Any:
+Panel = tuple[str, Any, list[str], list[int]]  # (model label, layers x modules, module names, layer indices)
+LOCATE_ROW_HEADINGS = {"l2": "Eq. 1, absolute change ‖ΔW‖_F (grows with the matrix's size)",
+                       "relative": "Eq. 2, relative change ‖ΔW‖_F / ‖W‖_F (size-fair)"}
+
+
+def locate_heatmap(panels: list[Panel], metric: str) -> Any:
     """Layers × modules, one panel per model, one shared colour scale (paper Fig. 5).
 
     ``panels``: (model label, layers × modules matrix with NaN where absent,
     module names, layer indices) per model.
     """
+    return locate_heatmaps([(metric, panels)], headings=False)
+
+
+def locate_heatmaps(rows: list[tuple[str, list[Panel]]], headings: bool = True) -> Any:
+    """One row of layers × modules panels per metric (Eq. 1 above Eq. 2), one colour scale per row.
+
+    Columns are models, so a model's absolute and size-fair change sit one above the other. Each
+    row's axes are labelled ``heatmap:<metric>`` (``image_limits`` reads one row's scale).
+    """
     import numpy as np
     from matplotlib.layout_engine import PlaceHolderLayoutEngine
 
+    from .layout import chars_fitting, wrap
+
     plt = pyplot()
-    vmax = max((np.nanmax(g) for _, g, _, _ in panels if g.size), default=1.0) or 1.0
-    n_layers = max((len(la) for _, _, _, la in panels), default=1)
+    n_col = max((len(p) for _, p in rows), default=1) or 1
+    n_layers = max((len(la) for _, p in rows for _, _, _, la in p), default=1)
     # Laid out by hand, in inches: constrained layout measured every text twice and made each heatmap ~40 %
     # slower, and locate draws three per model (issue 13). Margins: layer ticks and label on the left,
     # rotated module names and "module" below, the title above, the colour bar and its label on the right.
-    width, height = 2.2 + 2.3 * len(panels), 1.5 + 0.18 * n_layers
-    left, right, bottom, top, gap = 0.55, 1.05, 0.75, 0.3, 0.35
-    pw = (width - left - right - gap * (len(panels) - 1)) / len(panels)
+    width = 2.2 + 2.3 * n_col
+    left, right, bottom, gap, title_fs = 0.55, 1.05, 0.75, 0.35, 10
+    pw = (width - left - right - gap * (n_col - 1)) / n_col
+    titles = [[wrap(lab, pw + gap * 0.8, title_fs) for lab, _, _, _ in p] for _, p in rows]
+    lines = max((t.count("\n") + 1 for ts in titles for t in ts), default=1)
+    head = 0.3 if headings else 0.0
+    top = head + 0.08 + 0.19 * lines
+    body = max(1.2, 0.18 * n_layers)  # tall enough for the colour bar's label
+    row_h = top + body + bottom
+    height = row_h * len(rows)
     fig = plt.figure(figsize=(width, height))
     fig.set_layout_engine(PlaceHolderLayoutEngine(adjust_compatible=True, colorbar_gridspec=False))
-    im = None
-    for i, (lab, g, mods, layers) in enumerate(panels):
-        ax = fig.add_axes(((left + i * (pw + gap)) / width, bottom / height, pw / width,
-                           (height - bottom - top) / height))
-        im = ax.imshow(g, aspect="auto", cmap="viridis", vmin=0, vmax=vmax, origin="lower")
-        ax.set_xticks(range(len(mods)), [m.replace("_proj", "") for m in mods], rotation=45)
-        step = max(1, len(layers) // 12)
-        ax.set_yticks(range(0, len(layers), step), [str(x) for x in layers[::step]])
-        ax.set_title(lab)
-        ax.set_xlabel("module")
-        if i == 0:
-            ax.set_ylabel("layer")
-    if im is not None:
-        cax = fig.add_axes(((width - right + 0.12) / width, bottom / height, 0.12 / width,
-                            (height - bottom - top) / height))
-        fig.colorbar(im, cax=cax, label=LOCATE_METRIC_TITLES.get(metric, metric))
+    for k, ((metric, panels), names) in enumerate(zip(rows, titles, strict=True)):
+        y0 = (height - (k + 1) * row_h + bottom) / height
+        if headings:
+            fig.text(left / width, (height - k * row_h - 0.05) / height, LOCATE_ROW_HEADINGS.get(
+                metric, LOCATE_METRIC_TITLES.get(metric, metric)), fontsize=10, fontweight="bold", va="top")
+        vmax = max((np.nanmax(g) for _, g, _, _ in panels if g.size), default=1.0) or 1.0
+        im = None
+        for i, ((_, g, mods, layers), name) in enumerate(zip(panels, names, strict=True)):
+            ax = fig.add_axes(((left + i * (pw + gap)) / width, y0, pw / width, body / height),
+                              label=f"heatmap:{metric}:{i}")
+            im = ax.imshow(g, aspect="auto", cmap="viridis", vmin=0, vmax=vmax, origin="lower")
+            ax.set_xticks(range(len(mods)), [m.replace("_proj", "") for m in mods], rotation=45)
+            step = max(1, len(layers) // 12)
+            ax.set_yticks(range(0, len(layers), step), [str(x) for x in layers[::step]])
+            ax.set_title(name, fontsize=title_fs)
+            ax.set_xlabel("module")
+            if i == 0:
+                ax.set_ylabel("layer")
+        if im is not None:
+            cax = fig.add_axes(((width - right + 0.12) / width, y0, 0.12 / width, body / height))
+            label = LOCATE_METRIC_TITLES.get(metric, metric)
+            fits = len(label) <= chars_fitting(body, 10)  # the label runs along the bar: the row's height
+            fig.colorbar(im, cax=cax, label=label if fits else label.replace(" (", "\n("))
     return fig
 
 

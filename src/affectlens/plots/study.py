@@ -17,10 +17,20 @@ def verdict_forest(rows: Sequence[Mapping[str, Any]]) -> Any:
     ``rows``: ``{"label", "value", "ci": (lo, hi), "threshold", "upper" (or None), "verdict"}``.
     The claims measure different quantities, so each row has its own x-axis;
     the marker colour is the verdict and the shaded side is the claim's side.
+    Tick labels stay legible whatever the values: at most four per axis, in
+    3 significant digits (no offset text), and claim ids wrapped and sized by
+    how many claims there are.
     """
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    from .layout import wrap
+
     plt = pyplot()
     n = max(len(rows), 1)
-    fig, axes = plt.subplots(n, 1, figsize=(7, 0.9 * n + 0.6), squeeze=False)
+    fs = 8 if n <= 10 else 7
+    label_in = 2.4  # the claim ids' column
+    fig, axes = plt.subplots(n, 1, figsize=(8, 0.95 * n + 0.7), squeeze=False)
+    ticks = FuncFormatter(lambda x, _: f"{x:.3g}")
     for ax, r in zip(axes[:, 0], rows, strict=False):
         lo, hi = float(r["ci"][0]), float(r["ci"][1])
         t, up = float(r["threshold"]), r.get("upper")
@@ -39,8 +49,11 @@ def verdict_forest(rows: Sequence[Mapping[str, Any]]) -> Any:
         ax.errorbar([float(r["value"])], [0], xerr=[[float(r["value"]) - lo], [hi - float(r["value"])]],
                     fmt="o", color=color, capsize=4)
         ax.set_xlim(left, right)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.xaxis.set_major_formatter(ticks)
         ax.set_yticks([])
-        ax.set_ylabel(str(r["label"]), rotation=0, ha="right", va="center", fontsize=8)
+        ax.set_ylabel(wrap(str(r["label"]), label_in, fs, (".", "-", " ")), rotation=0, ha="right", va="center",
+                      fontsize=fs)
         ax.tick_params(axis="x", labelsize=7)
         ax.text(1.01, 0.5, str(r["verdict"]), transform=ax.transAxes, color=color, fontsize=8, va="center")
     if not rows:
@@ -73,10 +86,14 @@ def locus_stability(loci: Mapping[str, Sequence[str]], modules: Sequence[str], t
     return fig
 
 
-def image_limits(fig: Any) -> list[tuple[float, float]]:
-    """The colour limits (vmin, vmax) of every image panel in ``fig``: one pair when they share a scale."""
+def image_limits(fig: Any, metric: str | None = None) -> list[tuple[float, float]]:
+    """The colour limits (vmin, vmax) of every image panel in ``fig``: one pair when they share a scale.
+
+    ``metric``: only the panels of that row of ``locate_heatmaps`` (axes labelled ``heatmap:<metric>:<i>``)."""
     out: list[tuple[float, float]] = []
     for ax in fig.axes:
+        if metric is not None and not ax.get_label().startswith(f"heatmap:{metric}:"):
+            continue
         for im in ax.get_images():
             lo, hi = im.get_clim()
             out.append((float(lo), float(hi)))

@@ -79,8 +79,6 @@ def _score_numbers(res: dict[str, Any], stage: str) -> dict[str, Any]:
 
 
 def _frontier(sec: dict[str, Any], r: dict[str, Any], run: Any) -> None:
-    from .. import plots
-
     nums = {"score_ratio": r.get("score_ratio"), "score_ratio_uncalibrated": r.get("score_ratio_uncalibrated"),
             "param_share": r["param_share"], "yardstick": r["yardstick"], "base": r["base"],
             "majority_class": r["majority"]}
@@ -96,19 +94,12 @@ def _frontier(sec: dict[str, Any], r: dict[str, Any], run: Any) -> None:
     else:
         sec["tables"].append({"title": "score vs trainable parameters", "columns": ["variant", "params", "mean"],
                               "rows": [[p["variant"], p["params"], round(p["mean"], 4)] for p in r["points"]]})
-    pts = [{**p, "ci95": None} for p in r["points"]]
-    pareto = [p["variant"] for p in pts if not any(q["params"] <= p["params"] and q["mean"] > p["mean"]
-                                                    for q in pts if q is not p)]
-    run.figure("figures/frontier.png", plots.frontier(pts, pareto, {"base": r["base"], "majority": r["yardstick"]},
-                                                      ALL, "GET frontier"))
-    sec["figures"]["frontier"] = "figures/frontier.png"
 
 
 def _circuits(sections: dict[str, Any], r: dict[str, Any], ctx: Context, run: Any) -> None:
     d = ctx.root / r["dir"]
     for key, sub, png in (("circuits-layers", "layers", "layer_profile.png"),
-                          ("circuits-heads", "heads", "overlap.png"),
-                          ("circuits-intervention", "intervene-heads-top", "changes.png")):
+                          ("circuits-heads", "heads", "overlap.png")):
         sec = sections[key]
         src = d / sub / png
         if src.is_file():
@@ -241,6 +232,9 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
             sections["frontier"]["notes"] += res["frontier"].get("notes", [])
         if "circuits" in res and "circuits-layers" in sections:
             _circuits(sections, res["circuits"], ctx, run)
+        from .figures import add_figures
+
+        add_figures(sections, ctx, run)  # frontier with CIs, every intervention run, the adapters' losses
         claims, not_judged = judge_claims(ctx, sections, failed, SOURCE, facts(ctx, res))
         from .power import powered as is_powered
 
@@ -273,6 +267,7 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
                 "expected_time_basis": expected["basis"], "stage_times_s": timing,
                 "failed_stages": failed, "device": ctx.device, "dtype": ctx.dtype,
                 "train_overlap": ctx.train_overlap,
+                **ctx.provenance,  # the data, the resolved device/dtype, cached vs run-now time (runner)
             },
         }
         run.json("study.json", study, nonfinite="null")

@@ -4,7 +4,8 @@
 beside the first base's plain keys); the later stages and every claim read the
 first base only. The section keeps the first base's numbers and rankings
 unchanged, and adds a locus-per-base table and one heatmap figure whose panels
-(each base's first-seed adapters) share one colour scale, so the bases'
+(each base's first-seed adapters) share one colour scale per metric -- the
+absolute change (Eq. 1) above the size-fair one (Eq. 2) -- so the bases'
 module x layer changes can be compared by eye.
 """
 
@@ -21,7 +22,8 @@ def _first_seed(r: dict[str, Any]) -> list[str]:
     return [lab for lab in r["labels"] if lab.endswith(f"-s{seed}")]
 
 
-def _panels(r: dict[str, Any], prefix: str) -> list[tuple[str, Any, list[str], list[int]]]:
+def _panels(r: dict[str, Any], prefix: str, key: str = "heat") -> list[tuple[str, Any, list[str], list[int]]]:
+    """The first seed's layers x modules matrices of ``r[key]`` ("heat": Eq. 2, "heat_l2": Eq. 1)."""
     import numpy as np
 
     mods, layers = r["modules"], r["layers"]
@@ -30,7 +32,7 @@ def _panels(r: dict[str, Any], prefix: str) -> list[tuple[str, Any, list[str], l
         mat = np.full((len(layers), len(mods)), np.nan)
         for i, la in enumerate(layers):
             for j, m in enumerate(mods):
-                mat[i, j] = r["heat"][lab].get(str(la), {}).get(m, np.nan)
+                mat[i, j] = r[key][lab].get(str(la), {}).get(m, np.nan)
         out.append((prefix + lab, mat, mods, layers))
     return out
 
@@ -75,11 +77,15 @@ def locate_bases(sec: dict[str, Any], ctx: Context, run: Any, failed: dict[str, 
     for key, why in failed.items():
         if "@" in key:
             sec["notes"].append(f"base {key.split('@', 1)[1]}: the {key.split('@')[0]} stage {why}")
-    panels = [p for b, x in per_base.items() for p in _panels(x, f"{b}: " if several else "")]
-    fig = plots.locate_heatmap(panels, "relative")
-    limits = plots.image_limits(fig)
-    sec["numbers"]["heatmap_scale"] = {"vmin": min(lo for lo, _ in limits), "vmax": max(hi for _, hi in limits),
-                                       "panels": len(limits), "shared": len(set(limits)) == 1}
+    rows = [(metric, [p for b, x in per_base.items() for p in _panels(x, f"{b}: " if several else "", key)])
+            for metric, key in (("l2", "heat_l2"), ("relative", "heat"))
+            if all(key in x for x in per_base.values())]  # Eq. 1 (absolute) above Eq. 2 (size-fair)
+    fig = plots.locate_heatmaps(rows)
+    for metric, _ in rows:
+        limits = plots.image_limits(fig, metric)
+        sec["numbers"]["heatmap_scale" + ("" if metric == "relative" else f"_{metric}")] = {
+            "vmin": min(lo for lo, _ in limits), "vmax": max(hi for _, hi in limits), "panels": len(limits),
+            "shared": len(set(limits)) == 1}
     run.figure("figures/locate_heatmap.png", fig)
     sec["figures"]["locate_heatmap"] = "figures/locate_heatmap.png"
 

@@ -30,6 +30,7 @@ class Context:
     allow_pickle: bool = False
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> result (this run)
     train_overlap: dict[str, Any] | None = None  # scored task rows in the training data (preflight's count)
+    provenance: dict[str, Any] = field(default_factory=dict)  # data, resolved device/dtype, time split: methods
 
     def tune_fn(self) -> Callable[..., Any]:
         if self.tuner is not None:

@@ -57,7 +57,7 @@ def is_vlm(path: Path) -> bool:
 
 def smoke_test_reasons(cfg: StudyConfig, base: Path, circuits_model: Path | None, full_ft: bool) -> list[str]:
     """Every reason this run is a smoke test rather than a result (empty: none found)."""
-    from .budget import _params
+    from .budget import model_params
 
     out: list[str] = []
     if cfg.profile == "quick":
@@ -90,7 +90,7 @@ def smoke_test_reasons(cfg: StudyConfig, base: Path, circuits_model: Path | None
         if not is_vlm(path):
             out.append(f"the {role} model {path.name} is text-only; both papers study vision-language models "
                        "(paper A: Qwen2.5-7B inside AffectGPT; paper B: LVLMs), so image claims are not judged")
-    p = _params(base)
+    p = model_params(base)
     if p < MIN_PARAMS:
         out.append(f"the base model has about {p / 1e6:.1f}M parameters, a stand-in for the papers' 7B models")
     return out

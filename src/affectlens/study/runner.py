@@ -55,12 +55,13 @@ def stage_fingerprint(ctx: Context, stage: str, dep_fps: dict[str, str]) -> str:
         "adapters": {"base": f["base"], "data": f["data"], "control_data": f["control_data"],
                      "budget": cfg.budget.to_dict(), "seeds": cfg.seeds, "full": ctx.full_ft_supported(),
                      "full_budget": cfg.full_budget.to_dict() if ctx.full_ft_supported() else None},
-        "locate": {},
+        "locate": {"heatmaps": ["l2", "relative"]},  # a result without the Eq. 1 heatmap data is recomputed
         "sufficiency": {**scoring, "single": cfg.single},
         "efficiency": {**scoring, "single": cfg.single, "groups": cfg.groups},
         "necessity": {**scoring, "single": cfg.single},
         "frontier": {"affective": cfg.tasks, "tasks": tasks, "limit": cfg.eval["limit"]},
         "circuits": {"model": f.get("circuits_model"), "pairs": f.get("pairs"), "options": cfg.circuits,
+                     "neurons_amplified": "top_neurons",  # was top_k: a cache that amplified another count is redone
                      "tasks": {t: tasks[t] for t in cfg.tasks}, "seed": cfg.seeds[0], "dtype": ctx.dtype},
     }[stage]
     return fingerprint(stage, part, {d: dep_fps[d] for d in DEPS[stage]}, RESULT_FORMAT)
@@ -114,13 +115,15 @@ def check_executor(executor: Any) -> None:
         raise AffectlensError(f"executor must be serial, ray, slurm or a grid ExecutorSpec, not {executor!r}")
 
 
-def preflight(cfg: StudyConfig, device: str, dtype: str, executor: Any, allow_pickle: bool) -> dict[str, Any] | None:
+def preflight(cfg: StudyConfig, device: str, dtype: str, executor: Any, allow_pickle: bool
+              ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Everything a stage would otherwise find out after the stages before it ran: one line each.
 
     The dtype and the executor (with its engine), the device, every task, every base's weights
-    under the pickle policy (opened lazily: headers only), and, when a stage scores the adapters, that
-    none of the scored rows is in the training data (unless ``eval.allow_train_overlap``): the counts
-    are returned (None: no stage scores an adapter)."""
+    under the pickle policy (opened lazily: headers only), every data spec loaded as its stage will
+    (a bad one is named by its field), and, when a stage scores the adapters, that none of the scored
+    rows is in the training data (unless ``eval.allow_train_overlap``). Returns the data description
+    for the methods and the overlap counts (None: no stage scores an adapter)."""
     from ..models.devices import dtype_name, resolve_device
     from ..models.resolve import resolve_model_path
     from ..tasks.spec import get_task
@@ -139,11 +142,14 @@ def preflight(cfg: StudyConfig, device: str, dtype: str, executor: Any, allow_pi
     pairs = cfg.circuits.get("pairs")
     if "circuits" in cfg.stages and pairs and not Path(pairs).is_file():
         raise AffectlensError(f"circuits.pairs {pairs} does not exist")
+    from .provenance import describe_data
+
+    data = describe_data(cfg)
     if not set(needed(cfg.stages)) & set(SCORED):
-        return None
+        return data, None
     from ..grid.inputs import check_train_overlap
 
-    return check_train_overlap(cfg.data, [*cfg.tasks, *cfg.control_tasks], cfg.eval["limit"],
+    return data, check_train_overlap(cfg.data, [*cfg.tasks, *cfg.control_tasks], cfg.eval["limit"],
                                [resolve_model_path(cfg.model)], cfg.allow_train_overlap,
                                Path(cfg.path).name if cfg.path else "study config")
 
@@ -187,11 +193,12 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
     """
     from ..claims import claim_output
     from ..models.resolve import resolve_model_path
+    from .provenance import device_dtype, time_parts, training_ran_on
 
     cfg = config if isinstance(config, StudyConfig) else load_study_config(
         config, profile=profile, model=model, stages=stages, seeds=seeds)
     out = Path(out)
-    overlap = preflight(cfg, device, dtype, executor, allow_pickle)
+    data, overlap = preflight(cfg, device, dtype, executor, allow_pickle)  # bad input fails here, not hours in
     resumed = check_study_out(out, force)
     with claim_output(out):
         base_path = resolve_model_path(cfg.model)
@@ -202,6 +209,7 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
         ctx = Context(cfg, out, store, base_path, {}, tuner, evaluator, echo, dtype, device, executor, allow_pickle,
                       train_overlap=overlap)
         ctx.fps = _content_fps(cfg, base_path)
+        ctx.provenance = {"data": data, **device_dtype(device, dtype, "circuits" in cfg.stages)}
         others = {lab: base_context(ctx, b) for b, lab in base_labels(cfg).items() if b in cfg.other_bases}
         ctx.fps.update({f"base@{lab}": c.fps["base"] for lab, c in others.items()})  # for the methods
         expected = expected_seconds(cfg, base_path, [c.base_path for c in others.values()])
@@ -259,7 +267,10 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
             for lab, c in others.items() if stage in PER_BASE else ():
                 one(c, stage, f"@{lab}")
         bar.close()
-        wall = time.perf_counter() - t0
+        wall, parts = time_parts(timing, time.perf_counter() - t0)  # cached stages at their original seconds
+        ctx.provenance.update(parts)
+        if ctx.results.get("adapters", {}).get("ran_on"):
+            ctx.provenance["training_ran_on"] = training_ran_on(ctx.results["adapters"])
         from .assemble import write_study
 
         return write_study(ctx, out, expected, timing, failed, wall, fps)

@@ -42,14 +42,14 @@ MODES = ("none", "contextual", "pmi")
 
 def dev_task(task: str) -> str | None:
     """The dev split of an evaluation task as a task spec, or None when its data has none."""
-    from ..tasks.spec import get_task
+    from ..tasks.spec import get_task, spec_text
     from ..tasks.tables import sibling_split
 
     try:
         dev = sibling_split(get_task(task), "dev")
     except Exception:  # a task whose data cannot say: it has no usable dev split
         return None
-    return None if dev is None else dev.name
+    return None if dev is None else spec_text(dev)
 
 
 def grid_calibration(mode: str, dev: Sequence[str]) -> str:

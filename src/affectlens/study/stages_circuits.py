@@ -29,17 +29,47 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _step(d: Path, name: str, notes: list[str], fn: Callable[[str], Any]) -> Path | None:
+class Steps:
+    """The stage's progress: one item per step, weighted by its expected seconds (so the ETA counts
+    work), and a start line with its estimate and an end line with its time for each step that runs.
+    A step found finished (a resumed stage) is skipped; a retried step counts once."""
+
+    def __init__(self, costs: dict[str, float]) -> None:
+        from ..progress import Progress
+
+        self.costs, self.counted = costs, set[str]()
+        self.bar = Progress(len(costs), "study circuits", unit="step", weights=list(costs.values()))
+
+    def count(self, name: str, cached: bool) -> None:
+        if name in self.counted or name not in self.costs:
+            return
+        self.counted.add(name)
+        (self.bar.skip if cached else self.bar.update)(cost=self.costs[name])
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _step(d: Path, name: str, notes: list[str], fn: Callable[[str], Any], steps: Steps | None = None
+          ) -> Path | None:
     """Run ``fn(out)`` unless ``d/name`` is already a finished run; a failure becomes a note."""
+    from ..progress import step
+
     out = d / name
     if (out / "manifest.json").is_file():
+        if steps is not None:
+            steps.count(name, cached=True)
         return out
     try:
-        fn(str(out))
+        with step(f"study circuits: {name}", (steps.costs.get(name) if steps is not None else None)):
+            fn(str(out))
     except Exception as e:  # one failed step is a note; the steps that do not need it still run
         why = str(e).splitlines()[0] if str(e) else ""
         notes.append(f"circuits {name} failed and was skipped ({type(e).__name__}{': ' + why if why else ''})")
         return None
+    finally:
+        if steps is not None:
+            steps.count(name, cached=False)
     return out
 
 
@@ -71,7 +101,18 @@ def _predictions(run: Path, side: str) -> list[dict[str, Any]]:
 
 
 def run_circuits(ctx: Context, fp: str) -> dict[str, Any]:
-    """All circuits steps and the three circuits claims' evidence."""
+    """All circuits steps and the three circuits claims' evidence, with a progress line per step."""
+    from ..models.resolve import resolve_model_path
+    from .budget import circuits_seconds
+
+    steps = Steps(circuits_seconds(ctx.cfg, resolve_model_path(ctx.cfg.circuits_model)))
+    try:
+        return _run_circuits(ctx, fp, steps)
+    finally:
+        steps.close()
+
+
+def _run_circuits(ctx: Context, fp: str, steps: Steps) -> dict[str, Any]:
     from ..circuits import api
     from ..models.resolve import resolve_model_path
 
@@ -88,20 +129,21 @@ def run_circuits(ctx: Context, fp: str) -> dict[str, Any]:
     n_layers = json.loads((Path(model) / "config.json").read_text())["num_hidden_layers"] \
         if (Path(model) / "config.json").is_file() else None
 
-    vec = _step(d, "vectors", notes, lambda o: api.vectors_run(model, o, min_score=sel["min_score"], **common))
+    vec = _step(d, "vectors", notes, lambda o: api.vectors_run(model, o, min_score=sel["min_score"], **common),
+                steps)
     if vec is None and notes and "min-score" in notes[-1] and sel["min_score"]:
         # tau left an emotion without pairs: keep every pair (a weaker vector beats no section), and say so
         notes.append(f"retried the circuits steps with min_score 0 (every pair kept) because "
                      f"min_score {sel['min_score']} left an emotion without pairs")
         sel["min_score"] = 0.0
-        vec = _step(d, "vectors", notes, lambda o: api.vectors_run(model, o, min_score=0.0, **common))
+        vec = _step(d, "vectors", notes, lambda o: api.vectors_run(model, o, min_score=0.0, **common), steps)
     if vec is not None:
         summ = json.loads((vec / "summary.json").read_text())
         n_layers = int(summ.get("num_layers") or n_layers or 0) or n_layers
         res["vectors"] = {"counts": summ.get("counts"), "totals": summ.get("totals")}
     lay = _step(d, "layers", notes, lambda o: api.layers_run(model, o, layers=c.get("layers"),
                                                              batch_size=int(c.get("batch_size", 16)),
-                                                             **sel, **common))
+                                                             **sel, **common), steps)
     if lay is not None:
         crit = json.loads((lay / "summary.json").read_text())["critical_layer"]
         res["layers"] = {"critical": crit, "n_layers": n_layers}
@@ -114,7 +156,7 @@ def run_circuits(ctx: Context, fp: str) -> dict[str, Any]:
             else:
                 res["evidence"]["circuits-layers.middle-peak"] = ev
     heads = _step(d, "heads", notes, lambda o: api.heads_run(model, o, top_k=int(c.get("top_k", 10)),
-                                                             **sel, **common))
+                                                             **sel, **common), steps)
     if heads is not None:
         ov = [r for r in _rows(heads / "overlap.csv") if r.get("jaccard_pairwise") not in (None, "")]
         res["heads"] = {"overlap": [{"layer": int(r["layer"]), "jaccard": float(r["jaccard_pairwise"])} for r in ov]}
@@ -126,8 +168,8 @@ def run_circuits(ctx: Context, fp: str) -> dict[str, Any]:
             res.setdefault("unjudged", {})["circuits-heads.general-deeper"] = (
                 f"{len(ov)} layer(s) hold top heads: {ev['undefined']}")
     neurons = _step(d, "neurons", notes, lambda o: api.neurons_run(model, o, top_k=int(c.get("top_neurons", 50)),
-                                                                   **sel, **common))
-    res["interventions"] = _interventions(ctx, d, model, heads, neurons, notes, c, common, seed)
+                                                                   **sel, **common), steps)
+    res["interventions"] = _interventions(ctx, d, model, heads, neurons, notes, c, common, seed, steps)
     res["evidence"].update(_intervention_evidence(ctx, res, seed))
     for cid, why in res.pop("_unjudged", {}).items():
         res.setdefault("unjudged", {})[cid] = why
@@ -181,24 +223,31 @@ def _intervene(model: str, tasks: list[str], kw: dict[str, Any]) -> Callable[[st
 
 
 def _interventions(ctx: Context, d: Path, model: str, heads: Path | None, neurons: Path | None,
-                   notes: list[str], c: dict[str, Any], common: dict[str, Any], seed: int) -> dict[str, Any]:
+                   notes: list[str], c: dict[str, Any], common: dict[str, Any], seed: int,
+                   steps: Steps | None = None) -> dict[str, Any]:
+    """Amplify the top units and as many random ones: ``top_k`` heads, ``top_neurons`` neurons -- the
+    numbers the attribution runs rank, so the count reported is the count amplified."""
 
     cfgj = json.loads((Path(model) / "config.json").read_text()) if (Path(model) / "config.json").is_file() else {}
     tasks = list(ctx.cfg.tasks)
     kw = {"limit": c.get("limit"), "batch_size": int(c.get("batch_size", 16)), "seed": seed,
           "pairs_path": common["pairs_path"], "dtype": common["dtype"], "allow_pickle": ctx.allow_pickle}
     out: dict[str, Any] = {}
-    for unit, src, col, width_key, knob in (("heads", heads, "head", "num_attention_heads", "amplify_heads"),
-                                            ("neurons", neurons, "neuron", "intermediate_size", "amplify_neurons")):
+    for unit, src, col, width_key, knob, key in (
+            ("heads", heads, "head", "num_attention_heads", "amplify_heads", "top_k"),
+            ("neurons", neurons, "neuron", "intermediate_size", "amplify_neurons", "top_neurons")):
         if src is None:
             notes.append(f"the {unit} interventions were skipped: no {unit} attribution")
             continue
         rows = _rows(src / f"{unit}.csv")
-        k = int(c.get("top_k", 10))
+        k = int(c.get(key) or (10 if unit == "heads" else 50))
         top = top_units(rows, col, k)
         width = int(cfgj.get(width_key) or 0) or (max(u for _, u in top) + 1)
         rnd = random_units(top, sorted({la for la, _ in top}), width, seed)
-        got: dict[str, Any] = {"top_units": spec_of(top), "random_units": spec_of(rnd)}
+        got: dict[str, Any] = {"top_units": spec_of(top), "random_units": spec_of(rnd),
+                               "n_units": {"top": len(top), "random": len(rnd)}}
+        notes.append(f"the {unit} interventions amplified the top {len(top)} {unit} (circuits.{key} = {k}) and "
+                     f"{len(rnd)} random {unit} of the same layers")
         ok = True
         for side, units in (("top", top), ("random", rnd)):
             extra = {knob: spec_of(units), "top": len(units)}
@@ -206,14 +255,15 @@ def _interventions(ctx: Context, d: Path, model: str, heads: Path | None, neuron
                 extra["beta"] = float(c.get("beta", 2.0))
             else:
                 extra["gamma"] = float(c.get("gamma", 2.0))
-            run = _step(d, f"intervene-{unit}-{side}", notes, _intervene(model, tasks, {**extra, **kw}))
+            run = _step(d, f"intervene-{unit}-{side}", notes, _intervene(model, tasks, {**extra, **kw}), steps)
             if run is None:
                 ok = False
                 break
             got[side] = str(run.relative_to(ctx.root))
             r = json.loads((run / "results.json").read_text())
-            got[f"{side}_results"] = {"tasks": {t: {m: r["tasks"][t][m] for m in ("accuracy", "hallucination")}
-                                                for t in r["tasks"]}, "perplexity": r.get("perplexity")}
+            got[f"{side}_results"] = {"tasks": {t: {**{m: r["tasks"][t][m] for m in ("accuracy", "hallucination")},
+                                                    "n": r["tasks"][t].get("n")} for t in r["tasks"]},
+                                      "perplexity": r.get("perplexity")}
         if ok:
             out[unit] = got
     return out

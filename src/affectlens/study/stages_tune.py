@@ -29,7 +29,8 @@ def run_adapters(ctx: Context) -> dict[str, Any]:
     cfg, tune = ctx.cfg, ctx.tune_fn()
     d = ctx.store.dir("adapters")
     out: dict[str, Any] = {"seeds": cfg.seeds, "emotion": {}, "control": {}, "full": {}, "params": {},
-                           "seconds_per_step": {}, "notes": []}
+                           "seconds_per_step": {}, "losses": {"emotion": {}, "control": {}, "full": {}},
+                           "notes": []}
     full_ok = ctx.full_ft_supported()
     if not full_ok:
         out["notes"].append("full fine-tuning skipped: this affectlens' tune() has no method='full' yet, so "
@@ -58,6 +59,12 @@ def run_adapters(ctx: Context) -> dict[str, Any]:
         out[kind][str(s)] = rel
         info_path = ad / "affectlens_tune.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        if info.get("loss_curve"):  # the report's loss-curve figure
+            out["losses"][kind][str(s)] = [float(x) for x in info["loss_curve"]]
+        opts = info.get("options") or {}
+        if opts.get("device"):  # the methods: where training really ran
+            out.setdefault("ran_on", []).append(f"{opts['device']} {str(opts.get('dtype', '')).removeprefix('torch.')}"
+                                                f", precision {opts.get('precision_used', '?')}")
         if kind == "emotion":
             if info.get("trainable_params"):
                 out["params"][str(s)] = int(info["trainable_params"])
@@ -155,10 +162,12 @@ def run_locate(ctx: Context, adapters: dict[str, Any]) -> dict[str, Any]:
                                              "so LoRA and SFT cannot be compared")
     layers = sorted({int(r.layer) for r in rows})
     heat = {lab: {str(la): mods for la, mods in _per_layer(rows, lab, "relative").items()} for lab in labels}
+    heat_l2 = {lab: {str(la): mods for la, mods in _per_layer(rows, lab, "l2").items()} for lab in labels}
     ranking = {lab: {m: _ranked(means[lab][m]) for m in METRICS} for lab in labels}
     return {"labels": labels, "means": means, "loci": loci, "stability": stability, "ranking": ranking,
             "layers": layers, "modules": [m for m in MODULES if any(m in means[lab]["l2"] for lab in labels)],
-            "heat": heat, "evidence": evidence, "unjudged": unjudged, "notes": list(adapters.get("notes", []))}
+            "heat": heat, "heat_l2": heat_l2, "evidence": evidence, "unjudged": unjudged,
+            "notes": list(adapters.get("notes", []))}
 
 
 def _cube(per_seed: list[dict[int, dict[str, float]]]) -> tuple[np.ndarray, list[int], list[str]]:

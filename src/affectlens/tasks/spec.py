@@ -125,6 +125,14 @@ def _short(kind_key: str, path: str, opts: dict[str, str]) -> str:
     return short
 
 
+def spec_text(spec: TaskSpec) -> str:
+    """The spec as text that parses back to it (``name`` is for display: it keeps only a path's last part)."""
+    if spec.path is None or spec.loader not in _KIND_OF_LOADER or spec.loader == "bundled":
+        return spec.name
+    text = f"{_KIND_OF_LOADER[spec.loader]}:{spec.path}"
+    return text + "".join(f",{k}={v}" for k, v in sorted(spec.options))
+
+
 def _check_options(name: str, loader: str, opts: dict[str, str]) -> None:
     unknown = sorted(set(opts) - _KNOWN_OPTIONS[loader])
     if unknown:
@@ -222,5 +230,5 @@ register_task(TaskSpec(
     name="control", kind=TaskKind.CONTROL, loader="bundled", path="control_test", labels=None,
     description="bundled non-affective control task (short answers)",
 ))
-__all__ = ["EMOTIONS", "TaskSpec", "get_task", "parse_task", "register_task", "registered_tasks",
+__all__ = ["EMOTIONS", "TaskSpec", "get_task", "parse_task", "register_task", "registered_tasks", "spec_text",
            "primary_metric", "TASK_SYNTAX"]

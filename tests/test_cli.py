@@ -64,6 +64,27 @@ def test_every_option_has_help_and_shows_its_default():
     assert not no_default, no_default
 
 
+def test_every_default_is_shown_with_its_value():
+    """--help prints each default's value; `params`/`plan --rank` once said only "the same default as tune"."""
+    from affectlens.tuneconfig import TuneConfig
+
+    hidden = []
+    for path, parser in _parsers(build_parser()):
+        fmt = parser._get_formatter()
+        for a in parser._actions:
+            if (not a.option_strings or a.help == argparse.SUPPRESS or isinstance(a, argparse._HelpAction)
+                    or a.default is None or a.default is False or a.default is argparse.SUPPRESS):
+                continue
+            shown = fmt._expand_help(a)
+            value = "none" if a.default in ("", []) else str(a.default)
+            if "default" not in shown.lower() or value not in shown:
+                hidden.append(f"{path} {a.option_strings[0]}: {shown}")
+    assert not hidden, hidden
+    for command in ("params", "plan", "tune"):
+        text = " ".join(_subparser(build_parser(), command).format_help().split())
+        assert re.search(rf"--rank RANK LoRA rank r[^(]*\(default: {TuneConfig().rank}\)", text), command
+
+
 def test_every_positional_has_help():
     missing = [f"{path} {a.dest}" for path, parser in _parsers(build_parser()) for a in parser._actions
                if not a.option_strings and not isinstance(a, argparse._SubParsersAction) and not a.help]

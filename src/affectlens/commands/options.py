@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..tuneconfig import SEED_MAX
+from ..tuneconfig import DEFAULT, SEED_MAX
 
 REQUIRED_ALIAS = "required_alias"  # attribute of a required option that also has an old spelling
 MODEL_HELP = "HF model dir, .gguf file, PEFT adapter dir, or 'smollm2' (the embedded SmolLM2-135M-Instruct)"
@@ -205,8 +205,14 @@ def layers(p: argparse.ArgumentParser, help: str = "layer subset, e.g. 0-11,20 (
     p.add_argument("--layers", default=None, help=help)
 
 
-def rank(p: argparse.ArgumentParser, default: int) -> None:
-    add_number(p, "--rank", integer(1), default=default, help="LoRA rank r, the same default as `affectlens tune`")
+def rank(p: argparse.ArgumentParser, help: str = "LoRA rank r, as `affectlens tune --rank`") -> None:
+    """``--rank``: TuneConfig's rank by default, so ``params``/``plan`` count what ``tune`` trains."""
+    add_number(p, "--rank", integer(1), default=DEFAULT.rank, help=help)
+
+
+def max_length(p: argparse.ArgumentParser, lo: int = 1, help: str = "tokens per example") -> argparse.Action:
+    """``--max-length``: TuneConfig's by default, so ``plan`` sizes the run ``tune`` makes."""
+    return add_number(p, "--max-length", integer(lo), default=DEFAULT.max_length, help=help)
 
 
 def task(p: argparse.ArgumentParser) -> None:

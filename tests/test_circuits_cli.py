@@ -107,6 +107,30 @@ def test_layers_heads_neurons_run_dirs(setup, capsys):
     capsys.readouterr()
 
 
+def test_intervene_takes_each_named_emotions_units(setup, capsys):
+    """--emotions names several emotions (comma-separated or repeated): each one's top units are amplified."""
+    root, model_dir, pairs, task, vec, v = setup
+    heads = root / "heads_two"
+    assert main(["circuits", "heads", str(model_dir), "--pairs", str(pairs), "--vectors", str(vec),
+                 "--target-layer", str(PLANT_LAYER), "--top-k", "1", "--out", str(heads)]) == 0
+    argv = ["circuits", "intervene", str(model_dir), "--task", f"jsonl:{task}", "--amplify-heads",
+            str(heads / "heads.csv"), "--top-k", "1", "--beta", "0", "--bootstrap", "20"]
+    # by construction (circuits_helpers): in the planted layer, query head 0 writes anger, head 2 joy
+    planted = {"anger": [f"L{PLANT_LAYER}.H0"], "joy": [f"L{PLANT_LAYER}.H2"]}
+    for i, spelling in enumerate((["--emotions", "anger,joy"], ["--emotions", "anger", "--emotions", "joy"])):
+        capsys.readouterr()
+        out = root / f"iv_two_{i}"
+        assert main([*argv, *spelling, "--out", str(out)]) == 0
+        res = json.loads((out / "results.json").read_text())
+        assert res["intervention"] == "2 heads β=0 (after)"
+        assert res["units"] == {"heads": planted}
+        assert json.loads((out / "manifest.json").read_text())["options"]["emotions"] == ["anger", "joy"]
+        assert f"heads from the CSV: anger L{PLANT_LAYER}.H0; joy L{PLANT_LAYER}.H2" in capsys.readouterr().out
+    assert main([*argv, "--emotions", "anger,fear", "--out", str(root / "iv_fear")]) == 2
+    assert "selects no heads of fear (its emotions: anger, joy)" in capsys.readouterr().err
+    assert not (root / "iv_fear").exists()
+
+
 def test_intervene_through_evaluation(setup):
     root, model_dir, pairs, task, vec, v = setup
     out = root / "iv"

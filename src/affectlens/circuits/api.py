@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -324,11 +324,14 @@ class InterventionRun:
     tasks: dict[str, dict[str, Any]]  # n, accuracy, hallucination ({before, after, change, ci_*}), primary
     predictions: dict[str, dict[str, list[dict[str, Any]]]]  # task -> before/after rows
     perplexity: dict[str, float] | None = None
+    units: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # heads/neurons -> emotion -> units
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"intervention": self.intervention, "tasks": self.tasks}
         if self.perplexity is not None:
             out["perplexity"] = self.perplexity
+        if self.units:  # units taken from a CSV: which emotion's top each one is
+            out["units"] = self.units
         return out
 
     def rows(self) -> list[dict[str, Any]]:
@@ -344,11 +347,12 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
                   vectors_label: str | None = None, steer: Sequence[str] = (), scale: str = "raw",
                   amplify_heads: str | None = None, beta: float = 2.0, attn_mode: str = "after",
                   split_layer: int | None = None, amplify_neurons: str | None = None,
-                  gamma: float = 2.0, top: int = 10, emotion: str | None = None,
+                  gamma: float = 2.0, top: int = 10, emotions: Sequence[str] | None = None,
                   limit: int | None = None, batch_size: int = 16, n_boot: int = 1000,
                   ppl_texts: str | None = None, pairs_path: str | None = None, seed: int = 0,
                   allow_pickle: bool = False, device: str = "auto") -> InterventionRun:
-    """Evaluate before/after; heads/neurons as ``L.I,...`` or a previous run's CSV (top ``top``)."""
+    """Evaluate before/after; heads/neurons as ``L.I,...`` or a previous run's CSV (top ``top``: of each of
+    ``emotions``, or of all emotions' summed scores)."""
     from ..evaluate import load_task, parse_task
     from .hooks import decoder_layers
     from .inputs import load_lm
@@ -358,6 +362,8 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
     check(device, dtype)
     finite_options(beta=beta, gamma=gamma)
     positive(top_k=top, limit=limit, batch_size=batch_size)
+    if emotions:  # one name, or several (each once)
+        emotions = list(dict.fromkeys([emotions] if isinstance(emotions, str) else emotions))
     if not (steer or amplify_heads or amplify_neurons):
         raise AffectlensError("nothing to do: give --steer, --amplify-heads and/or --amplify-neurons")
     for t in tasks:  # bad task specs fail before the model loads
@@ -365,7 +371,7 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
     texts = ppl_texts_of(ppl_texts, pairs_path)
     options = {"tasks": list(tasks), "steer": list(steer), "scale": scale, "amplify_heads": amplify_heads,
                "beta": beta, "attn_mode": attn_mode, "split_layer": split_layer,
-               "amplify_neurons": amplify_neurons, "gamma": gamma, "top": top, "emotion": emotion,
+               "amplify_neurons": amplify_neurons, "gamma": gamma, "top": top, "emotions": emotions,
                "limit": limit, "batch_size": batch_size, "bootstrap": n_boot, "dtype": dtype,
                "device": device}
     inputs = {"model": model_path, **({"vectors": vectors} if vectors else {})}
@@ -375,16 +381,17 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
         run.extra["ran_on"] = ran_on(model)
         n_layers = len(decoder_layers(model))
         sv = load_vectors(vectors, n_layers, vectors_label, hidden_size(model)) if vectors else None
-        iv = Intervention(steer=parse_steer(steer), scale=scale, vectors=sv,
-                          heads=units_of(amplify_heads, "head", top, emotion), beta=beta, attn_mode=attn_mode,
-                          split_layer=split_layer, neurons=units_of(amplify_neurons, "neuron", top, emotion),
-                          gamma=gamma)
+        (heads, head_names), (neurons, neuron_names) = (units_of(amplify_heads, "head", top, emotions),
+                                                        units_of(amplify_neurons, "neuron", top, emotions))
+        iv = Intervention(steer=parse_steer(steer), scale=scale, vectors=sv, heads=heads, beta=beta,
+                          attn_mode=attn_mode, split_layer=split_layer, neurons=neurons, gamma=gamma)
         run.options["intervention"] = iv.describe()
         res = run_intervention(model, tok, tasks, iv, limit, batch_size, seed, n_boot, texts)
         require_finite_out(res, "intervene", model_path)
         result = InterventionRun(res["intervention"], res["tasks"],
                                  {name: r.pop("predictions") for name, r in res["tasks"].items()},
-                                 res.get("perplexity"))
+                                 res.get("perplexity"),
+                                 {k: v for k, v in (("heads", head_names), ("neurons", neuron_names)) if v})
         for name, preds in result.predictions.items():
             for side in ("before", "after"):
                 run.jsonl(f"predictions_{slug(name, 'task')}_{side}.jsonl", preds[side])

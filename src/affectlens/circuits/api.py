@@ -243,16 +243,18 @@ def _head_figures(run: RunDir, rk: HeadRanking, by: str = "score") -> None:
 @contextlib.contextmanager
 def _attribution_run(command: str, model_path: str, out: str, pairs_path: str | None, force: bool,
                      adapter: str | None, dtype: str, target_layer: int | None, metric: str, top_k: int,
-                     emotions: Sequence[str] | None, max_pairs: int | None, seed: int, allow_pickle: bool,
-                     device: str, vec_opts: dict[str, Any]) -> Iterator[tuple[RunDir, Any, Any, Any, SteeringVectors]]:
+                     emotions: Sequence[str] | None, max_pairs: int | None, batch_size: int, seed: int,
+                     allow_pickle: bool, device: str, vec_opts: dict[str, Any]
+                     ) -> Iterator[tuple[RunDir, Any, Any, Any, SteeringVectors]]:
     """What heads and neurons share: option checks before loading, the run dir, model, pairs, vectors."""
     check_out_dir(out, force)
     check(device, dtype)
-    positive(top_k=top_k, limit=max_pairs)
+    positive(top_k=top_k, limit=max_pairs, batch_size=batch_size)
     finite_options(min_score=vec_opts.get("min_score"))
     torch.manual_seed(seed)
     options = {"target_layer": target_layer, "metric": metric, "top_k": top_k, "emotions": emotions,
-               "max_pairs": max_pairs, "dtype": dtype, "device": device, **_vec_options(vec_opts)}
+               "max_pairs": max_pairs, "batch_size": batch_size, "dtype": dtype, "device": device,
+               **_vec_options(vec_opts)}
     with RunDir(out, command=command, force=force, options=options, seed=seed,
                 inputs=_run_inputs(model_path, pairs_path, adapter, vec_opts)) as run:
         model, tok, proc, pairs = setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle, device)
@@ -265,15 +267,15 @@ def heads_run(model_path: str, out: str, pairs_path: str | None = None, force: b
               adapter: str | None = None, dtype: str = "auto", target_layer: int | None = None,
               metric: str = "proj", top_k: int = 10, emotions: Sequence[str] | None = None,
               max_pairs: int | None = None, seed: int = 0, allow_pickle: bool = False,
-              device: str = "auto", **vec_opts: Any) -> HeadRanking:
+              device: str = "auto", batch_size: int = 8, **vec_opts: Any) -> HeadRanking:
     """``heads.csv``, ``overlap.csv``, ``heads.png``, ``overlap.png``, ``summary.json``."""
     from ..runs import nonfinite_to_null
     from .heads import head_attribution
 
     with _attribution_run("circuits heads", model_path, out, pairs_path, force, adapter, dtype, target_layer,
-                          metric, top_k, emotions, max_pairs, seed, allow_pickle, device, vec_opts) as (run, model, enc,
-                                                                                                 pairs, sv):
-        res = head_attribution(model, enc, pairs, sv, target_layer, metric, emotions, max_pairs)
+                          metric, top_k, emotions, max_pairs, batch_size, seed, allow_pickle, device,
+                          vec_opts) as (run, model, enc, pairs, sv):
+        res = head_attribution(model, enc, pairs, sv, target_layer, metric, emotions, max_pairs, batch_size)
         require_finite_out(res.rows, "heads", model_path)  # before ranking: NaN sorts anywhere
         run.options["target_layer"] = res.target_layer
         rk = rank_heads(res, top_k)
@@ -291,14 +293,15 @@ def neurons_run(model_path: str, out: str, pairs_path: str | None = None, force:
                 adapter: str | None = None, dtype: str = "auto", target_layer: int | None = None,
                 metric: str = "proj", top_k: int = 50, emotions: Sequence[str] | None = None,
                 max_pairs: int | None = None, seed: int = 0, allow_pickle: bool = False,
-                device: str = "auto", **vec_opts: Any) -> NeuronResult:
+                device: str = "auto", batch_size: int = 8, **vec_opts: Any) -> NeuronResult:
     """``neurons.csv`` (top-K per emotion), ``neurons_by_layer.csv``, ``neurons.png``, ``summary.json``."""
     from .neurons import neuron_attribution
 
     with _attribution_run("circuits neurons", model_path, out, pairs_path, force, adapter, dtype, target_layer,
-                          metric, top_k, emotions, max_pairs, seed, allow_pickle, device, vec_opts) as (run, model, enc,
-                                                                                                 pairs, sv):
-        res = neuron_attribution(model, enc, pairs, sv, target_layer, metric, top_k, emotions, max_pairs)
+                          metric, top_k, emotions, max_pairs, batch_size, seed, allow_pickle, device,
+                          vec_opts) as (run, model, enc, pairs, sv):
+        res = neuron_attribution(model, enc, pairs, sv, target_layer, metric, top_k, emotions, max_pairs,
+                                 batch_size)
         require_finite_out(res.rows, "neurons", model_path)
         require_finite_out(res.per_layer, "neurons", model_path)
         run.options["target_layer"] = res.target_layer

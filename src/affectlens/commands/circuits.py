@@ -98,6 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         o.top_k(h, 10 if name == "heads" else 50, help=f"{name} kept per emotion")
         o.emotions(h)
         _pair_limit(h)
+        o.batch_size(h, 8, help="prompts per forward+backward pass (a pair is two); changes no score")
         h.set_defaults(func=_heads if name == "heads" else _neurons)
 
     i = cs.add_parser("intervene", help="evaluate with steering / attention / neuron amplification active",
@@ -194,7 +195,8 @@ def _heads(a: argparse.Namespace) -> int:
 
     _check_vectors(a)
     rk = heads_run(a.model, a.out, a.pairs, target_layer=a.target_layer, metric=a.metric, top_k=a.top_k,
-                   emotions=_emotions(a.emotions), max_pairs=a.limit, **_base(a), **_vec_kwargs(a))
+                   emotions=_emotions(a.emotions), max_pairs=a.limit, batch_size=a.batch_size, **_base(a),
+                   **_vec_kwargs(a))
     for e, s in rk.tops.items():
         print(f"{e:>10}: {' '.join(f'L{la}.H{h}' for la, h in sorted(s))}")
     print(f"-> {a.out}")
@@ -207,7 +209,7 @@ def _neurons(a: argparse.Namespace) -> int:
     _check_vectors(a)
     res = neurons_run(a.model, a.out, a.pairs, target_layer=a.target_layer, metric=a.metric,
                       top_k=a.top_k, emotions=_emotions(a.emotions), max_pairs=a.limit,
-                      **_base(a), **_vec_kwargs(a))
+                      batch_size=a.batch_size, **_base(a), **_vec_kwargs(a))
     print(f"{len(res.rows)} top neurons (target layer {res.target_layer}) -> {a.out}")
     return 0
 

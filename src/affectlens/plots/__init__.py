@@ -20,12 +20,12 @@ from .circuits import (
 )
 from .evaluate import confusion_matrix, confusion_panels
 from .grid import frontier
-from .locate import LOCATE_METRIC_TITLES, locate_distribution, locate_heatmap
+from .locate import LOCATE_METRIC_TITLES, heatmap_vmax, locate_distribution, locate_heatmap
 from .study import image_limits, locus_stability, verdict_forest
 from .tune import loss_curve
 
 __all__ = [
-    "LOCATE_METRIC_TITLES", "confusion_matrix", "frontier", "head_overlap", "head_scores", "image_limits",
+    "LOCATE_METRIC_TITLES", "confusion_matrix", "frontier", "head_overlap", "heatmap_vmax", "head_scores", "image_limits",
     "confusion_panels", "intervention_changes",
     "layer_profile", "locate_distribution", "locate_heatmap", "locus_stability", "loss_curve", "neuron_layers",
     "pyplot", "save", "vector_norms", "verdict_forest",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from ._base import pyplot
@@ -9,17 +10,21 @@ from ._base import pyplot
 LOCATE_METRIC_TITLES = {"l2": "‖ΔW‖_F (Eq. 1)", "relative": "‖ΔW‖_F / ‖W‖_F (Eq. 2)", "rms": "‖ΔW‖_F / √n"}
 
 
-def locate_heatmap(panels: list[tuple[str, Any, list[str], list[int]]], metric: str) -> Any:
+def locate_heatmap(panels: list[tuple[str, Any, list[str], list[int]]], metric: str,
+                   vmax: float | None = None) -> Any:
     """Layers × modules, one panel per model, one shared colour scale (paper Fig. 5).
 
     ``panels``: (model label, layers × modules matrix with NaN where absent,
-    module names, layer indices) per model.
+    module names, layer indices) per model. The scale runs from 0 to ``vmax``
+    (default: the panels' largest value); a figure of one model that is
+    compared with others' gets their common ``vmax``, so one colour is one
+    change in every file.
     """
-    import numpy as np
     from matplotlib.layout_engine import PlaceHolderLayoutEngine
 
     plt = pyplot()
-    vmax = max((np.nanmax(g) for _, g, _, _ in panels if g.size), default=1.0) or 1.0
+    if vmax is None:
+        vmax = heatmap_vmax(g for _, g, _, _ in panels)
     n_layers = max((len(la) for _, _, _, la in panels), default=1)
     # Laid out by hand, in inches: constrained layout measured every text twice and made each heatmap ~40 %
     # slower, and locate draws three per model (issue 13). Margins: layer ticks and label on the left,
@@ -46,6 +51,13 @@ def locate_heatmap(panels: list[tuple[str, Any, list[str], list[int]]], metric: 
                             (height - bottom - top) / height))
         fig.colorbar(im, cax=cax, label=LOCATE_METRIC_TITLES.get(metric, metric))
     return fig
+
+
+def heatmap_vmax(grids: Iterable[Any]) -> float:
+    """The top of one colour scale over ``grids`` (layers × modules, NaN where absent): their largest value."""
+    import numpy as np
+
+    return max((float(np.nanmax(g)) for g in grids if g.size and not np.isnan(g).all()), default=1.0) or 1.0
 
 
 def locate_distribution(hists: dict[str, dict[str, Any]], edges: Any, bf16_resolution: float,

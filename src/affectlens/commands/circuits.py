@@ -98,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         o.top_k(h, 10 if name == "heads" else 50, help=f"{name} kept per emotion")
         o.emotions(h)
         _pair_limit(h)
-        o.batch_size(h, 8, help="prompts per forward+backward pass (a pair is two); changes no score")
+        o.batch_size(h, 8, help="prompts per forward+backward pass (a pair is two); the scores do not depend on it")
         h.set_defaults(func=_heads if name == "heads" else _neurons)
 
     i = cs.add_parser("intervene", help="evaluate with steering / attention / neuron amplification active",

@@ -13,6 +13,7 @@ from affectlens.cli import main
 from affectlens.evaluate.metrics import bootstrap_ci
 
 from circuits_helpers import PLANT_LAYER, save_planted, write_pairs
+from conftest import TINYSTORIES
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +253,6 @@ def test_python_runs_return_what_they_write(setup):
 @pytest.mark.parametrize("step", ["heads", "neurons"])
 def test_attribution_does_not_depend_on_the_batch_size(step, tmp_path):
     """--batch-size 1 and 4 (padded batches of pairs whose prompts differ in length) give the same scores."""
-    from conftest import TINYSTORIES
-
     rows = {}
     for b in (1, 4):
         out = tmp_path / f"{step}{b}"

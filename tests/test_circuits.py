@@ -455,3 +455,20 @@ def test_perplexity_guard_sees_attention_amplification(planted):
     assert base == pytest.approx(perplexity(model, tok, texts)["perplexity"])
     assert guarded_perplexity(model, tok, texts, Intervention(heads={1: [0, 2]}, beta=1.0)) == base
     assert guarded_perplexity(model, tok, texts, Intervention(heads={1: [0, 2]}, beta=5.0)) != pytest.approx(base)
+
+
+def test_head_panels_share_one_colour_scale_and_one_colour_bar():
+    """heads.png's panels are compared with each other: one symmetric scale, one colour bar."""
+    import numpy as np
+
+    from affectlens import plots
+
+    maps = {"anger": np.array([[0.1, -0.2], [0.05, 0.0]]), "joy": np.array([[3.0, 0.0], [-1.0, 0.5]]),
+            "fear": np.array([[0.0, 0.01], [0.0, -0.02]]), "sadness": np.array([[-4.5, 0.0], [0.2, 0.1]])}
+    fig = plots.head_scores(maps, "head score")
+    images = [im for ax in fig.axes for im in ax.get_images()]
+    assert len(images) == len(maps)
+    lim = 4.5  # the largest |score| of any panel (sadness)
+    assert {(im.norm.vmin, im.norm.vmax) for im in images} == {(-lim, lim)}
+    assert [ax.get_label() for ax in fig.axes].count("<colorbar>") == 1
+    plots.pyplot().close(fig)

@@ -13,6 +13,7 @@ from affectlens.cli import main
 from affectlens.evaluate.metrics import bootstrap_ci
 
 from circuits_helpers import PLANT_LAYER, save_planted, write_pairs
+from conftest import TINYSTORIES
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,30 @@ def test_layers_heads_neurons_run_dirs(setup, capsys):
     res = json.loads((iv / "results.json").read_text())
     assert res["intervention"] == "1 heads β=0 (after); 1 neurons γ=2"
     capsys.readouterr()
+
+
+def test_intervene_takes_each_named_emotions_units(setup, capsys):
+    """--emotions names several emotions (comma-separated or repeated): each one's top units are amplified."""
+    root, model_dir, pairs, task, vec, v = setup
+    heads = root / "heads_two"
+    assert main(["circuits", "heads", str(model_dir), "--pairs", str(pairs), "--vectors", str(vec),
+                 "--target-layer", str(PLANT_LAYER), "--top-k", "1", "--out", str(heads)]) == 0
+    argv = ["circuits", "intervene", str(model_dir), "--task", f"jsonl:{task}", "--amplify-heads",
+            str(heads / "heads.csv"), "--top-k", "1", "--beta", "0", "--bootstrap", "20"]
+    # by construction (circuits_helpers): in the planted layer, query head 0 writes anger, head 2 joy
+    planted = {"anger": [f"L{PLANT_LAYER}.H0"], "joy": [f"L{PLANT_LAYER}.H2"]}
+    for i, spelling in enumerate((["--emotions", "anger,joy"], ["--emotions", "anger", "--emotions", "joy"])):
+        capsys.readouterr()
+        out = root / f"iv_two_{i}"
+        assert main([*argv, *spelling, "--out", str(out)]) == 0
+        res = json.loads((out / "results.json").read_text())
+        assert res["intervention"] == "2 heads β=0 (after)"
+        assert res["units"] == {"heads": planted}
+        assert json.loads((out / "manifest.json").read_text())["options"]["emotions"] == ["anger", "joy"]
+        assert f"heads from the CSV: anger L{PLANT_LAYER}.H0; joy L{PLANT_LAYER}.H2" in capsys.readouterr().out
+    assert main([*argv, "--emotions", "anger,fear", "--out", str(root / "iv_fear")]) == 2
+    assert "selects no heads of fear (its emotions: anger, joy)" in capsys.readouterr().err
+    assert not (root / "iv_fear").exists()
 
 
 def test_intervene_through_evaluation(setup):
@@ -223,3 +248,26 @@ def test_python_runs_return_what_they_write(setup):
     assert [r["metric"] for r in _csv(root / "py_iv" / "results.csv")] == ["accuracy", "hallucination"]
     man = json.loads((root / "py_iv" / "manifest.json").read_text())
     assert man["command"] == "circuits intervene" and man["options"]["intervention"] == res.intervention
+
+
+@pytest.mark.parametrize("step", ["heads", "neurons"])
+def test_attribution_does_not_depend_on_the_batch_size(step, tmp_path):
+    """--batch-size 1 and 4 (padded batches of pairs whose prompts differ in length) give the same scores."""
+    rows = {}
+    for b in (1, 4):
+        out = tmp_path / f"{step}{b}"
+        assert main(["circuits", step, str(TINYSTORIES), "--emotions", "anger,joy", "--limit", "3",
+                     "--min-score", "0", "--top-k", "5", "--batch-size", str(b), "--out", str(out)]) == 0
+        assert json.loads((out / "manifest.json").read_text())["options"]["batch_size"] == b
+        rows[b] = _csv(out / f"{step}.csv")
+    assert len(rows[1]) == len(rows[4]) > 0
+    unit = "head" if step == "heads" else "neuron"
+    for a, b in zip(rows[1], rows[4], strict=True):  # the same units, in the same order
+        assert (a["emotion"], a["layer"], a[unit]) == (b["emotion"], b["layer"], b[unit])
+    # Equal up to float32 rounding: padding changes the kernels' summation order (~1e-7 relative per
+    # activation), and drop/gain are sums of products of differences, so the bound is relative to the
+    # column's largest value. A pair scored with another pair's tokens would be off by O(1) of it.
+    for col in ("drop", "gain", "score") + (("cos",) if step == "heads" else ("direct", "direct_diff")):
+        scale = max(abs(float(r[col])) for r in rows[1])
+        worst = max(abs(float(a[col]) - float(b[col])) for a, b in zip(rows[1], rows[4], strict=True))
+        assert worst <= 1e-4 * scale, (col, worst, scale)

@@ -495,3 +495,35 @@ def test_figures_are_drawn_by_a_child_process_or_here_when_it_cannot_start(tmp_p
     assert broken.proc is None
     broken.draw(jobs("here.png"))
     assert (tmp_path / "here.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_per_model_heatmaps_of_a_metric_share_one_colour_scale(tmp_path, monkeypatch):
+    """heatmap_<metric>_<model>.png of two models are read side by side: one colour is one change in both."""
+    import affectlens.locate.figures as figures
+    import affectlens.locate.weight_change as wc
+    from affectlens import plots
+
+    base = save_tiny(tmp_path / "base", "llama", layers=2)
+    base_sd = {k: v.clone() for k, v in base.state_dict().items()}
+    tuned = {}
+    for lab, scale in (("small", 0.01), ("large", 0.3)):  # one model changes 30x more than the other
+        t = tiny_model("llama", layers=2)
+        t.load_state_dict(base_sd)
+        plant(t, {"model.layers.1.mlp.gate_proj.weight": scale, "model.layers.0.self_attn.q_proj.weight": scale / 3})
+        t.save_pretrained(tmp_path / lab)
+        tuned[lab] = {k: v.clone() for k, v in t.state_dict().items()}
+    jobs: list = []
+    monkeypatch.setattr(wc, "draw_here", jobs.extend)
+    monkeypatch.setattr(figures, "draw_here", jobs.extend)
+    locate(tmp_path / "base", [tmp_path / lab for lab in tuned], labels=list(tuned), out=tmp_path / "out",
+           show_progress=False)
+    figs = {Path(path).name: getattr(plots, fn)(*args) for path, fn, args in jobs if fn == "locate_heatmap"}
+    for metric, i in (("l2", 0), ("relative", 1)):
+        top = max(v[i] for sd in tuned.values() for k, v in brute(base_sd, sd).items() if k[2] == "weight")
+        for name in (f"heatmap_{metric}_small.png", f"heatmap_{metric}_large.png", f"heatmap_{metric}.png"):
+            norms = [(im.norm.vmin, im.norm.vmax) for ax in figs[name].axes for im in ax.get_images()]
+            assert len(norms) == (2 if name == f"heatmap_{metric}.png" else 1), name
+            for lo, hi in norms:
+                assert lo == 0 and hi == pytest.approx(top, rel=1e-5), (name, hi, top)
+    for fig in figs.values():
+        plots.pyplot().close(fig)

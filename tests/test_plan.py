@@ -136,6 +136,32 @@ def test_cli_json_and_bad_input(tmp_path, capfd):
     assert_refused(run_cli(capfd, "plan", tmp_path / "nope"), contains="nope")
 
 
+def test_tune_and_plan_share_tuneconfigs_max_length_and_rank(capfd):
+    """One --max-length default (TuneConfig's) in tune and plan; plan's estimate is of that run."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from affectlens.cli import build_parser
+    from affectlens.modules import MODULES
+    from affectlens.tuneconfig import TuneConfig
+
+    d = TuneConfig()
+    parser = build_parser()
+    tune_args = parser.parse_args(["tune", "m", "--data", "d", "--modules", "all", "--out", "o"])
+    plan_args = parser.parse_args(["plan", "m"])
+    assert tune_args.max_length == plan_args.max_length == d.max_length
+    assert tune_args.rank == plan_args.rank == d.rank
+    rc, out, err = run_cli(capfd, "plan", TINYSTORIES, "--json")
+    assert rc == 0, err
+    obj = json.loads(out)
+    assert (obj["seq_len"], obj["batch_size"]) == (d.max_length, d.batch_size)
+    with torch.device("meta"):  # LoRA of tune's default rank on every projection, counted from the shapes
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINYSTORIES))
+    lora = sum(d.rank * (m.in_features + m.out_features) for n, m in model.named_modules()
+               if n.rsplit(".", 1)[-1] in MODULES)
+    assert obj["trainable"] == lora
+    assert plan(TINYSTORIES).to_dict() == obj  # the library's defaults are the CLI's
+
+
 def _meta_count_dir(path) -> int:
     from transformers import AutoConfig
 

@@ -161,7 +161,52 @@ def test_cli_tune_prints_match_and_params(tmp_path, capsys):
                "--steps", "2", "--batch-size", "2", "--out", str(out)])
     text = capsys.readouterr().out
     assert rc == 0 and (out / "adapter_model.safetensors").is_file()
-    assert "gate_proj  0-1" in text and "trainable parameters: 8,192" in text  # 2 layers * 8*(128+384)
+    assert "gate_proj  0-1" in text and "8,192 trainable parameters" in text  # 2 layers * 8*(128+384)
+
+
+def test_tune_and_params_report_one_trainable_share(tmp_path, capsys):
+    """tune said 0.375 % (its LoRA weights in the denominator) where params said 0.377 %: one definition,
+    trainable / the base model's parameters, checked against a count of the model's own tensors."""
+    from transformers import AutoModelForCausalLM
+
+    from affectlens.tuneconfig import TuneConfig
+
+    base = AutoModelForCausalLM.from_pretrained(TINYSTORIES)
+    assert base.get_output_embeddings().weight is base.get_input_embeddings().weight  # tied: counted once
+    n_base = sum(p.numel() for p in base.parameters())
+    r = TuneConfig().rank
+    lora = sum(r * (m.in_features + m.out_features) for n, m in base.named_modules() if n.endswith("gate_proj"))
+    line = f"{lora:,} trainable parameters = {100 * lora / n_base:.3f} % of the base model's {n_base:,}"
+    out = tmp_path / "ad"
+    assert main(["tune", str(TINYSTORIES), "--data", str(_easy(tmp_path)), "--modules", "gate_proj",
+                 "--steps", "1", "--batch-size", "2", "--out", str(out)]) == 0
+    assert line in capsys.readouterr().out
+    info = json.loads((out / "affectlens_tune.json").read_text())
+    assert (info["model_params"], info["trainable_params"], info["trainable_share"]) == (n_base, lora, lora / n_base)
+    assert main(["params", str(TINYSTORIES), "--modules", "gate_proj"]) == 0
+    assert line in capsys.readouterr().out
+    assert main(["params", str(TINYSTORIES), "--modules", "gate_proj", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["lora_share_of_model"] == lora / n_base
+
+
+def test_progress_label_is_short(tmp_path, monkeypatch):
+    """The bar's label is the selection as spelled, or a count: seven module names left a 3-character bar."""
+    import affectlens.runs as runs
+
+    labels = []
+
+    class Recorder(runs.Progress):
+        def __init__(self, total, desc, *args, **kwargs):
+            labels.append(desc)
+            super().__init__(total, desc, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "Progress", Recorder)
+    data = _easy(tmp_path)
+    every = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    for modules in (every, "all", "gate_proj", "attn, gate_proj"):
+        tune(str(TINYSTORIES), data, modules, steps=1, batch_size=2, verbose=False)
+    assert labels == ["tune 7 modules", "tune all", "tune gate_proj", "tune attn,gate_proj"]
+    assert all(len(x) <= 24 for x in labels)
 
 
 def _rc_err(capsys, argv):

@@ -67,7 +67,7 @@ class Terminated(KeyboardInterrupt):
 
 
 class _HelpFormatter(argparse.HelpFormatter):
-    """Every option shows its default (unless its help already states one, or there is none).
+    """Every option shows its default (unless its help already states one, "(default...", or there is none).
 
     Descriptions wrap; a multi-line description or epilog is shown as written.
     """
@@ -76,8 +76,10 @@ class _HelpFormatter(argparse.HelpFormatter):
         text = action.help or ""
         default = action.default
         if (not action.option_strings or default is None or default is False
-                or default is argparse.SUPPRESS or "default" in text.lower()):
+                or default is argparse.SUPPRESS or "(default" in text.lower()):
             return text
+        if default in ("", []):  # an empty list or text is no value to show
+            return f"{text} (default: none)".strip()
         return f"{text} (default: %(default)s)".strip()
 
     def _format_actions_usage(self, actions: Any, groups: Any) -> str:

@@ -195,7 +195,7 @@ class ParamReport:
         d = asdict(self)
         d["lora_share_of_reference"] = self.lora_share
         d["full_share_of_reference"] = self.full_share
-        d["lora_share_of_model"] = self.lora_total / self.model_params if self.model_params else None
+        d["lora_share_of_model"] = trainable_share(self.lora_total, self.model_params) if self.model_params else None
         return d
 
     def table(self) -> str:
@@ -216,9 +216,24 @@ class ParamReport:
                      f"of {self.reference_lora_total:,}; full fine-tune {100 * self.full_share:.1f} % "
                      f"of {self.reference_full_total:,}")
         approx = "" if self.model_params_exact else " (approximate: unknown family)"
-        lines.append(f"base model: {self.model_params:,} parameters{approx}; this LoRA adds "
-                     f"{100 * self.lora_total / max(self.model_params, 1):.3f} %")
+        lines.append(f"this LoRA: {share_text(self.lora_total, self.model_params)}{approx}")
         return "\n".join(lines)
+
+
+def trainable_share(trainable: int, base_params: int) -> float:
+    """The one trainable share, of ``params`` and ``tune`` alike: trainable parameters / the *base* model's.
+
+    The base counts each tensor once (tied embeddings once, as ``model.parameters()`` does), and a
+    LoRA's own weights are not in it: the share says how much is trained relative to the model
+    one started from, so it does not shrink as the adapter grows.
+    """
+    return trainable / max(base_params, 1)
+
+
+def share_text(trainable: int, base_params: int) -> str:
+    """:func:`trainable_share` in words, naming its denominator."""
+    return (f"{trainable:,} trainable parameters = {100 * trainable_share(trainable, base_params):.3f} % "
+            f"of the base model's {base_params:,} (tied weights once, LoRA weights not counted)")
 
 
 def _counts(geo: Geometry, modules: Sequence[str], rank: int, n_layers: int) -> list[ModuleCount]:

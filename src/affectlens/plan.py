@@ -38,6 +38,7 @@ from typing import Any
 
 from .errors import AffectlensError
 from .params import Geometry, checked_count, count_params, load_config
+from .tuneconfig import DEFAULT
 
 GiB = 1024**3
 BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
@@ -177,11 +178,16 @@ def _per_gpu(parts: dict[str, int], gpus: int, task: str) -> float:
     return total
 
 
-def plan(config: str | os.PathLike | dict, task: str = "tune", modules: str = "all", rank: int = 16,
-         batch_size: int = 8, seq_len: int = 512, dtype: str = "bf16", gpu: str | None = None,
+def plan(config: str | os.PathLike | dict, task: str = "tune", modules: str = "all", rank: int = DEFAULT.rank,
+         batch_size: int = DEFAULT.batch_size, seq_len: int = DEFAULT.max_length, dtype: str = "bf16",
+         gpu: str | None = None,
          gpu_mem_gb: float | None = None, gpus: int = 1, method: str = "lora",
          gradient_checkpointing: bool = False, max_new_tokens: int = 0) -> Plan:
-    """Plan a run from a config: memory parts, fit on ``gpus`` x ``gpu_mem_gb``, smallest fitting setup."""
+    """Plan a run from a config: memory parts, fit on ``gpus`` x ``gpu_mem_gb``, smallest fitting setup.
+
+    ``rank``, ``batch_size`` and ``seq_len`` default to ``TuneConfig``'s, so the plan is of the run
+    ``tune`` makes by default.
+    """
     if task not in TASKS:
         raise AffectlensError(f"unknown task '{task}'; choose from {', '.join(TASKS)}")
     if dtype not in BYTES:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -250,17 +250,19 @@ def _head_figures(run: RunDir, rk: HeadRanking, by: str = "score") -> None:
 @contextlib.contextmanager
 def _attribution_run(command: str, model_path: str, out: str, pairs_path: str | None, force: bool,
                      adapter: str | None, dtype: str, target_layer: int | None, metric: str, top_k: int,
-                     emotions: Sequence[str] | None, max_pairs: int | None, seed: int, allow_pickle: bool,
-                     device: str, vec_opts: dict[str, Any]) -> Iterator[tuple[RunDir, Any, Any, Any, SteeringVectors]]:
+                     emotions: Sequence[str] | None, max_pairs: int | None, batch_size: int, seed: int,
+                     allow_pickle: bool, device: str, vec_opts: dict[str, Any]
+                     ) -> Iterator[tuple[RunDir, Any, Any, Any, SteeringVectors]]:
     """What heads and neurons share: option checks before loading, the run dir, model, pairs, vectors."""
     check_out_dir(out, force)
     check(device, dtype)
-    positive(top_k=top_k, limit=max_pairs)
+    positive(top_k=top_k, limit=max_pairs, batch_size=batch_size)
     finite_options(min_score=vec_opts.get("min_score"))
     _check_vectors(vec_opts.get("vectors"), allow_pickle)
     torch.manual_seed(seed)
     options = {"target_layer": target_layer, "metric": metric, "top_k": top_k, "emotions": emotions,
-               "max_pairs": max_pairs, "dtype": dtype, "device": device, **_vec_options(vec_opts)}
+               "max_pairs": max_pairs, "batch_size": batch_size, "dtype": dtype, "device": device,
+               **_vec_options(vec_opts)}
     with RunDir(out, command=command, force=force, options=options, seed=seed,
                 inputs=_run_inputs(model_path, pairs_path, adapter, vec_opts)) as run:
         model, tok, proc, pairs = setup(model_path, pairs_path, adapter, dtype, emotions, allow_pickle, device)
@@ -273,15 +275,15 @@ def heads_run(model_path: str, out: str, pairs_path: str | None = None, force: b
               adapter: str | None = None, dtype: str = "auto", target_layer: int | None = None,
               metric: str = "proj", top_k: int = 10, emotions: Sequence[str] | None = None,
               max_pairs: int | None = None, seed: int = 0, allow_pickle: bool = False,
-              device: str = "auto", **vec_opts: Any) -> HeadRanking:
+              device: str = "auto", batch_size: int = 8, **vec_opts: Any) -> HeadRanking:
     """``heads.csv``, ``overlap.csv``, ``heads.png``, ``overlap.png``, ``summary.json``."""
     from ..runs import nonfinite_to_null
     from .heads import head_attribution
 
     with _attribution_run("circuits heads", model_path, out, pairs_path, force, adapter, dtype, target_layer,
-                          metric, top_k, emotions, max_pairs, seed, allow_pickle, device, vec_opts) as (run, model, enc,
-                                                                                                 pairs, sv):
-        res = head_attribution(model, enc, pairs, sv, target_layer, metric, emotions, max_pairs)
+                          metric, top_k, emotions, max_pairs, batch_size, seed, allow_pickle, device,
+                          vec_opts) as (run, model, enc, pairs, sv):
+        res = head_attribution(model, enc, pairs, sv, target_layer, metric, emotions, max_pairs, batch_size)
         require_finite_out(res.rows, "heads", model_path)  # before ranking: NaN sorts anywhere
         run.options["target_layer"] = res.target_layer
         rk = rank_heads(res, top_k)
@@ -299,14 +301,15 @@ def neurons_run(model_path: str, out: str, pairs_path: str | None = None, force:
                 adapter: str | None = None, dtype: str = "auto", target_layer: int | None = None,
                 metric: str = "proj", top_k: int = 50, emotions: Sequence[str] | None = None,
                 max_pairs: int | None = None, seed: int = 0, allow_pickle: bool = False,
-                device: str = "auto", **vec_opts: Any) -> NeuronResult:
+                device: str = "auto", batch_size: int = 8, **vec_opts: Any) -> NeuronResult:
     """``neurons.csv`` (top-K per emotion), ``neurons_by_layer.csv``, ``neurons.png``, ``summary.json``."""
     from .neurons import neuron_attribution
 
     with _attribution_run("circuits neurons", model_path, out, pairs_path, force, adapter, dtype, target_layer,
-                          metric, top_k, emotions, max_pairs, seed, allow_pickle, device, vec_opts) as (run, model, enc,
-                                                                                                 pairs, sv):
-        res = neuron_attribution(model, enc, pairs, sv, target_layer, metric, top_k, emotions, max_pairs)
+                          metric, top_k, emotions, max_pairs, batch_size, seed, allow_pickle, device,
+                          vec_opts) as (run, model, enc, pairs, sv):
+        res = neuron_attribution(model, enc, pairs, sv, target_layer, metric, top_k, emotions, max_pairs,
+                                 batch_size)
         require_finite_out(res.rows, "neurons", model_path)
         require_finite_out(res.per_layer, "neurons", model_path)
         run.options["target_layer"] = res.target_layer
@@ -332,11 +335,14 @@ class InterventionRun:
     tasks: dict[str, dict[str, Any]]  # n, accuracy, hallucination ({before, after, change, ci_*}), primary
     predictions: dict[str, dict[str, list[dict[str, Any]]]]  # task -> before/after rows
     perplexity: dict[str, float] | None = None
+    units: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # heads/neurons -> emotion -> units
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"intervention": self.intervention, "tasks": self.tasks}
         if self.perplexity is not None:
             out["perplexity"] = self.perplexity
+        if self.units:  # units taken from a CSV: which emotion's top each one is
+            out["units"] = self.units
         return out
 
     def rows(self) -> list[dict[str, Any]]:
@@ -352,11 +358,12 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
                   vectors_label: str | None = None, steer: Sequence[str] = (), scale: str = "raw",
                   amplify_heads: str | None = None, beta: float = 2.0, attn_mode: str = "after",
                   split_layer: int | None = None, amplify_neurons: str | None = None,
-                  gamma: float = 2.0, top: int = 10, emotion: str | None = None,
+                  gamma: float = 2.0, top: int = 10, emotions: Sequence[str] | None = None,
                   limit: int | None = None, batch_size: int = 16, n_boot: int = 1000,
                   ppl_texts: str | None = None, pairs_path: str | None = None, seed: int = 0,
                   allow_pickle: bool = False, device: str = "auto") -> InterventionRun:
-    """Evaluate before/after; heads/neurons as ``L.I,...`` or a previous run's CSV (top ``top``)."""
+    """Evaluate before/after; heads/neurons as ``L.I,...`` or a previous run's CSV (top ``top``: of each of
+    ``emotions``, or of all emotions' summed scores)."""
     from ..evaluate import load_task, parse_task
     from .hooks import decoder_layers
     from .inputs import load_lm
@@ -366,6 +373,8 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
     check(device, dtype)
     finite_options(beta=beta, gamma=gamma)
     positive(top_k=top, limit=limit, batch_size=batch_size)
+    if emotions:  # one name, or several (each once)
+        emotions = list(dict.fromkeys([emotions] if isinstance(emotions, str) else emotions))
     if not (steer or amplify_heads or amplify_neurons):
         raise AffectlensError("nothing to do: give --steer, --amplify-heads and/or --amplify-neurons")
     _check_vectors(vectors, allow_pickle)
@@ -374,7 +383,7 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
     texts = ppl_texts_of(ppl_texts, pairs_path)
     options = {"tasks": list(tasks), "steer": list(steer), "scale": scale, "amplify_heads": amplify_heads,
                "beta": beta, "attn_mode": attn_mode, "split_layer": split_layer,
-               "amplify_neurons": amplify_neurons, "gamma": gamma, "top": top, "emotion": emotion,
+               "amplify_neurons": amplify_neurons, "gamma": gamma, "top": top, "emotions": emotions,
                "limit": limit, "batch_size": batch_size, "bootstrap": n_boot, "dtype": dtype,
                "device": device}
     inputs = {"model": model_path, **({"vectors": vectors} if vectors else {})}
@@ -384,16 +393,17 @@ def intervene_run(model_path: str, out: str, tasks: Sequence[str], force: bool =
         run.extra["ran_on"] = ran_on(model)
         n_layers = len(decoder_layers(model))
         sv = load_vectors(vectors, n_layers, vectors_label, hidden_size(model), allow_pickle) if vectors else None
-        iv = Intervention(steer=parse_steer(steer), scale=scale, vectors=sv,
-                          heads=units_of(amplify_heads, "head", top, emotion), beta=beta, attn_mode=attn_mode,
-                          split_layer=split_layer, neurons=units_of(amplify_neurons, "neuron", top, emotion),
-                          gamma=gamma)
+        (heads, head_names), (neurons, neuron_names) = (units_of(amplify_heads, "head", top, emotions),
+                                                        units_of(amplify_neurons, "neuron", top, emotions))
+        iv = Intervention(steer=parse_steer(steer), scale=scale, vectors=sv, heads=heads, beta=beta,
+                          attn_mode=attn_mode, split_layer=split_layer, neurons=neurons, gamma=gamma)
         run.options["intervention"] = iv.describe()
         res = run_intervention(model, tok, tasks, iv, limit, batch_size, seed, n_boot, texts)
         require_finite_out(res, "intervene", model_path)
         result = InterventionRun(res["intervention"], res["tasks"],
                                  {name: r.pop("predictions") for name, r in res["tasks"].items()},
-                                 res.get("perplexity"))
+                                 res.get("perplexity"),
+                                 {k: v for k, v in (("heads", head_names), ("neurons", neuron_names)) if v})
         for name, preds in result.predictions.items():
             for side in ("before", "after"):
                 run.jsonl(f"predictions_{slug(name, 'task')}_{side}.jsonl", preds[side])

@@ -18,7 +18,7 @@ closed-set log-probability of the emotion among the labels' first tokens
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ import torch
 
 from ..errors import AffectlensError
 from ..models.devices import accum_dtype
-from ..runs import progress
+from ..runs import Progress
 from .hooks import capture, decoder_layers, hooks, to_model
 from .pairs import Encoder, Pair
 from .vectors import SteeringVectors
@@ -65,6 +65,16 @@ class Metric:
         lp = torch.log_softmax(logits[0, -1, self.label_ids].float(), -1)
         return lp[self.label_index]
 
+    def at(self, logits: torch.Tensor, resid: torch.Tensor, last: Sequence[int]) -> torch.Tensor:
+        """``[batch]``: the metric of every row of a batch, read at that row's ``last`` position."""
+        rows, pos = torch.arange(len(last)), torch.as_tensor(list(last))
+        if self.kind == "proj":
+            assert self.direction is not None
+            return resid[rows, pos].float() @ self.direction.to(resid.device)
+        assert self.label_ids is not None
+        lp = torch.log_softmax(logits[rows, pos][:, self.label_ids].float(), -1)
+        return lp[:, self.label_index]
+
 
 def make_metric(kind: str, sv: SteeringVectors, emotion: str, target: int, enc: Encoder) -> Metric:
     if kind not in METRICS:
@@ -96,38 +106,80 @@ class Side:
 
 def run_side(model: Any, enc: Encoder, stimulus: str, image: str | None, metric: Metric,
              heads: bool = True, neurons: bool = False, grad: bool = True) -> Side:
-    """Forward (and backward) one prompt; keeps only the query positions, where they were computed.
+    """Forward (and backward) one prompt; keeps only the query positions (see :func:`run_sides`)."""
+    return run_sides(model, enc, [(stimulus, image)], metric, heads, neurons, grad)[0]
 
-    They stay on the device (the sums over pairs run there too); only the
-    per-layer totals of ``patching_sums`` leave for the CPU, once.
+
+def run_sides(model: Any, enc: Encoder, prompts: Sequence[tuple[str, str | None]], metric: Metric,
+              heads: bool = True, neurons: bool = False, grad: bool = True, batch_size: int = 1) -> list[Side]:
+    """:class:`Side` of every (stimulus, image) prompt, text prompts ``batch_size`` to a forward pass.
+
+    A batch is right-padded, so every real token keeps its position and causal
+    attention never reads the padding: each row is its own prompt's run (up to
+    float rounding), and the gradient of the rows' summed metric is each row's
+    own. Image prompts run one at a time (their inputs do not pad alike).
+    Activations and gradients stay on the device, where the sums over pairs
+    run too; only the per-layer totals of ``patching_sums`` leave for the CPU.
     """
+    out: list[Side] = []
+    i = 0
+    while i < len(prompts):
+        n = 1
+        while n < batch_size and i + n < len(prompts) and prompts[i][1] is None and prompts[i + n][1] is None:
+            n += 1
+        out += _run_batch(model, enc, prompts[i : i + n], metric, heads, neurons, grad)
+        i += n
+    return out
+
+
+def _batch_inputs(enc: Encoder, prompts: Sequence[tuple[str, str | None]]) -> tuple[dict[str, Any], list[int]]:
+    """The encoded prompts, right-padded into one batch, and each one's length."""
+    encoded = [enc(s, im) for s, im in prompts]
+    lengths = [int(e["input_ids"].shape[1]) for e in encoded]
+    if len(encoded) == 1:
+        return encoded[0], lengths
+    pad = getattr(enc.tokenizer, "pad_token_id", None) or 0  # never attended: its id does not matter
+    ids = torch.full((len(encoded), max(lengths)), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, (e, n) in enumerate(zip(encoded, lengths, strict=True)):
+        ids[b, :n], mask[b, :n] = e["input_ids"][0], 1
+    return {"input_ids": ids, "attention_mask": mask}, lengths
+
+
+def _run_batch(model: Any, enc: Encoder, prompts: Sequence[tuple[str, str | None]], metric: Metric,
+               heads: bool, neurons: bool, grad: bool) -> list[Side]:
     n_layers = len(decoder_layers(model))
     layers = list(range(n_layers))
-    inputs = to_model(enc(stimulus, image), model)
+    batch, lengths = _batch_inputs(enc, prompts)
+    inputs = to_model(batch, model)
     with hooks(model) as h, torch.set_grad_enabled(grad):
         tracker = h.track(enc.layout)
         cap = capture(h, layers, resid=False, o_in=heads, down_in=neurons, keep_grad=grad)
         res = capture(h, [metric.target], keep_grad=grad)
         out = model(**inputs)
-        m = metric(out.logits, res.resid[metric.target])
-        row = tracker.rows[0]
-        assert row is not None  # one prompt, no cache: a prefill forward always records its span
-        q = max(1, row.prompt_end - row.stim_end)
-        end = row.offset + row.prompt_end
+        m = metric.at(out.logits, res.resid[metric.target], [n - 1 for n in lengths])
+        rows = list(tracker.rows)
+        assert all(r is not None for r in rows)  # no cache: a prefill forward records every row's span
         acts = list(cap.o_in.values()) + list(cap.down_in.values())
-        grads = torch.autograd.grad(m, acts, allow_unused=True) if grad else [None] * len(acts)
-    sl = slice(end - q, end)
-
-    def cut(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-        t = torch.zeros_like(like) if t is None else t
-        return t[0, sl].detach().float()
-
+        grads = torch.autograd.grad(m.sum(), acts, allow_unused=True) if grad else [None] * len(acts)
     o_keys, d_keys = list(cap.o_in), list(cap.down_in)
-    o_in = {k: cut(cap.o_in[k], cap.o_in[k]) for k in o_keys}
-    o_grad = {k: cut(grads[i], cap.o_in[k]) for i, k in enumerate(o_keys)}
-    down = {k: cut(cap.down_in[k], cap.down_in[k]) for k in d_keys}
-    d_grad = {k: cut(grads[len(o_keys) + i], cap.down_in[k]) for i, k in enumerate(d_keys)}
-    return Side(float(m.detach()), o_in, o_grad, down, d_grad, q)
+    sides = []
+    for b, r in enumerate(rows):
+        assert r is not None
+        q = max(1, r.prompt_end - r.stim_end)
+        end = r.offset + r.prompt_end
+        sl = slice(end - q, end)
+
+        def cut(t: torch.Tensor | None, like: torch.Tensor, b: int = b, sl: slice = sl) -> torch.Tensor:
+            t = torch.zeros_like(like) if t is None else t
+            return t[b, sl].detach().float()
+
+        sides.append(Side(float(m[b].detach()),
+                          {k: cut(cap.o_in[k], cap.o_in[k]) for k in o_keys},
+                          {k: cut(grads[i], cap.o_in[k]) for i, k in enumerate(o_keys)},
+                          {k: cut(cap.down_in[k], cap.down_in[k]) for k in d_keys},
+                          {k: cut(grads[len(o_keys) + i], cap.down_in[k]) for i, k in enumerate(d_keys)}, q))
+    return sides
 
 
 def aligned(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +219,8 @@ class PatchSums:
 
 def patching_sums(model: Any, enc: Encoder, pairs: Sequence[Pair], metric: Metric, site: str,
                   units: Sequence[int], desc: str,
-                  last: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> PatchSums:
+                  last: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+                  batch_size: int = 1) -> PatchSums:
     """Attribution-patching sums over ``pairs`` at ``site`` (see module docstring).
 
     ``units[l]`` is the number of units in layer ``l`` (its features are split
@@ -175,16 +228,17 @@ def patching_sums(model: Any, enc: Encoder, pairs: Sequence[Pair], metric: Metri
     layer with both members' activations at the last prompt token (on that
     layer's device), for callers that also need what a unit writes there.
     Sums accumulate on each layer's device (float64; float32 on MPS, which
-    has no float64) and are returned on the CPU as float64.
+    has no float64) and are returned on the CPU as float64. Prompts run
+    ``batch_size`` to a forward pass (:func:`run_sides`); the pairs are summed
+    in their order either way, so the batch size changes no number beyond
+    float rounding.
     """
     if site not in SITES:
         raise ValueError(f"site must be one of {SITES}, not {site!r}")
     drop: dict[int, torch.Tensor] = {}
     gain: dict[int, torch.Tensor] = {}
     heads, neurons = site == "o_in", site == "down_in"
-    for p in progress(pairs, desc=desc):
-        pos = run_side(model, enc, p.emotional, p.image_emotional, metric, heads=heads, neurons=neurons)
-        neg = run_side(model, enc, p.neutral, p.image_neutral, metric, heads=heads, neurons=neurons)
+    for pos, neg in _pair_sides(model, enc, pairs, metric, heads, neurons, batch_size, desc):
         acts_p, acts_n = (pos.o_in, neg.o_in) if heads else (pos.down_in, neg.down_in)
         grad_p, grad_n = (pos.o_grad, neg.o_grad) if heads else (pos.down_grad, neg.down_grad)
         for la, u in enumerate(units):
@@ -205,5 +259,17 @@ def patching_sums(model: Any, enc: Encoder, pairs: Sequence[Pair], metric: Metri
     return PatchSums(len(pairs), cpu(drop), cpu(gain))
 
 
+def _pair_sides(model: Any, enc: Encoder, pairs: Sequence[Pair], metric: Metric, heads: bool, neurons: bool,
+                batch_size: int, desc: str) -> Iterator[tuple[Side, Side]]:
+    """(emotional, neutral) sides of every pair in order, ``batch_size`` pairs' prompts run at a time."""
+    with Progress(len(pairs), desc, unit="pair") as bar:
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i : i + batch_size]
+            prompts = [x for p in chunk for x in ((p.emotional, p.image_emotional), (p.neutral, p.image_neutral))]
+            sides = run_sides(model, enc, prompts, metric, heads, neurons, batch_size=batch_size)
+            bar.update(len(chunk))
+            yield from zip(sides[0::2], sides[1::2], strict=True)
+
+
 __all__ = ["METRICS", "Metric", "PatchSums", "Side", "aligned", "make_metric", "pairs_of", "patching_sums",
-           "run_side", "target_layer_of"]
+           "run_side", "run_sides", "target_layer_of"]

@@ -61,8 +61,13 @@ class HeadResult:
 
 def head_attribution(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: SteeringVectors,
                      target_layer: int | None = None, metric: str = "proj",
-                     emotions: Sequence[str] | None = None, max_pairs: int | None = None) -> HeadResult:
-    """Attribution-patching scores of every head for every emotion (see module docstring)."""
+                     emotions: Sequence[str] | None = None, max_pairs: int | None = None,
+                     batch_size: int = 8) -> HeadResult:
+    """Attribution-patching scores of every head for every emotion (see module docstring).
+
+    ``batch_size`` prompts run to a forward+backward pass (a pair is two); it changes no score
+    beyond float rounding.
+    """
     blocks = decoder_layers(model)
     n_layers = len(blocks)
     target = target_layer_of(model, target_layer)
@@ -80,7 +85,7 @@ def head_attribution(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: Steeri
             writes[la] += (head_outputs(zp, w, n_heads) - head_outputs(zn, w, n_heads)).to(writes[la].dtype)
 
         sums = patching_sums(model, enc, sel, make_metric(metric, sv, e, target, enc), "o_in",
-                             [n_heads] * n_layers, f"heads {e}", last=add_write)
+                             [n_heads] * n_layers, f"heads {e}", last=add_write, batch_size=batch_size)
         write = torch.stack([w.cpu().double() for w in writes])  # results leave, once per emotion
         drop, gain = torch.stack(sums.drop), torch.stack(sums.gain)
         n = len(sel)

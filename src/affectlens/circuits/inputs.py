@@ -191,15 +191,20 @@ def inputs_of(model_path: str, pairs_path: str | None, extra: dict[str, Any] | N
     return out
 
 
-def units_of(spec: str | None, what: str, top: int, emotion: str | None) -> dict[int, list[int]]:
-    """Heads/neurons as ``L.I,...`` or the top ``top`` of a previous run's CSV (of ``emotion``)."""
-    from .intervene import parse_units, units_from_csv
+def units_of(spec: str | None, what: str, top: int, emotions: Sequence[str] | None
+             ) -> tuple[dict[int, list[int]], dict[str, list[str]]]:
+    """Heads/neurons as ``L.I,...`` or the top ``top`` of a previous run's CSV (of each of ``emotions``).
+
+    Also, for a CSV, which units came from which emotion (``{"anger": ["L1.H0"]}``), for the report.
+    """
+    from .intervene import joined_units, parse_units, ranked_units
 
     if not spec:
-        return {}
+        return {}, {}
     if spec.endswith(".csv") or Path(spec).is_file():
-        return units_from_csv(spec, what, top, emotion)
-    return parse_units(spec, what)
+        ranked, tag = ranked_units(spec, what, top, emotions), "H" if what == "head" else "N"
+        return joined_units(ranked), {e: [f"L{la}.{tag}{u}" for la, u in us] for e, us in ranked.items()}
+    return parse_units(spec, what), {}
 
 
 def ppl_texts_of(path: str | None, pairs_path: str | None) -> list[str]:

@@ -160,8 +160,14 @@ def parse_units(spec: str, what: str) -> dict[int, list[int]]:
     return out
 
 
-def units_from_csv(path: str, what: str, k: int, emotion: str | None = None) -> dict[int, list[int]]:
-    """Top-``k`` units (by ``score``) from a ``heads.csv``/``neurons.csv`` of a previous run."""
+def ranked_units(path: str, what: str, k: int, emotions: Sequence[str] | None = None
+                 ) -> dict[str, list[tuple[int, int]]]:
+    """Top-``k`` (layer, unit) by ``score`` of a ``heads.csv``/``neurons.csv`` from a previous run.
+
+    Per named emotion, its own top ``k`` (so several emotions each get theirs,
+    not one that outscores the rest); with no ``emotions`` one ranking, under
+    ``"all"``, of the scores summed over every emotion.
+    """
     import csv
 
     col = "head" if what == "head" else "neuron"
@@ -176,24 +182,35 @@ def units_from_csv(path: str, what: str, k: int, emotion: str | None = None) -> 
         raise AffectlensError(f"{path} is not a valid CSV: {e}") from None
     if rows and (col not in rows[0] or "score" not in rows[0]):
         raise AffectlensError(f"{path} has no '{col}'/'score' columns (is it a circuits {what}s CSV?)")
-    if emotion is not None:
-        rows = [r for r in rows if r.get("emotion") == emotion]
-    agg: dict[tuple[int, int], float] = {}
-    for i, r in enumerate(rows, 2):
-        try:
-            key = (int(r["layer"]), int(r[col]))
-            score = float(r["score"])
-        except (TypeError, ValueError, KeyError):
-            raise AffectlensError(f"{path}: row {i}: layer/{col}/score are not numbers") from None
-        if not math.isfinite(score):
-            raise AffectlensError(f"{path}: row {i}: score is {score}")
-        agg[key] = agg.get(key, 0.0) + score
-    top = sorted(agg, key=lambda x: -agg[x])[:k]
-    if not top:
-        raise AffectlensError(f"{path} selects no {what}s")
+    found = sorted({str(r.get("emotion")) for r in rows})
+    groups = {"all": list(enumerate(rows, 2))} if not emotions else {
+        e: [(i, r) for i, r in enumerate(rows, 2) if r.get("emotion") == e] for e in dict.fromkeys(emotions)}
+    out: dict[str, list[tuple[int, int]]] = {}
+    for name, rs in groups.items():
+        agg: dict[tuple[int, int], float] = {}
+        for i, r in rs:
+            try:
+                key = (int(r["layer"]), int(r[col]))
+                score = float(r["score"])
+            except (TypeError, ValueError, KeyError):
+                raise AffectlensError(f"{path}: row {i}: layer/{col}/score are not numbers") from None
+            if not math.isfinite(score):
+                raise AffectlensError(f"{path}: row {i}: score is {score}")
+            agg[key] = agg.get(key, 0.0) + score
+        if not agg:
+            raise AffectlensError(f"{path} selects no {what}s" + ("" if name == "all" else
+                                  f" of {name} (its emotions: {', '.join(found) or 'none'})"))
+        out[name] = sorted(agg, key=lambda x: -agg[x])[:k]
+    return out
+
+
+def joined_units(ranked: dict[str, list[tuple[int, int]]]) -> dict[int, list[int]]:
+    """:func:`ranked_units` as ``{layer: [units]}``: every emotion's units, one shared by several taken once."""
     out: dict[int, list[int]] = {}
-    for la, u in top:
-        out.setdefault(la, []).append(u)
+    for units in ranked.values():
+        for la, u in units:
+            if u not in out.setdefault(la, []):
+                out[la].append(u)
     return out
 
 

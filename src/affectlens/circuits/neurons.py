@@ -38,8 +38,13 @@ class NeuronResult:
 
 def neuron_attribution(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: SteeringVectors,
                        target_layer: int | None = None, metric: str = "proj", top_k: int = 50,
-                       emotions: Sequence[str] | None = None, max_pairs: int | None = None) -> NeuronResult:
-    """Top-``top_k`` neurons per emotion by attribution score, plus per-layer totals."""
+                       emotions: Sequence[str] | None = None, max_pairs: int | None = None,
+                       batch_size: int = 8) -> NeuronResult:
+    """Top-``top_k`` neurons per emotion by attribution score, plus per-layer totals.
+
+    ``batch_size`` prompts run to a forward+backward pass (a pair is two); it changes no score
+    beyond float rounding.
+    """
     blocks = decoder_layers(model)
     n_layers = len(blocks)
     target = target_layer_of(model, target_layer)
@@ -66,7 +71,7 @@ def neuron_attribution(model: Any, enc: Encoder, pairs: Sequence[Pair], sv: Stee
             direct_diff[la] += ((ap - an) * readout[la]).to(direct[la].dtype)
 
         sums = patching_sums(model, enc, sel, met, "down_in", [readout[la].shape[0] for la in range(n_layers)],
-                             f"neurons {e}", last=add_direct)
+                             f"neurons {e}", last=add_direct, batch_size=batch_size)
         acc: dict[str, Sequence[torch.Tensor] | Mapping[int, torch.Tensor]] = {
             "drop": sums.drop, "gain": sums.gain,  # results leave for the CPU, once per emotion
             "direct": {la: t.cpu().double() for la, t in direct.items()},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import AffectlensError
 from ..vocab import TASK_SYNTAX
 from . import options as o
 
@@ -99,6 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         o.top_k(h, 10 if name == "heads" else 50, help=f"{name} kept per emotion")
         o.emotions(h)
         _pair_limit(h)
+        o.batch_size(h, 8, help="prompts per forward+backward pass (a pair is two); the scores do not depend on it")
         h.set_defaults(func=_heads if name == "heads" else _neurons)
 
     i = cs.add_parser("intervene", help="evaluate with steering / attention / neuron amplification active",
@@ -127,8 +127,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="L.N,L.N… or a neurons.csv from `circuits neurons` (its top --top-k)")
     o.add_number(i, "--gamma", o.number(), default=2.0, help="neuron activation factor")
     o.renamed(i, "--top", o.top_k(i, 10, help="units taken from a heads/neurons CSV"))
-    o.renamed(i, "--emotion", o.emotions(i, help="rank CSV units of this emotion only (one name; "
-                                                 "default: all emotions)"))
+    o.renamed(i, "--emotion", o.emotions(i, help="take each named emotion's top --top-k units from a CSV, "
+                                                 "comma-separated and/or repeated (default: the top of all "
+                                                 "emotions' summed scores)"))
     o.limit(i)
     o.batch_size(i, 16)
     o.bootstrap(i)
@@ -145,17 +146,9 @@ def _check_vectors(a: argparse.Namespace) -> None:
         check_vectors_file(a.vectors, a.allow_pickle)
 
 
-def _emotions(value: str | None) -> list[str] | None:
-    names = o.split_list(value)
-    return [x.lower() for x in names] if names else None
-
-
-def _one_emotion(value: str | None) -> str | None:
-    """intervene ranks the CSV units of one emotion: ``--emotions`` names at most one there."""
-    names = o.split_list(value)
-    if names and len(names) > 1:
-        raise AffectlensError(f"intervene ranks the units of one emotion; --emotions got {', '.join(names)}")
-    return names[0] if names else None
+def _emotions(names: list[str] | None) -> list[str] | None:
+    """``--emotions`` (already a list: comma-separated and/or repeated), lower-cased, each once."""
+    return list(dict.fromkeys(x.lower() for x in names)) if names else None
 
 
 def _base(a: argparse.Namespace) -> dict:
@@ -202,7 +195,8 @@ def _heads(a: argparse.Namespace) -> int:
 
     _check_vectors(a)
     rk = heads_run(a.model, a.out, a.pairs, target_layer=a.target_layer, metric=a.metric, top_k=a.top_k,
-                   emotions=_emotions(a.emotions), max_pairs=a.limit, **_base(a), **_vec_kwargs(a))
+                   emotions=_emotions(a.emotions), max_pairs=a.limit, batch_size=a.batch_size, **_base(a),
+                   **_vec_kwargs(a))
     for e, s in rk.tops.items():
         print(f"{e:>10}: {' '.join(f'L{la}.H{h}' for la, h in sorted(s))}")
     print(f"-> {a.out}")
@@ -215,7 +209,7 @@ def _neurons(a: argparse.Namespace) -> int:
     _check_vectors(a)
     res = neurons_run(a.model, a.out, a.pairs, target_layer=a.target_layer, metric=a.metric,
                       top_k=a.top_k, emotions=_emotions(a.emotions), max_pairs=a.limit,
-                      **_base(a), **_vec_kwargs(a))
+                      batch_size=a.batch_size, **_base(a), **_vec_kwargs(a))
     print(f"{len(res.rows)} top neurons (target layer {res.target_layer}) -> {a.out}")
     return 0
 
@@ -228,9 +222,11 @@ def _intervene(a: argparse.Namespace) -> int:
                         vectors_label=a.vectors_label, steer=a.steer, scale=a.scale,
                         amplify_heads=a.amplify_heads, beta=a.beta, attn_mode=a.attn_mode,
                         split_layer=a.split_layer, amplify_neurons=a.amplify_neurons, gamma=a.gamma,
-                        top=a.top_k, emotion=_one_emotion(a.emotions), limit=a.limit, batch_size=a.batch_size,
+                        top=a.top_k, emotions=_emotions(a.emotions), limit=a.limit, batch_size=a.batch_size,
                         n_boot=a.bootstrap, ppl_texts=a.ppl_texts, **_base(a))
     print(res.intervention)
+    for what, per in res.units.items():
+        print(f"{what} from the CSV: " + "; ".join(f"{e} {' '.join(names)}" for e, names in per.items()))
     for name, r in res.tasks.items():
         for m in ("accuracy", "hallucination"):
             x = r[m]

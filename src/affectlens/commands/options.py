@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..tuneconfig import SEED_MAX
+from ..tuneconfig import DEFAULT, SEED_MAX
 
 REQUIRED_ALIAS = "required_alias"  # attribute of a required option that also has an old spelling
 MODEL_HELP = "HF model dir, .gguf file, PEFT adapter dir, or 'smollm2' (the embedded SmolLM2-135M-Instruct)"
@@ -126,13 +126,27 @@ def add_number(p: argparse._ActionsContainer, flag: str, check: Check, **kwargs:
     return p.add_argument(flag, action=_Checked, check=check, **kwargs)
 
 
+class _CommaList(argparse.Action):
+    """A list option given comma-separated, repeated, or both (``--emotions joy,anger --emotions fear``).
+
+    The value is the names in order, each once, or None when none was given.
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        items = list(getattr(namespace, self.dest, None) or [])
+        items += [x for x in split_list(str(values)) or [] if x not in items]
+        setattr(namespace, self.dest, items or None)
+
+
 class _Renamed(argparse.Action):
     """An old option spelling: stores into the new option's dest and notes the rename on stderr."""
 
     def __init__(self, option_strings: Sequence[str], dest: str, new: str = "", check: Check | None = None,
-                 **kwargs: Any) -> None:
+                 into: argparse.Action | None = None, **kwargs: Any) -> None:
         self.new = new
         self.check = check
+        self.into = into  # a list option: the old spelling adds to it as the new one does
         super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
@@ -146,7 +160,9 @@ class _Renamed(argparse.Action):
                 _refuse(namespace, option_string, values, e)
                 return
         note(f"{option_string} is now {self.new}")
-        if isinstance(getattr(namespace, self.dest, None), list) and not isinstance(values, list):
+        if self.into is not None:
+            self.into(parser, namespace, values, option_string)
+        elif isinstance(getattr(namespace, self.dest, None), list) and not isinstance(values, list):
             getattr(namespace, self.dest).append(values)  # an old spelling of an append option
         else:
             setattr(namespace, self.dest, values)
@@ -167,6 +183,8 @@ def renamed(p: argparse.ArgumentParser, old: str, new: argparse.Action, **kwargs
     kwargs.setdefault("metavar", new.metavar)
     if isinstance(new, _Checked):  # the old spelling of a number option is checked alike
         kwargs.setdefault("check", new.check)
+    if isinstance(new, _CommaList):
+        kwargs.setdefault("into", new)
     p.add_argument(old, action=_Renamed, new=new.option_strings[0], dest=new.dest,
                    default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
 
@@ -205,8 +223,14 @@ def layers(p: argparse.ArgumentParser, help: str = "layer subset, e.g. 0-11,20 (
     p.add_argument("--layers", default=None, help=help)
 
 
-def rank(p: argparse.ArgumentParser, default: int) -> None:
-    add_number(p, "--rank", integer(1), default=default, help="LoRA rank r, the same default as `affectlens tune`")
+def rank(p: argparse.ArgumentParser, help: str = "LoRA rank r, as `affectlens tune --rank`") -> None:
+    """``--rank``: TuneConfig's rank by default, so ``params``/``plan`` count what ``tune`` trains."""
+    add_number(p, "--rank", integer(1), default=DEFAULT.rank, help=help)
+
+
+def max_length(p: argparse.ArgumentParser, lo: int = 1, help: str = "tokens per example") -> argparse.Action:
+    """``--max-length``: TuneConfig's by default, so ``plan`` sizes the run ``tune`` makes."""
+    return add_number(p, "--max-length", integer(lo), default=DEFAULT.max_length, help=help)
 
 
 def task(p: argparse.ArgumentParser) -> None:
@@ -215,9 +239,10 @@ def task(p: argparse.ArgumentParser) -> None:
                    help="task name or KIND:PATH[,opt=val...] (repeatable; default: emotion)")
 
 
-def emotions(p: argparse.ArgumentParser, help: str = "comma-separated emotions (default: all in the pairs)"
-             ) -> argparse.Action:
-    return p.add_argument("--emotions", default=None, help=help)
+def emotions(p: argparse.ArgumentParser,
+             help: str = "emotions, comma-separated and/or repeated (default: all in the pairs)") -> argparse.Action:
+    """``--emotions``: a list (``joy,anger``, ``--emotions joy --emotions anger``), or None for all."""
+    return p.add_argument("--emotions", action=_CommaList, default=None, metavar="E[,E...]", help=help)
 
 
 def limit(p: argparse.ArgumentParser, help: str = "first N examples of each task (default: all)"

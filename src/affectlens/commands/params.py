@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..tuneconfig import TuneConfig
 from . import options as o
 
 
@@ -19,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", help="config.json, model dir, .gguf file, or 'smollm2'")
     o.modules(p)
-    o.rank(p, TuneConfig().rank)
+    o.rank(p)
     p.add_argument("--reference", default="all", help="selection to compare against")
     o.layers(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")

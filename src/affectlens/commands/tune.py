@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                "(default: inferred from the labels)")
     o.renamed(p, "--task", kind)
     d = TuneConfig()
-    o.add_number(p, "--rank", o.integer(1), default=d.rank, help="LoRA rank r")
+    o.rank(p, help="LoRA rank r")
     o.add_number(p, "--alpha", o.number(0, lo_open=True), default=d.alpha, help="LoRA alpha; scale = alpha/r")
     o.add_number(p, "--dropout", o.number(0, 1, hi_open=True), default=d.dropout, help="LoRA dropout")
     o.add_number(p, "--steps", o.integer(1), default=d.steps, help="optimizer steps")
@@ -57,8 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                  "batch size x processes x --grad-accum")
     o.add_number(p, "--grad-accum", o.integer(1), default=1,
                  help="gradient accumulation rounds per optimizer step")
-    o.add_number(p, "--max-length", o.integer(MIN_MAX_LENGTH), default=d.max_length,
-                 help="tokens per example; longer prompts are cut from the left")
+    o.max_length(p, MIN_MAX_LENGTH, help="tokens per example; longer prompts are cut from the left")
     o.seed(p, d.seed, help="seeds LoRA init, data order and dropout")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="forward-pass precision: bf16 autocast, fp32, or auto = bf16 where the CPU/GPU has "

@@ -27,6 +27,7 @@ import torch
 from ..errors import AffectlensError
 from ..models.adapters import check_adapter_targets
 from ..modules import MODULES, ModuleKey
+from ..plots.locate import heatmap_vmax
 from ..runs import Progress, RunDir
 from ..weights.compat import check_adapter_fits, check_architecture
 from ..weights.lora import LoraAdapter
@@ -271,8 +272,10 @@ def write_run(run: RunDir, result: LocateResult, figures: FigureProcess | None =
     jobs: list[Job] = []
     for metric in METRICS:
         panels = {lab: (lab, *layer_module_grid(result.rows, lab, metric)) for lab in labels}
+        vmax = heatmap_vmax(p[1] for p in panels.values())  # every model's file of a metric: one colour scale
         for lab in labels:
-            jobs.append((str(run.file(f"heatmap_{metric}_{lab}.png")), "locate_heatmap", ([panels[lab]], metric)))
+            jobs.append((str(run.file(f"heatmap_{metric}_{lab}.png")), "locate_heatmap",
+                         ([panels[lab]], metric, vmax)))
         if len(labels) > 1:  # side by side on one colour scale
             jobs.append((str(run.file(f"heatmap_{metric}.png")), "locate_heatmap", (list(panels.values()), metric)))
     jobs.append((str(run.file("distribution.png")), "locate_distribution",

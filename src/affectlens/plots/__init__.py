@@ -22,12 +22,18 @@ from .circuits import (
 from .evaluate import confusion_matrix, confusion_panels
 from .grid import frontier
 from .layout import overlaps
-from .locate import LOCATE_METRIC_TITLES, locate_distribution, locate_heatmap, locate_heatmaps
+from .locate import (
+    LOCATE_METRIC_TITLES,
+    heatmap_vmax,
+    locate_distribution,
+    locate_heatmap,
+    locate_heatmaps,
+)
 from .study import image_limits, locus_stability, verdict_forest
 from .tune import loss_curve, loss_curves
 
 __all__ = [
-    "LOCATE_METRIC_TITLES", "confusion_matrix", "frontier", "head_overlap", "head_scores", "image_limits",
+    "LOCATE_METRIC_TITLES", "confusion_matrix", "frontier", "head_overlap", "head_scores", "heatmap_vmax", "image_limits",
     "confusion_panels", "intervention_changes", "intervention_runs",
     "layer_profile", "locate_distribution", "locate_heatmap", "locate_heatmaps", "locus_stability", "loss_curve",
     "loss_curves", "neuron_layers", "overlaps", "pyplot", "save", "vector_norms", "verdict_forest",

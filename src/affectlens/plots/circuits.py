@@ -42,26 +42,29 @@ def layer_profile(layers: list[int], effects: dict[str, list[float]], mean: list
 
 
 def head_scores(scores: dict[str, Any], title: str) -> Any:
-    """One [layer, head] heat map per emotion (symmetric colour scale around 0)."""
+    """One [layer, head] heat map per emotion, all on one symmetric colour scale around 0 with one colour
+    bar: the panels are read against each other (which emotion's heads matter more), so a colour must
+    mean the same score in each."""
     import numpy as np
 
     plt = pyplot()
-    emos = list(scores)
-    cols = min(3, len(emos))
-    nrow = (len(emos) + cols - 1) // cols
-    fig, axes = plt.subplots(nrow, cols, figsize=(4 * cols, 3.2 * nrow), squeeze=False)
-    for ax, e in zip(axes.flat, emos, strict=False):
-        m = np.asarray(scores[e], dtype=float)
-        lim = np.abs(m).max() or 1.0
+    maps = {e: np.asarray(m, dtype=float) for e, m in scores.items()}
+    lim = max((float(np.nanmax(np.abs(m))) for m in maps.values() if m.size and not np.isnan(m).all()),
+              default=0.0) or 1.0
+    cols = min(3, len(maps))
+    nrow = (len(maps) + cols - 1) // cols
+    fig, axes = plt.subplots(nrow, cols, figsize=(4 * cols + 0.8, 3.2 * nrow), squeeze=False, layout="constrained")
+    im = None
+    for ax, (e, m) in zip(axes.flat, maps.items(), strict=False):
         im = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower")
         ax.set_title(e)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
-        fig.colorbar(im, ax=ax, shrink=0.8)
-    for ax in list(axes.flat)[len(emos):]:
+    for ax in list(axes.flat)[len(maps):]:
         ax.axis("off")
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.8)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 

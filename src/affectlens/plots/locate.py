@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from ._base import pyplot
@@ -14,22 +15,26 @@ LOCATE_ROW_HEADINGS = {"l2": "Eq. 1, absolute change ‖ΔW‖_F (grows with the
                        "relative": "Eq. 2, relative change ‖ΔW‖_F / ‖W‖_F (size-fair)"}
 
 
-def locate_heatmap(panels: list[Panel], metric: str) -> Any:
+def locate_heatmap(panels: list[Panel], metric: str, vmax: float | None = None) -> Any:
     """Layers × modules, one panel per model, one shared colour scale (paper Fig. 5).
 
     ``panels``: (model label, layers × modules matrix with NaN where absent,
-    module names, layer indices) per model.
+    module names, layer indices) per model. The scale runs from 0 to ``vmax``
+    (default: the panels' largest value); a figure of one model that is
+    compared with others' gets their common ``vmax``, so one colour is one
+    change in every file.
     """
-    return locate_heatmaps([(metric, panels)], headings=False)
+    return locate_heatmaps([(metric, panels)], headings=False, vmax=vmax)
 
 
-def locate_heatmaps(rows: list[tuple[str, list[Panel]]], headings: bool = True) -> Any:
+def locate_heatmaps(rows: list[tuple[str, list[Panel]]], headings: bool = True,
+                    vmax: float | None = None) -> Any:
     """One row of layers × modules panels per metric (Eq. 1 above Eq. 2), one colour scale per row.
 
     Columns are models, so a model's absolute and size-fair change sit one above the other. Each
-    row's axes are labelled ``heatmap:<metric>`` (``image_limits`` reads one row's scale).
+    row's axes are labelled ``heatmap:<metric>`` (``image_limits`` reads one row's scale). ``vmax``
+    fixes every row's top (figures of single models compared across files share it).
     """
-    import numpy as np
     from matplotlib.layout_engine import PlaceHolderLayoutEngine
 
     from .layout import chars_fitting, wrap
@@ -57,12 +62,12 @@ def locate_heatmaps(rows: list[tuple[str, list[Panel]]], headings: bool = True) 
         if headings:
             fig.text(left / width, (height - k * row_h - 0.05) / height, LOCATE_ROW_HEADINGS.get(
                 metric, LOCATE_METRIC_TITLES.get(metric, metric)), fontsize=10, fontweight="bold", va="top")
-        vmax = max((np.nanmax(g) for _, g, _, _ in panels if g.size), default=1.0) or 1.0
+        top = vmax if vmax is not None else heatmap_vmax(g for _, g, _, _ in panels)
         im = None
         for i, ((_, g, mods, layers), name) in enumerate(zip(panels, names, strict=True)):
             ax = fig.add_axes(((left + i * (pw + gap)) / width, y0, pw / width, body / height),
                               label=f"heatmap:{metric}:{i}")
-            im = ax.imshow(g, aspect="auto", cmap="viridis", vmin=0, vmax=vmax, origin="lower")
+            im = ax.imshow(g, aspect="auto", cmap="viridis", vmin=0, vmax=top, origin="lower")
             ax.set_xticks(range(len(mods)), [m.replace("_proj", "") for m in mods], rotation=45)
             step = max(1, len(layers) // 12)
             ax.set_yticks(range(0, len(layers), step), [str(x) for x in layers[::step]])
@@ -76,6 +81,13 @@ def locate_heatmaps(rows: list[tuple[str, list[Panel]]], headings: bool = True) 
             fits = len(label) <= chars_fitting(body, 10)  # the label runs along the bar: the row's height
             fig.colorbar(im, cax=cax, label=label if fits else label.replace(" (", "\n("))
     return fig
+
+
+def heatmap_vmax(grids: Iterable[Any]) -> float:
+    """The top of one colour scale over ``grids`` (layers × modules, NaN where absent): their largest value."""
+    import numpy as np
+
+    return max((float(np.nanmax(g)) for g in grids if g.size and not np.isnan(g).all()), default=1.0) or 1.0
 
 
 def locate_distribution(hists: dict[str, dict[str, Any]], edges: Any, bf16_resolution: float,

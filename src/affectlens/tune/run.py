@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AffectlensError
 from ..modules import MatchReport, format_ranges, parse_selection
+from ..params import share_text, trainable_share
 from ..tasks.corpus import labelled_rows
 from ..tasks.prompts import encode as encode_prompt
 from ..tasks.prompts import render
@@ -246,6 +247,7 @@ def tune(
     say(lay.describe())
 
     in_memory = not isinstance(base, str | os.PathLike)
+    n_base = sum(p.numel() for p in model.parameters())  # before LoRA: the share's denominator (params')
     finish_master: Callable[[], None] | None = None
     asked_precision = cfg.precision
     if method == "lora":
@@ -262,8 +264,7 @@ def tune(
     try:
         per_module = trainable_by_module(trained)
         n_train = sum(per_module.values())
-        n_total = sum(p.numel() for p in trained.parameters())
-        say(f"trainable parameters: {n_train:,} of {n_total:,} ({100 * n_train / n_total:.3f} %)")
+        say(share_text(n_train, n_base))
         for mod, n in per_module.items():
             say(f"  {mod:<10} {n:>12,}  ({100 * n / n_train:.1f} %)")
         with training_threads(threads) as n_threads:
@@ -303,7 +304,8 @@ def tune(
         "step_seconds": stats.step_seconds, "step_cpu_seconds": stats.step_cpu_seconds, "tokens_per_second": stats.tokens / stats.seconds,
         "precision": stats.precision, "attention": stats.attention, "threads": n_threads,
         "examples": len(ids), "truncated_examples": truncated, "trainable_params": n_train,
-        "trainable_params_per_module": per_module, "model_params": n_total, "matched_modules": len(paths),
+        "trainable_params_per_module": per_module, "model_params": n_base,
+        "trainable_share": trainable_share(n_train, n_base), "matched_modules": len(paths),
         "layout": stats.layout, RECORD_KEY: TrainRows.of((r["text"] for r in ds.rows), ds.source).to_json(),
     }
     result = TuneResult(None, trained, tokenizer, n_train, per_module, losses, stats.seconds_per_step,

@@ -126,6 +126,21 @@ def peft_target_modules(model: Any, paths: list[str]) -> list[str]:
     return paths
 
 
+LABEL_MAX = 24  # characters of the progress bar's label: the rest of a terminal line is the bar
+
+
+def progress_label(modules: str) -> str:
+    """The training bar's label: the selection as the user spelled it (``tune all``, ``tune gate_proj``),
+    or ``tune N modules`` where that is longer than :data:`LABEL_MAX` (a seven-module list left a
+    three-character bar)."""
+    spelled = ",".join(x.strip() for x in modules.split(",") if x.strip())
+    label = f"tune {spelled}"
+    if len(label) <= LABEL_MAX:
+        return label
+    n = len(parse_selection(modules))
+    return f"tune {n} module{'' if n == 1 else 's'}"
+
+
 def trainable_by_module(model: Any) -> dict[str, int]:
     out: dict[str, int] = {}
     for name, p in model.named_parameters():
@@ -240,7 +255,7 @@ def train(peft_model: Any, ids: list[list[int]], n_prompts: list[int], pad_id: i
         torch.manual_seed(cfg.seed + lay.rank)  # dropout masks: rank 0 (and one process) as before
         model.train()
         t0 = time.perf_counter()
-        with Progress(cfg.steps, f"tune {','.join(parse_selection(cfg.modules))}", unit="step",
+        with Progress(cfg.steps, progress_label(cfg.modules), unit="step",
                       enabled=verbose and lay.rank == 0) as bar:
             for step in range(1, cfg.steps + 1):
                 ts, cs = time.perf_counter(), time.process_time()

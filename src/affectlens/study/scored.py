@@ -69,27 +69,28 @@ def cells_of(grid_out: Path) -> dict[str, dict[str, Any]]:
 
 
 def predict(ex: Mapping[str, Any], mode: str) -> np.ndarray | None:
-    """Predicted label indices under ``mode``; None when the references that mode needs were not kept."""
+    """Predicted label indices under ``mode``; None when the references that mode needs were not kept.
+
+    The same maths as ``evaluate`` (its calibration functions), so a study's choice on dev scores what
+    ``evaluate --calibration`` would.
+    """
+    from ..evaluate.calibration import (
+        apply_calibration,
+        calibration_vector,
+        check_mode,
+        reference_texts,
+    )
+
+    check_mode(mode)
     ll = np.asarray(ex["loglik"], dtype=np.float64)
     if mode == "none":
         return ll.argmax(1)
     ref = ex.get("reference") or {}
-    if mode == "pmi":
-        return None if "" not in ref else (ll - np.asarray(ref[""], dtype=np.float64)).argmax(1)
-    if mode == "contextual":
-        from ..evaluate.calibration import CONTENT_FREE
-
-        if not all(t in ref for t in CONTENT_FREE):
-            return None
-        r = np.asarray([ref[t] for t in CONTENT_FREE], dtype=np.float64)
-        vec = _log_softmax(_log_softmax(r).mean(0))
-        return (_log_softmax(ll) - vec).argmax(1)
-    raise ValueError(f"unknown calibration {mode!r}")
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+    texts = reference_texts(mode)
+    if not all(t in ref for t in texts):
+        return None
+    vec = calibration_vector(np.asarray([ref[t] for t in texts], dtype=np.float64), mode)
+    return apply_calibration(ll, vec, mode).argmax(1)
 
 
 def metric(gold: Sequence[int] | np.ndarray, pred: Sequence[int] | np.ndarray, n_labels: int, name: str) -> float:

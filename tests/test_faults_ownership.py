@@ -429,3 +429,21 @@ def test_writer_names_the_bytes_of_the_whole_plan(tmp_path, monkeypatch):
     assert e.value.needed is not None and 64 * 64 * 4 + 32 * 2 < e.value.needed < 64 * 64 * 4 + 32 * 2 + 1024
     assert str(tmp_path / "w") in str(e.value) and "free" in str(e.value)
     assert [p.name for p in (tmp_path / "w").iterdir()] == []  # the part file is gone
+
+
+def test_a_parent_made_by_a_concurrent_run_is_shared_not_an_error(tmp_path, monkeypatch):
+    """Two grid workers claim sibling outputs under one new folder: whichever makes it second must go on."""
+    real = Path.mkdir
+
+    def racing(self, *a, **k):
+        if not self.exists():
+            real(self, parents=True, exist_ok=True)  # the other worker got there first
+        return real(self, *a, **k)
+
+    out = tmp_path / "adapters" / "GET__s1" / "run"
+    monkeypatch.setattr(Path, "mkdir", racing)
+    with claims.claim_output(out):
+        assert out.parent.is_dir()
+    monkeypatch.setattr(Path, "mkdir", real)
+    assert out.parent.is_dir()  # made by "the other run": never unmade by this one
+    assert leftovers(out) == []

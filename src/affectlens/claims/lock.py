@@ -207,7 +207,12 @@ def _prepare_parent(out: Path, shown: Path) -> list[Path]:
     made: list[Path] = []
     try:
         for d in reversed(missing):
-            d.mkdir()
+            try:
+                d.mkdir()
+            except FileExistsError:  # a concurrent run (a grid's other worker) made it first: not ours to unmake
+                if d.is_dir() and not d.is_symlink():
+                    continue
+                raise
             made.append(Path(os.path.abspath(d)))
     except OSError as e:
         _unmake(made)

@@ -55,6 +55,20 @@ def _launch(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
 
+
+def assert_same_training(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Two trainings that differ only in how a batch's float32 gradient sums are split and ordered.
+
+    Reordering a float32 sum changes it by up to ~n·u·Σ|g| (u = 2^-24), which depends on the thread
+    count and the BLAS. Adam divides each step by √v, so an element whose gradient nearly cancels
+    carries that error into its step at full size: the bound is a fraction of the tensor's scale,
+    not of each element. 1e-3 of the largest magnitude is far above the reordering error and far
+    below a wrong step (a mis-normalised or dropped micro-batch moves weights by a whole lr).
+    """
+    scale = float(want.detach().abs().max()) or 1.0
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3 * scale)
+
+
 def test_two_processes_train_as_one(tmp_path):
     data = _data(tmp_path)
     out = tmp_path / "runs" / "ddp"
@@ -82,7 +96,7 @@ def test_two_processes_train_as_one(tmp_path):
     want = get_peft_model_state_dict(ref.model)
     assert got.keys() == want.keys()
     for k in got:
-        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-6)
+        assert_same_training(got[k], want[k])
     assert len(info["loss_curve"]) == BUDGET["steps"]
     torch.testing.assert_close(torch.tensor(info["loss_curve"]), torch.tensor(ref.loss_curve), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(got[next(iter(got))], torch.zeros(()))  # it trained
@@ -97,7 +111,7 @@ def test_accumulation_in_one_process_is_the_whole_batch(tmp_path):
     a, b = dict(acc.model.named_parameters()), dict(one.model.named_parameters())
     for k, p in a.items():
         if p.requires_grad:
-            torch.testing.assert_close(p, b[k], rtol=1e-4, atol=1e-6)
+            assert_same_training(p, b[k])
     assert acc.options["effective_batch"] == 4 and acc.options["grad_accum"] == 4
 
 

@@ -124,15 +124,18 @@ def test_auto_picks_bf16_only_where_native():
 def test_tune_restores_threads_and_attention(data, monkeypatch):
     model, tok = load_model(TINYSTORIES)
     before = model.config._attn_implementation
-    res = tune(model, data, config=CFG.replace(steps=1, precision="fp32"), tokenizer=tok, verbose=False, threads=2)
-    assert res.info["threads"] == 2 and torch.get_num_threads() == 1  # the fixture's count is back
+    start = torch.get_num_threads()  # the fixture's count, whatever AFFECTLENS_TEST_THREADS says
+    other = 1 if start != 1 else 2  # a count tune must set and then undo
+    res = tune(model, data, config=CFG.replace(steps=1, precision="fp32"), tokenizer=tok, verbose=False,
+               threads=other)
+    assert res.info["threads"] == other and torch.get_num_threads() == start  # the fixture's count is back
     assert res.info["attention"] == "eager" and model.config._attn_implementation == before
-    monkeypatch.setenv("AFFECTLENS_THREADS", "2")  # the policy: the user's explicit choice wins
+    monkeypatch.setenv("AFFECTLENS_THREADS", str(other))  # the policy: the user's explicit choice wins
     res = tune(res.model.unload(), data, config=CFG.replace(steps=1), tokenizer=tok, verbose=False)
-    assert res.info["threads"] == 2 and torch.get_num_threads() == 1
+    assert res.info["threads"] == other and torch.get_num_threads() == start
     with pytest.raises(AffectlensError, match="threads must be"):
         tune(res.model.unload(), data, config=CFG.replace(steps=1), tokenizer=tok, verbose=False, threads=0)
-    assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == start
 
 
 def test_long_examples_keep_the_models_attention():

@@ -32,7 +32,7 @@ from affectlens.runs import RunDir, atomic_dir, claim_file, claim_output
 
 from conftest import TINYSTORIES
 from faults import assert_refused, leftovers, run_cli
-from tiny import save_tiny
+from tiny import save_tiny_pair
 
 SRC = str(Path(affectlens.__file__).resolve().parents[1])
 
@@ -43,10 +43,7 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("pair")
-    save_tiny(d / "base", "llama", layers=2)
-    save_tiny(d / "tuned", "llama", layers=2, seed=1)
-    return d / "base", d / "tuned"
+    return save_tiny_pair(tmp_path_factory.mktemp("pair"))
 
 
 # ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from affectlens.runs import atomic_dir, claim_file, write_json
 
 from conftest import TINYSTORIES
 from faults import assert_refused, leftovers, run_cli, tree_digest
-from tiny import save_tiny
+from tiny import save_tiny_pair
 
 SRC = str(Path(affectlens.__file__).resolve().parents[1])
 REPORTS = ("grid.csv", "table.md", "summary.json", "frontier.png")
@@ -52,10 +52,7 @@ def _kill(p: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("pair")
-    save_tiny(d / "base", "llama", layers=2)
-    save_tiny(d / "tuned", "llama", layers=2, seed=1)
-    return d / "base", d / "tuned"
+    return save_tiny_pair(tmp_path_factory.mktemp("pair"))
 
 
 def _locate(capfd, pair, out: Path, *extra: str):

@@ -48,3 +48,10 @@ def plant_projections(model, scale: float = 0.05, seed: int = 11):
             if "_proj" in name:
                 p.add_(scale * torch.randn(p.shape, generator=g))
     return model
+
+
+def save_tiny_pair(d: Path) -> tuple[Path, Path]:
+    """A 2-layer base and a differently seeded "tuned" model of the same shape (what locate compares)."""
+    save_tiny(d / "base", "llama", layers=2)
+    save_tiny(d / "tuned", "llama", layers=2, seed=1)
+    return d / "base", d / "tuned"

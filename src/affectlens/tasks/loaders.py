@@ -66,15 +66,20 @@ def _where(r: dict) -> str:
     return getattr(r, "where", "a row")
 
 
+def _scalar(r: dict, key: str, path: Path, what: str, expected: str) -> Any:
+    """A row's field that must be a string or a number: null and containers are refused, naming the row."""
+    v = r[key]
+    if v is None:
+        raise AffectlensError(f"{path}: {_where(r)}: {what} '{key}' is null")
+    if isinstance(v, dict | list | bool):
+        raise AffectlensError(f"{path}: {_where(r)}: {what} '{key}' is {type(v).__name__}, not {expected}")
+    return v
+
+
 def _text(r: dict, key: str, path: Path) -> str:
     """The text field of a row: a string (numbers are read as text); null is refused, and so is a text
     over ``FIELD_LIMIT`` (a JSONL row gets the limit a CSV field gets while it is read)."""
-    v = r[key]
-    if v is None:
-        raise AffectlensError(f"{path}: {_where(r)}: text '{key}' is null")
-    if isinstance(v, dict | list | bool):
-        raise AffectlensError(f"{path}: {_where(r)}: text '{key}' is {type(v).__name__}, not a string")
-    text = str(v)
+    text = str(_scalar(r, key, path, "text", "a string"))
     if len(text) > FIELD_LIMIT:
         raise AffectlensError(f"{path}: {_where(r)}: text '{key}' has {len(text):,} characters, over the limit "
                               f"of {FIELD_LIMIT:,} for one field")
@@ -83,12 +88,7 @@ def _text(r: dict, key: str, path: Path) -> str:
 
 def _label(r: dict, key: str, path: Path) -> str:
     """The label of a row, normalised; null, empty and non-scalar labels are refused."""
-    v = r[key]
-    if v is None:
-        raise AffectlensError(f"{path}: {_where(r)}: label '{key}' is null")
-    if isinstance(v, dict | list | bool):
-        raise AffectlensError(f"{path}: {_where(r)}: label '{key}' is {type(v).__name__}, not a label")
-    lab = _norm(v)
+    lab = _norm(_scalar(r, key, path, "label", "a label"))
     if not lab:
         raise AffectlensError(f"{path}: {_where(r)}: label '{key}' is empty")
     return lab

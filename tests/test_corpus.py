@@ -12,7 +12,7 @@ from affectlens.errors import AffectlensError
 from affectlens.tasks import corpus
 
 FILES = ("emotion_train.jsonl", "emotion_test.jsonl", "control_train.jsonl", "control_test.jsonl",
-         "pairs.jsonl", "README.md")
+         "control_eval.jsonl", "pairs.jsonl", "README.md")
 
 
 def _rows(name: str) -> list[dict]:
@@ -59,15 +59,19 @@ def test_emotion_splits_are_text_and_event_disjoint():
 
 
 def test_control_task_is_balanced_disjoint_and_correct():
-    train, test = _rows("control_train"), _rows("control_test")
-    assert len(train) == 300 and len(test) == 140
+    train, test, big = _rows("control_train"), _rows("control_test"), _rows("control_eval")
+    assert len(train) == 300 and len(test) == 140 and len(big) == 600
     assert Counter(r["label"] for r in train) == {str(d): 30 for d in range(10)}
     assert Counter(r["label"] for r in test) == {str(d): 14 for d in range(10)}
+    assert Counter(r["label"] for r in big) == {str(d): 60 for d in range(10)}
     assert not {r["text"] for r in train} & {r["text"] for r in test}
+    # the large control set: no text of train or test, no duplicate
+    assert not {r["text"] for r in big} & {r["text"] for r in train + test}
+    assert len({r["text"] for r in big}) == len(big)
     # The answers are right: solve every problem independently from its numbers and verbs.
     import re
 
-    for r in train + test:
+    for r in train + test + big:
         t = r["text"]
         a, b = (int(x) for x in re.findall(r"\b\d+\b", t)[:2])
         if " gets " in t or " puts down " in t:

@@ -233,7 +233,27 @@ def test_resume_after_kill_recomputes_only_the_missing_stage(study, tmp_path):
     ev = StubEvaluator()
     run_study(cfg, out, tuner=tuner, evaluator=ev, echo=echoed.append)
     assert lines_of(echoed, "running") == {"sufficiency"}
-    assert ev.calls == 3 * 10 - 3  # 10 variants x 3 seeds, 3 cells were finished before the kill
+    # 8 stage variants x 3 seeds, 3 cells finished before the kill; base and all-module come from the shared
+    # reference grids, which the kill did not touch (so they are not scored again)
+    assert ev.calls == 3 * 8 - 3
+
+
+def test_reference_models_are_scored_once_per_study(study):
+    """The base is scored once, the all-module LoRA once per seed, and the scored stages read both from
+    the shared reference grids instead of scoring them in each stage's grid."""
+    tmp, cfg, _, _ = study
+    stages = tmp / "out" / "stages"
+    variants = {}
+    for f in sorted(stages.glob("*/grid-s*/cells/*.json")):
+        c = json.loads(f.read_text())
+        variants.setdefault(c["variant"], []).append((f.parts[-4], c["seed"]))
+    seeds = sorted(cfg["seeds"])
+    assert variants["base"] == [("references", seeds[0])]
+    assert sorted(variants["all-module"]) == [("references", s) for s in seeds]
+    for stage in ("sufficiency", "efficiency", "necessity"):  # yet every stage has them, for every seed
+        on_disk = json.loads((stages / stage / "result.json").read_text())["result"]["per_example"]["preds"]
+        assert "all-module" in on_disk and (stage == "necessity" or "base" in on_disk), stage
+        assert all(len(p["chosen"]) == len(seeds) for p in on_disk["all-module"].values())
 
 
 def test_config_change_invalidates_only_dependent_stages(study, tmp_path):

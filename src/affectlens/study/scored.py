@@ -40,8 +40,11 @@ from .bootstrap import (
 MODES = ("none", "contextual", "pmi")
 
 
-def dev_task(task: str) -> str | None:
-    """The dev split of an evaluation task as a task spec, or None when its data has none."""
+def dev_task(task: str, per_class: int | None = None) -> str | None:
+    """The dev split of an evaluation task as a task spec, or None when its data has none.
+
+    ``per_class``: keep at most that many dev rows per label (a seeded, balanced sample): choosing among
+    three calibrations needs far fewer rows than the test claims do, and every model scores the dev split."""
     from ..tasks.spec import get_task, spec_text
     from ..tasks.tables import sibling_split
 
@@ -49,7 +52,12 @@ def dev_task(task: str) -> str | None:
         dev = sibling_split(get_task(task), "dev")
     except Exception:  # a task whose data cannot say: it has no usable dev split
         return None
-    return None if dev is None else spec_text(dev)
+    if dev is None:
+        return None
+    text = spec_text(dev)
+    if per_class and dev.option("per_class") is None and dev.loader != "bundled":
+        text += f",per_class={int(per_class)}"
+    return text
 
 
 def grid_calibration(mode: str, dev: Sequence[str]) -> str:

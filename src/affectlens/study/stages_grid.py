@@ -43,12 +43,8 @@ def _grid_base(ctx: Context, name: str, seed: int, with_control: bool, dev: list
             "budget": {**cfg.budget.budget(), "seeds": [seed]}}
 
 
-def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False) -> dict[str, Any]:
-    """Run one grid per seed; collect per-variant, per-task scores over seeds, params, n, and the paired
-    per-example predictions (calibration chosen on dev, see :mod:`.scored`) the claims are judged on.
-
-    Sufficiency and necessity score the non-affective control tasks too (the fluency claim and the
-    control-task drop read them); efficiency does not."""
+def _grid_kw(ctx: Context) -> dict[str, Any]:
+    """run_grid's placement options from the study's executor, device and dtype."""
     from ..grid import run_grid
 
     kw: dict[str, Any] = {}
@@ -61,14 +57,68 @@ def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False)
     for key, val in (("device", ctx.device), ("dtype", ctx.dtype)):
         if val != "auto" and key in accepted:
             kw[key] = val
+    return kw
+
+
+REFERENCES = "references"  # the study dir's shared grids of the base and the all-module LoRA
+
+
+def _references(ctx: Context, dev: dict[str, str], gcal: str, kw: dict[str, Any]
+                ) -> tuple[dict[int, dict[str, Any]], list[dict[str, Any]]]:
+    """The reference models, each scored once per study on every task any scored stage reads.
+
+    Sufficiency, efficiency and necessity all compare against the untuned base and the all-module LoRA.
+    Scored inside each stage's grid they were scored 2 (base) and 3 (all-module) times per seed, and the
+    base once per seed although it does not depend on one. Here the base is scored once (in the first
+    seed's grid: its predictions do not depend on the seed) and the all-module LoRA once per seed, on the
+    union of the affective, control and dev tasks; the grids' own cell cache makes every later call free.
+    Returns ``{seed: {variant: cells}}`` (the base under every seed) and the grids' rows."""
+    from ..grid import run_grid
+
     cfg = ctx.cfg
-    dev = {t: d for t in cfg.tasks if (d := dev_task(t)) is not None} if cfg.calibration == "auto" else {}
+    cells: dict[int, dict[str, Any]] = {}
+    rows: list[dict[str, Any]] = []
+    for s in cfg.seeds:
+        adapter = ctx.abs(ctx.results["adapters"]["emotion"][str(s)])
+        gdir = ctx.store.dir(REFERENCES) / f"grid-s{s}"
+        _drop_cells_without_examples(gdir)
+        vs: list[dict[str, Any]] = [{"name": ALL, "kind": "reference", "model": adapter}]
+        if s == cfg.seeds[0]:
+            vs.insert(0, {"name": "base", "kind": "reference", "model": "base"})
+        gcfg = {**_grid_base(ctx, f"{REFERENCES}-s{s}", s, True, list(dev.values()), gcal), "variants": vs}
+        res = run_grid(gcfg, gdir, force=True, evaluator=ctx.evaluator, tuner=ctx.tuner, echo=lambda line: None,
+                       allow_pickle=ctx.allow_pickle, **kw)
+        rows += [r for r in res.rows if r["variant"] == ALL or s == cfg.seeds[0]]
+        cells[s] = cells_of(gdir)
+    first = cells[cfg.seeds[0]]
+    for s in cfg.seeds[1:]:
+        cells[s]["base"] = first["base"]
+    return cells, rows
+
+
+def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False,
+         references: tuple[str, ...] = ("base", ALL)) -> dict[str, Any]:
+    """Run one grid per seed; collect per-variant, per-task scores over seeds, params, n, and the paired
+    per-example predictions (calibration chosen on dev, see :mod:`.scored`) the claims are judged on.
+
+    ``references`` (base, all-module) are not scored in the stage's grid but read from the study's shared
+    reference grids (:func:`_references`). Sufficiency and necessity score the non-affective control tasks
+    too (the fluency claim and the control-task drop read them); efficiency does not."""
+    from ..grid import run_grid
+
+    kw = _grid_kw(ctx)
+    cfg = ctx.cfg
+    dev = ({t: d for t in cfg.tasks if (d := dev_task(t, cfg.eval.get("dev_per_class"))) is not None}
+           if cfg.calibration == "auto" else {})
     gcal = grid_calibration(cfg.calibration, list(dev.values()))
+    ctrl = list(cfg.control_tasks) if with_control else []
+    wanted = {*cfg.tasks, *ctrl}
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     raw: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     params: dict[str, int | None] = {}
     n: dict[str, int] = {}
     per_seed: dict[int, dict[str, Any]] = {}
+    ref_cells, ref_rows = _references(ctx, dev, gcal, kw) if references else ({}, [])
     for s in cfg.seeds:
         adapter = ctx.abs(ctx.results["adapters"]["emotion"][str(s)])
         gdir = ctx.store.dir(stage) / f"grid-s{s}"
@@ -77,8 +127,9 @@ def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False)
                 "variants": variants_of(adapter)}
         res = run_grid(gcfg, gdir, force=True, evaluator=ctx.evaluator, tuner=ctx.tuner, echo=lambda line: None,
                        allow_pickle=ctx.allow_pickle, **kw)
-        for r in res.rows:
-            if r["task"] in dev.values():
+        mine = [r for r in ref_rows if r["variant"] in references and (r["variant"] == "base" or r["seed"] == s)]
+        for r in [*mine, *res.rows]:
+            if r["task"] not in wanted:
                 continue
             scores[r["variant"]][r["task"]].append(float(r["primary"]))
             u = r.get("uncalibrated_primary")
@@ -86,11 +137,10 @@ def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False)
             if r.get("n"):
                 n[r["task"]] = int(r["n"])
             params.setdefault(r["variant"], r.get("trainable_params"))
-        per_seed[s] = cells_of(gdir)
+        per_seed[s] = {**{v: ref_cells[s][v] for v in references}, **cells_of(gdir)}
     p_all = ctx.results["adapters"].get("params") or {}
     if p_all and params.get(ALL) is None:
         params[ALL] = int(sum(p_all.values()) / len(p_all))
-    ctrl = list(cfg.control_tasks) if with_control else []
     out: dict[str, Any] = {"scores": {v: dict(t) for v, t in scores.items()},
                            "raw_scores": {v: dict(t) for v, t in raw.items()}, "calibration": gcal,
                            "params": params, "n": n, "tasks": list(cfg.tasks), "control_tasks": ctrl,
@@ -194,9 +244,7 @@ def run_sufficiency(ctx: Context) -> dict[str, Any]:
     single = ctx.cfg.single
 
     def variants(adapter: str) -> list[dict[str, Any]]:
-        vs: list[dict[str, Any]] = [{"name": "base", "kind": "reference", "model": "base"},
-                                    {"name": ALL, "kind": "reference", "model": adapter},
-                                    {"name": "Att.", "kind": "transfer", "donor": adapter, "modules": "attn"}]
+        vs: list[dict[str, Any]] = [{"name": "Att.", "kind": "transfer", "donor": adapter, "modules": "attn"}]
         vs += [{"name": f"Att.+{m.split('_')[0]}", "kind": "transfer", "donor": adapter,
                 "modules": f"attn,{m}"} for m in ("gate_proj", "up_proj", "down_proj")]
         vs.append({"name": GATE_DOWN, "kind": "transfer", "donor": adapter, "modules": "attn,gate_proj,down_proj"})
@@ -223,9 +271,7 @@ def run_efficiency(ctx: Context) -> dict[str, Any]:
     cfg = ctx.cfg
 
     def variants(adapter: str) -> list[dict[str, Any]]:
-        vs: list[dict[str, Any]] = [{"name": "base", "kind": "reference", "model": "base"},
-                                    {"name": ALL, "kind": "reference", "model": adapter}]
-        vs += [{"name": m, "kind": "tune", "modules": m} for m in cfg.single]
+        vs: list[dict[str, Any]] = [{"name": m, "kind": "tune", "modules": m} for m in cfg.single]
         vs += [{"name": g, "kind": "tune", "modules": sel} for g, sel in cfg.groups.items() if g not in cfg.single]
         return vs
 
@@ -259,14 +305,13 @@ def run_necessity(ctx: Context) -> dict[str, Any]:
     ctl = "reset control (equal params)"
 
     def variants(adapter: str) -> list[dict[str, Any]]:
-        vs: list[dict[str, Any]] = [{"name": ALL, "kind": "reference", "model": adapter}]
-        vs += [{"name": f"reset {m}", "kind": "ablate", "model": adapter, "modules": m, "mode": "zero-delta"}
+        vs: list[dict[str, Any]] = [{"name": f"reset {m}", "kind": "ablate", "model": adapter, "modules": m, "mode": "zero-delta"}
                for m in cfg.single]
         vs.append({"name": ctl, "kind": "ablate", "model": adapter,
                    "modules": "gate_proj", "mode": "zero-delta", "control": True})
         return vs
 
-    res = _run(ctx, "necessity", variants, with_control=True)
+    res = _run(ctx, "necessity", variants, with_control=True, references=(ALL,))
     # drop_gate - drop_control = (tuned - reset gate) - (tuned - reset control) = reset control - reset gate
     _judge(res, {"necessity.gate-reset": ([ctl, "reset gate_proj"], lambda s: s[ctl] - s["reset gate_proj"])})
     ev = res["evidence"].get("necessity.gate-reset")

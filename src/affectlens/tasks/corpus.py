@@ -35,8 +35,9 @@ DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # affectlens/data, besi
 SEED = 20260121
 N_TRAIN, N_TEST = 42, 20  # per emotion label -> 294 / 140
 N_CONTROL_TRAIN, N_CONTROL_TEST = 30, 14  # per answer 0..9 -> 300 / 140
+N_CONTROL_EVAL = 60  # per answer 0..9 -> 600: a control test large enough for a powered study (>= 500 rows)
 N_PAIRS = 20  # per emotional label
-NAMES = ("emotion_train", "emotion_test", "control_train", "control_test", "pairs")
+NAMES = ("emotion_train", "emotion_test", "control_train", "control_test", "control_eval", "pairs")
 
 WHO = ("my neighbour", "my boss", "my sister", "my brother", "my roommate", "a coworker",
        "my friend Sam", "my aunt", "my cousin", "my teacher", "my partner", "my best friend")
@@ -274,6 +275,29 @@ def control_splits(seed: int = SEED) -> tuple[list[dict], list[dict]]:
     return train, test
 
 
+def control_eval(seed: int = SEED) -> list[dict]:
+    """A larger control test set (N_CONTROL_EVAL per answer), text-disjoint from control_train and
+    control_test. Its own random stream, so the two older files stay byte-identical."""
+    train, test = control_splits(seed)
+    taken = {r["text"] for r in (*train, *test)}
+    rng = random.Random(seed + 3)
+    out: list[dict] = []
+    for answer in range(10):
+        rows: list[str] = []
+        tries = 0
+        while len(rows) < N_CONTROL_EVAL:
+            tries += 1
+            if tries > 100_000:  # pragma: no cover - the templates give thousands of distinct problems
+                raise AffectlensError(f"cannot generate {N_CONTROL_EVAL} distinct control problems for {answer}")
+            text = _problem(rng, answer)
+            if text not in taken:
+                taken.add(text)
+                rows.append(text)
+        out += [{"text": t, "label": str(answer)} for t in rows]
+    rng.shuffle(out)
+    return out
+
+
 def contrast_pairs(seed: int = SEED) -> list[dict]:
     """``{"emotional", "neutral", "label"}``: the same event told with and without affect."""
     rng = random.Random(seed + 2)
@@ -314,6 +338,7 @@ that these files are byte-identical to what the code writes.
 | emotion_test.jsonl | {ete} | same labels, {nte} per label; events and emotion-specific templates disjoint from train |
 | control_train.jsonl | {ctr} | arithmetic word problems, `label` = answer "0".."9", {nctr} per answer |
 | control_test.jsonl | {cte} | same, {ncte} per answer; texts disjoint from train |
+| control_eval.jsonl | {cev} | same, {ncev} per answer; texts disjoint from control_train and control_test (a control of >= 500 rows for a powered study: task `control_eval`) |
 | pairs.jsonl | {npairs} | `{{"emotional", "neutral", "label"}}`: one event told with and without affect, {npp} per emotional label |
 
 The emotion corpus is synthetic: utterances are built from label-specific
@@ -333,16 +358,19 @@ def render() -> dict[str, str]:
     """File name -> exact file contents, as committed in ``affectlens/data/``."""
     etr, ete = emotion_splits()
     ctr, cte = control_splits()
+    cev = control_eval()
     pairs = contrast_pairs()
     files = {
         "emotion_train.jsonl": _jsonl(etr),
         "emotion_test.jsonl": _jsonl(ete),
         "control_train.jsonl": _jsonl(ctr),
         "control_test.jsonl": _jsonl(cte),
+        "control_eval.jsonl": _jsonl(cev),
         "pairs.jsonl": _jsonl(pairs),
     }
     files["README.md"] = README.format(
-        seed=SEED, etr=len(etr), ete=len(ete), ctr=len(ctr), cte=len(cte), npairs=len(pairs),
+        seed=SEED, etr=len(etr), ete=len(ete), ctr=len(ctr), cte=len(cte), cev=len(cev), ncev=N_CONTROL_EVAL,
+        npairs=len(pairs),
         emotions=", ".join(EMOTIONS), ntr=N_TRAIN, nte=N_TEST, nctr=N_CONTROL_TRAIN,
         ncte=N_CONTROL_TEST, npp=N_PAIRS)
     return files

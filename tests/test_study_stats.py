@@ -356,6 +356,57 @@ def test_powered_needs_seeds_and_a_detectable_paper_effect():
     assert powered(MIN_SEEDS, [row], [{"id": "x", "reason": "r", "design": "layers"}])[0] is False
 
 
+def test_half_effect_power_is_judged_against_half_the_papers_number():
+    from affectlens.study.power import half_effect
+
+    def row(cid: str, mde: float) -> dict:
+        eff = abs(CLAIMS[cid].paper_value - CLAIMS[cid].threshold)
+        return {"id": cid, "power": {"after": {"mde": mde, "paper_effect": eff}}}
+
+    eff = 0.1402  # Table 1's +14.02 points, as a fraction
+    rows = [row("sufficiency.gate-over-attention", eff / 2 - 1e-6), row("sufficiency.gate-transfer", 0.06),
+            row("circuits-intervention.improves", 0.001),  # paper B: not a gate_proj-study claim
+            {"id": "efficiency.gate-lora", "power": {"after": {"mde": 0.01, "paper_effect": None}}}]  # no number
+    got = half_effect(rows)
+    assert set(got["claims"]) == {"sufficiency.gate-over-attention", "sufficiency.gate-transfer"}
+    assert got["claims"]["sufficiency.gate-over-attention"]["powered"] is True
+    assert got["claims"]["sufficiency.gate-transfer"] == {"mde": 0.06, "half_paper_effect": 0.1027 / 2,
+                                                         "powered": False}  # 0.06 > 0.05135
+    assert got["all"] is False
+    assert half_effect(rows[:1])["all"] is True and half_effect([])["all"] is False
+
+
+def test_standard_profile_is_the_powered_design():
+    """3 seeds, 500 scored rows, the modules every gate_proj claim compares, the dev sample per label."""
+    from affectlens.study.config import load_study_config
+    from affectlens.study.stages_grid import _group
+
+    cfg = load_study_config(None, profile="standard")
+    assert len(cfg.seeds) >= MIN_SEEDS and cfg.eval["limit"] >= 500 and cfg.eval["dev_per_class"] == 30
+    assert {"gate_proj", "up_proj", "down_proj"} <= set(cfg.single)
+    for sel in ("attn", "attn,gate_proj", "attn,up_proj", "attn,down_proj", "o_proj,gate_proj"):
+        assert _group(cfg, sel) is not None, sel
+    # a file's own profiles.standard entry still wins over the built-in overlay
+    own = load_study_config({"profiles": {"standard": {"eval": {"limit": 20}}}}, profile="standard")
+    assert own.eval["limit"] == 20 and own.seeds == cfg.seeds
+
+
+def test_dev_rows_per_label_are_capped_by_dev_per_class(tmp_path):
+    from affectlens.study.scored import dev_task
+    from affectlens.tasks.loaders import load_task
+
+    d = tmp_path / "set"
+    d.mkdir()
+    for split, n in (("train", 4), ("validation", 50), ("test", 4)):
+        rows = [{"text": f"{split} row {i}", "label": ("a", "b")[i % 2]} for i in range(n)]
+        (d / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    full, capped = dev_task(f"jsonl:{d},split=test"), dev_task(f"jsonl:{d},split=test", 7)
+    assert len(load_task(full).examples) == 50
+    got = load_task(capped).examples
+    assert sorted(e.label for e in got) == ["a"] * 7 + ["b"] * 7
+    assert {e.text for e in got} <= {f"validation row {i}" for i in range(50)}
+
+
 def test_planning_mde_formula():
     from affectlens.study.power import before
 

@@ -31,8 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("config", nargs="?", default=None,
                    help="study YAML (see examples/study.yaml; default: the bundled tasks on the embedded model)")
     g.add_argument("--model", default=None, help="base model (overrides the config's model:)")
-    g.add_argument("--profile", choices=("quick", "default"), default="default",
-                   help="quick: 1 seed, short budgets, a subset of modules/emotions; default: >= 3 seeds")
+    g.add_argument("--profile", choices=("quick", "standard", "default"), default="default",
+                   help="quick: 1 seed, short budgets, a subset of modules/emotions (a smoke test); standard: "
+                        "3 seeds, 500 scored rows per task, the modules the gate_proj claims compare, short "
+                        "budgets (about an hour on 2 CPU cores for SmolLM2-135M); default: >= 3 seeds, "
+                        "every module, longer budgets")
     g.add_argument("--stages", default=None, help=f"comma-separated subset of: {STAGE_NAMES} "
                    "(the stages they read run too)")
     g.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1; overrides the profile)")

@@ -236,6 +236,7 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
 
         add_figures(sections, ctx, run)  # frontier with CIs, every intervention run, the adapters' losses
         claims, not_judged = judge_claims(ctx, sections, failed, SOURCE, facts(ctx, res))
+        from .power import half_effect
         from .power import powered as is_powered
 
         power_ok, power_why = is_powered(len(cfg.seeds), claims, not_judged)
@@ -246,7 +247,8 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
         sections = nonfinite_to_null(sections)
         study: dict[str, Any] = {
             "version": 1, "name": cfg.name, "smoke_test": bool(smoke), "smoke_test_reasons": smoke,
-            "powered": power_ok, "powered_reasons": power_why, "claims": claims, "not_judged": not_judged,
+            "powered": power_ok, "powered_reasons": power_why, "powered_for_half_paper_effect": half_effect(claims),
+            "claims": claims, "not_judged": not_judged,
             "sections": sections, "failures": failure_summary(timing, failed),
             "family": {"method": "Holm", "alpha": ALPHA, "tests": m_tests, "claims_judged": len(claims),
                        "what": "every difference/equivalence (or band inside/outside) test of every judged claim "

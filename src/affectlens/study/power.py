@@ -136,7 +136,24 @@ def after(claim: PaperClaim, se: float, m_tests: int) -> dict[str, Any]:
                            "power": POWER}
     if eff is not None:
         row["detects_paper_effect"] = mde <= eff
+        row["detects_half_paper_effect"] = mde <= eff / 2
     return row
+
+
+def half_effect(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which judged claims of paper A (the gate_proj study) with a paper number are powered for an effect of
+    half the paper's size (the standard profile's design goal), with each claim's MDE and that half effect."""
+    from .papers import CLAIMS, PAPER_A
+
+    out: dict[str, Any] = {}
+    for r in rows:
+        c = CLAIMS.get(r["id"])
+        p = (r.get("power") or {}).get("after") or {}
+        if c is None or c.source != PAPER_A or p.get("paper_effect") is None:
+            continue
+        out[r["id"]] = {"mde": p["mde"], "half_paper_effect": p["paper_effect"] / 2,
+                        "powered": bool(p["mde"] <= p["paper_effect"] / 2)}
+    return {"claims": out, "all": bool(out) and all(v["powered"] for v in out.values())}
 
 
 def powered(seeds: int, rows: list[dict[str, Any]], not_judged: list[dict[str, Any]]) -> tuple[bool, list[str]]:
@@ -159,4 +176,4 @@ def powered(seeds: int, rows: list[dict[str, Any]], not_judged: list[dict[str, A
     return not why, why
 
 
-__all__ = ["POWER", "after", "before", "n_to_settle", "paper_effect", "planning_se", "powered", "z_sum"]
+__all__ = ["POWER", "after", "before", "half_effect", "n_to_settle", "paper_effect", "planning_se", "powered", "z_sum"]

@@ -131,7 +131,19 @@ def _banner(study: Mapping[str, Any]) -> dict[str, Any]:
     """The smoke-test reasons and whether the run was powered, for the top of the report."""
     smoke = [str(x) for x in study.get("smoke_test_reasons") or []]
     why = [str(x) for x in study.get("powered_reasons") or []]
-    return {"smoke": smoke, "powered": study.get("powered"), "powered_reasons": why}
+    return {"smoke": smoke, "powered": study.get("powered"), "powered_reasons": why,
+            "half": _half_line(study.get("powered_for_half_paper_effect") or {})}
+
+
+def _half_line(half: Mapping[str, Any]) -> str:
+    """One line: which gate_proj-study claims with a paper number could detect half the paper's effect."""
+    rows = half.get("claims") or {}
+    if not rows:
+        return ""
+    yes = [c for c, r in rows.items() if r.get("powered")]
+    no = [f"{c} (MDE {r['mde']:.3g} > {r['half_paper_effect']:.3g})" for c, r in rows.items() if not r.get("powered")]
+    return (f"Powered for half the paper's effect: {len(yes)} of {len(rows)} judged gate_proj-study claims with a "
+            "paper number" + (f"; not: {'; '.join(no)}" if no else "") + ".")
 
 
 def _lead(family: Mapping[str, Any]) -> str:
@@ -325,6 +337,8 @@ def _html_banner(b: Mapping[str, Any]) -> list[str]:
     if b.get("powered") is False:
         out.append('<div class="banner" id="underpowered"><strong>Not powered.</strong><ul>'
                    + "".join(f"<li>{_e(x)}</li>" for x in b.get("powered_reasons") or []) + "</ul></div>")
+    if b.get("half"):
+        out.append(f"<p id=\"half-effect\">{_e(b['half'])}</p>")
     return out
 
 
@@ -351,6 +365,8 @@ def render_md(doc: Mapping[str, Any]) -> str:
                "or against either paper, because:", ">"] + [f"> - {_m(x)}" for x in b["smoke"]] + [""]
     if b.get("powered") is False:
         md += ["> **Not powered.**", ">"] + [f"> - {_m(x)}" for x in b.get("powered_reasons") or []] + [""]
+    if b.get("half"):
+        md += [_m(b["half"]), ""]
     md += [f"{_m(_lead(doc.get('family') or {}))} Paper A: {_m(PAPER_A)}; paper B: {_m(PAPER_B)}.", ""]
     if doc.get("failures", {}).get("rows"):
         md += ["## Failed stages", "", _m(_failure_lead(doc["failures"])), ""]

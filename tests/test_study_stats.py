@@ -489,8 +489,10 @@ def test_one_seed_quick_tiny_study_is_an_honest_smoke_test(tmp_path, capfd):
     study = json.loads((out / "study.json").read_text())
     assert study["powered"] is False and any("1 seed" in w for w in study["powered_reasons"])
     assert study["smoke_test"] and any("one seed" in r for r in study["smoke_test_reasons"])
-    assert any("text-only" in r for r in study["smoke_test_reasons"])
+    assert any("text-only" in r for r in study["scope_limits"])  # a limit of scope, not a smoke reason
+    assert not any("text-only" in r for r in study["smoke_test_reasons"])
     assert any("< 500 per task" in r for r in study["smoke_test_reasons"])
+    assert any("synthetic" in r for r in study["smoke_test_reasons"])  # the bundled affective data
     assert not [c["id"] for c in study["claims"] if CLAIMS[c["id"]].training]
     rows = study["claims"] + study["not_judged"]
     assert {r["id"] for r in rows} == set(CLAIMS)
@@ -503,6 +505,41 @@ def test_one_seed_quick_tiny_study_is_an_honest_smoke_test(tmp_path, capfd):
     md = (out / "report.md").read_text()
     assert md.index("SMOKE TEST") < md.index("## Verdicts") and "raw verdict" in md
     assert "SMOKE TEST, not a result" in stdout
+
+
+def test_smoke_reasons_and_scope_limits_split_by_what_they_mean():
+    """A design too small to be evidence is a smoke test; a well-designed run on a stand-in model, with a
+    synthetic control and short budgets, is a result with stated limits of scope."""
+    from affectlens.study.config import load_study_config
+    from affectlens.study.honesty import scope_limits, smoke_test_reasons
+
+    real = {"data": "jsonl:/x/train.jsonl", "tasks": ["emotion"], "control_tasks": ["control_eval"],
+            "eval": {"limit": 600}}
+    cfg = load_study_config({**real, "budget": {"steps": 16}, "full_budget": {"steps": 4}})
+    smoke = smoke_test_reasons(cfg, TINYSTORIES, TINYSTORIES, True)
+    # only the bundled affective test set (140 rows, synthetic) makes this a smoke test
+    assert smoke and all("emotion" in r for r in smoke), smoke
+    scope = scope_limits(cfg, TINYSTORIES, TINYSTORIES, True)
+    text = " | ".join(scope)
+    for part in ("text-only", "stand-in", "16 optimizer steps", "full fine-tune of 4", "control task(s) control_eval",
+                 "synthetic contrast pairs", "circuits interventions score 70"):
+        assert part in text, part
+    tiny = load_study_config({**real, "profiles": {"quick": {"budget": {"steps": 9}, "full_budget": {"steps": 1}}}},
+                             profile="quick")
+    smoke = " | ".join(smoke_test_reasons(tiny, TINYSTORIES, None, True))
+    for part in ("quick profile", "one seed", "9 optimizer steps (< 10)", "full fine-tune of 1", "< 500 per task"):
+        assert part in smoke, part
+    assert not any("optimizer steps x" in r for r in scope_limits(tiny, TINYSTORIES, None, True))
+
+
+def test_an_all_module_lora_that_learned_nothing_makes_a_smoke_test():
+    from affectlens.study.honesty import learned_nothing
+
+    pts = [{"variant": "all-module", "mean": 0.30}, {"variant": "gate_proj", "mean": 0.5}]
+    assert learned_nothing({"points": pts, "yardstick": 0.29}) is None
+    why = learned_nothing({"points": pts, "yardstick": 0.30})  # not above: equal learns nothing
+    assert why is not None and "0.3000" in why and "learned nothing" in why
+    assert learned_nothing(None) is None and learned_nothing({"points": [], "yardstick": 0.1}) is None
 
 
 # --- locate: seeds x layers; cross-architecture pooling; degenerate designs -------------------------------------

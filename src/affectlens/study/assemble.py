@@ -198,7 +198,7 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
     """Assemble study.json, the figures and the report into ``out`` (atomically, stage cache kept)."""
     from ..models.resolve import resolve_model_path
     from ..runs import RunDir, nonfinite_to_null, versions
-    from .honesty import smoke_test_reasons
+    from .honesty import learned_nothing, scope_limits, smoke_test_reasons
     from .judging import judge_claims
     from .verdicts import ALPHA, TESTED
 
@@ -240,13 +240,19 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
         from .power import powered as is_powered
 
         power_ok, power_why = is_powered(len(cfg.seeds), claims, not_judged)
-        smoke = smoke_test_reasons(cfg, ctx.base_path, resolve_model_path(cfg.circuits_model)
-                                   if "circuits" in cfg.stages else None, bool(res.get("adapters", {}).get("full")))
+        circ = resolve_model_path(cfg.circuits_model) if "circuits" in cfg.stages else None
+        full_ft = bool(res.get("adapters", {}).get("full"))
+        smoke = smoke_test_reasons(cfg, ctx.base_path, circ, full_ft)
+        nothing = learned_nothing(res.get("frontier"))
+        if nothing:
+            smoke.append(nothing)
+        scope = scope_limits(cfg, ctx.base_path, circ, full_ft)
         m_tests = sum(1 for r in claims for k in TESTED if k in r["p"])
         # A number a stage could not define (a share of a zero score) is "no value", never NaN in the report.
         sections = nonfinite_to_null(sections)
         study: dict[str, Any] = {
             "version": 1, "name": cfg.name, "smoke_test": bool(smoke), "smoke_test_reasons": smoke,
+            "scope_limits": scope,
             "powered": power_ok, "powered_reasons": power_why, "powered_for_half_paper_effect": half_effect(claims),
             "claims": claims, "not_judged": not_judged,
             "sections": sections, "failures": failure_summary(timing, failed),

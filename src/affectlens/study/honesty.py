@@ -1,8 +1,15 @@
-"""Honesty by construction: what makes a run a smoke test, and which designs cannot decide a claim.
+"""Honesty by construction: what makes a run a smoke test, what it cannot speak to, and which designs
+cannot decide a claim.
 
 A smoke test checks that the pipeline runs; it is not evidence. Every reason
 a run is one is named (``smoke_test_reasons``: the banner at the top of the
-report and ``study.json``), and a degenerate design gives ``not_judged`` with
+report and ``study.json``): the quick profile, fewer than 3 seeds, fewer than
+500 scored rows per task, LoRAs that barely leave their initialisation,
+synthetic affective data, and (after the run) an all-module LoRA that learned
+nothing. A well-designed run still has limits of *scope* (``scope_limits``,
+listed under the banner): a text-only stand-in for the papers' 7B VLMs,
+short budgets, a synthetic non-affective control. Those bound what the
+result speaks to; they do not make it a pipeline check. A degenerate design gives ``not_judged`` with
 its reason instead of a verdict (``design_problem``): a training-dependent
 claim with fewer than 3 seeds, a depth claim on fewer than 5 layers, a
 bootstrap over fewer than 5 units, a claim about image information flow on a
@@ -19,7 +26,9 @@ from .config import StudyConfig
 from .papers import MIN_LAYERS, MIN_SEEDS, MIN_UNITS, PaperClaim
 
 MIN_EXAMPLES = 500  # test examples per task below which a score is a smoke test
-MIN_STEPS = 100  # optimizer steps below which a LoRA or full fine-tune is a smoke test
+MIN_STEPS = 10  # optimizer steps below which a LoRA has barely left its initialisation: a smoke test
+MIN_FULL_STEPS = 2  # a full fine-tune of one step is Adam's first, sign-like move, not fine-tuning
+PAPER_STEPS = 100  # below this a budget is short of the papers' (full epochs): a limit of scope, stated
 MIN_PARAMS = 1e9  # the papers study 7B-scale models
 
 
@@ -57,8 +66,6 @@ def is_vlm(path: Path) -> bool:
 
 def smoke_test_reasons(cfg: StudyConfig, base: Path, circuits_model: Path | None, full_ft: bool) -> list[str]:
     """Every reason this run is a smoke test rather than a result (empty: none found)."""
-    from .budget import model_params
-
     out: list[str] = []
     if cfg.profile == "quick":
         out.append("the quick profile: a pipeline check with shortened budgets, not a result")
@@ -70,21 +77,25 @@ def smoke_test_reasons(cfg: StudyConfig, base: Path, circuits_model: Path | None
         n = task_size(t, cfg.eval["limit"])
         if n is not None and n < MIN_EXAMPLES:
             out.append(f"task {t}: {n} test examples (< {MIN_EXAMPLES} per task)")
-    if "circuits" in cfg.stages and int(cfg.circuits.get("limit") or 0) < MIN_EXAMPLES:
-        out.append(f"circuits interventions score {cfg.circuits.get('limit')} examples per task (< {MIN_EXAMPLES})")
     if cfg.budget.steps < MIN_STEPS:
-        out.append(f"LoRA budgets of {cfg.budget.steps} optimizer steps (< {MIN_STEPS})")
-    if full_ft and cfg.full_budget.steps < MIN_STEPS:
-        out.append(f"a full fine-tune of {cfg.full_budget.steps} optimizer steps (< {MIN_STEPS})")
-    for key, data in (("data", cfg.data), ("control_data", cfg.control_data)):
-        if is_bundled_data(data):
-            out.append(f"{key} {data} is the bundled synthetic template set, not a real corpus")
-    bundled = [t for t in [*cfg.tasks, *cfg.control_tasks] if is_bundled_task(t)]
+        out.append(f"LoRA budgets of {cfg.budget.steps} optimizer steps (< {MIN_STEPS}): the adapters have barely "
+                   "left their initialisation")
+    if full_ft and cfg.full_budget.steps < MIN_FULL_STEPS:
+        out.append(f"a full fine-tune of {cfg.full_budget.steps} optimizer step(s) (< {MIN_FULL_STEPS})")
+    if is_bundled_data(cfg.data):
+        out.append(f"data {cfg.data} is the bundled synthetic template set, not a real corpus")
+    bundled = [t for t in cfg.tasks if is_bundled_task(t)]
     if bundled:
-        out.append(f"task(s) {', '.join(bundled)} are bundled synthetic templates, not a benchmark "
+        out.append(f"affective task(s) {', '.join(bundled)} are bundled synthetic templates, not a benchmark "
                    "(the papers score MER-UniBench)")
-    if "circuits" in cfg.stages and not cfg.circuits.get("pairs"):
-        out.append("the circuits stage reads the bundled synthetic contrast pairs")
+    return out
+
+
+def scope_limits(cfg: StudyConfig, base: Path, circuits_model: Path | None, full_ft: bool) -> list[str]:
+    """What even a well-designed run of this config cannot speak to (listed under the banner)."""
+    from .budget import model_params
+
+    out: list[str] = []
     models = {"base": base, **({"circuits": circuits_model} if circuits_model is not None else {})}
     for role, path in models.items():
         if not is_vlm(path):
@@ -93,7 +104,38 @@ def smoke_test_reasons(cfg: StudyConfig, base: Path, circuits_model: Path | None
     p = model_params(base)
     if p < MIN_PARAMS:
         out.append(f"the base model has about {p / 1e6:.1f}M parameters, a stand-in for the papers' 7B models")
+    if MIN_STEPS <= cfg.budget.steps < PAPER_STEPS:
+        out.append(f"LoRA budgets of {cfg.budget.steps} optimizer steps x {cfg.budget.batch_size} rows, far short "
+                   "of the papers' full epochs: whether the locus holds after longer training is not measured")
+    if full_ft and MIN_FULL_STEPS <= cfg.full_budget.steps < PAPER_STEPS:
+        out.append(f"a full fine-tune of {cfg.full_budget.steps} optimizer steps: early AdamW steps move every "
+                   "weight by about the learning rate, so its locus is weakly informative")
+    if is_bundled_data(cfg.control_data):
+        out.append(f"control_data {cfg.control_data} is the bundled synthetic arithmetic set (the paper's control "
+                   "is GSM8K math)")
+    bundled = [t for t in cfg.control_tasks if is_bundled_task(t)]
+    if bundled:
+        out.append(f"control task(s) {', '.join(bundled)} are bundled synthetic arithmetic, not a benchmark")
+    if "circuits" in cfg.stages:
+        if not cfg.circuits.get("pairs"):
+            out.append("the circuits stage reads the bundled synthetic contrast pairs")
+        if int(cfg.circuits.get("limit") or 0) < MIN_EXAMPLES:
+            out.append(f"circuits interventions score {cfg.circuits.get('limit')} examples per task (< "
+                       f"{MIN_EXAMPLES}): the power table says what they can detect")
     return out
+
+
+def learned_nothing(frontier: Mapping[str, Any] | None) -> str | None:
+    """A smoke-test reason known only after the run: the all-module LoRA did not beat max(base, majority
+    class) on the affective tasks, so the module comparisons are between adapters that learned nothing."""
+    if not frontier:
+        return None
+    ref = next((p for p in frontier.get("points") or [] if p.get("variant") == "all-module"), None)
+    y = frontier.get("yardstick")
+    if ref is None or y is None or ref["mean"] > y:
+        return None
+    return (f"the all-module LoRA scored {ref['mean']:.4f} on the affective tasks, not above max(base, majority "
+            f"class) = {y:.4f}: it learned nothing, so comparing modules' adapters is not evidence")
 
 
 def design_problem(claim: PaperClaim, ev: Mapping[str, Any], seeds: int, text_only: bool,
@@ -117,5 +159,5 @@ def design_problem(claim: PaperClaim, ev: Mapping[str, Any], seeds: int, text_on
     return None
 
 
-__all__ = ["MIN_EXAMPLES", "MIN_PARAMS", "MIN_STEPS", "design_problem", "is_vlm", "smoke_test_reasons",
-           "task_size"]
+__all__ = ["MIN_EXAMPLES", "MIN_FULL_STEPS", "MIN_PARAMS", "MIN_STEPS", "PAPER_STEPS", "design_problem", "is_vlm",
+           "learned_nothing", "scope_limits", "smoke_test_reasons", "task_size"]

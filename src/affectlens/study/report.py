@@ -132,6 +132,7 @@ def _banner(study: Mapping[str, Any]) -> dict[str, Any]:
     smoke = [str(x) for x in study.get("smoke_test_reasons") or []]
     why = [str(x) for x in study.get("powered_reasons") or []]
     return {"smoke": smoke, "powered": study.get("powered"), "powered_reasons": why,
+            "scope": [str(x) for x in study.get("scope_limits") or []],
             "half": _half_line(study.get("powered_for_half_paper_effect") or {})}
 
 
@@ -337,6 +338,9 @@ def _html_banner(b: Mapping[str, Any]) -> list[str]:
     if b.get("powered") is False:
         out.append('<div class="banner" id="underpowered"><strong>Not powered.</strong><ul>'
                    + "".join(f"<li>{_e(x)}</li>" for x in b.get("powered_reasons") or []) + "</ul></div>")
+    if b.get("scope"):
+        out.append('<div class="banner" id="scope"><strong>What this run cannot speak to.</strong><ul>'
+                   + "".join(f"<li>{_e(x)}</li>" for x in b["scope"]) + "</ul></div>")
     if b.get("half"):
         out.append(f"<p id=\"half-effect\">{_e(b['half'])}</p>")
     return out
@@ -365,6 +369,8 @@ def render_md(doc: Mapping[str, Any]) -> str:
                "or against either paper, because:", ">"] + [f"> - {_m(x)}" for x in b["smoke"]] + [""]
     if b.get("powered") is False:
         md += ["> **Not powered.**", ">"] + [f"> - {_m(x)}" for x in b.get("powered_reasons") or []] + [""]
+    if b.get("scope"):
+        md += ["> **What this run cannot speak to.**", ">"] + [f"> - {_m(x)}" for x in b["scope"]] + [""]
     if b.get("half"):
         md += [_m(b["half"]), ""]
     md += [f"{_m(_lead(doc.get('family') or {}))} Paper A: {_m(PAPER_A)}; paper B: {_m(PAPER_B)}.", ""]

@@ -162,12 +162,15 @@ def _honesty_lines(cfg: StudyConfig, ctx: Context, echo: Callable[[str], None]) 
     """Before any work: why this run is a smoke test, and what it can detect (power before the run)."""
     from ..models.resolve import resolve_model_path
     from .assemble import power_before
-    from .honesty import smoke_test_reasons
+    from .honesty import scope_limits, smoke_test_reasons
 
     circ = resolve_model_path(cfg.circuits_model) if "circuits" in cfg.stages else None
     smoke = smoke_test_reasons(cfg, ctx.base_path, circ, ctx.full_ft_supported())
     if smoke:
         echo("SMOKE TEST, not a result: " + "; ".join(smoke))
+    scope = scope_limits(cfg, ctx.base_path, circ, ctx.full_ft_supported())
+    if scope:
+        echo("what this run cannot speak to: " + "; ".join(scope))
     pb = power_before(cfg)
     mde = [r["mde"] for r in pb["claims"].values() if r["mde"] is not None]
     if mde:

@@ -194,7 +194,7 @@ def test_peft_lora_shared_equals_whole(tok):
     assert float((plain_scores - whole).abs().max()) > 1e-3
 
 
-def test_vision_config_and_circuits_keep_the_whole_prompt_path(tok):
+def test_vlm_window_and_circuits_keep_the_whole_prompt_path(tok):
     from affectlens.circuits.pairs import label_logprobs
 
     model = AutoModelForCausalLM.from_pretrained(str(TINYSTORIES)).eval()
@@ -204,6 +204,14 @@ def test_vision_config_and_circuits_keep_the_whole_prompt_path(tok):
     with Tokens(model) as circ:  # scored under steering hooks: never shares
         label_logprobs(model, tok, prompts, MULTI, batch_size=4)
     assert circ.tokens == whole.tokens
+    with Tokens(model) as shared:
+        score_labels(model, tok, prompts, MULTI, batch_size=4)
+    assert shared.tokens < whole.tokens
+    model.config.sliding_window = 16  # a window shorter than the prompts: pads inside would shift it
+    with Tokens(model) as windowed:
+        score_labels(model, tok, prompts, MULTI, batch_size=4)
+    assert windowed.tokens == whole.tokens
+    model.config.sliding_window = None
     model.config.vision_config = {"model_type": "fake"}  # a VLM config: its own positions
     with Tokens(model) as vlm:
         score_labels(model, tok, prompts, MULTI, batch_size=4)

@@ -17,9 +17,11 @@ only each row's suffix (``prompt[P:] + common``) on a copy of that KV cache
 repeated to the batch's rows. Forward cost drops from ``sum_i L_i`` to
 ``P + sum_i (L_i - P)`` tokens, i.e. by ``(n - 1) * P``; what it adds is one
 cache copy per batch (``P`` key/value vectors per layer and row, no FLOPs of
-note). Below ``MIN_SHARED_PREFIX`` tokens, for a single example, or on a
-vision-language model (whose forward derives its own, multi-axis, positions)
-the old one-forward-per-batch path runs.
+note). Below ``MIN_SHARED_PREFIX`` tokens, for a single example, on a
+vision-language model (whose forward derives its own, multi-axis, positions),
+or where a sliding attention window could cut between prefix and suffix (a
+window counts cache slots, and the pads now sit inside the sequence) the old
+one-forward-per-batch path runs.
 
 Why the result is the same: suffixes are left padded *after* the prefix, so
 pads sit between the prefix and a row's own tokens; the attention mask is
@@ -188,10 +190,15 @@ def shared_prefix_length(items: Sequence[_Item]) -> int:
     return max(p, 0)
 
 
-def _can_share(model) -> bool:
-    """A text decoder whose forward takes a KV cache and explicit positions (not a VLM)."""
-    cfg = getattr(model, "config", None)
-    return cfg is not None and getattr(cfg, "vision_config", None) is None
+def _can_share(model, longest: int) -> bool:
+    """A text decoder whose forward takes a KV cache and explicit positions (not a VLM), and
+    whose sequences fit any sliding attention window (windows count cache slots, pads included)."""
+    cfg: Any = getattr(model, "config", None)  # a transformers config (untyped), or None
+    if cfg is None or getattr(cfg, "vision_config", None) is not None:
+        return False
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    window = getattr(text, "sliding_window", None)
+    return not (isinstance(window, int) and 0 < window < 2 * longest)
 
 
 def _prefix_cache(model, prefix: list[int], dev: torch.device) -> Any:
@@ -219,7 +226,8 @@ def score_items(model, items: list[_Item], n_labels: int, pad_id: int, batch_siz
     dev = model_device(model)
     n = len(items)
     out = torch.zeros(n, n_labels, dtype=torch.float64)
-    P = shared_prefix_length(items) if share_prefix and n > 1 and _can_share(model) else 0
+    longest = max((len(it.prompt) + len(it.common) + max(map(len, it.rests)) for it in items), default=0)
+    P = shared_prefix_length(items) if share_prefix and n > 1 and _can_share(model, longest) else 0
     prefix = _prefix_cache(model, items[0].prompt[:P], dev) if P >= MIN_SHARED_PREFIX else None
     if prefix is None:
         P = 0

@@ -108,9 +108,13 @@ def label_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], labels: S
     """``[n, n_labels]`` closed-set log-likelihoods from the evaluation harness's scorer."""
     from ..evaluate.scorer import score_labels
 
+    # share_prefix=False: this runs under steering/patching hooks whose SpanTracker reads each
+    # prefill call's ids and mask; a shared-prefix forward would show it the prefix alone, then the
+    # suffixes as a cached continuation, and steering spans / interventions would land elsewhere.
     with torch.no_grad():
         return torch.as_tensor(score_labels(model, tokenizer, list(prompts), list(labels),
-                                            batch_size=batch_size, progress=progress)).float()
+                                            batch_size=batch_size, progress=progress,
+                                            share_prefix=False)).float()
 
 
 def emotion_probs(model: Any, enc: Encoder, stimuli: Sequence[str], labels: Sequence[str],

@@ -392,7 +392,8 @@ def _shortcut_ok(model: Any, base: _Base, start: int, rel: bool, pad_id: int, n_
         return False
     from ..evaluate.scorer import score_items
 
-    ref = score_items(model, [base.item], n_labels, pad_id, 1)
+    # the plain whole-prompt run the shortcut must reproduce (no prefix sharing, as under hooks)
+    ref = score_items(model, [base.item], n_labels, pad_id, 1, share_prefix=False)
     # a structural mismatch is O(1) in log-likelihood; half precision rounds differently per batch shape
     tol = 1e-4 if base.resid[0].dtype == torch.float32 else 5e-2
     return all(torch.allclose(x, ref, rtol=tol, atol=tol) for x in (a, b, base_lp[None]))

@@ -147,8 +147,10 @@ def _with_images(model, tok, processor, task: LoadedTask, prompts: list[str], ba
     has = set(img)
     text = [i for i in range(len(prompts)) if i not in has]
     if text:
+        # a vision-language model: its forward derives its own (multi-axis) positions, so the text
+        # rows take the whole-prompt path (score_items also refuses to share on a VLM config)
         ll[text] = score_labels(model, tok, [prompts[i] for i in text], labels, batch_size=batch_size,
-                                progress=progress).double()
+                                progress=progress, share_prefix=False).double()
     ptok = getattr(processor, "tokenizer", processor)
     ph = image_placeholder(processor)
     ex = [task.examples[i] for i in img]

@@ -233,9 +233,9 @@ def test_resume_after_kill_recomputes_only_the_missing_stage(study, tmp_path):
     ev = StubEvaluator()
     run_study(cfg, out, tuner=tuner, evaluator=ev, echo=echoed.append)
     assert lines_of(echoed, "running") == {"sufficiency"}
-    # 8 stage variants x 3 seeds, 3 cells finished before the kill; base and all-module come from the shared
-    # reference grids, which the kill did not touch (so they are not scored again)
-    assert ev.calls == 3 * 8 - 3
+    # (8 stage variants + Att.+gate on the control task) x 3 seeds, 3 cells finished before the kill; base and
+    # all-module come from the shared reference grids, which the kill did not touch (so they are not scored again)
+    assert ev.calls == 3 * (8 + 1) - 3
 
 
 def test_reference_models_are_scored_once_per_study(study):
@@ -254,6 +254,15 @@ def test_reference_models_are_scored_once_per_study(study):
         on_disk = json.loads((stages / stage / "result.json").read_text())["result"]["per_example"]["preds"]
         assert "all-module" in on_disk and (stage == "necessity" or "base" in on_disk), stage
         assert all(len(p["chosen"]) == len(seeds) for p in on_disk["all-module"].values())
+    # sufficiency scores the control task only where a claim reads it: Att.+gate (fluency) and the references
+    suff = json.loads((stages / "sufficiency" / "result.json").read_text())["result"]
+    ctrl = suff["control_tasks"]
+    assert ctrl and {v for v, p in suff["per_example"]["preds"].items() if ctrl[0] in p} == {"Att.+gate", "base",
+                                                                                              "all-module"}
+    for c in sorted((stages / "sufficiency").glob("grid-s*-control/cells/*.json")):
+        assert set(json.loads(c.read_text())["tasks"]) == set(ctrl)
+    by_id = {c["id"]: c for c in json.loads((tmp / "out" / "study.json").read_text())["claims"]}
+    assert by_id["sufficiency.fluency-kept"]["verdict"] in ("supported", "contradicted", "inconclusive")
 
 
 def test_config_change_invalidates_only_dependent_stages(study, tmp_path):
@@ -340,10 +349,14 @@ def test_scored_stages_show_raw_beside_calibrated(study):
         cols = table["columns"]
         cal, raw = cols.index("affective mean (contextual)"), cols.index("affective mean (raw)")
         cells: dict[str, list[dict]] = {}
-        for f in sorted((tmp / "out" / "stages" / stage).glob("grid-s*/cells/*.json")):
-            c = json.loads(f.read_text())
-            cells.setdefault(c["variant"], []).append(c["tasks"]["emotion"])
-        assert table["rows"] and len(cells) == len(table["rows"])
+        names = {row[0] for row in table["rows"]}
+        for sub in (stage, "references"):  # base and all-module are scored once, in the shared reference grids
+            for f in sorted((tmp / "out" / "stages" / sub).glob("grid-s*/cells/*.json")):
+                c = json.loads(f.read_text())
+                if c["variant"] in names and "emotion" in c["tasks"]:  # not the control-only cells
+                    cells.setdefault(c["variant"], []).append(c["tasks"]["emotion"])
+        cells["base"] = cells.get("base", []) * 3  # one seed-free scoring stands for every seed
+        assert table["rows"] and names <= set(cells)
         for row in table["rows"]:
             got = cells[row[0]]
             assert len(got) == 3

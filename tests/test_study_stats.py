@@ -382,7 +382,7 @@ def test_standard_profile_is_the_powered_design():
     from affectlens.study.stages_grid import _group
 
     cfg = load_study_config(None, profile="standard")
-    assert len(cfg.seeds) >= MIN_SEEDS and cfg.eval["limit"] >= 500 and cfg.eval["dev_per_class"] == 30
+    assert len(cfg.seeds) >= MIN_SEEDS and cfg.eval["limit"] >= 500 and cfg.eval["dev_per_class"] == 20
     assert {"gate_proj", "up_proj", "down_proj"} <= set(cfg.single)
     for sel in ("attn", "attn,gate_proj", "attn,up_proj", "attn,down_proj", "o_proj,gate_proj"):
         assert _group(cfg, sel) is not None, sel

@@ -1,10 +1,17 @@
 """The expected wall time of a study, printed before it starts and recorded in its methods.
 
-Costs are per *token x parameter* so one calibration serves every model size:
-training and scoring cost per token and parameter as measured on the embedded
-default (SmolLM2-135M, float32) on 2 CPU cores under a load average of ~11,
-scaled to 2 idle cores. The stage count comes from the config (seeds, modules,
-evaluation limit, circuits options). A GPU is typically 20-100x faster.
+Costs are per *token x parameter* (training) and per *scored example x
+parameter* (closed-set scoring), so one calibration serves every model size.
+They were measured on the embedded default (SmolLM2-135M) on 2 idle CPU cores
+with native bf16 (AMX): a 16-step LoRA (8 rows of ~60 tokens, bf16 autocast)
+at about 2.1 s per step, and scoring at about 25 examples/s in bfloat16 with
+the shared instruction prefix run once. Where the CPU has no native bf16,
+training runs in fp32 (about 1.7x slower), and scoring in float32 is about 2x
+slower than in bfloat16. The counts follow the study's structure: the base
+scored once and the all-module LoRA once per seed (the shared reference
+grids), each stage's variants on the affective test rows and the dev rows
+the calibration is chosen on, the control tasks where the stage reads them.
+A GPU is typically 20-100x faster.
 """
 
 from __future__ import annotations
@@ -15,14 +22,14 @@ from typing import Any
 
 from .config import StudyConfig
 
-# Measured on SmolLM2-135M (float32) on 2 CPU cores under a load average of ~11 -- 14.3 s per all-module
-# LoRA step of 4 x ~60 tokens, 4.9 s per scored emotion example -- per parameter of its 134,515,008
-# (GQA: 3 KV heads of 9; tied embeddings), divided by 5: 2 idle cores.
-SMOLLM2_PARAMS = 134_515_008
-TRAIN_S_PER_TOKEN_PARAM = 14.3 / (4 * 60) / SMOLLM2_PARAMS / 5
-EVAL_S_PER_EXAMPLE_PARAM = 4.9 / SMOLLM2_PARAMS / 5
+SMOLLM2_PARAMS = 134_515_008  # GQA: 3 KV heads of 9; tied embeddings
+TRAIN_S_PER_TOKEN_PARAM = 2.1 / (8 * 60) / SMOLLM2_PARAMS  # bf16 autocast on a CPU with native bf16
+EVAL_S_PER_EXAMPLE_PARAM = 1 / 25 / SMOLLM2_PARAMS  # bfloat16 weights, shared prefix
+FP32_TRAIN_FACTOR = 1.7  # fp32 training where the CPU has no native bf16
+FP32_EVAL_FACTOR = 2.0  # float32 scoring (the CPU default) against bfloat16
+FULL_STEP_FACTOR = 3.0  # a full fine-tune step: weight gradients and AdamW on every weight
 EXAMPLE_TOKENS = 60  # a training example's mean length in the bundled data (prompt + answer)
-TASK_SIZE = 140  # examples of a bundled test set
+TASK_SIZE = 140  # examples of a bundled test set (the guess where a task cannot be read here)
 
 
 def _config(base_path: Path) -> dict[str, Any]:
@@ -45,49 +52,79 @@ def model_params(base_path: Path) -> int:
         return checkpoint_numel(base_path) or SMOLLM2_PARAMS
 
 
-def circuits_seconds(cfg: StudyConfig, model_path: Path) -> dict[str, float]:
+def _rates(dtype: str, p: int) -> tuple[float, float]:
+    """(seconds per training token, seconds per scored example) for a model of ``p`` parameters."""
+    from ..tune.precision import cpu_has_native_bf16
+
+    train = TRAIN_S_PER_TOKEN_PARAM * p * (1.0 if cpu_has_native_bf16() else FP32_TRAIN_FACTOR)
+    score = EVAL_S_PER_EXAMPLE_PARAM * p * (1.0 if dtype in ("bfloat16", "bf16", "float16") else FP32_EVAL_FACTOR)
+    return train, score
+
+
+def circuits_seconds(cfg: StudyConfig, model_path: Path, dtype: str = "auto") -> dict[str, float]:
     """Expected seconds of each circuits step, in run order: the stage's progress weights and estimates."""
     p = model_params(model_path)
+    _, ex = _rates(dtype, p)
     c = cfg.circuits
-    emos = len(c.get("emotions") or range(7))
+    emos = len(c.get("emotions") or range(6))
     pairs = int(c.get("max_pairs") or 12)
     n_layers = int(_config(model_path).get("num_hidden_layers", 30))
-    fwd = EVAL_S_PER_EXAMPLE_PARAM * p * emos * pairs  # one forward pass over every pair
-    run = EVAL_S_PER_EXAMPLE_PARAM * p * 2 * int(c.get("limit") or TASK_SIZE) * len(cfg.tasks)  # before + after
+    fwd = ex * emos * pairs  # one forward pass over every pair
+    run = ex * 2 * int(c.get("limit") or TASK_SIZE) * len(cfg.tasks)  # before + after
     return {"vectors": 2 * fwd, "layers": n_layers // 2 * fwd, "heads": 9 * fwd, "neurons": 9 * fwd,
             "intervene-heads-top": run, "intervene-heads-random": run,
             "intervene-neurons-top": run, "intervene-neurons-random": run}
 
 
-def expected_seconds(cfg: StudyConfig, base_path: Path, other_bases: Sequence[Path] = ()) -> dict[str, Any]:
-    """Seconds per stage (and ``total``) for the asked stages, from the model size and the budgets;
-    ``other_bases`` add their own adapters and locate (``<stage>@other bases``)."""
-    p = model_params(base_path)
-    tokens = cfg.budget.batch_size * min(cfg.budget.max_length, EXAMPLE_TOKENS)
-    step = TRAIN_S_PER_TOKEN_PARAM * tokens * p
-    k = len(cfg.seeds)
-    n_ex = min(cfg.eval["limit"] or TASK_SIZE, TASK_SIZE)
-    cell = EVAL_S_PER_EXAMPLE_PARAM * p * n_ex * len(cfg.tasks)
-    cell_all = EVAL_S_PER_EXAMPLE_PARAM * p * n_ex * (len(cfg.tasks) + len(cfg.control_tasks))
-    single, groups = len(cfg.single), len([g for g in cfg.groups if g not in cfg.single])
-    est = {
-        "adapters": k * 2 * cfg.budget.steps * step + k * cfg.full_budget.steps * step * 3,
-        "locate": 2.0 + 1e-8 * p * k,
-        "sufficiency": k * (7 + single) * cell_all,
-        "efficiency": k * ((single + groups) * cfg.budget.steps * step + (2 + single + groups) * cell),
-        "necessity": k * (2 + single) * cell_all,
-        "frontier": 1.0,
-        "circuits": sum(circuits_seconds(cfg, base_path).values()),
-    }
+def _rows(tasks: Sequence[str], limit: int | None) -> int:
+    from .honesty import task_size
+
+    return sum(task_size(t, limit) or min(limit or TASK_SIZE, TASK_SIZE) for t in tasks)
+
+
+def _dev_rows(cfg: StudyConfig) -> int:
+    if cfg.calibration != "auto":
+        return 0
+    from .scored import dev_task
+
+    devs = [d for t in cfg.tasks if (d := dev_task(t, cfg.eval.get("dev_per_class"))) is not None]
+    return _rows(devs, cfg.eval["limit"])
+
+
+def expected_seconds(cfg: StudyConfig, base_path: Path, other_bases: Sequence[Path] = (),
+                     dtype: str = "auto") -> dict[str, Any]:
+    """Seconds per stage (and ``total``) for the asked stages, from the model size, the budgets, the rows
+    scored and ``dtype``; ``other_bases`` add their own adapters and locate (``<stage>@other bases``)."""
     from .config import needed
 
-    out: dict[str, Any] = {s: round(est[s], 1) for s in needed(cfg.stages)}
+    p = model_params(base_path)
+    tok, ex = _rates(dtype, p)
+    step = tok * cfg.budget.batch_size * min(cfg.budget.max_length, EXAMPLE_TOKENS)
+    full_step = FULL_STEP_FACTOR * tok * cfg.full_budget.batch_size * min(cfg.full_budget.max_length, EXAMPLE_TOKENS)
+    k = len(cfg.seeds)
+    aff = ex * (_rows(cfg.tasks, cfg.eval["limit"]) + _dev_rows(cfg))  # one model on the affective + dev rows
+    ctl = ex * _rows(cfg.control_tasks, cfg.eval["limit"])  # one model on the control tasks
+    single, groups = len(cfg.single), len([g for g in cfg.groups if g not in cfg.single])
+    stages = needed(cfg.stages)
+    est = {
+        "adapters": k * (2 * cfg.budget.steps * step + cfg.full_budget.steps * full_step),
+        "locate": 2.0 + 1e-8 * p * k,
+        "sufficiency": k * ((5 + single) * aff + ctl),
+        "efficiency": k * (single + groups) * (cfg.budget.steps * step + aff),
+        "necessity": k * (single + 1) * (aff + ctl),
+        "frontier": 1.0,
+        "circuits": sum(circuits_seconds(cfg, base_path, dtype).values()),
+    }
+    first = next((s for s in ("sufficiency", "efficiency", "necessity") if s in stages), None)
+    if first is not None:  # the shared reference grids: the base once, the all-module LoRA once per seed
+        est[first] += (1 + k) * (aff + ctl)
+    out: dict[str, Any] = {s: round(est[s], 1) for s in stages}
     for s in ("adapters", "locate"):
         if s in out and other_bases:
-            out[f"{s}@other bases"] = round(sum(expected_seconds(cfg, b)[s] for b in other_bases), 1)
+            out[f"{s}@other bases"] = round(sum(expected_seconds(cfg, b, dtype=dtype)[s] for b in other_bases), 1)
     out["total"] = round(sum(out.values()), 1)
-    out["basis"] = (f"{p / 1e6:.0f}M parameters; {step:.2f} s per training step, {cell_all:.0f} s per scored "
-                    "model (all tasks) on 2 idle CPU cores, calibrated on SmolLM2-135M")
+    out["basis"] = (f"{p / 1e6:.0f}M parameters; {step:.2f} s per training step, {aff:.0f} s per scored model "
+                    "(affective + dev rows) on 2 idle CPU cores, calibrated on SmolLM2-135M")
     return out
 
 

@@ -70,10 +70,10 @@ QUICK: dict[str, Any] = {
 # replicates the claims need) are kept; the cost is cut where it buys no power: the modules are the ones
 # the gate_proj study's claims compare (gate/up/down alone; attention alone and with each MLP module;
 # o+gate), LoRAs get 16 steps, the full fine-tune (read only by the LoRA-vs-SFT locus claim) 4, the
-# calibration is chosen on 30 dev rows per label, and circuits runs on fewer pairs and examples.
+# calibration is chosen on 20 dev rows per label, and circuits runs on fewer pairs and examples.
 STANDARD: dict[str, Any] = {
     "seeds": [0, 1, 2],
-    "eval": {"limit": 500, "batch_size": 32, "dev_per_class": 30},
+    "eval": {"limit": 500, "batch_size": 32, "dev_per_class": 20},
     "budget": {"steps": 16, "batch_size": 8, "max_length": 64, "lr": 2.0e-3},
     "full_budget": {"steps": 4},
     "modules": {"single": ["gate_proj", "up_proj", "down_proj"],

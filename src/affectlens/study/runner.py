@@ -215,7 +215,7 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig | None, out: str
         ctx.provenance = {"data": data, **device_dtype(device, dtype, "circuits" in cfg.stages)}
         others = {lab: base_context(ctx, b) for b, lab in base_labels(cfg).items() if b in cfg.other_bases}
         ctx.fps.update({f"base@{lab}": c.fps["base"] for lab, c in others.items()})  # for the methods
-        expected = expected_seconds(cfg, base_path, [c.base_path for c in others.values()])
+        expected = expected_seconds(cfg, base_path, [c.base_path for c in others.values()], dtype=dtype)
         echo(f"study {cfg.name} ({cfg.profile} profile, seeds {cfg.seeds}, stages {', '.join(cfg.stages)}): "
              f"expected about {expected['total'] / 60:.0f} min on 2 idle CPU cores ({expected['basis'].split(';')[0]}; "
              "a GPU is much faster, a busy machine slower)"

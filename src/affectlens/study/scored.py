@@ -178,7 +178,7 @@ def task_preds(res: Mapping[str, Any], which: str, tasks: Sequence[str] | None =
     for t in tasks or res["tasks"]:
         info = block["tasks"][t]
         gold = np.asarray(info["gold"], dtype=np.int64)
-        preds = {v: np.asarray(p[t][which], dtype=np.int64) for v, p in block["preds"].items()}
+        preds = {v: np.asarray(p[t][which], dtype=np.int64) for v, p in block["preds"].items() if t in p}
         if majority:
             k = next(iter(preds.values())).shape[0]
             top = int(np.bincount(gold).argmax())

@@ -105,7 +105,7 @@ def run_circuits(ctx: Context, fp: str) -> dict[str, Any]:
     from ..models.resolve import resolve_model_path
     from .budget import circuits_seconds
 
-    steps = Steps(circuits_seconds(ctx.cfg, resolve_model_path(ctx.cfg.circuits_model)))
+    steps = Steps(circuits_seconds(ctx.cfg, resolve_model_path(ctx.cfg.circuits_model), ctx.dtype))
     try:
         return _run_circuits(ctx, fp, steps)
     finally:

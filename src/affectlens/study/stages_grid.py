@@ -97,13 +97,15 @@ def _references(ctx: Context, dev: dict[str, str], gcal: str, kw: dict[str, Any]
 
 
 def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False,
-         references: tuple[str, ...] = ("base", ALL)) -> dict[str, Any]:
+         references: tuple[str, ...] = ("base", ALL), control_for: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Run one grid per seed; collect per-variant, per-task scores over seeds, params, n, and the paired
     per-example predictions (calibration chosen on dev, see :mod:`.scored`) the claims are judged on.
 
     ``references`` (base, all-module) are not scored in the stage's grid but read from the study's shared
     reference grids (:func:`_references`). Sufficiency and necessity score the non-affective control tasks
-    too (the fluency claim and the control-task drop read them); efficiency does not."""
+    too (the fluency claim and the control-task drop read them); efficiency does not. ``control_for`` names
+    the only variants scored on the control tasks (in a second, control-only grid per seed), where a stage's
+    claims read the control scores of a few variants only; None: every variant."""
     from ..grid import run_grid
 
     kw = _grid_kw(ctx)
@@ -119,16 +121,28 @@ def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False,
     n: dict[str, int] = {}
     per_seed: dict[int, dict[str, Any]] = {}
     ref_cells, ref_rows = _references(ctx, dev, gcal, kw) if references else ({}, [])
+    split = bool(ctrl) and control_for is not None
     for s in cfg.seeds:
         adapter = ctx.abs(ctx.results["adapters"]["emotion"][str(s)])
         gdir = ctx.store.dir(stage) / f"grid-s{s}"
         _drop_cells_without_examples(gdir)
-        gcfg = {**_grid_base(ctx, f"{stage}-s{s}", s, with_control, list(dev.values()), gcal),
-                "variants": variants_of(adapter)}
+        vs = variants_of(adapter)
+        gcfg = {**_grid_base(ctx, f"{stage}-s{s}", s, with_control and not split, list(dev.values()), gcal),
+                "variants": vs}
         res = run_grid(gcfg, gdir, force=True, evaluator=ctx.evaluator, tuner=ctx.tuner, echo=lambda line: None,
                        allow_pickle=ctx.allow_pickle, **kw)
+        rows = list(res.rows)
+        extra: dict[str, Any] = {}
+        cvs = [v for v in vs if split and v["name"] in (control_for or ())]
+        if cvs:  # the control tasks, for the few variants that need them
+            cdir = ctx.store.dir(stage) / f"grid-s{s}-control"
+            _drop_cells_without_examples(cdir)
+            ccfg = {**_grid_base(ctx, f"{stage}-s{s}-control", s, True, [], gcal), "tasks": ctrl, "variants": cvs}
+            rows += run_grid(ccfg, cdir, force=True, evaluator=ctx.evaluator, tuner=ctx.tuner,
+                             echo=lambda line: None, allow_pickle=ctx.allow_pickle, **kw).rows
+            extra = cells_of(cdir)
         mine = [r for r in ref_rows if r["variant"] in references and (r["variant"] == "base" or r["seed"] == s)]
-        for r in [*mine, *res.rows]:
+        for r in [*mine, *rows]:
             if r["task"] not in wanted:
                 continue
             scores[r["variant"]][r["task"]].append(float(r["primary"]))
@@ -138,6 +152,8 @@ def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False,
                 n[r["task"]] = int(r["n"])
             params.setdefault(r["variant"], r.get("trainable_params"))
         per_seed[s] = {**{v: ref_cells[s][v] for v in references}, **cells_of(gdir)}
+        for v, tasks in extra.items():
+            per_seed[s][v] = {**per_seed[s].get(v, {}), **tasks}
     p_all = ctx.results["adapters"].get("params") or {}
     if p_all and params.get(ALL) is None:
         params[ALL] = int(sum(p_all.values()) / len(p_all))
@@ -145,7 +161,19 @@ def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False,
                            "raw_scores": {v: dict(t) for v, t in raw.items()}, "calibration": gcal,
                            "params": params, "n": n, "tasks": list(cfg.tasks), "control_tasks": ctrl,
                            "dev_tasks": dev, "notes": []}
-    block = collect(per_seed, [*cfg.tasks, *ctrl], dev, cfg.calibration)
+    if split:  # every variant on the affective tasks; the control tasks for those that were scored on them
+        block = collect(per_seed, list(cfg.tasks), dev, cfg.calibration)
+        on_ctrl = {*references, *(control_for or ())}
+        cblock = collect({s: {v: c for v, c in cells.items() if v in on_ctrl} for s, cells in per_seed.items()},
+                         ctrl, dev, cfg.calibration)
+        if block is not None and cblock is not None:
+            block["tasks"].update(cblock["tasks"])
+            for v, preds in cblock["preds"].items():
+                block["preds"][v].update(preds)
+        else:
+            block = None
+    else:
+        block = collect(per_seed, [*cfg.tasks, *ctrl], dev, cfg.calibration)
     if block is None:
         out["notes"].append("the evaluator gave no per-example predictions, so examples cannot be paired across "
                             "variants: this stage's claims are not judged")
@@ -157,7 +185,8 @@ def _run(ctx: Context, stage: str, variants_of: Any, with_control: bool = False,
     for t in [*cfg.tasks, *ctrl]:  # the table's scores: exactly the predictions the claims are judged on
         tp, tr = task_preds(out, "chosen", [t]), task_preds(out, "raw", [t])
         for v in block["preds"]:
-            out["scores"][v][t], out["raw_scores"][v][t] = seed_scores(tp, v), seed_scores(tr, v)
+            if t in block["preds"][v]:
+                out["scores"][v][t], out["raw_scores"][v][t] = seed_scores(tp, v), seed_scores(tr, v)
     return out
 
 
@@ -187,7 +216,8 @@ def affective(res: dict[str, Any], variant: str) -> list[float]:
 
 
 def control(res: dict[str, Any], variant: str) -> list[float] | None:
-    if not res["control_tasks"]:
+    """Per seed, the mean primary score over the control tasks; None where the variant was not scored on them."""
+    if not res["control_tasks"] or any(t not in res["scores"][variant] for t in res["control_tasks"]):
         return None
     per_task = [res["scores"][variant][t] for t in res["control_tasks"]]
     return [sum(xs) / len(xs) for xs in zip(*per_task, strict=True)]
@@ -251,7 +281,8 @@ def run_sufficiency(ctx: Context) -> dict[str, Any]:
         vs += [{"name": m, "kind": "transfer", "donor": adapter, "modules": m} for m in single]
         return vs
 
-    res = _run(ctx, "sufficiency", variants, with_control=True)
+    # Only the fluency claim reads a transferred model's control score (Att.+gate's, against the base's).
+    res = _run(ctx, "sufficiency", variants, with_control=True, control_for=("Att.+gate",))
     others = [m for m in single if m != "gate_proj"]
     _judge(res, {
         "sufficiency.gate-over-attention": (["Att.+gate", "Att."], lambda s: s["Att.+gate"] - s["Att."]),

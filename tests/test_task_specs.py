@@ -345,3 +345,29 @@ def test_spec_text_parses_back_to_the_same_spec(text):
     assert again == spec and again.path == spec.path
     if spec.option("split") == "dev":  # the study scores a task's dev split by this text, from any folder
         assert parse_task(dev_task(spec_text(spec.with_options(split="test")))).path == spec.path
+
+
+def test_drop_train_rows_drops_exactly_the_texts_the_train_split_holds(tmp_path):
+    """Real sets repeat texts across splits; drop_train_rows=true scores none of them (normalised as the
+    train-overlap check normalises: case, Unicode form and whitespace)."""
+    import json as _json
+
+    from affectlens.tasks.loaders import load_task
+    from affectlens.tasks.trained import normalise
+
+    d = tmp_path / "set"
+    d.mkdir()
+    train = [{"text": f"train row {i}", "label": "a" if i % 2 else "b"} for i in range(6)]
+    test = [{"text": "TRAIN  row 1", "label": "a"}, {"text": "fresh row", "label": "b"},
+            {"text": "train row 4 ", "label": "b"}, {"text": "other", "label": "a"}]
+    for name, rows in (("train", train), ("test", test)):
+        (d / f"{name}.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    got = load_task(f"jsonl:{d},split=test,drop_train_rows=true")
+    want = [r["text"] for r in test if normalise(r["text"]) not in {normalise(t["text"]) for t in train}]
+    assert [e.text for e in got.examples] == want == ["fresh row", "other"] and got.dropped == 2
+    assert len(load_task(f"jsonl:{d},split=test").examples) == 4  # off by default
+    with pytest.raises(AffectlensError, match="train split would drop every row"):
+        load_task(f"jsonl:{d},split=train,drop_train_rows=true")
+    (d / "train.jsonl").unlink()
+    with pytest.raises(AffectlensError, match="needs a train split"):
+        load_task(f"jsonl:{d},split=test,drop_train_rows=true")

@@ -336,6 +336,9 @@ def load_task(spec: TaskSpec | str, limit: int | None = None) -> LoadedTask:
         for e in examples:
             if e.score is None:
                 e.score = _POLARITY.get(e.gold)
+    if str(spec.option("drop_train_rows", "false")).lower() in ("true", "1", "yes"):
+        examples, n = drop_train_rows(examples, spec)
+        dropped += n
     examples = balance_examples(examples, spec)
     if limit is not None:
         if limit < 1:
@@ -359,6 +362,37 @@ def _apply_label_map(spec: TaskSpec, examples: list[Example]) -> tuple[list[Exam
             e.label = target
             kept.append(e)
     return kept, mapped_labels(table), len(examples) - len(kept)
+
+
+def drop_train_rows(examples: list[Example], spec: TaskSpec) -> tuple[list[Example], int]:
+    """``drop_train_rows=true``: the rows whose text (normalised as the train-overlap check does) also occurs
+    in the same data set's train split, dropped -- real sets repeat texts across splits (dair-ai emotion: 4
+    of its first 500 test rows are in train), and a row a model was trained on is never scored."""
+    from .tables import sibling_split
+    from .trained import normalise
+
+    if spec.option("split") == "train":
+        raise AffectlensError(f"task {spec.name}: drop_train_rows=true on the train split would drop every row")
+    train = sibling_split(spec, "train")
+    if train is None:
+        raise AffectlensError(f"task {spec.name}: drop_train_rows=true needs a train split beside it, and the "
+                              "data has none")
+    seen = {normalise(e.text) for e in load_task(replace_options(train, drop_train_rows=None)).examples}
+    kept = [e for e in examples if normalise(e.text) not in seen]
+    return kept, len(examples) - len(kept)
+
+
+def replace_options(spec: TaskSpec, **opts: str | None) -> TaskSpec:
+    """``spec`` with options set (None: removed)."""
+    from dataclasses import replace
+
+    merged = dict(spec.options)
+    for k, v in opts.items():
+        if v is None:
+            merged.pop(k, None)
+        else:
+            merged[k] = v
+    return replace(spec, options=tuple(sorted(merged.items())))
 
 
 def balance_examples(examples: list[Example], spec: TaskSpec) -> list[Example]:

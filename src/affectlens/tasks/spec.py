@@ -102,7 +102,7 @@ _KIND_OF_LOADER = {loader: key for key, (loader, _, _) in _SPEC_KINDS.items()}
 _ASKED = (TaskKind.EMOTION, TaskKind.SENTIMENT, TaskKind.CONTROL)  # what kind= may set
 _OPTION_SPLIT = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
 # Every labelled loader: split (a file per split or a 'split' column), label map, balancing/limits.
-_COMMON = {"split", "split_column", "labelmap", "balance", "per_class", "seed"}
+_COMMON = {"split", "split_column", "labelmap", "balance", "per_class", "seed", "drop_train_rows"}
 _TABLE = {"delimiter", "quote", "bad_rows"}  # delimiter-separated files
 _KNOWN_OPTIONS = {
     "meld": {"text", "label", "limit_dialogues"} | _COMMON | _TABLE,
@@ -115,7 +115,8 @@ _KNOWN_OPTIONS = {
     "pairs": {"split"},
     "bundled": _COMMON - {"split", "split_column"},
 }
-_CHOICES = {"bad_rows": ("error", "skip", "report"), "balance": ("true", "false", "1", "0", "yes", "no")}
+_CHOICES = {"bad_rows": ("error", "skip", "report"), "balance": ("true", "false", "1", "0", "yes", "no"),
+            "drop_train_rows": ("true", "false", "1", "0", "yes", "no")}
 
 
 def _short(kind_key: str, path: str, opts: dict[str, str]) -> str:

@@ -1,4 +1,4 @@
-"""Run the benchmarks (`make bench`) and end with one table: each goal of issue 13, measured.
+"""Run the benchmarks (`make bench`) and end with one table: each performance goal, measured.
 
     python benchmarks/run_all.py [--quick] [--only NAME ...] [--skip NAME ...]
 
@@ -46,10 +46,12 @@ FIRST = ("bench_cli.py",)
 # The rows of issue 13, in its order; a row no script reported is shown as such.
 ROWS = ("locate default", "locate --no-distribution", "locate default vs floor", "locate pass vs floor",
         "locate default vs floor, large", "transfer, cold cache", "transfer, warm cache",
-        "layer sweep", "affectlens --help", "training tok/s fp32", "training tok/s bf16", "demo first run")
+        "layer sweep", "affectlens --help", "training tok/s fp32", "training tok/s bf16", "demo first run",
+        "study standard vs separate commands")
 FULL_ARGS: dict[str, list[str]] = {
     "bench_circuits.py": ["--sweep-only"],  # the table's row; the full circuits run is its own job
     "bench_locate.py": ["--gb-large", "4"],  # the figures' fixed cost, amortised
+    "bench_study.py": ["--dtype", "bfloat16"],  # as the standard profile's reference run
 }
 QUICK_ARGS: dict[str, list[str]] = {
     "bench_cli.py": ["--repeat", "3"],
@@ -57,6 +59,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "bench_transfer.py": ["--layers", "4", "--repeats", "1"],
     "bench_tune.py": ["--steps", "3", "--repeats", "1"],
     "bench_circuits.py": ["--sweep-only", "--sweep-repeats", "1"],
+    "bench_study.py": ["--limit", "20", "--steps", "2", "--full-steps", "2"],
 }
 
 

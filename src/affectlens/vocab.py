@@ -153,6 +153,7 @@ Options for every labelled kind (meld, csv, ... also take delimiter=, quote=, ba
                           goemotions-ekman, or JSON {"raw": "target" or null (drop)}
   balance=true            cut every class to the rarest class's count (seeded)
   per_class=N             keep at most N rows per class (seeded); seed=N (default 0)
+  drop_train_rows=true    drop rows whose text is also in the same set's train split
   image=COL               (jsonl, csv) the column with each row's image file (relative to
                           the data file's folder; empty: a text row); image rows need a
                           vision-language model (Qwen-VL, LLaVA) and closed mode

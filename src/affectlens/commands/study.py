@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--profile", choices=("quick", "standard", "default"), default="default",
                    help="quick: 1 seed, short budgets, a subset of modules/emotions (a smoke test); standard: "
                         "3 seeds, 500 scored rows per task, the modules the gate_proj claims compare, short "
-                        "budgets (about an hour on 2 CPU cores for SmolLM2-135M); default: >= 3 seeds, "
+                        "budgets (44 min on 2 CPU cores for SmolLM2-135M in bfloat16); default: >= 3 seeds, "
                         "every module, longer budgets")
     g.add_argument("--stages", default=None, help=f"comma-separated subset of: {STAGE_NAMES} "
                    "(the stages they read run too)")

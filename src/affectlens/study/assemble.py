@@ -53,9 +53,10 @@ def _score_table(res: dict[str, Any], title: str, reference: str | None = None) 
     for v in res["scores"]:
         row: list[Any] = [v]
         for fn in [affective, *([control] if res["control_tasks"] else [])]:
-            row.append(_mean(fn(res, v)))
+            got = fn(res, v)  # None: this variant was not scored on the control tasks (no claim reads it)
+            row.append(_mean(got) if got is not None else "not scored")
             if raw is not None:
-                row.append(_mean(fn(raw, v)))
+                row.append(_mean(fn(raw, v)) if got is not None else "not scored")
         row.append(res["params"].get(v))
         rows.append(row)
     return {"title": title, "columns": cols, "rows": rows}

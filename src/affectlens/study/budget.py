@@ -2,10 +2,12 @@
 
 Costs are per *token x parameter* (training) and per *scored example x
 parameter* (closed-set scoring), so one calibration serves every model size.
-They were measured on the embedded default (SmolLM2-135M) on 2 idle CPU cores
-with native bf16 (AMX): a 16-step LoRA (8 rows of ~60 tokens, bf16 autocast)
-at about 2.1 s per step, and scoring at about 25 examples/s in bfloat16 with
-the shared instruction prefix run once. Where the CPU has no native bf16,
+They were measured by the standard profile's reference run (SmolLM2-135M, 2
+idle CPU cores with native bf16 (AMX), 44 min): LoRA training at about 2.3 s
+per step of 8 rows of ~60 tokens (bf16 autocast, with each adapter's set-up),
+closed-set scoring at about 36 examples/s in bfloat16 (batches of 32, the
+shared instruction prefix run once), and the circuits stage's hooked,
+unshared scoring about 2x slower than that. Where the CPU has no native bf16,
 training runs in fp32 (about 1.7x slower), and scoring in float32 is about 2x
 slower than in bfloat16. The counts follow the study's structure: the base
 scored once and the all-module LoRA once per seed (the shared reference
@@ -23,11 +25,12 @@ from typing import Any
 from .config import StudyConfig
 
 SMOLLM2_PARAMS = 134_515_008  # GQA: 3 KV heads of 9; tied embeddings
-TRAIN_S_PER_TOKEN_PARAM = 2.1 / (8 * 60) / SMOLLM2_PARAMS  # bf16 autocast on a CPU with native bf16
-EVAL_S_PER_EXAMPLE_PARAM = 1 / 25 / SMOLLM2_PARAMS  # bfloat16 weights, shared prefix
+TRAIN_S_PER_TOKEN_PARAM = 2.3 / (8 * 60) / SMOLLM2_PARAMS  # bf16 autocast on a CPU with native bf16
+EVAL_S_PER_EXAMPLE_PARAM = 1 / 36 / SMOLLM2_PARAMS  # bfloat16 weights, shared prefix, batches of 32
 FP32_TRAIN_FACTOR = 1.7  # fp32 training where the CPU has no native bf16
 FP32_EVAL_FACTOR = 2.0  # float32 scoring (the CPU default) against bfloat16
-FULL_STEP_FACTOR = 3.0  # a full fine-tune step: weight gradients and AdamW on every weight
+FULL_STEP_FACTOR = 1.5  # a full fine-tune step: weight gradients and AdamW on every weight
+CIRCUITS_FACTOR = 2.1  # the circuits stage's scoring: hooked, no shared prefix, smaller batches
 EXAMPLE_TOKENS = 60  # a training example's mean length in the bundled data (prompt + answer)
 TASK_SIZE = 140  # examples of a bundled test set (the guess where a task cannot be read here)
 
@@ -64,7 +67,7 @@ def _rates(dtype: str, p: int) -> tuple[float, float]:
 def circuits_seconds(cfg: StudyConfig, model_path: Path, dtype: str = "auto") -> dict[str, float]:
     """Expected seconds of each circuits step, in run order: the stage's progress weights and estimates."""
     p = model_params(model_path)
-    _, ex = _rates(dtype, p)
+    ex = _rates(dtype, p)[1] * CIRCUITS_FACTOR
     c = cfg.circuits
     emos = len(c.get("emotions") or range(6))
     pairs = int(c.get("max_pairs") or 12)
@@ -76,9 +79,17 @@ def circuits_seconds(cfg: StudyConfig, model_path: Path, dtype: str = "auto") ->
             "intervene-neurons-top": run, "intervene-neurons-random": run}
 
 
-def _rows(tasks: Sequence[str], limit: int | None) -> int:
-    from .honesty import task_size
+def task_size(task: str, limit: int | None = None) -> int | None:
+    """Examples a task scores (under ``limit``), or None when it cannot be read here."""
+    from ..evaluate import get_task, load_task
 
+    try:
+        return len(load_task(get_task(task), limit).examples)
+    except Exception:  # unreadable here (e.g. a remote path): the stage itself reports it
+        return None
+
+
+def _rows(tasks: Sequence[str], limit: int | None) -> int:
     return sum(task_size(t, limit) or min(limit or TASK_SIZE, TASK_SIZE) for t in tasks)
 
 
@@ -128,4 +139,4 @@ def expected_seconds(cfg: StudyConfig, base_path: Path, other_bases: Sequence[Pa
     return out
 
 
-__all__ = ["circuits_seconds", "expected_seconds", "model_params"]
+__all__ = ["circuits_seconds", "expected_seconds", "model_params", "task_size"]

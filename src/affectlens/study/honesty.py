@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .budget import model_params, task_size
 from .config import StudyConfig
 from .papers import MIN_LAYERS, MIN_SEEDS, MIN_UNITS, PaperClaim
 
@@ -30,16 +31,6 @@ MIN_STEPS = 10  # optimizer steps below which a LoRA has barely left its initial
 MIN_FULL_STEPS = 2  # a full fine-tune of one step is Adam's first, sign-like move, not fine-tuning
 PAPER_STEPS = 100  # below this a budget is short of the papers' (full epochs): a limit of scope, stated
 MIN_PARAMS = 1e9  # the papers study 7B-scale models
-
-
-def task_size(task: str, limit: int | None = None) -> int | None:
-    """Examples a task scores (under ``limit``), or None when it cannot be read here."""
-    from ..evaluate import get_task, load_task
-
-    try:
-        return len(load_task(get_task(task), limit).examples)
-    except Exception:  # unreadable here (e.g. a remote path): the stage itself reports it
-        return None
 
 
 def is_bundled_task(task: str) -> bool:
@@ -93,8 +84,6 @@ def smoke_test_reasons(cfg: StudyConfig, base: Path, circuits_model: Path | None
 
 def scope_limits(cfg: StudyConfig, base: Path, circuits_model: Path | None, full_ft: bool) -> list[str]:
     """What even a well-designed run of this config cannot speak to (listed under the banner)."""
-    from .budget import model_params
-
     out: list[str] = []
     models = {"base": base, **({"circuits": circuits_model} if circuits_model is not None else {})}
     for role, path in models.items():

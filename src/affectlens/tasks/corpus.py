@@ -10,9 +10,11 @@ which keeps the package Apache-2.0 clean.
   one of seven emotions, balanced. The two splits use disjoint *events* (not
   only disjoint strings), so test accuracy is not template memorisation of the
   same situation.
-- ``control_train`` / ``control_test``: arithmetic word problems of the same
-  size, answers ``0``..``9`` (a closed label set) - the non-affective task
-  tuned under the same budget as the emotion adapter (paper Fig. 5).
+- ``control_train`` / ``control_test`` / ``control_eval``: arithmetic word
+  problems (generated in :mod:`.arithmetic`), answers ``0``..``9`` (a closed
+  label set) - the non-affective task tuned under the same budget as the
+  emotion adapter (paper Fig. 5); ``control_eval`` is a 600-row test set for
+  studies that need >= 500 scored rows.
 - ``pairs``: an emotional utterance and a neutral report of the same event,
   for steering vectors in the circuits study.
 """
@@ -30,12 +32,17 @@ from ..claims import temp_file
 from ..errors import AffectlensError
 from ..runs import parse_jsonl_lines
 from ..vocab import EMOTIONS
+from .arithmetic import (
+    N_CONTROL_EVAL,
+    N_CONTROL_TEST,
+    N_CONTROL_TRAIN,
+    control_eval,
+    control_splits,
+)
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # affectlens/data, beside the package root
 SEED = 20260121
 N_TRAIN, N_TEST = 42, 20  # per emotion label -> 294 / 140
-N_CONTROL_TRAIN, N_CONTROL_TEST = 30, 14  # per answer 0..9 -> 300 / 140
-N_CONTROL_EVAL = 60  # per answer 0..9 -> 600: a control test large enough for a powered study (>= 500 rows)
 N_PAIRS = 20  # per emotional label
 NAMES = ("emotion_train", "emotion_test", "control_train", "control_test", "control_eval", "pairs")
 
@@ -166,20 +173,6 @@ NEUTRAL_REWRITES = (
 
 # Control task: (template, answer function, operand constraint). Items are
 # plural nouns; names give variety.
-CONTROL_NAMES = ("Ana", "Ben", "Chloe", "Dev", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jun",
-                 "Kofi", "Lena", "Mo", "Nia", "Omar", "Pia")
-CONTROL_ITEMS = ("apples", "pencils", "marbles", "stamps", "cookies", "books", "shells", "cards",
-                 "coins", "stickers")
-CONTROL_TEMPLATES = (
-    ("add", "{name} has {a} {items} and gets {b} more. How many {items} does {name} have now?"),
-    ("sub", "{name} had {a} {items} and gave away {b}. How many {items} are left?"),
-    ("mul", "{name} fills {a} bags with {b} {items} each. How many {items} is that in total?"),
-    ("div", "{name} shares {a} {items} equally among {b} friends. How many {items} does each friend get?"),
-    ("add", "There are {a} {items} on the table and {name} puts down {b} more. How many {items} are on the table?"),
-    ("sub", "A box holds {a} {items}. {name} takes out {b}. How many {items} remain in the box?"),
-)
-
-
 def _fill(template: str, event: str) -> str:
     return template.replace("{event}", event).replace("{Event}", event[0].upper() + event[1:])
 
@@ -228,74 +221,6 @@ def emotion_splits(seed: int = SEED) -> tuple[list[dict], list[dict]]:
     rng.shuffle(train)
     rng.shuffle(test)
     return train, test
-
-
-def _problem(rng: random.Random, answer: int) -> str:
-    kind, template = rng.choice(CONTROL_TEMPLATES)
-    if kind == "add":
-        a = rng.randint(0, answer)
-        b = answer - a
-    elif kind == "sub":
-        b = rng.randint(1, 9)
-        a = answer + b
-    elif kind == "mul":
-        pairs = [(a, b) for a in range(1, 10) for b in range(1, 10) if a * b == answer]
-        if not pairs:  # 0 and primes > 7 have few factorisations; fall back to addition
-            return _problem_add(rng, answer)
-        a, b = rng.choice(pairs)
-    else:
-        b = rng.randint(2, 6)
-        a = answer * b
-    return template.format(name=rng.choice(CONTROL_NAMES), items=rng.choice(CONTROL_ITEMS), a=a, b=b)
-
-
-def _problem_add(rng: random.Random, answer: int) -> str:
-    a = rng.randint(0, answer)
-    return CONTROL_TEMPLATES[0][1].format(name=rng.choice(CONTROL_NAMES),
-                                          items=rng.choice(CONTROL_ITEMS), a=a, b=answer - a)
-
-
-def control_splits(seed: int = SEED) -> tuple[list[dict], list[dict]]:
-    """Balanced arithmetic word problems with answers 0..9, train/test text-disjoint."""
-    rng = random.Random(seed + 1)
-    train: list[dict] = []
-    test: list[dict] = []
-    taken: set[str] = set()
-    for answer in range(10):
-        rows: list[str] = []
-        while len(rows) < N_CONTROL_TRAIN + N_CONTROL_TEST:
-            text = _problem(rng, answer)
-            if text not in taken:
-                taken.add(text)
-                rows.append(text)
-        train += [{"text": t, "label": str(answer)} for t in rows[:N_CONTROL_TRAIN]]
-        test += [{"text": t, "label": str(answer)} for t in rows[N_CONTROL_TRAIN:]]
-    rng.shuffle(train)
-    rng.shuffle(test)
-    return train, test
-
-
-def control_eval(seed: int = SEED) -> list[dict]:
-    """A larger control test set (N_CONTROL_EVAL per answer), text-disjoint from control_train and
-    control_test. Its own random stream, so the two older files stay byte-identical."""
-    train, test = control_splits(seed)
-    taken = {r["text"] for r in (*train, *test)}
-    rng = random.Random(seed + 3)
-    out: list[dict] = []
-    for answer in range(10):
-        rows: list[str] = []
-        tries = 0
-        while len(rows) < N_CONTROL_EVAL:
-            tries += 1
-            if tries > 100_000:  # pragma: no cover - the templates give thousands of distinct problems
-                raise AffectlensError(f"cannot generate {N_CONTROL_EVAL} distinct control problems for {answer}")
-            text = _problem(rng, answer)
-            if text not in taken:
-                taken.add(text)
-                rows.append(text)
-        out += [{"text": t, "label": str(answer)} for t in rows]
-    rng.shuffle(out)
-    return out
 
 
 def contrast_pairs(seed: int = SEED) -> list[dict]:
@@ -357,8 +282,8 @@ third-party text is included.
 def render() -> dict[str, str]:
     """File name -> exact file contents, as committed in ``affectlens/data/``."""
     etr, ete = emotion_splits()
-    ctr, cte = control_splits()
-    cev = control_eval()
+    ctr, cte = control_splits(SEED)
+    cev = control_eval(SEED)
     pairs = contrast_pairs()
     files = {
         "emotion_train.jsonl": _jsonl(etr),

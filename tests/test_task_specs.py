@@ -366,6 +366,9 @@ def test_drop_train_rows_drops_exactly_the_texts_the_train_split_holds(tmp_path)
     want = [r["text"] for r in test if normalise(r["text"]) not in {normalise(t["text"]) for t in train}]
     assert [e.text for e in got.examples] == want == ["fresh row", "other"] and got.dropped == 2
     assert len(load_task(f"jsonl:{d},split=test").examples) == 4  # off by default
+    # the test spec's per_class samples the test rows, never the train rows they are checked against
+    capped = load_task(f"jsonl:{d},split=test,drop_train_rows=true,per_class=1")
+    assert [e.text for e in capped.examples] == want and capped.dropped == 2
     with pytest.raises(AffectlensError, match="train split would drop every row"):
         load_task(f"jsonl:{d},split=train,drop_train_rows=true")
     (d / "train.jsonl").unlink()

@@ -44,10 +44,12 @@ class TaskSpec:
     def option(self, key: str, default: Any = None) -> Any:
         return dict(self.options).get(key, default)
 
-    def with_options(self, **kw: str) -> TaskSpec:
-        """The spec with options set; a parsed spec's name shows them (names key the results)."""
+    def with_options(self, **kw: str | None) -> TaskSpec:
+        """The spec with options set (None: removed); a parsed spec's name shows them (names key the results)."""
         opts = dict(self.options)
-        opts.update({k: str(v) for k, v in kw.items()})
+        opts.update({k: str(v) for k, v in kw.items() if v is not None})
+        for k in [k for k, v in kw.items() if v is None]:
+            opts.pop(k, None)
         name = self.name
         if self.path is not None and self.loader in _KIND_OF_LOADER:
             name = _short(_KIND_OF_LOADER[self.loader], self.path, opts)

@@ -516,7 +516,7 @@ def test_smoke_reasons_and_scope_limits_split_by_what_they_mean():
     real = {"data": "jsonl:/x/train.jsonl", "tasks": ["emotion"], "control_tasks": ["control_eval"],
             "eval": {"limit": 600}}
     cfg = load_study_config({**real, "budget": {"steps": 16}, "full_budget": {"steps": 4}})
-    smoke = smoke_test_reasons(cfg, TINYSTORIES, TINYSTORIES, True)
+    smoke = smoke_test_reasons(cfg, True)
     # only the bundled affective test set (140 rows, synthetic) makes this a smoke test
     assert smoke and all("emotion" in r for r in smoke), smoke
     scope = scope_limits(cfg, TINYSTORIES, TINYSTORIES, True)
@@ -526,7 +526,7 @@ def test_smoke_reasons_and_scope_limits_split_by_what_they_mean():
         assert part in text, part
     tiny = load_study_config({**real, "profiles": {"quick": {"budget": {"steps": 9}, "full_budget": {"steps": 1}}}},
                              profile="quick")
-    smoke = " | ".join(smoke_test_reasons(tiny, TINYSTORIES, None, True))
+    smoke = " | ".join(smoke_test_reasons(tiny, True))
     for part in ("quick profile", "one seed", "9 optimizer steps (< 10)", "full fine-tune of 1", "< 500 per task"):
         assert part in smoke, part
     assert not any("optimizer steps x" in r for r in scope_limits(tiny, TINYSTORIES, None, True))

@@ -243,7 +243,7 @@ def write_study(ctx: Context, out: Path, expected: dict[str, Any], timing: dict[
         power_ok, power_why = is_powered(len(cfg.seeds), claims, not_judged)
         circ = resolve_model_path(cfg.circuits_model) if "circuits" in cfg.stages else None
         full_ft = bool(res.get("adapters", {}).get("full"))
-        smoke = smoke_test_reasons(cfg, ctx.base_path, circ, full_ft)
+        smoke = smoke_test_reasons(cfg, full_ft)
         nothing = learned_nothing(res.get("frontier"))
         if nothing:
             smoke.append(nothing)

@@ -55,7 +55,7 @@ def is_vlm(path: Path) -> bool:
     return is_vlm_dir(path)
 
 
-def smoke_test_reasons(cfg: StudyConfig, base: Path, circuits_model: Path | None, full_ft: bool) -> list[str]:
+def smoke_test_reasons(cfg: StudyConfig, full_ft: bool) -> list[str]:
     """Every reason this run is a smoke test rather than a result (empty: none found)."""
     out: list[str] = []
     if cfg.profile == "quick":

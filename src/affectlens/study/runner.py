@@ -165,7 +165,7 @@ def _honesty_lines(cfg: StudyConfig, ctx: Context, echo: Callable[[str], None]) 
     from .honesty import scope_limits, smoke_test_reasons
 
     circ = resolve_model_path(cfg.circuits_model) if "circuits" in cfg.stages else None
-    smoke = smoke_test_reasons(cfg, ctx.base_path, circ, ctx.full_ft_supported())
+    smoke = smoke_test_reasons(cfg, ctx.full_ft_supported())
     if smoke:
         echo("SMOKE TEST, not a result: " + "; ".join(smoke))
     scope = scope_limits(cfg, ctx.base_path, circ, ctx.full_ft_supported())

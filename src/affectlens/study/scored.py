@@ -55,7 +55,7 @@ def dev_task(task: str, per_class: int | None = None) -> str | None:
     if dev is None:
         return None
     text = spec_text(dev)
-    if per_class and dev.option("per_class") is None and dev.loader != "bundled":
+    if per_class and dev.option("per_class") is None:  # a spec's own per_class wins
         text += f",per_class={int(per_class)}"
     return text
 
